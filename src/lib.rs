@@ -1,0 +1,1 @@
+//! bkrun: a daemonless BuildKit runner; the library behind the `bkrun` binary, also used by the tests.
