@@ -1,1 +1,10 @@
 //! bkrun: a daemonless BuildKit runner; the library behind the `bkrun` binary, also used by the tests.
+
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod daemon;
+pub mod host;
+pub mod reaper;
+pub mod run;
+pub mod spec;

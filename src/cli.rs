@@ -1,0 +1,278 @@
+//! The command line: bkrun's own flags and subcommands, and buildctl's build flags, parsed with clap.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// How buildkitd is started; `auto` decides from the UID, capabilities and the kernel.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ModeArg {
+    #[default]
+    Auto,
+    Privileged,
+    Rootless,
+    RootlessStrict,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "bkrun",
+    version,
+    about = "Daemonless BuildKit runner: starts an ephemeral buildkitd, runs the build, tears it all down.",
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags accepted before or after the subcommand.
+#[derive(Debug, Args, Clone, Default)]
+pub struct GlobalArgs {
+    /// Daemon mode: auto, privileged, rootless or rootless-strict.
+    #[arg(long, global = true, value_enum, env = "BKRUN_MODE")]
+    pub mode: Option<ModeArg>,
+    /// BuildKit state directory (the cache; it survives the run).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// bkrun.toml to read (default: $BKRUN_CONFIG, then ~/.config/bkrun/bkrun.toml or /etc/bkrun/bkrun.toml).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Extra buildkitd flags, split as a shell would (also $BUILDKITD_FLAGS).
+    #[arg(long, global = true, value_name = "FLAGS", allow_hyphen_values = true)]
+    pub buildkitd_flags: Option<String>,
+    /// Seconds to wait for the daemon to serve before giving up.
+    #[arg(long, global = true, value_name = "SECONDS")]
+    pub ready_timeout: Option<f64>,
+    /// Verbose output from bkrun, and buildkitd --debug.
+    #[arg(long, global = true)]
+    pub debug: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build with an ephemeral daemon; takes buildctl's build flags.
+    #[command(visible_alias = "b")]
+    Build(Box<BuildArgs>),
+    /// Start the daemon, run CMD with BUILDKIT_HOST set, tear down; exit with CMD's status.
+    Exec {
+        /// The command and its arguments (after `--`).
+        #[arg(
+            required = true,
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "CMD"
+        )]
+        command: Vec<String>,
+    },
+    /// Run the supervised daemon in the foreground until SIGTERM; prints its address once ready.
+    Daemon,
+    /// Ask the daemon about itself: `debug workers`, `debug info`.
+    Debug {
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "ARGS"
+        )]
+        args: Vec<String>,
+    },
+    /// Print the effective settings: the mode chosen and why, paths, the daemon's argv.
+    Config,
+}
+
+/// buildctl build's flags, kept as given so they can be validated before a daemon starts.
+#[derive(Debug, Args, Clone, Default)]
+pub struct BuildArgs {
+    /// Exports for the result, e.g. type=local,dest=out or type=image,name=…,push=true.
+    #[arg(long, short = 'o', value_name = "type=…,k=v")]
+    pub output: Vec<String>,
+    /// Progress output: auto, plain, tty, rawjson or quiet.
+    #[arg(long, default_value = "auto")]
+    pub progress: String,
+    /// Path to a trace file.
+    #[arg(long, value_name = "FILE")]
+    pub trace: Option<PathBuf>,
+    /// A local directory the build may read, NAME=DIR.
+    #[arg(long, value_name = "NAME=DIR")]
+    pub local: Vec<String>,
+    /// A local OCI layout the build may read, NAME=DIR.
+    #[arg(long, value_name = "NAME=DIR")]
+    pub oci_layout: Vec<String>,
+    /// The frontend, e.g. dockerfile.v0.
+    #[arg(long)]
+    pub frontend: Option<String>,
+    /// A frontend option, e.g. target=foo or build-arg:foo=bar.
+    #[arg(long, value_name = "K=V")]
+    pub opt: Vec<String>,
+    /// Disable the cache for every step.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Export the build cache, e.g. type=registry,ref=… or type=local,dest=DIR.
+    #[arg(long, value_name = "type=…")]
+    pub export_cache: Vec<String>,
+    /// Import a build cache, e.g. type=registry,ref=… or type=local,src=DIR.
+    #[arg(long, value_name = "type=…")]
+    pub import_cache: Vec<String>,
+    /// A secret for RUN --mount=type=secret: id=X,src=FILE or id=X,env=VAR.
+    #[arg(long, value_name = "id=…")]
+    pub secret: Vec<String>,
+    /// An extra entitlement, e.g. network.host or security.insecure.
+    #[arg(long)]
+    pub allow: Vec<String>,
+    /// SSH agent or key to forward: default or ID=PATH.
+    #[arg(long)]
+    pub ssh: Vec<String>,
+    /// Write build metadata (e.g. the image digest) as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub metadata_file: Option<PathBuf>,
+    /// A source policy JSON file.
+    #[arg(long, value_name = "FILE")]
+    pub source_policy_file: Option<PathBuf>,
+    /// Run the build with proxy network enforcement.
+    #[arg(long)]
+    pub proxy_network: bool,
+    /// Write the build ref to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub ref_file: Option<PathBuf>,
+    /// TLS settings for registry authentication, host=…,ca=…,cert=…,key=….
+    #[arg(long, value_name = "host=…")]
+    pub registry_auth_tlscontext: Vec<String>,
+    /// Where to write JSON cache metrics (stdout or stderr).
+    #[arg(long, value_name = "WHERE")]
+    pub debug_json_cache_metrics: Option<String>,
+}
+
+impl BuildArgs {
+    /// The flags in buildctl's spelling, for handing the build to buildctl.
+    pub fn to_buildctl_args(&self) -> Vec<String> {
+        let mut a = Vec::new();
+        let mut many = |name: &str, vals: &[String]| {
+            for v in vals {
+                a.push(format!("--{name}={v}"));
+            }
+        };
+        many("output", &self.output);
+        many("local", &self.local);
+        many("oci-layout", &self.oci_layout);
+        many("opt", &self.opt);
+        many("export-cache", &self.export_cache);
+        many("import-cache", &self.import_cache);
+        many("secret", &self.secret);
+        many("allow", &self.allow);
+        many("ssh", &self.ssh);
+        many("registry-auth-tlscontext", &self.registry_auth_tlscontext);
+        let one = |name: &str, val: Option<String>| val.map(|v| format!("--{name}={v}"));
+        a.extend(one("frontend", self.frontend.clone()));
+        a.push(format!("--progress={}", self.progress));
+        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+        a.extend(one("trace", path(&self.trace)));
+        a.extend(one("metadata-file", path(&self.metadata_file)));
+        a.extend(one("source-policy-file", path(&self.source_policy_file)));
+        a.extend(one("ref-file", path(&self.ref_file)));
+        a.extend(one(
+            "debug-json-cache-metrics",
+            self.debug_json_cache_metrics.clone(),
+        ));
+        if self.no_cache {
+            a.push("--no-cache".into());
+        }
+        if self.proxy_network {
+            a.push("--proxy-network".into());
+        }
+        a
+    }
+}
+
+/// Rewrites a `buildctl-daemonless.sh ARGS…` command line into bkrun's: everything goes to the
+/// build client, so `build …` becomes `bkrun build …` and `debug workers` becomes `bkrun debug workers`.
+/// buildctl's own global flags that bkrun also has (`--debug`) are kept; others are refused by clap.
+pub fn daemonless_sh_argv(args: &[String]) -> Vec<String> {
+    let mut out = vec!["bkrun".to_string()];
+    out.extend(args.iter().cloned());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(args).unwrap()
+    }
+
+    #[test]
+    fn global_flags_before_or_after_the_subcommand() {
+        let a = parse(&[
+            "bkrun",
+            "--mode",
+            "rootless",
+            "build",
+            "--frontend",
+            "dockerfile.v0",
+        ]);
+        let b = parse(&[
+            "bkrun",
+            "build",
+            "--frontend",
+            "dockerfile.v0",
+            "--mode",
+            "rootless",
+        ]);
+        assert_eq!(a.global.mode, Some(ModeArg::Rootless));
+        assert_eq!(b.global.mode, Some(ModeArg::Rootless));
+    }
+
+    #[test]
+    fn exec_takes_everything_after_the_double_dash() {
+        let c = parse(&[
+            "bkrun", "exec", "--", "buildctl", "--addr", "x", "build", "--debug",
+        ]);
+        match c.command {
+            Command::Exec { command } => {
+                assert_eq!(command, ["buildctl", "--addr", "x", "build", "--debug"])
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn build_flags_round_trip_to_buildctl() {
+        let c = parse(&[
+            "bkrun",
+            "build",
+            "--frontend=dockerfile.v0",
+            "--local",
+            "context=.",
+            "--local",
+            "dockerfile=.",
+            "-o",
+            "type=local,dest=out",
+            "--opt",
+            "build-arg:A=b c",
+            "--no-cache",
+        ]);
+        let Command::Build(b) = c.command else {
+            panic!()
+        };
+        assert_eq!(
+            b.to_buildctl_args(),
+            [
+                "--output=type=local,dest=out",
+                "--local=context=.",
+                "--local=dockerfile=.",
+                "--opt=build-arg:A=b c",
+                "--frontend=dockerfile.v0",
+                "--progress=auto",
+                "--no-cache"
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_build_flag_is_refused() {
+        assert!(Cli::try_parse_from(["bkrun", "build", "--frobnicate"]).is_err());
+    }
+}

@@ -1,0 +1,4 @@
+//! BuildKit's Control API over tonic: connecting to a daemon and the calls bkrun makes.
+
+pub mod connect;
+pub mod probe;

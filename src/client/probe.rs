@@ -1,0 +1,36 @@
+//! The readiness probe: a ListWorkers call, which answers only once the daemon serves with its workers loaded.
+
+use anyhow::{Context, Result};
+use tonic::codegen::http::uri::PathAndQuery;
+use tonic_prost::ProstCodec;
+
+use super::connect::connect;
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct ListWorkersRequest {
+    #[prost(string, repeated, tag = "1")]
+    filter: Vec<String>,
+}
+
+/// Only the count matters here, so each worker record stays undecoded.
+#[derive(Clone, PartialEq, prost::Message)]
+struct ListWorkersResponse {
+    #[prost(bytes = "vec", repeated, tag = "1")]
+    record: Vec<Vec<u8>>,
+}
+
+/// Asks the daemon at `addr` for its workers; Ok(n) once it serves.
+pub async fn list_workers_count(addr: &str) -> Result<usize> {
+    let channel = connect(addr).await?;
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.context("daemon not ready")?;
+    let path = PathAndQuery::from_static("/moby.buildkit.v1.Control/ListWorkers");
+    let resp: tonic::Response<ListWorkersResponse> = grpc
+        .unary(
+            tonic::Request::new(ListWorkersRequest::default()),
+            path,
+            ProstCodec::default(),
+        )
+        .await?;
+    Ok(resp.into_inner().record.len())
+}

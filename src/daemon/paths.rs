@@ -1,0 +1,106 @@
+//! Where the daemon keeps its state and its socket, chosen from the UID and overridable.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
+
+use crate::host::Host;
+
+/// Paths of one run. The state dir is the cache and survives; the socket does not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Paths {
+    pub state_dir: PathBuf,
+    /// None: a private 0700 directory under the temp dir, made for this run (pods set no XDG_RUNTIME_DIR).
+    pub socket_dir: Option<PathBuf>,
+}
+
+/// Where a non-root user's private socket dir goes when XDG_RUNTIME_DIR is unset.
+pub const PRIVATE_SOCKET_DIR: &str = "a private 0700 directory under $TMPDIR";
+
+pub fn choose(host: &dyn Host, root: Option<&Path>, socket_dir: Option<&Path>) -> Result<Paths> {
+    let euid = host.euid();
+    let state_dir = match root {
+        Some(r) => r.to_path_buf(),
+        None if euid == 0 => PathBuf::from("/var/lib/buildkit"),
+        None => match (host.env("XDG_DATA_HOME"), host.env("HOME")) {
+            (Some(d), _) => Path::new(&d).join("buildkit"),
+            (None, Some(h)) => Path::new(&h).join(".local/share/buildkit"),
+            (None, None) => bail!(
+                "cannot choose a state dir for uid {euid}: neither XDG_DATA_HOME nor HOME is set; pass --root DIR"
+            ),
+        },
+    };
+    let socket_dir = match socket_dir {
+        Some(d) => Some(d.to_path_buf()),
+        None if euid == 0 => Some(PathBuf::from("/run/buildkit")),
+        None => host
+            .env("XDG_RUNTIME_DIR")
+            .map(|d| Path::new(&d).join("buildkit")),
+    };
+    Ok(Paths {
+        state_dir,
+        socket_dir,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::mode::tests::FakeHost;
+
+    #[test]
+    fn root_uses_system_paths() {
+        let p = choose(&FakeHost::root(), None, None).unwrap();
+        assert_eq!(p.state_dir, Path::new("/var/lib/buildkit"));
+        assert_eq!(p.socket_dir.as_deref(), Some(Path::new("/run/buildkit")));
+    }
+
+    #[test]
+    fn user_uses_xdg_dirs() {
+        let h = FakeHost {
+            env: vec![
+                ("HOME", "/home/u"),
+                ("XDG_DATA_HOME", "/data"),
+                ("XDG_RUNTIME_DIR", "/run/user/1000"),
+            ],
+            ..FakeHost::user()
+        };
+        let p = choose(&h, None, None).unwrap();
+        assert_eq!(p.state_dir, Path::new("/data/buildkit"));
+        assert_eq!(
+            p.socket_dir.as_deref(),
+            Some(Path::new("/run/user/1000/buildkit"))
+        );
+    }
+
+    #[test]
+    fn user_in_a_pod_falls_back_to_home_and_a_private_dir() {
+        let p = choose(&FakeHost::user(), None, None).unwrap();
+        assert_eq!(p.state_dir, Path::new("/home/u/.local/share/buildkit"));
+        assert_eq!(p.socket_dir, None);
+    }
+
+    #[test]
+    fn overrides_win() {
+        let p = choose(
+            &FakeHost::user(),
+            Some(Path::new("/cache")),
+            Some(Path::new("/sock")),
+        )
+        .unwrap();
+        assert_eq!(p.state_dir, Path::new("/cache"));
+        assert_eq!(p.socket_dir.as_deref(), Some(Path::new("/sock")));
+    }
+
+    #[test]
+    fn user_without_home_must_pass_root() {
+        let h = FakeHost {
+            env: vec![],
+            ..FakeHost::user()
+        };
+        assert!(choose(&h, None, None)
+            .unwrap_err()
+            .to_string()
+            .contains("--root"));
+    }
+}

@@ -1,0 +1,349 @@
+//! Everything decided before a daemon starts: mode, paths, socket address and the exact argv, printable by `bkrun config`.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
+
+use super::mode::{self, Decision, Mode};
+use super::paths::{self, Paths, PRIVATE_SOCKET_DIR};
+use crate::config::{flag_value, has_flag, Settings};
+use crate::host::Host;
+
+/// The longest unix socket path the kernel takes (sun_path is 108 bytes with the NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub decision: Decision,
+    pub paths: Paths,
+    /// The socket's file name inside the socket dir.
+    pub socket_name: String,
+    pub settings: Settings,
+    pub buildkitd: PathBuf,
+    pub rootlesskit: Option<PathBuf>,
+}
+
+/// The run-time locations a plan is filled in with once the run dir exists.
+pub struct RunDirs<'a> {
+    pub run_dir: &'a Path,
+    pub socket_dir: &'a Path,
+}
+
+impl Plan {
+    /// `stable_socket`: the `daemon` subcommand's fixed `buildkitd.sock`, which sidecars connect to;
+    /// ephemeral runs use a per-process name so parallel jobs never share a socket.
+    pub fn new(settings: &Settings, host: &dyn Host, stable_socket: bool) -> Result<Plan> {
+        let decision = mode::decide(settings.mode, host, &settings.rootlesskit)?;
+        // A --root in BUILDKITD_FLAGS is where the cache is, as it was with the shell wrapper.
+        let flag_root = flag_value(&settings.buildkitd_flags, "--root").map(PathBuf::from);
+        let root = settings.root.clone().or(flag_root);
+        let paths = paths::choose(host, root.as_deref(), settings.socket_dir.as_deref())?;
+        let Some(buildkitd) = host.which(&settings.buildkitd) else {
+            bail!(
+                "cannot start buildkitd: {:?} is not on PATH; install BuildKit (scripts/setup does) or set BUILDKITD to its path",
+                settings.buildkitd
+            );
+        };
+        let rootlesskit = if decision.mode.is_rootless() {
+            host.which(&settings.rootlesskit)
+        } else {
+            None
+        };
+        let socket_name = if stable_socket {
+            "buildkitd.sock".to_string()
+        } else {
+            format!("bkrun-{}.sock", std::process::id())
+        };
+        Ok(Plan {
+            decision,
+            paths,
+            socket_name,
+            settings: settings.clone(),
+            buildkitd,
+            rootlesskit,
+        })
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.decision.mode
+    }
+
+    pub fn socket_path(&self, socket_dir: &Path) -> Result<PathBuf> {
+        let p = socket_dir.join(&self.socket_name);
+        if p.as_os_str().len() > MAX_SOCKET_PATH {
+            bail!(
+                "socket path {} is longer than the {MAX_SOCKET_PATH} bytes a unix socket allows: choose a shorter socket_dir in bkrun.toml or a shorter TMPDIR",
+                p.display()
+            );
+        }
+        Ok(p)
+    }
+
+    /// The full argv: rootlesskit and its flags first in rootless modes, then buildkitd and its flags.
+    pub fn argv(&self, dirs: &RunDirs) -> Result<Vec<String>> {
+        let mut argv = Vec::new();
+        if let Some(rk) = &self.rootlesskit {
+            argv.push(rk.display().to_string());
+            // Its state dir in our run dir, so nothing of it outlives the run.
+            argv.push(format!(
+                "--state-dir={}",
+                dirs.run_dir.join("rootlesskit").display()
+            ));
+            argv.extend(self.settings.rootlesskit_flags.iter().cloned());
+        }
+        argv.push(self.buildkitd.display().to_string());
+        argv.push(format!(
+            "--addr=unix://{}",
+            self.socket_path(dirs.socket_dir)?.display()
+        ));
+        if flag_value(&self.settings.buildkitd_flags, "--root").is_none() {
+            argv.push(format!("--root={}", self.paths.state_dir.display()));
+        }
+        // A private trace socket: the default (/run/buildkit/otel-grpc.sock) is shared by every
+        // daemon on the host and is not writable in rootless mode when XDG_RUNTIME_DIR is unset.
+        if !has_flag(&self.settings.buildkitd_flags, "--otel-socket-path") {
+            argv.push(format!(
+                "--otel-socket-path={}",
+                dirs.run_dir.join("otel-grpc.sock").display()
+            ));
+        }
+        if self.settings.daemon_config.is_some() {
+            argv.push(format!(
+                "--config={}",
+                dirs.run_dir.join("buildkitd.toml").display()
+            ));
+        }
+        if self.mode() == Mode::RootlessStrict
+            && !self
+                .settings
+                .buildkitd_flags
+                .iter()
+                .any(|f| f.starts_with("--oci-worker-no-process-sandbox"))
+        {
+            argv.push("--oci-worker-no-process-sandbox".into());
+        }
+        if self.settings.debug && !self.settings.buildkitd_flags.iter().any(|f| f == "--debug") {
+            argv.push("--debug".into());
+        }
+        argv.extend(self.settings.buildkitd_flags.iter().cloned());
+        Ok(argv)
+    }
+
+    /// Variables set for the daemon beyond bkrun's own environment.
+    pub fn env(&self, dirs: &RunDirs, host: &dyn Host) -> Vec<(String, String)> {
+        let mut env = Vec::new();
+        // Rootless buildkitd and rootlesskit keep runtime files under XDG_RUNTIME_DIR; a pod sets
+        // none, so they get the private run dir rather than falling back to root-only /run paths.
+        if self.mode().is_rootless() && host.env("XDG_RUNTIME_DIR").is_none() {
+            env.push((
+                "XDG_RUNTIME_DIR".to_string(),
+                dirs.run_dir.display().to_string(),
+            ));
+        }
+        env
+    }
+
+    /// What `bkrun config` prints.
+    pub fn describe(&self) -> String {
+        let mut s = String::new();
+        let placeholder = Path::new("$TMPDIR/bkrun-XXXXXX");
+        let socket_dir = self.paths.socket_dir.as_deref().unwrap_or(placeholder);
+        let dirs = RunDirs {
+            run_dir: placeholder,
+            socket_dir,
+        };
+        let st = &self.settings;
+        let _ = writeln!(
+            s,
+            "mode:            {} ({})",
+            self.mode(),
+            self.decision.reason
+        );
+        let _ = writeln!(
+            s,
+            "config file:     {}",
+            st.config_file
+                .as_ref()
+                .map_or("none".into(), |p| p.display().to_string())
+        );
+        let _ = writeln!(
+            s,
+            "state dir:       {} (kept: it is the cache)",
+            self.paths.state_dir.display()
+        );
+        let _ = writeln!(
+            s,
+            "socket dir:      {}",
+            self.paths
+                .socket_dir
+                .as_ref()
+                .map_or(PRIVATE_SOCKET_DIR.into(), |p| p.display().to_string())
+        );
+        let _ = writeln!(
+            s,
+            "socket:          {}",
+            self.socket_path(socket_dir)
+                .map_or_else(|e| e.to_string(), |p| p.display().to_string())
+        );
+        let _ = writeln!(
+            s,
+            "run dir:         {} (removed at exit)",
+            placeholder.display()
+        );
+        let _ = writeln!(
+            s,
+            "ready timeout:   {:?} ({})",
+            st.ready_timeout, st.ready_timeout_source
+        );
+        let _ = writeln!(s, "stop timeout:    {:?}", st.stop_timeout);
+        match self.argv(&dirs) {
+            Ok(argv) => {
+                let _ = writeln!(s, "daemon argv:     {}", shell_words::join(&argv));
+            }
+            Err(e) => {
+                let _ = writeln!(s, "daemon argv:     ({e})");
+            }
+        }
+        if let Some(dc) = &st.daemon_config {
+            let _ = writeln!(s, "buildkitd.toml:");
+            for line in dc.to_toml().unwrap_or_default().lines() {
+                let _ = writeln!(s, "    {line}");
+            }
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{GlobalArgs, ModeArg};
+    use crate::daemon::mode::tests::FakeHost;
+
+    fn plan(host: &FakeHost, args: GlobalArgs) -> Plan {
+        let s = Settings::load(&args, host).unwrap();
+        Plan::new(&s, host, true).unwrap()
+    }
+
+    fn dirs() -> (PathBuf, PathBuf) {
+        (
+            PathBuf::from("/tmp/bkrun-x"),
+            PathBuf::from("/run/buildkit"),
+        )
+    }
+
+    #[test]
+    fn privileged_argv() {
+        let p = plan(&FakeHost::root(), GlobalArgs::default());
+        let (r, s) = dirs();
+        let argv = p
+            .argv(&RunDirs {
+                run_dir: &r,
+                socket_dir: &s,
+            })
+            .unwrap();
+        assert_eq!(
+            argv,
+            [
+                "/usr/bin/buildkitd",
+                "--addr=unix:///run/buildkit/buildkitd.sock",
+                "--root=/var/lib/buildkit",
+                "--otel-socket-path=/tmp/bkrun-x/otel-grpc.sock"
+            ]
+        );
+    }
+
+    #[test]
+    fn strict_argv_runs_under_rootlesskit_without_sandbox() {
+        let h = FakeHost {
+            env: vec![
+                ("HOME", "/home/u"),
+                (
+                    "BUILDKITD_FLAGS",
+                    "--debug --oci-worker-snapshotter='native'",
+                ),
+            ],
+            ..FakeHost::user()
+        };
+        let p = plan(
+            &h,
+            GlobalArgs {
+                mode: Some(ModeArg::RootlessStrict),
+                ..Default::default()
+            },
+        );
+        let (r, s) = dirs();
+        let argv = p
+            .argv(&RunDirs {
+                run_dir: &r,
+                socket_dir: &s,
+            })
+            .unwrap();
+        assert_eq!(
+            argv,
+            [
+                "/usr/bin/rootlesskit",
+                "--state-dir=/tmp/bkrun-x/rootlesskit",
+                "/usr/bin/buildkitd",
+                "--addr=unix:///run/buildkit/buildkitd.sock",
+                "--root=/home/u/.local/share/buildkit",
+                "--otel-socket-path=/tmp/bkrun-x/otel-grpc.sock",
+                "--oci-worker-no-process-sandbox",
+                "--debug",
+                "--oci-worker-snapshotter=native",
+            ]
+        );
+    }
+
+    #[test]
+    fn root_from_buildkitd_flags_is_the_state_dir() {
+        let h = FakeHost {
+            env: vec![("BUILDKITD_FLAGS", "--root \"/my cache\"")],
+            ..FakeHost::root()
+        };
+        let p = plan(&h, GlobalArgs::default());
+        assert_eq!(p.paths.state_dir, Path::new("/my cache"));
+        let (r, s) = dirs();
+        let argv = p
+            .argv(&RunDirs {
+                run_dir: &r,
+                socket_dir: &s,
+            })
+            .unwrap();
+        assert_eq!(argv.iter().filter(|a| a.starts_with("--root")).count(), 1);
+    }
+
+    #[test]
+    fn rootless_in_a_pod_gets_a_private_runtime_dir() {
+        let (r, s) = dirs();
+        let d = RunDirs {
+            run_dir: &r,
+            socket_dir: &s,
+        };
+        let p = plan(&FakeHost::user(), GlobalArgs::default());
+        assert_eq!(
+            p.env(&d, &FakeHost::user()),
+            [("XDG_RUNTIME_DIR".to_string(), "/tmp/bkrun-x".to_string())]
+        );
+        let h = FakeHost {
+            env: vec![("HOME", "/home/u"), ("XDG_RUNTIME_DIR", "/run/user/1000")],
+            ..FakeHost::user()
+        };
+        assert!(p.env(&d, &h).is_empty());
+        assert!(plan(&FakeHost::root(), GlobalArgs::default())
+            .env(&d, &FakeHost::root())
+            .is_empty());
+    }
+
+    #[test]
+    fn too_long_socket_paths_are_refused() {
+        let p = plan(&FakeHost::root(), GlobalArgs::default());
+        let long = PathBuf::from(format!("/{}", "d".repeat(120)));
+        assert!(p
+            .socket_path(&long)
+            .unwrap_err()
+            .to_string()
+            .contains("107"));
+    }
+}

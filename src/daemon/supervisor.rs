@@ -1,0 +1,323 @@
+//! Starting one buildkitd (directly or under rootlesskit), waiting until it serves, and tearing it down without leaving anything behind.
+
+use std::fs::{self, File};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use tokio::net::UnixDatagram;
+
+use super::plan::{Plan, RunDirs};
+use super::ready;
+use crate::host::Host;
+use crate::reaper::{self, Child, Exit, Reaper};
+
+/// Lines of the daemon log shown when it fails.
+const LOG_TAIL_LINES: usize = 25;
+
+/// A running daemon. Call `stop` (or `fail`) to end it; both remove the run dir.
+pub struct Daemon {
+    child: Child,
+    /// `unix://…`: what BUILDKIT_HOST is set to.
+    pub addr: String,
+    socket: PathBuf,
+    run_dir: Option<tempfile::TempDir>,
+    log_path: PathBuf,
+    notify: Option<UnixDatagram>,
+    started: Instant,
+    stop_timeout: Duration,
+    argv: Vec<String>,
+}
+
+impl Daemon {
+    /// Prepares the directories and spawns the daemon; it does not wait for it to serve.
+    pub fn start(plan: &Plan, host: &dyn Host, reaper: &Reaper) -> Result<Daemon> {
+        let run_dir = tempfile::Builder::new()
+            .prefix("bkrun-")
+            .tempdir()
+            .context("cannot create bkrun's run dir: make TMPDIR (or /tmp) writable")?;
+        let socket_dir = plan
+            .paths
+            .socket_dir
+            .clone()
+            .unwrap_or_else(|| run_dir.path().to_path_buf());
+        prepare_socket_dir(&socket_dir)?;
+        prepare_state_dir(&plan.paths.state_dir)?;
+        let socket = plan.socket_path(&socket_dir)?;
+        remove_stale_socket(&socket)?;
+        let dirs = RunDirs {
+            run_dir: run_dir.path(),
+            socket_dir: &socket_dir,
+        };
+        let argv = plan.argv(&dirs)?;
+        if let Some(dc) = &plan.settings.daemon_config {
+            fs::write(run_dir.path().join("buildkitd.toml"), dc.to_toml()?)
+                .context("cannot write buildkitd.toml into the run dir")?;
+        }
+        let notify_path = run_dir.path().join("notify.sock");
+        let notify =
+            ready::bind_notify_socket(&notify_path).context("cannot bind the notify socket")?;
+        let log_path = run_dir.path().join("buildkitd.log");
+        let log = File::create(&log_path).context("cannot create the daemon log")?;
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..])
+            .envs(plan.env(&dirs, host))
+            .env("NOTIFY_SOCKET", &notify_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            // Its own process group: a Ctrl-C in the terminal reaches bkrun, which stops it in order.
+            .process_group(0);
+        let started = Instant::now();
+        let child = reaper.spawn(&mut cmd).with_context(|| {
+            format!("cannot start {}: check that it exists and is executable (set BUILDKITD or ROOTLESSKIT to override)", argv[0])
+        })?;
+        Ok(Daemon {
+            child,
+            addr: format!("unix://{}", socket.display()),
+            socket,
+            run_dir: Some(run_dir),
+            log_path,
+            notify: Some(notify),
+            started,
+            stop_timeout: plan.settings.stop_timeout,
+            argv,
+        })
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.pid
+    }
+
+    pub fn argv(&self) -> &[String] {
+        &self.argv
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    /// Waits until the daemon serves, for at most `timeout`. Returns the time from spawn to ready
+    /// and which signal came first. On failure the caller should hand the error to `fail`.
+    pub async fn wait_ready(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<(Duration, &'static str), NotReady> {
+        let notify = self.notify.take();
+        let addr = self.addr.clone();
+        let mut child = self.child.clone();
+        let by = tokio::select! {
+            _ = async { match &notify { Some(n) => ready::notified(n).await, None => std::future::pending().await } } => "READY=1",
+            _ = ready::probed(&addr) => "gRPC probe",
+            exit = child.wait() => return Err(NotReady::Exited(exit)),
+            _ = tokio::time::sleep(timeout) => return Err(NotReady::Timeout(timeout)),
+        };
+        Ok((self.started.elapsed(), by))
+    }
+
+    /// Resolves when the daemon exits on its own.
+    pub async fn exited(&self) -> Exit {
+        self.child.clone().wait().await
+    }
+
+    /// SIGTERM the daemon (rootlesskit passes it on), wait the grace period, SIGKILL, then kill
+    /// every other descendant of bkrun and remove the socket and run dir. The state dir stays.
+    pub async fn stop(mut self) -> Exit {
+        let exit = self.child.terminate(self.stop_timeout).await;
+        self.cleanup().await;
+        exit
+    }
+
+    /// Like `stop`, but keeps the daemon log and returns `err` with the log's tail attached.
+    pub async fn fail(mut self, err: anyhow::Error) -> anyhow::Error {
+        self.child.terminate(self.stop_timeout).await;
+        let kept = kept_log_path();
+        let kept = match fs::rename(&self.log_path, &kept)
+            .or_else(|_| fs::copy(&self.log_path, &kept).map(|_| ()))
+        {
+            Ok(()) => kept,
+            Err(_) => self.log_path.clone(),
+        };
+        self.cleanup().await;
+        let tail = log_tail(&kept, LOG_TAIL_LINES);
+        // The headline stays first; the log is the detail under it.
+        anyhow!(
+            "daemon log (kept at {}), last lines:\n{tail}",
+            kept.display()
+        )
+        .context(format!("{err:#}"))
+    }
+
+    async fn cleanup(&mut self) {
+        reaper::kill_all_descendants(Duration::from_secs(10)).await;
+        let _ = fs::remove_file(&self.socket);
+        if let Some(d) = self.run_dir.take() {
+            let path = d.path().to_path_buf();
+            if d.close().is_err() {
+                // rootlesskit may leave files owned by a subordinate id; ignore what can't go.
+                let _ = fs::remove_dir_all(path);
+            }
+        }
+    }
+}
+
+/// Why waiting for the daemon ended without it serving.
+#[derive(Debug)]
+pub enum NotReady {
+    Exited(Exit),
+    Timeout(Duration),
+}
+
+impl NotReady {
+    pub fn into_error(self, argv: &[String]) -> anyhow::Error {
+        match self {
+            NotReady::Exited(exit) => anyhow!(
+                "buildkitd exited before it was ready ({exit}): read its log below, then fix the daemon flags (BUILDKITD_FLAGS, --buildkitd-flags) or the state dir\n  argv: {}",
+                shell_words::join(argv)
+            ),
+            NotReady::Timeout(t) => anyhow!(
+                "buildkitd did not serve within {:.0}s: raise --ready-timeout (or ready_timeout in bkrun.toml) if it is only slow, else read its log below",
+                t.as_secs_f64()
+            ),
+        }
+    }
+}
+
+fn kept_log_path() -> PathBuf {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    std::env::temp_dir().join(format!(
+        "bkrun-buildkitd-{stamp}-{}.log",
+        std::process::id()
+    ))
+}
+
+/// The last `n` lines of a log file (or why it can't be read).
+pub fn log_tail(path: &Path, n: usize) -> String {
+    match fs::read(path) {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            let lines: Vec<&str> = text.lines().collect();
+            let start = lines.len().saturating_sub(n);
+            if lines.is_empty() {
+                "    (the log is empty)".into()
+            } else {
+                lines[start..]
+                    .iter()
+                    .map(|l| format!("    {l}"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            }
+        }
+        Err(e) => format!("    (cannot read {}: {e})", path.display()),
+    }
+}
+
+/// Makes the socket dir 0700 if bkrun creates it, and checks it is writable either way.
+fn prepare_socket_dir(dir: &Path) -> Result<()> {
+    if !dir.exists() {
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).with_context(|| {
+            format!("cannot create socket dir {}: make its parent writable, or set socket_dir in bkrun.toml", dir.display())
+        })?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+    }
+    if nix::unistd::access(
+        dir,
+        nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
+    )
+    .is_err()
+    {
+        bail!(
+            "socket dir {} is not writable by uid {}: fix its owner or mode, or set socket_dir in bkrun.toml (or XDG_RUNTIME_DIR)",
+            dir.display(),
+            nix::unistd::geteuid()
+        );
+    }
+    Ok(())
+}
+
+/// Creates the state dir and refuses one that another buildkitd holds (it flocks buildkitd.lock).
+fn prepare_state_dir(dir: &Path) -> Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| {
+            format!(
+                "cannot create state dir {}: pass --root with a writable directory",
+                dir.display()
+            )
+        })?;
+    let lock_path = dir.join("buildkitd.lock");
+    if let Ok(f) = File::open(&lock_path) {
+        match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(l) => drop(l),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => bail!(
+                "state dir {} is in use by another buildkitd: give this run its own --root, or stop the other daemon",
+                dir.display()
+            ),
+            Err(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// A socket file left by a killed run is removed; one a live daemon answers on is refused.
+fn remove_stale_socket(socket: &Path) -> Result<()> {
+    if fs::symlink_metadata(socket).is_err() {
+        return Ok(());
+    }
+    if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+        bail!(
+            "another daemon already serves at {}: stop it, or use it directly with `buildctl --addr unix://{}`",
+            socket.display(),
+            socket.display()
+        );
+    }
+    fs::remove_file(socket)
+        .with_context(|| format!("cannot remove stale socket {}", socket.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_takes_the_last_lines() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("log");
+        fs::write(
+            &p,
+            (1..=30).map(|i| format!("line {i}\n")).collect::<String>(),
+        )
+        .unwrap();
+        let t = log_tail(&p, 3);
+        assert_eq!(t, "    line 28\n    line 29\n    line 30");
+    }
+
+    #[test]
+    fn a_locked_state_dir_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let f = File::create(d.path().join("buildkitd.lock")).unwrap();
+        let _held =
+            nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).unwrap();
+        let e = prepare_state_dir(d.path()).unwrap_err().to_string();
+        assert!(e.contains("in use by another buildkitd"), "{e}");
+    }
+
+    #[test]
+    fn socket_dir_is_made_private() {
+        let d = tempfile::tempdir().unwrap();
+        let s = d.path().join("a/b");
+        prepare_socket_dir(&s).unwrap();
+        assert_eq!(
+            fs::metadata(&s).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+    }
+}

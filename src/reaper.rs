@@ -1,0 +1,225 @@
+//! Child processes: bkrun is a child subreaper that reaps every child (it may be PID 1), hands exit statuses to whoever waits, and kills what is left at teardown.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use tokio::sync::watch;
+
+/// How a child ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    Signal(i32),
+}
+
+impl Exit {
+    /// The status a shell would report: the code, or 128 + the signal.
+    pub fn code(self) -> i32 {
+        match self {
+            Exit::Code(c) => c,
+            Exit::Signal(s) => 128 + s,
+        }
+    }
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Exit::Code(c) => write!(f, "exit status {c}"),
+            Exit::Signal(s) => {
+                let name = Signal::try_from(*s).map(|s| s.as_str()).unwrap_or("?");
+                write!(f, "killed by signal {s} ({name})")
+            }
+        }
+    }
+}
+
+type Waiters = Arc<Mutex<HashMap<i32, watch::Sender<Option<Exit>>>>>;
+
+/// Owns reaping for the whole process. Start it once, before spawning anything.
+#[derive(Clone)]
+pub struct Reaper {
+    waiters: Waiters,
+}
+
+/// A child started through the reaper.
+#[derive(Clone, Debug)]
+pub struct Child {
+    pub pid: i32,
+    exit: watch::Receiver<Option<Exit>>,
+}
+
+impl Reaper {
+    /// Makes bkrun a child subreaper, so orphans of its children (a build's background processes,
+    /// rootlesskit's children) come back to it instead of to init, and starts the reaping thread.
+    pub fn start() -> io::Result<Reaper> {
+        nix::sys::prctl::set_child_subreaper(true).map_err(io::Error::from)?;
+        let waiters: Waiters = Arc::default();
+        let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGCHLD])?;
+        let w = waiters.clone();
+        std::thread::Builder::new()
+            .name("reaper".into())
+            .spawn(move || {
+                reap_all(&w);
+                for _ in signals.forever() {
+                    reap_all(&w);
+                }
+            })?;
+        Ok(Reaper { waiters })
+    }
+
+    /// Spawns `cmd`. The lock is held across the spawn so the reaping thread cannot collect this
+    /// child before it is registered (std's spawn also waits on a child whose exec failed).
+    pub fn spawn(&self, cmd: &mut Command) -> io::Result<Child> {
+        // A child dies with bkrun even if bkrun is SIGKILLed. The parent-death signal follows the
+        // spawning thread, so it is only set when that is the main thread, which lives as long as bkrun.
+        let on_main_thread = nix::unistd::gettid() == nix::unistd::getpid();
+        if on_main_thread {
+            // SAFETY: prctl is async-signal-safe.
+            unsafe {
+                cmd.pre_exec(|| {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut waiters = self.waiters.lock().unwrap();
+        let child = cmd.spawn()?;
+        let pid = child.id() as i32;
+        let (tx, rx) = watch::channel(None);
+        waiters.insert(pid, tx);
+        Ok(Child { pid, exit: rx })
+    }
+}
+
+fn reap_all(waiters: &Waiters) {
+    let mut waiters = waiters.lock().unwrap();
+    loop {
+        let (pid, exit) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(pid, code)) => (pid, Exit::Code(code)),
+            Ok(WaitStatus::Signaled(pid, sig, _)) => (pid, Exit::Signal(sig as i32)),
+            Ok(WaitStatus::StillAlive) | Err(_) => return,
+            Ok(_) => continue,
+        };
+        if let Some(tx) = waiters.remove(&pid.as_raw()) {
+            let _ = tx.send(Some(exit));
+        }
+    }
+}
+
+impl Child {
+    /// Waits for the child to end.
+    pub async fn wait(&mut self) -> Exit {
+        loop {
+            if let Some(e) = *self.exit.borrow_and_update() {
+                return e;
+            }
+            if self.exit.changed().await.is_err() {
+                // The reaper never drops a sender before sending; treat it as gone.
+                return Exit::Signal(libc::SIGKILL);
+            }
+        }
+    }
+
+    pub fn exited(&self) -> Option<Exit> {
+        *self.exit.borrow()
+    }
+
+    pub fn signal(&self, sig: Signal) {
+        if self.exited().is_none() {
+            let _ = kill(Pid::from_raw(self.pid), sig);
+        }
+    }
+
+    /// SIGTERM, wait up to `grace`, then SIGKILL.
+    pub async fn terminate(&mut self, grace: Duration) -> Exit {
+        self.signal(Signal::SIGTERM);
+        match tokio::time::timeout(grace, self.wait()).await {
+            Ok(e) => e,
+            Err(_) => {
+                self.signal(Signal::SIGKILL);
+                self.wait().await
+            }
+        }
+    }
+}
+
+/// Every live descendant of `root`, found through /proc's parent links.
+pub fn descendants(root: i32) -> Vec<i32> {
+    let mut parent_of = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
+            if let Some(ppid) = read_ppid(pid) {
+                parent_of.push((pid, ppid));
+            }
+        }
+    }
+    let mut found = vec![root];
+    let mut i = 0;
+    while i < found.len() {
+        let p = found[i];
+        found.extend(parent_of.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
+        i += 1;
+    }
+    found.remove(0);
+    found
+}
+
+fn read_ppid(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may hold spaces; fields resume after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split(' ').nth(1)?.parse().ok()
+}
+
+/// Kills every descendant of bkrun and waits until they are reaped: the last step of teardown,
+/// so no daemon, rootlesskit, runc or build process outlives the run. Returns how many it killed.
+pub async fn kill_all_descendants(deadline: Duration) -> usize {
+    let me = std::process::id() as i32;
+    let start = Instant::now();
+    let mut killed = 0;
+    loop {
+        let left = descendants(me);
+        if left.is_empty() || start.elapsed() > deadline {
+            return killed;
+        }
+        for pid in &left {
+            if kill(Pid::from_raw(*pid), Signal::SIGKILL).is_ok() {
+                killed += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_follow_the_shell() {
+        assert_eq!(Exit::Code(3).code(), 3);
+        assert_eq!(Exit::Signal(15).code(), 143);
+        assert_eq!(Exit::Signal(9).to_string(), "killed by signal 9 (SIGKILL)");
+    }
+
+    #[test]
+    fn ppid_parses_names_with_parentheses() {
+        assert_eq!(
+            read_ppid(std::process::id() as i32),
+            Some(nix::unistd::getppid().as_raw())
+        );
+    }
+}

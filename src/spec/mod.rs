@@ -1,0 +1,4 @@
+//! buildctl's flag grammar turned into typed specs, validated before anything starts (pure, no I/O but path checks).
+
+pub mod build;
+pub mod csv;
