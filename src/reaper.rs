@@ -177,6 +177,11 @@ pub fn descendants(root: i32) -> Vec<i32> {
     found
 }
 
+/// A process's command name (the kernel's 15-byte `comm`).
+pub fn comm(pid: i32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).ok().map(|s| s.trim_end().to_string())
+}
+
 fn read_ppid(pid: i32) -> Option<i32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name is in parentheses and may hold spaces; fields resume after the last ')'.

@@ -126,6 +126,7 @@ impl Daemon {
     /// SIGTERM the daemon (rootlesskit passes it on), wait the grace period, SIGKILL, then kill
     /// every other descendant of bkrun and remove the socket and run dir. The state dir stays.
     pub async fn stop(mut self) -> Exit {
+        self.kill_build_processes();
         let exit = self.child.terminate(self.stop_timeout).await;
         self.cleanup().await;
         exit
@@ -133,6 +134,7 @@ impl Daemon {
 
     /// Like `stop`, but keeps the daemon log and returns `err` with the log's tail attached.
     pub async fn fail(mut self, err: anyhow::Error) -> anyhow::Error {
+        self.kill_build_processes();
         self.child.terminate(self.stop_timeout).await;
         let kept = kept_log_path();
         let kept = match fs::rename(&self.log_path, &kept)
@@ -149,6 +151,20 @@ impl Daemon {
             kept.display()
         )
         .context(format!("{err:#}"))
+    }
+
+    /// Kills what buildkitd itself started (runc, RUN step processes) before asking it to stop.
+    /// The work is over by now; and without a process sandbox buildkitd cannot kill a RUN step's
+    /// processes itself, so it would otherwise wait on them through the whole grace period.
+    fn kill_build_processes(&self) {
+        let daemon = std::iter::once(self.child.pid)
+            .chain(reaper::descendants(self.child.pid))
+            .find(|p| reaper::comm(*p).as_deref() == Some("buildkitd"));
+        if let Some(d) = daemon {
+            for pid in reaper::descendants(d) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            }
+        }
     }
 
     async fn cleanup(&mut self) {
