@@ -77,6 +77,19 @@ pub mod grpc {
     }
 }
 
+mod service_table {
+    include!(concat!(env!("OUT_DIR"), "/service_methods.rs"));
+}
+
+/// Method names (not full paths) of a service compiled from our protos, keyed
+/// by its full gRPC name such as `moby.filesync.v1.FileSync`.
+pub fn service_methods(service: &str) -> Option<&'static [&'static str]> {
+    service_table::SERVICE_METHODS
+        .iter()
+        .find(|(name, _)| *name == service)
+        .map(|(_, methods)| *methods)
+}
+
 #[cfg(test)]
 mod tests {
     use super::fsutil::types::{packet::PacketType, Packet, Stat};
@@ -93,6 +106,19 @@ mod tests {
 
     // Expected bytes are hand-assembled from the upstream field numbers, so a
     // renumbered field in our .proto files fails here rather than on the wire.
+    #[test]
+    fn service_table_lists_methods() {
+        assert_eq!(
+            super::service_methods("moby.filesync.v1.FileSync"),
+            Some(&["DiffCopy", "TarStream"][..])
+        );
+        assert_eq!(
+            super::service_methods("grpc.health.v1.Health"),
+            Some(&["Check", "Watch"][..])
+        );
+        assert_eq!(super::service_methods("nope.Nope"), None);
+    }
+
     #[test]
     fn packet_encoding_is_pinned() {
         let p = Packet {
