@@ -1,3 +1,5 @@
 //! bkrun: a daemonless BuildKit runner; the library behind the `bkrun` binary, also used by the tests.
 
 pub mod proto;
+
+pub mod session;
