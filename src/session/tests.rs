@@ -263,3 +263,46 @@ async fn daemon_dials_back_through_the_session() {
     let _ = stop_tx.send(());
     server.await.unwrap().unwrap();
 }
+
+/// Manual check against a real daemon: set BKRUN_TEST_BUILDKITD_SOCK to a
+/// buildkitd unix socket and run with `--ignored`. It outlives two health
+/// check rounds (the daemon drops sessions after two failed checks).
+#[tokio::test]
+#[ignore = "needs a running buildkitd"]
+async fn real_buildkitd_accepts_the_session() {
+    let sock = std::env::var("BKRUN_TEST_BUILDKITD_SOCK").expect("BKRUN_TEST_BUILDKITD_SOCK");
+    let channel = Endpoint::from_static("http://buildkitd")
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let sock = sock.clone();
+            async move {
+                tokio::net::UnixStream::connect(sock)
+                    .await
+                    .map(TokioIo::new)
+            }
+        }))
+        .await
+        .unwrap();
+    let handle = Session::new("bkrun-test")
+        .add_service(SecretsServer::new(FakeSecrets))
+        .start(channel.clone())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert!(!handle.is_finished(), "daemon dropped the session");
+
+    // The daemon must find the session by id; the dockerfile frontend then
+    // asks it for the build context, which this session does not serve.
+    let err = control::control_client::ControlClient::new(channel)
+        .solve(control::SolveRequest {
+            r#ref: random_id(),
+            session: handle.id().to_string(),
+            frontend: "dockerfile.v0".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    eprintln!("solve without a context: {}", err.message());
+    assert!(!err.message().contains("no active session"));
+
+    handle.close().await.unwrap();
+}
