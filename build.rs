@@ -25,9 +25,23 @@ fn main() -> io::Result<()> {
     write_service_methods(&fds)?;
     // Both sides are generated: we call Control as a client and serve the
     // session services (FileSync, Health, ...) to the daemon.
+    // BuildKit sends error details as Go-JSON inside google.rpc.Status (type
+    // URLs ending in "+json"), so the types we read from there also get serde.
+    let json = "#[derive(serde::Deserialize)] #[serde(default)]";
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        .type_attribute(".errdefs.Vertex", json)
+        .type_attribute(".errdefs.Source", json)
+        .type_attribute(".pb.SourceInfo", json)
+        .type_attribute(".pb.Range", json)
+        .type_attribute(".pb.Position", json)
+        .field_attribute(
+            ".pb.SourceInfo.data",
+            "#[serde(deserialize_with = \"crate::proto::go_json_bytes\")]",
+        )
+        // The embedded LLB definition is not needed to show an excerpt.
+        .field_attribute(".pb.SourceInfo.definition", "#[serde(skip)]")
         .compile_fds(fds)
 }
 

@@ -90,6 +90,32 @@ pub fn service_methods(service: &str) -> Option<&'static [&'static str]> {
         .map(|(_, methods)| *methods)
 }
 
+/// Type URL of an [`errdefs::Source`] detail: where in the Dockerfile it failed.
+pub const DETAIL_SOURCE: &str = "github.com/moby/buildkit/errdefs.Source+json";
+/// Type URL of an [`errdefs::Vertex`] detail: which step failed.
+pub const DETAIL_VERTEX: &str = "github.com/moby/buildkit/errdefs.Vertex+json";
+
+/// Decode one detail of a daemon error if it has the given type URL.
+///
+/// The details come from `google.rpc.Status` (decode `tonic::Status::details()`
+/// with [`google::rpc::Status`]); BuildKit fills their `value` with Go's JSON
+/// encoding, not protobuf.
+pub fn decode_json_detail<T: serde::de::DeserializeOwned>(
+    detail: &prost_types::Any,
+    type_url: &str,
+) -> Option<serde_json::Result<T>> {
+    (detail.type_url == type_url).then(|| serde_json::from_slice(&detail.value))
+}
+
+/// Go's JSON encodes byte slices as standard base64 (null when nil).
+pub(crate) fn go_json_bytes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    use base64::Engine as _;
+    let text: Option<String> = serde::Deserialize::deserialize(d)?;
+    base64::engine::general_purpose::STANDARD
+        .decode(text.unwrap_or_default())
+        .map_err(serde::de::Error::custom)
+}
+
 #[cfg(test)]
 mod tests {
     use super::fsutil::types::{packet::PacketType, Packet, Stat};
@@ -222,5 +248,36 @@ mod tests {
             0x12, 0x0a, 0x0a, 0x02, 0x08, 0x01, 0x12, 0x04, 0x08, 0x01, 0x10, 0x06,
         ];
         assert!(bytes.ends_with(&tail), "{bytes:02x?}");
+    }
+
+    #[test]
+    fn source_detail_decodes_from_go_json() {
+        use prost::Message as _;
+        // Shaped like encoding/json output of BuildKit's errdefs.Source.
+        let json = br#"{"info":{"filename":"Dockerfile","data":"RlJPTSB4ClJVTiBmYWxzZQo=","definition":{"def":["AA=="]},"language":"Dockerfile"},"ranges":[{"start":{"line":2},"end":{"line":2,"character":9}}]}"#;
+        let status = super::google::rpc::Status {
+            code: 2,
+            message: "process did not complete successfully".into(),
+            details: vec![prost_types::Any {
+                type_url: super::DETAIL_SOURCE.into(),
+                value: json.to_vec(),
+            }],
+        };
+        let status = super::google::rpc::Status::decode(status.encode_to_vec().as_slice()).unwrap();
+        let detail = &status.details[0];
+        assert!(
+            super::decode_json_detail::<super::errdefs::Vertex>(detail, super::DETAIL_VERTEX)
+                .is_none()
+        );
+        let src: super::errdefs::Source = super::decode_json_detail(detail, super::DETAIL_SOURCE)
+            .unwrap()
+            .unwrap();
+        let info = src.info.unwrap();
+        assert_eq!(info.filename, "Dockerfile");
+        assert_eq!(info.data, b"FROM x\nRUN false\n");
+        let range = &src.ranges[0];
+        assert_eq!(range.start.unwrap().line, 2);
+        assert_eq!(range.start.unwrap().character, 0);
+        assert_eq!(range.end.unwrap().character, 9);
     }
 }
