@@ -5,6 +5,8 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod host;
+pub mod proto;
 pub mod reaper;
 pub mod run;
+pub mod session;
 pub mod spec;
