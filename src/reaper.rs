@@ -179,7 +179,9 @@ pub fn descendants(root: i32) -> Vec<i32> {
 
 /// A process's command name (the kernel's 15-byte `comm`).
 pub fn comm(pid: i32) -> Option<String> {
-    std::fs::read_to_string(format!("/proc/{pid}/comm")).ok().map(|s| s.trim_end().to_string())
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|s| s.trim_end().to_string())
 }
 
 fn read_ppid(pid: i32) -> Option<i32> {

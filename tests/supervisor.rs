@@ -22,7 +22,8 @@ fn hello_build(sb: &Sandbox, via_exec: bool) {
         c.arg("build");
     }
     let out = run_ok(c.args(&args));
-    let hello = fs::read_to_string(out_dir.join("hello.txt")).unwrap_or_else(|e| panic!("no hello.txt ({e})\n{}", show(&out)));
+    let hello = fs::read_to_string(out_dir.join("hello.txt"))
+        .unwrap_or_else(|e| panic!("no hello.txt ({e})\n{}", show(&out)));
     assert!(hello.starts_with("hello from bkrun"), "{hello}");
     assert!(out_dir.join("bin/busybox").exists());
     sb.assert_clean();
@@ -59,22 +60,35 @@ fn sigterm_during_a_long_run_step_exits_143_and_leaves_nothing() {
             .unwrap();
         let running = wait_until(Duration::from_secs(60), || {
             fs::read_dir("/proc").unwrap().flatten().any(|e| {
-                fs::read(e.path().join("cmdline")).map(|c| String::from_utf8_lossy(&c).contains(&marker)).unwrap_or(false)
+                fs::read(e.path().join("cmdline"))
+                    .map(|c| String::from_utf8_lossy(&c).contains(&marker))
+                    .unwrap_or(false)
             })
         });
         assert!(running, "the RUN step never started ({mode:?})");
         let t = Instant::now();
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
         let status = child.wait().unwrap();
         let took = t.elapsed();
         let mut err = String::new();
         std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
         assert_eq!(status.code(), Some(143), "{mode:?}: {status:?}\n{err}");
-        assert!(took < Duration::from_secs(10), "{mode:?}: took {took:?} to stop");
+        assert!(
+            took < Duration::from_secs(10),
+            "{mode:?}: took {took:?} to stop"
+        );
         let left: Vec<_> = fs::read_dir("/proc")
             .unwrap()
             .flatten()
-            .filter(|e| fs::read(e.path().join("cmdline")).map(|c| String::from_utf8_lossy(&c).contains(&marker)).unwrap_or(false))
+            .filter(|e| {
+                fs::read(e.path().join("cmdline"))
+                    .map(|c| String::from_utf8_lossy(&c).contains(&marker))
+                    .unwrap_or(false)
+            })
             .collect();
         assert!(left.is_empty(), "{mode:?}: the RUN step's process survived");
         sb.assert_clean();
@@ -85,9 +99,23 @@ fn sigterm_during_a_long_run_step_exits_143_and_leaves_nothing() {
 fn exit_status_of_the_work_is_passed_through() {
     for mode in [Mode::Privileged, Mode::RootlessStrict] {
         let sb = Sandbox::new(mode);
-        let out = sb.bkrun().args(["exec", "--", "sh", "-c", "test -n \"$BUILDKIT_HOST\" && exit 7"]).output().unwrap();
+        let out = sb
+            .bkrun()
+            .args([
+                "exec",
+                "--",
+                "sh",
+                "-c",
+                "test -n \"$BUILDKIT_HOST\" && exit 7",
+            ])
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(7), "{}", show(&out));
-        let out = sb.bkrun().args(["exec", "--", "sh", "-c", "kill -TERM $$"]).output().unwrap();
+        let out = sb
+            .bkrun()
+            .args(["exec", "--", "sh", "-c", "kill -TERM $$"])
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(143), "{}", show(&out));
         sb.assert_clean();
     }
@@ -97,7 +125,12 @@ fn exit_status_of_the_work_is_passed_through() {
 fn a_failing_build_exits_non_zero() {
     let sb = Sandbox::new(Mode::Privileged);
     let ctx = sb.context("fail", "FROM scratch\nCOPY --from=busybox busybox /bin/busybox\nRUN [\"/bin/busybox\", \"false\"]\n");
-    let out = sb.bkrun().arg("build").args(sb.build_args(&ctx)).output().unwrap();
+    let out = sb
+        .bkrun()
+        .arg("build")
+        .args(sb.build_args(&ctx))
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
     sb.assert_clean();
 }
@@ -106,7 +139,11 @@ fn a_failing_build_exits_non_zero() {
 fn background_processes_of_the_work_do_not_outlive_bkrun() {
     let sb = Sandbox::new(Mode::RootlessStrict);
     // The child detaches a sleeper into its own session; bkrun, as subreaper, still gets it.
-    let out = sb.bkrun().args(["exec", "--", "sh", "-c", "setsid sleep 300 & exit 0"]).output().unwrap();
+    let out = sb
+        .bkrun()
+        .args(["exec", "--", "sh", "-c", "setsid sleep 300 & exit 0"])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", show(&out));
     sb.assert_clean();
 }
@@ -116,15 +153,29 @@ fn a_daemon_with_a_bad_flag_fails_with_its_log() {
     for mode in [Mode::Privileged, Mode::Rootless] {
         let sb = Sandbox::new(mode);
         let t = Instant::now();
-        let out = sb.bkrun().args(["--buildkitd-flags", "--no-such-flag", "exec", "--", "true"]).output().unwrap();
+        let out = sb
+            .bkrun()
+            .args(["--buildkitd-flags", "--no-such-flag", "exec", "--", "true"])
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(1), "{}", show(&out));
         let err = String::from_utf8_lossy(&out.stderr);
         let first = err.lines().next().unwrap_or("");
-        assert!(first.starts_with("bkrun: buildkitd exited before it was ready"), "{err}");
-        assert!(err.contains("no-such-flag"), "the log tail should show buildkitd's complaint:\n{err}");
+        assert!(
+            first.starts_with("bkrun: buildkitd exited before it was ready"),
+            "{err}"
+        );
+        assert!(
+            err.contains("no-such-flag"),
+            "the log tail should show buildkitd's complaint:\n{err}"
+        );
         assert!(t.elapsed() < Duration::from_secs(20));
         // The log is kept (and named) on failure; nothing else is.
-        let kept: Vec<_> = fs::read_dir(sb.path("tmp")).unwrap().flatten().map(|e| e.path()).collect();
+        let kept: Vec<_> = fs::read_dir(sb.path("tmp"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
         assert_eq!(kept.len(), 1, "{kept:?}");
         assert!(err.contains(&kept[0].display().to_string()), "{err}");
         fs::remove_file(&kept[0]).unwrap();
@@ -135,10 +186,18 @@ fn a_daemon_with_a_bad_flag_fails_with_its_log() {
 #[test]
 fn a_missing_daemon_binary_is_explained_before_anything_starts() {
     let sb = Sandbox::new(Mode::Privileged);
-    let out = sb.bkrun().env("BUILDKITD", "/nonexistent/buildkitd").args(["exec", "--", "true"]).output().unwrap();
+    let out = sb
+        .bkrun()
+        .env("BUILDKITD", "/nonexistent/buildkitd")
+        .args(["exec", "--", "true"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.starts_with("bkrun: cannot start buildkitd: \"/nonexistent/buildkitd\" is not on PATH"), "{err}");
+    assert!(
+        err.starts_with("bkrun: cannot start buildkitd: \"/nonexistent/buildkitd\" is not on PATH"),
+        "{err}"
+    );
     sb.assert_clean();
 }
 
@@ -146,17 +205,37 @@ fn a_missing_daemon_binary_is_explained_before_anything_starts() {
 fn bad_flags_fail_fast_without_a_daemon() {
     let sb = Sandbox::new(Mode::Privileged);
     let cases: &[(&[&str], &str)] = &[
-        (&["build", "--output", "type=zip,dest=x"], "--output type=zip is unknown"),
-        (&["build", "--local", "context=/no/such/dir"], "no such directory"),
+        (
+            &["build", "--output", "type=zip,dest=x"],
+            "--output type=zip is unknown",
+        ),
+        (
+            &["build", "--local", "context=/no/such/dir"],
+            "no such directory",
+        ),
         (&["build", "--frobnicate"], "--frobnicate"),
         (&["--mode", "sideways", "exec", "--", "true"], "sideways"),
     ];
     for (args, want) in cases {
         let t = Instant::now();
-        let out = sb.command(&sb.bin).arg("--root").arg(sb.path("state")).args(*args).output().unwrap();
+        let out = sb
+            .command(&sb.bin)
+            .arg("--root")
+            .arg(sb.path("state"))
+            .args(*args)
+            .output()
+            .unwrap();
         assert_ne!(out.status.code(), Some(0));
-        assert!(String::from_utf8_lossy(&out.stderr).contains(want), "{args:?}: {}", show(&out));
-        assert!(t.elapsed() < Duration::from_secs(2), "{args:?} took {:?}", t.elapsed());
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(want),
+            "{args:?}: {}",
+            show(&out)
+        );
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "{args:?} took {:?}",
+            t.elapsed()
+        );
     }
     // No daemon was started, so the state dir was never touched.
     assert_eq!(fs::read_dir(sb.path("state")).unwrap().count(), 0);
@@ -167,21 +246,37 @@ fn bad_flags_fail_fast_without_a_daemon() {
 fn config_file_unknown_keys_are_named() {
     let sb = Sandbox::new(Mode::Privileged);
     let cfg = sb.write("bkrun.toml", "ready_timout = 5\n");
-    let out = sb.bkrun().arg("--config").arg(&cfg).arg("config").output().unwrap();
+    let out = sb
+        .bkrun()
+        .arg("--config")
+        .arg(&cfg)
+        .arg("config")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("ready_timout"), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("ready_timout"),
+        "{}",
+        show(&out)
+    );
 }
 
 #[test]
 fn config_prints_mode_paths_and_argv() {
     let sb = Sandbox::new(Mode::RootlessStrict);
-    let cfg = sb.write("bkrun.toml", "[buildkitd.registry.\"127.0.0.1:5000\"]\nhttp = true\n");
+    let cfg = sb.write(
+        "bkrun.toml",
+        "[buildkitd.registry.\"127.0.0.1:5000\"]\nhttp = true\n",
+    );
     let out = run_ok(sb.bkrun().arg("--config").arg(&cfg).arg("config"));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("mode:            rootless-strict"), "{text}");
     assert!(text.contains("--oci-worker-no-process-sandbox"), "{text}");
     assert!(text.contains("[registry.\"127.0.0.1:5000\"]"), "{text}");
-    assert!(text.contains(&format!("state dir:       {}", sb.path("state").display())), "{text}");
+    assert!(
+        text.contains(&format!("state dir:       {}", sb.path("state").display())),
+        "{text}"
+    );
 }
 
 #[test]
@@ -191,10 +286,18 @@ fn invoked_as_buildctl_daemonless_sh_everything_goes_to_the_build_client() {
     std::os::unix::fs::symlink(&sb.bin, &link).unwrap();
     let ctx = sb.hello_context();
     let mut args = sb.build_args(&ctx);
-    args.push(format!("--output=type=local,dest={}", sb.path("out").display()));
+    args.push(format!(
+        "--output=type=local,dest={}",
+        sb.path("out").display()
+    ));
     // The shell wrapper takes the mode and state dir from the environment, so they go there.
     let flags = format!("--root '{}'", sb.path("state with space").display());
-    let out = run_ok(sb.command(&link).env("BUILDKITD_FLAGS", &flags).arg("build").args(&args));
+    let out = run_ok(
+        sb.command(&link)
+            .env("BUILDKITD_FLAGS", &flags)
+            .arg("build")
+            .args(&args),
+    );
     assert!(sb.path("out/hello.txt").exists(), "{}", show(&out));
     // BUILDKITD_FLAGS was split as a shell would: the quoted path with a space is the state dir.
     assert!(fs::read_dir(sb.path("state with space")).unwrap().count() > 0);
@@ -204,14 +307,36 @@ fn invoked_as_buildctl_daemonless_sh_everything_goes_to_the_build_client() {
 #[test]
 fn daemon_subcommand_serves_until_sigterm() {
     let sb = Sandbox::new(Mode::Rootless);
-    let mut child = sb.bkrun().arg("daemon").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = sb
+        .bkrun()
+        .arg("daemon")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     let addr = line.trim().to_string();
-    assert!(addr.starts_with("unix://") && addr.ends_with("/buildkitd.sock"), "{addr:?}");
-    let out = run_ok(sb.command("buildctl").args(["--addr", &addr, "debug", "workers"]));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("linux/"), "{}", show(&out));
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert!(
+        addr.starts_with("unix://") && addr.ends_with("/buildkitd.sock"),
+        "{addr:?}"
+    );
+    let out = run_ok(
+        sb.command("buildctl")
+            .args(["--addr", &addr, "debug", "workers"]),
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("linux/"),
+        "{}",
+        show(&out)
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(143), "{status:?} {:?}", status.signal());
     sb.assert_clean();

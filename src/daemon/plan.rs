@@ -10,6 +10,8 @@ use super::paths::{self, Paths, PRIVATE_SOCKET_DIR};
 use crate::config::{flag_value, has_flag, Settings};
 use crate::host::Host;
 
+const NO_SANDBOX: &str = "--oci-worker-no-process-sandbox";
+
 /// The longest unix socket path the kernel takes (sun_path is 108 bytes with the NUL).
 const MAX_SOCKET_PATH: usize = 107;
 
@@ -34,7 +36,14 @@ impl Plan {
     /// `stable_socket`: the `daemon` subcommand's fixed `buildkitd.sock`, which sidecars connect to;
     /// ephemeral runs use a per-process name so parallel jobs never share a socket.
     pub fn new(settings: &Settings, host: &dyn Host, stable_socket: bool) -> Result<Plan> {
-        let decision = mode::decide(settings.mode, host, &settings.rootlesskit)?;
+        let mut decision = mode::decide(settings.mode, host, &settings.rootlesskit)?;
+        // The shell wrapper's way to ask for strict mode: BUILDKITD_FLAGS=--oci-worker-no-process-sandbox.
+        if decision.mode == Mode::Rootless && has_flag(&settings.buildkitd_flags, NO_SANDBOX) {
+            decision = Decision {
+                mode: Mode::RootlessStrict,
+                reason: format!("the daemon flags include {NO_SANDBOX}"),
+            };
+        }
         // A --root in BUILDKITD_FLAGS is where the cache is, as it was with the shell wrapper.
         let flag_root = flag_value(&settings.buildkitd_flags, "--root").map(PathBuf::from);
         let root = settings.root.clone().or(flag_root);
@@ -294,6 +303,27 @@ mod tests {
                 "--oci-worker-snapshotter=native",
             ]
         );
+    }
+
+    #[test]
+    fn no_sandbox_flag_means_strict() {
+        let h = FakeHost {
+            env: vec![
+                ("HOME", "/home/u"),
+                ("BUILDKITD_FLAGS", "--oci-worker-no-process-sandbox"),
+            ],
+            ..FakeHost::user()
+        };
+        let p = plan(&h, GlobalArgs::default());
+        assert_eq!(p.mode(), Mode::RootlessStrict);
+        let (r, s) = dirs();
+        let argv = p
+            .argv(&RunDirs {
+                run_dir: &r,
+                socket_dir: &s,
+            })
+            .unwrap();
+        assert_eq!(argv.iter().filter(|a| *a == NO_SANDBOX).count(), 1);
     }
 
     #[test]

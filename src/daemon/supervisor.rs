@@ -162,7 +162,10 @@ impl Daemon {
             .find(|p| reaper::comm(*p).as_deref() == Some("buildkitd"));
         if let Some(d) = daemon {
             for pid in reaper::descendants(d) {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
         }
     }

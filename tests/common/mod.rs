@@ -51,14 +51,28 @@ fn test_user_ids() -> (u32, u32) {
 
 impl Sandbox {
     pub fn new(mode: Mode) -> Sandbox {
-        let dir = tempfile::Builder::new().prefix("bkrun-test-").tempdir_in("/tmp").unwrap().keep();
+        let dir = tempfile::Builder::new()
+            .prefix("bkrun-test-")
+            .tempdir_in("/tmp")
+            .unwrap()
+            .keep();
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
-        let (uid, gid) = if mode.rootless() { test_user_ids() } else { (0, 0) };
+        let (uid, gid) = if mode.rootless() {
+            test_user_ids()
+        } else {
+            (0, 0)
+        };
         // The binary is copied in so the test user can run it wherever the checkout lives.
         let bin = dir.join("bin/bkrun");
         fs::create_dir_all(dir.join("bin")).unwrap();
         fs::copy(env!("CARGO_BIN_EXE_bkrun"), &bin).unwrap();
-        let sb = Sandbox { dir, mode, bin, uid, gid };
+        let sb = Sandbox {
+            dir,
+            mode,
+            bin,
+            uid,
+            gid,
+        };
         for d in ["tmp", "state", "home"] {
             sb.mkdir(d);
         }
@@ -112,7 +126,11 @@ impl Sandbox {
 
     /// The bundled example, copied into the sandbox.
     pub fn hello_context(&self) -> PathBuf {
-        let text = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/hello/Dockerfile")).unwrap();
+        let text = fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/hello/Dockerfile"
+        ))
+        .unwrap();
         self.context("hello", &text)
     }
 
@@ -120,7 +138,10 @@ impl Sandbox {
     /// TMPDIR inside the sandbox so every temp file of the run can be checked for, and --mode/--root set.
     pub fn bkrun(&self) -> Command {
         let mut c = self.command(&self.bin);
-        c.arg("--mode").arg(self.mode.flag()).arg("--root").arg(self.path("state"));
+        c.arg("--mode")
+            .arg(self.mode.flag())
+            .arg("--root")
+            .arg(self.path("state"));
         c
     }
 
@@ -128,10 +149,27 @@ impl Sandbox {
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut c = Command::new(program);
         c.env_clear()
-            .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
             .env("TMPDIR", self.path("tmp"))
-            .env("HOME", if self.mode.rootless() { self.path("home") } else { PathBuf::from("/root") })
-            .env("USER", if self.mode.rootless() { TEST_USER } else { "root" })
+            .env(
+                "HOME",
+                if self.mode.rootless() {
+                    self.path("home")
+                } else {
+                    PathBuf::from("/root")
+                },
+            )
+            .env(
+                "USER",
+                if self.mode.rootless() {
+                    TEST_USER
+                } else {
+                    "root"
+                },
+            )
             .current_dir(&self.dir);
         if self.mode.rootless() {
             c.uid(self.uid).gid(self.gid);
@@ -158,7 +196,9 @@ impl Sandbox {
         let me = std::process::id();
         let mut found = Vec::new();
         for e in fs::read_dir("/proc").unwrap().flatten() {
-            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
             if pid == me {
                 continue;
             }
@@ -166,7 +206,10 @@ impl Sandbox {
             let environ = fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
             let has = |b: &[u8]| String::from_utf8_lossy(b).contains(&needle);
             if has(&cmdline) || has(&environ) {
-                found.push(format!("{pid}: {}", String::from_utf8_lossy(&cmdline).replace('\0', " ")));
+                found.push(format!(
+                    "{pid}: {}",
+                    String::from_utf8_lossy(&cmdline).replace('\0', " ")
+                ));
             }
         }
         found
@@ -175,8 +218,16 @@ impl Sandbox {
     /// Nothing of the run survives: no process, nothing in its TMPDIR, no socket of a dead bkrun.
     pub fn assert_clean(&self) {
         let procs = self.live_processes();
-        assert!(procs.is_empty(), "processes left behind:\n{}", procs.join("\n"));
-        let left: Vec<_> = fs::read_dir(self.path("tmp")).unwrap().flatten().map(|e| e.path()).collect();
+        assert!(
+            procs.is_empty(),
+            "processes left behind:\n{}",
+            procs.join("\n")
+        );
+        let left: Vec<_> = fs::read_dir(self.path("tmp"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
         assert!(left.is_empty(), "temp files left behind: {left:?}");
         assert_no_orphan_sockets();
     }
@@ -184,11 +235,19 @@ impl Sandbox {
 
 /// /run/buildkit/bkrun-PID.sock must belong to a live bkrun.
 pub fn assert_no_orphan_sockets() {
-    let Ok(dir) = fs::read_dir("/run/buildkit") else { return };
+    let Ok(dir) = fs::read_dir("/run/buildkit") else {
+        return;
+    };
     for e in dir.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if let Some(pid) = name.strip_prefix("bkrun-").and_then(|r| r.strip_suffix(".sock")) {
-            assert!(Path::new(&format!("/proc/{pid}")).exists(), "socket {name} outlived its bkrun");
+        if let Some(pid) = name
+            .strip_prefix("bkrun-")
+            .and_then(|r| r.strip_suffix(".sock"))
+        {
+            assert!(
+                Path::new(&format!("/proc/{pid}")).exists(),
+                "socket {name} outlived its bkrun"
+            );
         }
     }
 }
@@ -198,7 +257,10 @@ impl Drop for Sandbox {
         // A failed test must not leak into the next one: kill what is left, then remove the dir.
         for p in self.live_processes() {
             if let Some(pid) = p.split(':').next().and_then(|s| s.parse::<i32>().ok()) {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -219,7 +281,12 @@ fn walk(p: &Path) -> Vec<PathBuf> {
 /// Runs and checks the exit status, printing the output on failure.
 pub fn run_ok(c: &mut Command) -> Output {
     let out = c.output().unwrap();
-    assert!(out.status.success(), "{c:?} failed: {}\n{}", out.status, show(&out));
+    assert!(
+        out.status.success(),
+        "{c:?} failed: {}\n{}",
+        out.status,
+        show(&out)
+    );
     out
 }
 
