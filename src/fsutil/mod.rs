@@ -4,9 +4,12 @@
 //! files to us (FileSend.DiffCopy, we receive). This module holds the transport-free logic; the
 //! gRPC layer only has to shuttle [`Packet`]s between a stream and the channels used here.
 
+pub mod filter;
 mod gore;
 pub mod mode;
 pub mod pattern;
+mod sys;
+pub mod walk;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -80,7 +83,6 @@ pub enum Error {
 }
 
 impl Error {
-    #[allow(dead_code)] // used by the walker and both transfer ends
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             op,
@@ -89,5 +91,7 @@ impl Error {
         }
     }
 }
+
+pub use walk::{walk, walk_collect, Source, WalkOptions};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
