@@ -8,7 +8,11 @@ pub mod filter;
 mod gore;
 pub mod mode;
 pub mod pattern;
+pub mod receive;
+pub mod send;
 mod sys;
+#[cfg(test)]
+mod transfer_tests;
 pub mod walk;
 
 use std::collections::BTreeMap;
@@ -92,6 +96,8 @@ impl Error {
     }
 }
 
+pub use receive::{receive, OwnerPolicy, ReceiveOptions};
+pub use send::{send, SendOptions, DEFAULT_CHUNK_SIZE};
 pub use walk::{walk, walk_collect, Source, WalkOptions};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -52,7 +52,6 @@ pub(crate) fn lgetxattr(p: &Path, name: &str) -> io::Result<Vec<u8>> {
     sized(|buf, len| unsafe { libc::lgetxattr(c.as_ptr(), n.as_ptr(), buf.cast(), len) })
 }
 
-#[allow(dead_code)] // for the receiver
 pub(crate) fn lsetxattr(p: &Path, name: &str, value: &[u8]) -> io::Result<()> {
     let c = cpath(p)?;
     let n = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
@@ -73,7 +72,6 @@ pub(crate) fn lsetxattr(p: &Path, name: &str, value: &[u8]) -> io::Result<()> {
 }
 
 /// Set atime and mtime of `p` itself to `nanos` since the epoch.
-#[allow(dead_code)] // for the receiver
 pub(crate) fn set_times_nofollow(p: &Path, nanos: i64) -> io::Result<()> {
     let ts = libc::timespec {
         tv_sec: nanos.div_euclid(1_000_000_000) as libc::time_t,
@@ -96,7 +94,6 @@ pub(crate) fn set_times_nofollow(p: &Path, nanos: i64) -> io::Result<()> {
     Ok(())
 }
 
-#[allow(dead_code)] // for the receiver
 pub(crate) fn mknod(p: &Path, mode: u32, dev: u64) -> io::Result<()> {
     let c = cpath(p)?;
     // SAFETY: valid C string.
@@ -118,7 +115,6 @@ pub(crate) fn dev_minor(rdev: u64) -> i64 {
 }
 
 /// Device number from major/minor, glibc's `makedev` layout (what the receiver's mknod uses).
-#[allow(dead_code)] // for the receiver
 pub(crate) fn makedev(major: i64, minor: i64) -> u64 {
     let (ma, mi) = (major as u32 as u64, minor as u32 as u64);
     ((ma & 0xfff) << 8) | ((ma & 0xffff_f000) << 32) | (mi & 0xff) | ((mi & 0xffff_ff00) << 12)
