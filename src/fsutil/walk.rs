@@ -29,6 +29,62 @@ pub struct WalkOptions {
     pub follow_paths: Vec<String>,
 }
 
+/// gRPC metadata keys of a FileSync.DiffCopy request (a key's values may be URL-query-encoded,
+/// flagged by a companion `<key>-encoded: true`).
+pub const KEY_DIR_NAME: &str = "dir-name";
+pub const KEY_INCLUDE_PATTERNS: &str = "include-patterns";
+pub const KEY_EXCLUDE_PATTERNS: &str = "exclude-patterns";
+pub const KEY_FOLLOW_PATHS: &str = "followpaths";
+
+impl WalkOptions {
+    /// Read a FileSync request's metadata, where `get(key)` yields all values of a key. Returns
+    /// the requested directory name (empty if absent) and the walk options.
+    pub fn from_metadata(get: impl Fn(&str) -> Vec<String>) -> (String, WalkOptions) {
+        let values = |key: &str| {
+            let v = get(key);
+            let encoded = get(&format!("{key}-encoded"))
+                .first()
+                .is_some_and(|b| matches!(b.as_str(), "1" | "t" | "T" | "true" | "TRUE" | "True"));
+            if encoded {
+                v.iter().map(|s| query_unescape(s)).collect()
+            } else {
+                v
+            }
+        };
+        let dir = values(KEY_DIR_NAME).into_iter().next().unwrap_or_default();
+        let opts = WalkOptions {
+            include_patterns: values(KEY_INCLUDE_PATTERNS),
+            exclude_patterns: values(KEY_EXCLUDE_PATTERNS),
+            follow_paths: values(KEY_FOLLOW_PATHS),
+        };
+        (dir, opts)
+    }
+}
+
+/// URL query decoding (`+` is a space); a malformed escape yields an empty string, as Go's
+/// decoder result is used regardless of its error.
+fn query_unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = |c: Option<&u8>| c.and_then(|c| (*c as char).to_digit(16));
+                match (hex(b.get(i + 1)), hex(b.get(i + 2))) {
+                    (Some(h), Some(l)) => out.push((h * 16 + l) as u8),
+                    _ => return String::new(),
+                }
+                i += 2;
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// A directory prepared for sending: resolved root plus the filter built from the options.
 #[derive(Debug, Clone)]
 pub struct Source {
@@ -597,6 +653,29 @@ mod tests {
             ..Default::default()
         };
         assert!(walk_collect(d.path(), &opts).unwrap().is_empty());
+    }
+
+    #[test]
+    fn options_from_metadata() {
+        let md: HashMap<&str, Vec<&str>> = HashMap::from([
+            ("dir-name", vec!["context"]),
+            ("exclude-patterns", vec!["node_modules", "*.log"]),
+            (
+                "include-patterns",
+                vec!["%C3%A9t%C3%A9", "a+b", "50%25", "bad%zz"],
+            ),
+            ("include-patterns-encoded", vec!["true"]),
+        ]);
+        let get = |k: &str| {
+            md.get(k)
+                .map(|v| v.iter().map(|s| s.to_string()).collect())
+                .unwrap_or_default()
+        };
+        let (dir, opts) = WalkOptions::from_metadata(get);
+        assert_eq!(dir, "context");
+        assert_eq!(opts.exclude_patterns, ["node_modules", "*.log"]);
+        assert_eq!(opts.include_patterns, ["été", "a b", "50%", ""]);
+        assert!(opts.follow_paths.is_empty());
     }
 
     #[test]
