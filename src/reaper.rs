@@ -153,8 +153,20 @@ impl Child {
     }
 }
 
-/// Every live descendant of `root`, found through /proc's parent links.
+/// True when /proc shows this process's own PID namespace. A PID-namespaced bkrun that still sees
+/// the host's /proc must not act on the PIDs it reads there: they name other processes.
+fn proc_is_ours() -> bool {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return false;
+    };
+    stat.split(' ').next().and_then(|p| p.parse::<u32>().ok()) == Some(std::process::id())
+}
+
+/// Every live descendant of `root`, found through /proc's parent links (none when /proc is not ours).
 pub fn descendants(root: i32) -> Vec<i32> {
+    if !proc_is_ours() {
+        return Vec::new();
+    }
     let mut parent_of = Vec::new();
     if let Ok(dir) = std::fs::read_dir("/proc") {
         for e in dir.flatten() {
@@ -196,6 +208,16 @@ fn read_ppid(pid: i32) -> Option<i32> {
 pub async fn kill_all_descendants(deadline: Duration) -> usize {
     let me = std::process::id() as i32;
     let start = Instant::now();
+    if me == 1 {
+        // As a PID namespace's init everything else in it is ours, and kill(-1) reaches exactly
+        // that, whichever /proc is mounted. It succeeds while any process (even a zombie) is left.
+        let mut rounds = 0;
+        while kill(Pid::from_raw(-1), Signal::SIGKILL).is_ok() && start.elapsed() < deadline {
+            rounds += 1;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        return rounds;
+    }
     let mut killed = 0;
     loop {
         let left = descendants(me);

@@ -341,3 +341,69 @@ fn daemon_subcommand_serves_until_sigterm() {
     assert_eq!(status.code(), Some(143), "{status:?} {:?}", status.signal());
     sb.assert_clean();
 }
+
+#[test]
+fn as_pid_1_it_handles_sigterm_and_reaps() {
+    // In a new PID namespace bkrun is PID 1: signals without a handler would be ignored there,
+    // and orphans are reparented to it.
+    let sb = Sandbox::new(Mode::Privileged);
+    let mut c = sb.command("unshare");
+    c.args(["--pid", "--fork", "--kill-child"])
+        .arg(&sb.bin)
+        .arg("--root")
+        .arg(sb.path("state"));
+    let mut child = c
+        .args(["exec", "--", "sh", "-c", "sleep 0.2 & sleep 300"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The bkrun inside is unshare's child; wait until its work runs, then SIGTERM it.
+    let bkrun = || {
+        fs::read_to_string(format!("/proc/{}/task/{}/children", child.id(), child.id()))
+            .ok()
+            .and_then(|s| {
+                s.split_whitespace()
+                    .next()
+                    .and_then(|p| p.parse::<i32>().ok())
+            })
+    };
+    let t = Instant::now();
+    assert!(wait_until(Duration::from_secs(30), || sb
+        .live_processes()
+        .iter()
+        .any(|p| p.contains(": sleep 300"))));
+    let pid = bkrun().expect("bkrun under unshare");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(143), "{status:?}");
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        t.elapsed()
+    );
+    sb.assert_clean();
+}
+
+#[test]
+fn an_unwritable_socket_dir_is_explained() {
+    let sb = Sandbox::new(Mode::Rootless);
+    let cfg = sb.write("bkrun.toml", "socket_dir = \"/root/bkrun-not-yours\"\n");
+    let out = sb
+        .bkrun()
+        .arg("--config")
+        .arg(&cfg)
+        .args(["exec", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("bkrun: cannot create socket dir /root/bkrun-not-yours"),
+        "{err}"
+    );
+    sb.assert_clean();
+}

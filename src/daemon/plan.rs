@@ -62,7 +62,11 @@ impl Plan {
         let socket_name = if stable_socket {
             "buildkitd.sock".to_string()
         } else {
-            format!("bkrun-{}.sock", std::process::id())
+            // The PID alone is not unique: every PID-namespaced bkrun is PID 1.
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+            format!("bkrun-{}-{nanos:08x}.sock", std::process::id())
         };
         Ok(Plan {
             decision,

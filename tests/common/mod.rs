@@ -233,7 +233,7 @@ impl Sandbox {
     }
 }
 
-/// /run/buildkit/bkrun-PID.sock must belong to a live bkrun.
+/// /run/buildkit/bkrun-PID-*.sock must belong to a live bkrun.
 pub fn assert_no_orphan_sockets() {
     let Ok(dir) = fs::read_dir("/run/buildkit") else {
         return;
