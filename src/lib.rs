@@ -5,6 +5,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod host;
+pub mod progress;
 pub mod proto;
 pub mod reaper;
 pub mod run;
