@@ -320,6 +320,11 @@ impl Renderer {
     /// Takes one message from the stream.
     pub fn update(&mut self, resp: StatusResponse) -> io::Result<()> {
         let resp = self.masker.apply(resp);
+        self.show(resp)
+    }
+
+    /// Records and displays an already masked message.
+    fn show(&mut self, resp: StatusResponse) -> io::Result<()> {
         self.note(&resp);
         match &mut self.view {
             View::Plain(p) => p.update(&resp),
@@ -342,8 +347,10 @@ impl Renderer {
     /// Ends the display (final frame, failed steps' logs) and returns what
     /// was collected.
     pub fn finish(mut self) -> io::Result<Summary> {
+        // Already masked: passing it through the masker again could hold
+        // its end back once more, and then nothing would release it.
         if let Some(rest) = self.masker.flush() {
-            self.update(rest)?;
+            self.show(rest)?;
         }
         match &mut self.view {
             View::Plain(p) => p.finish()?,

@@ -805,3 +805,24 @@ async fn run_drains_a_stream() {
     assert!(summary.failed.is_empty());
     assert_eq!(buf.text(), "#1 step\n#1 0.005 out\n#1 DONE 0.1s\n");
 }
+
+#[test]
+fn renderer_releases_held_output_at_the_end() {
+    let a = "sha256:a";
+    let buf = Shared::default();
+    let clock = ManualClock::at(T0);
+    let opts = Options {
+        secrets: vec![b"hunter2".to_vec()],
+        clock: Arc::new(clock.clone()),
+        ..Options::default()
+    };
+    let mut r = Renderer::new(Mode::Plain, Box::new(buf.clone()), opts);
+    r.update(vertices(vec![vtx(a, "step", Some(0), None)]))
+        .unwrap();
+    clock.advance(Duration::from_millis(100));
+    // "hun" could begin the secret, so it is held until the stream ends.
+    r.update(log(a, 100, b"say hun")).unwrap();
+    r.finish().unwrap();
+    // The step never finished, so its line stays open, as in buildctl.
+    assert_eq!(buf.text(), "#1 step\n#1 0.100 say hun");
+}
