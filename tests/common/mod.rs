@@ -242,7 +242,7 @@ pub fn assert_no_orphan_sockets() {
         let name = e.file_name().to_string_lossy().into_owned();
         if let Some(pid) = name
             .strip_prefix("bkrun-")
-            .and_then(|r| r.strip_suffix(".sock"))
+            .and_then(|r| r.split('-').next())
         {
             assert!(
                 Path::new(&format!("/proc/{pid}")).exists(),
