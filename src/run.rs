@@ -15,9 +15,13 @@ use crate::daemon::{Daemon, Plan};
 use crate::host::{which, Host, RealHost};
 use crate::reaper::Reaper;
 use crate::spec;
+use crate::spec::build::BuildSpec;
+use crate::{client, progress};
 
 /// The work to do once the daemon serves.
 enum Work {
+    /// A build driven by bkrun's own client.
+    Build(Box<BuildSpec>),
     /// Run a program with BUILDKIT_HOST set.
     Exec(Vec<String>),
     /// Keep the daemon up until a signal.
@@ -72,10 +76,7 @@ async fn try_run(cli: Cli) -> Result<i32> {
         }
         Command::Build(args) => {
             // Validated here, before a daemon exists: a bad --output fails in milliseconds.
-            spec::build::parse(args)?;
-            let mut argv = vec![buildctl(&host)?, "build".into()];
-            argv.extend(args.to_buildctl_args());
-            Work::Exec(argv)
+            Work::Build(Box::new(spec::build::parse(args)?))
         }
         Command::Debug { args } => {
             let mut argv = vec![buildctl(&host)?, "debug".into()];
@@ -140,6 +141,28 @@ async fn supervise(plan: Plan, work: Work) -> Result<i32> {
     }
 
     let code = match work {
+        Work::Build(spec) => {
+            let channel = client::connect::connect(&daemon.addr).await?;
+            let build = client::solve::build(channel, &spec, progress::Options::from_env());
+            tokio::select! {
+                res = build => match res {
+                    Ok(client::solve::Outcome::Done(_)) => 0,
+                    Ok(client::solve::Outcome::Failed) => 1,
+                    Err(e) => {
+                        daemon.stop().await;
+                        handle.close();
+                        return Err(e);
+                    }
+                },
+                // Dropping the build cancels the Solve call; the daemon then cancels the job.
+                Some(sig) = signals.next() => 128 + sig,
+                exit = daemon.exited() => {
+                    let err = anyhow::anyhow!("buildkitd died during the build ({exit}): read its log below");
+                    handle.close();
+                    return Err(daemon.fail(err).await);
+                }
+            }
+        }
         Work::Exec(argv) => {
             let mut cmd = Proc::new(&argv[0]);
             cmd.args(&argv[1..])

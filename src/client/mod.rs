@@ -1,4 +1,6 @@
 //! BuildKit's Control API over tonic: connecting to a daemon and the calls bkrun makes.
 
 pub mod connect;
+pub mod errors;
 pub mod probe;
+pub mod solve;

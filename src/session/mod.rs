@@ -6,12 +6,15 @@
 //! acts as an HTTP/2 gRPC *server* on the bytes of that stream while the
 //! daemon dials in as the client.
 
+pub mod filesend;
+pub mod filesync;
 mod health;
+mod packets;
+mod raw;
 mod tunnel;
 
 use std::convert::Infallible;
 use std::io::Read;
-use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -39,9 +42,6 @@ pub const HEADER_SESSION_SHARED_KEY: &str = "x-docker-expose-session-sharedkey";
 pub const HEADER_SESSION_METHOD: &str = "x-docker-expose-session-grpc-method";
 /// Optional: milliseconds for the daemon's health-check interval and timeout.
 pub const HEADER_HEALTH_CUSTOM_TIMEOUT: &str = "x-buildkit-session-health-custom-timeout";
-
-/// How long `close()` lets in-flight calls finish before cutting the tunnel.
-const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// Messages buffered toward the daemon before writes wait.
 const TUNNEL_BUFFER: usize = 32;
@@ -215,8 +215,8 @@ impl SessionHandle {
         self.task.is_finished()
     }
 
-    /// End the session: let in-flight calls finish briefly, then close the
-    /// stream. Returns how serving ended.
+    /// End the session at once: the tunnel is dropped and the daemon sees the stream end.
+    /// Returns how serving ended.
     pub async fn close(mut self) -> Result<(), SessionError> {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
@@ -242,13 +242,10 @@ where
         // A dropped handle (Err) ends the session just like close().
         _ = &mut shutdown => {}
     }
-    conn.as_mut().graceful_shutdown();
-    match tokio::time::timeout(CLOSE_GRACE, conn).await {
-        Ok(res) => res.map_err(SessionError::Serve),
-        // Still busy after the grace period: dropping the connection cuts
-        // the remaining calls, which is what closing means here.
-        Err(_) => Ok(()),
-    }
+    // close() comes after Solve returned, when every call the daemon makes for a build (context
+    // transfer, exports) is over: dropping the connection now is the whole shutdown. Waiting for
+    // a graceful HTTP/2 close would wait on the daemon, which keeps the tunnel open.
+    Ok(())
 }
 
 fn method_names(service: &str) -> &'static [&'static str] {
@@ -258,7 +255,7 @@ fn method_names(service: &str) -> &'static [&'static str] {
 
 /// 25 lowercase base-36 characters from 128 random bits, the same shape as
 /// upstream ids (the daemon treats them as opaque).
-fn random_id() -> String {
+pub fn random_id() -> String {
     let mut raw = [0u8; 16];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut raw))

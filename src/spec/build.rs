@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 
 use super::csv;
 use crate::cli::BuildArgs;
+use crate::progress;
 
 /// Where a result goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,15 +20,38 @@ impl Output {
     pub fn dest(&self) -> Option<&str> {
         self.attrs.get("dest").map(String::as_str)
     }
+
+    /// Where the exporter's output comes back to bkrun, if it does.
+    pub fn destination(&self) -> Destination {
+        let tar = self.attrs.get("tar").map(|v| v != "false").unwrap_or(true);
+        match (self.kind.as_str(), self.dest()) {
+            ("local", Some(d)) => Destination::Dir(PathBuf::from(d)),
+            ("tar", d) | ("oci" | "docker", d) if self.kind == "tar" || tar => match d {
+                None | Some("-") => Destination::Stdout,
+                Some(p) => Destination::File(PathBuf::from(p)),
+            },
+            _ => Destination::Daemon,
+        }
+    }
+
+    /// The exporter attributes sent to the daemon: `dest` is ours to act on, not the daemon's.
+    pub fn daemon_attrs(&self) -> BTreeMap<String, String> {
+        let mut a = self.attrs.clone();
+        if self.destination() != Destination::Daemon {
+            a.remove("dest");
+        }
+        a
+    }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Progress {
-    Auto,
-    Plain,
-    Tty,
-    RawJson,
-    Quiet,
+/// Where an output ends up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    Dir(PathBuf),
+    File(PathBuf),
+    Stdout,
+    /// Kept in the daemon (an image in its store, or pushed).
+    Daemon,
 }
 
 /// A validated build.
@@ -37,7 +61,8 @@ pub struct BuildSpec {
     pub locals: BTreeMap<String, PathBuf>,
     pub opts: BTreeMap<String, String>,
     pub outputs: Vec<Output>,
-    pub progress: Progress,
+    pub progress: progress::Mode,
+    pub allow: Vec<String>,
     pub no_cache: bool,
 }
 
@@ -67,23 +92,35 @@ pub fn parse(args: &BuildArgs) -> Result<BuildSpec> {
         locals.insert(name.to_string(), dir);
     }
     let mut opts = BTreeMap::new();
+    // As buildctl does, SOURCE_DATE_EPOCH in the environment becomes a build arg; --opt wins.
+    if let Ok(v) = std::env::var("SOURCE_DATE_EPOCH") {
+        opts.insert("build-arg:SOURCE_DATE_EPOCH".to_string(), v);
+    }
     for o in &args.opt {
-        let (k, v) = o.split_once('=').unwrap_or((o.as_str(), ""));
+        let Some((k, v)) = o.split_once('=') else {
+            bail!(
+                "--opt {o:?} must be KEY=VALUE, e.g. --opt build-arg:FOO=bar or --opt target=prod"
+            );
+        };
         opts.insert(k.to_string(), v.to_string());
+    }
+    if args.no_cache {
+        opts.insert("no-cache".to_string(), String::new());
     }
     let outputs = args
         .output
         .iter()
         .map(|o| parse_output(o))
         .collect::<Result<Vec<_>>>()?;
-    let progress = match args.progress.as_str() {
-        "auto" => Progress::Auto,
-        "plain" => Progress::Plain,
-        "tty" => Progress::Tty,
-        "rawjson" => Progress::RawJson,
-        "quiet" => Progress::Quiet,
-        p => bail!("--progress={p} is not a progress mode: use auto, plain, tty, rawjson or quiet"),
-    };
+    let progress: progress::Mode = args.progress.parse().map_err(|_| {
+        anyhow::anyhow!(
+            "--progress={} is not a progress mode: use auto, plain, tty, rawjson or quiet",
+            args.progress
+        )
+    })?;
+    if args.frontend.is_none() {
+        bail!("bkrun build needs --frontend (e.g. --frontend dockerfile.v0); piping an LLB definition on stdin is not supported");
+    }
     Ok(BuildSpec {
         frontend: args.frontend.clone(),
         locals,
@@ -91,6 +128,7 @@ pub fn parse(args: &BuildArgs) -> Result<BuildSpec> {
         outputs,
         progress,
         no_cache: args.no_cache,
+        allow: args.allow.clone(),
     })
 }
 
@@ -109,6 +147,14 @@ pub fn parse_output(s: &str) -> Result<Output> {
             OUTPUT_TYPES.join(", ")
         );
     }
+    if let Some(v) = attrs.get("output") {
+        bail!("--output output={v} is not an option: you meant dest={v}");
+    }
+    if matches!(kind.as_str(), "oci" | "docker")
+        && attrs.get("tar").map(String::as_str) == Some("false")
+    {
+        bail!("--output type={kind},tar=false (an OCI layout directory) is not supported yet: drop tar=false to get a tarball");
+    }
     let out = Output { kind, attrs };
     match (out.kind.as_str(), out.dest()) {
         ("local", None) => bail!("--output type=local needs dest=DIR"),
@@ -116,6 +162,11 @@ pub fn parse_output(s: &str) -> Result<Output> {
             "--output type=local cannot write to stdout: give dest=DIR, or use type=tar,dest=-"
         ),
         ("local", Some(d)) => check_parent("--output type=local", Path::new(d))?,
+        ("tar" | "oci" | "docker", None | Some("-"))
+            if std::io::IsTerminal::is_terminal(&std::io::stdout()) =>
+        {
+            bail!("--output type={} would write a tarball to the terminal: give dest=FILE, or redirect stdout", out.kind);
+        }
         ("tar" | "oci" | "docker", Some(d)) if d != "-" => {
             if Path::new(d).is_dir() {
                 bail!(
@@ -173,6 +224,37 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("directory"));
+    }
+
+    #[test]
+    fn destinations_and_daemon_attrs() {
+        let o = parse_output("type=local,dest=out").unwrap();
+        assert_eq!(o.destination(), Destination::Dir("out".into()));
+        assert!(o.daemon_attrs().is_empty());
+        let o = parse_output("type=oci,dest=x.tar,rewrite-timestamp=true").unwrap();
+        assert_eq!(o.destination(), Destination::File("x.tar".into()));
+        assert_eq!(
+            o.daemon_attrs().keys().collect::<Vec<_>>(),
+            ["rewrite-timestamp"]
+        );
+        let o = parse_output("type=image,name=a/b").unwrap();
+        assert_eq!(o.destination(), Destination::Daemon);
+        assert!(parse_output("type=oci,dest=x,tar=false").is_err());
+        assert!(parse_output("type=tar,output=x")
+            .unwrap_err()
+            .to_string()
+            .contains("dest=x"));
+    }
+
+    #[test]
+    fn opts_need_a_value() {
+        let args = BuildArgs {
+            opt: vec!["target".into()],
+            frontend: Some("x".into()),
+            progress: "auto".into(),
+            ..Default::default()
+        };
+        assert!(parse(&args).unwrap_err().to_string().contains("KEY=VALUE"));
     }
 
     #[test]

@@ -1,0 +1,144 @@
+//! Turning a daemon's gRPC error into what people know from buildctl: the Dockerfile excerpt around the failing line, then `error: failed to solve: …`.
+
+use std::fmt::Write as _;
+
+use prost::Message;
+
+use crate::proto::errdefs::Source;
+use crate::proto::google::rpc::Status as RpcStatus;
+use crate::proto::{decode_json_detail, DETAIL_SOURCE};
+
+/// The source locations attached to an error, outermost last (as buildctl prints them).
+pub fn sources(status: &tonic::Status) -> Vec<Source> {
+    let Ok(rpc) = RpcStatus::decode(status.details()) else {
+        return Vec::new();
+    };
+    rpc.details
+        .iter()
+        .filter_map(|d| decode_json_detail::<Source>(d, DETAIL_SOURCE))
+        .filter_map(Result::ok)
+        .collect()
+}
+
+/// The excerpt of the file around the ranges: the line(s) marked `>>>`, two lines of context
+/// either side (four when a single line failed), in buildctl's layout.
+pub fn excerpt(src: &Source) -> Option<String> {
+    let info = src.info.as_ref()?;
+    let text = String::from_utf8_lossy(&info.data);
+    let lines: Vec<&str> = text.split('\n').collect();
+    let (mut start, mut end) = line_span(src)?;
+    if start < 1 || start > lines.len() {
+        return None;
+    }
+    end = end.min(lines.len());
+    let first_failing = start;
+    let pad = if start == end { 4 } else { 2 };
+    // The context grows alternately at the top and the bottom, counting steps even where one
+    // side is already at the file's edge, so the window matches buildctl's exactly.
+    let mut p = 0;
+    while p < pad {
+        if start > 1 {
+            start -= 1;
+            p += 1;
+        }
+        if end != lines.len() {
+            end += 1;
+            p += 1;
+        }
+        p += 1;
+    }
+    let mut out = format!("{}:{first_failing}\n--------------------\n", info.filename);
+    for (i, line) in lines.iter().enumerate().take(end).skip(start - 1) {
+        let n = i + 1;
+        let mark = if in_ranges(src, n) { ">>>" } else { "   " };
+        let _ = writeln!(out, " {n:>3} | {mark} {line}");
+    }
+    out.push_str("--------------------\n");
+    Some(out)
+}
+
+fn line_span(src: &Source) -> Option<(usize, usize)> {
+    let mut span: Option<(usize, usize)> = None;
+    for r in &src.ranges {
+        let s = r.start.as_ref().map_or(0, |p| p.line).max(0) as usize;
+        let e = (r.end.as_ref().map_or(0, |p| p.line).max(s as i32)) as usize;
+        span = Some(match span {
+            None => (s, e),
+            Some((a, b)) => (a.min(s), b.max(e)),
+        });
+    }
+    span
+}
+
+fn in_ranges(src: &Source, line: usize) -> bool {
+    src.ranges.iter().any(|r| {
+        let s = r.start.as_ref().map_or(0, |p| p.line) as usize;
+        let e = (r.end.as_ref().map_or(0, |p| p.line) as usize).max(s);
+        s <= line && line <= e
+    })
+}
+
+/// Everything printed for a failed solve, ending with buildctl's `error: failed to solve: …` line.
+pub fn render(status: &tonic::Status) -> String {
+    let mut out = String::new();
+    for s in sources(status) {
+        if let Some(e) = excerpt(&s) {
+            out.push_str(&e);
+        }
+    }
+    let _ = writeln!(out, "error: failed to solve: {}", status.message());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::pb::{Position, Range, SourceInfo};
+
+    fn src(data: &str, start: i32, end: i32) -> Source {
+        Source {
+            info: Some(SourceInfo {
+                filename: "Dockerfile".into(),
+                data: data.as_bytes().to_vec(),
+                ..Default::default()
+            }),
+            ranges: vec![Range {
+                start: Some(Position {
+                    line: start,
+                    character: 0,
+                }),
+                end: Some(Position {
+                    line: end,
+                    character: 0,
+                }),
+            }],
+        }
+    }
+
+    #[test]
+    fn single_line_gets_four_lines_of_context() {
+        let df = "FROM scratch\nCOPY a b\nRUN one\nRUN two\nRUN false\nRUN three\n";
+        let e = excerpt(&src(df, 5, 5)).unwrap();
+        assert_eq!(
+            e,
+            "Dockerfile:5\n--------------------\n   3 |     RUN one\n   4 |     RUN two\n   5 | >>> RUN false\n   6 |     RUN three\n   7 |     \n--------------------\n"
+        );
+    }
+
+    #[test]
+    fn first_line_and_ranges() {
+        let df = "FROM nothing\nRUN a\n";
+        let e = excerpt(&src(df, 1, 1)).unwrap();
+        assert!(e.starts_with("Dockerfile:1\n"));
+        assert!(e.contains("   1 | >>> FROM nothing\n"));
+        assert!(excerpt(&src(df, 9, 9)).is_none());
+    }
+
+    #[test]
+    fn render_without_details_is_the_message() {
+        let s = tonic::Status::unknown(
+            "process \"/bin/sh -c false\" did not complete successfully: exit code: 1",
+        );
+        assert_eq!(render(&s), "error: failed to solve: process \"/bin/sh -c false\" did not complete successfully: exit code: 1\n");
+    }
+}

@@ -1,0 +1,137 @@
+//! One build over the Control API: a session serving the local dirs and export targets, Solve, and the Status stream rendered as progress.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use futures::StreamExt;
+use tonic::transport::Channel;
+
+use super::errors;
+use crate::progress::{Options as ProgressOptions, Renderer};
+use crate::proto::moby::buildkit::v1::control_client::ControlClient;
+use crate::proto::moby::buildkit::v1::{CacheOptions, Exporter, SolveRequest, StatusRequest};
+use crate::session::filesend::{FileSendTargets, Target};
+use crate::session::filesync::FileSyncProvider;
+use crate::session::Session;
+use crate::spec::build::{BuildSpec, Destination};
+
+/// Largest message we accept from the daemon (status batches can be big).
+const MAX_MESSAGE: usize = 64 << 20;
+
+/// How a build ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The exporter's response (image digest and so on).
+    Done(HashMap<String, String>),
+    /// The daemon reported a failure, already shown to the user in buildctl's format.
+    Failed,
+}
+
+/// Runs `spec` on the daemon behind `channel`. Progress goes to stderr in the spec's mode.
+/// Dropping the returned future cancels the build (the Solve call is cancelled with it).
+pub async fn build(
+    channel: Channel,
+    spec: &BuildSpec,
+    progress: ProgressOptions,
+) -> Result<Outcome> {
+    let mut targets = HashMap::new();
+    let mut exporters = Vec::new();
+    for (i, out) in spec.outputs.iter().enumerate() {
+        match out.destination() {
+            Destination::Dir(d) => targets.insert(i as u32, Target::Dir(d)),
+            Destination::File(f) => targets.insert(i as u32, Target::File(Some(f))),
+            Destination::Stdout => targets.insert(i as u32, Target::File(None)),
+            Destination::Daemon => None,
+        };
+        exporters.push(Exporter {
+            r#type: out.kind.clone(),
+            attrs: out.daemon_attrs().into_iter().collect(),
+        });
+    }
+    let targets = FileSendTargets::new(targets);
+    let locals = spec
+        .locals
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let mut session =
+        Session::new("bkrun").add_service(FileSyncProvider::new(locals).into_server());
+    if !targets.is_empty() {
+        session = session.add_service_with_methods(targets.clone(), &["DiffCopy"]);
+    }
+    let session = session
+        .start(channel.clone())
+        .await
+        .context("cannot open a build session with the daemon")?;
+
+    let reference = crate::session::random_id();
+    let (exporter_deprecated, exporter_attrs_deprecated) = exporters
+        .first()
+        .map(|e| (e.r#type.clone(), e.attrs.clone()))
+        .unwrap_or_default();
+    let request = SolveRequest {
+        r#ref: reference.clone(),
+        session: session.id().to_string(),
+        frontend: spec.frontend.clone().unwrap_or_default(),
+        frontend_attrs: spec
+            .opts
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        exporters,
+        exporter_deprecated,
+        exporter_attrs_deprecated,
+        cache: Some(CacheOptions::default()),
+        entitlements: spec.allow.clone(),
+        ..Default::default()
+    };
+
+    let mut control = ControlClient::new(channel).max_decoding_message_size(MAX_MESSAGE);
+    let renderer = Renderer::for_stderr(spec.progress, progress)?;
+    let mut status_client = control.clone();
+    let status_ref = reference.clone();
+    let status_task = tokio::spawn(async move {
+        let stream = match status_client
+            .status(StatusRequest { r#ref: status_ref })
+            .await
+        {
+            Ok(r) => r.into_inner(),
+            Err(_) => return renderer.finish(),
+        };
+        // The stream ends when the build does; an error just ends the display.
+        let stream = stream
+            .take_while(|r| futures::future::ready(r.is_ok()))
+            .filter_map(|r| async { r.ok() });
+        renderer.run(stream).await
+    });
+
+    let solved = control.solve(request).await;
+    // The status stream ends by itself once the daemon closes the job; don't hang on a daemon that doesn't.
+    let summary = tokio::time::timeout(Duration::from_secs(10), status_task).await;
+    let _ = session.close().await;
+    if let Ok(Ok(Err(e))) = summary {
+        eprintln!("bkrun: progress output failed: {e}");
+    }
+    match solved {
+        Ok(resp) => {
+            targets
+                .commit()
+                .context("cannot move the exported file into place")?;
+            Ok(Outcome::Done(
+                resp.into_inner().exporter_response.into_iter().collect(),
+            ))
+        }
+        Err(status) => {
+            targets.discard();
+            if status.code() == tonic::Code::Unavailable {
+                return Err(anyhow!(
+                    "lost the connection to the daemon during the build: {}",
+                    status.message()
+                ));
+            }
+            eprint!("{}", errors::render(&status));
+            Ok(Outcome::Failed)
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! The session's FileSend service: the daemon pushes exporter output back through it, as an fsutil tree for `type=local` or as raw bytes for tar/oci/docker files.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::io::Write;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::body::Body;
+use tonic::codegen::http;
+use tonic::server::{NamedService, StreamingService};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::packets::{from_wire, pump_in, to_wire};
+use super::raw::RawCodec;
+use crate::fsutil::{receive, ReceiveOptions};
+use crate::proto::fsutil::types::Packet as WirePacket;
+use crate::proto::moby::filesync::v1::BytesMessage;
+
+/// Metadata key naming which exporter (its index in the request) a transfer is for.
+pub const KEY_EXPORTER_ID: &str = "buildkit-attachable-exporter-id";
+const METHOD: &str = "/moby.filesync.v1.FileSend/DiffCopy";
+
+/// Where one exporter's output goes.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// `type=local`: a directory, received as an fsutil tree.
+    Dir(PathBuf),
+    /// A single file; `None` is stdout.
+    File(Option<PathBuf>),
+}
+
+/// Files being written are kept under a temporary name next to their destination, and only
+/// renamed into place by `commit` once the build succeeded: a failed build leaves no half file.
+#[derive(Default, Debug)]
+struct Pending {
+    files: Vec<(PathBuf, PathBuf)>,
+}
+
+/// The exporter targets of one build, by exporter index.
+#[derive(Clone, Debug)]
+pub struct FileSendTargets {
+    targets: Arc<HashMap<u32, Target>>,
+    pending: Arc<Mutex<Pending>>,
+}
+
+impl FileSendTargets {
+    pub fn new(targets: HashMap<u32, Target>) -> Self {
+        FileSendTargets {
+            targets: Arc::new(targets),
+            pending: Arc::default(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.targets.is_empty()
+    }
+
+    /// Moves finished files into place (after a successful build).
+    pub fn commit(&self) -> std::io::Result<()> {
+        let pending = std::mem::take(&mut self.pending.lock().unwrap().files);
+        for (tmp, dest) in pending {
+            std::fs::rename(&tmp, &dest)?;
+        }
+        Ok(())
+    }
+
+    /// Removes partial files (after a failed build). Destinations are never touched.
+    pub fn discard(&self) {
+        for (tmp, _) in std::mem::take(&mut self.pending.lock().unwrap().files) {
+            let _ = std::fs::remove_file(tmp);
+        }
+    }
+
+    async fn diff_copy(&self, request: Request<Streaming<Bytes>>) -> Result<OutStream, Status> {
+        let id = request
+            .metadata()
+            .get(KEY_EXPORTER_ID)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u32>().ok())
+            .unwrap_or(0);
+        let target = self
+            .targets
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| Status::not_found(format!("exporter {id} has no destination")))?;
+        match target {
+            Target::Dir(dir) => Ok(receive_dir(dir, request.into_inner())),
+            Target::File(dest) => {
+                self.receive_file(dest.as_deref(), request.into_inner())
+                    .await?;
+                Ok(Box::pin(futures::stream::empty()))
+            }
+        }
+    }
+
+    async fn receive_file(
+        &self,
+        dest: Option<&Path>,
+        mut incoming: Streaming<Bytes>,
+    ) -> Result<(), Status> {
+        let mut out: Box<dyn Write + Send> = match dest {
+            // A duplicate of fd 1, buffered in large blocks: std's stdout is line-buffered.
+            None => {
+                let fd = std::io::stdout()
+                    .as_fd()
+                    .try_clone_to_owned()
+                    .map_err(|e| Status::internal(format!("cannot write to stdout: {e}")))?;
+                Box::new(std::io::BufWriter::with_capacity(
+                    1 << 20,
+                    std::fs::File::from(fd),
+                ))
+            }
+            Some(dest) => {
+                let dir = dest
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."));
+                let name = dest
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let tmp = tempfile::Builder::new()
+                    .prefix(&format!(".{name}.bkrun-"))
+                    .tempfile_in(dir)
+                    .map_err(|e| {
+                        Status::internal(format!("cannot create {}: {e}", dest.display()))
+                    })?;
+                let (file, tmp_path) = tmp
+                    .keep()
+                    .map_err(|e| Status::internal(format!("cannot keep temp file: {e}")))?;
+                self.pending
+                    .lock()
+                    .unwrap()
+                    .files
+                    .push((tmp_path, dest.to_path_buf()));
+                Box::new(std::io::BufWriter::with_capacity(1 << 20, file))
+            }
+        };
+        while let Some(msg) = incoming.next().await {
+            let msg = msg?;
+            let bm =
+                BytesMessage::decode(msg).map_err(|e| Status::invalid_argument(e.to_string()))?;
+            // Blocking writes are fine here: they are large, buffered, and to a local file or pipe.
+            out.write_all(&bm.data)
+                .map_err(|e| Status::internal(format!("writing export: {e}")))?;
+        }
+        out.flush()
+            .map_err(|e| Status::internal(format!("writing export: {e}")))?;
+        Ok(())
+    }
+}
+
+type OutStream = Pin<Box<dyn Stream<Item = Result<Bytes, Status>> + Send>>;
+
+fn receive_dir(dir: PathBuf, incoming: Streaming<Bytes>) -> OutStream {
+    let (out_tx, out_rx) = mpsc::channel(64);
+    let (in_tx, in_rx) = mpsc::channel(64);
+    let decode = |b: Bytes| {
+        WirePacket::decode(b)
+            .map_err(|e| e.to_string())
+            .and_then(from_wire)
+    };
+    tokio::spawn(pump_in(incoming, in_tx, decode));
+    tokio::spawn(async move {
+        let _ = receive(dir, ReceiveOptions::default(), out_tx, in_rx).await;
+    });
+    Box::pin(ReceiverStream::new(out_rx).map(|p| Ok(Bytes::from(to_wire(p).encode_to_vec()))))
+}
+
+impl NamedService for FileSendTargets {
+    const NAME: &'static str = "moby.filesync.v1.FileSend";
+}
+
+impl StreamingService<Bytes> for FileSendTargets {
+    type Response = Bytes;
+    type ResponseStream = OutStream;
+    type Future =
+        Pin<Box<dyn std::future::Future<Output = Result<Response<OutStream>, Status>> + Send>>;
+
+    fn call(&mut self, request: Request<Streaming<Bytes>>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { this.diff_copy(request).await.map(Response::new) })
+    }
+}
+
+impl tower::Service<http::Request<Body>> for FileSendTargets {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future =
+        Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            if req.uri().path() != METHOD {
+                return Ok(
+                    Status::unimplemented(format!("{} is not served", req.uri().path()))
+                        .into_http(),
+                );
+            }
+            let mut grpc = tonic::server::Grpc::new(RawCodec)
+                .apply_max_message_size_config(Some(64 << 20), Some(64 << 20));
+            Ok(grpc.streaming(this, req).await)
+        })
+    }
+}
