@@ -20,7 +20,9 @@ pub enum ModeArg {
     name = "bkrun",
     version,
     about = "Daemonless BuildKit runner: starts an ephemeral buildkitd, runs the build, tears it all down.",
-    propagate_version = true
+    propagate_version = true,
+    // As with buildctl, a repeated flag takes its last value (CI scripts append overrides).
+    args_override_self = true
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -55,7 +57,7 @@ pub struct GlobalArgs {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Build with an ephemeral daemon; takes buildctl's build flags.
-    #[command(visible_alias = "b")]
+    #[command(visible_alias = "b", args_override_self = true)]
     Build(Box<BuildArgs>),
     /// Start the daemon, run CMD with BUILDKIT_HOST set, tear down; exit with CMD's status.
     Exec {

@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::packets::{from_wire, pump_in, to_wire};
 use crate::fsutil::walk::{Source, WalkOptions};
-use crate::fsutil::{send, SendOptions};
+use crate::fsutil::{send, Packet, SendOptions};
 use crate::proto::fsutil::types::Packet as WirePacket;
 use crate::proto::moby::filesync::v1::file_sync_server::{FileSync, FileSyncServer};
 
@@ -73,7 +73,7 @@ impl FileSync for FileSyncProvider {
         tokio::spawn(async move {
             let _ = send(source, SendOptions::default(), out_tx, in_rx).await;
         });
-        let stream = ReceiverStream::new(out_rx).map(|p| Ok(to_wire(p)));
+        let stream = ReceiverStream::new(out_rx).map(|p| Ok(to_wire(owned_by_root(p))));
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -84,5 +84,18 @@ impl FileSync for FileSyncProvider {
         _: Request<Streaming<WirePacket>>,
     ) -> Result<Response<PacketStream>, Status> {
         Err(Status::unimplemented("TarStream is not supported by bkrun"))
+    }
+}
+
+/// Local sources reach the daemon owned by 0:0, whoever owns them here, as with buildctl: the
+/// owner of a checkout is an accident of the machine and must not change the build or its cache keys.
+fn owned_by_root(p: Packet) -> Packet {
+    match p {
+        Packet::Stat(Some(mut st)) => {
+            st.uid = 0;
+            st.gid = 0;
+            Packet::Stat(Some(st))
+        }
+        p => p,
     }
 }

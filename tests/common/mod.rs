@@ -99,7 +99,7 @@ impl Sandbox {
         p
     }
 
-    fn own(&self, p: &Path) {
+    pub fn own(&self, p: &Path) {
         for entry in walk(p) {
             let _ = std::os::unix::fs::lchown(&entry, Some(self.uid), Some(self.gid));
         }
@@ -143,6 +143,66 @@ impl Sandbox {
             .arg("--root")
             .arg(self.path("state"));
         c
+    }
+
+    /// `bkrun` with its own state dir `state` inside the sandbox: a fresh daemon cache.
+    pub fn bkrun_root(&self, state: &str) -> Command {
+        let root = self.mkdir(state);
+        let mut c = self.command(&self.bin);
+        c.arg("--mode")
+            .arg(self.mode.flag())
+            .arg("--root")
+            .arg(root);
+        c
+    }
+
+    /// buildctl's build, run through `bkrun exec` on a daemon with state dir `state`.
+    pub fn buildctl_build(&self, state: &str) -> Command {
+        let mut c = self.bkrun_root(state);
+        c.args(["exec", "--", "buildctl", "build"]);
+        c
+    }
+
+    /// A context with every awkward kind of entry the file transfer must carry exactly.
+    pub fn awkward_context(&self, name: &str, dockerfile: &str) -> PathBuf {
+        use std::os::unix::fs::symlink;
+        let root = self.context(name, dockerfile);
+        let p = |rel: &str| root.join(rel);
+        for d in [
+            "empty dir",
+            "ünïcödé",
+            "deep/a/b/c/d/e/f/g/h/i/j/k/l",
+            "setgid",
+            "sub/tmp",
+        ] {
+            fs::create_dir_all(p(d)).unwrap();
+        }
+        fs::write(p("with space.txt"), "spaces\n").unwrap();
+        fs::write(p("ünïcödé/файл.txt"), "utf-8\n").unwrap();
+        fs::write(p("deep/a/b/c/d/e/f/g/h/i/j/k/l/leaf"), "deep\n").unwrap();
+        fs::write(p(&"n".repeat(255)), "long name\n").unwrap();
+        fs::write(p("ro.txt"), "read-only\n").unwrap();
+        fs::write(p("exec.sh"), "#!/bin/sh\necho hi\n").unwrap();
+        fs::write(p("hard1"), "hardlinked\n").unwrap();
+        fs::hard_link(p("hard1"), p("hard2")).unwrap();
+        fs::write(p("sub/tmp/scratch"), "tmp\n").unwrap();
+        fs::write(
+            p("big.bin"),
+            (0..300_000u32)
+                .flat_map(|i| i.to_le_bytes())
+                .collect::<Vec<u8>>(),
+        )
+        .unwrap();
+        symlink("nowhere", p("dangling")).unwrap();
+        symlink("exec.sh", p("link")).unwrap();
+        std::os::unix::net::UnixListener::bind(p("sock")).unwrap();
+        nix::unistd::mkfifo(&p("fifo"), nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        self.own(&root);
+        // Modes last: a chown may clear set-id bits.
+        fs::set_permissions(p("ro.txt"), fs::Permissions::from_mode(0o444)).unwrap();
+        fs::set_permissions(p("exec.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+        fs::set_permissions(p("setgid"), fs::Permissions::from_mode(0o2775)).unwrap();
+        root
     }
 
     /// Any program, run like bkrun would be (same user, same clean environment).
@@ -308,4 +368,49 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
     false
+}
+
+/// A tree's contents as comparable lines: type, mode, owner, size, mtime, link target, content hash,
+/// and which entries share an inode.
+pub fn describe_tree(root: &Path) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut inodes: std::collections::HashMap<u64, String> = Default::default();
+    let mut out = Vec::new();
+    let mut paths = walk(root);
+    paths.sort();
+    for p in paths.into_iter().skip(1) {
+        let rel = p.strip_prefix(root).unwrap().display().to_string();
+        let m = fs::symlink_metadata(&p).unwrap();
+        let link = if m.file_type().is_symlink() {
+            fs::read_link(&p).unwrap().display().to_string()
+        } else {
+            String::new()
+        };
+        let sum = if m.is_file() {
+            format!("{:x}", fnv(&fs::read(&p).unwrap()))
+        } else {
+            String::new()
+        };
+        let shared = if m.is_file() && m.nlink() > 1 {
+            inodes.entry(m.ino()).or_insert_with(|| rel.clone()).clone()
+        } else {
+            String::new()
+        };
+        out.push(format!(
+            "{rel} mode={:o} uid={} gid={} size={} mtime={}.{} link={link} sum={sum} inode-of={shared}",
+            m.mode(),
+            m.uid(),
+            m.gid(),
+            if m.is_dir() { 0 } else { m.size() },
+            m.mtime(),
+            m.mtime_nsec(),
+        ));
+    }
+    out
+}
+
+fn fnv(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ *b as u64).wrapping_mul(0x100000001b3)
+    })
 }

@@ -1,0 +1,417 @@
+//! End-to-end tests of bkrun's own BuildKit client against a real buildkitd: builds without buildctl, byte-for-byte parity with buildctl, exports, progress, errors, cancellation.
+
+mod common;
+
+use std::fs;
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A PATH without /usr/local/bin, where buildctl lives; buildkitd is named through BUILDKITD.
+fn without_buildctl(c: &mut Command) -> &mut Command {
+    c.env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("BUILDKITD", "/usr/local/bin/buildkitd")
+}
+
+const MULTI_STAGE: &str = r#"FROM scratch AS base
+COPY --from=busybox busybox /bin/busybox
+RUN ["/bin/busybox", "--install", "-s", "/bin"]
+
+FROM base AS build
+ARG GREETING=unset
+RUN echo "$GREETING from the build stage" > /greeting.txt
+
+FROM base AS other
+RUN echo "must not be built" > /other.txt && false
+
+FROM scratch AS final
+COPY --from=build /greeting.txt /greeting.txt
+"#;
+
+#[test]
+fn builds_without_buildctl_in_every_mode() {
+    for mode in ALL_MODES {
+        let sb = Sandbox::new(mode);
+        // The bundled example.
+        let ctx = sb.hello_context();
+        let out = sb.path("out");
+        let mut c = sb.bkrun();
+        without_buildctl(&mut c)
+            .arg("build")
+            .args(sb.build_args(&ctx));
+        run_ok(c.arg(format!("--output=type=local,dest={}", out.display())));
+        assert!(fs::read_to_string(out.join("hello.txt"))
+            .unwrap()
+            .starts_with("hello from bkrun"));
+        // A multi-stage build with a target and a build arg; the failing stage is never built.
+        let ctx = sb.context("multi", MULTI_STAGE);
+        let out = sb.path("out-multi");
+        let mut c = sb.bkrun();
+        without_buildctl(&mut c)
+            .arg("build")
+            .args(sb.build_args(&ctx));
+        c.args(["--opt", "target=final", "--opt", "build-arg:GREETING=hello"]);
+        run_ok(c.arg(format!("--output=type=local,dest={}", out.display())));
+        assert_eq!(
+            fs::read_to_string(out.join("greeting.txt")).unwrap(),
+            "hello from the build stage\n"
+        );
+        assert!(!out.join("other.txt").exists());
+        sb.assert_clean();
+    }
+}
+
+#[test]
+fn awkward_context_gives_byte_identical_oci_tarballs_to_buildctl() {
+    for mode in ALL_MODES {
+        let sb = Sandbox::new(mode);
+        let ctx = sb.awkward_context("ctx", "FROM scratch\nCOPY . /ctx/\n");
+        fs::write(ctx.join(".dockerignore"), "*.log\n").unwrap();
+        fs::write(ctx.join("ignored.log"), "not sent\n").unwrap();
+        sb.own(&ctx);
+        let args = |dest: &str| {
+            vec![
+                "--frontend=dockerfile.v0".to_string(),
+                format!("--local=context={}", ctx.display()),
+                format!("--local=dockerfile={}", ctx.display()),
+                "--opt=build-arg:SOURCE_DATE_EPOCH=1700000000".into(),
+                format!(
+                    "--output=type=oci,dest={},rewrite-timestamp=true",
+                    sb.path(dest).display()
+                ),
+                "--progress=quiet".into(),
+            ]
+        };
+        run_ok(
+            sb.buildctl_build("state-buildctl")
+                .args(args("buildctl.tar")),
+        );
+        run_ok(
+            sb.bkrun_root("state-bkrun")
+                .arg("build")
+                .args(args("bkrun.tar")),
+        );
+        let a = fs::read(sb.path("buildctl.tar")).unwrap();
+        let b = fs::read(sb.path("bkrun.tar")).unwrap();
+        assert!(a.len() > 10_000, "{mode:?}: suspiciously small tarball");
+        assert!(
+            a == b,
+            "{mode:?}: the OCI tarballs differ ({} vs {} bytes)",
+            a.len(),
+            b.len()
+        );
+        sb.assert_clean();
+    }
+}
+
+#[test]
+fn local_export_tree_equals_buildctls() {
+    for mode in [Mode::Privileged, Mode::Rootless] {
+        let sb = Sandbox::new(mode);
+        let ctx = sb.awkward_context("ctx", "FROM scratch\nCOPY . /\n");
+        let args = |dest: &str| {
+            vec![
+                "--frontend=dockerfile.v0".to_string(),
+                format!("--local=context={}", ctx.display()),
+                format!("--local=dockerfile={}", ctx.display()),
+                format!("--output=type=local,dest={}", sb.path(dest).display()),
+                "--progress=quiet".into(),
+            ]
+        };
+        run_ok(
+            sb.buildctl_build("state-buildctl")
+                .args(args("out-buildctl")),
+        );
+        run_ok(
+            sb.bkrun_root("state-bkrun")
+                .arg("build")
+                .args(args("out-bkrun")),
+        );
+        let a = describe_tree(&sb.path("out-buildctl"));
+        let b = describe_tree(&sb.path("out-bkrun"));
+        assert!(a.len() > 20, "{a:?}");
+        assert_eq!(a, b, "{mode:?}: exported trees differ");
+        // The awkward entries themselves made it through.
+        let out = sb.path("out-bkrun");
+        assert!(fs::symlink_metadata(out.join("dangling"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert!(out.join("empty dir").is_dir());
+        assert_eq!(
+            fs::read_to_string(out.join("ünïcödé/файл.txt")).unwrap(),
+            "utf-8\n"
+        );
+        assert!(out.join("n".repeat(255)).exists());
+        sb.assert_clean();
+    }
+}
+
+#[test]
+fn dockerignore_rules_are_honoured() {
+    let sb = Sandbox::new(Mode::Privileged);
+    let ctx = sb.context("ctx", "FROM scratch\nCOPY . /\n");
+    for f in [
+        "a.log",
+        "keep.log",
+        "app/main.go",
+        "app/tmp/x",
+        "tmp/y",
+        "secret/key",
+        "docs/readme.md",
+        "docs/notes.txt",
+    ] {
+        sb.write(&format!("ctx/{f}"), f);
+    }
+    sb.write(
+        "ctx/.dockerignore",
+        "*.log\n!keep.log\n**/tmp\nsecret/\ndocs/*\n!docs/*.md\n",
+    );
+    let out = sb.path("out");
+    run_ok(
+        sb.bkrun()
+            .args(["build", "--frontend=dockerfile.v0", "--progress=quiet"])
+            .args([
+                format!("--local=context={}", ctx.display()),
+                format!("--local=dockerfile={}", ctx.display()),
+                format!("--output=type=local,dest={}", out.display()),
+            ]),
+    );
+    for present in ["keep.log", "app/main.go", "docs/readme.md", "Dockerfile"] {
+        assert!(out.join(present).exists(), "{present} should be sent");
+    }
+    for absent in ["a.log", "app/tmp", "tmp", "secret", "docs/notes.txt"] {
+        assert!(!out.join(absent).exists(), "{absent} should be ignored");
+    }
+    sb.assert_clean();
+}
+
+#[test]
+fn tar_to_stdout_through_a_pipe() {
+    let sb = Sandbox::new(Mode::RootlessStrict);
+    let ctx = sb.hello_context();
+    let mut child = sb
+        .bkrun()
+        .arg("build")
+        .args(sb.build_args(&ctx))
+        .args(["--progress=quiet", "--output=type=tar,dest=-"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let listing = Command::new("tar")
+        .arg("-tf")
+        .arg("-")
+        .stdin(child.stdout.take().unwrap())
+        .output()
+        .unwrap();
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(status.success(), "{status:?}: {err}");
+    let names = String::from_utf8_lossy(&listing.stdout);
+    assert!(names.lines().any(|l| l == "hello.txt"), "{names}");
+    assert!(names.lines().any(|l| l == "bin/busybox"), "{names}");
+    sb.assert_clean();
+}
+
+#[test]
+fn an_unwritable_output_fails_before_the_build_and_a_failed_build_leaves_no_file() {
+    let sb = Sandbox::new(Mode::Privileged);
+    let t = Instant::now();
+    let out = sb
+        .bkrun()
+        .args([
+            "build",
+            "--frontend=dockerfile.v0",
+            "--output=type=tar,dest=/no/such/dir/x.tar",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("/no/such/dir does not exist"),
+        "{}",
+        show(&out)
+    );
+    assert!(t.elapsed() < Duration::from_secs(2));
+    let ctx = sb.context("fail", "FROM scratch\nCOPY --from=busybox busybox /bin/busybox\nRUN [\"/bin/busybox\", \"false\"]\n");
+    let dest = sb.path("image.tar");
+    let out = sb
+        .bkrun()
+        .arg("build")
+        .args(sb.build_args(&ctx))
+        .arg(format!("--output=type=tar,dest={}", dest.display()))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(!dest.exists(), "a failed build left {}", dest.display());
+    assert_eq!(
+        fs::read_dir(&sb.dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains("image.tar"))
+            .count(),
+        0
+    );
+    sb.assert_clean();
+}
+
+/// Timings and sizes vary between runs; everything else of the plain format must match.
+fn mask_timings(text: &str) -> String {
+    let is_measure = |w: &str| {
+        let n = ["kB", "MB", "GB", "B", "s"]
+            .iter()
+            .find_map(|u| w.strip_suffix(u))
+            .unwrap_or(w);
+        n.contains('.') && n.parse::<f64>().is_ok() || w.ends_with('B') && n.parse::<u64>().is_ok()
+    };
+    text.lines()
+        .map(|l| {
+            l.split(' ')
+                .map(|w| if is_measure(w) { "T" } else { w })
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn plain_progress_matches_buildctls() {
+    let sb = Sandbox::new(Mode::Privileged);
+    let ctx = sb.context(
+        "ctx",
+        "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo one; /bin/busybox sleep 0.2; echo two; /bin/busybox sleep 0.2; echo three\"]\nRUN [\"/bin/busybox\", \"true\"]\n",
+    );
+    fs::copy("/bin/busybox", ctx.join("busybox")).unwrap();
+    let args = [
+        "--frontend=dockerfile.v0".to_string(),
+        format!("--local=context={}", ctx.display()),
+        format!("--local=dockerfile={}", ctx.display()),
+        "--progress=plain".into(),
+    ];
+    let a = run_ok(sb.buildctl_build("state-buildctl").args(&args));
+    let b = run_ok(sb.bkrun_root("state-bkrun").arg("build").args(&args));
+    let (a, b) = (
+        String::from_utf8_lossy(&a.stderr),
+        String::from_utf8_lossy(&b.stderr),
+    );
+    assert!(mask_timings(&b).contains("#5 T three"), "{b}");
+    assert_eq!(
+        mask_timings(&a),
+        mask_timings(&b),
+        "buildctl:\n{a}\nbkrun:\n{b}"
+    );
+    sb.assert_clean();
+}
+
+#[test]
+fn a_failing_run_step_prints_its_logs_the_dockerfile_excerpt_and_the_cause() {
+    for mode in [Mode::Privileged, Mode::RootlessStrict] {
+        let sb = Sandbox::new(mode);
+        let ctx = sb.context(
+            "ctx",
+            "FROM scratch\nCOPY --from=busybox busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nRUN echo about to fail && exit 3\nRUN echo never\n",
+        );
+        let out = sb
+            .bkrun()
+            .arg("build")
+            .args(sb.build_args(&ctx))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("about to fail"), "{err}");
+        assert!(
+            err.contains("Dockerfile:4\n--------------------\n"),
+            "{err}"
+        );
+        assert!(
+            err.contains("   4 | >>> RUN echo about to fail && exit 3\n"),
+            "{err}"
+        );
+        assert!(err.contains("error: failed to solve: process \"/bin/sh -c echo about to fail && exit 3\" did not complete successfully: exit code: 3"), "{err}");
+        sb.assert_clean();
+    }
+}
+
+#[test]
+fn a_dockerfile_syntax_error_points_at_the_line() {
+    let sb = Sandbox::new(Mode::Privileged);
+    let ctx = sb.context("ctx", "FROM scratch\nCOPY a\nRUNN echo\n");
+    let out = sb
+        .bkrun()
+        .arg("build")
+        .args(sb.build_args(&ctx))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(">>> RUNN echo") || err.contains(">>> COPY a"),
+        "{err}"
+    );
+    assert!(err.contains("error: failed to solve:"), "{err}");
+    sb.assert_clean();
+}
+
+#[test]
+fn sigint_mid_build_cancels_and_leaves_nothing() {
+    for mode in ALL_MODES {
+        let sb = Sandbox::new(mode);
+        let marker = format!("bkrun-cancel-marker-{}", std::process::id());
+        let ctx = sb.context(
+            "ctx",
+            &format!("FROM scratch\nCOPY --from=busybox busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nRUN sleep 600; echo {marker}\n"),
+        );
+        let mut child = sb
+            .bkrun()
+            .arg("build")
+            .args(sb.build_args(&ctx))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let running = || {
+            fs::read_dir("/proc").unwrap().flatten().any(|e| {
+                fs::read(e.path().join("cmdline"))
+                    .map(|c| String::from_utf8_lossy(&c).contains(&marker))
+                    .unwrap_or(false)
+            })
+        };
+        assert!(
+            wait_until(Duration::from_secs(60), running),
+            "{mode:?}: the RUN step never started"
+        );
+        let t = Instant::now();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        )
+        .unwrap();
+        let status = child.wait().unwrap();
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        assert_eq!(status.code(), Some(130), "{mode:?}: {err}");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{mode:?}: took {:?}",
+            t.elapsed()
+        );
+        assert!(!running(), "{mode:?}: the RUN step survived");
+        sb.assert_clean();
+    }
+}
