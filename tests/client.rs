@@ -415,3 +415,78 @@ fn sigint_mid_build_cancels_and_leaves_nothing() {
         sb.assert_clean();
     }
 }
+
+#[test]
+fn several_outputs_in_one_build() {
+    let sb = Sandbox::new(Mode::Rootless);
+    let ctx = sb.hello_context();
+    let (dir, tar) = (sb.path("out-dir"), sb.path("out.tar"));
+    run_ok(sb.bkrun().arg("build").args(sb.build_args(&ctx)).args([
+        format!("--output=type=local,dest={}", dir.display()),
+        format!("--output=type=tar,dest={}", tar.display()),
+    ]));
+    assert!(dir.join("hello.txt").exists());
+    let listing = Command::new("tar").arg("-tf").arg(&tar).output().unwrap();
+    assert!(String::from_utf8_lossy(&listing.stdout)
+        .lines()
+        .any(|l| l == "hello.txt"));
+    sb.assert_clean();
+}
+
+#[test]
+fn rawjson_progress_is_one_object_per_line() {
+    let sb = Sandbox::new(Mode::Privileged);
+    let ctx = sb.hello_context();
+    let out = run_ok(
+        sb.bkrun()
+            .arg("build")
+            .args(sb.build_args(&ctx))
+            .arg("--progress=rawjson"),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    let mut logs = String::new();
+    for line in err.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        for l in v["logs"].as_array().into_iter().flatten() {
+            use base64::Engine as _;
+            let data = base64::engine::general_purpose::STANDARD
+                .decode(l["data"].as_str().unwrap())
+                .unwrap();
+            logs.push_str(&String::from_utf8_lossy(&data));
+        }
+    }
+    assert!(logs.contains("hello from bkrun"), "{err}");
+    sb.assert_clean();
+}
+
+#[test]
+fn auto_progress_on_a_terminal_is_the_live_view() {
+    let sb = Sandbox::new(Mode::Privileged);
+    let ctx = sb.hello_context();
+    let mut cmdline = vec![
+        sb.bin.display().to_string(),
+        "--root".into(),
+        sb.path("state").display().to_string(),
+        "build".into(),
+    ];
+    cmdline.extend(
+        sb.build_args(&ctx)
+            .into_iter()
+            .filter(|a| !a.starts_with("--progress")),
+    );
+    // `script` gives bkrun a pseudo-terminal, as an interactive shell would.
+    let out = run_ok(
+        sb.command("script")
+            .args(["-qec", &shell_words::join(&cmdline), "/dev/null"])
+            .env("TERM", "xterm"),
+    );
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(screen.contains("[+] Building"), "{screen}");
+    assert!(screen.contains("FINISHED"), "{screen}");
+    assert!(
+        screen.contains("\x1b["),
+        "the live view redraws with escape sequences: {screen}"
+    );
+    sb.assert_clean();
+}
