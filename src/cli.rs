@@ -74,15 +74,88 @@ pub enum Command {
     Daemon,
     /// Ask the daemon about itself: `debug workers`, `debug info`.
     Debug {
-        #[arg(
-            trailing_var_arg = true,
-            allow_hyphen_values = true,
-            value_name = "ARGS"
-        )]
-        args: Vec<String>,
+        #[command(subcommand)]
+        command: DebugCommand,
     },
+    /// Show the build cache's disk usage, as `buildctl du` does.
+    Du(ListArgs),
+    /// Remove build cache, as `buildctl prune` does; lists what was removed and the total.
+    Prune(PruneArgs),
     /// Print the effective settings: the mode chosen and why, paths, the daemon's argv.
     Config,
+}
+
+/// `bkrun debug …`: answered by bkrun itself, except the rarer subcommands, which buildctl runs.
+#[derive(Debug, Subcommand)]
+pub enum DebugCommand {
+    /// List the daemon's workers and their platforms.
+    Workers(ListArgs),
+    /// Show the daemon's BuildKit version.
+    Info,
+    /// Any other `buildctl debug` subcommand, handed to buildctl with BUILDKIT_HOST set.
+    #[command(external_subcommand)]
+    Buildctl(Vec<String>),
+}
+
+/// Flags shared by the listing commands, spelled as in buildctl.
+#[derive(Debug, Args, Clone, Default)]
+pub struct ListArgs {
+    /// A containerd-style filter, e.g. type==regular; repeat to combine.
+    #[arg(long, short = 'f', value_name = "FILTER")]
+    pub filter: Vec<String>,
+    /// Every field of every record.
+    #[arg(long, short = 'v')]
+    pub verbose: bool,
+}
+
+/// buildctl prune's flags. Its storage limits are in MB; the newer names take sizes with units.
+#[derive(Debug, Args, Clone, Default)]
+pub struct PruneArgs {
+    /// Keep records used more recently than this, e.g. 48h or 90m.
+    #[arg(long, value_name = "DURATION", value_parser = crate::client::admin::parse_go_duration)]
+    pub keep_duration: Option<i64>,
+    /// Keep the cache below this many MB (the same limit as --max-used-space).
+    #[arg(long, value_name = "MB", conflicts_with = "max_used_space")]
+    pub keep_storage: Option<f64>,
+    /// Always allow the cache this many MB (the same limit as --reserved-space).
+    #[arg(long, value_name = "MB", conflicts_with = "reserved_space")]
+    pub keep_storage_min: Option<f64>,
+    /// Prune until this many MB of disk are free (the same limit as --min-free-space).
+    #[arg(long, value_name = "MB", conflicts_with = "min_free_space")]
+    pub free_storage: Option<f64>,
+    /// Cache that is never pruned, e.g. 10GB or 2GiB.
+    #[arg(long, value_name = "SIZE", value_parser = crate::client::admin::parse_size)]
+    pub reserved_space: Option<i64>,
+    /// The most the cache may use, e.g. 50GB.
+    #[arg(long, value_name = "SIZE", value_parser = crate::client::admin::parse_size)]
+    pub max_used_space: Option<i64>,
+    /// Free disk space to keep, e.g. 20GB.
+    #[arg(long, value_name = "SIZE", value_parser = crate::client::admin::parse_size)]
+    pub min_free_space: Option<i64>,
+    /// Also remove internal and frontend records.
+    #[arg(long)]
+    pub all: bool,
+    #[command(flatten)]
+    pub list: ListArgs,
+}
+
+impl PruneArgs {
+    /// The request in the daemon's units: bytes and nanoseconds, 0 for "no limit".
+    pub fn to_request(&self) -> crate::client::admin::Prune {
+        // buildctl truncates MB × 10⁶ to whole bytes.
+        let mb = |v: Option<f64>| v.map(|v| (v * 1e6) as i64);
+        crate::client::admin::Prune {
+            filters: self.list.filter.clone(),
+            all: self.all,
+            keep_duration: self.keep_duration.unwrap_or(0),
+            reserved_space: mb(self.keep_storage_min)
+                .or(self.reserved_space)
+                .unwrap_or(0),
+            max_used_space: mb(self.keep_storage).or(self.max_used_space).unwrap_or(0),
+            min_free_space: mb(self.free_storage).or(self.min_free_space).unwrap_or(0),
+            verbose: self.list.verbose,
+        }
+    }
 }
 
 /// buildctl build's flags, kept as given so they can be validated before a daemon starts.
@@ -271,6 +344,81 @@ mod tests {
                 "--no-cache"
             ]
         );
+    }
+
+    #[test]
+    fn debug_workers_and_info_are_native_other_debug_commands_go_to_buildctl() {
+        let c = Cli::try_parse_from(daemonless_sh_argv(&[
+            "debug".into(),
+            "workers".into(),
+            "-v".into(),
+            "--filter".into(),
+            "a,b".into(),
+        ]))
+        .unwrap();
+        let Command::Debug {
+            command: DebugCommand::Workers(l),
+        } = c.command
+        else {
+            panic!("{:?}", c.command)
+        };
+        assert!(l.verbose);
+        // buildctl does not split filters on commas.
+        assert_eq!(l.filter, ["a,b"]);
+        assert!(matches!(
+            parse(&["bkrun", "debug", "info"]).command,
+            Command::Debug {
+                command: DebugCommand::Info
+            }
+        ));
+        match parse(&["bkrun", "debug", "histories", "--format", "json"]).command {
+            Command::Debug {
+                command: DebugCommand::Buildctl(a),
+            } => assert_eq!(a, ["histories", "--format", "json"]),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn prune_limits_in_buildctl_units_or_with_units() {
+        let c = parse(&[
+            "bkrun",
+            "prune",
+            "--keep-duration",
+            "48h",
+            "--keep-storage",
+            "1.5",
+            "--reserved-space",
+            "2GB",
+            "--free-storage=10",
+            "-f",
+            "type==regular",
+            "--all",
+            "-v",
+        ]);
+        let Command::Prune(p) = c.command else {
+            panic!()
+        };
+        assert_eq!(
+            p.to_request(),
+            crate::client::admin::Prune {
+                filters: vec!["type==regular".into()],
+                all: true,
+                keep_duration: 48 * 3_600_000_000_000,
+                reserved_space: 2_000_000_000,
+                max_used_space: 1_500_000,
+                min_free_space: 10_000_000,
+                verbose: true,
+            }
+        );
+        assert!(Cli::try_parse_from([
+            "bkrun",
+            "prune",
+            "--keep-storage=1",
+            "--max-used-space=1GB"
+        ])
+        .is_err());
+        assert!(Cli::try_parse_from(["bkrun", "prune", "--keep-duration=soon"]).is_err());
     }
 
     #[test]

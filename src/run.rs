@@ -9,7 +9,8 @@ use nix::sys::signal::Signal;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_tokio::Signals;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, DebugCommand};
+use crate::client::admin::Request;
 use crate::config::Settings;
 use crate::daemon::{Daemon, Plan};
 use crate::host::{which, Host, RealHost};
@@ -24,6 +25,8 @@ enum Work {
     Build(Box<BuildSpec>),
     /// Run a program with BUILDKIT_HOST set.
     Exec(Vec<String>),
+    /// Ask the daemon about its workers, version or cache, or prune the cache.
+    Admin(client::admin::Request),
     /// Keep the daemon up until a signal.
     Serve,
 }
@@ -78,11 +81,23 @@ async fn try_run(cli: Cli) -> Result<i32> {
             // Validated here, before a daemon exists: a bad --output fails in milliseconds.
             Work::Build(Box::new(spec::build::parse(args)?))
         }
-        Command::Debug { args } => {
-            let mut argv = vec![buildctl(&host)?, "debug".into()];
-            argv.extend(args.iter().cloned());
-            Work::Exec(argv)
-        }
+        Command::Debug { command } => match command {
+            DebugCommand::Workers(l) => Work::Admin(Request::Workers {
+                filters: l.filter.clone(),
+                verbose: l.verbose,
+            }),
+            DebugCommand::Info => Work::Admin(Request::Info),
+            DebugCommand::Buildctl(args) => {
+                let mut argv = vec![buildctl(&host)?, "debug".into()];
+                argv.extend(args.iter().cloned());
+                Work::Exec(argv)
+            }
+        },
+        Command::Du(l) => Work::Admin(Request::DiskUsage {
+            filters: l.filter.clone(),
+            verbose: l.verbose,
+        }),
+        Command::Prune(p) => Work::Admin(Request::Prune(p.to_request())),
         Command::Daemon => Work::Serve,
     };
     let plan = Plan::new(&settings, &host, matches!(work, Work::Serve))?;
@@ -92,7 +107,7 @@ async fn try_run(cli: Cli) -> Result<i32> {
     supervise(plan, work).await
 }
 
-/// buildctl runs `build` and `debug` until bkrun's own client does.
+/// buildctl runs the `debug` subcommands bkrun does not answer itself.
 fn buildctl(host: &dyn Host) -> Result<String> {
     let name = host.env("BUILDCTL").unwrap_or_else(|| "buildctl".into());
     match host.which(&name) {
@@ -158,6 +173,30 @@ async fn supervise(plan: Plan, work: Work) -> Result<i32> {
                 Some(sig) = signals.next() => 128 + sig,
                 exit = daemon.exited() => {
                     let err = anyhow::anyhow!("buildkitd died during the build ({exit}): read its log below");
+                    handle.close();
+                    return Err(daemon.fail(err).await);
+                }
+            }
+        }
+        Work::Admin(req) => {
+            let addr = daemon.addr.clone();
+            let answer = async move {
+                let channel = client::connect::connect(&addr).await?;
+                client::admin::run(channel, &req, &mut std::io::stdout()).await
+            };
+            tokio::select! {
+                res = answer => match res {
+                    Ok(()) => 0,
+                    Err(e) => {
+                        daemon.stop().await;
+                        handle.close();
+                        return Err(e);
+                    }
+                },
+                // Dropping the call cancels it; a prune stops where it is.
+                Some(sig) = signals.next() => 128 + sig,
+                exit = daemon.exited() => {
+                    let err = anyhow::anyhow!("buildkitd died before it answered ({exit}): read its log below");
                     handle.close();
                     return Err(daemon.fail(err).await);
                 }

@@ -1,6 +1,8 @@
 //! BuildKit's Control API over tonic: connecting to a daemon and the calls bkrun makes.
 
+pub mod admin;
 pub mod connect;
 pub mod errors;
 pub mod probe;
 pub mod solve;
+pub mod tabwriter;
