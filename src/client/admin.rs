@@ -120,7 +120,8 @@ pub async fn run(channel: Channel, req: &Request, out: &mut impl Write) -> Resul
 
 /// Turns a gRPC error into one line in buildctl's words: what failed, then the daemon's reason.
 fn failed(what: &'static str) -> impl FnOnce(tonic::Status) -> anyhow::Error {
-    move |status| anyhow::anyhow!("{what}: {}", status.message())
+    // The status stays in the chain, so the caller can explain connection problems.
+    move |status| anyhow::Error::new(status).context(what)
 }
 
 /// `debug workers`: one line per worker, its ID and platforms.

@@ -7,13 +7,14 @@ use anyhow::{anyhow, Context, Result};
 use futures::StreamExt;
 use tonic::transport::Channel;
 
+use super::connect::{explain_call, Target};
 use super::errors;
 use crate::progress::{Options as ProgressOptions, Renderer};
 use crate::proto::moby::buildkit::v1::control_client::ControlClient;
 use crate::proto::moby::buildkit::v1::{CacheOptions, Exporter, SolveRequest, StatusRequest};
-use crate::session::filesend::{FileSendTargets, Target};
+use crate::session::filesend::{FileSendTargets, Sink};
 use crate::session::filesync::FileSyncProvider;
-use crate::session::Session;
+use crate::session::{Session, SessionError};
 use crate::spec::build::{BuildSpec, Destination};
 
 /// Largest message we accept from the daemon (status batches can be big).
@@ -34,14 +35,15 @@ pub async fn build(
     channel: Channel,
     spec: &BuildSpec,
     progress: ProgressOptions,
+    target: &Target,
 ) -> Result<Outcome> {
     let mut targets = HashMap::new();
     let mut exporters = Vec::new();
     for (i, out) in spec.outputs.iter().enumerate() {
         match out.destination() {
-            Destination::Dir(d) => targets.insert(i as u32, Target::Dir(d)),
-            Destination::File(f) => targets.insert(i as u32, Target::File(Some(f))),
-            Destination::Stdout => targets.insert(i as u32, Target::File(None)),
+            Destination::Dir(d) => targets.insert(i as u32, Sink::Dir(d)),
+            Destination::File(f) => targets.insert(i as u32, Sink::File(Some(f))),
+            Destination::Stdout => targets.insert(i as u32, Sink::File(None)),
             Destination::Daemon => None,
         };
         exporters.push(Exporter {
@@ -60,10 +62,20 @@ pub async fn build(
     if !targets.is_empty() {
         session = session.add_service_with_methods(targets.clone(), &["DiffCopy"]);
     }
-    let session = session
-        .start(channel.clone())
-        .await
-        .context("cannot open a build session with the daemon")?;
+    let session = match session.start(channel.clone()).await {
+        Ok(s) => s,
+        Err(SessionError::Open(status)) => match explain_call(&status, target) {
+            Some(why) => return Err(anyhow!("{why}")),
+            None => {
+                return Err(anyhow!(
+                    "the daemon at {} refused a build session: {}",
+                    target.addr,
+                    status.message()
+                ))
+            }
+        },
+        Err(e) => return Err(e).context("cannot open a build session with the daemon"),
+    };
 
     let reference = crate::session::random_id();
     let (exporter_deprecated, exporter_attrs_deprecated) = exporters
@@ -124,6 +136,9 @@ pub async fn build(
         }
         Err(status) => {
             targets.discard();
+            if let Some(why) = explain_call(&status, target) {
+                return Err(anyhow!("{why}"));
+            }
             if status.code() == tonic::Code::Unavailable {
                 return Err(anyhow!(
                     "lost the connection to the daemon during the build: {}",
