@@ -118,6 +118,30 @@ pub fn parse(args: &BuildArgs) -> Result<BuildSpec> {
             args.progress
         )
     })?;
+    // Flags of features bkrun's client does not have yet are refused, never silently ignored.
+    let unsupported = [
+        ("--secret", !args.secret.is_empty()),
+        ("--ssh", !args.ssh.is_empty()),
+        ("--import-cache", !args.import_cache.is_empty()),
+        ("--export-cache", !args.export_cache.is_empty()),
+        ("--metadata-file", args.metadata_file.is_some()),
+        (
+            "--registry-auth-tlscontext",
+            !args.registry_auth_tlscontext.is_empty(),
+        ),
+        ("--oci-layout", !args.oci_layout.is_empty()),
+        ("--source-policy-file", args.source_policy_file.is_some()),
+        ("--trace", args.trace.is_some()),
+        ("--ref-file", args.ref_file.is_some()),
+        (
+            "--debug-json-cache-metrics",
+            args.debug_json_cache_metrics.is_some(),
+        ),
+        ("--proxy-network", args.proxy_network),
+    ];
+    if let Some((flag, _)) = unsupported.iter().find(|(_, set)| *set) {
+        bail!("{flag} is not supported by bkrun's build client yet: drop it, or run buildctl through `bkrun exec -- buildctl build …`");
+    }
     if args.frontend.is_none() {
         bail!("bkrun build needs --frontend (e.g. --frontend dockerfile.v0); piping an LLB definition on stdin is not supported");
     }
@@ -244,6 +268,21 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("dest=x"));
+    }
+
+    #[test]
+    fn unsupported_flags_are_refused_not_ignored() {
+        let args = BuildArgs {
+            secret: vec!["id=x,src=y".into()],
+            frontend: Some("x".into()),
+            progress: "auto".into(),
+            ..Default::default()
+        };
+        let e = parse(&args).unwrap_err().to_string();
+        assert!(
+            e.starts_with("--secret is not supported") && e.contains("bkrun exec -- buildctl"),
+            "{e}"
+        );
     }
 
     #[test]
