@@ -227,7 +227,13 @@ async fn perform(
             };
             tokio::select! {
                 res = build => match res {
-                    Ok(client::solve::Outcome::Done(_)) => Ended::Code(0),
+                    Ok(client::solve::Outcome::Done(response)) => match &spec.metadata_file {
+                        Some(path) => match client::metadata::write(path, &response) {
+                            Ok(()) => Ended::Code(0),
+                            Err(e) => Ended::Failed(e),
+                        },
+                        None => Ended::Code(0),
+                    },
                     Ok(client::solve::Outcome::Failed) => Ended::Code(1),
                     Err(e) => Ended::Failed(e),
                 },

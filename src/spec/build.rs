@@ -63,6 +63,7 @@ pub struct BuildSpec {
     pub outputs: Vec<Output>,
     pub progress: progress::Mode,
     pub allow: Vec<String>,
+    pub metadata_file: Option<PathBuf>,
     pub no_cache: bool,
 }
 
@@ -124,7 +125,6 @@ pub fn parse(args: &BuildArgs) -> Result<BuildSpec> {
         ("--ssh", !args.ssh.is_empty()),
         ("--import-cache", !args.import_cache.is_empty()),
         ("--export-cache", !args.export_cache.is_empty()),
-        ("--metadata-file", args.metadata_file.is_some()),
         (
             "--registry-auth-tlscontext",
             !args.registry_auth_tlscontext.is_empty(),
@@ -142,6 +142,9 @@ pub fn parse(args: &BuildArgs) -> Result<BuildSpec> {
     if let Some((flag, _)) = unsupported.iter().find(|(_, set)| *set) {
         bail!("{flag} is not supported by bkrun's build client yet: drop it, or run buildctl through `bkrun exec -- buildctl build …`");
     }
+    if let Some(m) = &args.metadata_file {
+        check_parent("--metadata-file", m)?;
+    }
     if args.frontend.is_none() {
         bail!("bkrun build needs --frontend (e.g. --frontend dockerfile.v0); piping an LLB definition on stdin is not supported");
     }
@@ -153,6 +156,7 @@ pub fn parse(args: &BuildArgs) -> Result<BuildSpec> {
         progress,
         no_cache: args.no_cache,
         allow: args.allow.clone(),
+        metadata_file: args.metadata_file.clone(),
     })
 }
 

@@ -1,0 +1,131 @@
+//! End-to-end tests of registry work against a real buildkitd and a docker-registry on 127.0.0.1: push, building FROM what was pushed, and --metadata-file.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+/// A plain-HTTP docker-registry on a free loopback port, stopped when dropped.
+struct Registry {
+    child: Child,
+    port: u16,
+}
+
+impl Registry {
+    fn start(sb: &Sandbox) -> Registry {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let data = sb.mkdir("registry-data");
+        let cfg = sb.write(
+            "registry.yml",
+            &format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                data.display()
+            ),
+        );
+        let child = std::process::Command::new("docker-registry")
+            .arg("serve")
+            .arg(cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("docker-registry missing: run scripts/setup");
+        assert!(wait_until(Duration::from_secs(20), || TcpStream::connect(
+            ("127.0.0.1", port)
+        )
+        .is_ok()));
+        Registry { child, port }
+    }
+
+    /// The digest the registry reports for a manifest (the Docker-Content-Digest header).
+    fn digest(&self, repo: &str, tag: &str) -> String {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        write!(
+            s,
+            "HEAD /v2/{repo}/manifests/{tag} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.v2+json\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        resp.lines()
+            .find_map(|l| l.strip_prefix("Docker-Content-Digest: "))
+            .unwrap_or_else(|| panic!("no digest in {resp}"))
+            .trim()
+            .to_string()
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn push_then_build_from_the_pushed_image_with_metadata() {
+    for mode in [Mode::Privileged, Mode::Rootless] {
+        let sb = Sandbox::new(mode);
+        let reg = Registry::start(&sb);
+        // The registry is plain HTTP; bkrun.toml's [buildkitd] table tells the daemon so.
+        let cfg = sb.write(
+            "bkrun.toml",
+            &format!(
+                "[buildkitd.registry.\"127.0.0.1:{}\"]\nhttp = true\n",
+                reg.port
+            ),
+        );
+        let image = format!("127.0.0.1:{}/bkrun/hello:1", reg.port);
+        let ctx = sb.hello_context();
+        let md = sb.path("metadata.json");
+        run_ok(
+            sb.bkrun()
+                .arg("--config")
+                .arg(&cfg)
+                .arg("build")
+                .args(sb.build_args(&ctx))
+                .args([
+                    format!("--output=type=image,name={image},push=true"),
+                    format!("--metadata-file={}", md.display()),
+                ]),
+        );
+        let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(&md).unwrap()).unwrap();
+        assert_eq!(meta["image.name"], image.as_str());
+        assert_eq!(
+            meta["containerimage.digest"],
+            reg.digest("bkrun/hello", "1").as_str(),
+            "{meta}"
+        );
+        assert_eq!(
+            meta["containerimage.descriptor"]["digest"],
+            meta["containerimage.digest"]
+        );
+
+        // A second build, on a fresh daemon, FROM the pushed image.
+        let ctx2 = sb.context(
+            "second",
+            &format!("FROM {image}\nRUN cat /hello.txt > /again.txt\n"),
+        );
+        let out = sb.path("out");
+        run_ok(
+            sb.bkrun_root("state2")
+                .arg("--config")
+                .arg(&cfg)
+                .arg("build")
+                .args(sb.build_args(&ctx2))
+                .arg(format!("--output=type=local,dest={}", out.display())),
+        );
+        assert!(std::fs::read_to_string(out.join("again.txt"))
+            .unwrap()
+            .starts_with("hello from bkrun"));
+        drop(reg);
+        sb.assert_clean();
+    }
+}
