@@ -493,3 +493,85 @@ fn auto_progress_on_a_terminal_is_the_live_view() {
     );
     sb.assert_clean();
 }
+
+#[test]
+fn secrets_reach_run_steps_and_never_the_output() {
+    for mode in [Mode::Privileged, Mode::Rootless] {
+        let sb = Sandbox::new(mode);
+        let tok = sb.write("tok.txt", "hunter2-file-secret\n");
+        let ctx = sb.context(
+            "ctx",
+            "FROM scratch\nCOPY --from=busybox busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n\
+             RUN --mount=type=secret,id=tok --mount=type=secret,id=api sh -c 'wc -c < /run/secrets/tok > /tok.len; cat /run/secrets/tok; echo \"api=$(cat /run/secrets/api)\"'\n",
+        );
+        let out_dir = sb.path("out");
+        let out = run_ok(
+            sb.bkrun()
+                .env("API_KEY", "sup3r-env-value")
+                .arg("build")
+                .args(sb.build_args(&ctx))
+                .arg(format!("--secret=id=tok,src={}", tok.display()))
+                .arg("--secret=id=api,env=API_KEY")
+                .arg(format!("--output=type=local,dest={}", out_dir.display())),
+        );
+        assert_eq!(
+            fs::read_to_string(out_dir.join("tok.len")).unwrap().trim(),
+            "20"
+        );
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            !all.contains("hunter2") && !all.contains("sup3r"),
+            "a secret leaked:\n{all}"
+        );
+        assert!(all.contains("api=****"), "{all}");
+        sb.assert_clean();
+    }
+}
+
+#[test]
+fn a_missing_secret_file_fails_before_a_daemon_starts() {
+    let sb = Sandbox::new(Mode::Privileged);
+    let ctx = sb.hello_context();
+    let t = Instant::now();
+    let out = sb
+        .bkrun()
+        .arg("build")
+        .args(sb.build_args(&ctx))
+        .arg("--secret=id=tok,src=/no/such/secret")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("bkrun: --secret id=tok: cannot read /no/such/secret"),
+        "{err}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(2));
+    assert_eq!(fs::read_dir(sb.path("state")).unwrap().count(), 0);
+    sb.assert_clean();
+}
+
+#[test]
+fn proxy_variables_reach_run_steps_unless_set_by_the_user() {
+    let sb = Sandbox::new(Mode::Privileged);
+    let ctx = sb.context(
+        "ctx",
+        "FROM scratch\nCOPY --from=busybox busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nRUN echo \"$HTTPS_PROXY $NO_PROXY\" > /proxy.txt\n",
+    );
+    let out = sb.path("out");
+    run_ok(
+        sb.bkrun()
+            .env("HTTPS_PROXY", "http://proxy.invalid:3128")
+            .env("NO_PROXY", "from-env")
+            .arg("build")
+            .args(sb.build_args(&ctx))
+            .arg("--opt=build-arg:NO_PROXY=from-user")
+            .arg(format!("--output=type=local,dest={}", out.display())),
+    );
+    assert_eq!(fs::read_to_string(out.join("proxy.txt")).unwrap(), "http://proxy.invalid:3128 from-user\n");
+    sb.assert_clean();
+}

@@ -14,8 +14,10 @@ use crate::proto::moby::buildkit::v1::control_client::ControlClient;
 use crate::proto::moby::buildkit::v1::{CacheOptions, Exporter, SolveRequest, StatusRequest};
 use crate::session::filesend::{FileSendTargets, Sink};
 use crate::session::filesync::FileSyncProvider;
+use crate::session::secrets::SecretsProvider;
 use crate::session::{Session, SessionError};
 use crate::spec::build::{BuildSpec, Destination};
+use crate::spec::secret::mask_values;
 
 /// Largest message we accept from the daemon (status batches can be big).
 const MAX_MESSAGE: usize = 64 << 20;
@@ -34,9 +36,12 @@ pub enum Outcome {
 pub async fn build(
     channel: Channel,
     spec: &BuildSpec,
-    progress: ProgressOptions,
+    mut progress: ProgressOptions,
     target: &Target,
 ) -> Result<Outcome> {
+    // Secret values never reach the terminal or the CI log, whatever a step prints.
+    let masks = mask_values(&spec.secrets);
+    progress.secrets.extend(masks.iter().cloned());
     let mut targets = HashMap::new();
     let mut exporters = Vec::new();
     for (i, out) in spec.outputs.iter().enumerate() {
@@ -61,6 +66,9 @@ pub async fn build(
         Session::new("bkrun").add_service(FileSyncProvider::new(locals).into_server());
     if !targets.is_empty() {
         session = session.add_service_with_methods(targets.clone(), &["DiffCopy"]);
+    }
+    if !spec.secrets.is_empty() {
+        session = session.add_service(SecretsProvider::new(&spec.secrets).into_server());
     }
     let session = match session.start(channel.clone()).await {
         Ok(s) => s,
@@ -145,8 +153,22 @@ pub async fn build(
                     status.message()
                 ));
             }
-            eprint!("{}", errors::render(&status));
+            eprint!("{}", mask_text(&errors::render(&status), &masks));
             Ok(Outcome::Failed)
         }
     }
+}
+
+/// `text` with every secret value replaced by `****`, as the progress views mask them.
+fn mask_text(text: &str, masks: &[Vec<u8>]) -> String {
+    let mut out = text.to_string();
+    // Longest first, so a value that contains another is hidden whole.
+    let mut masks: Vec<&Vec<u8>> = masks.iter().collect();
+    masks.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    for m in masks {
+        if let Ok(s) = std::str::from_utf8(m) {
+            out = out.replace(s, "****");
+        }
+    }
+    out
 }

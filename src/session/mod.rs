@@ -11,6 +11,7 @@ pub mod filesync;
 mod health;
 mod packets;
 mod raw;
+pub mod secrets;
 mod tunnel;
 
 use std::convert::Infallible;

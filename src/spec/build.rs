@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 use super::csv;
+use super::secret::{self, Secret};
 use crate::cli::BuildArgs;
 use crate::progress;
 
@@ -64,6 +65,7 @@ pub struct BuildSpec {
     pub progress: progress::Mode,
     pub allow: Vec<String>,
     pub metadata_file: Option<PathBuf>,
+    pub secrets: Vec<Secret>,
     pub no_cache: bool,
 }
 
@@ -105,6 +107,11 @@ pub fn parse(args: &BuildArgs) -> Result<BuildSpec> {
         };
         opts.insert(k.to_string(), v.to_string());
     }
+    // Pipelines behind a proxy: bkrun's own proxy variables become the build's predefined proxy
+    // args, unless the user set that arg.
+    for (k, v) in proxy_args(&|k| std::env::var(k).ok()) {
+        opts.entry(k).or_insert(v);
+    }
     if args.no_cache {
         opts.insert("no-cache".to_string(), String::new());
     }
@@ -121,7 +128,6 @@ pub fn parse(args: &BuildArgs) -> Result<BuildSpec> {
     })?;
     // Flags of features bkrun's client does not have yet are refused, never silently ignored.
     let unsupported = [
-        ("--secret", !args.secret.is_empty()),
         ("--ssh", !args.ssh.is_empty()),
         ("--import-cache", !args.import_cache.is_empty()),
         ("--export-cache", !args.export_cache.is_empty()),
@@ -142,6 +148,12 @@ pub fn parse(args: &BuildArgs) -> Result<BuildSpec> {
     if let Some((flag, _)) = unsupported.iter().find(|(_, set)| *set) {
         bail!("{flag} is not supported by bkrun's build client yet: drop it, or run buildctl through `bkrun exec -- buildctl build …`");
     }
+    let env = |k: &str| std::env::var(k).ok();
+    let secrets = args
+        .secret
+        .iter()
+        .map(|s| secret::parse(s, &env))
+        .collect::<Result<Vec<_>>>()?;
     if let Some(m) = &args.metadata_file {
         check_parent("--metadata-file", m)?;
     }
@@ -157,7 +169,34 @@ pub fn parse(args: &BuildArgs) -> Result<BuildSpec> {
         no_cache: args.no_cache,
         allow: args.allow.clone(),
         metadata_file: args.metadata_file.clone(),
+        secrets,
     })
+}
+
+/// The Dockerfile's predefined proxy args, in both spellings.
+const PROXY_VARS: &[&str] = &[
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "NO_PROXY",
+    "no_proxy",
+    "FTP_PROXY",
+    "ftp_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+];
+
+/// `build-arg:NAME=value` for each proxy variable set in the environment.
+pub fn proxy_args(env: &dyn Fn(&str) -> Option<String>) -> Vec<(String, String)> {
+    PROXY_VARS
+        .iter()
+        .filter_map(|k| {
+            env(k)
+                .filter(|v| !v.is_empty())
+                .map(|v| (format!("build-arg:{k}"), v))
+        })
+        .collect()
 }
 
 /// Parses one --output value and checks its destination can be written.
@@ -277,15 +316,34 @@ mod tests {
     #[test]
     fn unsupported_flags_are_refused_not_ignored() {
         let args = BuildArgs {
-            secret: vec!["id=x,src=y".into()],
+            ssh: vec!["default".into()],
             frontend: Some("x".into()),
             progress: "auto".into(),
             ..Default::default()
         };
         let e = parse(&args).unwrap_err().to_string();
         assert!(
-            e.starts_with("--secret is not supported") && e.contains("bkrun exec -- buildctl"),
+            e.starts_with("--ssh is not supported") && e.contains("bkrun exec -- buildctl"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn proxy_variables_become_build_args() {
+        let env = |k: &str| match k {
+            "HTTPS_PROXY" => Some("http://proxy:3128".to_string()),
+            "no_proxy" => Some("localhost".to_string()),
+            _ => None,
+        };
+        assert_eq!(
+            proxy_args(&env),
+            [
+                (
+                    "build-arg:HTTPS_PROXY".to_string(),
+                    "http://proxy:3128".to_string()
+                ),
+                ("build-arg:no_proxy".to_string(), "localhost".to_string())
+            ]
         );
     }
 
