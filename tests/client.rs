@@ -572,6 +572,9 @@ fn proxy_variables_reach_run_steps_unless_set_by_the_user() {
             .arg("--opt=build-arg:NO_PROXY=from-user")
             .arg(format!("--output=type=local,dest={}", out.display())),
     );
-    assert_eq!(fs::read_to_string(out.join("proxy.txt")).unwrap(), "http://proxy.invalid:3128 from-user\n");
+    assert_eq!(
+        fs::read_to_string(out.join("proxy.txt")).unwrap(),
+        "http://proxy.invalid:3128 from-user\n"
+    );
     sb.assert_clean();
 }

@@ -129,3 +129,31 @@ fn push_then_build_from_the_pushed_image_with_metadata() {
         sb.assert_clean();
     }
 }
+
+#[test]
+fn registry_cache_round_trip_between_fresh_daemons() {
+    for mode in [Mode::Privileged, Mode::Rootless] {
+        let sb = Sandbox::new(mode);
+        let reg = Registry::start(&sb);
+        let cfg = sb.write("bkrun.toml", &format!("[buildkitd.registry.\"127.0.0.1:{}\"]\nhttp = true\n", reg.port));
+        let cache = format!("127.0.0.1:{}/bkrun/cache:1", reg.port);
+        let ctx = sb.context(
+            "ctx",
+            "FROM scratch\nCOPY --from=busybox busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nRUN echo expensive > /step.txt\n",
+        );
+        let t = std::time::Instant::now();
+        run_ok(sb.bkrun_root("state-a").arg("--config").arg(&cfg).arg("build").args(sb.build_args(&ctx)).arg(format!("--export-cache=type=registry,ref={cache},mode=max")));
+        let cold = t.elapsed();
+        let t = std::time::Instant::now();
+        let out = run_ok(sb.bkrun_root("state-b").arg("--config").arg(&cfg).arg("build").args(sb.build_args(&ctx)).arg(format!("--import-cache=type=registry,ref={cache}")));
+        let warm = t.elapsed();
+        let err = String::from_utf8_lossy(&out.stderr);
+        for step in ["RUN [\"/bin/busybox\", \"--install\"", "RUN echo expensive"] {
+            let block = err.split("\n\n").find(|b| b.contains(step)).unwrap_or_else(|| panic!("no {step} in\n{err}"));
+            assert!(block.contains("CACHED"), "{mode:?}: {step} was not taken from the cache:\n{err}");
+        }
+        eprintln!("{mode:?}: registry cache export {cold:?}, import {warm:?}");
+        drop(reg);
+        sb.assert_clean();
+    }
+}

@@ -11,12 +11,15 @@ use super::connect::{explain_call, Target};
 use super::errors;
 use crate::progress::{Options as ProgressOptions, Renderer};
 use crate::proto::moby::buildkit::v1::control_client::ControlClient;
-use crate::proto::moby::buildkit::v1::{CacheOptions, Exporter, SolveRequest, StatusRequest};
+use crate::proto::moby::buildkit::v1::{
+    CacheOptions, CacheOptionsEntry, Exporter, SolveRequest, StatusRequest,
+};
 use crate::session::filesend::{FileSendTargets, Sink};
 use crate::session::filesync::FileSyncProvider;
 use crate::session::secrets::SecretsProvider;
 use crate::session::{Session, SessionError};
 use crate::spec::build::{BuildSpec, Destination};
+use crate::spec::cache::CacheEntry;
 use crate::spec::secret::mask_values;
 
 /// Largest message we accept from the daemon (status batches can be big).
@@ -102,7 +105,11 @@ pub async fn build(
         exporters,
         exporter_deprecated,
         exporter_attrs_deprecated,
-        cache: Some(CacheOptions::default()),
+        cache: Some(CacheOptions {
+            exports: spec.cache_exports.iter().map(cache_entry).collect(),
+            imports: spec.cache_imports.iter().map(cache_entry).collect(),
+            ..Default::default()
+        }),
         entitlements: spec.allow.clone(),
         ..Default::default()
     };
@@ -171,4 +178,15 @@ fn mask_text(text: &str, masks: &[Vec<u8>]) -> String {
         }
     }
     out
+}
+
+fn cache_entry(e: &CacheEntry) -> CacheOptionsEntry {
+    CacheOptionsEntry {
+        r#type: e.kind.clone(),
+        attrs: e
+            .attrs
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    }
 }

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
+use super::cache::{self, CacheEntry};
 use super::csv;
 use super::secret::{self, Secret};
 use crate::cli::BuildArgs;
@@ -66,6 +67,8 @@ pub struct BuildSpec {
     pub allow: Vec<String>,
     pub metadata_file: Option<PathBuf>,
     pub secrets: Vec<Secret>,
+    pub cache_imports: Vec<CacheEntry>,
+    pub cache_exports: Vec<CacheEntry>,
     pub no_cache: bool,
 }
 
@@ -129,8 +132,6 @@ pub fn parse(args: &BuildArgs) -> Result<BuildSpec> {
     // Flags of features bkrun's client does not have yet are refused, never silently ignored.
     let unsupported = [
         ("--ssh", !args.ssh.is_empty()),
-        ("--import-cache", !args.import_cache.is_empty()),
-        ("--export-cache", !args.export_cache.is_empty()),
         (
             "--registry-auth-tlscontext",
             !args.registry_auth_tlscontext.is_empty(),
@@ -147,6 +148,19 @@ pub fn parse(args: &BuildArgs) -> Result<BuildSpec> {
     ];
     if let Some((flag, _)) = unsupported.iter().find(|(_, set)| *set) {
         bail!("{flag} is not supported by bkrun's build client yet: drop it, or run buildctl through `bkrun exec -- buildctl build …`");
+    }
+    let cache_imports = args
+        .import_cache
+        .iter()
+        .map(|v| cache::parse_import(v))
+        .collect::<Result<Vec<_>>>()?;
+    let cache_exports = args
+        .export_cache
+        .iter()
+        .map(|v| cache::parse_export(v))
+        .collect::<Result<Vec<_>>>()?;
+    if let Some(attr) = cache::imports_attr(&cache_imports) {
+        opts.insert("cache-imports".into(), attr);
     }
     let env = |k: &str| std::env::var(k).ok();
     let secrets = args
@@ -170,6 +184,8 @@ pub fn parse(args: &BuildArgs) -> Result<BuildSpec> {
         allow: args.allow.clone(),
         metadata_file: args.metadata_file.clone(),
         secrets,
+        cache_imports,
+        cache_exports,
     })
 }
 
