@@ -17,6 +17,11 @@ struct Registry {
 
 impl Registry {
     fn start(sb: &Sandbox) -> Registry {
+        Registry::start_with(sb, "")
+    }
+
+    /// `extra` is appended to the registry's YAML config (TLS, auth).
+    fn start_with(sb: &Sandbox, extra: &str) -> Registry {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -26,7 +31,7 @@ impl Registry {
         let cfg = sb.write(
             "registry.yml",
             &format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n{extra}",
                 data.display()
             ),
         );
@@ -135,24 +140,146 @@ fn registry_cache_round_trip_between_fresh_daemons() {
     for mode in [Mode::Privileged, Mode::Rootless] {
         let sb = Sandbox::new(mode);
         let reg = Registry::start(&sb);
-        let cfg = sb.write("bkrun.toml", &format!("[buildkitd.registry.\"127.0.0.1:{}\"]\nhttp = true\n", reg.port));
+        let cfg = sb.write(
+            "bkrun.toml",
+            &format!(
+                "[buildkitd.registry.\"127.0.0.1:{}\"]\nhttp = true\n",
+                reg.port
+            ),
+        );
         let cache = format!("127.0.0.1:{}/bkrun/cache:1", reg.port);
         let ctx = sb.context(
             "ctx",
             "FROM scratch\nCOPY --from=busybox busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nRUN echo expensive > /step.txt\n",
         );
         let t = std::time::Instant::now();
-        run_ok(sb.bkrun_root("state-a").arg("--config").arg(&cfg).arg("build").args(sb.build_args(&ctx)).arg(format!("--export-cache=type=registry,ref={cache},mode=max")));
+        run_ok(
+            sb.bkrun_root("state-a")
+                .arg("--config")
+                .arg(&cfg)
+                .arg("build")
+                .args(sb.build_args(&ctx))
+                .arg(format!("--export-cache=type=registry,ref={cache},mode=max")),
+        );
         let cold = t.elapsed();
         let t = std::time::Instant::now();
-        let out = run_ok(sb.bkrun_root("state-b").arg("--config").arg(&cfg).arg("build").args(sb.build_args(&ctx)).arg(format!("--import-cache=type=registry,ref={cache}")));
+        let out = run_ok(
+            sb.bkrun_root("state-b")
+                .arg("--config")
+                .arg(&cfg)
+                .arg("build")
+                .args(sb.build_args(&ctx))
+                .arg(format!("--import-cache=type=registry,ref={cache}")),
+        );
         let warm = t.elapsed();
         let err = String::from_utf8_lossy(&out.stderr);
         for step in ["RUN [\"/bin/busybox\", \"--install\"", "RUN echo expensive"] {
-            let block = err.split("\n\n").find(|b| b.contains(step)).unwrap_or_else(|| panic!("no {step} in\n{err}"));
-            assert!(block.contains("CACHED"), "{mode:?}: {step} was not taken from the cache:\n{err}");
+            let block = err
+                .split("\n\n")
+                .find(|b| b.contains(step))
+                .unwrap_or_else(|| panic!("no {step} in\n{err}"));
+            assert!(
+                block.contains("CACHED"),
+                "{mode:?}: {step} was not taken from the cache:\n{err}"
+            );
         }
         eprintln!("{mode:?}: registry cache export {cold:?}, import {warm:?}");
+        drop(reg);
+        sb.assert_clean();
+    }
+}
+
+/// A TLS registry (certificate for IP 127.0.0.1 from a test CA) that wants htpasswd credentials.
+fn auth_registry(sb: &Sandbox) -> (Registry, std::path::PathBuf) {
+    let certs = sb.mkdir("certs");
+    let sh = |script: &str| {
+        let out = std::process::Command::new("sh")
+            .arg("-ec")
+            .arg(script)
+            .current_dir(&certs)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", show(&out));
+    };
+    std::fs::write(
+        certs.join("reg.ext"),
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    sh("openssl req -x509 -newkey rsa:2048 -nodes -keyout ca-key.pem -out ca.pem -days 2 -subj /CN=bkrun-registry-ca 2>/dev/null
+        openssl req -newkey rsa:2048 -nodes -keyout reg-key.pem -out reg.csr -subj /CN=127.0.0.1 2>/dev/null
+        openssl x509 -req -in reg.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -out reg.pem -days 2 -extfile reg.ext 2>/dev/null
+        htpasswd -Bbc htpasswd builder s3cr3t-pw 2>/dev/null");
+    sb.own(&certs);
+    let extra = format!(
+        "  tls:\n    certificate: {c}/reg.pem\n    key: {c}/reg-key.pem\nauth:\n  htpasswd:\n    realm: bkrun-test\n    path: {c}/htpasswd\n",
+        c = certs.display()
+    );
+    (Registry::start_with(sb, &extra), certs)
+}
+
+#[test]
+fn pushing_to_a_registry_with_credentials_from_the_docker_config() {
+    for mode in [Mode::Privileged, Mode::Rootless] {
+        let sb = Sandbox::new(mode);
+        let (reg, certs) = auth_registry(&sb);
+        let host = format!("127.0.0.1:{}", reg.port);
+        // The daemon trusts the registry's CA through bkrun.toml; http = false because BuildKit
+        // assumes plain HTTP for registries on 127.0.0.1 otherwise.
+        let cfg = sb.write(
+            "bkrun.toml",
+            &format!(
+                "[buildkitd.registry.\"{host}\"]\nhttp = false\nca = [\"{}/ca.pem\"]\n",
+                certs.display()
+            ),
+        );
+        let ctx = sb.hello_context();
+        let push = |docker_config: &std::path::Path, tag: &str| {
+            let mut c = sb.bkrun();
+            let path = format!(
+                "{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                sb.path("helpers").display()
+            );
+            c.env("DOCKER_CONFIG", docker_config).env("PATH", path);
+            c.arg("--config")
+                .arg(&cfg)
+                .arg("build")
+                .args(sb.build_args(&ctx));
+            c.arg(format!(
+                "--output=type=image,name={host}/bkrun/private:{tag},push=true"
+            ));
+            c.output().unwrap()
+        };
+
+        // No credentials: refused, with the registry named and the way to log in.
+        let out = push(&sb.mkdir("docker-empty"), "anon");
+        assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(&format!("docker login {host}")), "{err}");
+
+        // An auths entry, as `docker login` writes it.
+        use base64::Engine as _;
+        let auth = base64::engine::general_purpose::STANDARD.encode("builder:s3cr3t-pw");
+        sb.write(
+            "docker-auths/config.json",
+            &format!(r#"{{"auths":{{"{host}":{{"auth":"{auth}"}}}}}}"#),
+        );
+        let out = push(&sb.path("docker-auths"), "auths");
+        assert!(out.status.success(), "{}", show(&out));
+
+        // A credential helper on PATH, named by credHelpers.
+        sb.write(
+            "docker-helper/config.json",
+            &format!(r#"{{"credHelpers":{{"{host}":"bkrtest"}}}}"#),
+        );
+        let helper = sb.write(
+            "helpers/docker-credential-bkrtest",
+            "#!/bin/sh\nread server\nprintf '{\"ServerURL\":\"%s\",\"Username\":\"builder\",\"Secret\":\"s3cr3t-pw\"}' \"$server\"\n",
+        );
+        std::fs::set_permissions(&helper, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let out = push(&sb.path("docker-helper"), "helper");
+        assert!(out.status.success(), "{}", show(&out));
         drop(reg);
         sb.assert_clean();
     }

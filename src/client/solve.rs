@@ -14,6 +14,7 @@ use crate::proto::moby::buildkit::v1::control_client::ControlClient;
 use crate::proto::moby::buildkit::v1::{
     CacheOptions, CacheOptionsEntry, Exporter, SolveRequest, StatusRequest,
 };
+use crate::session::auth::{config_path, AuthProvider, DockerConfig};
 use crate::session::filesend::{FileSendTargets, Sink};
 use crate::session::filesync::FileSyncProvider;
 use crate::session::secrets::SecretsProvider;
@@ -70,6 +71,9 @@ pub async fn build(
     if !targets.is_empty() {
         session = session.add_service_with_methods(targets.clone(), &["DiffCopy"]);
     }
+    // Registry credentials, as buildctl offers them: from the Docker config of whoever runs bkrun.
+    let docker_config = DockerConfig::load(config_path(&|k| std::env::var(k).ok()).as_deref())?;
+    session = session.add_service(AuthProvider::new(docker_config).into_server());
     if !spec.secrets.is_empty() {
         session = session.add_service(SecretsProvider::new(&spec.secrets).into_server());
     }

@@ -6,6 +6,7 @@
 //! acts as an HTTP/2 gRPC *server* on the bytes of that stream while the
 //! daemon dials in as the client.
 
+pub mod auth;
 pub mod filesend;
 pub mod filesync;
 mod health;
