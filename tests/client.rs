@@ -578,3 +578,77 @@ fn proxy_variables_reach_run_steps_unless_set_by_the_user() {
     );
     sb.assert_clean();
 }
+
+#[test]
+fn ssh_agent_keys_reach_run_steps() {
+    for mode in [Mode::Privileged, Mode::Rootless] {
+        let sb = Sandbox::new(mode);
+        let ctx = sb.context(
+            "ctx",
+            "FROM scratch\nCOPY agentls /agentls\nRUN --mount=type=ssh [\"/agentls\"]\nRUN --mount=type=ssh,id=deploy [\"/agentls\"]\n",
+        );
+        // A static helper that lists the agent's keys: the image has no ssh-add.
+        let go = Command::new("go")
+            .args(["build", "-o"])
+            .arg(ctx.join("agentls"))
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/agentls/main.go"
+            ))
+            .env("CGO_ENABLED", "0")
+            .output()
+            .unwrap();
+        assert!(go.status.success(), "{}", show(&go));
+        sb.own(&ctx);
+        // A test agent holding one key, run as the sandbox's user.
+        let sock = sb.path("agent.sock");
+        run_ok(
+            sb.command("ssh-keygen")
+                .args([
+                    "-q",
+                    "-t",
+                    "ed25519",
+                    "-N",
+                    "",
+                    "-C",
+                    "bkrun-test-key",
+                    "-f",
+                ])
+                .arg(sb.path("key")),
+        );
+        let mut agent = sb
+            .command("ssh-agent")
+            .arg("-D")
+            .arg("-a")
+            .arg(&sock)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        assert!(wait_until(Duration::from_secs(10), || sock.exists()));
+        run_ok(
+            sb.command("ssh-add")
+                .arg(sb.path("key"))
+                .env("SSH_AUTH_SOCK", &sock),
+        );
+
+        let out = sb
+            .bkrun()
+            .env("SSH_AUTH_SOCK", &sock)
+            .arg("build")
+            .args(sb.build_args(&ctx))
+            .args(["--ssh", "default"])
+            .arg(format!("--ssh=deploy={}", sock.display()))
+            .output()
+            .unwrap();
+        let _ = agent.kill();
+        let _ = agent.wait();
+        assert!(out.status.success(), "{mode:?}: {}", show(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            err.matches("key: bkrun-test-key").count(),
+            2,
+            "{mode:?}: {err}"
+        );
+        sb.assert_clean();
+    }
+}

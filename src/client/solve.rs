@@ -18,6 +18,7 @@ use crate::session::auth::{config_path, AuthProvider, DockerConfig};
 use crate::session::filesend::{FileSendTargets, Sink};
 use crate::session::filesync::FileSyncProvider;
 use crate::session::secrets::SecretsProvider;
+use crate::session::ssh::SshForwarder;
 use crate::session::{Session, SessionError};
 use crate::spec::build::{BuildSpec, Destination};
 use crate::spec::cache::CacheEntry;
@@ -74,6 +75,9 @@ pub async fn build(
     // Registry credentials, as buildctl offers them: from the Docker config of whoever runs bkrun.
     let docker_config = DockerConfig::load(config_path(&|k| std::env::var(k).ok()).as_deref())?;
     session = session.add_service(AuthProvider::new(docker_config).into_server());
+    if !spec.ssh.is_empty() {
+        session = session.add_service(SshForwarder::new(&spec.ssh).into_server());
+    }
     if !spec.secrets.is_empty() {
         session = session.add_service(SecretsProvider::new(&spec.secrets).into_server());
     }

@@ -13,6 +13,7 @@ mod health;
 mod packets;
 mod raw;
 pub mod secrets;
+pub mod ssh;
 mod tunnel;
 
 use std::convert::Infallible;

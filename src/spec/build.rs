@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use super::cache::{self, CacheEntry};
 use super::csv;
 use super::secret::{self, Secret};
+use super::ssh::{self, SshAgent};
 use crate::cli::BuildArgs;
 use crate::progress;
 
@@ -67,6 +68,7 @@ pub struct BuildSpec {
     pub allow: Vec<String>,
     pub metadata_file: Option<PathBuf>,
     pub secrets: Vec<Secret>,
+    pub ssh: Vec<SshAgent>,
     pub cache_imports: Vec<CacheEntry>,
     pub cache_exports: Vec<CacheEntry>,
     pub no_cache: bool,
@@ -131,7 +133,6 @@ pub fn parse(args: &BuildArgs) -> Result<BuildSpec> {
     })?;
     // Flags of features bkrun's client does not have yet are refused, never silently ignored.
     let unsupported = [
-        ("--ssh", !args.ssh.is_empty()),
         (
             "--registry-auth-tlscontext",
             !args.registry_auth_tlscontext.is_empty(),
@@ -168,6 +169,11 @@ pub fn parse(args: &BuildArgs) -> Result<BuildSpec> {
         .iter()
         .map(|s| secret::parse(s, &env))
         .collect::<Result<Vec<_>>>()?;
+    let ssh = args
+        .ssh
+        .iter()
+        .map(|v| ssh::parse(v, &env))
+        .collect::<Result<Vec<_>>>()?;
     if let Some(m) = &args.metadata_file {
         check_parent("--metadata-file", m)?;
     }
@@ -184,6 +190,7 @@ pub fn parse(args: &BuildArgs) -> Result<BuildSpec> {
         allow: args.allow.clone(),
         metadata_file: args.metadata_file.clone(),
         secrets,
+        ssh,
         cache_imports,
         cache_exports,
     })
@@ -332,14 +339,14 @@ mod tests {
     #[test]
     fn unsupported_flags_are_refused_not_ignored() {
         let args = BuildArgs {
-            ssh: vec!["default".into()],
+            trace: Some("t.json".into()),
             frontend: Some("x".into()),
             progress: "auto".into(),
             ..Default::default()
         };
         let e = parse(&args).unwrap_err().to_string();
         assert!(
-            e.starts_with("--ssh is not supported") && e.contains("bkrun exec -- buildctl"),
+            e.starts_with("--trace is not supported") && e.contains("bkrun exec -- buildctl"),
             "{e}"
         );
     }
