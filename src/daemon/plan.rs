@@ -373,7 +373,7 @@ mod tests {
             env: vec![("HOME", "/home/u"), ("XDG_RUNTIME_DIR", "/run/user/1000")],
             ..FakeHost::user()
         };
-        assert_eq!(p.env(&d, &h), [tmp.clone()]);
+        assert_eq!(p.env(&d, &h), std::slice::from_ref(&tmp));
         let root = plan(&FakeHost::root(), GlobalArgs::default());
         assert_eq!(root.env(&d, &FakeHost::root()), [tmp]);
     }
