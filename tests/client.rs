@@ -652,3 +652,86 @@ fn ssh_agent_keys_reach_run_steps() {
         sb.assert_clean();
     }
 }
+
+#[test]
+fn several_platforms_make_an_index_and_missing_emulation_is_explained() {
+    let sb = Sandbox::new(Mode::Privileged);
+    let ctx = sb.context("ctx", "FROM scratch\nCOPY busybox /bin/busybox\n");
+    fs::copy("/bin/busybox", ctx.join("busybox")).unwrap();
+    let tar = sb.path("multi.tar");
+    let args = |c: &mut Command| {
+        c.arg("build")
+            .args([
+                "--frontend=dockerfile.v0",
+                "--progress=plain",
+                "--opt=platform=linux/amd64,linux/arm64",
+            ])
+            .args([
+                format!("--local=context={}", ctx.display()),
+                format!("--local=dockerfile={}", ctx.display()),
+            ]);
+    };
+    let mut c = sb.bkrun();
+    args(&mut c);
+    run_ok(c.arg(format!("--output=type=oci,dest={}", tar.display())));
+    let index = Command::new("tar")
+        .arg("-xOf")
+        .arg(&tar)
+        .arg("index.json")
+        .output()
+        .unwrap();
+    let index: serde_json::Value = serde_json::from_slice(&index.stdout).unwrap();
+    let nested = index["manifests"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .replace(':', "/");
+    let inner = Command::new("tar")
+        .arg("-xOf")
+        .arg(&tar)
+        .arg(format!("blobs/{nested}"))
+        .output()
+        .unwrap();
+    let inner: serde_json::Value = serde_json::from_slice(&inner.stdout).unwrap();
+    let archs: Vec<&str> = inner["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["platform"]["architecture"].as_str())
+        .collect();
+    assert!(
+        archs.contains(&"amd64") && archs.contains(&"arm64"),
+        "{inner}"
+    );
+
+    // A RUN step running an arm64 binary needs an emulator this machine has not got. The
+    // binary is busybox with its ELF machine field set to AArch64, which is all the kernel checks.
+    if !std::path::Path::new("/proc/sys/fs/binfmt_misc/qemu-aarch64").exists() {
+        let mut elf = fs::read("/bin/busybox").unwrap();
+        elf[18..20].copy_from_slice(&183u16.to_le_bytes());
+        fs::write(ctx.join("arm64-tool"), elf).unwrap();
+        fs::set_permissions(
+            ctx.join("arm64-tool"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        fs::write(
+            ctx.join("Dockerfile"),
+            "FROM scratch\nCOPY arm64-tool /arm64-tool\nRUN [\"/arm64-tool\"]\n",
+        )
+        .unwrap();
+        let out = sb
+            .bkrun()
+            .arg("build")
+            .args(sb.build_args(&ctx))
+            .arg("--opt=platform=linux/arm64")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("install QEMU's binfmt handlers"),
+            "{}",
+            show(&out)
+        );
+    }
+    sb.assert_clean();
+}

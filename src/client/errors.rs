@@ -103,6 +103,13 @@ pub fn login_hint(message: &str) -> Option<String> {
     ))
 }
 
+/// For a step whose binary is for another architecture and nothing emulates it.
+pub fn emulation_hint(message: &str) -> Option<String> {
+    message.contains("exec format error").then(|| {
+        "bkrun: a step runs a binary built for another platform and this machine cannot run it: install QEMU's binfmt handlers (Debian: apt-get install qemu-user-static binfmt-support), or build only for this machine's platform\n".to_string()
+    })
+}
+
 /// Everything printed for a failed solve, ending with buildctl's `error: failed to solve: …` line.
 pub fn render(status: &tonic::Status) -> String {
     let mut out = String::new();
@@ -111,7 +118,13 @@ pub fn render(status: &tonic::Status) -> String {
             out.push_str(&e);
         }
     }
-    if let Some(hint) = login_hint(status.message()) {
+    for hint in [
+        login_hint(status.message()),
+        emulation_hint(status.message()),
+    ]
+    .into_iter()
+    .flatten()
+    {
         out.push_str(&hint);
     }
     let _ = writeln!(out, "error: failed to solve: {}", status.message());

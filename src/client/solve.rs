@@ -1,6 +1,8 @@
 //! One build over the Control API: a session serving the local dirs and export targets, Solve, and the Status stream rendered as progress.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
@@ -126,6 +128,8 @@ pub async fn build(
     let renderer = Renderer::for_stderr(spec.progress, progress)?;
     let mut status_client = control.clone();
     let status_ref = reference.clone();
+    let saw_foreign_binary = Arc::new(AtomicBool::new(false));
+    let foreign = saw_foreign_binary.clone();
     let status_task = tokio::spawn(async move {
         let stream = match status_client
             .status(StatusRequest { r#ref: status_ref })
@@ -137,7 +141,17 @@ pub async fn build(
         // The stream ends when the build does; an error just ends the display.
         let stream = stream
             .take_while(|r| futures::future::ready(r.is_ok()))
-            .filter_map(|r| async { r.ok() });
+            .filter_map(|r| async { r.ok() })
+            .inspect(move |resp| {
+                // A step's own output is the only place the kernel's refusal to run a foreign binary shows.
+                if resp
+                    .logs
+                    .iter()
+                    .any(|l| l.msg.windows(17).any(|w| w == b"exec format error"))
+                {
+                    foreign.store(true, Ordering::Relaxed);
+                }
+            });
         renderer.run(stream).await
     });
 
@@ -168,7 +182,16 @@ pub async fn build(
                     status.message()
                 ));
             }
-            eprint!("{}", mask_text(&errors::render(&status), &masks));
+            let mut shown = errors::render(&status);
+            if saw_foreign_binary.load(Ordering::Relaxed)
+                && errors::emulation_hint(status.message()).is_none()
+            {
+                shown.insert_str(
+                    0,
+                    &errors::emulation_hint("exec format error").unwrap_or_default(),
+                );
+            }
+            eprint!("{}", mask_text(&shown, &masks));
             Ok(Outcome::Failed)
         }
     }
