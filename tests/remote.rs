@@ -49,11 +49,21 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// `bkrun daemon` with its socket in the sandbox: as root it would otherwise take
+/// /run/buildkit/buildkitd.sock, which parallel tests (and a real daemon) share.
+fn bkrun_daemon(sb: &Sandbox) -> Command {
+    let cfg = sb.write(
+        "daemon.toml",
+        &format!("socket_dir = \"{}\"\n", sb.path("run").display()),
+    );
+    let mut c = sb.bkrun();
+    c.arg("--config").arg(cfg).arg("daemon");
+    c
+}
+
 /// `bkrun daemon` with a TLS listener on 127.0.0.1:port; returns it and its unix address.
 fn tls_daemon(sb: &Sandbox, certs: &Path, port: u16) -> (Child, String) {
-    let mut child = sb
-        .bkrun()
-        .arg("daemon")
+    let mut child = bkrun_daemon(sb)
         .arg(format!("--listen=tcp://127.0.0.1:{port}"))
         .arg("--tls-server-cert")
         .arg(certs.join("server.pem"))
@@ -280,9 +290,8 @@ fn a_briefly_unavailable_daemon_is_retried() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(1500));
-    let mut daemon = sb
-        .bkrun()
-        .args(["daemon", &format!("--listen={addr}")])
+    let mut daemon = bkrun_daemon(&sb)
+        .arg(format!("--listen={addr}"))
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
