@@ -1,9 +1,8 @@
 //! The session's Auth service: registry credentials for the daemon from the Docker config (`auths`, `credsStore`, `credHelpers`, identity tokens), as `docker login` left them.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -164,29 +163,18 @@ fn run_helper(name: &str, server: &str) -> Result<Option<Credentials>> {
         secret: String,
     }
     let program = format!("docker-credential-{name}");
-    let mut child = Command::new(&program)
-        .arg("get")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
+    let (exit, stdout, stderr) = crate::reaper::output(Command::new(&program).arg("get"), server.as_bytes())
         .with_context(|| format!("the Docker config names the credential helper {program}, which cannot be run: install it or fix credsStore/credHelpers"))?;
-    child
-        .stdin
-        .take()
-        .expect("piped")
-        .write_all(server.as_bytes())?;
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        let said = String::from_utf8_lossy(&out.stdout).trim().to_string()
-            + String::from_utf8_lossy(&out.stderr).trim();
+    if exit != crate::reaper::Exit::Code(0) {
+        let said = String::from_utf8_lossy(&stdout).trim().to_string()
+            + String::from_utf8_lossy(&stderr).trim();
         // Helpers answer "credentials not found" for servers they don't know: that's no credentials.
         if said.to_lowercase().contains("not found") {
             return Ok(None);
         }
         bail!("{program} get failed for {server}: {said}");
     }
-    let a: Answer = serde_json::from_slice(&out.stdout)
+    let a: Answer = serde_json::from_slice(&stdout)
         .with_context(|| format!("{program} get answered something that is not its JSON"))?;
     Ok(Some(Credentials {
         username: a.username,
