@@ -1,7 +1,9 @@
 //! Conversions between fsutil's wire messages (`fsutil.types.Packet`/`Stat`) and our transport-free `fsutil::Packet`, and the pumps that move them between a gRPC stream and fsutil's channels.
 
 use futures::{Stream, StreamExt};
-use tokio::sync::mpsc;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use crate::fsutil::{Packet, StatEntry};
 use crate::proto::fsutil::types::{self as wire, packet::PacketType};
@@ -71,8 +73,24 @@ fn stat_from_wire(s: wire::Stat) -> StatEntry {
     }
 }
 
+/// Bytes of packets read off the wire but not yet taken by fsutil.
+const MAX_BUFFERED_BYTES: usize = 64 << 20;
+
+/// What a packet counts against that limit: its data, or a small fixed cost.
+fn cost(p: &Packet) -> u32 {
+    match p {
+        Packet::Data { data, .. } => data.len().clamp(256, MAX_BUFFERED_BYTES) as u32,
+        _ => 256,
+    }
+}
+
 /// Feeds decoded packets from an incoming gRPC stream into `tx` until it ends; a closed
 /// channel tells fsutil the peer is gone.
+///
+/// The stream is read as fast as it arrives, into a queue bounded by bytes rather than by
+/// packets: HTTP/2 (h2) closes a connection whose peer leaves too many small DATA frames
+/// unread, and an export of 20,000 files sends 20,000 small STAT packets while the receiver is
+/// still busy writing. Large file data is still held back once 64 MiB wait.
 pub async fn pump_in<S, M, E>(
     mut incoming: S,
     tx: mpsc::Sender<Packet>,
@@ -80,15 +98,27 @@ pub async fn pump_in<S, M, E>(
 ) where
     S: Stream<Item = Result<M, E>> + Unpin,
 {
+    let budget = Arc::new(Semaphore::new(MAX_BUFFERED_BYTES));
+    let (queue_tx, mut queue_rx) = mpsc::unbounded_channel::<(Packet, OwnedSemaphorePermit)>();
+    let forward = tokio::spawn(async move {
+        while let Some((packet, permit)) = queue_rx.recv().await {
+            if tx.send(packet).await.is_err() {
+                break;
+            }
+            drop(permit);
+        }
+    });
     while let Some(Ok(msg)) = incoming.next().await {
-        let packet = match decode(msg) {
-            Ok(p) => p,
-            Err(e) => Packet::Err(e),
+        let packet = decode(msg).unwrap_or_else(Packet::Err);
+        let Ok(permit) = budget.clone().acquire_many_owned(cost(&packet)).await else {
+            break;
         };
-        if tx.send(packet).await.is_err() {
+        if queue_tx.send((packet, permit)).is_err() {
             break;
         }
     }
+    drop(queue_tx);
+    let _ = forward.await;
 }
 
 #[cfg(test)]
