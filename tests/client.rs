@@ -188,6 +188,49 @@ fn dockerignore_rules_are_honoured() {
     sb.assert_clean();
 }
 
+/// Many small files: the receiver asks for each one while the daemon is still sending, and once
+/// deadlocked with it when those requests could not be sent (it hung at ~19,500 of 20,000 files).
+#[test]
+fn a_local_export_of_20000_files_completes() {
+    let sb = Sandbox::new(Mode::Privileged);
+    let ctx = sb.context("ctx", "FROM scratch\nCOPY . /\n");
+    for d in 0..100 {
+        let dir = ctx.join(format!("d{d:03}"));
+        fs::create_dir_all(&dir).unwrap();
+        for f in 0..200 {
+            fs::write(dir.join(format!("f{f:03}")), vec![(d + f) as u8; 4096]).unwrap();
+        }
+    }
+    let out = sb.path("out");
+    let mut child = sb
+        .bkrun()
+        .args(["build", "--frontend=dockerfile.v0", "--progress=quiet"])
+        .args([
+            format!("--local=context={}", ctx.display()),
+            format!("--local=dockerfile={}", ctx.display()),
+            format!("--output=type=local,dest={}", out.display()),
+        ])
+        .spawn()
+        .unwrap();
+    let mut status = None;
+    let done = wait_until(Duration::from_secs(120), || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    if !done {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the export hung");
+    }
+    assert!(status.unwrap().success());
+    let files: usize = (0..100)
+        .map(|d| fs::read_dir(out.join(format!("d{d:03}"))).unwrap().count())
+        .sum();
+    assert_eq!(files, 20_000);
+    assert_eq!(fs::read(out.join("d099/f199")).unwrap(), vec![42u8; 4096]);
+    sb.assert_clean();
+}
+
 #[test]
 fn tar_to_stdout_through_a_pipe() {
     let sb = Sandbox::new(Mode::RootlessStrict);

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use prost::Message;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::body::Body;
 use tonic::codegen::http;
 use tonic::server::{NamedService, StreamingService};
@@ -162,8 +162,20 @@ impl FileSendTargets {
 type OutStream = Pin<Box<dyn Stream<Item = Result<Bytes, Status>> + Send>>;
 
 fn receive_dir(dir: PathBuf, incoming: Streaming<Bytes>) -> OutStream {
-    let (out_tx, out_rx) = mpsc::channel(64);
+    let (out_tx, mut out_rx) = mpsc::channel(64);
     let (in_tx, in_rx) = mpsc::channel(64);
+    // The receiver asks for each file while the daemon is still sending: if asking could block, it
+    // would stop reading, the daemon would block sending data, stop reading requests, and both
+    // ends would wait forever (a 20,000-file export did). So requests — a few bytes each, one per
+    // file — are moved at once to an unbounded queue, and the receiver never waits on the network.
+    let (wire_tx, wire_rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(p) = out_rx.recv().await {
+            if wire_tx.send(p).is_err() {
+                break;
+            }
+        }
+    });
     let decode = |b: Bytes| {
         WirePacket::decode(b)
             .map_err(|e| e.to_string())
@@ -173,7 +185,9 @@ fn receive_dir(dir: PathBuf, incoming: Streaming<Bytes>) -> OutStream {
     tokio::spawn(async move {
         let _ = receive(dir, ReceiveOptions::default(), out_tx, in_rx).await;
     });
-    Box::pin(ReceiverStream::new(out_rx).map(|p| Ok(Bytes::from(to_wire(p).encode_to_vec()))))
+    Box::pin(
+        UnboundedReceiverStream::new(wire_rx).map(|p| Ok(Bytes::from(to_wire(p).encode_to_vec()))),
+    )
 }
 
 impl NamedService for FileSendTargets {
