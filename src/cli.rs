@@ -52,6 +52,47 @@ pub struct GlobalArgs {
     /// Verbose output from bkrun, and buildkitd --debug.
     #[arg(long, global = true)]
     pub debug: bool,
+    /// Use this existing daemon (unix:///path or tcp://host:port) and start none.
+    #[arg(long, global = true, env = "BUILDKIT_HOST", value_name = "ADDR")]
+    pub addr: Option<String>,
+    /// CA certificate that signed the daemon's certificate (tcp:// addresses).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub tlscacert: Option<PathBuf>,
+    /// Client certificate for mutual TLS.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub tlscert: Option<PathBuf>,
+    /// Client key for mutual TLS.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub tlskey: Option<PathBuf>,
+    /// Name to verify the daemon's certificate against (when it differs from the host).
+    #[arg(long, global = true, value_name = "NAME")]
+    pub tlsservername: Option<String>,
+    /// Directory holding ca.pem, cert.pem and key.pem.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub tlsdir: Option<PathBuf>,
+    /// Allow plaintext gRPC to a tcp:// address that is not loopback.
+    #[arg(long, global = true)]
+    pub insecure_plaintext: bool,
+    /// Seconds to keep retrying a remote daemon that refuses or times out (default 15).
+    #[arg(long, global = true, value_name = "SECONDS")]
+    pub connect_retry: Option<f64>,
+}
+
+/// The supervised daemon's extra listeners, for a sidecar or a shared builder.
+#[derive(Debug, Args, Clone, Default)]
+pub struct DaemonArgs {
+    /// Also listen here, e.g. tcp://0.0.0.0:1234 (repeatable).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Vec<String>,
+    /// Server certificate for TCP listeners.
+    #[arg(long, value_name = "FILE", requires = "tls_server_key")]
+    pub tls_server_cert: Option<PathBuf>,
+    /// Server key for TCP listeners.
+    #[arg(long, value_name = "FILE", requires = "tls_server_cert")]
+    pub tls_server_key: Option<PathBuf>,
+    /// CA whose client certificates are accepted (mutual TLS).
+    #[arg(long, value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -71,7 +112,7 @@ pub enum Command {
         command: Vec<String>,
     },
     /// Run the supervised daemon in the foreground until SIGTERM; prints its address once ready.
-    Daemon,
+    Daemon(DaemonArgs),
     /// Ask the daemon about itself: `debug workers`, `debug info`.
     Debug {
         #[command(subcommand)]

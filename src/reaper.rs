@@ -43,6 +43,61 @@ impl std::fmt::Display for Exit {
 
 type Waiters = Arc<Mutex<HashMap<i32, watch::Sender<Option<Exit>>>>>;
 
+/// The running reaper, for code that runs helper programs far from where bkrun started it.
+static GLOBAL: std::sync::OnceLock<Reaper> = std::sync::OnceLock::new();
+
+/// Runs `cmd` to completion with `input` on its stdin and returns its exit, stdout and stderr.
+/// Blocking; call it off the async threads. Once the reaper runs, every child must be spawned
+/// through it: std's own wait would race the reaping thread and fail with ECHILD.
+pub fn output(cmd: &mut Command, input: &[u8]) -> io::Result<(Exit, Vec<u8>, Vec<u8>)> {
+    use std::io::{Read, Write};
+    use std::process::Stdio;
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let Some(reaper) = GLOBAL.get() else {
+        let mut child = cmd.spawn()?;
+        child.stdin.take().expect("piped").write_all(input)?;
+        let out = child.wait_with_output()?;
+        let exit = match (
+            out.status.code(),
+            std::os::unix::process::ExitStatusExt::signal(&out.status),
+        ) {
+            (Some(c), _) => Exit::Code(c),
+            (None, s) => Exit::Signal(s.unwrap_or(libc::SIGKILL)),
+        };
+        return Ok((exit, out.stdout, out.stderr));
+    };
+    let (mut child, mut pipes) = reaper.spawn_piped(cmd)?;
+    if let Some(mut stdin) = pipes.stdin.take() {
+        stdin.write_all(input)?;
+    }
+    // stderr is read on its own thread so a chatty helper cannot block on a full pipe.
+    let err_reader = pipes.stderr.take().map(|mut e| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = e.read_to_end(&mut buf);
+            buf
+        })
+    });
+    let mut stdout = Vec::new();
+    if let Some(mut out) = pipes.stdout.take() {
+        out.read_to_end(&mut stdout)?;
+    }
+    let stderr = err_reader
+        .map(|h| h.join().unwrap_or_default())
+        .unwrap_or_default();
+    let exit = futures::executor::block_on(child.wait());
+    Ok((exit, stdout, stderr))
+}
+
+/// The standard streams of a child spawned with pipes.
+pub struct Pipes {
+    pub stdin: Option<std::process::ChildStdin>,
+    pub stdout: Option<std::process::ChildStdout>,
+    pub stderr: Option<std::process::ChildStderr>,
+}
+
 /// Owns reaping for the whole process. Start it once, before spawning anything.
 #[derive(Clone)]
 pub struct Reaper {
@@ -72,12 +127,19 @@ impl Reaper {
                     reap_all(&w);
                 }
             })?;
-        Ok(Reaper { waiters })
+        let reaper = Reaper { waiters };
+        let _ = GLOBAL.set(reaper.clone());
+        Ok(reaper)
     }
 
     /// Spawns `cmd`. The lock is held across the spawn so the reaping thread cannot collect this
     /// child before it is registered (std's spawn also waits on a child whose exec failed).
     pub fn spawn(&self, cmd: &mut Command) -> io::Result<Child> {
+        self.spawn_piped(cmd).map(|(child, _)| child)
+    }
+
+    /// Like `spawn`, also handing back the pipes `cmd` asked for.
+    pub fn spawn_piped(&self, cmd: &mut Command) -> io::Result<(Child, Pipes)> {
         // A child dies with bkrun even if bkrun is SIGKILLed. The parent-death signal follows the
         // spawning thread, so it is only set when that is the main thread, which lives as long as bkrun.
         let on_main_thread = nix::unistd::gettid() == nix::unistd::getpid();
@@ -93,11 +155,16 @@ impl Reaper {
             }
         }
         let mut waiters = self.waiters.lock().unwrap();
-        let child = cmd.spawn()?;
+        let mut child = cmd.spawn()?;
         let pid = child.id() as i32;
         let (tx, rx) = watch::channel(None);
         waiters.insert(pid, tx);
-        Ok(Child { pid, exit: rx })
+        let pipes = Pipes {
+            stdin: child.stdin.take(),
+            stdout: child.stdout.take(),
+            stderr: child.stderr.take(),
+        };
+        Ok((Child { pid, exit: rx }, pipes))
     }
 }
 

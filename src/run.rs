@@ -1,7 +1,7 @@
 //! What each subcommand does, end to end: validate, choose, start the daemon, run the work, tear down, exit with the work's status.
 
 use std::process::{Command as Proc, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use futures::StreamExt;
@@ -9,12 +9,13 @@ use nix::sys::signal::Signal;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_tokio::Signals;
 
-use crate::cli::{Cli, Command, DebugCommand};
+use crate::cli::{Cli, Command, DaemonArgs, DebugCommand, GlobalArgs};
 use crate::client::admin::Request;
+use crate::client::connect::{self, Target, TlsFiles};
 use crate::config::Settings;
 use crate::daemon::{Daemon, Plan};
 use crate::host::{which, Host, RealHost};
-use crate::reaper::Reaper;
+use crate::reaper::{self, Exit, Reaper};
 use crate::spec;
 use crate::spec::build::BuildSpec;
 use crate::{client, progress};
@@ -27,8 +28,8 @@ enum Work {
     Exec(Vec<String>),
     /// Ask the daemon about its workers, version or cache, or prune the cache.
     Admin(client::admin::Request),
-    /// Keep the daemon up until a signal.
-    Serve,
+    /// Keep the daemon up until a signal; also listening on these addresses.
+    Serve(Vec<String>),
 }
 
 /// Runs bkrun and returns its exit status.
@@ -60,7 +61,7 @@ fn log(debug: bool, msg: impl FnOnce() -> String) {
 
 async fn try_run(cli: Cli) -> Result<i32> {
     let host = RealHost;
-    let settings = Settings::load(&cli.global, &host)?;
+    let mut settings = Settings::load(&cli.global, &host)?;
     let work = match &cli.command {
         Command::Config => {
             let plan = Plan::new(&settings, &host, false)?;
@@ -98,13 +99,96 @@ async fn try_run(cli: Cli) -> Result<i32> {
             verbose: l.verbose,
         }),
         Command::Prune(p) => Work::Admin(Request::Prune(p.to_request())),
-        Command::Daemon => Work::Serve,
+        Command::Daemon(d) => {
+            let listen = listener_flags(d, cli.global.insecure_plaintext)?;
+            settings.buildkitd_flags.extend(listen);
+            Work::Serve(d.listen.clone())
+        }
     };
-    let plan = Plan::new(&settings, &host, matches!(work, Work::Serve))?;
+    if let Some(addr) = &cli.global.addr {
+        if matches!(work, Work::Serve(_)) {
+            bail!("bkrun daemon starts its own daemon: drop --addr (and unset BUILDKIT_HOST)");
+        }
+        let target = remote_target(&cli.global, addr)?;
+        if let Some(warning) = connect::validate(&target)? {
+            eprintln!("bkrun: {warning}");
+        }
+        return remote(target, work, settings.stop_timeout).await;
+    }
+    let plan = Plan::new(&settings, &host, matches!(work, Work::Serve(_)))?;
     log(settings.debug, || {
         format!("mode {} ({})", plan.mode(), plan.decision.reason)
     });
     supervise(plan, work).await
+}
+
+/// The remote daemon of --addr/BUILDKIT_HOST with buildctl's TLS flags.
+fn remote_target(g: &GlobalArgs, addr: &str) -> Result<Target> {
+    let mut tls = TlsFiles {
+        ca: g.tlscacert.clone(),
+        cert: g.tlscert.clone(),
+        key: g.tlskey.clone(),
+        server_name: g.tlsservername.clone(),
+    };
+    if let Some(dir) = &g.tlsdir {
+        if !dir.is_dir() {
+            bail!("--tlsdir {} is not a directory: give the directory holding ca.pem, cert.pem and key.pem", dir.display());
+        }
+        tls = tls.with_dir(dir);
+    }
+    let retry = g.connect_retry.unwrap_or(DEFAULT_CONNECT_RETRY_SECS);
+    if !(retry.is_finite() && retry >= 0.0) {
+        bail!("--connect-retry must be a number of seconds, not {retry}");
+    }
+    Ok(Target {
+        addr: addr.to_string(),
+        tls: (!tls.is_empty()).then_some(tls),
+        insecure_plaintext: g.insecure_plaintext,
+        retry_for: Duration::from_secs_f64(retry),
+    })
+}
+
+/// How long a remote daemon may be away (a rolling restart) before the build fails.
+const DEFAULT_CONNECT_RETRY_SECS: f64 = 15.0;
+
+/// buildkitd flags for `bkrun daemon --listen …`: a TCP listener off loopback needs TLS with
+/// client certificates, or an explicit --insecure-plaintext.
+fn listener_flags(d: &DaemonArgs, insecure_plaintext: bool) -> Result<Vec<String>> {
+    let mut flags = Vec::new();
+    for l in &d.listen {
+        let Some(hp) = l.strip_prefix("tcp://") else {
+            bail!("--listen {l:?} must be tcp://HOST:PORT (the unix socket is always there)");
+        };
+        let host = hp
+            .rsplit_once(':')
+            .map(|(h, _)| h.trim_matches(['[', ']']))
+            .unwrap_or("");
+        let loopback = host == "localhost"
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        let mutual = d.tls_server_cert.is_some() && d.tls_client_ca.is_some();
+        if !loopback && !mutual && !insecure_plaintext {
+            bail!("--listen {l} is reachable from other hosts: give --tls-server-cert, --tls-server-key and --tls-client-ca for mutual TLS, or pass --insecure-plaintext");
+        }
+        flags.push(format!("--addr={l}"));
+    }
+    for (flag, file) in [
+        ("--tlscert", &d.tls_server_cert),
+        ("--tlskey", &d.tls_server_key),
+        ("--tlscacert", &d.tls_client_ca),
+    ] {
+        if let Some(f) = file {
+            if !f.is_file() {
+                bail!(
+                    "{} does not exist: give the path of the PEM file",
+                    f.display()
+                );
+            }
+            flags.push(format!("{flag}={}", f.display()));
+        }
+    }
+    Ok(flags)
 }
 
 /// buildctl runs the `debug` subcommands bkrun does not answer itself.
@@ -116,12 +200,141 @@ fn buildctl(host: &dyn Host) -> Result<String> {
     }
 }
 
+/// How the work ended.
+enum Ended {
+    Code(i32),
+    Failed(anyhow::Error),
+    /// The supervised daemon exited while the work ran.
+    DaemonDied(Exit),
+}
+
+/// Runs the work against the daemon at `target` until it ends, a signal arrives (the work is
+/// stopped: a build is cancelled, a program gets the signal), or `daemon_exit` resolves.
+async fn perform(
+    work: Work,
+    target: &Target,
+    reaper: &Reaper,
+    signals: &mut Signals,
+    grace: Duration,
+    daemon_exit: impl std::future::Future<Output = Exit>,
+) -> Ended {
+    tokio::pin!(daemon_exit);
+    match work {
+        Work::Build(spec) => {
+            let build = async {
+                let channel = connect::connect_target(target).await?;
+                client::solve::build(channel, &spec, progress::Options::from_env(), target).await
+            };
+            tokio::select! {
+                res = build => match res {
+                    Ok(client::solve::Outcome::Done(response)) => match &spec.metadata_file {
+                        Some(path) => match client::metadata::write(path, &response) {
+                            Ok(()) => Ended::Code(0),
+                            Err(e) => Ended::Failed(e),
+                        },
+                        None => Ended::Code(0),
+                    },
+                    Ok(client::solve::Outcome::Failed) => Ended::Code(1),
+                    Err(e) => Ended::Failed(e),
+                },
+                // Dropping the build cancels the Solve call; the daemon then cancels the job.
+                Some(sig) = signals.next() => Ended::Code(128 + sig),
+                exit = &mut daemon_exit => Ended::DaemonDied(exit),
+            }
+        }
+        Work::Admin(req) => {
+            let answer = async {
+                let channel = connect::connect_target(target).await?;
+                client::admin::run(channel, &req, &mut std::io::stdout()).await
+            };
+            tokio::select! {
+                res = answer => match res {
+                    Ok(()) => Ended::Code(0),
+                    Err(e) => match connect::explain_error(&e, target) {
+                        Some(why) => Ended::Failed(anyhow::anyhow!("{why}")),
+                        None => Ended::Failed(e),
+                    },
+                },
+                // Dropping the call cancels it; a prune stops where it is.
+                Some(sig) = signals.next() => Ended::Code(128 + sig),
+                exit = &mut daemon_exit => Ended::DaemonDied(exit),
+            }
+        }
+        Work::Exec(argv) => {
+            let mut cmd = Proc::new(&argv[0]);
+            cmd.args(&argv[1..])
+                .env("BUILDKIT_HOST", &target.addr)
+                .stdin(Stdio::inherit());
+            let mut child = match reaper.spawn(&mut cmd) {
+                Ok(c) => c,
+                Err(e) => {
+                    return Ended::Failed(anyhow::anyhow!(
+                        "cannot run {:?}: {e}; check the command and PATH",
+                        argv[0]
+                    ))
+                }
+            };
+            tokio::select! {
+                exit = child.wait() => Ended::Code(exit.code()),
+                Some(sig) = signals.next() => {
+                    // Pass the signal on so the work can stop cleanly (buildctl cancels the build), then insist.
+                    child.signal(Signal::try_from(sig).unwrap_or(Signal::SIGTERM));
+                    if tokio::time::timeout(grace, child.wait()).await.is_err() {
+                        child.signal(Signal::SIGKILL);
+                        child.wait().await;
+                    }
+                    Ended::Code(128 + sig)
+                }
+                exit = &mut daemon_exit => {
+                    child.terminate(grace).await;
+                    Ended::DaemonDied(exit)
+                }
+            }
+        }
+        Work::Serve(listen) => {
+            println!("{}", target.addr);
+            for l in listen {
+                println!("{l}");
+            }
+            tokio::select! {
+                Some(sig) = signals.next() => Ended::Code(128 + sig),
+                exit = &mut daemon_exit => Ended::DaemonDied(exit),
+            }
+        }
+    }
+}
+
+fn install_signals() -> Result<Signals> {
+    Signals::new([SIGINT, SIGTERM, SIGHUP]).context("cannot install signal handlers")
+}
+
+/// Work against an existing daemon: nothing to start or stop.
+async fn remote(target: Target, work: Work, grace: Duration) -> Result<i32> {
+    let reaper = Reaper::start().context("cannot become a child subreaper")?;
+    let mut signals = install_signals()?;
+    let ended = perform(
+        work,
+        &target,
+        &reaper,
+        &mut signals,
+        grace,
+        std::future::pending(),
+    )
+    .await;
+    signals.handle().close();
+    reaper::kill_all_descendants(Duration::from_secs(10)).await;
+    match ended {
+        Ended::Code(c) => Ok(c),
+        Ended::Failed(e) => Err(e),
+        Ended::DaemonDied(_) => unreachable!("a remote daemon is not watched"),
+    }
+}
+
 async fn supervise(plan: Plan, work: Work) -> Result<i32> {
     let debug = plan.settings.debug;
     let grace = plan.settings.stop_timeout;
     let reaper = Reaper::start().context("cannot become a child subreaper")?;
-    let mut signals =
-        Signals::new([SIGINT, SIGTERM, SIGHUP]).context("cannot install signal handlers")?;
+    let mut signals = install_signals()?;
     let handle = signals.handle();
     let mut daemon = Daemon::start(&plan, &RealHost, &reaper)?;
     log(debug, || {
@@ -155,99 +368,24 @@ async fn supervise(plan: Plan, work: Work) -> Result<i32> {
         }
     }
 
-    let code = match work {
-        Work::Build(spec) => {
-            let channel = client::connect::connect(&daemon.addr).await?;
-            let build = client::solve::build(channel, &spec, progress::Options::from_env());
-            tokio::select! {
-                res = build => match res {
-                    Ok(client::solve::Outcome::Done(_)) => 0,
-                    Ok(client::solve::Outcome::Failed) => 1,
-                    Err(e) => {
-                        daemon.stop().await;
-                        handle.close();
-                        return Err(e);
-                    }
-                },
-                // Dropping the build cancels the Solve call; the daemon then cancels the job.
-                Some(sig) = signals.next() => 128 + sig,
-                exit = daemon.exited() => {
-                    let err = anyhow::anyhow!("buildkitd died during the build ({exit}): read its log below");
-                    handle.close();
-                    return Err(daemon.fail(err).await);
-                }
-            }
+    let target = Target::unix(&daemon.addr);
+    let ended = perform(work, &target, &reaper, &mut signals, grace, daemon.exited()).await;
+    handle.close();
+    let code = match ended {
+        Ended::Code(c) => c,
+        Ended::Failed(e) => {
+            daemon.stop().await;
+            return Err(e);
         }
-        Work::Admin(req) => {
-            let addr = daemon.addr.clone();
-            let answer = async move {
-                let channel = client::connect::connect(&addr).await?;
-                client::admin::run(channel, &req, &mut std::io::stdout()).await
-            };
-            tokio::select! {
-                res = answer => match res {
-                    Ok(()) => 0,
-                    Err(e) => {
-                        daemon.stop().await;
-                        handle.close();
-                        return Err(e);
-                    }
-                },
-                // Dropping the call cancels it; a prune stops where it is.
-                Some(sig) = signals.next() => 128 + sig,
-                exit = daemon.exited() => {
-                    let err = anyhow::anyhow!("buildkitd died before it answered ({exit}): read its log below");
-                    handle.close();
-                    return Err(daemon.fail(err).await);
-                }
-            }
-        }
-        Work::Exec(argv) => {
-            let mut cmd = Proc::new(&argv[0]);
-            cmd.args(&argv[1..])
-                .env("BUILDKIT_HOST", &daemon.addr)
-                .stdin(Stdio::inherit());
-            let mut child = match reaper.spawn(&mut cmd) {
-                Ok(c) => c,
-                Err(e) => {
-                    daemon.stop().await;
-                    bail!("cannot run {:?}: {e}; check the command and PATH", argv[0]);
-                }
-            };
-            tokio::select! {
-                exit = child.wait() => exit.code(),
-                Some(sig) = signals.next() => {
-                    // Pass the signal on so the work can stop cleanly (buildctl cancels the build), then insist.
-                    child.signal(Signal::try_from(sig).unwrap_or(Signal::SIGTERM));
-                    if tokio::time::timeout(grace, child.wait()).await.is_err() {
-                        child.signal(Signal::SIGKILL);
-                        child.wait().await;
-                    }
-                    128 + sig
-                }
-                exit = daemon.exited() => {
-                    child.terminate(grace).await;
-                    let err = anyhow::anyhow!("buildkitd died during the build ({exit}): read its log below; the build was stopped");
-                    handle.close();
-                    return Err(daemon.fail(err).await);
-                }
-            }
-        }
-        Work::Serve => {
-            println!("{}", daemon.addr);
-            tokio::select! {
-                Some(sig) = signals.next() => 128 + sig,
-                exit = daemon.exited() => {
-                    let err = anyhow::anyhow!("buildkitd stopped on its own ({exit}): read its log below");
-                    handle.close();
-                    return Err(daemon.fail(err).await);
-                }
-            }
+        Ended::DaemonDied(exit) => {
+            let err = anyhow::anyhow!(
+                "buildkitd died while bkrun was using it ({exit}): read its log below; the work was stopped"
+            );
+            return Err(daemon.fail(err).await);
         }
     };
     let t = Instant::now();
     let exit = daemon.stop().await;
-    handle.close();
     log(debug, || {
         format!(
             "daemon stopped ({exit}) in {:.1} ms",

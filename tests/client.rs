@@ -536,3 +536,245 @@ fn auto_progress_on_a_terminal_is_the_live_view() {
     );
     sb.assert_clean();
 }
+
+#[test]
+fn secrets_reach_run_steps_and_never_the_output() {
+    for mode in [Mode::Privileged, Mode::Rootless] {
+        let sb = Sandbox::new(mode);
+        let tok = sb.write("tok.txt", "hunter2-file-secret\n");
+        let ctx = sb.context(
+            "ctx",
+            "FROM scratch\nCOPY --from=busybox busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n\
+             RUN --mount=type=secret,id=tok --mount=type=secret,id=api sh -c 'wc -c < /run/secrets/tok > /tok.len; cat /run/secrets/tok; echo \"api=$(cat /run/secrets/api)\"'\n",
+        );
+        let out_dir = sb.path("out");
+        let out = run_ok(
+            sb.bkrun()
+                .env("API_KEY", "sup3r-env-value")
+                .arg("build")
+                .args(sb.build_args(&ctx))
+                .arg(format!("--secret=id=tok,src={}", tok.display()))
+                .arg("--secret=id=api,env=API_KEY")
+                .arg(format!("--output=type=local,dest={}", out_dir.display())),
+        );
+        assert_eq!(
+            fs::read_to_string(out_dir.join("tok.len")).unwrap().trim(),
+            "20"
+        );
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            !all.contains("hunter2") && !all.contains("sup3r"),
+            "a secret leaked:\n{all}"
+        );
+        assert!(all.contains("api=****"), "{all}");
+        sb.assert_clean();
+    }
+}
+
+#[test]
+fn a_missing_secret_file_fails_before_a_daemon_starts() {
+    let sb = Sandbox::new(Mode::Privileged);
+    let ctx = sb.hello_context();
+    let t = Instant::now();
+    let out = sb
+        .bkrun()
+        .arg("build")
+        .args(sb.build_args(&ctx))
+        .arg("--secret=id=tok,src=/no/such/secret")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("bkrun: --secret id=tok: cannot read /no/such/secret"),
+        "{err}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(2));
+    assert_eq!(fs::read_dir(sb.path("state")).unwrap().count(), 0);
+    sb.assert_clean();
+}
+
+#[test]
+fn proxy_variables_reach_run_steps_unless_set_by_the_user() {
+    let sb = Sandbox::new(Mode::Privileged);
+    let ctx = sb.context(
+        "ctx",
+        "FROM scratch\nCOPY --from=busybox busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nRUN echo \"$HTTPS_PROXY $NO_PROXY\" > /proxy.txt\n",
+    );
+    let out = sb.path("out");
+    run_ok(
+        sb.bkrun()
+            .env("HTTPS_PROXY", "http://proxy.invalid:3128")
+            .env("NO_PROXY", "from-env")
+            .arg("build")
+            .args(sb.build_args(&ctx))
+            .arg("--opt=build-arg:NO_PROXY=from-user")
+            .arg(format!("--output=type=local,dest={}", out.display())),
+    );
+    assert_eq!(
+        fs::read_to_string(out.join("proxy.txt")).unwrap(),
+        "http://proxy.invalid:3128 from-user\n"
+    );
+    sb.assert_clean();
+}
+
+#[test]
+fn ssh_agent_keys_reach_run_steps() {
+    for mode in [Mode::Privileged, Mode::Rootless] {
+        let sb = Sandbox::new(mode);
+        let ctx = sb.context(
+            "ctx",
+            "FROM scratch\nCOPY agentls /agentls\nRUN --mount=type=ssh [\"/agentls\"]\nRUN --mount=type=ssh,id=deploy [\"/agentls\"]\n",
+        );
+        // A static helper that lists the agent's keys: the image has no ssh-add.
+        let go = Command::new("go")
+            .args(["build", "-o"])
+            .arg(ctx.join("agentls"))
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/agentls/main.go"
+            ))
+            .env("CGO_ENABLED", "0")
+            .output()
+            .unwrap();
+        assert!(go.status.success(), "{}", show(&go));
+        sb.own(&ctx);
+        // A test agent holding one key, run as the sandbox's user.
+        let sock = sb.path("agent.sock");
+        run_ok(
+            sb.command("ssh-keygen")
+                .args([
+                    "-q",
+                    "-t",
+                    "ed25519",
+                    "-N",
+                    "",
+                    "-C",
+                    "bkrun-test-key",
+                    "-f",
+                ])
+                .arg(sb.path("key")),
+        );
+        let mut agent = sb
+            .command("ssh-agent")
+            .arg("-D")
+            .arg("-a")
+            .arg(&sock)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        assert!(wait_until(Duration::from_secs(10), || sock.exists()));
+        run_ok(
+            sb.command("ssh-add")
+                .arg(sb.path("key"))
+                .env("SSH_AUTH_SOCK", &sock),
+        );
+
+        let out = sb
+            .bkrun()
+            .env("SSH_AUTH_SOCK", &sock)
+            .arg("build")
+            .args(sb.build_args(&ctx))
+            .args(["--ssh", "default"])
+            .arg(format!("--ssh=deploy={}", sock.display()))
+            .output()
+            .unwrap();
+        let _ = agent.kill();
+        let _ = agent.wait();
+        assert!(out.status.success(), "{mode:?}: {}", show(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            err.matches("key: bkrun-test-key").count(),
+            2,
+            "{mode:?}: {err}"
+        );
+        sb.assert_clean();
+    }
+}
+
+#[test]
+fn several_platforms_make_an_index_and_missing_emulation_is_explained() {
+    let sb = Sandbox::new(Mode::Privileged);
+    let ctx = sb.context("ctx", "FROM scratch\nCOPY busybox /bin/busybox\n");
+    fs::copy("/bin/busybox", ctx.join("busybox")).unwrap();
+    let tar = sb.path("multi.tar");
+    let args = |c: &mut Command| {
+        c.arg("build")
+            .args([
+                "--frontend=dockerfile.v0",
+                "--progress=plain",
+                "--opt=platform=linux/amd64,linux/arm64",
+            ])
+            .args([
+                format!("--local=context={}", ctx.display()),
+                format!("--local=dockerfile={}", ctx.display()),
+            ]);
+    };
+    let mut c = sb.bkrun();
+    args(&mut c);
+    run_ok(c.arg(format!("--output=type=oci,dest={}", tar.display())));
+    let index = Command::new("tar")
+        .arg("-xOf")
+        .arg(&tar)
+        .arg("index.json")
+        .output()
+        .unwrap();
+    let index: serde_json::Value = serde_json::from_slice(&index.stdout).unwrap();
+    let nested = index["manifests"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .replace(':', "/");
+    let inner = Command::new("tar")
+        .arg("-xOf")
+        .arg(&tar)
+        .arg(format!("blobs/{nested}"))
+        .output()
+        .unwrap();
+    let inner: serde_json::Value = serde_json::from_slice(&inner.stdout).unwrap();
+    let archs: Vec<&str> = inner["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["platform"]["architecture"].as_str())
+        .collect();
+    assert!(
+        archs.contains(&"amd64") && archs.contains(&"arm64"),
+        "{inner}"
+    );
+
+    // A RUN step running an arm64 binary needs an emulator this machine has not got. The
+    // binary is busybox with its ELF machine field set to AArch64, which is all the kernel checks.
+    if !std::path::Path::new("/proc/sys/fs/binfmt_misc/qemu-aarch64").exists() {
+        let mut elf = fs::read("/bin/busybox").unwrap();
+        elf[18..20].copy_from_slice(&183u16.to_le_bytes());
+        fs::write(ctx.join("arm64-tool"), elf).unwrap();
+        fs::set_permissions(
+            ctx.join("arm64-tool"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        fs::write(
+            ctx.join("Dockerfile"),
+            "FROM scratch\nCOPY arm64-tool /arm64-tool\nRUN [\"/arm64-tool\"]\n",
+        )
+        .unwrap();
+        let out = sb
+            .bkrun()
+            .arg("build")
+            .args(sb.build_args(&ctx))
+            .arg("--opt=platform=linux/arm64")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("install QEMU's binfmt handlers"),
+            "{}",
+            show(&out)
+        );
+    }
+    sb.assert_clean();
+}

@@ -120,7 +120,8 @@ pub async fn run(channel: Channel, req: &Request, out: &mut impl Write) -> Resul
 
 /// Turns a gRPC error into one line in buildctl's words: what failed, then the daemon's reason.
 fn failed(what: &'static str) -> impl FnOnce(tonic::Status) -> anyhow::Error {
-    move |status| anyhow::anyhow!("{what}: {}", status.message())
+    // The status stays in the chain, so the caller can explain connection problems.
+    move |status| anyhow::Error::new(status).context(what)
 }
 
 /// `debug workers`: one line per worker, its ID and platforms.
@@ -504,7 +505,7 @@ pub fn go_time(ts: Option<&Timestamp>) -> String {
     let nanos = i64::from(nanos).rem_euclid(1_000_000_000) as u64;
     let days = secs.div_euclid(86_400);
     let tod = secs.rem_euclid(86_400);
-    let (y, mo, d) = civil_date(days);
+    let (y, mo, d) = crate::progress::civil_from_days(days);
     let mut out = format!(
         "{y:04}-{mo:02}-{d:02} {:02}:{:02}:{:02}",
         tod / 3600,
@@ -518,26 +519,6 @@ pub fn go_time(ts: Option<&Timestamp>) -> String {
     }
     out.push_str(" +0000 UTC");
     out
-}
-
-/// Year, month and day of the proleptic Gregorian calendar for a count of days since 1970-01-01.
-fn civil_date(days: i64) -> (i64, u32, u32) {
-    // Count in 400-year eras starting on 0000-03-01, so the leap day ends each year.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let shifted_month = (5 * day_of_year + 2) / 153;
-    let day = (day_of_year - (153 * shifted_month + 2) / 5 + 1) as u32;
-    let month = (if shifted_month < 10 {
-        shifted_month + 3
-    } else {
-        shifted_month - 9
-    }) as u32;
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 #[cfg(test)]

@@ -394,31 +394,45 @@ pub fn explain_tls(
 /// Explains a failed call whose cause lies in the connection (e.g. a TLS 1.3 server that rejects
 /// the missing client certificate only after the handshake). None when it is not about that.
 pub fn explain_call(status: &tonic::Status, t: &Target) -> Option<String> {
-    let text = format!("{status:?}");
-    let wants_cert = text.contains("CertificateRequired") || text.contains("certificate required");
-    if wants_cert && t.tls.as_ref().is_none_or(|f| f.cert.is_none()) {
-        return Some(format!(
-            "{} wants a client certificate: pass --tlscert and --tlskey (or --tlsdir)",
-            t.addr
-        ));
+    // The TLS alert is deep in the source chain (tonic → hyper → io → rustls), not in the message.
+    let mut text = format!("{status:?}");
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        text.push_str(&format!(" / {e} {e:?}"));
+        source = e.source();
     }
-    if text.contains("BadCertificate")
+    // With TLS 1.3 a server refuses a client certificate only after the handshake, and the alert
+    // often reaches us as nothing more than a closed connection.
+    let closed = text.contains("connection closed")
+        || text.contains("broken pipe")
+        || text.contains("reset by peer");
+    let alert_missing =
+        text.contains("CertificateRequired") || text.contains("certificate required");
+    let alert_bad = text.contains("BadCertificate")
         || text.contains("UnknownCA")
-        || text.contains("bad certificate")
-    {
-        return Some(format!(
+        || text.contains("bad certificate");
+    match &t.tls {
+        Some(f) if f.cert.is_none() && (alert_missing || closed) => Some(format!(
+            "{} closed the connection after the TLS handshake, as a daemon that wants a client certificate does: pass --tlscert and --tlskey (or --tlsdir)",
+            t.addr
+        )),
+        Some(f) if f.cert.is_some() && (alert_bad || alert_missing || closed) => Some(format!(
             "{} rejected the client certificate: it must be signed by a CA the daemon trusts (its --tlscacert)",
             t.addr
-        ));
-    }
-    if status.code() == tonic::Code::Unavailable && t.addr.starts_with("tcp://") && t.tls.is_none()
-    {
-        return Some(format!(
+        )),
+        None if t.addr.starts_with("tcp://") && (closed || status.code() == tonic::Code::Unavailable) => Some(format!(
             "{} closed the connection: if the daemon serves TLS, pass --tlscacert, --tlscert and --tlskey",
             t.addr
-        ));
+        )),
+        _ => None,
     }
-    None
+}
+
+/// Explains an error from any call to `t`, when it carries a gRPC status about the connection.
+pub fn explain_error(e: &anyhow::Error, t: &Target) -> Option<String> {
+    e.chain()
+        .find_map(|c| c.downcast_ref::<tonic::Status>())
+        .and_then(|s| explain_call(s, t))
 }
 
 #[cfg(test)]

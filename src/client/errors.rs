@@ -78,6 +78,38 @@ fn in_ranges(src: &Source, line: usize) -> bool {
     })
 }
 
+/// For a registry that refused us for want of credentials: which one, and how to log in.
+pub fn login_hint(message: &str) -> Option<String> {
+    let lower = message.to_lowercase();
+    let refused = [
+        "401 unauthorized",
+        "no basic auth credentials",
+        "authentication required",
+        "failed to authorize",
+    ];
+    if !refused.iter().any(|r| lower.contains(r)) {
+        return None;
+    }
+    let host = message
+        .split(['"', ' ', ','])
+        .find_map(|w| {
+            w.strip_prefix("https://")
+                .or_else(|| w.strip_prefix("http://"))
+        })
+        .map(|rest| rest.split('/').next().unwrap_or(rest).to_string())
+        .unwrap_or_else(|| "the registry".to_string());
+    Some(format!(
+        "bkrun: {host} needs credentials and none were accepted: run `docker login {host}` (bkrun reads $DOCKER_CONFIG/config.json or ~/.docker/config.json, with its credential helpers)\n"
+    ))
+}
+
+/// For a step whose binary is for another architecture and nothing emulates it.
+pub fn emulation_hint(message: &str) -> Option<String> {
+    message.contains("exec format error").then(|| {
+        "bkrun: a step runs a binary built for another platform and this machine cannot run it: install QEMU's binfmt handlers (Debian: apt-get install qemu-user-static binfmt-support), or build only for this machine's platform\n".to_string()
+    })
+}
+
 /// Everything printed for a failed solve, ending with buildctl's `error: failed to solve: …` line.
 pub fn render(status: &tonic::Status) -> String {
     let mut out = String::new();
@@ -85,6 +117,15 @@ pub fn render(status: &tonic::Status) -> String {
         if let Some(e) = excerpt(&s) {
             out.push_str(&e);
         }
+    }
+    for hint in [
+        login_hint(status.message()),
+        emulation_hint(status.message()),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        out.push_str(&hint);
     }
     let _ = writeln!(out, "error: failed to solve: {}", status.message());
     out
@@ -132,6 +173,14 @@ mod tests {
         assert!(e.starts_with("Dockerfile:1\n"));
         assert!(e.contains("   1 | >>> FROM nothing\n"));
         assert!(excerpt(&src(df, 9, 9)).is_none());
+    }
+
+    #[test]
+    fn a_refused_push_names_the_registry() {
+        let m = "failed to push 127.0.0.1:5000/x:1: unexpected status from HEAD request to https://127.0.0.1:5000/v2/x/blobs/sha256:ab: 401 Unauthorized";
+        let h = login_hint(m).unwrap();
+        assert!(h.contains("`docker login 127.0.0.1:5000`"), "{h}");
+        assert!(login_hint("process did not complete successfully").is_none());
     }
 
     #[test]

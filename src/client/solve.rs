@@ -1,20 +1,30 @@
 //! One build over the Control API: a session serving the local dirs and export targets, Solve, and the Status stream rendered as progress.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use futures::StreamExt;
 use tonic::transport::Channel;
 
+use super::connect::{explain_call, Target};
 use super::errors;
 use crate::progress::{Options as ProgressOptions, Renderer};
 use crate::proto::moby::buildkit::v1::control_client::ControlClient;
-use crate::proto::moby::buildkit::v1::{CacheOptions, Exporter, SolveRequest, StatusRequest};
-use crate::session::filesend::{FileSendTargets, Target};
+use crate::proto::moby::buildkit::v1::{
+    CacheOptions, CacheOptionsEntry, Exporter, SolveRequest, StatusRequest,
+};
+use crate::session::auth::{config_path, AuthProvider, DockerConfig};
+use crate::session::filesend::{FileSendTargets, Sink};
 use crate::session::filesync::FileSyncProvider;
-use crate::session::Session;
+use crate::session::secrets::SecretsProvider;
+use crate::session::ssh::SshForwarder;
+use crate::session::{Session, SessionError};
 use crate::spec::build::{BuildSpec, Destination};
+use crate::spec::cache::CacheEntry;
+use crate::spec::secret::mask_values;
 
 /// Largest message we accept from the daemon (status batches can be big).
 const MAX_MESSAGE: usize = 64 << 20;
@@ -33,15 +43,19 @@ pub enum Outcome {
 pub async fn build(
     channel: Channel,
     spec: &BuildSpec,
-    progress: ProgressOptions,
+    mut progress: ProgressOptions,
+    target: &Target,
 ) -> Result<Outcome> {
+    // Secret values never reach the terminal or the CI log, whatever a step prints.
+    let masks = mask_values(&spec.secrets);
+    progress.secrets.extend(masks.iter().cloned());
     let mut targets = HashMap::new();
     let mut exporters = Vec::new();
     for (i, out) in spec.outputs.iter().enumerate() {
         match out.destination() {
-            Destination::Dir(d) => targets.insert(i as u32, Target::Dir(d)),
-            Destination::File(f) => targets.insert(i as u32, Target::File(Some(f))),
-            Destination::Stdout => targets.insert(i as u32, Target::File(None)),
+            Destination::Dir(d) => targets.insert(i as u32, Sink::Dir(d)),
+            Destination::File(f) => targets.insert(i as u32, Sink::File(Some(f))),
+            Destination::Stdout => targets.insert(i as u32, Sink::File(None)),
             Destination::Daemon => None,
         };
         exporters.push(Exporter {
@@ -60,10 +74,29 @@ pub async fn build(
     if !targets.is_empty() {
         session = session.add_service_with_methods(targets.clone(), &["DiffCopy"]);
     }
-    let session = session
-        .start(channel.clone())
-        .await
-        .context("cannot open a build session with the daemon")?;
+    // Registry credentials, as buildctl offers them: from the Docker config of whoever runs bkrun.
+    let docker_config = DockerConfig::load(config_path(&|k| std::env::var(k).ok()).as_deref())?;
+    session = session.add_service(AuthProvider::new(docker_config).into_server());
+    if !spec.ssh.is_empty() {
+        session = session.add_service(SshForwarder::new(&spec.ssh).into_server());
+    }
+    if !spec.secrets.is_empty() {
+        session = session.add_service(SecretsProvider::new(&spec.secrets).into_server());
+    }
+    let session = match session.start(channel.clone()).await {
+        Ok(s) => s,
+        Err(SessionError::Open(status)) => match explain_call(&status, target) {
+            Some(why) => return Err(anyhow!("{why}")),
+            None => {
+                return Err(anyhow!(
+                    "the daemon at {} refused a build session: {}",
+                    target.addr,
+                    status.message()
+                ))
+            }
+        },
+        Err(e) => return Err(e).context("cannot open a build session with the daemon"),
+    };
 
     let reference = crate::session::random_id();
     let (exporter_deprecated, exporter_attrs_deprecated) = exporters
@@ -82,7 +115,11 @@ pub async fn build(
         exporters,
         exporter_deprecated,
         exporter_attrs_deprecated,
-        cache: Some(CacheOptions::default()),
+        cache: Some(CacheOptions {
+            exports: spec.cache_exports.iter().map(cache_entry).collect(),
+            imports: spec.cache_imports.iter().map(cache_entry).collect(),
+            ..Default::default()
+        }),
         entitlements: spec.allow.clone(),
         ..Default::default()
     };
@@ -91,6 +128,8 @@ pub async fn build(
     let renderer = Renderer::for_stderr(spec.progress, progress)?;
     let mut status_client = control.clone();
     let status_ref = reference.clone();
+    let saw_foreign_binary = Arc::new(AtomicBool::new(false));
+    let foreign = saw_foreign_binary.clone();
     let status_task = tokio::spawn(async move {
         let stream = match status_client
             .status(StatusRequest { r#ref: status_ref })
@@ -102,7 +141,17 @@ pub async fn build(
         // The stream ends when the build does; an error just ends the display.
         let stream = stream
             .take_while(|r| futures::future::ready(r.is_ok()))
-            .filter_map(|r| async { r.ok() });
+            .filter_map(|r| async { r.ok() })
+            .inspect(move |resp| {
+                // A step's own output is the only place the kernel's refusal to run a foreign binary shows.
+                if resp
+                    .logs
+                    .iter()
+                    .any(|l| l.msg.windows(17).any(|w| w == b"exec format error"))
+                {
+                    foreign.store(true, Ordering::Relaxed);
+                }
+            });
         renderer.run(stream).await
     });
 
@@ -124,14 +173,51 @@ pub async fn build(
         }
         Err(status) => {
             targets.discard();
+            if let Some(why) = explain_call(&status, target) {
+                return Err(anyhow!("{why}"));
+            }
             if status.code() == tonic::Code::Unavailable {
                 return Err(anyhow!(
                     "lost the connection to the daemon during the build: {}",
                     status.message()
                 ));
             }
-            eprint!("{}", errors::render(&status));
+            let mut shown = errors::render(&status);
+            if saw_foreign_binary.load(Ordering::Relaxed)
+                && errors::emulation_hint(status.message()).is_none()
+            {
+                shown.insert_str(
+                    0,
+                    &errors::emulation_hint("exec format error").unwrap_or_default(),
+                );
+            }
+            eprint!("{}", mask_text(&shown, &masks));
             Ok(Outcome::Failed)
         }
+    }
+}
+
+/// `text` with every secret value replaced by `****`, as the progress views mask them.
+fn mask_text(text: &str, masks: &[Vec<u8>]) -> String {
+    let mut out = text.to_string();
+    // Longest first, so a value that contains another is hidden whole.
+    let mut masks: Vec<&Vec<u8>> = masks.iter().collect();
+    masks.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    for m in masks {
+        if let Ok(s) = std::str::from_utf8(m) {
+            out = out.replace(s, "****");
+        }
+    }
+    out
+}
+
+fn cache_entry(e: &CacheEntry) -> CacheOptionsEntry {
+    CacheOptionsEntry {
+        r#type: e.kind.clone(),
+        attrs: e
+            .attrs
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
     }
 }

@@ -145,7 +145,12 @@ impl Plan {
 
     /// Variables set for the daemon beyond bkrun's own environment.
     pub fn env(&self, dirs: &RunDirs, host: &dyn Host) -> Vec<(String, String)> {
-        let mut env = Vec::new();
+        // The daemon's temp files (e.g. the per-step ssh agent socket dirs, which it does not always
+        // remove) go into the run dir, which goes away with the run.
+        let mut env = vec![(
+            "TMPDIR".to_string(),
+            dirs.run_dir.join("tmp").display().to_string(),
+        )];
         // Rootless buildkitd and rootlesskit keep runtime files under XDG_RUNTIME_DIR; a pod sets
         // none, so they get the private run dir rather than falling back to root-only /run paths.
         if self.mode().is_rootless() && host.env("XDG_RUNTIME_DIR").is_none() {
@@ -356,18 +361,21 @@ mod tests {
             socket_dir: &s,
         };
         let p = plan(&FakeHost::user(), GlobalArgs::default());
+        let tmp = ("TMPDIR".to_string(), "/tmp/bkrun-x/tmp".to_string());
         assert_eq!(
             p.env(&d, &FakeHost::user()),
-            [("XDG_RUNTIME_DIR".to_string(), "/tmp/bkrun-x".to_string())]
+            [
+                tmp.clone(),
+                ("XDG_RUNTIME_DIR".to_string(), "/tmp/bkrun-x".to_string())
+            ]
         );
         let h = FakeHost {
             env: vec![("HOME", "/home/u"), ("XDG_RUNTIME_DIR", "/run/user/1000")],
             ..FakeHost::user()
         };
-        assert!(p.env(&d, &h).is_empty());
-        assert!(plan(&FakeHost::root(), GlobalArgs::default())
-            .env(&d, &FakeHost::root())
-            .is_empty());
+        assert_eq!(p.env(&d, &h), std::slice::from_ref(&tmp));
+        let root = plan(&FakeHost::root(), GlobalArgs::default());
+        assert_eq!(root.env(&d, &FakeHost::root()), [tmp]);
     }
 
     #[test]

@@ -57,6 +57,8 @@ impl Daemon {
             fs::write(run_dir.path().join("buildkitd.toml"), dc.to_toml()?)
                 .context("cannot write buildkitd.toml into the run dir")?;
         }
+        fs::create_dir(run_dir.path().join("tmp"))
+            .context("cannot create the daemon's temp dir")?;
         let notify_path = run_dir.path().join("notify.sock");
         let notify =
             ready::bind_notify_socket(&notify_path).context("cannot bind the notify socket")?;

@@ -93,7 +93,7 @@ pub fn rfc3339_nano(t: Nanos) -> String {
 
 /// Days since 1970-01-01 to a proleptic Gregorian (year, month, day), by the
 /// well-known era arithmetic (400-year cycles of 146097 days).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
+pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);

@@ -7,6 +7,9 @@
 //! are masked before anything is shown.
 
 mod gofmt;
+
+/// Calendar dates from day counts, shared with the admin tables' timestamps.
+pub use gofmt::civil_from_days;
 mod mask;
 mod plain;
 mod rawjson;

@@ -31,7 +31,7 @@ const METHOD: &str = "/moby.filesync.v1.FileSend/DiffCopy";
 
 /// Where one exporter's output goes.
 #[derive(Debug, Clone)]
-pub enum Target {
+pub enum Sink {
     /// `type=local`: a directory, received as an fsutil tree.
     Dir(PathBuf),
     /// A single file; `None` is stdout.
@@ -48,12 +48,12 @@ struct Pending {
 /// The exporter targets of one build, by exporter index.
 #[derive(Clone, Debug)]
 pub struct FileSendTargets {
-    targets: Arc<HashMap<u32, Target>>,
+    targets: Arc<HashMap<u32, Sink>>,
     pending: Arc<Mutex<Pending>>,
 }
 
 impl FileSendTargets {
-    pub fn new(targets: HashMap<u32, Target>) -> Self {
+    pub fn new(targets: HashMap<u32, Sink>) -> Self {
         FileSendTargets {
             targets: Arc::new(targets),
             pending: Arc::default(),
@@ -93,8 +93,8 @@ impl FileSendTargets {
             .cloned()
             .ok_or_else(|| Status::not_found(format!("exporter {id} has no destination")))?;
         match target {
-            Target::Dir(dir) => Ok(receive_dir(dir, request.into_inner())),
-            Target::File(dest) => {
+            Sink::Dir(dir) => Ok(receive_dir(dir, request.into_inner())),
+            Sink::File(dest) => {
                 self.receive_file(dest.as_deref(), request.into_inner())
                     .await?;
                 Ok(Box::pin(futures::stream::empty()))

@@ -6,11 +6,14 @@
 //! acts as an HTTP/2 gRPC *server* on the bytes of that stream while the
 //! daemon dials in as the client.
 
+pub mod auth;
 pub mod filesend;
 pub mod filesync;
 mod health;
 mod packets;
 mod raw;
+pub mod secrets;
+pub mod ssh;
 mod tunnel;
 
 use std::convert::Infallible;

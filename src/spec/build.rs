@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
+use super::cache::{self, CacheEntry};
 use super::csv;
+use super::secret::{self, Secret};
+use super::ssh::{self, SshAgent};
 use crate::cli::BuildArgs;
 use crate::progress;
 
@@ -63,6 +66,11 @@ pub struct BuildSpec {
     pub outputs: Vec<Output>,
     pub progress: progress::Mode,
     pub allow: Vec<String>,
+    pub metadata_file: Option<PathBuf>,
+    pub secrets: Vec<Secret>,
+    pub ssh: Vec<SshAgent>,
+    pub cache_imports: Vec<CacheEntry>,
+    pub cache_exports: Vec<CacheEntry>,
     pub no_cache: bool,
 }
 
@@ -104,6 +112,11 @@ pub fn parse(args: &BuildArgs) -> Result<BuildSpec> {
         };
         opts.insert(k.to_string(), v.to_string());
     }
+    // Pipelines behind a proxy: bkrun's own proxy variables become the build's predefined proxy
+    // args, unless the user set that arg.
+    for (k, v) in proxy_args(&|k| std::env::var(k).ok()) {
+        opts.entry(k).or_insert(v);
+    }
     if args.no_cache {
         opts.insert("no-cache".to_string(), String::new());
     }
@@ -118,6 +131,52 @@ pub fn parse(args: &BuildArgs) -> Result<BuildSpec> {
             args.progress
         )
     })?;
+    // Flags of features bkrun's client does not have yet are refused, never silently ignored.
+    let unsupported = [
+        (
+            "--registry-auth-tlscontext",
+            !args.registry_auth_tlscontext.is_empty(),
+        ),
+        ("--oci-layout", !args.oci_layout.is_empty()),
+        ("--source-policy-file", args.source_policy_file.is_some()),
+        ("--trace", args.trace.is_some()),
+        ("--ref-file", args.ref_file.is_some()),
+        (
+            "--debug-json-cache-metrics",
+            args.debug_json_cache_metrics.is_some(),
+        ),
+        ("--proxy-network", args.proxy_network),
+    ];
+    if let Some((flag, _)) = unsupported.iter().find(|(_, set)| *set) {
+        bail!("{flag} is not supported by bkrun's build client yet: drop it, or run buildctl through `bkrun exec -- buildctl build …`");
+    }
+    let cache_imports = args
+        .import_cache
+        .iter()
+        .map(|v| cache::parse_import(v))
+        .collect::<Result<Vec<_>>>()?;
+    let cache_exports = args
+        .export_cache
+        .iter()
+        .map(|v| cache::parse_export(v))
+        .collect::<Result<Vec<_>>>()?;
+    if let Some(attr) = cache::imports_attr(&cache_imports) {
+        opts.insert("cache-imports".into(), attr);
+    }
+    let env = |k: &str| std::env::var(k).ok();
+    let secrets = args
+        .secret
+        .iter()
+        .map(|s| secret::parse(s, &env))
+        .collect::<Result<Vec<_>>>()?;
+    let ssh = args
+        .ssh
+        .iter()
+        .map(|v| ssh::parse(v, &env))
+        .collect::<Result<Vec<_>>>()?;
+    if let Some(m) = &args.metadata_file {
+        check_parent("--metadata-file", m)?;
+    }
     if args.frontend.is_none() {
         bail!("bkrun build needs --frontend (e.g. --frontend dockerfile.v0); piping an LLB definition on stdin is not supported");
     }
@@ -129,7 +188,38 @@ pub fn parse(args: &BuildArgs) -> Result<BuildSpec> {
         progress,
         no_cache: args.no_cache,
         allow: args.allow.clone(),
+        metadata_file: args.metadata_file.clone(),
+        secrets,
+        ssh,
+        cache_imports,
+        cache_exports,
     })
+}
+
+/// The Dockerfile's predefined proxy args, in both spellings.
+const PROXY_VARS: &[&str] = &[
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "NO_PROXY",
+    "no_proxy",
+    "FTP_PROXY",
+    "ftp_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+];
+
+/// `build-arg:NAME=value` for each proxy variable set in the environment.
+pub fn proxy_args(env: &dyn Fn(&str) -> Option<String>) -> Vec<(String, String)> {
+    PROXY_VARS
+        .iter()
+        .filter_map(|k| {
+            env(k)
+                .filter(|v| !v.is_empty())
+                .map(|v| (format!("build-arg:{k}"), v))
+        })
+        .collect()
 }
 
 /// Parses one --output value and checks its destination can be written.
@@ -244,6 +334,40 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("dest=x"));
+    }
+
+    #[test]
+    fn unsupported_flags_are_refused_not_ignored() {
+        let args = BuildArgs {
+            trace: Some("t.json".into()),
+            frontend: Some("x".into()),
+            progress: "auto".into(),
+            ..Default::default()
+        };
+        let e = parse(&args).unwrap_err().to_string();
+        assert!(
+            e.starts_with("--trace is not supported") && e.contains("bkrun exec -- buildctl"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn proxy_variables_become_build_args() {
+        let env = |k: &str| match k {
+            "HTTPS_PROXY" => Some("http://proxy:3128".to_string()),
+            "no_proxy" => Some("localhost".to_string()),
+            _ => None,
+        };
+        assert_eq!(
+            proxy_args(&env),
+            [
+                (
+                    "build-arg:HTTPS_PROXY".to_string(),
+                    "http://proxy:3128".to_string()
+                ),
+                ("build-arg:no_proxy".to_string(), "localhost".to_string())
+            ]
+        );
     }
 
     #[test]

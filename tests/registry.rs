@@ -1,0 +1,286 @@
+//! End-to-end tests of registry work against a real buildkitd and a docker-registry on 127.0.0.1: push, building FROM what was pushed, and --metadata-file.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+/// A plain-HTTP docker-registry on a free loopback port, stopped when dropped.
+struct Registry {
+    child: Child,
+    port: u16,
+}
+
+impl Registry {
+    fn start(sb: &Sandbox) -> Registry {
+        Registry::start_with(sb, "")
+    }
+
+    /// `extra` is appended to the registry's YAML config (TLS, auth).
+    fn start_with(sb: &Sandbox, extra: &str) -> Registry {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let data = sb.mkdir("registry-data");
+        let cfg = sb.write(
+            "registry.yml",
+            &format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n{extra}",
+                data.display()
+            ),
+        );
+        let child = std::process::Command::new("docker-registry")
+            .arg("serve")
+            .arg(cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("docker-registry missing: run scripts/setup");
+        assert!(wait_until(Duration::from_secs(20), || TcpStream::connect(
+            ("127.0.0.1", port)
+        )
+        .is_ok()));
+        Registry { child, port }
+    }
+
+    /// The digest the registry reports for a manifest (the Docker-Content-Digest header).
+    fn digest(&self, repo: &str, tag: &str) -> String {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        write!(
+            s,
+            "HEAD /v2/{repo}/manifests/{tag} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.v2+json\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        resp.lines()
+            .find_map(|l| l.strip_prefix("Docker-Content-Digest: "))
+            .unwrap_or_else(|| panic!("no digest in {resp}"))
+            .trim()
+            .to_string()
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn push_then_build_from_the_pushed_image_with_metadata() {
+    for mode in [Mode::Privileged, Mode::Rootless] {
+        let sb = Sandbox::new(mode);
+        let reg = Registry::start(&sb);
+        // The registry is plain HTTP; bkrun.toml's [buildkitd] table tells the daemon so.
+        let cfg = sb.write(
+            "bkrun.toml",
+            &format!(
+                "[buildkitd.registry.\"127.0.0.1:{}\"]\nhttp = true\n",
+                reg.port
+            ),
+        );
+        let image = format!("127.0.0.1:{}/bkrun/hello:1", reg.port);
+        let ctx = sb.hello_context();
+        let md = sb.path("metadata.json");
+        run_ok(
+            sb.bkrun()
+                .arg("--config")
+                .arg(&cfg)
+                .arg("build")
+                .args(sb.build_args(&ctx))
+                .args([
+                    format!("--output=type=image,name={image},push=true"),
+                    format!("--metadata-file={}", md.display()),
+                ]),
+        );
+        let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(&md).unwrap()).unwrap();
+        assert_eq!(meta["image.name"], image.as_str());
+        assert_eq!(
+            meta["containerimage.digest"],
+            reg.digest("bkrun/hello", "1").as_str(),
+            "{meta}"
+        );
+        assert_eq!(
+            meta["containerimage.descriptor"]["digest"],
+            meta["containerimage.digest"]
+        );
+
+        // A second build, on a fresh daemon, FROM the pushed image.
+        let ctx2 = sb.context(
+            "second",
+            &format!("FROM {image}\nRUN cat /hello.txt > /again.txt\n"),
+        );
+        let out = sb.path("out");
+        run_ok(
+            sb.bkrun_root("state2")
+                .arg("--config")
+                .arg(&cfg)
+                .arg("build")
+                .args(sb.build_args(&ctx2))
+                .arg(format!("--output=type=local,dest={}", out.display())),
+        );
+        assert!(std::fs::read_to_string(out.join("again.txt"))
+            .unwrap()
+            .starts_with("hello from bkrun"));
+        drop(reg);
+        sb.assert_clean();
+    }
+}
+
+#[test]
+fn registry_cache_round_trip_between_fresh_daemons() {
+    for mode in [Mode::Privileged, Mode::Rootless] {
+        let sb = Sandbox::new(mode);
+        let reg = Registry::start(&sb);
+        let cfg = sb.write(
+            "bkrun.toml",
+            &format!(
+                "[buildkitd.registry.\"127.0.0.1:{}\"]\nhttp = true\n",
+                reg.port
+            ),
+        );
+        let cache = format!("127.0.0.1:{}/bkrun/cache:1", reg.port);
+        let ctx = sb.context(
+            "ctx",
+            "FROM scratch\nCOPY --from=busybox busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nRUN echo expensive > /step.txt\n",
+        );
+        let t = std::time::Instant::now();
+        run_ok(
+            sb.bkrun_root("state-a")
+                .arg("--config")
+                .arg(&cfg)
+                .arg("build")
+                .args(sb.build_args(&ctx))
+                .arg(format!("--export-cache=type=registry,ref={cache},mode=max")),
+        );
+        let cold = t.elapsed();
+        let t = std::time::Instant::now();
+        let out = run_ok(
+            sb.bkrun_root("state-b")
+                .arg("--config")
+                .arg(&cfg)
+                .arg("build")
+                .args(sb.build_args(&ctx))
+                .arg(format!("--import-cache=type=registry,ref={cache}")),
+        );
+        let warm = t.elapsed();
+        let err = String::from_utf8_lossy(&out.stderr);
+        for step in ["RUN [\"/bin/busybox\", \"--install\"", "RUN echo expensive"] {
+            let block = err
+                .split("\n\n")
+                .find(|b| b.contains(step))
+                .unwrap_or_else(|| panic!("no {step} in\n{err}"));
+            assert!(
+                block.contains("CACHED"),
+                "{mode:?}: {step} was not taken from the cache:\n{err}"
+            );
+        }
+        eprintln!("{mode:?}: registry cache export {cold:?}, import {warm:?}");
+        drop(reg);
+        sb.assert_clean();
+    }
+}
+
+/// A TLS registry (certificate for IP 127.0.0.1 from a test CA) that wants htpasswd credentials.
+fn auth_registry(sb: &Sandbox) -> (Registry, std::path::PathBuf) {
+    let certs = sb.mkdir("certs");
+    let sh = |script: &str| {
+        let out = std::process::Command::new("sh")
+            .arg("-ec")
+            .arg(script)
+            .current_dir(&certs)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", show(&out));
+    };
+    std::fs::write(
+        certs.join("reg.ext"),
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    sh("openssl req -x509 -newkey rsa:2048 -nodes -keyout ca-key.pem -out ca.pem -days 2 -subj /CN=bkrun-registry-ca 2>/dev/null
+        openssl req -newkey rsa:2048 -nodes -keyout reg-key.pem -out reg.csr -subj /CN=127.0.0.1 2>/dev/null
+        openssl x509 -req -in reg.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -out reg.pem -days 2 -extfile reg.ext 2>/dev/null
+        htpasswd -Bbc htpasswd builder s3cr3t-pw 2>/dev/null");
+    sb.own(&certs);
+    let extra = format!(
+        "  tls:\n    certificate: {c}/reg.pem\n    key: {c}/reg-key.pem\nauth:\n  htpasswd:\n    realm: bkrun-test\n    path: {c}/htpasswd\n",
+        c = certs.display()
+    );
+    (Registry::start_with(sb, &extra), certs)
+}
+
+#[test]
+fn pushing_to_a_registry_with_credentials_from_the_docker_config() {
+    for mode in [Mode::Privileged, Mode::Rootless] {
+        let sb = Sandbox::new(mode);
+        let (reg, certs) = auth_registry(&sb);
+        let host = format!("127.0.0.1:{}", reg.port);
+        // The daemon trusts the registry's CA through bkrun.toml; http = false because BuildKit
+        // assumes plain HTTP for registries on 127.0.0.1 otherwise.
+        let cfg = sb.write(
+            "bkrun.toml",
+            &format!(
+                "[buildkitd.registry.\"{host}\"]\nhttp = false\nca = [\"{}/ca.pem\"]\n",
+                certs.display()
+            ),
+        );
+        let ctx = sb.hello_context();
+        let push = |docker_config: &std::path::Path, tag: &str| {
+            let mut c = sb.bkrun();
+            let path = format!(
+                "{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                sb.path("helpers").display()
+            );
+            c.env("DOCKER_CONFIG", docker_config).env("PATH", path);
+            c.arg("--config")
+                .arg(&cfg)
+                .arg("build")
+                .args(sb.build_args(&ctx));
+            c.arg(format!(
+                "--output=type=image,name={host}/bkrun/private:{tag},push=true"
+            ));
+            c.output().unwrap()
+        };
+
+        // No credentials: refused, with the registry named and the way to log in.
+        let out = push(&sb.mkdir("docker-empty"), "anon");
+        assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(&format!("docker login {host}")), "{err}");
+
+        // An auths entry, as `docker login` writes it.
+        use base64::Engine as _;
+        let auth = base64::engine::general_purpose::STANDARD.encode("builder:s3cr3t-pw");
+        sb.write(
+            "docker-auths/config.json",
+            &format!(r#"{{"auths":{{"{host}":{{"auth":"{auth}"}}}}}}"#),
+        );
+        let out = push(&sb.path("docker-auths"), "auths");
+        assert!(out.status.success(), "{}", show(&out));
+
+        // A credential helper on PATH, named by credHelpers.
+        sb.write(
+            "docker-helper/config.json",
+            &format!(r#"{{"credHelpers":{{"{host}":"bkrtest"}}}}"#),
+        );
+        let helper = sb.write(
+            "helpers/docker-credential-bkrtest",
+            "#!/bin/sh\nread server\nprintf '{\"ServerURL\":\"%s\",\"Username\":\"builder\",\"Secret\":\"s3cr3t-pw\"}' \"$server\"\n",
+        );
+        std::fs::set_permissions(&helper, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let out = push(&sb.path("docker-helper"), "helper");
+        assert!(out.status.success(), "{}", show(&out));
+        drop(reg);
+        sb.assert_clean();
+    }
+}

@@ -1,0 +1,309 @@
+//! End-to-end tests of remote daemons: `--addr`/BUILDKIT_HOST, mutual TLS with openssl-made certificates, the explained refusals, retries, and `bkrun daemon --listen`.
+
+mod common;
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A CA, a server certificate for DNS name buildkitd.test only (no IP SAN), a client
+/// certificate, and a second CA with its own client certificate.
+fn make_certs(dir: &Path) {
+    let sh = |script: &str| {
+        let out = Command::new("sh")
+            .arg("-ec")
+            .arg(script)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", show(&out));
+    };
+    fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=DNS:buildkitd.test\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    sh("for ca in ca ca2; do
+          openssl req -x509 -newkey rsa:2048 -nodes -keyout $ca-key.pem -out $ca.pem -days 2 -subj /CN=bkrun-test-$ca 2>/dev/null
+        done
+        openssl req -newkey rsa:2048 -nodes -keyout server-key.pem -out server.csr -subj /CN=buildkitd.test 2>/dev/null
+        openssl x509 -req -in server.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -out server.pem -days 2 -extfile server.ext 2>/dev/null
+        for who in client:ca client2:ca2; do
+          name=${who%%:*}; ca=${who##*:}
+          openssl req -newkey rsa:2048 -nodes -keyout $name-key.pem -out $name.csr -subj /CN=$name 2>/dev/null
+          openssl x509 -req -in $name.csr -CA $ca.pem -CAkey $ca-key.pem -CAcreateserial -out $name.pem -days 2 -extfile client.ext 2>/dev/null
+        done
+        mkdir tlsdir && cp ca.pem tlsdir/ca.pem && cp client.pem tlsdir/cert.pem && cp client-key.pem tlsdir/key.pem");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `bkrun daemon` with its socket in the sandbox: as root it would otherwise take
+/// /run/buildkit/buildkitd.sock, which parallel tests (and a real daemon) share.
+fn bkrun_daemon(sb: &Sandbox) -> Command {
+    let cfg = sb.write(
+        "daemon.toml",
+        &format!("socket_dir = \"{}\"\n", sb.path("run").display()),
+    );
+    let mut c = sb.bkrun();
+    c.arg("--config").arg(cfg).arg("daemon");
+    c
+}
+
+/// `bkrun daemon` with a TLS listener on 127.0.0.1:port; returns it and its unix address.
+fn tls_daemon(sb: &Sandbox, certs: &Path, port: u16) -> (Child, String) {
+    let mut child = bkrun_daemon(sb)
+        .arg(format!("--listen=tcp://127.0.0.1:{port}"))
+        .arg("--tls-server-cert")
+        .arg(certs.join("server.pem"))
+        .arg("--tls-server-key")
+        .arg(certs.join("server-key.pem"))
+        .arg("--tls-client-ca")
+        .arg(certs.join("ca.pem"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let unix = lines.next().unwrap().unwrap();
+    assert_eq!(
+        lines.next().unwrap().unwrap(),
+        format!("tcp://127.0.0.1:{port}")
+    );
+    (child, unix)
+}
+
+fn stop(mut child: Child) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(143));
+}
+
+struct Client<'a> {
+    sb: &'a Sandbox,
+    certs: PathBuf,
+    addr: String,
+}
+
+impl Client<'_> {
+    /// bkrun against the remote address with the given TLS flags (file names inside certs/).
+    fn bkrun(&self, tls: &[(&str, &str)]) -> Command {
+        let mut c = self.sb.command(&self.sb.bin);
+        c.arg("--addr")
+            .arg(&self.addr)
+            .args(["--connect-retry", "0"]);
+        for (flag, v) in tls {
+            let v = if v.ends_with(".pem") {
+                self.certs.join(v).display().to_string()
+            } else {
+                v.to_string()
+            };
+            c.arg(flag).arg(v);
+        }
+        c
+    }
+}
+
+const MUTUAL: &[(&str, &str)] = &[
+    ("--tlscacert", "ca.pem"),
+    ("--tlscert", "client.pem"),
+    ("--tlskey", "client-key.pem"),
+    ("--tlsservername", "buildkitd.test"),
+];
+
+fn refused_with(c: &mut Command, want: &str) {
+    let t = Instant::now();
+    let out = c.args(["debug", "workers"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let first = err.lines().next().unwrap_or("");
+    assert!(
+        first.starts_with("bkrun: ") && first.contains(want),
+        "wanted {want:?} on the first line:\n{err}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(15));
+}
+
+#[test]
+fn mutual_tls_daemon_serves_bkrun_and_buildctl_and_refusals_are_explained() {
+    let sb = Sandbox::new(Mode::Privileged);
+    let certs = sb.mkdir("certs");
+    make_certs(&certs);
+    let port = free_port();
+    let (daemon, unix) = tls_daemon(&sb, &certs, port);
+    let cl = Client {
+        sb: &sb,
+        certs: certs.clone(),
+        addr: format!("tcp://127.0.0.1:{port}"),
+    };
+
+    // Mutual TLS: debug workers and a build.
+    let out = run_ok(cl.bkrun(MUTUAL).args(["debug", "workers"]));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("linux/"),
+        "{}",
+        show(&out)
+    );
+    let ctx = sb.hello_context();
+    let dest = sb.path("out");
+    run_ok(
+        cl.bkrun(MUTUAL)
+            .arg("build")
+            .args(sb.build_args(&ctx))
+            .arg(format!("--output=type=local,dest={}", dest.display())),
+    );
+    assert!(dest.join("hello.txt").exists());
+
+    // buildctl reaches the same listener with the same material.
+    let mut c = sb.command("buildctl");
+    c.arg("--addr").arg(&cl.addr);
+    for (f, v) in MUTUAL {
+        c.arg(f).arg(if v.ends_with(".pem") {
+            certs.join(v).display().to_string()
+        } else {
+            v.to_string()
+        });
+    }
+    run_ok(c.args(["debug", "workers"]));
+
+    // BUILDKIT_HOST and --tlsdir.
+    let mut c = sb.command(&sb.bin);
+    c.env("BUILDKIT_HOST", &cl.addr)
+        .arg("--tlsdir")
+        .arg(certs.join("tlsdir"))
+        .args(["--tlsservername", "buildkitd.test", "debug", "workers"]);
+    run_ok(&mut c);
+
+    // The unix socket still serves, without TLS.
+    let mut c = sb.command(&sb.bin);
+    run_ok(c.arg("--addr").arg(&unix).args(["debug", "info"]));
+
+    // Refusals, each explained on the first line.
+    refused_with(
+        &mut cl.bkrun(&[
+            ("--tlscacert", "ca2.pem"),
+            ("--tlscert", "client.pem"),
+            ("--tlskey", "client-key.pem"),
+            ("--tlsservername", "buildkitd.test"),
+        ]),
+        "not signed by a CA in",
+    );
+    refused_with(
+        &mut cl.bkrun(&[
+            ("--tlscacert", "ca.pem"),
+            ("--tlsservername", "buildkitd.test"),
+        ]),
+        "as a daemon that wants a client certificate does",
+    );
+    refused_with(
+        &mut cl.bkrun(&[
+            ("--tlscacert", "ca.pem"),
+            ("--tlscert", "client2.pem"),
+            ("--tlskey", "client2-key.pem"),
+            ("--tlsservername", "buildkitd.test"),
+        ]),
+        "rejected the client certificate",
+    );
+    refused_with(
+        &mut cl.bkrun(&[
+            ("--tlscacert", "ca.pem"),
+            ("--tlscert", "client.pem"),
+            ("--tlskey", "client-key.pem"),
+        ]),
+        "no IP SAN for 127.0.0.1",
+    );
+    refused_with(
+        &mut cl.bkrun(&[]),
+        "if the daemon serves TLS, pass --tlscacert",
+    );
+
+    stop(daemon);
+    sb.assert_clean();
+}
+
+#[test]
+fn plaintext_and_unreachable_addresses_are_explained() {
+    let sb = Sandbox::new(Mode::Privileged);
+    let port = free_port();
+    // Nothing listens there.
+    refused_with(
+        sb.command(&sb.bin)
+            .arg("--addr")
+            .arg(format!("tcp://127.0.0.1:{port}"))
+            .args(["--connect-retry", "0"]),
+        &format!("cannot connect to tcp://127.0.0.1:{port}: connection refused"),
+    );
+    // Plaintext off loopback is refused before any connection is made.
+    let out = sb
+        .command(&sb.bin)
+        .args(["--addr", "tcp://buildkitd.invalid:1234", "debug", "workers"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--insecure-plaintext"),
+        "{}",
+        show(&out)
+    );
+    // A --listen off loopback without mutual TLS is refused before a daemon starts.
+    let out = sb
+        .bkrun()
+        .args(["daemon", "--listen", "tcp://0.0.0.0:1234"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--tls-client-ca"),
+        "{}",
+        show(&out)
+    );
+    sb.assert_clean();
+}
+
+#[test]
+fn a_briefly_unavailable_daemon_is_retried() {
+    let sb = Sandbox::new(Mode::Privileged);
+    let port = free_port();
+    let addr = format!("tcp://127.0.0.1:{port}");
+    // The client starts first and keeps trying while the daemon comes up (a rolling restart).
+    let client = sb
+        .command(&sb.bin)
+        .arg("--addr")
+        .arg(&addr)
+        .args(["--connect-retry", "60", "debug", "workers"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut daemon = bkrun_daemon(&sb)
+        .arg(format!("--listen={addr}"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(daemon.stdout.take().unwrap()).lines();
+    lines.next();
+    let out = client.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("retrying in"),
+        "{}",
+        show(&out)
+    );
+    stop(daemon);
+    sb.assert_clean();
+}
