@@ -1393,7 +1393,9 @@ fn document(table: &str, rounds: usize, big_rounds: usize, took: Duration) -> Re
          - All state dirs and export destinations are on a tmpfs; the contexts are on disk (in the page cache). \
          The cached, ready and export cases share one warm state dir; cold builds get a fresh one per run.\n\
          - bkrun's spawn → ready and teardown come from its `--debug` lines; buildkitd's own READY=1 from a \
-         buildkitd the bench spawns with the same flags and a NOTIFY_SOCKET it binds.\n\
+         buildkitd the bench spawns with the same flags and a NOTIFY_SOCKET it binds. They are separate \
+         daemon starts, whose spread (shown) is far wider than 5 ms; bkrun waits for the same READY=1 \
+         datagram, so the difference of the two medians is mostly that spread.\n\
          - Transfer and copy rates are parsed from `--progress=plain` (`#N transferring context: 1.07GB 2.3s done`, \
          `#N copying files …`), whose durations have 0.1 s resolution.\n\
          - A build that fails, or has not finished after 30 s (it is then killed), is counted \
