@@ -93,6 +93,8 @@ fn run() -> Result<()> {
 
     eprintln!("compare: generating contexts in {}", work.display());
     w.generate()?;
+    // Written back now, not as disk traffic during the first measured runs.
+    unsafe { libc::sync() };
     eprintln!("compare: warming the cache");
     for ctx in [&w.tiny, &w.small, &w.big] {
         w.bkrun_build(&w.warm, &w.args(ctx, None), false)?;
@@ -755,6 +757,15 @@ impl Series {
             },
         }
     }
+    /// "(min–max)", for measures whose spread matters to reading the median.
+    fn range(&self) -> String {
+        let lo = self.v.iter().copied().reduce(f64::min);
+        let hi = self.v.iter().copied().reduce(f64::max);
+        match lo.zip(hi) {
+            Some((lo, hi)) => format!("({lo:.0}–{hi:.0})"),
+            None => String::new(),
+        }
+    }
     /// The median with the counts of lost runs, as a table cell.
     fn cell(&self, unit: &Unit) -> String {
         let mut m = fmt(self.median(), unit);
@@ -968,9 +979,10 @@ fn case_ready(w: &World, rounds: usize) -> Result<Vec<Row>> {
     Ok(vec![
         Row {
             measure: format!("spawn → ready, bkrun --debug vs buildkitd's own READY=1 (both --debug) (n={n})"),
-            bkrun: ours_ready.cell(&Unit::Ms),
+            // With the range: the daemon's own start varies by tens of ms from run to run.
+            bkrun: format!("{} {}", ours_ready.cell(&Unit::Ms), ours_ready.range()),
             other_name: "buildkitd spawn → READY=1".into(),
-            other: fmt(raw_ready.median(), &Unit::Ms),
+            other: format!("{} {}", raw_ready.cell(&Unit::Ms), raw_ready.range()),
             ratio: overhead.map(|o| format!("{o:+.1} ms")).unwrap_or("n/a".into()),
             target: "≤ +5 ms".into(),
             met: match overhead {
@@ -1339,6 +1351,31 @@ fn document(table: &str, rounds: usize, big_rounds: usize, took: Duration) -> Re
         first_line("buildkitd", "--version"),
         first_line("buildctl", "--version")
     )?;
+    let dirty = Command::new("git")
+        .args(["-C", env!("CARGO_MANIFEST_DIR"), "status", "--porcelain"])
+        .output()
+        .map(|o| !o.stdout.is_empty())
+        .unwrap_or(false);
+    let commit = Command::new("git")
+        .args([
+            "-C",
+            env!("CARGO_MANIFEST_DIR"),
+            "rev-parse",
+            "--short",
+            "HEAD",
+        ])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    writeln!(
+        s,
+        "- source: commit {commit}{}",
+        if dirty {
+            " with uncommitted changes"
+        } else {
+            ""
+        }
+    )?;
     writeln!(
         s,
         "- rounds: {rounds} ({big_rounds} for the 1 GiB cases); the whole run took {:.0} s\n",
@@ -1356,7 +1393,9 @@ fn document(table: &str, rounds: usize, big_rounds: usize, took: Duration) -> Re
          - All state dirs and export destinations are on a tmpfs; the contexts are on disk (in the page cache). \
          The cached, ready and export cases share one warm state dir; cold builds get a fresh one per run.\n\
          - bkrun's spawn → ready and teardown come from its `--debug` lines; buildkitd's own READY=1 from a \
-         buildkitd the bench spawns with the same flags and a NOTIFY_SOCKET it binds.\n\
+         buildkitd the bench spawns with the same flags and a NOTIFY_SOCKET it binds. They are separate \
+         daemon starts, whose spread (shown) is far wider than 5 ms; bkrun waits for the same READY=1 \
+         datagram, so the difference of the two medians is mostly that spread.\n\
          - Transfer and copy rates are parsed from `--progress=plain` (`#N transferring context: 1.07GB 2.3s done`, \
          `#N copying files …`), whose durations have 0.1 s resolution.\n\
          - A build that fails, or has not finished after 30 s (it is then killed), is counted \
