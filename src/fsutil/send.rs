@@ -14,9 +14,10 @@ use tokio::sync::mpsc;
 use super::mode::can_request_data;
 use super::{Error, Packet, Result, Source};
 
-/// Bytes per DATA packet. Upstream reads files through a 32 KiB buffer; bigger packets mean
-/// far fewer messages and stay well under gRPC's 4 MiB default message limit.
-pub const DEFAULT_CHUNK_SIZE: usize = 1 << 20;
+/// Bytes per DATA packet. Upstream reads files through a 32 KiB buffer; bigger packets mean far
+/// fewer messages, but every queued packet is memory: at 128 KiB the 64-packet send queue holds
+/// 8 MiB at most (1 MiB packets made a 1 GiB transfer peak at 84 MiB of RSS, 2.4x buildctl's).
+pub const DEFAULT_CHUNK_SIZE: usize = 128 << 10;
 
 #[derive(Debug, Clone)]
 pub struct SendOptions {
