@@ -176,13 +176,61 @@ impl Daemon {
         reaper::kill_all_descendants(Duration::from_secs(10)).await;
         let _ = fs::remove_file(&self.socket);
         if let Some(d) = self.run_dir.take() {
-            let path = d.path().to_path_buf();
-            if d.close().is_err() {
-                // rootlesskit may leave files owned by a subordinate id; ignore what can't go.
-                let _ = fs::remove_dir_all(path);
+            // The daemon's TMPDIR is in the run dir, and a daemon killed mid-export leaves its
+            // snapshot mounts there: detach them first, and never delete across a mount point,
+            // or removing the run dir would delete cache contents through the mount.
+            let path = d.keep();
+            unmount_below(&path);
+            remove_same_device(&path);
+        }
+    }
+}
+
+/// Lazily unmounts every mount point below `dir`, deepest first (best effort: rootless
+/// daemons mount in their own namespace, where nothing is visible from here).
+fn unmount_below(dir: &Path) {
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let prefix = format!("{}/", dir.display());
+    let mut points: Vec<&str> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|mp| mp.starts_with(&prefix))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for mp in points {
+        let _ = nix::mount::umount2(mp, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// Removes `dir` and what is in it, but does not descend into anything on another device (a
+/// mount that is still there), which stays.
+fn remove_same_device(dir: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(root) = fs::symlink_metadata(dir) else {
+        return;
+    };
+    fn walk(p: &Path, dev: u64) {
+        let Ok(entries) = fs::read_dir(p) else { return };
+        for e in entries.flatten() {
+            let path = e.path();
+            match fs::symlink_metadata(&path) {
+                Ok(m) if m.is_dir() && m.dev() == dev => {
+                    walk(&path, dev);
+                    // rootlesskit may leave files owned by a subordinate id; what can't go stays.
+                    let _ = fs::remove_dir(&path);
+                }
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => {
+                    let _ = fs::remove_file(&path);
+                }
+                Err(_) => {}
             }
         }
     }
+    walk(dir, root.dev());
+    let _ = fs::remove_dir(dir);
 }
 
 /// Why waiting for the daemon ended without it serving.
@@ -329,6 +377,41 @@ mod tests {
             nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).unwrap();
         let e = prepare_state_dir(d.path()).unwrap_err().to_string();
         assert!(e.contains("in use by another buildkitd"), "{e}");
+    }
+
+    #[test]
+    fn removal_never_crosses_a_mount() {
+        let d = tempfile::tempdir().unwrap();
+        let run = d.path().join("run");
+        fs::create_dir_all(run.join("a/b")).unwrap();
+        fs::write(run.join("a/b/f"), "x").unwrap();
+        // As root, a tmpfs inside the run dir stands in for a snapshot a killed daemon left mounted.
+        let mnt = run.join("tmp/buildkit-mount1");
+        fs::create_dir_all(&mnt).unwrap();
+        let mounted = nix::unistd::geteuid().is_root()
+            && nix::mount::mount(
+                Some("tmpfs"),
+                &mnt,
+                Some("tmpfs"),
+                nix::mount::MsFlags::empty(),
+                None::<&str>,
+            )
+            .is_ok();
+        if mounted {
+            fs::write(mnt.join("cache-file"), "keep").unwrap();
+        }
+        remove_same_device(&run);
+        assert!(!run.join("a").exists());
+        if mounted {
+            assert_eq!(fs::read_to_string(mnt.join("cache-file")).unwrap(), "keep");
+            unmount_below(&run);
+            assert!(
+                !mnt.join("cache-file").exists(),
+                "unmount_below detaches mounts under the dir"
+            );
+            remove_same_device(&run);
+            assert!(!run.exists());
+        }
     }
 
     #[test]
