@@ -5,6 +5,7 @@ use std::io;
 use std::path::PathBuf;
 
 const PROTOS: &[&str] = &[
+    "content.proto",
     "control.proto",
     "errdefs.proto",
     "filesync.proto",

@@ -6,6 +6,7 @@ pub mod config;
 pub mod daemon;
 pub mod fsutil;
 pub mod host;
+pub mod ocilayout;
 pub mod progress;
 pub mod proto;
 pub mod reaper;

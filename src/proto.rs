@@ -40,6 +40,17 @@ pub mod moby {
 }
 
 #[allow(clippy::all)]
+pub mod containerd {
+    pub mod services {
+        pub mod content {
+            pub mod v1 {
+                tonic::include_proto!("containerd.services.content.v1");
+            }
+        }
+    }
+}
+
+#[allow(clippy::all)]
 pub mod pb {
     tonic::include_proto!("pb");
 }

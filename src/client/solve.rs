@@ -11,6 +11,7 @@ use tonic::transport::Channel;
 
 use super::connect::{explain_call, Target};
 use super::errors;
+use super::localcache::LocalCaches;
 use crate::progress::{Options as ProgressOptions, Renderer};
 use crate::proto::moby::buildkit::v1::control_client::ControlClient;
 use crate::proto::moby::buildkit::v1::{
@@ -23,7 +24,7 @@ use crate::session::secrets::SecretsProvider;
 use crate::session::ssh::SshForwarder;
 use crate::session::{Session, SessionError};
 use crate::spec::build::{BuildSpec, Destination};
-use crate::spec::cache::CacheEntry;
+use crate::spec::cache::{imports_attr, CacheEntry};
 use crate::spec::secret::mask_values;
 
 /// Largest message we accept from the daemon (status batches can be big).
@@ -69,8 +70,25 @@ pub async fn build(
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
+    // Local caches: import digests from index.json, export directories created, before Solve.
+    let mut cache_imports = spec.cache_imports.clone();
+    let local_caches = LocalCaches::prepare(&mut cache_imports, &spec.cache_exports, &mut |w| {
+        eprintln!("bkrun: {w}")
+    })?;
+    let mut frontend_attrs: HashMap<String, String> = spec
+        .opts
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    // The frontend gets the imports too, so its own solves can use them (as buildctl does).
+    if let Some(attr) = imports_attr(&cache_imports) {
+        frontend_attrs.insert("cache-imports".into(), attr);
+    }
     let mut session =
         Session::new("bkrun").add_service(FileSyncProvider::new(locals).into_server());
+    if !local_caches.is_empty() {
+        session = session.add_service(local_caches.content_stores().into_server());
+    }
     if !targets.is_empty() {
         session = session.add_service_with_methods(targets.clone(), &["DiffCopy"]);
     }
@@ -107,17 +125,13 @@ pub async fn build(
         r#ref: reference.clone(),
         session: session.id().to_string(),
         frontend: spec.frontend.clone().unwrap_or_default(),
-        frontend_attrs: spec
-            .opts
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
+        frontend_attrs,
         exporters,
         exporter_deprecated,
         exporter_attrs_deprecated,
         cache: Some(CacheOptions {
             exports: spec.cache_exports.iter().map(cache_entry).collect(),
-            imports: spec.cache_imports.iter().map(cache_entry).collect(),
+            imports: cache_imports.iter().map(cache_entry).collect(),
             ..Default::default()
         }),
         entitlements: spec.allow.clone(),
@@ -159,6 +173,7 @@ pub async fn build(
     // The status stream ends by itself once the daemon closes the job; don't hang on a daemon that doesn't.
     let summary = tokio::time::timeout(Duration::from_secs(10), status_task).await;
     let _ = session.close().await;
+    local_caches.close();
     if let Ok(Ok(Err(e))) = summary {
         eprintln!("bkrun: progress output failed: {e}");
     }
@@ -167,9 +182,10 @@ pub async fn build(
             targets
                 .commit()
                 .context("cannot move the exported file into place")?;
-            Ok(Outcome::Done(
-                resp.into_inner().exporter_response.into_iter().collect(),
-            ))
+            let response: HashMap<String, String> =
+                resp.into_inner().exporter_response.into_iter().collect();
+            local_caches.finish(&response)?;
+            Ok(Outcome::Done(response))
         }
         Err(status) => {
             targets.discard();

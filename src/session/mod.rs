@@ -7,6 +7,7 @@
 //! daemon dials in as the client.
 
 pub mod auth;
+pub mod content;
 pub mod filesend;
 pub mod filesync;
 mod health;

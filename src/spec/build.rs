@@ -160,9 +160,6 @@ pub fn parse(args: &BuildArgs) -> Result<BuildSpec> {
         .iter()
         .map(|v| cache::parse_export(v))
         .collect::<Result<Vec<_>>>()?;
-    if let Some(attr) = cache::imports_attr(&cache_imports) {
-        opts.insert("cache-imports".into(), attr);
-    }
     let env = |k: &str| std::env::var(k).ok();
     let secrets = args
         .secret
