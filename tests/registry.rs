@@ -65,6 +65,21 @@ impl Registry {
             .trim()
             .to_string()
     }
+
+    /// The manifest behind a tag, as JSON.
+    fn manifest(&self, repo: &str, tag: &str) -> serde_json::Value {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        write!(
+            s,
+            "GET /v2/{repo}/manifests/{tag} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.v2+json\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        let (head, body) = resp.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+    }
 }
 
 impl Drop for Registry {
@@ -184,6 +199,141 @@ fn registry_cache_round_trip_between_fresh_daemons() {
             );
         }
         eprintln!("{mode:?}: registry cache export {cold:?}, import {warm:?}");
+        drop(reg);
+        sb.assert_clean();
+    }
+}
+
+#[test]
+fn push_options_choose_media_types_and_compression_under_several_names() {
+    for mode in [Mode::Privileged, Mode::Rootless] {
+        let sb = Sandbox::new(mode);
+        let reg = Registry::start(&sb);
+        let cfg = sb.write(
+            "bkrun.toml",
+            &format!(
+                "[buildkitd.registry.\"127.0.0.1:{}\"]\nhttp = true\n",
+                reg.port
+            ),
+        );
+        let repo = format!("127.0.0.1:{}/bkrun/opts", reg.port);
+        let ctx = sb.hello_context();
+        let push = |output: String| {
+            run_ok(
+                sb.bkrun()
+                    .arg("--config")
+                    .arg(&cfg)
+                    .arg("build")
+                    .args(sb.build_args(&ctx))
+                    .arg(format!("--output={output}")),
+            )
+        };
+        // OCI media types, zstd layers, two names in one output (quoted, as buildctl's CSV wants).
+        push(format!(
+            "type=image,\"name={repo}:zstd,{repo}:zstd-too\",push=true,oci-mediatypes=true,compression=zstd,force-compression=true"
+        ));
+        let m = reg.manifest("bkrun/opts", "zstd");
+        assert_eq!(
+            m["mediaType"], "application/vnd.oci.image.manifest.v1+json",
+            "{mode:?}: {m}"
+        );
+        let layers = m["layers"].as_array().unwrap();
+        assert!(!layers.is_empty());
+        for l in layers {
+            assert_eq!(
+                l["mediaType"], "application/vnd.oci.image.layer.v1.tar+zstd",
+                "{mode:?}: {m}"
+            );
+        }
+        assert_eq!(
+            reg.digest("bkrun/opts", "zstd"),
+            reg.digest("bkrun/opts", "zstd-too")
+        );
+        // Docker media types with gzip; force-compression, or the zstd blobs of the first push are reused.
+        push(format!(
+            "type=image,name={repo}:docker,push=true,oci-mediatypes=false,compression=gzip,force-compression=true"
+        ));
+        let m = reg.manifest("bkrun/opts", "docker");
+        assert_eq!(
+            m["mediaType"], "application/vnd.docker.distribution.manifest.v2+json",
+            "{mode:?}: {m}"
+        );
+        for l in m["layers"].as_array().unwrap() {
+            assert_eq!(
+                l["mediaType"],
+                "application/vnd.docker.image.rootfs.diff.tar.gzip"
+            );
+        }
+        drop(reg);
+        sb.assert_clean();
+    }
+}
+
+#[test]
+fn registry_insecure_pushes_to_a_registry_with_an_untrusted_certificate() {
+    for mode in [Mode::Privileged, Mode::Rootless] {
+        let sb = Sandbox::new(mode);
+        let certs = sb.mkdir("certs");
+        let out = std::process::Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            ])
+            .args([
+                "-keyout",
+                "key.pem",
+                "-out",
+                "cert.pem",
+                "-subj",
+                "/CN=127.0.0.1",
+            ])
+            .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+            .current_dir(&certs)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", show(&out));
+        sb.own(&certs);
+        let reg = Registry::start_with(
+            &sb,
+            &format!(
+                "  tls:\n    certificate: {c}/cert.pem\n    key: {c}/key.pem\n",
+                c = certs.display()
+            ),
+        );
+        let host = format!("127.0.0.1:{}", reg.port);
+        // TLS on 127.0.0.1 (BuildKit would assume plain HTTP there), and no CA configured.
+        let cfg = sb.write(
+            "bkrun.toml",
+            &format!("[buildkitd.registry.\"{host}\"]\nhttp = false\n"),
+        );
+        let ctx = sb.hello_context();
+        let push = |extra: &str| {
+            sb.bkrun()
+                .arg("--config")
+                .arg(&cfg)
+                .arg("build")
+                .args(sb.build_args(&ctx))
+                .arg(format!(
+                    "--output=type=image,name={host}/bkrun/insecure:1,push=true{extra}"
+                ))
+                .output()
+                .unwrap()
+        };
+        let refused = push("");
+        assert_eq!(
+            refused.status.code(),
+            Some(1),
+            "{mode:?}: {}",
+            show(&refused)
+        );
+        assert!(
+            String::from_utf8_lossy(&refused.stderr).contains(&format!(
+                "does not trust {host}'s TLS certificate: give its CA in bkrun.toml"
+            )),
+            "{mode:?}: {}",
+            show(&refused)
+        );
+        let out = push(",registry.insecure=true");
+        assert!(out.status.success(), "{mode:?}: {}", show(&out));
         drop(reg);
         sb.assert_clean();
     }

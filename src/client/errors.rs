@@ -90,17 +90,41 @@ pub fn login_hint(message: &str) -> Option<String> {
     if !refused.iter().any(|r| lower.contains(r)) {
         return None;
     }
-    let host = message
+    let host = registry_host(message).unwrap_or_else(|| "the registry".to_string());
+    Some(format!(
+        "bkrun: {host} needs credentials and none were accepted: run `docker login {host}` (bkrun reads $DOCKER_CONFIG/config.json or ~/.docker/config.json, with its credential helpers)\n"
+    ))
+}
+
+/// The first `host[:port]` of an http(s) URL in a daemon message.
+fn registry_host(message: &str) -> Option<String> {
+    message
         .split(['"', ' ', ','])
         .find_map(|w| {
             w.strip_prefix("https://")
                 .or_else(|| w.strip_prefix("http://"))
         })
         .map(|rest| rest.split('/').next().unwrap_or(rest).to_string())
-        .unwrap_or_else(|| "the registry".to_string());
-    Some(format!(
-        "bkrun: {host} needs credentials and none were accepted: run `docker login {host}` (bkrun reads $DOCKER_CONFIG/config.json or ~/.docker/config.json, with its credential helpers)\n"
-    ))
+}
+
+/// For a registry whose TLS the daemon could not verify, or that speaks plain HTTP: where to configure it.
+pub fn registry_tls_hint(message: &str) -> Option<String> {
+    let host = registry_host(message)?;
+    let untrusted = [
+        "x509:",
+        "tls: failed to verify certificate",
+        "certificate signed by unknown authority",
+    ];
+    if untrusted.iter().any(|u| message.contains(u)) {
+        return Some(format!(
+            "bkrun: the daemon does not trust {host}'s TLS certificate: give its CA in bkrun.toml ([buildkitd.registry.\"{host}\"] ca = [\"/path/ca.pem\"]), or, for a test registry only, add registry.insecure=true to --output\n"
+        ));
+    }
+    message
+        .contains("server gave HTTP response to HTTPS client")
+        .then(|| format!(
+            "bkrun: {host} speaks plain HTTP: say so in bkrun.toml ([buildkitd.registry.\"{host}\"] http = true)\n"
+        ))
 }
 
 /// For a step whose binary is for another architecture and nothing emulates it.
@@ -120,6 +144,7 @@ pub fn render(status: &tonic::Status) -> String {
     }
     for hint in [
         login_hint(status.message()),
+        registry_tls_hint(status.message()),
         emulation_hint(status.message()),
     ]
     .into_iter()
@@ -181,6 +206,20 @@ mod tests {
         let h = login_hint(m).unwrap();
         assert!(h.contains("`docker login 127.0.0.1:5000`"), "{h}");
         assert!(login_hint("process did not complete successfully").is_none());
+    }
+
+    #[test]
+    fn an_untrusted_or_plain_http_registry_says_where_to_configure_it() {
+        let m = "failed to push 127.0.0.1:5000/x:1: failed to do request: Head \"https://127.0.0.1:5000/v2/x/blobs/sha256:ab\": tls: failed to verify certificate: x509: certificate signed by unknown authority";
+        let h = registry_tls_hint(m).unwrap();
+        assert!(
+            h.contains("[buildkitd.registry.\"127.0.0.1:5000\"] ca ="),
+            "{h}"
+        );
+        assert!(h.contains("registry.insecure=true"), "{h}");
+        let m = "failed to do request: Head \"https://r.example:5000/v2/\": http: server gave HTTP response to HTTPS client";
+        assert!(registry_tls_hint(m).unwrap().contains("http = true"));
+        assert!(registry_tls_hint("exit code: 1").is_none());
     }
 
     #[test]
