@@ -10,8 +10,8 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use serde_json::Value;
 
+use crate::ocilayout::index::Name;
 use crate::ocilayout::{Digest, Index, LocalStore};
-use crate::session::content::ContentStores;
 use crate::spec::cache::{parse_bool, CacheEntry};
 
 /// The exporter-response key holding the cache manifest's descriptor (JSON).
@@ -97,9 +97,9 @@ impl LocalCaches {
         self.stores.is_empty()
     }
 
-    /// The session service serving these directories.
-    pub fn content_stores(&self) -> ContentStores {
-        ContentStores::new(self.stores.clone())
+    /// The stores to serve, by the id the daemon asks for.
+    pub fn stores(&self) -> impl Iterator<Item = (&String, &Arc<LocalStore>)> {
+        self.stores.iter()
     }
 
     /// After a successful build: tag the new cache manifest in each export's index.json,
@@ -112,12 +112,14 @@ impl LocalCaches {
             .context("the daemon's cache manifest descriptor is not JSON")?;
         for ex in &self.exports {
             let index = Index::new(&ex.dir);
-            index.put(&desc, &ex.tag).with_context(|| {
-                format!(
-                    "the cache was written to {} but its index.json could not be updated",
-                    ex.dir.display()
-                )
-            })?;
+            index
+                .put(&desc, &[Name::Tag(ex.tag.clone())])
+                .with_context(|| {
+                    format!(
+                        "the cache was written to {} but its index.json could not be updated",
+                        ex.dir.display()
+                    )
+                })?;
             if ex.reset {
                 let keep = index.referenced()?;
                 ex.store.remove_unreferenced(&keep).with_context(|| {

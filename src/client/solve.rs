@@ -11,6 +11,7 @@ use tonic::transport::Channel;
 
 use super::connect::{explain_call, Target};
 use super::errors;
+use super::layouts::Layouts;
 use super::localcache::LocalCaches;
 use crate::progress::{Options as ProgressOptions, Renderer};
 use crate::proto::moby::buildkit::v1::control_client::ControlClient;
@@ -18,6 +19,7 @@ use crate::proto::moby::buildkit::v1::{
     CacheOptions, CacheOptionsEntry, Exporter, SolveRequest, StatusRequest,
 };
 use crate::session::auth::{config_path, AuthProvider, DockerConfig};
+use crate::session::content::ContentStores;
 use crate::session::filesend::{FileSendTargets, Sink};
 use crate::session::filesync::FileSyncProvider;
 use crate::session::secrets::SecretsProvider;
@@ -57,6 +59,8 @@ pub async fn build(
             Destination::Dir(d) => targets.insert(i as u32, Sink::Dir(d)),
             Destination::File(f) => targets.insert(i as u32, Sink::File(Some(f))),
             Destination::Stdout => targets.insert(i as u32, Sink::File(None)),
+            // Served as the content store below; nothing comes back through FileSend.
+            Destination::Layout(_) => None,
             Destination::Daemon => None,
         };
         exporters.push(Exporter {
@@ -84,10 +88,20 @@ pub async fn build(
     if let Some(attr) = imports_attr(&cache_imports) {
         frontend_attrs.insert("cache-imports".into(), attr);
     }
+    let layout_output = spec.outputs.iter().find_map(|o| match o.destination() {
+        Destination::Layout(d) => Some(d),
+        _ => None,
+    });
+    let layouts = Layouts::prepare(&spec.oci_layouts, layout_output.as_deref())?;
     let mut session =
         Session::new("bkrun").add_service(FileSyncProvider::new(locals).into_server());
-    if !local_caches.is_empty() {
-        session = session.add_service(local_caches.content_stores().into_server());
+    let stores: HashMap<_, _> = local_caches
+        .stores()
+        .chain(layouts.stores())
+        .map(|(id, s)| (id.clone(), s.clone()))
+        .collect();
+    if !stores.is_empty() {
+        session = session.add_service(ContentStores::new(stores).into_server());
     }
     if !targets.is_empty() {
         session = session.add_service_with_methods(targets.clone(), &["DiffCopy"]);
@@ -174,6 +188,7 @@ pub async fn build(
     let summary = tokio::time::timeout(Duration::from_secs(10), status_task).await;
     let _ = session.close().await;
     local_caches.close();
+    layouts.close();
     if let Ok(Ok(Err(e))) = summary {
         eprintln!("bkrun: progress output failed: {e}");
     }
@@ -185,6 +200,7 @@ pub async fn build(
             let response: HashMap<String, String> =
                 resp.into_inner().exporter_response.into_iter().collect();
             local_caches.finish(&response)?;
+            layouts.finish(&response)?;
             Ok(Outcome::Done(response))
         }
         Err(status) => {

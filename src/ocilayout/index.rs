@@ -5,7 +5,7 @@ use std::fs;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use nix::fcntl::{Flock, FlockArg};
 use serde_json::{json, Map, Value};
 
@@ -16,6 +16,30 @@ const REF_NAME: &str = "org.opencontainers.image.ref.name";
 /// containerd's full image name annotation; a tag lookup tries it first.
 const IMAGE_NAME: &str = "io.containerd.image.name";
 const INDEX_MEDIA_TYPE: &str = "application/vnd.oci.image.index.v1+json";
+
+/// What an index entry is found by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Name {
+    /// A bare tag such as `latest` (cache exports use these).
+    Tag(String),
+    /// A full image name such as `docker.io/library/app:1`; its tag becomes the OCI ref name.
+    Image(String),
+}
+
+/// The tag (or digest) part of a full image name, as containerd splits it: from the first
+/// `:` or `@` after the host, without a leading `:`. A name without a host is kept whole.
+fn reference_object(name: &str) -> &str {
+    let Some(slash) = name.find('/') else {
+        return name;
+    };
+    match name[slash..].find([':', '@']) {
+        Some(i) => {
+            let object = &name[slash + i..];
+            object.strip_prefix(':').unwrap_or(object)
+        }
+        None => "",
+    }
+}
 
 /// The index of one image-layout directory.
 pub struct Index {
@@ -77,16 +101,16 @@ impl Index {
         Ok(by(IMAGE_NAME).or_else(|| by(REF_NAME)))
     }
 
-    /// Records `descriptor` under `tag`, replacing the entry that had that tag.
+    /// Records `descriptor` under each of `names`, replacing the entries that had those names.
     /// index.json is replaced whole (written aside, then renamed), never left half-written.
-    pub fn put(&self, descriptor: &Value, tag: &str) -> Result<()> {
+    pub fn put(&self, descriptor: &Value, names: &[Name]) -> Result<()> {
         let (_lock, lock_path) = self.lock()?;
-        let result = self.put_locked(descriptor, tag);
+        let result = self.put_locked(descriptor, names);
         let _ = fs::remove_file(lock_path);
         result
     }
 
-    fn put_locked(&self, descriptor: &Value, tag: &str) -> Result<()> {
+    fn put_locked(&self, descriptor: &Value, names: &[Name]) -> Result<()> {
         let layout = self.root.join("oci-layout");
         fs::write(&layout, br#"{"imageLayoutVersion":"1.0.0"}"#)
             .with_context(|| format!("cannot write {}", layout.display()))?;
@@ -96,31 +120,36 @@ impl Index {
             .with_context(|| format!("{} is not a JSON object", self.path().display()))?;
         obj.entry("schemaVersion").or_insert(json!(2));
         obj.entry("mediaType").or_insert(json!(INDEX_MEDIA_TYPE));
-
-        let mut entry = descriptor.clone();
-        let annotations = entry
-            .as_object_mut()
-            .context("the daemon's cache manifest descriptor is not a JSON object")?
-            .entry("annotations")
-            .or_insert_with(|| Value::Object(Map::new()));
-        if !annotations.is_object() {
-            *annotations = Value::Object(Map::new());
+        if !descriptor.is_object() {
+            bail!("the daemon's descriptor is not a JSON object: {descriptor}");
         }
-        annotations[REF_NAME] = json!(tag);
-
-        let kept: Vec<Value> = manifests(&index)
-            .into_iter()
-            // A tag entry is one with this ref name and no image name.
-            .filter(|m| {
-                m["annotations"][REF_NAME].as_str() != Some(tag)
-                    || m["annotations"][IMAGE_NAME]
-                        .as_str()
-                        .is_some_and(|n| !n.is_empty())
-            })
-            .cloned()
-            .chain(std::iter::once(entry))
-            .collect();
-        index["manifests"] = Value::Array(kept);
+        let mut list: Vec<Value> = manifests(&index).into_iter().cloned().collect();
+        for name in names {
+            let (image_name, ref_name) = match name {
+                Name::Tag(t) => ("", t.as_str()),
+                Name::Image(n) => (n.as_str(), reference_object(n)),
+            };
+            let mut entry = descriptor.clone();
+            let annotations = entry
+                .as_object_mut()
+                .expect("checked above")
+                .entry("annotations")
+                .or_insert_with(|| Value::Object(Map::new()));
+            if !annotations.is_object() {
+                *annotations = Value::Object(Map::new());
+            }
+            if !image_name.is_empty() {
+                annotations[IMAGE_NAME] = json!(image_name);
+            }
+            annotations[REF_NAME] = json!(ref_name);
+            // The entry this one replaces has the same pair of names (a missing one counts as empty).
+            list.retain(|m| {
+                m["annotations"][REF_NAME].as_str().unwrap_or("") != ref_name
+                    || m["annotations"][IMAGE_NAME].as_str().unwrap_or("") != image_name
+            });
+            list.push(entry);
+        }
+        index["manifests"] = Value::Array(list);
 
         let path = self.path();
         let mut tmp = tempfile::NamedTempFile::new_in(&self.root)
@@ -192,9 +221,9 @@ mod tests {
         assert_eq!(idx.get("latest").unwrap(), None);
         let a = desc(b"a", "application/vnd.oci.image.manifest.v1+json");
         let b = desc(b"b", "application/vnd.oci.image.manifest.v1+json");
-        idx.put(&a, "latest").unwrap();
-        idx.put(&a, "v1").unwrap();
-        idx.put(&b, "latest").unwrap();
+        idx.put(&a, &[Name::Tag("latest".into())]).unwrap();
+        idx.put(&a, &[Name::Tag("v1".into())]).unwrap();
+        idx.put(&b, &[Name::Tag("latest".into())]).unwrap();
         assert_eq!(idx.get("latest").unwrap().unwrap()["digest"], b["digest"]);
         assert_eq!(idx.get("v1").unwrap().unwrap()["digest"], a["digest"]);
         let index = idx.read().unwrap().unwrap();
@@ -219,9 +248,38 @@ mod tests {
             .as_str()
             .unwrap()
             .ends_with("2222"));
-        idx.put(&desc(b"c", "x"), "latest").unwrap();
+        idx.put(&desc(b"c", "x"), &[Name::Tag("latest".into())])
+            .unwrap();
         let all = idx.read().unwrap().unwrap()["manifests"].clone();
         assert_eq!(all.as_array().unwrap().len(), 2, "{all}");
+    }
+
+    #[test]
+    fn image_names_keep_their_tag_as_the_ref_name() {
+        assert_eq!(reference_object("docker.io/library/app:1"), "1");
+        assert_eq!(reference_object("127.0.0.1:5000/a/b:v2"), "v2");
+        assert_eq!(
+            reference_object("docker.io/library/app@sha256:ab"),
+            "@sha256:ab"
+        );
+        assert_eq!(reference_object("docker.io/library/app"), "");
+        let d = tempfile::tempdir().unwrap();
+        let idx = Index::new(d.path());
+        let a = desc(b"a", "application/vnd.oci.image.index.v1+json");
+        idx.put(
+            &a,
+            &[
+                Name::Image("docker.io/library/app:1".into()),
+                Name::Image("docker.io/library/app:latest".into()),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            idx.get("docker.io/library/app:1").unwrap().unwrap()["digest"],
+            a["digest"]
+        );
+        let m = idx.get("latest").unwrap().unwrap();
+        assert_eq!(m["annotations"][IMAGE_NAME], "docker.io/library/app:latest");
     }
 
     #[test]
@@ -237,7 +295,7 @@ mod tests {
         let idx = Index::new(d.path());
         idx.put(
             &desc(&manifest, "application/vnd.oci.image.manifest.v1+json"),
-            "latest",
+            &[Name::Tag("latest".into())],
         )
         .unwrap();
         let refs = idx.referenced().unwrap();

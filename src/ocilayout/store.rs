@@ -9,7 +9,6 @@
 use std::collections::{BTreeSet, HashMap};
 use std::fs;
 use std::io;
-use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -391,8 +390,6 @@ impl Writer {
             return Err(StoreError::AlreadyExists(digest.to_string()));
         }
         fs::rename(&self.ingest.path, &target)?;
-        // Blobs are immutable; read-only says so to anyone looking at the directory.
-        fs::set_permissions(&target, fs::Permissions::from_mode(0o444))?;
         forget(&self.store);
         Ok(digest)
     }

@@ -26,13 +26,18 @@ impl Output {
 
     /// Where the exporter's output comes back to bkrun, if it does.
     pub fn destination(&self) -> Destination {
-        let tar = self.attrs.get("tar").map(|v| v != "false").unwrap_or(true);
+        let tar = self
+            .attrs
+            .get("tar")
+            .and_then(|v| super::cache::parse_bool(v))
+            .unwrap_or(true);
         match (self.kind.as_str(), self.dest()) {
             ("local", Some(d)) => Destination::Dir(PathBuf::from(d)),
             ("tar", d) | ("oci" | "docker", d) if self.kind == "tar" || tar => match d {
                 None | Some("-") => Destination::Stdout,
                 Some(p) => Destination::File(PathBuf::from(p)),
             },
+            ("oci" | "docker", Some(d)) => Destination::Layout(PathBuf::from(d)),
             _ => Destination::Daemon,
         }
     }
@@ -53,6 +58,8 @@ pub enum Destination {
     Dir(PathBuf),
     File(PathBuf),
     Stdout,
+    /// An OCI image-layout directory (`tar=false`), written through the session's content store.
+    Layout(PathBuf),
     /// Kept in the daemon (an image in its store, or pushed).
     Daemon,
 }
@@ -62,6 +69,8 @@ pub enum Destination {
 pub struct BuildSpec {
     pub frontend: Option<String>,
     pub locals: BTreeMap<String, PathBuf>,
+    /// `--oci-layout ID=DIR`: image layouts the frontend reads as `oci-layout://ID@DIGEST`.
+    pub oci_layouts: BTreeMap<String, PathBuf>,
     pub opts: BTreeMap<String, String>,
     pub outputs: Vec<Output>,
     pub progress: progress::Mode,
@@ -99,6 +108,23 @@ pub fn parse(args: &BuildArgs) -> Result<BuildSpec> {
         }
         locals.insert(name.to_string(), dir);
     }
+    let mut oci_layouts = BTreeMap::new();
+    for l in &args.oci_layout {
+        let (id, dir) = l
+            .split_once('=')
+            .filter(|(id, _)| !id.is_empty())
+            .with_context(|| {
+                format!("--oci-layout {l:?} must be ID=DIR, e.g. --oci-layout base=./base-image")
+            })?;
+        let dir = PathBuf::from(dir);
+        if !dir.join("index.json").is_file() {
+            bail!(
+                "--oci-layout {id}={}: not an OCI image layout (no index.json there); export one with --output type=oci,tar=false,dest=DIR",
+                dir.display()
+            );
+        }
+        oci_layouts.insert(id.to_string(), dir);
+    }
     let mut opts = BTreeMap::new();
     // As buildctl does, SOURCE_DATE_EPOCH in the environment becomes a build arg; --opt wins.
     if let Ok(v) = std::env::var("SOURCE_DATE_EPOCH") {
@@ -120,11 +146,21 @@ pub fn parse(args: &BuildArgs) -> Result<BuildSpec> {
     if args.no_cache {
         opts.insert("no-cache".to_string(), String::new());
     }
+    resolve_layout_tags(&mut opts, &oci_layouts)?;
     let outputs = args
         .output
         .iter()
         .map(|o| parse_output(o))
         .collect::<Result<Vec<_>>>()?;
+    // The daemon has one "export" store per session, so one layout directory per build.
+    if outputs
+        .iter()
+        .filter(|o| matches!(o.destination(), Destination::Layout(_)))
+        .count()
+        > 1
+    {
+        bail!("only one --output can be an OCI layout directory (tar=false) per build: write the others as tarballs");
+    }
     let progress: progress::Mode = args.progress.parse().map_err(|_| {
         anyhow::anyhow!(
             "--progress={} is not a progress mode: use auto, plain, tty, rawjson or quiet",
@@ -137,7 +173,6 @@ pub fn parse(args: &BuildArgs) -> Result<BuildSpec> {
             "--registry-auth-tlscontext",
             !args.registry_auth_tlscontext.is_empty(),
         ),
-        ("--oci-layout", !args.oci_layout.is_empty()),
         ("--source-policy-file", args.source_policy_file.is_some()),
         ("--trace", args.trace.is_some()),
         ("--ref-file", args.ref_file.is_some()),
@@ -180,6 +215,7 @@ pub fn parse(args: &BuildArgs) -> Result<BuildSpec> {
     Ok(BuildSpec {
         frontend: args.frontend.clone(),
         locals,
+        oci_layouts,
         opts,
         outputs,
         progress,
@@ -237,12 +273,35 @@ pub fn parse_output(s: &str) -> Result<Output> {
     if let Some(v) = attrs.get("output") {
         bail!("--output output={v} is not an option: you meant dest={v}");
     }
-    if matches!(kind.as_str(), "oci" | "docker")
-        && attrs.get("tar").map(String::as_str) == Some("false")
-    {
-        bail!("--output type={kind},tar=false (an OCI layout directory) is not supported yet: drop tar=false to get a tarball");
+    if let Some(t) = attrs.get("tar") {
+        if super::cache::parse_bool(t).is_none() {
+            bail!("--output tar={t} is not a boolean: use tar=true (a tarball) or tar=false (a directory)");
+        }
     }
     let out = Output { kind, attrs };
+    if let Destination::Layout(d) = out.destination() {
+        if d.as_os_str() == "-" {
+            bail!(
+                "--output type={},tar=false writes a directory: give dest=DIR, not -",
+                out.kind
+            );
+        }
+        if d.exists() && !d.is_dir() {
+            bail!("--output type={},tar=false,dest={}: that is a file; give a directory (it is created if missing)", out.kind, d.display());
+        }
+        check_parent(&format!("--output type={},tar=false", out.kind), &d)?;
+        return Ok(out);
+    }
+    if matches!(out.kind.as_str(), "oci" | "docker")
+        && out.dest().is_none()
+        && !out
+            .attrs
+            .get("tar")
+            .and_then(|t| super::cache::parse_bool(t))
+            .unwrap_or(true)
+    {
+        bail!("--output type={},tar=false needs dest=DIR", out.kind);
+    }
     match (out.kind.as_str(), out.dest()) {
         ("local", None) => bail!("--output type=local needs dest=DIR"),
         ("local", Some("-")) => bail!(
@@ -266,6 +325,46 @@ pub fn parse_output(s: &str) -> Result<Output> {
         _ => {}
     }
     Ok(out)
+}
+
+/// `--opt context:NAME=oci-layout://ID[:TAG]` without a digest: BuildKit needs one, so the tag
+/// (default `latest`) is looked up in that layout's index.json here, before any daemon starts.
+fn resolve_layout_tags(
+    opts: &mut BTreeMap<String, String>,
+    layouts: &BTreeMap<String, PathBuf>,
+) -> Result<()> {
+    for (key, value) in opts.iter_mut() {
+        let Some(reference) = value.strip_prefix("oci-layout://") else {
+            continue;
+        };
+        if !key.starts_with("context:") {
+            continue;
+        }
+        let (name, digest) = match reference.split_once('@') {
+            Some((n, d)) => (n, Some(d)),
+            None => (reference, None),
+        };
+        let (id, tag) = match name.rsplit_once(':') {
+            Some((id, tag)) if !tag.contains('/') => (id, Some(tag)),
+            _ => (name, None),
+        };
+        let Some(dir) = layouts.get(id) else {
+            bail!("--opt {key}={value}: no OCI layout named {id}: add --oci-layout {id}=DIR");
+        };
+        if digest.is_some() {
+            continue;
+        }
+        let tag = tag.unwrap_or("latest");
+        let found = crate::ocilayout::Index::new(dir).get(tag)?;
+        let Some(digest) = found.as_ref().and_then(|d| d["digest"].as_str()) else {
+            bail!(
+                "--opt {key}={value}: {}/index.json has no image tagged {tag}: name one that is there, or give @sha256:DIGEST",
+                dir.display()
+            );
+        };
+        *value = format!("oci-layout://{id}:{tag}@{digest}");
+    }
+    Ok(())
 }
 
 fn check_parent(what: &str, p: &Path) -> Result<()> {
@@ -326,7 +425,21 @@ mod tests {
         );
         let o = parse_output("type=image,name=a/b").unwrap();
         assert_eq!(o.destination(), Destination::Daemon);
-        assert!(parse_output("type=oci,dest=x,tar=false").is_err());
+        assert_eq!(
+            parse_output("type=oci,dest=x,tar=false")
+                .unwrap()
+                .destination(),
+            Destination::Layout("x".into())
+        );
+        assert!(!parse_output("type=oci,dest=x,tar=false")
+            .unwrap()
+            .daemon_attrs()
+            .contains_key("dest"));
+        assert!(parse_output("type=oci,tar=false")
+            .unwrap_err()
+            .to_string()
+            .contains("needs dest=DIR"));
+        assert!(parse_output("type=oci,dest=x,tar=maybe").is_err());
         assert!(parse_output("type=tar,output=x")
             .unwrap_err()
             .to_string()
