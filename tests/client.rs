@@ -778,3 +778,43 @@ fn several_platforms_make_an_index_and_missing_emulation_is_explained() {
     }
     sb.assert_clean();
 }
+
+#[test]
+fn trace_and_ref_files_are_written() {
+    let sb = Sandbox::new(Mode::Privileged);
+    let ctx = sb.hello_context();
+    let trace = sb.path("trace.json");
+    let ref_file = sb.path("ref");
+    fs::write(&trace, "").unwrap();
+    let build = |progress: &str| {
+        run_ok(
+            sb.bkrun()
+                .arg("build")
+                .args(sb.build_args(&ctx))
+                .arg(format!("--progress={progress}"))
+                .arg(format!("--trace={}", trace.display()))
+                .arg(format!("--ref-file={}", ref_file.display())),
+        )
+    };
+    build("quiet");
+    let first = fs::read_to_string(&ref_file).unwrap();
+    assert_eq!(first.len(), 25, "{first:?}");
+    assert!(first.bytes().all(|b| b.is_ascii_alphanumeric()));
+    let lines = fs::read_to_string(&trace).unwrap().lines().count();
+    // Whatever the view, the trace is the rawjson of the same stream; a second build appends.
+    let out = build("rawjson");
+    let text = fs::read_to_string(&trace).unwrap();
+    let second: Vec<&str> = text.lines().skip(lines).collect();
+    assert!(lines > 0 && !second.is_empty());
+    for l in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+        assert!(v.is_object());
+    }
+    assert_eq!(
+        second.join("\n").trim(),
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "the trace equals the rawjson view"
+    );
+    assert_ne!(fs::read_to_string(&ref_file).unwrap(), first);
+    sb.assert_clean();
+}

@@ -1,6 +1,7 @@
 //! One build over the Control API: a session serving the local dirs and export targets, Solve, and the Status stream rendered as progress.
 
 use std::collections::HashMap;
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -152,6 +153,16 @@ pub async fn build(
         ..Default::default()
     };
 
+    if let Some(path) = &spec.trace {
+        // Appended to, as buildctl does: one file can hold the traces of several builds.
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(path)
+            .with_context(|| format!("cannot open the --trace file {}", path.display()))?;
+        progress.trace = Some(Box::new(std::io::BufWriter::new(file)));
+    }
     let mut control = ControlClient::new(channel).max_decoding_message_size(MAX_MESSAGE);
     let renderer = Renderer::for_stderr(spec.progress, progress)?;
     let mut status_client = control.clone();
@@ -184,6 +195,15 @@ pub async fn build(
     });
 
     let solved = control.solve(request).await;
+    if let Some(path) = &spec.ref_file {
+        // Written whether the build succeeded or not, as buildctl does: the ref names its history record.
+        if let Err(e) = write_ref_file(path, &reference) {
+            eprintln!(
+                "bkrun: cannot write the --ref-file {}: {e:#}",
+                path.display()
+            );
+        }
+    }
     // The status stream ends by itself once the daemon closes the job; don't hang on a daemon that doesn't.
     let summary = tokio::time::timeout(Duration::from_secs(10), status_task).await;
     let _ = session.close().await;
@@ -227,6 +247,19 @@ pub async fn build(
             Ok(Outcome::Failed)
         }
     }
+}
+
+/// Replaces `path` whole with the build's ref.
+fn write_ref_file(path: &std::path::Path, reference: &str) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    std::io::Write::write_all(&mut tmp, reference.as_bytes())?;
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644))?;
+    tmp.persist(path)?;
+    Ok(())
 }
 
 /// `text` with every secret value replaced by `****`, as the progress views mask them.

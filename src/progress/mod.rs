@@ -212,6 +212,8 @@ pub struct Options {
     pub tail_rows: usize,
     /// Cut plain step names at 72 bytes.
     pub truncate_names: bool,
+    /// `--trace`: every message is also appended here as one line of rawjson, masked like the view.
+    pub trace: Option<Box<dyn io::Write + Send>>,
 }
 
 impl Default for Options {
@@ -223,6 +225,7 @@ impl Default for Options {
             color: true,
             tail_rows: DEFAULT_TAIL_ROWS,
             truncate_names: false,
+            trace: None,
         }
     }
 }
@@ -263,6 +266,7 @@ pub struct Renderer {
     summary: Summary,
     /// Failed digests already in the summary.
     failed_seen: HashSet<String>,
+    trace: Option<Box<dyn io::Write + Send>>,
 }
 
 impl Renderer {
@@ -289,6 +293,7 @@ impl Renderer {
             masker: Masker::new(opts.secrets),
             summary: Summary::default(),
             failed_seen: HashSet::new(),
+            trace: opts.trace,
         }
     }
 
@@ -329,6 +334,9 @@ impl Renderer {
     /// Records and displays an already masked message.
     fn show(&mut self, resp: StatusResponse) -> io::Result<()> {
         self.note(&resp);
+        if let Some(t) = &mut self.trace {
+            writeln!(t, "{}", encode_rawjson(&resp))?;
+        }
         match &mut self.view {
             View::Plain(p) => p.update(&resp),
             View::Tty(p) => p.update(&resp),
@@ -359,6 +367,9 @@ impl Renderer {
             View::Plain(p) => p.finish()?,
             View::Tty(p) => p.finish()?,
             View::Raw(_) | View::Quiet => {}
+        }
+        if let Some(t) = &mut self.trace {
+            t.flush()?;
         }
         Ok(self.summary)
     }

@@ -76,6 +76,10 @@ pub struct BuildSpec {
     pub progress: progress::Mode,
     pub allow: Vec<String>,
     pub metadata_file: Option<PathBuf>,
+    /// `--trace FILE`: the Status stream appended as rawjson lines.
+    pub trace: Option<PathBuf>,
+    /// `--ref-file FILE`: the build's ref, written when it ends.
+    pub ref_file: Option<PathBuf>,
     pub secrets: Vec<Secret>,
     pub ssh: Vec<SshAgent>,
     pub cache_imports: Vec<CacheEntry>,
@@ -174,8 +178,6 @@ pub fn parse(args: &BuildArgs) -> Result<BuildSpec> {
             !args.registry_auth_tlscontext.is_empty(),
         ),
         ("--source-policy-file", args.source_policy_file.is_some()),
-        ("--trace", args.trace.is_some()),
-        ("--ref-file", args.ref_file.is_some()),
         (
             "--debug-json-cache-metrics",
             args.debug_json_cache_metrics.is_some(),
@@ -206,8 +208,14 @@ pub fn parse(args: &BuildArgs) -> Result<BuildSpec> {
         .iter()
         .map(|v| ssh::parse(v, &env))
         .collect::<Result<Vec<_>>>()?;
-    if let Some(m) = &args.metadata_file {
-        check_parent("--metadata-file", m)?;
+    for (flag, file) in [
+        ("--metadata-file", &args.metadata_file),
+        ("--trace", &args.trace),
+        ("--ref-file", &args.ref_file),
+    ] {
+        if let Some(f) = file {
+            check_parent(flag, f)?;
+        }
     }
     if args.frontend.is_none() {
         bail!("bkrun build needs --frontend (e.g. --frontend dockerfile.v0); piping an LLB definition on stdin is not supported");
@@ -222,6 +230,8 @@ pub fn parse(args: &BuildArgs) -> Result<BuildSpec> {
         no_cache: args.no_cache,
         allow: args.allow.clone(),
         metadata_file: args.metadata_file.clone(),
+        trace: args.trace.clone(),
+        ref_file: args.ref_file.clone(),
         secrets,
         ssh,
         cache_imports,
@@ -449,14 +459,15 @@ mod tests {
     #[test]
     fn unsupported_flags_are_refused_not_ignored() {
         let args = BuildArgs {
-            trace: Some("t.json".into()),
+            source_policy_file: Some("p.json".into()),
             frontend: Some("x".into()),
             progress: "auto".into(),
             ..Default::default()
         };
         let e = parse(&args).unwrap_err().to_string();
         assert!(
-            e.starts_with("--trace is not supported") && e.contains("bkrun exec -- buildctl"),
+            e.starts_with("--source-policy-file is not supported")
+                && e.contains("bkrun exec -- buildctl"),
             "{e}"
         );
     }
