@@ -818,3 +818,41 @@ fn trace_and_ref_files_are_written() {
     assert_ne!(fs::read_to_string(&ref_file).unwrap(), first);
     sb.assert_clean();
 }
+
+#[test]
+fn a_source_policy_file_reaches_the_daemon() {
+    let sb = Sandbox::new(Mode::Privileged);
+    let ctx = sb.hello_context();
+    let policy = sb.write(
+        "policy.json",
+        r#"{"rules":[{"action":"DENY","selector":{"identifier":"local://busybox","match_type":"EXACT"}}]}"#,
+    );
+    let out = sb
+        .bkrun()
+        .arg("build")
+        .args(sb.build_args(&ctx))
+        .arg(format!("--source-policy-file={}", policy.display()))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("denied by policy"),
+        "{}",
+        show(&out)
+    );
+    // A broken file is refused before any daemon starts.
+    let bad = sb.write("bad.json", r#"{"rules":[{"action":"BLOCK"}]}"#);
+    let out = sb
+        .bkrun()
+        .arg("build")
+        .args(sb.build_args(&ctx))
+        .arg(format!("--source-policy-file={}", bad.display()))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("is not a source policy") && err.contains("BLOCK"),
+        "{err}"
+    );
+    sb.assert_clean();
+}

@@ -150,6 +150,7 @@ pub async fn build(
             ..Default::default()
         }),
         entitlements: spec.allow.clone(),
+        source_policy: spec.source_policy.clone(),
         ..Default::default()
     };
 

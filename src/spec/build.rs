@@ -80,6 +80,8 @@ pub struct BuildSpec {
     pub trace: Option<PathBuf>,
     /// `--ref-file FILE`: the build's ref, written when it ends.
     pub ref_file: Option<PathBuf>,
+    /// `--source-policy-file`: rules the daemon applies to every source.
+    pub source_policy: Option<crate::proto::moby::buildkit::v1::sourcepolicy::Policy>,
     pub secrets: Vec<Secret>,
     pub ssh: Vec<SshAgent>,
     pub cache_imports: Vec<CacheEntry>,
@@ -177,7 +179,6 @@ pub fn parse(args: &BuildArgs) -> Result<BuildSpec> {
             "--registry-auth-tlscontext",
             !args.registry_auth_tlscontext.is_empty(),
         ),
-        ("--source-policy-file", args.source_policy_file.is_some()),
         (
             "--debug-json-cache-metrics",
             args.debug_json_cache_metrics.is_some(),
@@ -232,6 +233,11 @@ pub fn parse(args: &BuildArgs) -> Result<BuildSpec> {
         metadata_file: args.metadata_file.clone(),
         trace: args.trace.clone(),
         ref_file: args.ref_file.clone(),
+        source_policy: args
+            .source_policy_file
+            .as_deref()
+            .map(super::policy::load)
+            .transpose()?,
         secrets,
         ssh,
         cache_imports,
@@ -459,14 +465,14 @@ mod tests {
     #[test]
     fn unsupported_flags_are_refused_not_ignored() {
         let args = BuildArgs {
-            source_policy_file: Some("p.json".into()),
+            proxy_network: true,
             frontend: Some("x".into()),
             progress: "auto".into(),
             ..Default::default()
         };
         let e = parse(&args).unwrap_err().to_string();
         assert!(
-            e.starts_with("--source-policy-file is not supported")
+            e.starts_with("--proxy-network is not supported")
                 && e.contains("bkrun exec -- buildctl"),
             "{e}"
         );

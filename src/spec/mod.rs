@@ -1,7 +1,8 @@
-//! buildctl's flag grammar turned into typed specs, validated before anything starts (pure, no I/O but path checks).
+//! buildctl's flag grammar turned into typed specs, validated before anything starts (no I/O beyond checking paths and reading the files flags name).
 
 pub mod build;
 pub mod cache;
 pub mod csv;
+pub mod policy;
 pub mod secret;
 pub mod ssh;
