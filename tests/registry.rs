@@ -66,6 +66,17 @@ impl Registry {
             .to_string()
     }
 
+    /// A bkrun.toml whose [buildkitd] table tells the daemon this registry is plain HTTP.
+    fn http_config(&self, sb: &Sandbox) -> std::path::PathBuf {
+        sb.write(
+            "bkrun.toml",
+            &format!(
+                "[buildkitd.registry.\"127.0.0.1:{}\"]\nhttp = true\n",
+                self.port
+            ),
+        )
+    }
+
     /// The manifest behind a tag, as JSON.
     fn manifest(&self, repo: &str, tag: &str) -> serde_json::Value {
         let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
@@ -94,14 +105,7 @@ fn push_then_build_from_the_pushed_image_with_metadata() {
     for mode in [Mode::Privileged, Mode::Rootless] {
         let sb = Sandbox::new(mode);
         let reg = Registry::start(&sb);
-        // The registry is plain HTTP; bkrun.toml's [buildkitd] table tells the daemon so.
-        let cfg = sb.write(
-            "bkrun.toml",
-            &format!(
-                "[buildkitd.registry.\"127.0.0.1:{}\"]\nhttp = true\n",
-                reg.port
-            ),
-        );
+        let cfg = reg.http_config(&sb);
         let image = format!("127.0.0.1:{}/bkrun/hello:1", reg.port);
         let ctx = sb.hello_context();
         let md = sb.path("metadata.json");
@@ -155,13 +159,7 @@ fn registry_cache_round_trip_between_fresh_daemons() {
     for mode in [Mode::Privileged, Mode::Rootless] {
         let sb = Sandbox::new(mode);
         let reg = Registry::start(&sb);
-        let cfg = sb.write(
-            "bkrun.toml",
-            &format!(
-                "[buildkitd.registry.\"127.0.0.1:{}\"]\nhttp = true\n",
-                reg.port
-            ),
-        );
+        let cfg = reg.http_config(&sb);
         let cache = format!("127.0.0.1:{}/bkrun/cache:1", reg.port);
         let ctx = sb.context(
             "ctx",
@@ -209,13 +207,7 @@ fn push_options_choose_media_types_and_compression_under_several_names() {
     for mode in [Mode::Privileged, Mode::Rootless] {
         let sb = Sandbox::new(mode);
         let reg = Registry::start(&sb);
-        let cfg = sb.write(
-            "bkrun.toml",
-            &format!(
-                "[buildkitd.registry.\"127.0.0.1:{}\"]\nhttp = true\n",
-                reg.port
-            ),
-        );
+        let cfg = reg.http_config(&sb);
         let repo = format!("127.0.0.1:{}/bkrun/opts", reg.port);
         let ctx = sb.hello_context();
         let push = |output: String| {

@@ -63,6 +63,17 @@ fn digest(s: &str) -> Result<Digest, Status> {
     Digest::parse(s).ok_or_else(|| Status::invalid_argument(format!("{s:?} is not a digest")))
 }
 
+/// containerd's filter language is not needed by BuildKit's calls; a filter is refused, not ignored.
+fn no_filters(filters: &[String]) -> Result<(), Status> {
+    if filters.is_empty() {
+        Ok(())
+    } else {
+        Err(Status::invalid_argument(format!(
+            "bkrun's content store lists without filters only, got {filters:?}"
+        )))
+    }
+}
+
 fn status_of(store: &LocalStore, e: StoreError) -> Status {
     match e {
         StoreError::NotFound(m) => Status::not_found(format!("{m}: not found")),
@@ -133,11 +144,7 @@ impl Content for ContentStores {
         request: Request<api::ListContentRequest>,
     ) -> Result<Response<Self::ListStream>, Status> {
         let store = self.choose(&request)?;
-        if !request.get_ref().filters.is_empty() {
-            return Err(Status::invalid_argument(
-                "bkrun's content store lists without filters only",
-            ));
-        }
+        no_filters(&request.get_ref().filters)?;
         let blobs = store.list().map_err(|e| status_of(&store, e))?;
         let pages: Vec<Result<api::ListContentResponse, Status>> = blobs
             .chunks(100)
@@ -228,11 +235,7 @@ impl Content for ContentStores {
         request: Request<api::ListStatusesRequest>,
     ) -> Result<Response<api::ListStatusesResponse>, Status> {
         let store = self.choose(&request)?;
-        if !request.get_ref().filters.is_empty() {
-            return Err(Status::invalid_argument(
-                "bkrun's content store lists without filters only",
-            ));
-        }
+        no_filters(&request.get_ref().filters)?;
         Ok(Response::new(api::ListStatusesResponse {
             statuses: store.statuses().into_iter().map(ingest_status).collect(),
         }))
