@@ -56,7 +56,7 @@ impl fmt::Display for KeyFileError {
             KeyFileError::Read(e) => write!(f, "{e}"),
             KeyFileError::TooLarge => write!(f, "larger than {MAX_KEY_FILE} bytes"),
             KeyFileError::Encrypted(d) | KeyFileError::NotAKey(d) => f.write_str(d),
-            KeyFileError::Unsupported(a) => write!(f, "{a} key"),
+            KeyFileError::Unsupported(a) => f.write_str(a),
         }
     }
 }
@@ -655,6 +655,9 @@ mod tests {
         ));
         let ec_pem = keygen(p, "ec-pem", &["-t", "ecdsa", "-m", "PEM"]);
         let e = AgentKey::from_file(&ec_pem).unwrap_err();
-        assert!(matches!(e, KeyFileError::Unsupported(_)), "{e}");
+        assert_eq!(e.to_string(), "PEM EC PRIVATE KEY");
+        let p521 = keygen(p, "p521", &["-t", "ecdsa", "-b", "521"]);
+        let e = AgentKey::from_file(&p521).unwrap_err();
+        assert_eq!(e.to_string(), "ecdsa-sha2-nistp521");
     }
 }

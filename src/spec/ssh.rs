@@ -115,7 +115,7 @@ fn key_error(id: &str, file: &Path, e: KeyFileError) -> anyhow::Error {
         KeyFileError::Read(_) => anyhow::anyhow!("--ssh {id}: cannot read the key file {f}: check the path and that bkrun's user may read it: {e}"),
         KeyFileError::Encrypted(_) => anyhow::anyhow!("--ssh {id}: the key file {f} is passphrase-protected and bkrun does not ask for passphrases: load it with ssh-add {f} and pass --ssh {id} (or --ssh {id}=$SSH_AUTH_SOCK): {e}"),
         KeyFileError::NotAKey(_) | KeyFileError::TooLarge => anyhow::anyhow!("--ssh {id}: {f} is not a private key file: give a private key (e.g. ~/.ssh/id_ed25519, not the .pub) or an agent socket: {e}"),
-        KeyFileError::Unsupported(_) => anyhow::anyhow!("--ssh {id}: bkrun's agent cannot sign with {f}: use an ed25519, RSA or ECDSA P-256/P-384 key (ssh-keygen -p -f FILE rewrites a PEM key in OpenSSH format), or load it with ssh-add and pass --ssh {id}: it is a {e}"),
+        KeyFileError::Unsupported(_) => anyhow::anyhow!("--ssh {id}: {f} is a kind of key bkrun's agent cannot sign with: use an ed25519, RSA or ECDSA P-256/P-384 key (ssh-keygen -p -f FILE rewrites a PEM key in OpenSSH format), or load it with ssh-add and pass --ssh {id}: {e}"),
     }
 }
 
