@@ -72,7 +72,7 @@ impl Ssh for SshForwarder {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_string();
-        let incoming = request.into_inner();
+        let mut incoming = request.into_inner();
         let path = match self.source(&id)? {
             SshSource::Keys(keys) => return Ok(Response::new(serve_keys(keys.clone(), incoming))),
             SshSource::Socket(path) => path,
@@ -84,7 +84,6 @@ impl Ssh for SshForwarder {
             ))
         })?;
         let (mut from_agent, mut to_agent) = conn.into_split();
-        let mut incoming = incoming;
         // The daemon's side → the agent; ends when the daemon closes its side.
         tokio::spawn(async move {
             while let Some(Ok(msg)) = incoming.next().await {
