@@ -624,6 +624,36 @@ fn proxy_variables_reach_run_steps_unless_set_by_the_user() {
     sb.assert_clean();
 }
 
+/// A static helper that lists (and with -sign, tests) the agent's keys: the image has no ssh-add.
+fn build_agentls(sb: &Sandbox, ctx: &std::path::Path) {
+    let go = Command::new("go")
+        .args(["build", "-o"])
+        .arg(ctx.join("agentls"))
+        .arg(".")
+        .current_dir(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/agentls"
+        ))
+        .env("CGO_ENABLED", "0")
+        .output()
+        .unwrap();
+    assert!(go.status.success(), "{}", show(&go));
+    sb.own(ctx);
+}
+
+/// ssh-keygen as the sandbox's user, so a rootless bkrun can read the key.
+fn keygen(sb: &Sandbox, name: &str, args: &[&str]) -> std::path::PathBuf {
+    let key = sb.path(name);
+    run_ok(
+        sb.command("ssh-keygen")
+            .args(["-q", "-N", ""])
+            .args(args)
+            .arg("-f")
+            .arg(&key),
+    );
+    key
+}
+
 #[test]
 fn ssh_agent_keys_reach_run_steps() {
     for mode in [Mode::Privileged, Mode::Rootless] {
@@ -632,19 +662,7 @@ fn ssh_agent_keys_reach_run_steps() {
             "ctx",
             "FROM scratch\nCOPY agentls /agentls\nRUN --mount=type=ssh [\"/agentls\"]\nRUN --mount=type=ssh,id=deploy [\"/agentls\"]\n",
         );
-        // A static helper that lists the agent's keys: the image has no ssh-add.
-        let go = Command::new("go")
-            .args(["build", "-o"])
-            .arg(ctx.join("agentls"))
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/tests/fixtures/agentls/main.go"
-            ))
-            .env("CGO_ENABLED", "0")
-            .output()
-            .unwrap();
-        assert!(go.status.success(), "{}", show(&go));
-        sb.own(&ctx);
+        build_agentls(&sb, &ctx);
         // A test agent holding one key, run as the sandbox's user.
         let sock = sb.path("agent.sock");
         run_ok(
@@ -696,6 +714,90 @@ fn ssh_agent_keys_reach_run_steps() {
         );
         sb.assert_clean();
     }
+}
+
+#[test]
+fn ssh_key_files_are_served_without_an_agent() {
+    for mode in [Mode::Privileged, Mode::Rootless] {
+        let sb = Sandbox::new(mode);
+        let ctx = sb.context(
+            "ctx",
+            "FROM scratch\nCOPY agentls /agentls\nRUN --mount=type=ssh [\"/agentls\", \"-sign\"]\nRUN --mount=type=ssh,id=deploy [\"/agentls\", \"-sign\"]\n",
+        );
+        build_agentls(&sb, &ctx);
+        // No comment in the ed25519 file, so the agent names it by its path, as ssh-add does.
+        let ed = keygen(&sb, "id_ed25519", &["-t", "ed25519", "-C", ""]);
+        let rsa = keygen(
+            &sb,
+            "id_rsa",
+            &["-t", "rsa", "-b", "3072", "-C", "bkrun-rsa-key"],
+        );
+        let t = Instant::now();
+        // The sandbox's environment has no SSH_AUTH_SOCK: no ssh-agent runs anywhere.
+        let out = sb
+            .bkrun()
+            .arg("build")
+            .args(sb.build_args(&ctx))
+            .arg(format!("--ssh=default={}", ed.display()))
+            .arg(format!("--ssh=deploy={},{}", rsa.display(), ed.display()))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{mode:?}: {}", show(&out));
+        eprintln!("{mode:?}: build with key files in {:?}", t.elapsed());
+        let err = String::from_utf8_lossy(&out.stderr);
+        let ed = ed.display().to_string();
+        for (line, count) in [
+            ("keys: 1\n".to_string(), 1),
+            ("keys: 2\n".to_string(), 1),
+            (format!("key: {ed}\n"), 2),
+            ("key: bkrun-rsa-key\n".to_string(), 1),
+            // Each signature was checked inside RUN against the listed public key.
+            (format!("verified: {ed} ssh-ed25519\n"), 2),
+            ("verified: bkrun-rsa-key ssh-rsa\n".to_string(), 1),
+            ("verified: bkrun-rsa-key rsa-sha2-256\n".to_string(), 1),
+            ("verified: bkrun-rsa-key rsa-sha2-512\n".to_string(), 1),
+            ("remove refused\n".to_string(), 2),
+        ] {
+            assert_eq!(
+                err.matches(&line).count(),
+                count,
+                "{mode:?} {line:?}: {err}"
+            );
+        }
+        sb.assert_clean();
+    }
+}
+
+#[test]
+fn an_encrypted_ssh_key_fails_before_a_daemon_starts() {
+    let sb = Sandbox::new(Mode::Privileged);
+    let ctx = sb.hello_context();
+    let key = keygen(&sb, "id_ed25519", &["-t", "ed25519", "-N", "pass"]);
+    let t = Instant::now();
+    let out = sb
+        .bkrun()
+        .arg("build")
+        .args(sb.build_args(&ctx))
+        .arg(format!("--ssh=default={}", key.display()))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let k = key.display();
+    assert!(
+        err.starts_with(&format!(
+            "bkrun: --ssh default: the key file {k} is passphrase-protected"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("load it with ssh-add {k} and pass --ssh default")),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(t.elapsed() < Duration::from_secs(2));
+    assert_eq!(fs::read_dir(sb.path("state")).unwrap().count(), 0);
+    sb.assert_clean();
 }
 
 #[test]

@@ -15,6 +15,7 @@ mod packets;
 mod raw;
 pub mod secrets;
 pub mod ssh;
+pub mod ssh_agent;
 mod tunnel;
 
 use std::convert::Infallible;

@@ -1,7 +1,6 @@
-//! The session's SSH service: forwards `RUN --mount=type=ssh` agent connections to the local agent sockets given with `--ssh`.
+//! The session's SSH service: connects each `RUN --mount=type=ssh` agent connection to what `--ssh` gave for its id, a local agent socket or bkrun's own agent over key files.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -14,14 +13,15 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::proto::moby::sshforward::v1::ssh_server::{Ssh, SshServer};
 use crate::proto::moby::sshforward::v1::{BytesMessage, CheckAgentRequest, CheckAgentResponse};
-use crate::spec::ssh::SshAgent;
+use crate::session::ssh_agent::{AgentConn, AgentKey};
+use crate::spec::ssh::{SshAgent, SshSource};
 
 /// Metadata key naming which agent a forwarded connection is for.
 const KEY_SSH_ID: &str = "buildkit.ssh.id";
 
 #[derive(Clone)]
 pub struct SshForwarder {
-    agents: Arc<HashMap<String, PathBuf>>,
+    agents: Arc<HashMap<String, SshSource>>,
 }
 
 impl SshForwarder {
@@ -30,7 +30,7 @@ impl SshForwarder {
             agents: Arc::new(
                 agents
                     .iter()
-                    .map(|a| (a.id.clone(), a.socket.clone()))
+                    .map(|a| (a.id.clone(), a.source.clone()))
                     .collect(),
             ),
         }
@@ -40,7 +40,7 @@ impl SshForwarder {
         SshServer::new(self)
     }
 
-    fn socket(&self, id: &str) -> Result<&PathBuf, Status> {
+    fn source(&self, id: &str) -> Result<&SshSource, Status> {
         let id = if id.is_empty() { "default" } else { id };
         self.agents
             .get(id)
@@ -56,7 +56,7 @@ impl Ssh for SshForwarder {
         &self,
         request: Request<CheckAgentRequest>,
     ) -> Result<Response<CheckAgentResponse>, Status> {
-        self.socket(&request.into_inner().id)?;
+        self.source(&request.into_inner().id)?;
         Ok(Response::new(CheckAgentResponse {}))
     }
 
@@ -72,7 +72,11 @@ impl Ssh for SshForwarder {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_string();
-        let path = self.socket(&id)?;
+        let mut incoming = request.into_inner();
+        let path = match self.source(&id)? {
+            SshSource::Keys(keys) => return Ok(Response::new(serve_keys(keys.clone(), incoming))),
+            SshSource::Socket(path) => path,
+        };
         let conn = UnixStream::connect(path).await.map_err(|e| {
             Status::unavailable(format!(
                 "cannot reach the ssh agent at {}: {e}",
@@ -80,7 +84,6 @@ impl Ssh for SshForwarder {
             ))
         })?;
         let (mut from_agent, mut to_agent) = conn.into_split();
-        let mut incoming = request.into_inner();
         // The daemon's side → the agent; ends when the daemon closes its side.
         tokio::spawn(async move {
             while let Some(Ok(msg)) = incoming.next().await {
@@ -113,4 +116,35 @@ impl Ssh for SshForwarder {
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+}
+
+/// Answers one agent connection from the key files' identities, in process.
+fn serve_keys(keys: Arc<[AgentKey]>, mut incoming: Streaming<BytesMessage>) -> Out {
+    let (tx, rx) = mpsc::channel(16);
+    tokio::spawn(async move {
+        let mut conn = AgentConn::new(keys);
+        while let Some(Ok(msg)) = incoming.next().await {
+            // An RSA signature is milliseconds of CPU: keep it off the runtime's two workers,
+            // which also carry the session's file transfers.
+            let Ok((c, answer)) = tokio::task::spawn_blocking(move || {
+                let answer = conn.feed(&msg.data);
+                (conn, answer)
+            })
+            .await
+            else {
+                break;
+            };
+            conn = c;
+            let reply = match answer {
+                Ok(data) if data.is_empty() => continue,
+                Ok(data) => Ok(BytesMessage { data }),
+                Err(e) => Err(Status::invalid_argument(e.to_string())),
+            };
+            let last = reply.is_err();
+            if tx.send(reply).await.is_err() || last {
+                break;
+            }
+        }
+    });
+    Box::pin(ReceiverStream::new(rx))
 }

@@ -208,7 +208,12 @@ pub fn parse(args: &BuildArgs) -> Result<BuildSpec> {
         .ssh
         .iter()
         .map(|v| ssh::parse(v, &env))
-        .collect::<Result<Vec<_>>>()?;
+        .collect::<Result<Vec<SshAgent>>>()?;
+    for (i, a) in ssh.iter().enumerate() {
+        if ssh[..i].iter().any(|b| b.id == a.id) {
+            bail!("--ssh {} is given twice: give each id once (several key files go in one value: --ssh {}=KEY1,KEY2)", a.id, a.id);
+        }
+    }
     for (flag, file) in [
         ("--metadata-file", &args.metadata_file),
         ("--trace", &args.trace),
