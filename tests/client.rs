@@ -660,7 +660,9 @@ fn ssh_agent_keys_reach_run_steps() {
         let sb = Sandbox::new(mode);
         let ctx = sb.context(
             "ctx",
-            "FROM scratch\nCOPY agentls /agentls\nRUN --mount=type=ssh [\"/agentls\"]\nRUN --mount=type=ssh,id=deploy [\"/agentls\"]\n",
+            // Forwarded read-only by default: it signs, and refuses to remove keys. raw=true
+            // forwards the socket as it is.
+            "FROM scratch\nCOPY agentls /agentls\nRUN --mount=type=ssh [\"/agentls\", \"-sign\"]\nRUN --mount=type=ssh,id=deploy [\"/agentls\"]\n",
         );
         build_agentls(&sb, &ctx);
         // A test agent holding one key, run as the sandbox's user.
@@ -700,7 +702,13 @@ fn ssh_agent_keys_reach_run_steps() {
             .arg("build")
             .args(sb.build_args(&ctx))
             .args(["--ssh", "default"])
-            .arg(format!("--ssh=deploy={}", sock.display()))
+            .arg(format!("--ssh=deploy={},raw=true", sock.display()))
+            .output()
+            .unwrap();
+        let still_there = sb
+            .command("ssh-add")
+            .arg("-l")
+            .env("SSH_AUTH_SOCK", &sock)
             .output()
             .unwrap();
         let _ = agent.kill();
@@ -711,6 +719,11 @@ fn ssh_agent_keys_reach_run_steps() {
             err.matches("key: bkrun-test-key").count(),
             2,
             "{mode:?}: {err}"
+        );
+        assert!(
+            String::from_utf8_lossy(&still_there.stdout).contains("bkrun-test-key"),
+            "{mode:?}: the build changed the user's agent: {}",
+            show(&still_there)
         );
         sb.assert_clean();
     }

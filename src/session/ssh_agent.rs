@@ -330,6 +330,22 @@ impl AgentConn {
     }
 }
 
+/// Whether a framed request (length prefix included) only lists keys or signs: all a build
+/// needs from a forwarded agent.
+pub fn is_read_only_request(frame: &[u8]) -> bool {
+    matches!(
+        frame.get(4),
+        Some(&SSH_AGENTC_REQUEST_IDENTITIES | &SSH_AGENTC_SIGN_REQUEST)
+    )
+}
+
+/// The framed SSH_AGENT_FAILURE answer.
+pub fn failure_frame() -> Vec<u8> {
+    let mut out = Vec::with_capacity(5);
+    put_string(&mut out, &[SSH_AGENT_FAILURE]);
+    out
+}
+
 fn put_string(out: &mut Vec<u8>, s: &[u8]) {
     out.extend_from_slice(&(s.len() as u32).to_be_bytes());
     out.extend_from_slice(s);

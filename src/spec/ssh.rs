@@ -17,15 +17,15 @@ pub struct SshAgent {
 
 #[derive(Debug, Clone)]
 pub enum SshSource {
-    /// A running agent's socket, forwarded as is.
-    Socket(PathBuf),
+    /// A running agent's socket. Unless `raw`, RUN steps may only list keys and sign, as with
+    /// buildctl: a build cannot add, remove or lock the user's keys.
+    Socket { path: PathBuf, raw: bool },
     /// Keys from files, served by bkrun's own agent (no ssh-agent needed, as in most CI containers).
     Keys(Arc<[AgentKey]>),
 }
 
 /// Parses buildctl's `--ssh` grammar: `default` or `ID` (both use SSH_AUTH_SOCK), `ID=SOCKET`, or
-/// `ID=KEYFILE[,KEYFILE...]`; a `raw=BOOL` item asks for the socket unfiltered, which is how bkrun
-/// forwards sockets anyway. Key files are read and parsed here, so a bad one fails before a daemon starts.
+/// `ID=KEYFILE[,KEYFILE...]`; a `raw=BOOL` item asks for the socket unfiltered. Key files are read and parsed here, so a bad one fails before a daemon starts.
 pub fn parse(value: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<SshAgent> {
     let (id, items) = match value.split_once('=') {
         Some((id, p)) => (id, Some(p)),
@@ -60,7 +60,7 @@ pub fn parse(value: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<SshAge
         return match std::fs::metadata(&socket) {
             Ok(m) if m.file_type().is_socket() => Ok(SshAgent {
                 id: id.to_string(),
-                source: SshSource::Socket(socket),
+                source: SshSource::Socket { path: socket, raw },
             }),
             Ok(_) => bail!("--ssh {id}: SSH_AUTH_SOCK={} is not a socket: point it at a running ssh-agent, or give --ssh {id}=KEYFILE", socket.display()),
             Err(e) => bail!("--ssh {id}: cannot use the agent socket {} from SSH_AUTH_SOCK: is ssh-agent running? ({e})", socket.display()),
@@ -82,7 +82,10 @@ pub fn parse(value: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<SshAge
         (1, 0) => {
             return Ok(SshAgent {
                 id: id.to_string(),
-                source: SshSource::Socket(sockets.remove(0)),
+                source: SshSource::Socket {
+                    path: sockets.remove(0),
+                    raw,
+                },
             })
         }
         (0, _) if raw => bail!("--ssh {value:?}: raw=true forwards an agent socket, and {} is a key file: drop raw=true", files[0].display()),
@@ -147,7 +150,7 @@ mod tests {
         let s = sock.display().to_string();
         let env = |k: &str| (k == "SSH_AUTH_SOCK").then(|| s.clone());
         let socket_of = |a: SshAgent| match a.source {
-            SshSource::Socket(p) => (a.id, p),
+            SshSource::Socket { path, .. } => (a.id, path),
             SshSource::Keys(_) => panic!("keys for a socket"),
         };
         for value in ["default", "default=", "default=raw=false", "default=,raw=1"] {
