@@ -176,10 +176,19 @@ fn run_helper(name: &str, server: &str) -> Result<Option<Credentials>> {
     }
     let a: Answer = serde_json::from_slice(&stdout)
         .with_context(|| format!("{program} get answered something that is not its JSON"))?;
-    Ok(Some(Credentials {
-        username: a.username,
-        secret: a.secret,
-    }))
+    Ok(Some(helper_credentials(a.username, a.secret)))
+}
+
+/// Helpers store an identity token under the user name `<token>` (docker's convention): it is
+/// then a secret with no user name, which the daemon uses as a refresh token, not a password.
+fn helper_credentials(username: String, secret: String) -> Credentials {
+    if username == "<token>" {
+        return Credentials {
+            username: String::new(),
+            secret,
+        };
+    }
+    Credentials { username, secret }
 }
 
 /// Answers the daemon's credential requests from a Docker config.
@@ -278,6 +287,21 @@ mod tests {
             })
         );
         assert_eq!(c.credentials("other.example").unwrap(), None);
+    }
+
+    #[test]
+    fn a_helpers_identity_token_has_no_user_name() {
+        assert_eq!(
+            helper_credentials("<token>".into(), "refresh".into()),
+            Credentials {
+                username: String::new(),
+                secret: "refresh".into()
+            }
+        );
+        assert_eq!(
+            helper_credentials("u".into(), "p".into()).username,
+            "u".to_string()
+        );
     }
 
     #[test]
