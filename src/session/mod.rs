@@ -14,6 +14,7 @@ mod packets;
 mod raw;
 pub mod secrets;
 pub mod ssh;
+pub mod token;
 mod tunnel;
 
 use std::convert::Infallible;
