@@ -86,18 +86,27 @@ pub fn login_hint(message: &str) -> Option<String> {
         "no basic auth credentials",
         "authentication required",
         "failed to authorize",
+        "run `docker login ",
     ];
     if !refused.iter().any(|r| lower.contains(r)) {
         return None;
     }
-    let host = message
-        .split(['"', ' ', ','])
-        .find_map(|w| {
-            w.strip_prefix("https://")
-                .or_else(|| w.strip_prefix("http://"))
-        })
-        .map(|rest| rest.split('/').next().unwrap_or(rest).to_string())
-        .unwrap_or_else(|| "the registry".to_string());
+    // bkrun's own token errors already name the registry (their realm URL may be another host).
+    let named = message
+        .split_once("docker login ")
+        .and_then(|(_, rest)| rest.split(['`', ' ', '"', ')', ',']).next())
+        .filter(|h| !h.is_empty())
+        .map(str::to_string);
+    let host = named.unwrap_or_else(|| {
+        message
+            .split(['"', ' ', ','])
+            .find_map(|w| {
+                w.strip_prefix("https://")
+                    .or_else(|| w.strip_prefix("http://"))
+            })
+            .map(|rest| rest.split('/').next().unwrap_or(rest).to_string())
+            .unwrap_or_else(|| "the registry".to_string())
+    });
     Some(format!(
         "bkrun: {host} needs credentials and none were accepted: run `docker login {host}` (bkrun reads $DOCKER_CONFIG/config.json or ~/.docker/config.json, with its credential helpers)\n"
     ))
@@ -181,6 +190,10 @@ mod tests {
         let h = login_hint(m).unwrap();
         assert!(h.contains("`docker login 127.0.0.1:5000`"), "{h}");
         assert!(login_hint("process did not complete successfully").is_none());
+        // A token server elsewhere: the registry named by bkrun's token error is the one to log in to.
+        let m = "failed to push 127.0.0.1:5000/x:1: failed to authorize: cannot get a registry token for 127.0.0.1:5000 from https://auth.example/token: HTTP 403 Forbidden: the credentials in the Docker config for 127.0.0.1:5000 were refused: run `docker login 127.0.0.1:5000` again";
+        let h = login_hint(m).unwrap();
+        assert!(h.contains("`docker login 127.0.0.1:5000`"), "{h}");
     }
 
     #[test]
