@@ -111,8 +111,20 @@ impl TokenClient {
         req: &TokenRequest,
         creds: Option<&Credentials>,
     ) -> Result<Token, TokenError> {
-        let client = self.client(&req.host)?;
         let creds = creds.filter(|c| !c.secret.is_empty());
+        let realm_ok = reqwest::Url::parse(&req.realm)
+            .map_err(|e| e.to_string())
+            .and_then(|u| match u.scheme() {
+                "http" | "https" => Ok(()),
+                other => Err(format!("{other}: is not http or https")),
+            });
+        if let Err(e) = realm_ok {
+            return Err(TokenError {
+                kind: ErrorKind::Failed,
+                message: format!("cannot get a registry token for {}: the registry's challenge names the realm {:?}, which is not an http(s) URL: check the registry's token auth settings: {e}", req.host, req.realm),
+            });
+        }
+        let client = self.client(&req.host)?;
         let result = match creds {
             Some(c) => {
                 // Like BuildKit's client: the OAuth2 POST first; registries without it answer 404
@@ -242,8 +254,9 @@ async fn get_token(
 
 /// The realm with `service` and one `scope` per scope appended to whatever query it has.
 fn get_url(realm: &str, service: &str, scopes: &[String]) -> Result<reqwest::Url, Attempt> {
-    let mut url = reqwest::Url::parse(realm)
-        .map_err(|e| Attempt::BadAnswer(format!("the realm is not a URL ({e})")))?;
+    // fetch() checked the realm already.
+    let mut url =
+        reqwest::Url::parse(realm).map_err(|e| Attempt::BadAnswer(format!("bad realm: {e}")))?;
     {
         let mut q = url.query_pairs_mut();
         if !service.is_empty() {
@@ -272,8 +285,10 @@ fn transport(e: reqwest::Error) -> Attempt {
     }
     let detail = if e.is_timeout() {
         format!("no answer within {}s", REQUEST_TIMEOUT.as_secs())
+    } else if detail.len() > 1 {
+        detail[1..].join(": ")
     } else {
-        detail.into_iter().skip(1).collect::<Vec<_>>().join(": ")
+        detail.join("")
     };
     Attempt::Transport(detail, kind)
 }
@@ -446,7 +461,7 @@ fn explain(req: &TokenRequest, creds: Option<&Credentials>, a: Attempt) -> Token
             };
             (
                 kind,
-                format!("{what}: the token server cannot be reached: {hint}: {detail}"),
+                format!("{what}: no connection to the token server: {hint}: {detail}"),
             )
         }
         Attempt::BadAnswer(detail) => (
@@ -724,7 +739,7 @@ mod tests {
         let e = client().fetch(&request(port, ""), None).await.unwrap_err();
         assert_eq!(e.kind, ErrorKind::Unreachable);
         assert!(
-            e.message.contains("the token server cannot be reached"),
+            e.message.contains("no connection to the token server"),
             "{e}"
         );
         assert!(e.message.contains("BUILDKIT_NO_CLIENT_TOKEN=1"), "{e}");
@@ -735,10 +750,17 @@ mod tests {
         assert_eq!(e.kind, ErrorKind::Failed);
         assert!(e.message.ends_with("the answer holds no token"), "{e}");
 
-        let mut req = request(1, "");
-        req.realm = "not a url".into();
-        let e = client().fetch(&req, None).await.unwrap_err();
-        assert!(e.message.contains("the realm is not a URL"), "{e}");
+        for realm in ["not a url", "ftp://127.0.0.1/token"] {
+            let mut req = request(1, "");
+            req.realm = realm.into();
+            let e = client().fetch(&req, None).await.unwrap_err();
+            assert!(
+                e.message.contains(
+                    "which is not an http(s) URL: check the registry's token auth settings"
+                ),
+                "{e}"
+            );
+        }
     }
 
     #[test]
