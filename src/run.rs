@@ -1,5 +1,7 @@
 //! What each subcommand does, end to end: validate, choose, start the daemon, run the work, tear down, exit with the work's status.
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::process::{Command as Proc, Stdio};
 use std::time::{Duration, Instant};
 
@@ -16,6 +18,7 @@ use crate::config::Settings;
 use crate::daemon::{Daemon, Plan};
 use crate::host::{which, Host, RealHost};
 use crate::reaper::{self, Exit, Reaper};
+use crate::session::token::RegistryTls;
 use crate::spec;
 use crate::spec::build::BuildSpec;
 use crate::{client, progress};
@@ -80,7 +83,9 @@ async fn try_run(cli: Cli) -> Result<i32> {
         }
         Command::Build(args) => {
             // Validated here, before a daemon exists: a bad --output fails in milliseconds.
-            Work::Build(Box::new(spec::build::parse(args)?))
+            let mut spec = spec::build::parse(args)?;
+            spec.registry_tls = registry_tls(&settings);
+            Work::Build(Box::new(spec))
         }
         Command::Debug { command } => match command {
             DebugCommand::Workers(l) => Work::Admin(Request::Workers {
@@ -120,6 +125,25 @@ async fn try_run(cli: Cli) -> Result<i32> {
         format!("mode {} ({})", plan.mode(), plan.decision.reason)
     });
     supervise(plan, work).await
+}
+
+/// bkrun.toml's registry CAs and `insecure`: the daemon applied them to its own token requests
+/// for those hosts, so bkrun's token requests for them trust the same.
+fn registry_tls(settings: &Settings) -> BTreeMap<String, RegistryTls> {
+    let Some(d) = &settings.daemon_config else {
+        return BTreeMap::new();
+    };
+    d.registry
+        .iter()
+        .filter(|(_, r)| !r.ca.is_empty() || r.insecure == Some(true))
+        .map(|(host, r)| {
+            let tls = RegistryTls {
+                ca: r.ca.iter().map(PathBuf::from).collect(),
+                insecure: r.insecure == Some(true),
+            };
+            (host.clone(), tls)
+        })
+        .collect()
 }
 
 /// The remote daemon of --addr/BUILDKIT_HOST with buildctl's TLS flags.

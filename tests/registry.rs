@@ -1,10 +1,13 @@
-//! End-to-end tests of registry work against a real buildkitd and a docker-registry on 127.0.0.1: push, building FROM what was pushed, and --metadata-file.
+//! End-to-end tests of registry work against a real buildkitd and a docker-registry on 127.0.0.1: push, building FROM what was pushed, --metadata-file, credentials and registry tokens.
 
 mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::path::Path;
 use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
@@ -423,6 +426,363 @@ fn pushing_to_a_registry_with_credentials_from_the_docker_config() {
         let out = push(&sb.path("docker-helper"), "helper");
         assert!(out.status.success(), "{}", show(&out));
         drop(reg);
+        sb.assert_clean();
+    }
+}
+
+/// One request the token server answered.
+#[derive(Debug, Clone)]
+struct TokenCall {
+    method: String,
+    user_agent: String,
+    grant: String,
+    /// Whom a token was issued to; None when the request was refused.
+    issued_to: Option<String>,
+}
+
+/// A registry token server on 127.0.0.1 (plain HTTP), the kind distribution's `auth: token` sends
+/// clients to: it checks credentials (basic auth on GET; a password or refresh-token grant on
+/// POST), issues RS256 JWTs signed (by the openssl CLI) with a key whose certificate chains to the
+/// registry's rootcertbundle, and records who asked. It stops when dropped.
+struct TokenServer {
+    port: u16,
+    calls: Arc<Mutex<Vec<TokenCall>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+const TOKEN_SERVICE: &str = "bkrun-registry";
+const TOKEN_ISSUER: &str = "bkrun-test-issuer";
+const REFRESH_TOKEN: &str = "bkrun-refresh-token-value";
+
+impl TokenServer {
+    fn start(certs: &Path) -> TokenServer {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        listener.set_nonblocking(true).unwrap();
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let x5c = {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD
+                .encode(std::fs::read(certs.join("signer.der")).unwrap())
+        };
+        let key = certs.join("signer-key.pem");
+        let (c, s) = (calls.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((conn, _)) => {
+                        if let Some(call) = serve_token(conn, &x5c, &key) {
+                            c.lock().unwrap().push(call);
+                        }
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        TokenServer {
+            port,
+            calls,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn calls(&self) -> Vec<TokenCall> {
+        self.calls.lock().unwrap().clone()
+    }
+}
+
+impl Drop for TokenServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Answers one HTTP/1.1 request on `conn` (then closes it). A connection closed before it sent a
+/// request (a fetch cut short when its build failed) is no call.
+fn serve_token(mut conn: TcpStream, x5c: &str, key: &Path) -> Option<TokenCall> {
+    use base64::Engine as _;
+    conn.set_nonblocking(false).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).unwrap_or(0) == 1 {
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let mut lines = head.lines();
+    let mut request_line = lines.next().unwrap_or("").split(' ');
+    let method = request_line.next().filter(|m| !m.is_empty())?.to_string();
+    let target = request_line.next().unwrap_or("").to_string();
+    let header = |name: &str| {
+        head.lines().skip(1).find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+    };
+    let user_agent = header("user-agent").unwrap_or_default();
+    let mut body = vec![0u8; header("content-length").map_or(0, |v| v.parse().unwrap_or(0))];
+    conn.read_exact(&mut body).ok()?;
+    let params: Vec<(String, String)> = if method == "POST" {
+        form_urlencoded::parse(&body).into_owned().collect()
+    } else {
+        let query = target.split_once('?').map_or("", |(_, q)| q);
+        form_urlencoded::parse(query.as_bytes())
+            .into_owned()
+            .collect()
+    };
+    let param = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let scopes: Vec<String> = params
+        .iter()
+        .filter(|(n, _)| n == "scope")
+        .flat_map(|(_, v)| v.split(' ').map(str::to_string).collect::<Vec<_>>())
+        .collect();
+
+    // Who is asking: basic auth on GET; the grant's fields on POST.
+    let (grant, user) = if method == "POST" {
+        match param("grant_type").as_deref() {
+            Some("password") => (
+                "password".to_string(),
+                (param("username").as_deref() == Some("builder")
+                    && param("password").as_deref() == Some("s3cr3t-pw"))
+                .then(|| "builder".to_string()),
+            ),
+            Some("refresh_token") => (
+                "refresh_token".to_string(),
+                (param("refresh_token").as_deref() == Some(REFRESH_TOKEN))
+                    .then(|| "builder".to_string()),
+            ),
+            other => (format!("{other:?}"), None),
+        }
+    } else {
+        let basic = header("authorization")
+            .and_then(|v| v.strip_prefix("Basic ").map(str::to_string))
+            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok());
+        match basic {
+            Some(b) => (
+                "basic".to_string(),
+                (b == b"builder:s3cr3t-pw").then(|| "builder".to_string()),
+            ),
+            None => ("anonymous".to_string(), None),
+        }
+    };
+    let ok = user.is_some() && param("service").as_deref() == Some(TOKEN_SERVICE);
+    let (status, answer) = if ok {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let access: Vec<serde_json::Value> = scopes
+            .iter()
+            .filter_map(|s| {
+                let mut p = s.splitn(3, ':');
+                let (kind, name, actions) = (p.next()?, p.next()?, p.next()?);
+                Some(serde_json::json!({"type": kind, "name": name, "actions": actions.split(',').collect::<Vec<_>>()}))
+            })
+            .collect();
+        let b64 = |v: serde_json::Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+        };
+        let signing_input = format!(
+            "{}.{}",
+            b64(serde_json::json!({"typ": "JWT", "alg": "RS256", "x5c": [x5c]})),
+            b64(serde_json::json!({
+                "iss": TOKEN_ISSUER, "sub": user, "aud": TOKEN_SERVICE,
+                "exp": now + 600, "nbf": now - 10, "iat": now, "jti": format!("{now}-{}", scopes.len()),
+                "access": access,
+            }))
+        );
+        let mut sign = std::process::Command::new("openssl")
+            .args(["dgst", "-sha256", "-sign"])
+            .arg(key)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        sign.stdin
+            .take()
+            .unwrap()
+            .write_all(signing_input.as_bytes())
+            .unwrap();
+        let sig = sign.wait_with_output().unwrap();
+        assert!(sig.status.success());
+        let jwt = format!(
+            "{signing_input}.{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sig.stdout)
+        );
+        let issued_at = std::process::Command::new("date")
+            .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+            .output()
+            .unwrap();
+        let issued_at = String::from_utf8_lossy(&issued_at.stdout)
+            .trim()
+            .to_string();
+        let field = if method == "POST" {
+            "access_token"
+        } else {
+            "token"
+        };
+        (
+            "200 OK",
+            serde_json::json!({field: jwt, "expires_in": 600, "issued_at": issued_at}).to_string(),
+        )
+    } else {
+        (
+            "401 Unauthorized",
+            r#"{"details":"authentication required"}"#.to_string(),
+        )
+    };
+    let _ = write!(
+        conn,
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+        answer.len()
+    );
+    Some(TokenCall {
+        method,
+        user_agent,
+        grant,
+        issued_to: user.filter(|_| ok),
+    })
+}
+
+/// A plain-HTTP registry with `auth: token` whose tokens come from a TokenServer.
+fn token_registry(sb: &Sandbox) -> (Registry, TokenServer) {
+    let certs = sb.mkdir("token-certs");
+    let out = std::process::Command::new("sh")
+        .arg("-ec")
+        .arg(
+            "openssl req -x509 -newkey rsa:2048 -nodes -keyout ca-key.pem -out ca.pem -days 2 -subj /CN=bkrun-token-ca 2>/dev/null
+             openssl req -newkey rsa:2048 -nodes -keyout signer-key.pem -out signer.csr -subj /CN=bkrun-token-signer 2>/dev/null
+             openssl x509 -req -in signer.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -out signer.pem -days 2 2>/dev/null
+             openssl x509 -in signer.pem -outform DER -out signer.der",
+        )
+        .current_dir(&certs)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    let tokens = TokenServer::start(&certs);
+    let extra = format!(
+        "auth:\n  token:\n    realm: http://127.0.0.1:{}/token\n    service: {TOKEN_SERVICE}\n    issuer: {TOKEN_ISSUER}\n    rootcertbundle: {}/ca.pem\n",
+        tokens.port,
+        certs.display()
+    );
+    (Registry::start_with(sb, &extra), tokens)
+}
+
+#[test]
+fn registry_tokens_are_fetched_by_bkrun_with_the_credentials_it_keeps() {
+    use base64::Engine as _;
+    for mode in [Mode::Privileged, Mode::Rootless] {
+        let sb = Sandbox::new(mode);
+        let (reg, tokens) = token_registry(&sb);
+        let host = format!("127.0.0.1:{}", reg.port);
+        let cfg = sb.write(
+            "bkrun.toml",
+            &format!("[buildkitd.registry.\"{host}\"]\nhttp = true\n"),
+        );
+        let ctx = sb.hello_context();
+        let push = |docker_config: &Path, tag: &str, env: &[(&str, &str)]| {
+            let mut c = sb.bkrun();
+            c.env("DOCKER_CONFIG", docker_config)
+                .envs(env.iter().copied());
+            c.arg("--config")
+                .arg(&cfg)
+                .arg("build")
+                .args(sb.build_args(&ctx))
+                .arg(format!(
+                    "--output=type=image,name={host}/bkrun/private:{tag},push=true"
+                ));
+            c.output().unwrap()
+        };
+        let new_calls = |seen: &mut usize| {
+            let all = tokens.calls();
+            let fresh = all[*seen..].to_vec();
+            *seen = all.len();
+            fresh
+        };
+        let mut seen = 0;
+
+        // No credentials: bkrun asks anonymously, is refused, and says which registry wants a login.
+        let out = push(&sb.mkdir("docker-empty"), "anon", &[]);
+        assert_eq!(out.status.code(), Some(1), "{mode:?}: {}", show(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(&format!("docker login {host}")), "{err}");
+        assert!(
+            err.contains(&format!(
+                "cannot get a registry token for {host} from http://127.0.0.1:{}/token: HTTP 401 Unauthorized",
+                tokens.port
+            )),
+            "{err}"
+        );
+        let calls = new_calls(&mut seen);
+        assert!(!calls.is_empty(), "{mode:?}: no token request");
+        for c in &calls {
+            assert!(c.user_agent.starts_with("bkrun/"), "{calls:?}\n{err}");
+            assert_eq!((c.method.as_str(), c.grant.as_str()), ("GET", "anonymous"));
+            assert!(c.issued_to.is_none());
+        }
+
+        // An auths entry: bkrun fetches the token (OAuth POST with the password); no token request
+        // comes from the daemon.
+        let auth = base64::engine::general_purpose::STANDARD.encode("builder:s3cr3t-pw");
+        sb.write(
+            "docker-auths/config.json",
+            &format!(r#"{{"auths":{{"{host}":{{"auth":"{auth}"}}}}}}"#),
+        );
+        let out = push(&sb.path("docker-auths"), "auths", &[]);
+        assert!(out.status.success(), "{mode:?}: {}", show(&out));
+        let calls = new_calls(&mut seen);
+        assert!(
+            calls.iter().any(|c| c.issued_to.is_some()),
+            "{mode:?}: {calls:?}"
+        );
+        for c in &calls {
+            assert!(c.user_agent.starts_with("bkrun/"), "{c:?}");
+            assert_eq!((c.method.as_str(), c.grant.as_str()), ("POST", "password"));
+        }
+
+        // An identity token: a refresh-token grant, also from bkrun.
+        sb.write(
+            "docker-identity/config.json",
+            &format!(r#"{{"auths":{{"{host}":{{"identitytoken":"{REFRESH_TOKEN}"}}}}}}"#),
+        );
+        let out = push(&sb.path("docker-identity"), "identity", &[]);
+        assert!(out.status.success(), "{mode:?}: {}", show(&out));
+        let calls = new_calls(&mut seen);
+        assert!(!calls.is_empty());
+        for c in &calls {
+            assert!(c.user_agent.starts_with("bkrun/"), "{c:?}");
+            assert_eq!(
+                (c.method.as_str(), c.grant.as_str()),
+                ("POST", "refresh_token")
+            );
+            assert!(c.issued_to.is_some(), "{c:?}");
+        }
+
+        // BUILDKIT_NO_CLIENT_TOKEN=1, buildctl's opt-out: the daemon takes the credentials and
+        // fetches tokens itself, which also shows the user-agent checks above can tell them apart.
+        let out = push(
+            &sb.path("docker-auths"),
+            "daemon",
+            &[("BUILDKIT_NO_CLIENT_TOKEN", "1")],
+        );
+        assert!(out.status.success(), "{mode:?}: {}", show(&out));
+        let calls = new_calls(&mut seen);
+        assert!(
+            calls.iter().any(|c| c.issued_to.is_some()),
+            "{mode:?}: {calls:?}"
+        );
+        for c in &calls {
+            assert!(!c.user_agent.starts_with("bkrun/"), "{c:?}");
+        }
+        drop(reg);
+        drop(tokens);
         sb.assert_clean();
     }
 }

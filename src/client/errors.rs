@@ -78,6 +78,9 @@ fn in_ranges(src: &Source, line: usize) -> bool {
     })
 }
 
+/// How bkrun's session token errors start (src/session/token.rs).
+const TOKEN_ERROR: &str = "cannot get a registry token for";
+
 /// For a registry that refused us for want of credentials: which one, and how to log in.
 pub fn login_hint(message: &str) -> Option<String> {
     let lower = message.to_lowercase();
@@ -86,11 +89,20 @@ pub fn login_hint(message: &str) -> Option<String> {
         "no basic auth credentials",
         "authentication required",
         "failed to authorize",
+        "run `docker login ",
     ];
     if !refused.iter().any(|r| lower.contains(r)) {
         return None;
     }
-    let host = registry_host(message).unwrap_or_else(|| "the registry".to_string());
+    // bkrun's own token errors already name the registry (their realm URL may be another host).
+    let named = message
+        .split_once("docker login ")
+        .and_then(|(_, rest)| rest.split(['`', ' ', '"', ')', ',']).next())
+        .filter(|h| !h.is_empty())
+        .map(str::to_string);
+    let host = named
+        .or_else(|| registry_host(message))
+        .unwrap_or_else(|| "the registry".to_string());
     Some(format!(
         "bkrun: {host} needs credentials and none were accepted: run `docker login {host}` (bkrun reads $DOCKER_CONFIG/config.json or ~/.docker/config.json, with its credential helpers)\n"
     ))
@@ -109,6 +121,10 @@ fn registry_host(message: &str) -> Option<String> {
 
 /// For a registry whose TLS the daemon could not verify, or that speaks plain HTTP: where to configure it.
 pub fn registry_tls_hint(message: &str) -> Option<String> {
+    // bkrun's own token fetch explains its TLS failures itself, naming the right host.
+    if message.contains(TOKEN_ERROR) {
+        return None;
+    }
     let host = registry_host(message)?;
     let untrusted = [
         "x509:",
@@ -206,6 +222,10 @@ mod tests {
         let h = login_hint(m).unwrap();
         assert!(h.contains("`docker login 127.0.0.1:5000`"), "{h}");
         assert!(login_hint("process did not complete successfully").is_none());
+        // A token server elsewhere: the registry named by bkrun's token error is the one to log in to.
+        let m = "failed to push 127.0.0.1:5000/x:1: failed to authorize: cannot get a registry token for 127.0.0.1:5000 from https://auth.example/token: HTTP 403 Forbidden: the credentials in the Docker config for 127.0.0.1:5000 were refused: run `docker login 127.0.0.1:5000` again";
+        let h = login_hint(m).unwrap();
+        assert!(h.contains("`docker login 127.0.0.1:5000`"), "{h}");
     }
 
     #[test]

@@ -19,7 +19,7 @@ use crate::proto::moby::buildkit::v1::control_client::ControlClient;
 use crate::proto::moby::buildkit::v1::{
     CacheOptions, CacheOptionsEntry, Exporter, SolveRequest, StatusRequest,
 };
-use crate::session::auth::{config_path, AuthProvider, DockerConfig};
+use crate::session::auth::{client_tokens_enabled, config_path, AuthProvider, DockerConfig};
 use crate::session::content::ContentStores;
 use crate::session::filesend::{FileSendTargets, Sink};
 use crate::session::filesync::FileSyncProvider;
@@ -108,8 +108,13 @@ pub async fn build(
         session = session.add_service_with_methods(targets.clone(), &["DiffCopy"]);
     }
     // Registry credentials, as buildctl offers them: from the Docker config of whoever runs bkrun.
+    // Registry tokens too, fetched here with those credentials unless BUILDKIT_NO_CLIENT_TOKEN.
     let docker_config = DockerConfig::load(config_path(&|k| std::env::var(k).ok()).as_deref())?;
-    session = session.add_service(AuthProvider::new(docker_config).into_server());
+    let client_tokens =
+        client_tokens_enabled(std::env::var("BUILDKIT_NO_CLIENT_TOKEN").ok().as_deref());
+    session = session.add_service(
+        AuthProvider::new(docker_config, spec.registry_tls.clone(), client_tokens).into_server(),
+    );
     if !spec.ssh.is_empty() {
         session = session.add_service(SshForwarder::new(&spec.ssh).into_server());
     }

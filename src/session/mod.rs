@@ -16,6 +16,7 @@ mod raw;
 pub mod secrets;
 pub mod ssh;
 pub mod ssh_agent;
+pub mod token;
 mod tunnel;
 
 use std::convert::Infallible;

@@ -11,6 +11,7 @@ use super::secret::{self, Secret};
 use super::ssh::{self, SshAgent};
 use crate::cli::BuildArgs;
 use crate::progress;
+use crate::session::token::RegistryTls;
 
 /// Where a result goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,6 +88,8 @@ pub struct BuildSpec {
     pub cache_imports: Vec<CacheEntry>,
     pub cache_exports: Vec<CacheEntry>,
     pub no_cache: bool,
+    /// Extra TLS trust per registry host for the registry tokens bkrun fetches (from bkrun.toml).
+    pub registry_tls: BTreeMap<String, RegistryTls>,
 }
 
 const OUTPUT_TYPES: &[&str] = &[
@@ -247,6 +250,7 @@ pub fn parse(args: &BuildArgs) -> Result<BuildSpec> {
         ssh,
         cache_imports,
         cache_exports,
+        registry_tls: BTreeMap::new(),
     })
 }
 
