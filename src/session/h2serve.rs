@@ -204,18 +204,17 @@ async fn send_data(
     Ok(send.send_data(data, end_of_stream)?)
 }
 
-/// Ready with the send capacity once there is some; fails if the stream is reset meanwhile.
+/// Ready once the stream has some send capacity; fails if the stream is reset meanwhile.
 fn poll_send_capacity(
     send: &mut SendStream<Bytes>,
     cx: &mut Context<'_>,
-) -> Poll<Result<usize, StreamGone>> {
+) -> Poll<Result<(), StreamGone>> {
     loop {
         if let Poll::Ready(_reason) = send.poll_reset(cx)? {
             return Poll::Ready(Err(StreamGone));
         }
-        let capacity = send.capacity();
-        if capacity > 0 {
-            return Poll::Ready(Ok(capacity));
+        if send.capacity() > 0 {
+            return Poll::Ready(Ok(()));
         }
         match ready!(send.poll_capacity(cx)) {
             Some(Ok(_)) => continue,
@@ -229,8 +228,8 @@ fn poll_send_capacity(
 /// A request's DATA and trailers as an HTTP body.
 ///
 /// Each chunk's bytes go back to the client's window as the handler takes the chunk, not when
-/// h2 receives it: a handler that reads slowly holds its client back, which is the only thing
-/// bounding what waits here.
+/// h2 receives it: a handler that reads slowly holds its client back, and that is what bounds
+/// the data waiting in h2 (see `DATA_FRAME_BUDGET` for the frames).
 struct RequestBody {
     recv: RecvStream,
     data_done: bool,
