@@ -10,6 +10,7 @@ pub mod auth;
 pub mod content;
 pub mod filesend;
 pub mod filesync;
+mod h2serve;
 mod health;
 mod packets;
 mod raw;
@@ -59,7 +60,7 @@ pub enum SessionError {
     #[error("the daemon refused the session: {0}")]
     Open(#[source] tonic::Status),
     #[error("serving gRPC on the session tunnel failed: {0}")]
-    Serve(#[source] hyper::Error),
+    Serve(#[source] h2::Error),
     #[error("session task failed: {0}")]
     Task(#[source] tokio::task::JoinError),
 }
@@ -239,9 +240,7 @@ async fn serve<S>(
 where
     S: futures::Stream<Item = Result<BytesMessage, tonic::Status>> + Unpin + Send + 'static,
 {
-    let service = hyper_util::service::TowerToHyperService::new(routes);
-    let conn = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-        .serve_connection(hyper_util::rt::TokioIo::new(tunnel), service);
+    let conn = h2serve::serve(tunnel, routes);
     tokio::pin!(conn);
     tokio::select! {
         res = &mut conn => return res.map_err(SessionError::Serve),

@@ -88,9 +88,10 @@ fn cost(p: &Packet) -> u32 {
 /// channel tells fsutil the peer is gone.
 ///
 /// The stream is read as fast as it arrives, into a queue bounded by bytes rather than by
-/// packets: HTTP/2 (h2) closes a connection whose peer leaves too many small DATA frames
-/// unread, and an export of 20,000 files sends 20,000 small STAT packets while the receiver is
-/// still busy writing. Large file data is still held back once 64 MiB wait.
+/// packets: an export of 20,000 files sends 20,000 small STAT packets while the receiver is
+/// still busy writing, and a queue bounded by packets would leave them waiting in h2, where
+/// small DATA frames count against its data-frame budget (see `h2serve`). Large file data is
+/// still held back once 64 MiB wait.
 pub async fn pump_in<S, M, E>(
     mut incoming: S,
     tx: mpsc::Sender<Packet>,
