@@ -202,6 +202,10 @@ fn parse_private_key(text: &[u8]) -> Result<PrivateKey, KeyFileError> {
     let text = std::str::from_utf8(text).map_err(|_| not_key("not a text file"))?;
     let has = |label: &str| text.contains(&format!("-----BEGIN {label}-----"));
     if has("OPENSSH PRIVATE KEY") {
+        // ssh-key 0.6 refuses an ECDSA scalar written shorter than its field (its top byte was
+        // zero: 1 key in 256 for P-256, half of all P-521 keys); pad it first.
+        let padded = pad_ecdsa_scalar(text);
+        let text = padded.as_deref().map(|t| t.as_str()).unwrap_or(text);
         let key = PrivateKey::from_openssh(text).map_err(|e| not_key(&e.to_string()))?;
         if key.is_encrypted() {
             return Err(KeyFileError::Encrypted(format!(
@@ -235,6 +239,82 @@ fn parse_private_key(text: &[u8]) -> Result<PrivateKey, KeyFileError> {
     };
     let pair = RsaKeypair::try_from(&rsa).map_err(|e| not_key(&e.to_string()))?;
     PrivateKey::new(KeypairData::Rsa(pair), "").map_err(|e| not_key(&e.to_string()))
+}
+
+/// An unencrypted OpenSSH-format ECDSA key whose private scalar is shorter than its field,
+/// rewritten with the scalar left-padded to full size (same key); `None` when nothing needs doing.
+///
+/// Layout (OpenSSH PROTOCOL.key): "openssh-key-v1\0", cipher, kdf, kdf options, key count,
+/// public key, then the private section: two check words, key type, curve, public point,
+/// scalar (an mpint, so leading zeros are dropped), comment, and padding 1, 2, 3… to 8 bytes.
+fn pad_ecdsa_scalar(text: &str) -> Option<Zeroizing<String>> {
+    use base64::Engine as _;
+    const BEGIN: &str = "-----BEGIN OPENSSH PRIVATE KEY-----";
+    const END: &str = "-----END OPENSSH PRIVATE KEY-----";
+    const MAGIC: &[u8] = b"openssh-key-v1\0";
+    let body = text.split(BEGIN).nth(1)?.split(END).next()?;
+    let b64: String = body.split_whitespace().collect();
+    let raw = Zeroizing::new(base64::engine::general_purpose::STANDARD.decode(b64).ok()?);
+    let mut r: &[u8] = raw.strip_prefix(MAGIC)?;
+    let cipher = take_string(&mut r)?;
+    let kdf = take_string(&mut r)?;
+    let kdf_options = take_string(&mut r)?;
+    let count = take_u32(&mut r)?;
+    let public = take_string(&mut r)?;
+    let private = take_string(&mut r)?;
+    if cipher != b"none" || count != 1 {
+        return None;
+    }
+    let mut p = private;
+    let checks = p.get(..8)?;
+    p = &p[8..];
+    let kind = take_string(&mut p)?;
+    let curve = take_string(&mut p)?;
+    let size = match curve {
+        b"nistp256" => 32,
+        b"nistp384" => 48,
+        b"nistp521" => 66,
+        _ => return None,
+    };
+    if !kind.starts_with(b"ecdsa-sha2-") {
+        return None;
+    }
+    let point = take_string(&mut p)?;
+    let scalar = take_string(&mut p)?;
+    let comment = take_string(&mut p)?;
+    if scalar.len() >= size {
+        return None;
+    }
+    let mut section = Zeroizing::new(Vec::new());
+    section.extend_from_slice(checks);
+    for field in [kind, curve, point] {
+        put_string(&mut section, field);
+    }
+    let mut full = Zeroizing::new(vec![0u8; size - scalar.len()]);
+    full.extend_from_slice(scalar);
+    put_string(&mut section, &full);
+    put_string(&mut section, comment);
+    let mut pad = 1u8;
+    while section.len() % 8 != 0 {
+        section.push(pad);
+        pad += 1;
+    }
+    let mut out = Zeroizing::new(MAGIC.to_vec());
+    for field in [cipher, kdf, kdf_options] {
+        put_string(&mut out, field);
+    }
+    out.extend_from_slice(&count.to_be_bytes());
+    put_string(&mut out, public);
+    put_string(&mut out, &section);
+    let encoded = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(&*out));
+    let mut pem = Zeroizing::new(format!("{BEGIN}\n"));
+    for line in encoded.as_bytes().chunks(70) {
+        pem.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+        pem.push('\n');
+    }
+    pem.push_str(END);
+    pem.push('\n');
+    Some(pem)
 }
 
 /// One agent connection: collects the bytes the client sends and answers each whole request.
@@ -619,6 +699,27 @@ mod tests {
         let mut conn = AgentConn::new(conn.keys.clone());
         let over = (MAX_MESSAGE as u32 + 1).to_be_bytes();
         assert_eq!(conn.feed(&over), Err(TooLong(MAX_MESSAGE + 1)));
+    }
+
+    #[test]
+    fn ecdsa_scalars_written_short_are_padded_to_the_same_key() {
+        let d = tempfile::tempdir().unwrap();
+        // Half of all P-521 scalars have a zero top byte, which OpenSSH's mpint drops.
+        let short = (0..40)
+            .map(|i| {
+                keygen(
+                    d.path(),
+                    &format!("p521-{i}"),
+                    &["-t", "ecdsa", "-b", "521"],
+                )
+            })
+            .find(|f| pad_ecdsa_scalar(&std::fs::read_to_string(f).unwrap()).is_some())
+            .expect("one P-521 key in 40 with a short scalar");
+        let padded = pad_ecdsa_scalar(&std::fs::read_to_string(&short).unwrap()).unwrap();
+        let key = PrivateKey::from_openssh(padded.as_str()).unwrap();
+        assert_eq!(key.public_key().to_bytes().unwrap(), pub_blob(&short));
+        let full = keygen(d.path(), "ed", &["-t", "ed25519"]);
+        assert!(pad_ecdsa_scalar(&std::fs::read_to_string(full).unwrap()).is_none());
     }
 
     #[test]
