@@ -682,10 +682,7 @@ fn registry_tokens_are_fetched_by_bkrun_with_the_credentials_it_keeps() {
         let sb = Sandbox::new(mode);
         let (reg, tokens) = token_registry(&sb);
         let host = format!("127.0.0.1:{}", reg.port);
-        let cfg = sb.write(
-            "bkrun.toml",
-            &format!("[buildkitd.registry.\"{host}\"]\nhttp = true\n"),
-        );
+        let cfg = reg.http_config(&sb);
         let ctx = sb.hello_context();
         let push = |docker_config: &Path, tag: &str, env: &[(&str, &str)]| {
             let mut c = sb.bkrun();
