@@ -2,18 +2,9 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 
-/// How buildkitd is started; `auto` decides from the UID, capabilities and the kernel.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ModeArg {
-    #[default]
-    Auto,
-    Privileged,
-    Rootless,
-    RootlessStrict,
-}
+pub use crate::daemon::mode::ModeArg;
 
 #[derive(Debug, Parser)]
 #[command(

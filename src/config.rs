@@ -7,7 +7,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::cli::{GlobalArgs, ModeArg};
+use crate::cli::GlobalArgs;
+use crate::daemon::mode::ModeArg;
 use crate::host::Host;
 
 /// What a bkrun.toml may say. Unknown keys are refused so a typo never silently does nothing.

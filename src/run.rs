@@ -360,7 +360,7 @@ async fn supervise(plan: Plan, work: Work) -> Result<i32> {
     let reaper = Reaper::start().context("cannot become a child subreaper")?;
     let mut signals = install_signals()?;
     let handle = signals.handle();
-    let mut daemon = Daemon::start(&plan, &RealHost, &reaper)?;
+    let mut daemon = Daemon::start(&plan, &reaper)?;
     log(debug, || {
         format!(
             "started {} (pid {})",

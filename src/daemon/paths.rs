@@ -12,6 +12,11 @@ pub struct Paths {
     pub state_dir: PathBuf,
     /// None: a private 0700 directory under the temp dir, made for this run (pods set no XDG_RUNTIME_DIR).
     pub socket_dir: Option<PathBuf>,
+    /// Where the run dir goes: $TMPDIR when it is a usable directory, else /tmp.
+    pub temp_dir: PathBuf,
+    /// $XDG_RUNTIME_DIR when it is a usable directory; a missing or unwritable one (an image
+    /// run under another uid, a read-only root) is as good as unset.
+    pub runtime_dir: Option<PathBuf>,
 }
 
 /// Where a non-root user's private socket dir goes when XDG_RUNTIME_DIR is unset.
@@ -30,23 +35,32 @@ pub fn choose(host: &dyn Host, root: Option<&Path>, socket_dir: Option<&Path>) -
             ),
         },
     };
+    let runtime_dir = host
+        .env("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .filter(|d| host.dir_usable(d));
     let socket_dir = match socket_dir {
         Some(d) => Some(d.to_path_buf()),
         None if euid == 0 => Some(PathBuf::from("/run/buildkit")),
-        None => host
-            .env("XDG_RUNTIME_DIR")
-            .map(|d| Path::new(&d).join("buildkit")),
+        None => runtime_dir.as_ref().map(|d| d.join("buildkit")),
     };
+    let temp_dir = host
+        .env("TMPDIR")
+        .map(PathBuf::from)
+        .filter(|d| host.dir_usable(d))
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
     Ok(Paths {
         state_dir,
         socket_dir,
+        temp_dir,
+        runtime_dir,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::daemon::mode::tests::FakeHost;
+    use crate::host::fake::FakeHost;
 
     #[test]
     fn root_uses_system_paths() {
@@ -63,6 +77,7 @@ mod tests {
                 ("XDG_DATA_HOME", "/data"),
                 ("XDG_RUNTIME_DIR", "/run/user/1000"),
             ],
+            usable_dirs: vec!["/run/user/1000"],
             ..FakeHost::user()
         };
         let p = choose(&h, None, None).unwrap();
@@ -71,6 +86,22 @@ mod tests {
             p.socket_dir.as_deref(),
             Some(Path::new("/run/user/1000/buildkit"))
         );
+    }
+
+    #[test]
+    fn an_unusable_runtime_dir_or_tmpdir_is_not_used() {
+        let h = FakeHost {
+            env: vec![
+                ("HOME", "/home/u"),
+                ("XDG_RUNTIME_DIR", "/run/user/1000"),
+                ("TMPDIR", "/home/user/.local/tmp"),
+            ],
+            ..FakeHost::user()
+        };
+        let p = choose(&h, None, None).unwrap();
+        assert_eq!(p.socket_dir, None);
+        assert_eq!(p.runtime_dir, None);
+        assert_eq!(p.temp_dir, Path::new("/tmp"));
     }
 
     #[test]

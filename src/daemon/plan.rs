@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 
-use super::mode::{self, Decision, Mode};
+use super::facts::Facts;
+use super::mode::{self, Decision, Mode, ModeArg};
 use super::paths::{self, Paths, PRIVATE_SOCKET_DIR};
 use crate::config::{flag_value, has_flag, Settings};
 use crate::host::Host;
@@ -18,6 +19,8 @@ const MAX_SOCKET_PATH: usize = 107;
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub decision: Decision,
+    /// What the decision was made from; a daemon that exits early is explained from them too.
+    pub facts: Facts,
     pub paths: Paths,
     /// The socket's file name inside the socket dir.
     pub socket_name: String,
@@ -36,12 +39,17 @@ impl Plan {
     /// `stable_socket`: the `daemon` subcommand's fixed `buildkitd.sock`, which sidecars connect to;
     /// ephemeral runs use a per-process name so parallel jobs never share a socket.
     pub fn new(settings: &Settings, host: &dyn Host, stable_socket: bool) -> Result<Plan> {
-        let mut decision = mode::decide(settings.mode, host, &settings.rootlesskit)?;
+        let probe = !(host.euid() == 0
+            && host.process_status().has_eff(crate::host::CAP_SYS_ADMIN)
+            && matches!(settings.mode, ModeArg::Auto | ModeArg::Privileged));
+        let facts = Facts::gather(host, &settings.buildkitd, &settings.rootlesskit, probe);
+        let mut decision = mode::decide(settings.mode, &facts)?;
         // The shell wrapper's way to ask for strict mode: BUILDKITD_FLAGS=--oci-worker-no-process-sandbox.
         if decision.mode == Mode::Rootless && has_flag(&settings.buildkitd_flags, NO_SANDBOX) {
             decision = Decision {
                 mode: Mode::RootlessStrict,
                 reason: format!("the daemon flags include {NO_SANDBOX}"),
+                why: format!("BUILDKITD_FLAGS has {NO_SANDBOX}"),
             };
         }
         // A --root in BUILDKITD_FLAGS is where the cache is, as it was with the shell wrapper.
@@ -70,6 +78,7 @@ impl Plan {
         };
         Ok(Plan {
             decision,
+            facts,
             paths,
             socket_name,
             settings: settings.clone(),
@@ -144,7 +153,7 @@ impl Plan {
     }
 
     /// Variables set for the daemon beyond bkrun's own environment.
-    pub fn env(&self, dirs: &RunDirs, host: &dyn Host) -> Vec<(String, String)> {
+    pub fn env(&self, dirs: &RunDirs) -> Vec<(String, String)> {
         // The daemon's temp files (e.g. the per-step ssh agent socket dirs, which it does not always
         // remove) go into the run dir, which goes away with the run.
         let mut env = vec![(
@@ -153,7 +162,7 @@ impl Plan {
         )];
         // Rootless buildkitd and rootlesskit keep runtime files under XDG_RUNTIME_DIR; a pod sets
         // none, so they get the private run dir rather than falling back to root-only /run paths.
-        if self.mode().is_rootless() && host.env("XDG_RUNTIME_DIR").is_none() {
+        if self.mode().is_rootless() && self.paths.runtime_dir.is_none() {
             env.push((
                 "XDG_RUNTIME_DIR".to_string(),
                 dirs.run_dir.display().to_string(),
@@ -236,8 +245,8 @@ impl Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::{GlobalArgs, ModeArg};
-    use crate::daemon::mode::tests::FakeHost;
+    use crate::cli::GlobalArgs;
+    use crate::host::fake::FakeHost;
 
     fn plan(host: &FakeHost, args: GlobalArgs) -> Plan {
         let s = Settings::load(&args, host).unwrap();
@@ -363,7 +372,7 @@ mod tests {
         let p = plan(&FakeHost::user(), GlobalArgs::default());
         let tmp = ("TMPDIR".to_string(), "/tmp/bkrun-x/tmp".to_string());
         assert_eq!(
-            p.env(&d, &FakeHost::user()),
+            p.env(&d),
             [
                 tmp.clone(),
                 ("XDG_RUNTIME_DIR".to_string(), "/tmp/bkrun-x".to_string())
@@ -371,11 +380,13 @@ mod tests {
         );
         let h = FakeHost {
             env: vec![("HOME", "/home/u"), ("XDG_RUNTIME_DIR", "/run/user/1000")],
+            usable_dirs: vec!["/run/user/1000"],
             ..FakeHost::user()
         };
-        assert_eq!(p.env(&d, &h), std::slice::from_ref(&tmp));
+        let p = plan(&h, GlobalArgs::default());
+        assert_eq!(p.env(&d), std::slice::from_ref(&tmp));
         let root = plan(&FakeHost::root(), GlobalArgs::default());
-        assert_eq!(root.env(&d, &FakeHost::root()), [tmp]);
+        assert_eq!(root.env(&d), [tmp]);
     }
 
     #[test]

@@ -12,7 +12,6 @@ use tokio::net::UnixDatagram;
 
 use super::plan::{Plan, RunDirs};
 use super::ready;
-use crate::host::Host;
 use crate::reaper::{self, Child, Exit, Reaper};
 
 /// Lines of the daemon log shown when it fails.
@@ -34,11 +33,16 @@ pub struct Daemon {
 
 impl Daemon {
     /// Prepares the directories and spawns the daemon; it does not wait for it to serve.
-    pub fn start(plan: &Plan, host: &dyn Host, reaper: &Reaper) -> Result<Daemon> {
+    pub fn start(plan: &Plan, reaper: &Reaper) -> Result<Daemon> {
         let run_dir = tempfile::Builder::new()
             .prefix("bkrun-")
-            .tempdir()
-            .context("cannot create bkrun's run dir: make TMPDIR (or /tmp) writable")?;
+            .tempdir_in(&plan.paths.temp_dir)
+            .with_context(|| {
+                format!(
+                    "cannot create bkrun's run dir in {}: make TMPDIR (or /tmp) writable, e.g. an emptyDir volume at /tmp",
+                    plan.paths.temp_dir.display()
+                )
+            })?;
         let socket_dir = plan
             .paths
             .socket_dir
@@ -66,7 +70,7 @@ impl Daemon {
         let log = File::create(&log_path).context("cannot create the daemon log")?;
         let mut cmd = Command::new(&argv[0]);
         cmd.args(&argv[1..])
-            .envs(plan.env(&dirs, host))
+            .envs(plan.env(&dirs))
             .env("NOTIFY_SOCKET", &notify_path)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

@@ -10,7 +10,7 @@ pub mod mode;
 pub mod pattern;
 pub mod receive;
 pub mod send;
-mod sys;
+pub(crate) mod sys;
 #[cfg(test)]
 mod transfer_tests;
 pub mod walk;

@@ -1,0 +1,101 @@
+//! What decides whether each daemon mode can work here, read once through the host interface.
+
+use std::path::PathBuf;
+
+use crate::host::{Host, NsProbe, Privilege, ProcStatus, Sysctls, CAP_SYS_ADMIN};
+
+/// One of newuidmap/newgidmap: where it is and how it gets privilege.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdMapTool {
+    pub name: &'static str,
+    pub path: Option<PathBuf>,
+    pub privilege: Privilege,
+    /// The capability it needs (CAP_SETUID or CAP_SETGID).
+    pub cap: u32,
+}
+
+/// The facts of this machine or container that mode choice and `bkrun doctor` use.
+#[derive(Debug, Clone)]
+pub struct Facts {
+    pub euid: u32,
+    pub user: Option<String>,
+    /// Running in a user namespace (root there is not root on the node: `hostUsers: false`).
+    pub user_namespace: bool,
+    pub status: ProcStatus,
+    /// None when nothing needed it (root with CAP_SYS_ADMIN choosing privileged mode).
+    pub probe: Option<NsProbe>,
+    pub sysctls: Sysctls,
+    pub apparmor: Option<String>,
+    pub masked: Vec<String>,
+    pub buildkitd: Option<PathBuf>,
+    pub buildkitd_name: String,
+    pub rootlesskit: Option<PathBuf>,
+    pub rootlesskit_name: String,
+    pub id_maps: [IdMapTool; 2],
+    pub subids: bool,
+}
+
+impl Facts {
+    /// Reads the facts. `probe`: also try namespaces in a child (a few milliseconds; skipped
+    /// when privileged mode is the answer anyway).
+    pub fn gather(host: &dyn Host, buildkitd: &str, rootlesskit: &str, probe: bool) -> Facts {
+        let tool = |name: &'static str, cap: u32| {
+            let path = host.which(name);
+            let privilege = path
+                .as_deref()
+                .map_or(Privilege::Missing, |p| host.privilege(p));
+            IdMapTool {
+                name,
+                path,
+                privilege,
+                cap,
+            }
+        };
+        Facts {
+            euid: host.euid(),
+            user: host.user_name(),
+            user_namespace: host.in_user_namespace(),
+            status: host.process_status(),
+            probe: probe.then(|| host.namespace_probe()),
+            sysctls: host.userns_sysctls(),
+            apparmor: host.apparmor_profile(),
+            masked: host.proc_masked_paths(),
+            buildkitd: host.which(buildkitd),
+            buildkitd_name: buildkitd.to_string(),
+            rootlesskit: host.which(rootlesskit),
+            rootlesskit_name: rootlesskit.to_string(),
+            id_maps: [
+                tool("newuidmap", crate::host::CAP_SETUID),
+                tool("newgidmap", crate::host::CAP_SETGID),
+            ],
+            subids: host.has_subid_ranges(),
+        }
+    }
+
+    /// Root with CAP_SYS_ADMIN: privileged mode works and nothing else needs checking.
+    pub fn is_privileged_root(&self) -> bool {
+        self.euid == 0 && self.status.has_eff(CAP_SYS_ADMIN)
+    }
+
+    /// An AppArmor profile that enforces (not `unconfined`, not complain mode).
+    pub fn apparmor_enforcing(&self) -> bool {
+        self.apparmor
+            .as_deref()
+            .is_some_and(|p| p != "unconfined" && !p.contains("(complain)"))
+    }
+
+    /// What is masked in /proc, shortened for one line.
+    pub fn masked_summary(&self) -> String {
+        let mut s = self
+            .masked
+            .iter()
+            .take(3)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ");
+        if self.masked.len() > 3 {
+            s.push_str(&format!(" and {} more", self.masked.len() - 3));
+        }
+        s
+    }
+}

@@ -1,0 +1,137 @@
+//! A host made of plain fields: the test double for mode, path and doctor tests.
+
+use std::path::{Path, PathBuf};
+
+use super::{Host, NsProbe, Privilege, ProcStatus, Sysctls};
+
+/// Every fact a test may want to set; `root()` and `user()` are the usual starting points.
+#[derive(Clone, Debug)]
+pub struct FakeHost {
+    pub euid: u32,
+    pub status: ProcStatus,
+    pub userns: bool,
+    pub probe: NsProbe,
+    pub sysctls: Sysctls,
+    pub apparmor: Option<String>,
+    pub masked: Vec<String>,
+    pub subids: bool,
+    pub programs: Vec<&'static str>,
+    pub privileges: Vec<(&'static str, Privilege)>,
+    pub env: Vec<(&'static str, &'static str)>,
+    pub usable_dirs: Vec<&'static str>,
+}
+
+/// All capabilities, as a privileged container or the host has them.
+pub const ALL_CAPS: u64 = (1 << 41) - 1;
+/// The capabilities containerd gives a container by default (no SYS_ADMIN).
+pub const DEFAULT_CAPS: u64 = 0xa80425fb;
+
+impl FakeHost {
+    pub fn root() -> Self {
+        FakeHost {
+            euid: 0,
+            status: ProcStatus {
+                seccomp: 0,
+                no_new_privs: false,
+                cap_eff: ALL_CAPS,
+                cap_bnd: ALL_CAPS,
+            },
+            userns: false,
+            probe: NsProbe::ALL_OK,
+            sysctls: Sysctls::default(),
+            apparmor: None,
+            masked: vec![],
+            subids: false,
+            programs: vec!["buildkitd", "rootlesskit", "newuidmap", "newgidmap"],
+            privileges: vec![
+                ("newuidmap", Privilege::FileCaps(1 << 7)),
+                ("newgidmap", Privilege::FileCaps(1 << 6)),
+            ],
+            env: vec![("HOME", "/root")],
+            usable_dirs: vec![],
+        }
+    }
+
+    /// uid 1000 on a host (or an unconfined container) where rootless works.
+    pub fn user() -> Self {
+        FakeHost {
+            euid: 1000,
+            status: ProcStatus {
+                cap_eff: 0,
+                ..Self::root().status
+            },
+            subids: true,
+            env: vec![("HOME", "/home/u")],
+            ..Self::root()
+        }
+    }
+
+    /// uid 1000 in a default pod: containerd's capabilities, masked /proc, the given seccomp.
+    pub fn pod_user(seccomp: u8) -> Self {
+        FakeHost {
+            status: ProcStatus {
+                seccomp,
+                no_new_privs: false,
+                cap_eff: 0,
+                cap_bnd: DEFAULT_CAPS,
+            },
+            masked: vec!["/proc/kcore".into(), "/proc/keys".into()],
+            probe: NsProbe {
+                mount_proc: Some(Err(nix::errno::Errno::EPERM)),
+                ..NsProbe::ALL_OK
+            },
+            ..Self::user()
+        }
+    }
+}
+
+impl Host for FakeHost {
+    fn euid(&self) -> u32 {
+        self.euid
+    }
+    fn user_name(&self) -> Option<String> {
+        Some(if self.euid == 0 { "root" } else { "u" }.into())
+    }
+    fn env(&self, key: &str) -> Option<String> {
+        self.env
+            .iter()
+            .find(|(k, v)| *k == key && !v.is_empty())
+            .map(|(_, v)| v.to_string())
+    }
+    fn process_status(&self) -> ProcStatus {
+        self.status
+    }
+    fn in_user_namespace(&self) -> bool {
+        self.userns
+    }
+    fn namespace_probe(&self) -> NsProbe {
+        self.probe
+    }
+    fn userns_sysctls(&self) -> Sysctls {
+        self.sysctls
+    }
+    fn apparmor_profile(&self) -> Option<String> {
+        self.apparmor.clone()
+    }
+    fn proc_masked_paths(&self) -> Vec<String> {
+        self.masked.clone()
+    }
+    fn has_subid_ranges(&self) -> bool {
+        self.subids
+    }
+    fn which(&self, program: &str) -> Option<PathBuf> {
+        self.programs
+            .contains(&program)
+            .then(|| PathBuf::from("/usr/bin").join(program))
+    }
+    fn privilege(&self, program: &Path) -> Privilege {
+        let name = program.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        self.privileges
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or(Privilege::Missing, |(_, p)| *p)
+    }
+    fn dir_usable(&self, dir: &Path) -> bool {
+        self.usable_dirs.iter().any(|d| Path::new(d) == dir)
+    }
+}

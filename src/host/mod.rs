@@ -1,0 +1,138 @@
+//! The one place bkrun reads facts about the host and the container it runs in (UID, capabilities, seccomp, namespaces, newuidmap's privilege, environment), behind a trait so mode and path choice are unit-tested without root.
+
+mod parse;
+mod real;
+
+#[cfg(test)]
+pub mod fake;
+
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+
+pub use parse::{has_subid_entry, masked_proc_paths};
+pub use real::{which, RealHost};
+
+/// Capability numbers bkrun reasons about (linux/capability.h).
+pub const CAP_SETGID: u32 = 6;
+pub const CAP_SETUID: u32 = 7;
+pub const CAP_SYS_ADMIN: u32 = 21;
+
+/// What mode and path choice need to know about the machine or container.
+pub trait Host {
+    fn euid(&self) -> u32;
+    /// The user's login name, for /etc/subuid look-ups.
+    fn user_name(&self) -> Option<String>;
+    /// A variable of bkrun's environment; an empty value counts as unset (a pod spec cannot
+    /// unset an image's variable, only empty it).
+    fn env(&self, key: &str) -> Option<String>;
+    /// Seccomp mode, no_new_privs and capability sets, from /proc/self/status.
+    fn process_status(&self) -> ProcStatus;
+    /// True when this process runs in a user namespace other than the initial one
+    /// (root there is not root on the node: Kubernetes `hostUsers: false`).
+    fn in_user_namespace(&self) -> bool;
+    /// Tries, in a throwaway child, what rootlesskit and the process sandbox do first.
+    fn namespace_probe(&self) -> NsProbe;
+    /// The node's user-namespace switches, where the kernel has them.
+    fn userns_sysctls(&self) -> Sysctls;
+    /// The AppArmor profile confining this process; None when AppArmor is off.
+    fn apparmor_profile(&self) -> Option<String>;
+    /// Paths mounted over parts of /proc (masked paths, as container runtimes set them up):
+    /// the kernel then refuses a fresh procfs mount in a user namespace, so the process sandbox can't work.
+    fn proc_masked_paths(&self) -> Vec<String>;
+    /// Whether /etc/subuid and /etc/subgid give this user a range (needed by newuidmap).
+    fn has_subid_ranges(&self) -> bool;
+    /// Looks a program up on $PATH (or takes it as a path when it has a slash).
+    fn which(&self, program: &str) -> Option<PathBuf>;
+    /// How an executable gets privilege when run: the setuid bit or file capabilities.
+    fn privilege(&self, program: &Path) -> Privilege;
+    /// An existing directory this process can create files in.
+    fn dir_usable(&self, dir: &Path) -> bool;
+}
+
+/// The parts of /proc/self/status that decide what a container allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ProcStatus {
+    /// 0 off, 1 strict, 2 filter (a container's seccomp profile).
+    pub seccomp: u8,
+    /// `allowPrivilegeEscalation: false`: setuid bits and file capabilities give nothing.
+    pub no_new_privs: bool,
+    pub cap_eff: u64,
+    pub cap_bnd: u64,
+}
+
+impl ProcStatus {
+    pub fn has_eff(&self, cap: u32) -> bool {
+        self.cap_eff & (1 << cap) != 0
+    }
+    pub fn has_bnd(&self, cap: u32) -> bool {
+        self.cap_bnd & (1 << cap) != 0
+    }
+}
+
+/// What a child was allowed to do: each step is Ok, refused with an errno, or not tried
+/// (None) because an earlier step it needs failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NsProbe {
+    /// clone(CLONE_NEWUSER): how rootlesskit starts its child.
+    pub clone_userns: Option<Result<(), Errno>>,
+    /// unshare(CLONE_NEWUSER).
+    pub unshare_userns: Option<Result<(), Errno>>,
+    /// A tmpfs mount in a fresh mount namespace of that user namespace (what the daemon's
+    /// snapshotter and runc do).
+    pub mount: Option<Result<(), Errno>>,
+    /// A fresh procfs in a new PID namespace (runc's process sandbox); masked /proc refuses it.
+    pub mount_proc: Option<Result<(), Errno>>,
+}
+
+impl NsProbe {
+    /// Everything worked.
+    pub const ALL_OK: NsProbe = NsProbe {
+        clone_userns: Some(Ok(())),
+        unshare_userns: Some(Ok(())),
+        mount: Some(Ok(())),
+        mount_proc: Some(Ok(())),
+    };
+
+    /// User namespaces can be made, whichever call rootlesskit uses; the first refusal otherwise.
+    pub fn userns(&self) -> Result<(), Errno> {
+        for step in [self.clone_userns, self.unshare_userns] {
+            match step {
+                Some(Err(e)) => return Err(e),
+                None => return Err(Errno::UnknownErrno),
+                Some(Ok(())) => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The node's switches for unprivileged user namespaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Sysctls {
+    /// user.max_user_namespaces; 0 turns them off.
+    pub max_user_namespaces: Option<u64>,
+    /// kernel.unprivileged_userns_clone (Debian's older kernels); 0 turns them off for non-root.
+    pub unprivileged_userns_clone: Option<bool>,
+}
+
+impl Sysctls {
+    /// The node itself refuses user namespaces to this user, whatever the pod says.
+    pub fn refuse_userns(&self, euid: u32) -> bool {
+        self.max_user_namespaces == Some(0)
+            || (euid != 0 && self.unprivileged_userns_clone == Some(false))
+    }
+}
+
+/// How newuidmap/newgidmap get the privilege to write another process's id maps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Privilege {
+    /// The program is missing or unreadable.
+    Missing,
+    /// No setuid bit, no file capabilities.
+    None,
+    /// Setuid root.
+    Setuid,
+    /// File capabilities: the permitted set, as a bit mask.
+    FileCaps(u64),
+}

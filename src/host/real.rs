@@ -1,0 +1,325 @@
+//! The real machine: /proc, /sys, the file system, and a forked child that tries namespaces.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{fork, ForkResult, Pid};
+
+use super::{parse, Host, NsProbe, Privilege, ProcStatus, Sysctls, CAP_SYS_ADMIN};
+
+/// The real machine.
+pub struct RealHost;
+
+impl RealHost {
+    /// CAP_SYS_ADMIN in the effective set.
+    pub fn has_cap_sys_admin(&self) -> bool {
+        self.process_status().has_eff(CAP_SYS_ADMIN)
+    }
+}
+
+impl Host for RealHost {
+    fn euid(&self) -> u32 {
+        nix::unistd::geteuid().as_raw()
+    }
+
+    fn user_name(&self) -> Option<String> {
+        nix::unistd::User::from_uid(nix::unistd::geteuid())
+            .ok()
+            .flatten()
+            .map(|u| u.name)
+    }
+
+    fn env(&self, key: &str) -> Option<String> {
+        std::env::var(key).ok().filter(|v| !v.is_empty())
+    }
+
+    fn process_status(&self) -> ProcStatus {
+        std::fs::read_to_string("/proc/self/status")
+            .map(|s| parse::proc_status(&s))
+            .unwrap_or_default()
+    }
+
+    fn in_user_namespace(&self) -> bool {
+        match std::fs::read_to_string("/proc/self/uid_map") {
+            Ok(map) => !parse::is_identity_map(&map),
+            Err(_) => false,
+        }
+    }
+
+    fn namespace_probe(&self) -> NsProbe {
+        probe_namespaces()
+    }
+
+    fn userns_sysctls(&self) -> Sysctls {
+        let read = |p: &str| {
+            std::fs::read_to_string(p)
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+        };
+        Sysctls {
+            max_user_namespaces: read("/proc/sys/user/max_user_namespaces"),
+            unprivileged_userns_clone: read("/proc/sys/kernel/unprivileged_userns_clone")
+                .map(|v| v != 0),
+        }
+    }
+
+    fn apparmor_profile(&self) -> Option<String> {
+        let on = std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
+            .is_ok_and(|s| s.trim() == "Y");
+        if !on {
+            return None;
+        }
+        // Newer kernels name the LSM in the path; the old file may belong to another LSM.
+        [
+            "/proc/self/attr/apparmor/current",
+            "/proc/self/attr/current",
+        ]
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p).ok())
+        .map(|s| s.trim_end_matches(['\n', '\0']).to_string())
+    }
+
+    fn proc_masked_paths(&self) -> Vec<String> {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .map(|m| parse::masked_proc_paths(&m))
+            .unwrap_or_default()
+    }
+
+    fn has_subid_ranges(&self) -> bool {
+        let uid = self.euid().to_string();
+        let name = self.user_name();
+        ["/etc/subuid", "/etc/subgid"].iter().all(|f| {
+            std::fs::read_to_string(f)
+                .map(|text| parse::has_subid_entry(&text, &uid, name.as_deref()))
+                .unwrap_or(false)
+        })
+    }
+
+    fn which(&self, program: &str) -> Option<PathBuf> {
+        which(program, self.env("PATH").as_deref())
+    }
+
+    fn privilege(&self, program: &Path) -> Privilege {
+        let Ok(meta) = std::fs::metadata(program) else {
+            return Privilege::Missing;
+        };
+        if meta.mode() & 0o4000 != 0 && meta.uid() == 0 {
+            return Privilege::Setuid;
+        }
+        match crate::fsutil::sys::lgetxattr(program, "security.capability")
+            .ok()
+            .and_then(|x| parse::file_caps_permitted(&x))
+        {
+            Some(caps) if caps != 0 => Privilege::FileCaps(caps),
+            _ => Privilege::None,
+        }
+    }
+
+    fn dir_usable(&self, dir: &Path) -> bool {
+        use nix::unistd::{access, AccessFlags};
+        dir.is_dir() && access(dir, AccessFlags::W_OK | AccessFlags::X_OK).is_ok()
+    }
+}
+
+/// `which`, without a crate: the first executable file named `program` on `path`.
+pub fn which(program: &str, path: Option<&str>) -> Option<PathBuf> {
+    let is_exec = |p: &Path| {
+        p.metadata()
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+    };
+    if program.contains('/') {
+        let p = PathBuf::from(program);
+        return is_exec(&p).then_some(p);
+    }
+    path.unwrap_or("/usr/local/bin:/usr/bin:/bin")
+        .split(':')
+        .filter(|d| !d.is_empty())
+        .map(|d| Path::new(d).join(program))
+        .find(|p| is_exec(p))
+}
+
+/// Result codes the probe child writes: 0 worked, -1 not tried, else the errno.
+const NOT_TRIED: i32 = -1;
+
+/// Forks a child that tries, in order, clone(CLONE_NEWUSER), unshare(CLONE_NEWUSER), a tmpfs
+/// mount in a new mount namespace, and a procfs mount in a new PID namespace, and writes what
+/// happened to a pipe. Trying is the one reliable test: sysctls differ between kernels, and
+/// seccomp and AppArmor profiles refuse calls whatever the sysctls say. Everything happens in
+/// namespaces that die with the child. Call it before the reaper starts, which would reap the child.
+fn probe_namespaces() -> NsProbe {
+    let not_run = NsProbe {
+        clone_userns: None,
+        unshare_userns: None,
+        mount: None,
+        mount_proc: None,
+    };
+    let Ok((read_end, write_end)) = nix::unistd::pipe() else {
+        return not_run;
+    };
+    // SAFETY: the child only makes raw system calls (clone, unshare, mount, waitpid, write,
+    // _exit), all async-signal-safe, so forking a multi-threaded process is sound.
+    match unsafe { fork() } {
+        Ok(ForkResult::Child) => {
+            let codes = probe_steps();
+            let mut bytes = [0u8; 16];
+            for (i, c) in codes.iter().enumerate() {
+                bytes[i * 4..i * 4 + 4].copy_from_slice(&c.to_le_bytes());
+            }
+            let _ = nix::unistd::write(&write_end, &bytes);
+            // SAFETY: ends the forked child without running the parent's atexit handlers.
+            unsafe { libc::_exit(0) }
+        }
+        Ok(ForkResult::Parent { child }) => {
+            drop(write_end);
+            let mut bytes = [0u8; 16];
+            let mut got = 0;
+            while got < bytes.len() {
+                match nix::unistd::read(&read_end, &mut bytes[got..]) {
+                    Ok(0) => break,
+                    Ok(n) => got += n,
+                    Err(Errno::EINTR) => continue,
+                    Err(_) => break,
+                }
+            }
+            let _ = waitpid(child, None);
+            if got < bytes.len() {
+                return not_run;
+            }
+            let code = |i: usize| {
+                let c = i32::from_le_bytes(bytes[i * 4..i * 4 + 4].try_into().unwrap());
+                match c {
+                    NOT_TRIED => None,
+                    0 => Some(Ok(())),
+                    e => Some(Err(Errno::from_raw(e))),
+                }
+            };
+            NsProbe {
+                clone_userns: code(0),
+                unshare_userns: code(1),
+                mount: code(2),
+                mount_proc: code(3),
+            }
+        }
+        Err(_) => not_run,
+    }
+}
+
+/// The steps, run in the probe child; each code is 0, NOT_TRIED or an errno.
+fn probe_steps() -> [i32; 4] {
+    let errno = || Errno::last_raw();
+    let mut codes = [NOT_TRIED; 4];
+    // clone with a null stack behaves as fork: the grandchild exits at once.
+    // SAFETY: raw clone without CLONE_VM; the grandchild only calls _exit.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            libc::CLONE_NEWUSER | libc::SIGCHLD,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    if pid == 0 {
+        // SAFETY: the grandchild ends here.
+        unsafe { libc::_exit(0) }
+    }
+    codes[0] = if pid < 0 {
+        errno()
+    } else {
+        let _ = waitpid(Pid::from_raw(pid as i32), None);
+        0
+    };
+    // SAFETY: unshare and mount take no pointers but the C strings below, which outlive the calls.
+    unsafe {
+        if libc::unshare(libc::CLONE_NEWUSER) != 0 {
+            codes[1] = errno();
+            return codes;
+        }
+        codes[1] = 0;
+        if libc::unshare(libc::CLONE_NEWNS) != 0 {
+            codes[2] = errno();
+            return codes;
+        }
+        let none = c"none".as_ptr();
+        let tmpfs = c"tmpfs".as_ptr();
+        // Private first, so nothing propagates back (the namespace dies with us anyway).
+        let _ = libc::mount(
+            none,
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        );
+        codes[2] = if libc::mount(none, c"/tmp".as_ptr(), tmpfs, 0, std::ptr::null()) == 0
+            || libc::mount(none, c"/".as_ptr(), tmpfs, 0, std::ptr::null()) == 0
+        {
+            0
+        } else {
+            errno()
+        };
+        if codes[2] != 0 {
+            return codes;
+        }
+        if libc::unshare(libc::CLONE_NEWPID) != 0 {
+            codes[3] = errno();
+            return codes;
+        }
+        // The first child in the new PID namespace mounts a fresh procfs, as runc does.
+        let pid = libc::syscall(
+            libc::SYS_clone,
+            libc::SIGCHLD,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        );
+        if pid == 0 {
+            let r = libc::mount(
+                c"proc".as_ptr(),
+                c"/proc".as_ptr(),
+                c"proc".as_ptr(),
+                0,
+                std::ptr::null(),
+            );
+            libc::_exit(if r == 0 { 0 } else { errno().clamp(1, 255) });
+        }
+        codes[3] = if pid < 0 {
+            errno()
+        } else {
+            match waitpid(Pid::from_raw(pid as i32), None) {
+                Ok(WaitStatus::Exited(_, c)) => c,
+                _ => Errno::ECHILD as i32,
+            }
+        };
+    }
+    codes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn which_finds_sh() {
+        assert!(which("sh", Some("/usr/bin:/bin")).is_some());
+        assert!(which("no-such-program-here", Some("/usr/bin:/bin")).is_none());
+    }
+
+    #[test]
+    fn the_probe_reports_every_step_here() {
+        // On the test machine (root, no seccomp filter) every step works; elsewhere each step
+        // must at least have an answer once the ones before it worked.
+        let p = RealHost.namespace_probe();
+        assert!(
+            p.clone_userns.is_some() && p.unshare_userns.is_some(),
+            "{p:?}"
+        );
+        if p.unshare_userns == Some(Ok(())) {
+            assert!(p.mount.is_some(), "{p:?}");
+        }
+    }
+}
