@@ -1,0 +1,911 @@
+//! bkrun inside real containers under the security settings Kubernetes gives pods: each test is one pod configuration run with podman on the rootfs scripts/rootfs builds; each also writes its results to target/pod-report/<config>.tsv.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::{chown, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use common::{show, wait_until};
+
+/// BuildKit's rootless image's ENV lines (moby/buildkit's Dockerfile, stage `rootless`). Every
+/// configuration gets them, the root ones too: a pod cannot unset an image's variable, and bkrun
+/// must start its own daemon with BUILDKIT_HOST pointing where no daemon runs.
+const IMAGE_ENV: &[(&str, &str)] = &[
+    (
+        "PATH",
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    ),
+    ("HOME", "/home/user"),
+    ("USER", "user"),
+    ("XDG_RUNTIME_DIR", "/run/user/1000"),
+    ("TMPDIR", "/home/user/.local/tmp"),
+    (
+        "BUILDKIT_HOST",
+        "unix:///run/user/1000/buildkit/buildkitd.sock",
+    ),
+];
+
+/// The capabilities containerd gives a Kubernetes container that asks for none. They go into
+/// containers.conf rather than `--cap-add`: podman makes capabilities added on its command line
+/// ambient for a non-root user, which Kubernetes never does.
+const POD_CAPABILITIES: &[&str] = &[
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FSETID",
+    "FOWNER",
+    "MKNOD",
+    "NET_RAW",
+    "SETGID",
+    "SETUID",
+    "SETFCAP",
+    "SETPCAP",
+    "NET_BIND_SERVICE",
+    "SYS_CHROOT",
+    "KILL",
+    "AUDIT_WRITE",
+];
+
+/// The seed guide's pipeline command for its privileged and rootless cases, run through sh as
+/// its pipeline step does (the pod sets BUILDKITD_FLAGS="").
+const GUIDE: &str = "buildctl-daemonless.sh build \\
+  --frontend dockerfile.v0 \\
+  --local context=. \\
+  --local dockerfile=. \\
+  --opt filename=Dockerfile \\
+  --progress=plain
+";
+
+/// The guide's strict case: the same command with the daemon flag set on its command line.
+const GUIDE_STRICT: &str = "BUILDKITD_FLAGS=\"--oci-worker-no-process-sandbox\" \\
+buildctl-daemonless.sh build \\
+  --frontend dockerfile.v0 \\
+  --local context=. \\
+  --local dockerfile=. \\
+  --opt filename=Dockerfile \\
+  --progress=plain
+";
+
+/// Needs no registry: the context brings the static busybox, and the RUN step proves the daemon
+/// can run a process, which is what the modes differ in.
+const HELLO_DOCKERFILE: &str =
+    "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\",\"sh\",\"-c\",\"echo hello > /hello\"]\n";
+
+/// Lists what a command left in its container (tests/pod/leftovers.sh).
+const LEFTOVERS_SH: &str = include_str!("pod/leftovers.sh");
+
+/// What a configuration must do.
+#[derive(Clone, Copy, Debug)]
+enum Expect {
+    /// Builds, and the start-up line names this mode.
+    Builds(&'static str),
+    /// Exits 1 before any daemon starts; the first stderr line names this pod-spec change.
+    Refused(&'static str),
+}
+
+/// One pod configuration: who the container runs as and its securityContext, as podman flags.
+struct Config {
+    name: &'static str,
+    uid: u32,
+    security: Vec<String>,
+    /// BUILDKITD_FLAGS in the pod's env; the guide sets it to "" in its privileged and rootless pods.
+    buildkitd_flags: Option<&'static str>,
+    guide: &'static str,
+    expect: Expect,
+}
+
+fn config(name: &'static str) -> Config {
+    let unconfined = || vec!["--security-opt".into(), "seccomp=unconfined".into()];
+    let (uid, security, buildkitd_flags, guide, expect): (u32, Vec<String>, _, _, _) = match name {
+        "privileged" => (
+            0,
+            vec!["--privileged".into()],
+            Some(""),
+            GUIDE,
+            Expect::Builds("privileged"),
+        ),
+        // No seccompProfile in the pod is Unconfined on most clusters; /proc is masked (procMount
+        // Default), so the process sandbox cannot mount a fresh /proc.
+        "rootless" => (
+            1000,
+            unconfined(),
+            Some(""),
+            GUIDE,
+            Expect::Builds("rootless-strict"),
+        ),
+        "strict" => (
+            1000,
+            unconfined(),
+            Some("--oci-worker-no-process-sandbox"),
+            GUIDE_STRICT,
+            Expect::Builds("rootless-strict"),
+        ),
+        // procMount: Unmasked.
+        "unmasked" => (
+            1000,
+            [
+                unconfined(),
+                vec!["--security-opt".into(), "unmask=ALL".into()],
+            ]
+            .concat(),
+            Some(""),
+            GUIDE,
+            Expect::Builds("rootless"),
+        ),
+        // seccompProfile: RuntimeDefault; podman's own default profile allows unshare, so the
+        // test brings one that refuses what containerd's refuses without CAP_SYS_ADMIN.
+        "runtime-default" => (
+            1000,
+            vec![
+                "--security-opt".into(),
+                format!("seccomp={}", data("seccomp-runtime-default.json").display()),
+            ],
+            Some(""),
+            GUIDE,
+            Expect::Refused("seccompProfile: {type: Unconfined}"),
+        ),
+        // allowPrivilegeEscalation: false sets no_new_privs, which voids newuidmap's file capabilities.
+        "no-new-privs" => (
+            1000,
+            [
+                unconfined(),
+                vec!["--security-opt".into(), "no-new-privileges".into()],
+            ]
+            .concat(),
+            Some(""),
+            GUIDE,
+            Expect::Refused("allowPrivilegeEscalation"),
+        ),
+        // runAsUser: 0 without privileged: no CAP_SYS_ADMIN, and the image has no subordinate
+        // ids for root, so rootlesskit cannot map a user namespace either.
+        "root-unprivileged" => (
+            0,
+            unconfined(),
+            Some(""),
+            GUIDE,
+            Expect::Refused("privileged: true"),
+        ),
+        // An image with Debian's setuid newuidmap/newgidmap instead of file capabilities: writing a
+        // uid_map for a namespace another uid owns needs CAP_SYS_ADMIN, which the pod lacks.
+        "setuid-newuidmap" => {
+            let mut flags = unconfined();
+            for tool in ["newuidmap", "newgidmap"] {
+                let host = format!("/usr/bin/{tool}");
+                let mode = fs::metadata(&host)
+                    .unwrap_or_else(|e| panic!("{host}: {e}: run scripts/setup"))
+                    .permissions()
+                    .mode();
+                assert!(
+                    mode & 0o4000 != 0,
+                    "{host} is not setuid: Debian's uidmap package makes it so"
+                );
+                flags.extend(["--volume".into(), format!("{host}:{host}:ro")]);
+            }
+            (1000, flags, Some(""), GUIDE, Expect::Refused("newuidmap"))
+        }
+        _ => unreachable!("no pod configuration {name}"),
+    };
+    Config {
+        name,
+        uid,
+        security,
+        buildkitd_flags,
+        guide,
+        expect,
+    }
+}
+
+fn data(file: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/pod")
+        .join(file)
+}
+
+/// The rootfs scripts/rootfs built (scripts/test passes its path).
+fn rootfs() -> PathBuf {
+    let dir = std::env::var_os("BKRUN_TEST_ROOTFS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/bkrun-test/rootfs"));
+    assert!(
+        dir.join(".bkrun-rootfs-complete").exists(),
+        "no pod rootfs at {}: run scripts/rootfs (scripts/test does)",
+        dir.display()
+    );
+    dir
+}
+
+/// A program on this machine's PATH (buildkitd and buildctl as scripts/setup installed them).
+fn host_program(name: &str) -> PathBuf {
+    std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{name} is not on PATH: run scripts/setup"))
+}
+
+/// The hard limit of `resource` ("Max open files", …) from /proc/self/limits.
+fn hard_limit(resource: &str) -> u64 {
+    let limits = fs::read_to_string("/proc/self/limits").unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with(resource))
+        .unwrap_or_else(|| panic!("no {resource} in /proc/self/limits"));
+    let hard = line[resource.len()..].split_whitespace().nth(1).unwrap();
+    hard.parse().unwrap_or(u64::MAX)
+}
+
+/// podman's configuration for these tests, written once per test process.
+fn containers_conf() -> &'static Path {
+    static CONF: OnceLock<PathBuf> = OnceLock::new();
+    CONF.get_or_init(|| {
+        // podman's default rlimits (1048576) exceed what a root without CAP_SYS_RESOURCE may set,
+        // so ask for this machine's hard limits. podman lowers its own RLIMIT_NPROC before it
+        // starts runc (to 32768 on a machine whose kernel.pid_max is 32768), so stay under both.
+        let nofile = hard_limit("Max open files");
+        let pid_max: u64 = fs::read_to_string("/proc/sys/kernel/pid_max")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let nproc = hard_limit("Max processes").min(pid_max).min(32768);
+        let caps: Vec<String> = POD_CAPABILITIES.iter().map(|c| format!("{c:?}")).collect();
+        let text = format!(
+            "# Written by tests/pod.rs.\n[containers]\ndefault_capabilities = [{}]\n\
+             default_ulimits = [\"nofile={nofile}:{nofile}\", \"nproc={nproc}:{nproc}\"]\n\
+             [engine]\n# crun refuses cgroup v1 hybrid hosts; runc is also what Kubernetes' containerd runs.\n\
+             runtime = \"runc\"\n",
+            caps.join(", ")
+        );
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        fs::create_dir_all(dir).unwrap();
+        let path = dir.join("pod-containers.conf");
+        // Another test binary run may be reading it: replace it whole.
+        let tmp = dir.join(format!("pod-containers.conf.{}", std::process::id()));
+        fs::write(&tmp, text).unwrap();
+        fs::rename(&tmp, &path).unwrap();
+        path
+    })
+}
+
+fn podman() -> Command {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the pod tests run podman as root (scripts/test runs as root)"
+    );
+    let mut c = Command::new("podman");
+    c.env("CONTAINERS_CONF", containers_conf());
+    c
+}
+
+fn podman_ok(args: &[&str]) -> Output {
+    let out = podman()
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run podman ({e}): run scripts/setup"));
+    assert!(
+        out.status.success(),
+        "podman {args:?} failed\n{}",
+        show(&out)
+    );
+    out
+}
+
+/// One finished command: how it ended and what it printed.
+struct Ran {
+    code: i32,
+    secs: f64,
+    stdout: String,
+    stderr: String,
+}
+
+impl Ran {
+    /// The mode from bkrun's start-up line, `bkrun: starting buildkitd v…, MODE (WHY)`.
+    fn mode(&self) -> Option<String> {
+        let line = self.startup_line()?;
+        let after = line.split_once(", ")?.1;
+        Some(after.split(" (").next().unwrap_or(after).trim().to_string())
+    }
+
+    fn startup_line(&self) -> Option<&str> {
+        self.stderr
+            .lines()
+            .find(|l| l.starts_with("bkrun: starting buildkitd "))
+    }
+
+    /// The first line bkrun printed of its own other than the start-up line.
+    fn first_error(&self) -> Option<&str> {
+        self.stderr
+            .lines()
+            .find(|l| l.starts_with("bkrun: ") && !l.starts_with("bkrun: starting buildkitd "))
+    }
+
+    /// The start-up line comes before the first progress line, so a CI log shows it first.
+    fn startup_before_progress(&self) -> bool {
+        let lines: Vec<&str> = self.stderr.lines().collect();
+        let startup = lines
+            .iter()
+            .position(|l| l.starts_with("bkrun: starting buildkitd "));
+        let progress = lines.iter().position(|l| l.starts_with('#'));
+        match (startup, progress) {
+            (Some(s), Some(p)) => s < p,
+            (Some(_), None) => true,
+            _ => false,
+        }
+    }
+
+    fn show(&self) -> String {
+        format!(
+            "exit {} after {:.2}s\n--- stdout\n{}\n--- stderr\n{}",
+            self.code, self.secs, self.stdout, self.stderr
+        )
+    }
+}
+
+/// A running container standing in for the pod; removed when dropped, even by a panic.
+struct Pod {
+    name: String,
+    /// The host side of its volumes: workspace/, cache/ and tmp/ (the emptyDirs).
+    dir: tempfile::TempDir,
+}
+
+impl Pod {
+    /// Starts `command` as the container's PID 1 in configuration `cfg`, with the image's
+    /// environment, the cache and /tmp as emptyDirs, and a workspace holding `dockerfile` and
+    /// busybox. `extra_volumes` are more (host dir name under the pod's dir, container path).
+    fn start(
+        cfg: &Config,
+        dockerfile: &str,
+        extra_volumes: &[(&str, &str)],
+        command: &[&str],
+    ) -> Pod {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("bkrun-pod-{}-", cfg.name))
+            .tempdir()
+            .unwrap();
+        let pod = Pod {
+            name: format!("bkrun-pod-{}-{}", cfg.name, std::process::id()),
+            dir,
+        };
+        // A leftover of an earlier run of this same process id would make `podman run` fail.
+        let _ = podman()
+            .args(["rm", "--force", "--time", "0", &pod.name])
+            .output();
+        let workspace = pod.host("workspace");
+        fs::create_dir(&workspace).unwrap();
+        fs::write(workspace.join("Dockerfile"), dockerfile).unwrap();
+        let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("static busybox missing: run scripts/setup");
+        fs::copy(busybox, workspace.join("busybox")).unwrap();
+        // emptyDirs: the cache belongs to the pod's user (as the image's VOLUME does for uid
+        // 1000, and fsGroup would); the others are world-writable, as the kubelet makes them.
+        let cache = if cfg.uid == 0 {
+            "/var/lib/buildkit"
+        } else {
+            "/home/user/.local/share/buildkit"
+        };
+        let mut volumes = vec![
+            ("workspace", "/workspace"),
+            ("cache", cache),
+            ("tmp", "/tmp"),
+        ];
+        volumes.extend_from_slice(extra_volumes);
+        for (host, _) in &volumes[1..] {
+            fs::create_dir_all(pod.host(host)).unwrap();
+        }
+        for (host, _) in &volumes {
+            chown_tree(&pod.host(host), cfg.uid);
+        }
+        for (host, _) in &volumes[2..] {
+            fs::set_permissions(pod.host(host), fs::Permissions::from_mode(0o1777)).unwrap();
+        }
+
+        let mut args: Vec<String> = vec![
+            "run".into(),
+            "--detach".into(),
+            "--name".into(),
+            pod.name.clone(),
+            "--user".into(),
+            format!("{0}:{0}", cfg.uid),
+            "--network".into(),
+            "none".into(),
+            "--workdir".into(),
+            "/workspace".into(),
+        ];
+        args.extend(cfg.security.iter().cloned());
+        let flags_env = cfg.buildkitd_flags.map(|f| ("BUILDKITD_FLAGS", f));
+        for (k, v) in IMAGE_ENV.iter().copied().chain(flags_env) {
+            args.extend(["--env".into(), format!("{k}={v}")]);
+        }
+        // The fresh bkrun and the pinned BuildKit are mounted, not baked in, so the rootfs only
+        // changes with its package list.
+        let binaries = [
+            (PathBuf::from(env!("CARGO_BIN_EXE_bkrun")), "/usr/bin/bkrun"),
+            (host_program("buildkitd"), "/usr/bin/buildkitd"),
+            (host_program("buildctl"), "/usr/bin/buildctl"),
+        ];
+        for (host, inside) in &binaries {
+            args.extend(["--volume".into(), format!("{}:{inside}:ro", host.display())]);
+        }
+        for (host, inside) in &volumes {
+            args.extend([
+                "--volume".into(),
+                format!("{}:{inside}", pod.host(host).display()),
+            ]);
+        }
+        // `:O` gives this container an overlay of its own over the shared read-only rootfs.
+        args.extend(["--rootfs".into(), format!("{}:O", rootfs().display())]);
+        args.extend(command.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        podman_ok(&args);
+        pod
+    }
+
+    fn host(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// `podman exec` in the workspace, as the container's user and with its environment.
+    fn exec(&self, args: &[&str]) -> Ran {
+        let start = Instant::now();
+        let out = podman()
+            .args(["exec", "--workdir", "/workspace", &self.name])
+            .args(args)
+            .output()
+            .unwrap();
+        Ran {
+            code: out.status.code().unwrap_or(-1),
+            secs: start.elapsed().as_secs_f64(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// What `ran` left in the container. A daemon log bkrun kept and named on stderr is by
+    /// design, not a leftover; it is removed so the next command starts clean.
+    fn leftovers(&self, ran: &Ran) -> Vec<String> {
+        let check = self.exec(&["sh", "-c", LEFTOVERS_SH]);
+        assert_eq!(check.code, 0, "the leftover check failed: {}", check.show());
+        let mut left = Vec::new();
+        for line in check.stdout.lines() {
+            match line.strip_prefix("temp ") {
+                Some(path) if path.ends_with(".log") && ran.stderr.contains(path) => {
+                    self.exec(&["rm", "-f", path]);
+                }
+                _ => left.push(line.to_string()),
+            }
+        }
+        left
+    }
+
+    /// Removes the container and checks podman no longer lists it.
+    fn remove(self) -> Result<(), String> {
+        let name = self.name.clone();
+        drop(self);
+        let out = podman_ok(&["ps", "--all", "--format", "{{.Names}}"]);
+        if String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .any(|l| l == name)
+        {
+            return Err(format!("podman ps --all still lists {name}"));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Pod {
+    fn drop(&mut self) {
+        let _ = podman()
+            .args(["rm", "--force", "--time", "0", &self.name])
+            .output();
+    }
+}
+
+fn chown_tree(p: &Path, uid: u32) {
+    let _ = std::os::unix::fs::lchown(p, Some(uid), Some(uid));
+    if p.is_dir() && !p.is_symlink() {
+        for e in fs::read_dir(p).unwrap().flatten() {
+            chown_tree(&e.path(), uid);
+        }
+    }
+    let _ = chown(p, Some(uid), Some(uid));
+}
+
+/// The rows of one configuration's table and what went wrong, asserted only once the table is written.
+struct Report {
+    config: &'static str,
+    rows: Vec<String>,
+    problems: Vec<String>,
+}
+
+impl Report {
+    fn new(config: &'static str) -> Report {
+        Report {
+            config,
+            rows: Vec::new(),
+            problems: Vec::new(),
+        }
+    }
+
+    fn row(&mut self, command: &str, ran: &Ran, left: &[String]) {
+        let cell = |s: Option<&str>| s.unwrap_or("-").replace('\t', " ");
+        self.rows.push(format!(
+            "{}\t{command}\t{}\t{:.2}\t{}\t{}\t{}",
+            self.config,
+            ran.code,
+            ran.secs,
+            cell(ran.mode().as_deref()),
+            cell(ran.first_error()),
+            if left.is_empty() {
+                "-".to_string()
+            } else {
+                left.join("; ")
+            },
+        ));
+        if !left.is_empty() {
+            self.problems
+                .push(format!("{command} left behind:\n  {}", left.join("\n  ")));
+        }
+    }
+
+    fn check(&mut self, ok: bool, command: &str, what: &str, ran: &Ran) {
+        if !ok {
+            self.problems
+                .push(format!("{command}: {what}\n{}", ran.show()));
+        }
+    }
+
+    /// A build (the guide's or bkrun's) ended as the configuration expects.
+    fn build_outcome(&mut self, command: &str, expect: Expect, ran: &Ran) {
+        match expect {
+            Expect::Builds(mode) => {
+                self.check(ran.code == 0, command, "expected exit 0", ran);
+                self.check(
+                    ran.mode().as_deref() == Some(mode),
+                    command,
+                    &format!("expected the start-up line to name mode {mode}"),
+                    ran,
+                );
+                self.check(
+                    ran.startup_before_progress(),
+                    command,
+                    "expected the start-up line before the progress output",
+                    ran,
+                );
+            }
+            Expect::Refused(field) => {
+                self.check(ran.code == 1, command, "expected exit 1", ran);
+                let first = ran.stderr.lines().next().unwrap_or("");
+                self.check(
+                    first.starts_with("bkrun: ") && first.contains(field),
+                    command,
+                    &format!("expected the first stderr line to be bkrun's, naming `{field}`"),
+                    ran,
+                );
+                self.check(
+                    ran.startup_line().is_none(),
+                    command,
+                    "expected no daemon to start",
+                    ran,
+                );
+            }
+        }
+    }
+
+    /// Writes target/pod-report/<config>.tsv, then fails the test with every problem found.
+    fn finish(self) {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .parent()
+            .unwrap()
+            .join("pod-report");
+        fs::create_dir_all(&dir).unwrap();
+        let mut text =
+            String::from("config\tcommand\texit\tseconds\tmode\tfirst bkrun error\tleft behind\n");
+        for r in &self.rows {
+            text.push_str(r);
+            text.push('\n');
+        }
+        fs::write(dir.join(format!("{}.tsv", self.config)), &text).unwrap();
+        assert!(
+            self.problems.is_empty(),
+            "pod configuration {}:\n{text}\n{}",
+            self.config,
+            self.problems.join("\n\n")
+        );
+    }
+}
+
+/// The guide's command, `bkrun build` with a local output, and `bkrun doctor` in both formats,
+/// each checked for its outcome and for what it left in the pod.
+fn run_configuration(name: &'static str) {
+    let cfg = config(name);
+    let pod = Pod::start(&cfg, HELLO_DOCKERFILE, &[], &["sleep", "infinity"]);
+    let mut report = Report::new(cfg.name);
+
+    let ran = pod.exec(&["sh", "-c", cfg.guide]);
+    let left = pod.leftovers(&ran);
+    report.row("guide", &ran, &left);
+    report.build_outcome("guide", cfg.expect, &ran);
+
+    let ran = pod.exec(&[
+        "bkrun",
+        "build",
+        "--frontend",
+        "dockerfile.v0",
+        "--local",
+        "context=.",
+        "--local",
+        "dockerfile=.",
+        "--output",
+        "type=local,dest=/tmp/out",
+    ]);
+    let left = pod.leftovers(&ran);
+    report.row("build", &ran, &left);
+    report.build_outcome("build", cfg.expect, &ran);
+    if let Expect::Builds(_) = cfg.expect {
+        let hello = fs::read_to_string(pod.host("tmp/out/hello")).unwrap_or_default();
+        report.check(
+            hello == "hello\n",
+            "build",
+            "expected /tmp/out/hello to say hello",
+            &ran,
+        );
+    }
+
+    let ran = pod.exec(&["bkrun", "doctor"]);
+    let left = pod.leftovers(&ran);
+    report.row("doctor", &ran, &left);
+    doctor_outcome(&mut report, "doctor", cfg.expect, &ran);
+    if let Expect::Refused(field) = cfg.expect {
+        report.check(
+            ran.stdout.contains(field) || ran.stderr.contains(field),
+            "doctor",
+            &format!("expected the report to name `{field}`"),
+            &ran,
+        );
+    }
+
+    let ran = pod.exec(&["bkrun", "doctor", "--format", "json"]);
+    let left = pod.leftovers(&ran);
+    report.row("doctor --format json", &ran, &left);
+    doctor_outcome(&mut report, "doctor --format json", cfg.expect, &ran);
+    if let Err(e) = check_doctor_json(&ran.stdout, cfg.expect) {
+        report.check(false, "doctor --format json", &e, &ran);
+    }
+
+    if let Err(e) = pod.remove() {
+        report.problems.push(e);
+    }
+    report.finish();
+}
+
+fn doctor_outcome(report: &mut Report, command: &str, expect: Expect, ran: &Ran) {
+    let want = match expect {
+        Expect::Builds(_) => 0,
+        Expect::Refused(_) => 1,
+    };
+    report.check(
+        ran.code == want,
+        command,
+        &format!("expected exit {want}"),
+        ran,
+    );
+    // It starts nothing, so it is quick even on a loaded machine; the time includes podman exec.
+    report.check(
+        ran.secs < 2.0,
+        command,
+        "expected it to finish well under a second",
+        ran,
+    );
+}
+
+/// `bkrun doctor --format json`: one object with the mode auto picks, each mode's verdict,
+/// the facts and the versions found.
+fn check_doctor_json(stdout: &str, expect: Expect) -> Result<(), String> {
+    let v: serde_json::Value =
+        serde_json::from_str(stdout).map_err(|e| format!("not one JSON object: {e}"))?;
+    for key in ["auto", "modes", "facts", "versions"] {
+        if v.get(key).is_none() {
+            return Err(format!("no \"{key}\" key"));
+        }
+    }
+    let modes = v["modes"].as_array().ok_or("\"modes\" is not an array")?;
+    for m in modes {
+        for key in ["mode", "works", "reason", "fix"] {
+            if m.get(key).is_none() {
+                return Err(format!("a mode without \"{key}\": {m}"));
+            }
+        }
+    }
+    let auto = &v["auto"];
+    match expect {
+        Expect::Builds(mode) if auto != mode => {
+            Err(format!("\"auto\" is {auto}, expected {mode:?}"))
+        }
+        Expect::Refused(_) if !auto.is_null() => Err(format!("\"auto\" is {auto}, expected null")),
+        _ => {
+            if let Some(mode) = auto.as_str() {
+                let works = modes
+                    .iter()
+                    .any(|m| m["mode"] == mode && m["works"] == true);
+                if !works {
+                    return Err(format!(
+                        "auto picks {mode}, which \"modes\" says cannot work"
+                    ));
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+#[test]
+fn privileged() {
+    run_configuration("privileged");
+}
+
+#[test]
+fn rootless() {
+    run_configuration("rootless");
+}
+
+#[test]
+fn strict() {
+    run_configuration("strict");
+}
+
+#[test]
+fn unmasked() {
+    run_configuration("unmasked");
+}
+
+#[test]
+fn runtime_default() {
+    run_configuration("runtime-default");
+}
+
+#[test]
+fn no_new_privs() {
+    run_configuration("no-new-privs");
+}
+
+#[test]
+fn root_unprivileged() {
+    run_configuration("root-unprivileged");
+}
+
+#[test]
+fn setuid_newuidmap() {
+    run_configuration("setuid-newuidmap");
+}
+
+/// Processes on this machine whose command line holds `needle`.
+fn host_processes(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmdline) = fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(needle)
+            && e.file_name().to_str() != Some(&std::process::id().to_string())
+        {
+            found.push(format!("{}: {cmdline}", e.file_name().to_string_lossy()));
+        }
+    }
+    found
+}
+
+/// Entries named bkrun-* in a host directory.
+fn bkrun_entries(dir: &Path) -> Vec<PathBuf> {
+    fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("bkrun-"))
+        .map(|e| e.path())
+        .collect()
+}
+
+#[test]
+fn sigterm_to_bkrun_as_pid_1_mid_run_exits_143_and_leaves_nothing() {
+    let cfg = config("rootless");
+    // The RUN step's shell keeps `token` in its command line (visible from the host; the last
+    // echo stops it from exec'ing sleep in its place), and prints `token-42`, which the
+    // Dockerfile's own text (echoed in the step's header) does not contain.
+    let token = format!("bkrun-pod-sigterm-{}", std::process::id());
+    let dockerfile = format!(
+        "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\",\"sh\",\"-c\",\"echo {token}-$((40+2)); /bin/busybox sleep 60; echo done\"]\n"
+    );
+    // TMPDIR is a volume here so the host can look in it once the container has stopped.
+    let pod = Pod::start(
+        &cfg,
+        &dockerfile,
+        &[("localtmp", "/home/user/.local/tmp")],
+        &[
+            "bkrun",
+            "build",
+            "--frontend",
+            "dockerfile.v0",
+            "--local",
+            "context=.",
+            "--local",
+            "dockerfile=.",
+            "--progress=plain",
+        ],
+    );
+    let logs = || {
+        let out = podman().args(["logs", &pod.name]).output().unwrap();
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    let printed = format!("{token}-42");
+    let started = wait_until(Duration::from_secs(60), || {
+        logs().lines().any(|l| l.trim_end().ends_with(&printed))
+    });
+    assert!(
+        started,
+        "the RUN step never printed its marker:\n{}",
+        logs()
+    );
+    assert!(
+        !host_processes(&token).is_empty(),
+        "the RUN step is not visible from the host, so its absence later would prove nothing"
+    );
+
+    let start = Instant::now();
+    podman_ok(&["stop", "--time", "10", &pod.name]);
+    let secs = start.elapsed().as_secs_f64();
+    let inspect = podman_ok(&["inspect", "--format", "{{.State.ExitCode}}", &pod.name]);
+    let code: i32 = String::from_utf8_lossy(&inspect.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    let log = logs();
+    let ran = Ran {
+        code,
+        secs,
+        stdout: String::new(),
+        stderr: log.clone(),
+    };
+    let mut left: Vec<String> = host_processes(&token);
+    for dir in ["tmp", "localtmp"] {
+        left.extend(
+            bkrun_entries(&pod.host(dir))
+                .iter()
+                .map(|p| p.display().to_string()),
+        );
+    }
+    let mut report = Report::new("sigterm");
+    report.row("podman stop (bkrun is PID 1, mid-RUN)", &ran, &left);
+    report.check(
+        code == 143,
+        "podman stop",
+        "expected exit 143 (128+SIGTERM)",
+        &ran,
+    );
+    // podman stop --time 10 sends SIGKILL after ten seconds; bkrun must be done long before.
+    report.check(
+        secs < 5.0,
+        "podman stop",
+        "expected bkrun to stop within 5 s",
+        &ran,
+    );
+    report.check(
+        ran.mode().as_deref() == Some("rootless-strict"),
+        "podman stop",
+        "expected the start-up line to name mode rootless-strict",
+        &ran,
+    );
+    if let Err(e) = pod.remove() {
+        report.problems.push(e);
+    }
+    report.finish();
+}
