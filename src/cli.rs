@@ -43,8 +43,8 @@ pub struct GlobalArgs {
     /// Verbose output from bkrun, and buildkitd --debug.
     #[arg(long, global = true)]
     pub debug: bool,
-    /// Use this existing daemon (unix:///path or tcp://host:port) and start none.
-    #[arg(long, global = true, env = "BUILDKIT_HOST", value_name = "ADDR")]
+    /// Use this existing daemon (unix:///path or tcp://host:port) and start none (also $BKRUN_ADDR; see README for BUILDKIT_HOST).
+    #[arg(long, global = true, value_name = "ADDR")]
     pub addr: Option<String>,
     /// CA certificate that signed the daemon's certificate (tcp:// addresses).
     #[arg(long, global = true, value_name = "FILE")]
@@ -67,6 +67,9 @@ pub struct GlobalArgs {
     /// Seconds to keep retrying a remote daemon that refuses or times out (default 15).
     #[arg(long, global = true, value_name = "SECONDS")]
     pub connect_retry: Option<f64>,
+    /// Invoked as buildctl-daemonless.sh, which never reads BUILDKIT_HOST.
+    #[arg(skip)]
+    pub as_daemonless_sh: bool,
 }
 
 /// The supervised daemon's extra listeners, for a sidecar or a shared builder.
@@ -113,8 +116,14 @@ pub enum Command {
     Du(ListArgs),
     /// Remove build cache, as `buildctl prune` does; lists what was removed and the total.
     Prune(PruneArgs),
-    /// Print the effective settings: the mode chosen and why, paths, the daemon's argv.
+    /// Print what the next command will do (start a daemon, and how, or connect, and where the address came from), paths, the daemon's argv.
     Config,
+    /// Check what this machine or container allows: each mode's verdict, the change that would make it work, versions. Starts no daemon; exits 1 when no mode can work.
+    Doctor {
+        /// text, or json for tools.
+        #[arg(long, value_enum, default_value = "text")]
+        format: crate::doctor::Format,
+    },
 }
 
 /// `bkrun debug …`: answered by bkrun itself, except the rarer subcommands, which buildctl runs.

@@ -114,6 +114,100 @@ pub struct Settings {
     pub daemon_config: Option<DaemonConfig>,
     pub config_file: Option<PathBuf>,
     pub debug: bool,
+    /// An existing daemon to use instead of starting one, and where its address came from.
+    pub remote: Option<Remote>,
+    /// Why a BUILDKIT_HOST in the environment is not used, for `bkrun config` and --debug.
+    pub buildkit_host_ignored: Option<String>,
+}
+
+/// Where a remote daemon's address came from, named in `bkrun config` and in connection errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddrSource {
+    Flag,
+    BkrunAddr,
+    BuildkitHost,
+}
+
+impl std::fmt::Display for AddrSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AddrSource::Flag => "--addr",
+            AddrSource::BkrunAddr => "BKRUN_ADDR",
+            AddrSource::BuildkitHost => "BUILDKIT_HOST",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Remote {
+    pub addr: String,
+    pub source: AddrSource,
+}
+
+/// The rule for using an existing daemon: `--addr` or `BKRUN_ADDR` always; BUILDKIT_HOST
+/// unless invoked as buildctl-daemonless.sh (the script never reads it) or it names this
+/// user's default socket (what BuildKit's images set for buildctl: `/run/user/UID/buildkit/
+/// buildkitd.sock`, `$XDG_RUNTIME_DIR/buildkit/buildkitd.sock`, `/run/buildkit/buildkitd.sock`
+/// for root) and no daemon answers there. Returns the remote daemon, if any, and why a
+/// BUILDKIT_HOST was not used.
+pub fn choose_remote(args: &GlobalArgs, host: &dyn Host) -> (Option<Remote>, Option<String>) {
+    if let Some(addr) = args.addr.clone().filter(|a| !a.is_empty()) {
+        let r = Remote {
+            addr,
+            source: AddrSource::Flag,
+        };
+        return (Some(r), None);
+    }
+    if let Some(addr) = host.env("BKRUN_ADDR") {
+        let r = Remote {
+            addr,
+            source: AddrSource::BkrunAddr,
+        };
+        return (Some(r), None);
+    }
+    let Some(addr) = host.env("BUILDKIT_HOST") else {
+        return (None, None);
+    };
+    if args.as_daemonless_sh {
+        return (
+            None,
+            Some(format!(
+                "BUILDKIT_HOST={addr} is not read when bkrun runs as buildctl-daemonless.sh, as the script does not"
+            )),
+        );
+    }
+    let default_socket = addr
+        .strip_prefix("unix://")
+        .filter(|p| is_default_socket(Path::new(p), host));
+    if let Some(path) = default_socket {
+        if !host.socket_answers(Path::new(path)) {
+            return (
+                None,
+                Some(format!(
+                    "BUILDKIT_HOST={addr} is this user's default socket (BuildKit's images set it) and no daemon answers there, so bkrun starts its own; use --addr or BKRUN_ADDR to insist on that address"
+                )),
+            );
+        }
+    }
+    let r = Remote {
+        addr,
+        source: AddrSource::BuildkitHost,
+    };
+    (Some(r), None)
+}
+
+fn is_default_socket(path: &Path, host: &dyn Host) -> bool {
+    let euid = host.euid();
+    let mut defaults = vec![PathBuf::from(format!(
+        "/run/user/{euid}/buildkit/buildkitd.sock"
+    ))];
+    if let Some(d) = host.env("XDG_RUNTIME_DIR") {
+        defaults.push(Path::new(&d).join("buildkit/buildkitd.sock"));
+    }
+    if euid == 0 {
+        defaults.push(PathBuf::from("/run/buildkit/buildkitd.sock"));
+    }
+    defaults.iter().any(|d| d == path)
 }
 
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(120);
@@ -152,6 +246,7 @@ impl Settings {
             None => DEFAULT_STOP_TIMEOUT,
         };
         let daemon_config = file.buildkitd;
+        let (remote, buildkit_host_ignored) = choose_remote(args, host);
         if daemon_config.is_some() && has_flag(&buildkitd_flags, "--config") {
             bail!("both bkrun.toml's [buildkitd] table and a buildkitd --config flag are set: keep one of them");
         }
@@ -175,6 +270,8 @@ impl Settings {
             daemon_config,
             config_file,
             debug: args.debug,
+            remote,
+            buildkit_host_ignored,
         })
     }
 }
@@ -250,6 +347,7 @@ pub fn parse_config(text: &str) -> Result<FileConfig> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::fake::FakeHost;
 
     #[test]
     fn parses_a_full_config() {
@@ -294,6 +392,85 @@ mod tests {
         assert!(format!("{e:#}").contains("mdoe"), "{e:#}");
         let e = parse_config("[buildkitd.registry.\"x\"]\nhtpp = true").unwrap_err();
         assert!(format!("{e:#}").contains("htpp"), "{e:#}");
+    }
+
+    fn remote_of(
+        args: GlobalArgs,
+        env: Vec<(&'static str, &'static str)>,
+        answering: Vec<&'static str>,
+    ) -> (Option<Remote>, Option<String>) {
+        let h = FakeHost {
+            env,
+            sockets: answering,
+            ..FakeHost::user()
+        };
+        choose_remote(&args, &h)
+    }
+
+    const IMAGE_HOST: &str = "unix:///run/user/1000/buildkit/buildkitd.sock";
+
+    #[test]
+    fn the_rootless_images_buildkit_host_starts_a_daemon() {
+        let env = vec![
+            ("BUILDKIT_HOST", IMAGE_HOST),
+            ("XDG_RUNTIME_DIR", "/run/user/1000"),
+        ];
+        let (r, why) = remote_of(GlobalArgs::default(), env.clone(), vec![]);
+        assert_eq!(r, None);
+        assert!(why.unwrap().contains("no daemon answers there"));
+        // A daemon serving there (a sidecar, `bkrun daemon`) is used.
+        let (r, _) = remote_of(
+            GlobalArgs::default(),
+            env.clone(),
+            vec!["/run/user/1000/buildkit/buildkitd.sock"],
+        );
+        assert_eq!(r.unwrap().source, AddrSource::BuildkitHost);
+        // As buildctl-daemonless.sh it is never read.
+        let script = GlobalArgs {
+            as_daemonless_sh: true,
+            ..Default::default()
+        };
+        let (r, why) = remote_of(script, env, vec!["/run/user/1000/buildkit/buildkitd.sock"]);
+        assert_eq!(r, None);
+        assert!(why.unwrap().contains("buildctl-daemonless.sh"));
+    }
+
+    #[test]
+    fn other_addresses_mean_a_remote_daemon() {
+        let (r, _) = remote_of(
+            GlobalArgs::default(),
+            vec![("BUILDKIT_HOST", "tcp://buildkitd:1234")],
+            vec![],
+        );
+        assert_eq!(
+            r,
+            Some(Remote {
+                addr: "tcp://buildkitd:1234".into(),
+                source: AddrSource::BuildkitHost
+            })
+        );
+        let (r, _) = remote_of(
+            GlobalArgs::default(),
+            vec![("BUILDKIT_HOST", "unix:///shared/buildkitd.sock")],
+            vec![],
+        );
+        assert_eq!(r.unwrap().source, AddrSource::BuildkitHost);
+        // bkrun's own variable and the flag always win, even over the image's default.
+        let (r, _) = remote_of(
+            GlobalArgs::default(),
+            vec![("BKRUN_ADDR", IMAGE_HOST), ("BUILDKIT_HOST", "tcp://x:1")],
+            vec![],
+        );
+        assert_eq!(r.unwrap().source, AddrSource::BkrunAddr);
+        let flag = GlobalArgs {
+            addr: Some(IMAGE_HOST.into()),
+            ..Default::default()
+        };
+        let (r, _) = remote_of(flag, vec![], vec![]);
+        assert_eq!(r.unwrap().source, AddrSource::Flag);
+        // An emptied BUILDKIT_HOST (a pod can't unset an image's variable) is unset.
+        let (r, why) = remote_of(GlobalArgs::default(), vec![("BUILDKIT_HOST", "")], vec![]);
+        assert_eq!((r, why), (None, None));
     }
 
     #[test]

@@ -11,12 +11,14 @@ fn main() {
         .map(|a| a.rsplit('/').next().unwrap_or(a).to_string())
         .unwrap_or_default();
     // Installed as buildctl-daemonless.sh (a symlink), every argument goes to the build client.
-    let argv = if invoked_as == "buildctl-daemonless.sh" {
+    let as_script = invoked_as == "buildctl-daemonless.sh";
+    let argv = if as_script {
         daemonless_sh_argv(&args[1..])
     } else {
         args
     };
-    let cli = Cli::parse_from(argv);
+    let mut cli = Cli::parse_from(argv);
+    cli.global.as_daemonless_sh = as_script;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

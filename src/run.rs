@@ -14,14 +14,14 @@ use signal_hook_tokio::Signals;
 use crate::cli::{Cli, Command, DaemonArgs, DebugCommand, GlobalArgs};
 use crate::client::admin::Request;
 use crate::client::connect::{self, Target, TlsFiles};
-use crate::config::Settings;
-use crate::daemon::{Daemon, Plan};
+use crate::config::{AddrSource, Remote, Settings};
+use crate::daemon::{diagnose, Daemon, Plan};
 use crate::host::{which, Host, RealHost};
 use crate::reaper::{self, Exit, Reaper};
 use crate::session::token::RegistryTls;
 use crate::spec;
 use crate::spec::build::BuildSpec;
-use crate::{client, progress};
+use crate::{client, doctor, progress};
 
 /// The work to do once the daemon serves.
 enum Work {
@@ -56,6 +56,12 @@ pub fn print_error(e: &anyhow::Error) {
     }
 }
 
+/// Writes a report to stdout; a reader that went away (`| head`) is not an error.
+fn write_stdout(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+}
+
 fn log(debug: bool, msg: impl FnOnce() -> String) {
     if debug {
         eprintln!("bkrun: {}", msg());
@@ -67,9 +73,18 @@ async fn try_run(cli: Cli) -> Result<i32> {
     let mut settings = Settings::load(&cli.global, &host)?;
     let work = match &cli.command {
         Command::Config => {
-            let plan = Plan::new(&settings, &host, false)?;
-            print!("{}", plan.describe());
+            write_stdout(&describe(&settings, &host, &cli.global)?);
             return Ok(0);
+        }
+        Command::Doctor { format } => {
+            // Never starts a daemon: facts, verdicts and versions only.
+            let report = doctor::Report::gather(&settings, &host);
+            let text = match format {
+                doctor::Format::Text => report.text(),
+                doctor::Format::Json => format!("{:#}\n", report.json()),
+            };
+            write_stdout(&text);
+            return Ok(report.exit_code());
         }
         Command::Exec { command } => {
             if which(&command[0], host.env("PATH").as_deref()).is_none() {
@@ -110,21 +125,69 @@ async fn try_run(cli: Cli) -> Result<i32> {
             Work::Serve(d.listen.clone())
         }
     };
-    if let Some(addr) = &cli.global.addr {
-        if matches!(work, Work::Serve(_)) {
-            bail!("bkrun daemon starts its own daemon: drop --addr (and unset BUILDKIT_HOST)");
+    match (&settings.remote, &work) {
+        // `bkrun daemon` in BuildKit's rootless image serves at the image's BUILDKIT_HOST.
+        (Some(r), Work::Serve(_)) if r.source == AddrSource::BuildkitHost => {}
+        (Some(r), Work::Serve(_)) => {
+            bail!("bkrun daemon starts its own daemon: drop {}", r.source)
         }
-        let target = remote_target(&cli.global, addr)?;
-        if let Some(warning) = connect::validate(&target)? {
-            eprintln!("bkrun: {warning}");
+        (Some(r), _) => {
+            let target = remote_target(&cli.global, r)?;
+            if let Some(warning) = connect::validate(&target)? {
+                eprintln!("bkrun: {warning}");
+            }
+            log(settings.debug, || {
+                format!("using the daemon at {} (from {})", r.addr, r.source)
+            });
+            return remote(target, work, settings.stop_timeout).await;
         }
-        return remote(target, work, settings.stop_timeout).await;
+        (None, _) => {}
+    }
+    if let Some(why) = &settings.buildkit_host_ignored {
+        log(settings.debug, || why.clone());
     }
     let plan = Plan::new(&settings, &host, matches!(work, Work::Serve(_)))?;
     log(settings.debug, || {
         format!("mode {} ({})", plan.mode(), plan.decision.reason)
     });
     supervise(plan, work).await
+}
+
+/// What `bkrun config` prints: what the next command will do (start a daemon, and how, or
+/// connect, and where the address came from), then the settings.
+fn describe(settings: &Settings, host: &dyn Host, g: &GlobalArgs) -> Result<String> {
+    if let Some(r) = &settings.remote {
+        let target = remote_target(g, r)?;
+        let tls = match &target.tls {
+            Some(t) => format!(
+                "ca {}, cert {}, key {}",
+                shown(&t.ca),
+                shown(&t.cert),
+                shown(&t.key)
+            ),
+            None => "none".into(),
+        };
+        return Ok(format!(
+            "daemon:          connect to {} (from {}); no daemon is started\ntls:             {tls}\nconnect retry:   {:?}\n",
+            r.addr, r.source, target.retry_for
+        ));
+    }
+    let plan = Plan::new(settings, host, false)?;
+    let mut s = format!(
+        "daemon:          start buildkitd, {} ({})\n",
+        plan.mode(),
+        plan.decision.why
+    );
+    if let Some(why) = &settings.buildkit_host_ignored {
+        s.push_str(&format!("BUILDKIT_HOST:   not used: {why}\n"));
+    }
+    s.push_str(&plan.describe());
+    Ok(s)
+}
+
+fn shown(p: &Option<PathBuf>) -> String {
+    p.as_ref()
+        .map_or("none".into(), |p| p.display().to_string())
 }
 
 /// bkrun.toml's registry CAs and `insecure`: the daemon applied them to its own token requests
@@ -146,8 +209,9 @@ fn registry_tls(settings: &Settings) -> BTreeMap<String, RegistryTls> {
         .collect()
 }
 
-/// The remote daemon of --addr/BUILDKIT_HOST with buildctl's TLS flags.
-fn remote_target(g: &GlobalArgs, addr: &str) -> Result<Target> {
+/// The remote daemon of --addr, BKRUN_ADDR or BUILDKIT_HOST with buildctl's TLS flags.
+fn remote_target(g: &GlobalArgs, remote: &Remote) -> Result<Target> {
+    let addr = &remote.addr;
     let mut tls = TlsFiles {
         ca: g.tlscacert.clone(),
         cert: g.tlscert.clone(),
@@ -169,6 +233,7 @@ fn remote_target(g: &GlobalArgs, addr: &str) -> Result<Target> {
         tls: (!tls.is_empty()).then_some(tls),
         insecure_plaintext: g.insecure_plaintext,
         retry_for: Duration::from_secs_f64(retry),
+        origin: Some(remote.source.to_string()),
     })
 }
 
@@ -354,12 +419,51 @@ async fn remote(target: Target, work: Work, grace: Duration) -> Result<i32> {
     }
 }
 
+/// Whether the work's output leaves room for bkrun's own start-up lines on stderr: not when
+/// the user asked for quiet, nor for rawjson, which tools read line by line.
+fn announces(work: &Work) -> bool {
+    match work {
+        Work::Build(spec) => !matches!(
+            spec.progress,
+            progress::Mode::Quiet | progress::Mode::RawJson
+        ),
+        _ => true,
+    }
+}
+
+/// First report after this long without the daemon serving, then every REPEAT.
+const SLOW_START: Duration = Duration::from_secs(3);
+const SLOW_START_REPEAT: Duration = Duration::from_secs(10);
+
+/// Says, while the daemon is not serving yet, how long it has taken, so a slow node is not
+/// mistaken for a hang. Never resolves.
+async fn report_slow_start(limit: Duration, log: PathBuf) {
+    let started = Instant::now();
+    let mut next = SLOW_START;
+    loop {
+        tokio::time::sleep_until((started + next).into()).await;
+        eprintln!(
+            "bkrun: waiting for buildkitd to serve: {}s so far, giving up after {}s (--ready-timeout); its log: {}",
+            next.as_secs(),
+            limit.as_secs(),
+            log.display()
+        );
+        next += SLOW_START_REPEAT;
+    }
+}
+
 async fn supervise(plan: Plan, work: Work) -> Result<i32> {
     let debug = plan.settings.debug;
     let grace = plan.settings.stop_timeout;
+    let announce = announces(&work);
     let reaper = Reaper::start().context("cannot become a child subreaper")?;
     let mut signals = install_signals()?;
     let handle = signals.handle();
+    // Asked beside the daemon's own start, so the start-up line costs no time.
+    let version = announce.then(|| {
+        let buildkitd = plan.buildkitd.clone();
+        tokio::task::spawn_blocking(move || doctor::version_of(&buildkitd))
+    });
     let mut daemon = Daemon::start(&plan, &reaper)?;
     log(debug, || {
         format!(
@@ -368,9 +472,22 @@ async fn supervise(plan: Plan, work: Work) -> Result<i32> {
             daemon.pid()
         )
     });
+    if let Some(version) = version {
+        let v = match tokio::time::timeout(Duration::from_secs(2), version).await {
+            Ok(Ok(Some(v))) => format!("buildkitd {v}"),
+            _ => "buildkitd".into(),
+        };
+        eprintln!(
+            "bkrun: starting {v}, {} ({})",
+            plan.mode(),
+            plan.decision.why
+        );
+    }
 
+    let log_path = daemon.log_path().to_path_buf();
     let ready = tokio::select! {
         r = daemon.wait_ready(plan.settings.ready_timeout) => r,
+        _ = report_slow_start(plan.settings.ready_timeout, log_path.clone()), if announce => unreachable!("never resolves"),
         Some(sig) = signals.next() => {
             daemon.stop().await;
             handle.close();
@@ -386,7 +503,13 @@ async fn supervise(plan: Plan, work: Work) -> Result<i32> {
             )
         }),
         Err(not_ready) => {
-            let err = not_ready.into_error(daemon.argv());
+            // A daemon that could not start in this container usually says why in its log:
+            // name the pod-spec change first.
+            let log_text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let err = match diagnose::explain(&log_text, &plan.facts) {
+                Some(why) => anyhow::anyhow!("buildkitd exited before it was ready: {why}"),
+                None => not_ready.into_error(daemon.argv()),
+            };
             handle.close();
             return Err(daemon.fail(err).await);
         }

@@ -311,6 +311,7 @@ fn an_unwritable_output_fails_before_the_build_and_a_failed_build_leaves_no_file
 /// status line shows its duration only when it took over 10 ms, so `SIZE TIME done` and
 /// `SIZE done` are the same line with different timing. Likewise a transfer shows a bare
 /// `#N transferring context:` line only when a status update caught it before its first byte.
+/// bkrun's own start-up line (`bkrun: starting buildkitd …`) comes before the progress.
 fn mask_timings(text: &str) -> String {
     let is_measure = |w: &str| {
         let n = ["kB", "MB", "GB", "B", "s"]
@@ -321,6 +322,7 @@ fn mask_timings(text: &str) -> String {
     };
     text.lines()
         .filter(|l| !(l.starts_with('#') && l.ends_with("transferring context:")))
+        .filter(|l| !l.starts_with("bkrun: starting buildkitd"))
         .map(|l| {
             l.split(' ')
                 .map(|w| if is_measure(w) { "T" } else { w })

@@ -52,6 +52,8 @@ pub struct Target {
     pub insecure_plaintext: bool,
     /// How long to keep retrying a daemon that refuses or times out (a rolling restart).
     pub retry_for: Duration,
+    /// Where the address came from (`--addr`, BKRUN_ADDR, BUILDKIT_HOST), named when it fails.
+    pub origin: Option<String>,
 }
 
 impl Target {
@@ -61,6 +63,7 @@ impl Target {
             tls: None,
             insecure_plaintext: false,
             retry_for: Duration::ZERO,
+            origin: None,
         }
     }
 }
@@ -232,7 +235,15 @@ pub async fn connect_target(t: &Target) -> Result<Channel> {
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(2));
             }
-            Err(f) => return Err(anyhow!(f.explained)),
+            Err(f) => {
+                return Err(match &t.origin {
+                    Some(origin) => anyhow!(
+                    "{} (the address came from {origin}: change or unset it to use another daemon)",
+                    f.explained
+                ),
+                    None => anyhow!(f.explained),
+                })
+            }
         }
     }
 }
@@ -452,6 +463,7 @@ mod tests {
             tls: None,
             insecure_plaintext: false,
             retry_for: Duration::ZERO,
+            origin: None,
         }
     }
 

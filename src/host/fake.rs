@@ -19,6 +19,8 @@ pub struct FakeHost {
     pub privileges: Vec<(&'static str, Privilege)>,
     pub env: Vec<(&'static str, &'static str)>,
     pub usable_dirs: Vec<&'static str>,
+    /// Unix sockets something answers on.
+    pub sockets: Vec<&'static str>,
 }
 
 /// All capabilities, as a privileged container or the host has them.
@@ -49,6 +51,7 @@ impl FakeHost {
             ],
             env: vec![("HOME", "/root")],
             usable_dirs: vec![],
+            sockets: vec![],
         }
     }
 
@@ -130,6 +133,9 @@ impl Host for FakeHost {
             .iter()
             .find(|(n, _)| *n == name)
             .map_or(Privilege::Missing, |(_, p)| *p)
+    }
+    fn socket_answers(&self, path: &Path) -> bool {
+        self.sockets.iter().any(|s| Path::new(s) == path)
     }
     fn dir_usable(&self, dir: &Path) -> bool {
         self.usable_dirs.iter().any(|d| Path::new(d) == dir)

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 
-pub use parse::{has_subid_entry, masked_proc_paths};
+pub use parse::{cap_names as parse_cap_names, has_subid_entry, masked_proc_paths};
 pub use real::{which, RealHost};
 
 /// Capability numbers bkrun reasons about (linux/capability.h).
@@ -48,6 +48,8 @@ pub trait Host {
     fn privilege(&self, program: &Path) -> Privilege;
     /// An existing directory this process can create files in.
     fn dir_usable(&self, dir: &Path) -> bool;
+    /// Something accepts connections on this unix socket now.
+    fn socket_answers(&self, path: &Path) -> bool;
 }
 
 /// The parts of /proc/self/status that decide what a container allows.

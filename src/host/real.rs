@@ -117,6 +117,10 @@ impl Host for RealHost {
         }
     }
 
+    fn socket_answers(&self, path: &Path) -> bool {
+        std::os::unix::net::UnixStream::connect(path).is_ok()
+    }
+
     fn dir_usable(&self, dir: &Path) -> bool {
         use nix::unistd::{access, AccessFlags};
         dir.is_dir() && access(dir, AccessFlags::W_OK | AccessFlags::X_OK).is_ok()

@@ -1,0 +1,108 @@
+//! Reads a daemon log for the causes a container's security settings produce, and names the pod-spec change for each.
+
+use super::facts::Facts;
+use super::mode::fix;
+use crate::host::Privilege;
+
+/// The cause and the change to make, when the log shows a known one; None otherwise (the
+/// caller then shows the generic message and the log's tail).
+pub fn explain(log: &str, facts: &Facts) -> Option<String> {
+    let lower = log.to_lowercase();
+    let refused = lower.contains("operation not permitted") || lower.contains("permission denied");
+    if !refused {
+        return None;
+    }
+    let id_map = ["newuidmap", "newgidmap", "uid_map", "gid_map"]
+        .iter()
+        .any(|w| lower.contains(w));
+    if id_map {
+        let setuid = facts
+            .id_maps
+            .iter()
+            .any(|t| t.privilege == Privilege::Setuid);
+        return Some(if facts.status.no_new_privs {
+            format!(
+                "rootlesskit's newuidmap was refused: no_new_privs is set (allowPrivilegeEscalation: false); {}",
+                fix::NO_NEW_PRIVS
+            )
+        } else if setuid {
+            format!(
+                "rootlesskit's newuidmap was refused: it is setuid root, which fails in this container; {}",
+                fix::NEWUIDMAP_FILE_CAPS
+            )
+        } else {
+            format!(
+                "rootlesskit's newuidmap was refused: {}",
+                fix::KEEP_SETID_CAPS
+            )
+        });
+    }
+    if lower.contains("apparmor") {
+        return Some(format!("AppArmor refused the daemon; {}", fix::APPARMOR));
+    }
+    let namespaces = ["fork/exec /proc/self/exe", "unshare", "clone", "setns"]
+        .iter()
+        .any(|w| lower.contains(w));
+    if namespaces && facts.status.seccomp == 2 {
+        return Some(format!(
+            "the seccomp profile refused the namespace calls rootlesskit makes; {}",
+            fix::SECCOMP
+        ));
+    }
+    if lower.contains("mount") && lower.contains("proc") && !facts.masked.is_empty() {
+        return Some(format!(
+            "a fresh /proc cannot be mounted here (/proc has masked paths); use rootless-strict (BUILDKITD_FLAGS=--oci-worker-no-process-sandbox, or --mode auto), or {}",
+            fix::PROC_MOUNT
+        ));
+    }
+    if lower.contains("mount") && facts.status.seccomp == 2 {
+        return Some(format!(
+            "the seccomp profile refused a mount; {}",
+            fix::SECCOMP
+        ));
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::fake::FakeHost;
+
+    fn facts(h: &FakeHost) -> Facts {
+        Facts::gather(h, "buildkitd", "rootlesskit", true)
+    }
+
+    const NEWUIDMAP: &str = "[rootlesskit:parent] error: failed to setup UID/GID map: newuidmap 42 [0 1000 1 1 100000 65536] failed: newuidmap: write to uid_map failed: Operation not permitted\n";
+
+    #[test]
+    fn newuidmap_refused_under_no_new_privs() {
+        let mut h = FakeHost::pod_user(0);
+        h.status.no_new_privs = true;
+        let why = explain(NEWUIDMAP, &facts(&h)).unwrap();
+        assert!(why.contains("allowPrivilegeEscalation"), "{why}");
+    }
+
+    #[test]
+    fn newuidmap_refused_when_setuid() {
+        let h = FakeHost {
+            privileges: vec![("newuidmap", Privilege::Setuid)],
+            ..FakeHost::pod_user(0)
+        };
+        let why = explain(NEWUIDMAP, &facts(&h)).unwrap();
+        assert!(why.contains("setcap cap_setuid=ep"), "{why}");
+    }
+
+    #[test]
+    fn namespace_calls_refused_by_seccomp() {
+        let log = "[rootlesskit:parent] error: failed to start the child: fork/exec /proc/self/exe: operation not permitted\n";
+        let why = explain(log, &facts(&FakeHost::pod_user(2))).unwrap();
+        assert!(why.contains("seccompProfile: {type: Unconfined}"), "{why}");
+    }
+
+    #[test]
+    fn unrelated_failures_are_left_to_the_log() {
+        let log = "buildkitd: flag provided but not defined: -frobnicate\n";
+        assert_eq!(explain(log, &facts(&FakeHost::pod_user(2))), None);
+    }
+}

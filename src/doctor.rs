@@ -1,0 +1,464 @@
+//! `bkrun doctor`: what this machine or container allows, each mode's verdict and the change that would make it work, the versions found; text for people, JSON for tools. It never starts a daemon.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::config::{has_flag, Settings};
+use crate::daemon::facts::Facts;
+use crate::daemon::mode::{self, ModeArg, Verdict};
+use crate::host::{parse_cap_names, Host, NsProbe, Privilege};
+
+/// Output format of `bkrun doctor`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Everything doctor reports, gathered before anything is printed.
+pub struct Report {
+    facts: Facts,
+    verdicts: [Verdict; 3],
+    auto: Option<mode::Decision>,
+    versions: Vec<(&'static str, Option<PathBuf>, Option<String>)>,
+    next: String,
+    next_json: Value,
+    env: Vec<(&'static str, Option<String>, bool)>,
+}
+
+impl Report {
+    pub fn gather(settings: &Settings, host: &dyn Host) -> Report {
+        let facts = Facts::gather(host, &settings.buildkitd, &settings.rootlesskit, true);
+        let verdicts = mode::assess(&facts);
+        let auto = mode::decide(ModeArg::Auto, &facts).ok();
+        let versions = versions(&[
+            ("buildkitd", facts.buildkitd.clone()),
+            ("rootlesskit", facts.rootlesskit.clone()),
+            ("runc", host.which("runc")),
+        ]);
+        let (next, next_json) = next_command(settings, &facts);
+        let env = ["XDG_RUNTIME_DIR", "TMPDIR"]
+            .into_iter()
+            .map(|k| {
+                let v = host.env(k);
+                let usable = v.as_deref().is_some_and(|d| host.dir_usable(Path::new(d)));
+                (k, v, usable)
+            })
+            .collect();
+        Report {
+            facts,
+            verdicts,
+            auto,
+            versions,
+            next,
+            next_json,
+            env,
+        }
+    }
+
+    /// 0 when some mode can work here, 1 when none can.
+    pub fn exit_code(&self) -> i32 {
+        if self.verdicts.iter().any(|v| v.works) {
+            0
+        } else {
+            1
+        }
+    }
+
+    pub fn text(&self) -> String {
+        let f = &self.facts;
+        let mut out = String::from("facts\n");
+        let mut add = |k: &str, v: String| {
+            let _ = writeln!(out, "  {k:<19} {v}");
+        };
+        add(
+            "uid",
+            format!(
+                "{}{}",
+                f.euid,
+                f.user.as_ref().map_or(String::new(), |u| format!(" ({u})"))
+            ),
+        );
+        add(
+            "user namespace",
+            if f.user_namespace {
+                "yes (hostUsers: false, or nested)".into()
+            } else {
+                "no (the initial one)".into()
+            },
+        );
+        add("seccomp", seccomp_name(f.status.seccomp).into());
+        add(
+            "no_new_privs",
+            if f.status.no_new_privs {
+                "yes (allowPrivilegeEscalation: false)".into()
+            } else {
+                "no".into()
+            },
+        );
+        add(
+            "capabilities",
+            caps_line(f.status.cap_eff, f.status.cap_bnd),
+        );
+        add(
+            "apparmor",
+            f.apparmor.clone().unwrap_or_else(|| "off".into()),
+        );
+        add("namespaces", probe_line(f.probe.as_ref()));
+        add("node sysctls", sysctl_line(f));
+        add(
+            "/proc masked",
+            if f.masked.is_empty() {
+                "nothing".into()
+            } else {
+                format!("{} ({} paths)", f.masked_summary(), f.masked.len())
+            },
+        );
+        for t in &f.id_maps {
+            add(
+                t.name,
+                match &t.path {
+                    Some(p) => format!("{}, {}", p.display(), privilege_name(t.privilege)),
+                    None => "not on PATH".into(),
+                },
+            );
+        }
+        add(
+            "subordinate ids",
+            if f.subids {
+                "yes"
+            } else {
+                "no range in /etc/subuid or /etc/subgid"
+            }
+            .into(),
+        );
+        for (k, v, usable) in &self.env {
+            add(
+                k,
+                match v {
+                    Some(v) if *usable => format!("{v} (usable)"),
+                    Some(v) => format!("{v} (missing or not writable: not used)"),
+                    None => "unset".into(),
+                },
+            );
+        }
+        out.push_str("versions\n");
+        for (name, path, version) in &self.versions {
+            let v = match (path, version) {
+                (Some(p), Some(v)) => format!("{v} ({})", p.display()),
+                (Some(p), None) => format!("unknown ({} did not say)", p.display()),
+                (None, _) => "not found".into(),
+            };
+            let _ = writeln!(out, "  {name:<19} {v}");
+        }
+        out.push_str("modes\n");
+        for v in &self.verdicts {
+            let verdict = if v.works { "yes" } else { "no" };
+            let _ = writeln!(out, "  {:<19} {verdict}: {}", v.mode.to_string(), v.reason);
+            if let Some(fix) = &v.fix {
+                let _ = writeln!(out, "  {:<19} to make it work: {fix}", "");
+            }
+        }
+        let auto = match &self.auto {
+            Some(d) => format!("{} ({})", d.mode, d.why),
+            None => "nothing: no mode can work here".into(),
+        };
+        let _ = writeln!(out, "{:<21} {auto}", "auto picks");
+        let _ = writeln!(out, "{:<21} {}", "next command", self.next);
+        out
+    }
+
+    pub fn json(&self) -> Value {
+        let f = &self.facts;
+        let tool = |t: &crate::daemon::facts::IdMapTool| {
+            json!({
+                "path": t.path,
+                "privilege": privilege_name(t.privilege),
+            })
+        };
+        let step = |s: Option<Result<(), nix::errno::Errno>>| match s {
+            None => Value::Null,
+            Some(Ok(())) => json!("ok"),
+            Some(Err(e)) => json!(e.to_string()),
+        };
+        let probe = f.probe.unwrap_or(NsProbe {
+            clone_userns: None,
+            unshare_userns: None,
+            mount: None,
+            mount_proc: None,
+        });
+        json!({
+            "facts": {
+                "uid": f.euid,
+                "user": f.user,
+                "user_namespace": f.user_namespace,
+                "seccomp": seccomp_name(f.status.seccomp),
+                "no_new_privs": f.status.no_new_privs,
+                "capabilities": {
+                    "effective": parse_cap_names(f.status.cap_eff),
+                    "bounding": parse_cap_names(f.status.cap_bnd),
+                },
+                "apparmor": f.apparmor,
+                "namespaces": {
+                    "clone_newuser": step(probe.clone_userns),
+                    "unshare_newuser": step(probe.unshare_userns),
+                    "mount": step(probe.mount),
+                    "mount_proc": step(probe.mount_proc),
+                },
+                "sysctls": {
+                    "max_user_namespaces": f.sysctls.max_user_namespaces,
+                    "unprivileged_userns_clone": f.sysctls.unprivileged_userns_clone,
+                },
+                "proc_masked_paths": f.masked,
+                "newuidmap": tool(&f.id_maps[0]),
+                "newgidmap": tool(&f.id_maps[1]),
+                "subordinate_ids": f.subids,
+                "env": self.env.iter().map(|(k, v, usable)| {
+                    (k.to_string(), json!({"value": v, "usable": usable}))
+                }).collect::<serde_json::Map<_, _>>(),
+                "buildkitd": f.buildkitd,
+                "rootlesskit": f.rootlesskit,
+            },
+            "versions": self.versions.iter().map(|(name, path, v)| {
+                (name.to_string(), json!({"path": path, "version": v}))
+            }).collect::<serde_json::Map<_, _>>(),
+            "modes": self.verdicts.iter().map(|v| json!({
+                "mode": v.mode.to_string(),
+                "works": v.works,
+                "reason": v.reason,
+                "fix": v.fix,
+            })).collect::<Vec<_>>(),
+            "auto": self.auto.as_ref().map(|d| d.mode.to_string()),
+            "next": self.next_json,
+        })
+    }
+}
+
+fn seccomp_name(mode: u8) -> &'static str {
+    match mode {
+        0 => "off (Unconfined)",
+        1 => "strict",
+        _ => "filter (a profile such as RuntimeDefault applies)",
+    }
+}
+
+fn privilege_name(p: Privilege) -> String {
+    match p {
+        Privilege::Missing => "missing".into(),
+        Privilege::None => "no setuid bit, no file capabilities".into(),
+        Privilege::Setuid => "setuid root".into(),
+        Privilege::FileCaps(c) => format!("file capabilities ({})", parse_cap_names(c).join(" ")),
+    }
+}
+
+fn caps_line(eff: u64, bnd: u64) -> String {
+    let names = |m: u64| {
+        if m == 0 {
+            "none".to_string()
+        } else if m.count_ones() >= 40 {
+            "all".to_string()
+        } else {
+            parse_cap_names(m).join(" ")
+        }
+    };
+    format!("effective: {}; bounding: {}", names(eff), names(bnd))
+}
+
+fn probe_line(p: Option<&NsProbe>) -> String {
+    let Some(p) = p else {
+        return "not tried".into();
+    };
+    let step = |s: Option<Result<(), nix::errno::Errno>>| match s {
+        None => "not tried".to_string(),
+        Some(Ok(())) => "ok".to_string(),
+        Some(Err(e)) => format!("refused ({e})"),
+    };
+    format!(
+        "clone(CLONE_NEWUSER) {}; unshare(CLONE_NEWUSER) {}; mount {}; fresh /proc {}",
+        step(p.clone_userns),
+        step(p.unshare_userns),
+        step(p.mount),
+        step(p.mount_proc)
+    )
+}
+
+fn sysctl_line(f: &Facts) -> String {
+    let mut parts = Vec::new();
+    if let Some(n) = f.sysctls.max_user_namespaces {
+        parts.push(format!("user.max_user_namespaces={n}"));
+    }
+    if let Some(b) = f.sysctls.unprivileged_userns_clone {
+        parts.push(format!("kernel.unprivileged_userns_clone={}", u8::from(b)));
+    }
+    if parts.is_empty() {
+        "not readable".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// What the next `bkrun build` would do, in words and as JSON.
+fn next_command(settings: &Settings, facts: &Facts) -> (String, Value) {
+    if let Some(r) = &settings.remote {
+        return (
+            format!(
+                "connects to {} (from {}); starts no daemon",
+                r.addr, r.source
+            ),
+            json!({"action": "connect", "address": r.addr, "source": r.source.to_string()}),
+        );
+    }
+    let ignored = settings
+        .buildkit_host_ignored
+        .as_ref()
+        .map_or(String::new(), |w| format!("\n{:<21} {w}", ""));
+    match mode::decide(settings.mode, facts) {
+        Ok(mut d) => {
+            if d.mode == mode::Mode::Rootless
+                && has_flag(&settings.buildkitd_flags, "--oci-worker-no-process-sandbox")
+            {
+                d.mode = mode::Mode::RootlessStrict;
+                d.why = "BUILDKITD_FLAGS has --oci-worker-no-process-sandbox".into();
+            }
+            (
+                format!("starts buildkitd, {} ({}){ignored}", d.mode, d.why),
+                json!({"action": "start", "mode": d.mode.to_string(), "why": d.why,
+                       "buildkit_host_ignored": settings.buildkit_host_ignored}),
+            )
+        }
+        Err(e) => {
+            let line = e.to_string();
+            (
+                format!("fails: {line}{ignored}"),
+                json!({"action": "fail", "error": line}),
+            )
+        }
+    }
+}
+
+/// Each program's version, asked in parallel (each answers in milliseconds).
+fn versions(
+    programs: &[(&'static str, Option<PathBuf>)],
+) -> Vec<(&'static str, Option<PathBuf>, Option<String>)> {
+    let handles: Vec<_> = programs
+        .iter()
+        .map(|(name, path)| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            if let Some(p) = path.clone() {
+                std::thread::spawn(move || {
+                    let _ = tx.send(version_of(&p));
+                });
+            }
+            (*name, path.clone(), rx)
+        })
+        .collect();
+    handles
+        .into_iter()
+        .map(|(name, path, rx)| {
+            let v = rx.recv_timeout(Duration::from_secs(2)).ok().flatten();
+            (name, path, v)
+        })
+        .collect()
+}
+
+/// Runs `program --version` and takes the version out of its first line.
+pub fn version_of(program: &Path) -> Option<String> {
+    let (exit, out, _) = crate::reaper::output(Command::new(program).arg("--version"), b"").ok()?;
+    if exit.code() != 0 {
+        return None;
+    }
+    parse_version(&String::from_utf8_lossy(&out))
+}
+
+/// `buildkitd github.com/moby/buildkit v0.32.2 abc`, `rootlesskit version 1.1.0`,
+/// `runc version 1.1.5+ds1`: the first word that starts with a digit or v and a digit.
+pub fn parse_version(text: &str) -> Option<String> {
+    let line = text.lines().next()?;
+    line.split_whitespace()
+        .find(|w| {
+            let w = w.strip_prefix('v').unwrap_or(w);
+            w.starts_with(|c: char| c.is_ascii_digit())
+        })
+        .map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::GlobalArgs;
+    use crate::host::fake::FakeHost;
+
+    #[test]
+    fn versions_from_each_program_s_wording() {
+        assert_eq!(
+            parse_version("buildkitd github.com/moby/buildkit v0.32.2 abc\n").as_deref(),
+            Some("v0.32.2")
+        );
+        assert_eq!(
+            parse_version("rootlesskit version 1.1.0\n").as_deref(),
+            Some("1.1.0")
+        );
+        assert_eq!(
+            parse_version("runc version 1.1.5+ds1\ncommit: 1.1.5\n").as_deref(),
+            Some("1.1.5+ds1")
+        );
+        assert_eq!(parse_version("nothing here"), None);
+    }
+
+    fn report(h: &FakeHost) -> Report {
+        let s = Settings::load(&GlobalArgs::default(), h).unwrap();
+        Report::gather(&s, h)
+    }
+
+    #[test]
+    fn a_default_pod_reports_strict_and_exits_zero() {
+        let r = report(&FakeHost::pod_user(0));
+        assert_eq!(r.exit_code(), 0);
+        let j = r.json();
+        assert_eq!(j["auto"], "rootless-strict");
+        assert_eq!(j["modes"][1]["works"], false);
+        assert!(j["modes"][1]["fix"]
+            .as_str()
+            .unwrap()
+            .contains("procMount: Unmasked"));
+        assert_eq!(j["next"]["action"], "start");
+        let t = r.text();
+        assert!(t.contains("rootless-strict     yes"), "{t}");
+        assert!(
+            t.contains("auto picks            rootless-strict (/proc has masked paths)"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn a_refusing_pod_exits_one_with_every_fix() {
+        let mut h = FakeHost::pod_user(2);
+        h.probe.clone_userns = Some(Err(nix::errno::Errno::EPERM));
+        let r = report(&h);
+        assert_eq!(r.exit_code(), 1);
+        let j = r.json();
+        assert_eq!(j["auto"], Value::Null);
+        assert_eq!(j["next"]["action"], "fail");
+        for m in 0..3 {
+            assert_eq!(j["modes"][m]["works"], false);
+            assert!(j["modes"][m]["fix"].is_string());
+        }
+        assert!(r.text().contains("seccompProfile: {type: Unconfined}"));
+    }
+
+    #[test]
+    fn the_next_command_names_a_remote_daemon_and_its_source() {
+        let h = FakeHost {
+            env: vec![("HOME", "/home/u"), ("BUILDKIT_HOST", "tcp://b:1234")],
+            ..FakeHost::user()
+        };
+        let j = report(&h).json();
+        assert_eq!(j["next"]["action"], "connect");
+        assert_eq!(j["next"]["source"], "BUILDKIT_HOST");
+    }
+}
