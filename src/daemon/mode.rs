@@ -6,7 +6,7 @@ use anyhow::{bail, Result};
 use nix::errno::Errno;
 
 use super::facts::{Facts, IdMapTool};
-use crate::host::{Privilege, CAP_SETGID, CAP_SETUID, CAP_SYS_ADMIN};
+use crate::host::{Privilege, CAP_SYS_ADMIN};
 
 /// The mode asked for: on the command line, in $BKRUN_MODE or in bkrun.toml.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
@@ -57,6 +57,7 @@ pub mod fix {
         "set `securityContext.privileged: true` in the pod spec and run as root";
     pub const RUN_AS_ROOT: &str =
         "run as root (`securityContext.runAsUser: 0`) with `securityContext.privileged: true`";
+    pub const RUN_AS_USER: &str = "run as a non-root user with subordinate ids (`securityContext.runAsUser: 1000` in BuildKit's rootless image)";
     pub const PROC_MOUNT: &str = "set `securityContext.procMount: Unmasked` with `hostUsers: false` in the pod spec (or use rootless-strict)";
     pub const NEWUIDMAP_FILE_CAPS: &str = "give the image's newuidmap and newgidmap file capabilities instead of the setuid bit (`chmod u-s`, then `setcap cap_setuid=ep newuidmap` and `setcap cap_setgid=ep newgidmap`), as BuildKit's rootless image does";
     pub const KEEP_SETID_CAPS: &str = "keep SETUID and SETGID in `securityContext.capabilities` (do not drop them): newuidmap's file capabilities need them";
@@ -208,14 +209,12 @@ fn rootless_common(f: &Facts) -> Result<(), (String, String)> {
             ));
         }
     } else {
-        for (cap, name) in [(CAP_SETUID, "SETUID"), (CAP_SETGID, "SETGID")] {
-            if !f.status.has_eff(cap) {
-                return Err((
-                    format!("root without CAP_{name} cannot write the id maps rootlesskit needs"),
-                    fix::PRIVILEGED.into(),
-                ));
-            }
-        }
+        // rootlesskit warns that running as root is unsupported, and it then wants subordinate
+        // ids for root, which images don't have.
+        return Err((
+            "rootlesskit does not support running as root".into(),
+            fix::RUN_AS_USER.into(),
+        ));
     }
     let Some(probe) = f.probe else {
         return Err((
@@ -399,7 +398,7 @@ pub fn none_works(f: &Facts, verdicts: &[Verdict; 3]) -> anyhow::Error {
 mod tests {
     use super::*;
     use crate::host::fake::{FakeHost, DEFAULT_CAPS};
-    use crate::host::NsProbe;
+    use crate::host::{NsProbe, CAP_SETUID};
 
     fn facts(h: &FakeHost) -> Facts {
         Facts::gather(h, "buildkitd", "rootlesskit", true)
@@ -532,14 +531,18 @@ mod tests {
     }
 
     #[test]
-    fn root_without_sys_admin_gets_rootless_strict() {
+    fn root_without_sys_admin_is_told_privileged_or_a_user() {
         let mut h = FakeHost::pod_user(0);
         h.euid = 0;
         h.status.cap_eff = DEFAULT_CAPS;
-        let d = auto_mode(&h).unwrap();
-        assert_eq!(d.mode, Mode::RootlessStrict);
+        let e = auto_err(&h);
+        assert!(
+            e.lines().next().unwrap().contains("privileged: true"),
+            "{e}"
+        );
         let v = assess(&facts(&h));
         assert_eq!(v[0].fix.as_deref(), Some(fix::PRIVILEGED));
+        assert_eq!(v[2].fix.as_deref(), Some(fix::RUN_AS_USER));
     }
 
     #[test]
