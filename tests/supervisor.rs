@@ -160,7 +160,11 @@ fn a_daemon_with_a_bad_flag_fails_with_its_log() {
             .unwrap();
         assert_eq!(out.status.code(), Some(1), "{}", show(&out));
         let err = String::from_utf8_lossy(&out.stderr);
-        let first = err.lines().next().unwrap_or("");
+        // The first line after the start-up line is the headline.
+        let first = err
+            .lines()
+            .find(|l| !l.starts_with("bkrun: starting buildkitd"))
+            .unwrap_or("");
         assert!(
             first.starts_with("bkrun: buildkitd exited before it was ready"),
             "{err}"

@@ -39,6 +39,13 @@ impl Plan {
     /// `stable_socket`: the `daemon` subcommand's fixed `buildkitd.sock`, which sidecars connect to;
     /// ephemeral runs use a per-process name so parallel jobs never share a socket.
     pub fn new(settings: &Settings, host: &dyn Host, stable_socket: bool) -> Result<Plan> {
+        // Not a question of mode: said first, in the same words whatever the mode.
+        let Some(buildkitd) = host.which(&settings.buildkitd) else {
+            bail!(
+                "cannot start buildkitd: {:?} is not on PATH; install BuildKit (scripts/setup does) or set BUILDKITD to its path",
+                settings.buildkitd
+            );
+        };
         let probe = !(host.euid() == 0
             && host.process_status().has_eff(crate::host::CAP_SYS_ADMIN)
             && matches!(settings.mode, ModeArg::Auto | ModeArg::Privileged));
@@ -56,12 +63,6 @@ impl Plan {
         let flag_root = flag_value(&settings.buildkitd_flags, "--root").map(PathBuf::from);
         let root = settings.root.clone().or(flag_root);
         let paths = paths::choose(host, root.as_deref(), settings.socket_dir.as_deref())?;
-        let Some(buildkitd) = host.which(&settings.buildkitd) else {
-            bail!(
-                "cannot start buildkitd: {:?} is not on PATH; install BuildKit (scripts/setup does) or set BUILDKITD to its path",
-                settings.buildkitd
-            );
-        };
         let rootlesskit = if decision.mode.is_rootless() {
             host.which(&settings.rootlesskit)
         } else {
