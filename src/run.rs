@@ -437,8 +437,7 @@ const SLOW_START_REPEAT: Duration = Duration::from_secs(10);
 
 /// Says, while the daemon is not serving yet, how long it has taken, so a slow node is not
 /// mistaken for a hang. Never resolves.
-async fn report_slow_start(limit: Duration, log: PathBuf) {
-    let started = Instant::now();
+async fn report_slow_start(started: Instant, limit: Duration, log: PathBuf) {
     let mut next = SLOW_START;
     loop {
         tokio::time::sleep_until((started + next).into()).await;
@@ -464,6 +463,7 @@ async fn supervise(plan: Plan, work: Work) -> Result<i32> {
         let buildkitd = plan.buildkitd.clone();
         tokio::task::spawn_blocking(move || doctor::version_of(&buildkitd))
     });
+    let started = Instant::now();
     let mut daemon = Daemon::start(&plan, &reaper)?;
     log(debug, || {
         format!(
@@ -487,7 +487,7 @@ async fn supervise(plan: Plan, work: Work) -> Result<i32> {
     let log_path = daemon.log_path().to_path_buf();
     let ready = tokio::select! {
         r = daemon.wait_ready(plan.settings.ready_timeout) => r,
-        _ = report_slow_start(plan.settings.ready_timeout, log_path.clone()), if announce => unreachable!("never resolves"),
+        _ = report_slow_start(started, plan.settings.ready_timeout, log_path.clone()), if announce => unreachable!("never resolves"),
         Some(sig) = signals.next() => {
             daemon.stop().await;
             handle.close();

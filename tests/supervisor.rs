@@ -411,3 +411,42 @@ fn an_unwritable_socket_dir_is_explained() {
     );
     sb.assert_clean();
 }
+
+#[test]
+fn a_slow_daemon_start_is_reported_and_quiet_stays_quiet() {
+    let sb = Sandbox::new(Mode::Privileged);
+    // A buildkitd that takes 4 s to start, as on a loaded node.
+    let slow = sb.write(
+        "slow-buildkitd",
+        "#!/bin/sh\nsleep 4\nexec buildkitd \"$@\"\n",
+    );
+    fs::set_permissions(&slow, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = run_ok(
+        sb.bkrun()
+            .env("BUILDKITD", &slow)
+            .args(["exec", "--", "true"]),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().collect();
+    assert!(
+        // The version is asked of the same slow program, so it may be left out.
+        lines[0].starts_with("bkrun: starting buildkitd")
+            && lines[0].ends_with(", privileged (as requested)"),
+        "{err}"
+    );
+    assert!(
+        lines[1]
+            .starts_with("bkrun: waiting for buildkitd to serve: 3s so far, giving up after 120s"),
+        "{err}"
+    );
+    // --progress=quiet: nothing of bkrun's own on stderr either.
+    let ctx = sb.hello_context();
+    let out = run_ok(
+        sb.bkrun()
+            .arg("build")
+            .args(sb.build_args(&ctx))
+            .arg("--progress=quiet"),
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "", "{}", show(&out));
+    sb.assert_clean();
+}
