@@ -5,6 +5,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod fsutil;
+pub mod gofmt;
 pub mod host;
 pub mod ocilayout;
 pub mod progress;
