@@ -7,6 +7,7 @@ pub mod daemon;
 pub mod fsutil;
 pub mod gofmt;
 pub mod host;
+pub mod mountinfo;
 pub mod ocilayout;
 pub mod progress;
 pub mod proto;
