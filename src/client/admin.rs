@@ -6,11 +6,13 @@
 use std::fmt::Write as _;
 use std::io::Write;
 
-use anyhow::{bail, Result};
-use prost_types::Timestamp;
+use anyhow::Result;
 use tonic::transport::Channel;
 
-use super::tabwriter::{align, SPACES, TABS};
+use crate::gofmt::durations::go_duration;
+use crate::gofmt::sizes::{bytes, Digits};
+use crate::gofmt::tabwriter::{align, SPACES, TABS};
+use crate::gofmt::times::go_time;
 use crate::proto::moby::buildkit::v1::control_client::ControlClient;
 use crate::proto::moby::buildkit::v1::types::{BuildkitVersion, WorkerRecord};
 use crate::proto::moby::buildkit::v1::{
@@ -348,182 +350,11 @@ fn normalize_arch(arch: &str, variant: &str) -> (String, String) {
     (a.into(), v.into())
 }
 
-/// How many digits a size gets: buildctl uses `%.2f` for usage and `%g` for GC rules.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Digits {
-    Two,
-    Shortest,
-}
-
-/// A byte count in decimal units (kB, MB, …); under 1000 it is whole bytes, `123B`.
-pub fn bytes(n: i64, digits: Digits) -> String {
-    const UNITS: [&str; 7] = ["B", "kB", "MB", "GB", "TB", "PB", "EB"];
-    let mag = (n as i128).abs();
-    let mut base: i128 = 1;
-    let mut i = 0;
-    while i + 1 < UNITS.len() && mag >= base * 1000 {
-        base *= 1000;
-        i += 1;
-    }
-    if i == 0 {
-        return format!("{n}B");
-    }
-    let v = n as f64 / base as f64;
-    match digits {
-        Digits::Two => format!("{v:.2}{}", UNITS[i]),
-        Digits::Shortest => format!("{v}{}", UNITS[i]),
-    }
-}
-
-/// A duration as Go prints one: `48h0m0s`, `1m1s`, `1.5s`, `300ms`, `0s`.
-pub fn go_duration(nanos: i64) -> String {
-    let sign = if nanos < 0 { "-" } else { "" };
-    let n = nanos.unsigned_abs();
-    if n == 0 {
-        return "0s".into();
-    }
-    if n < 1_000_000_000 {
-        let (scale, unit) = match n {
-            0..1_000 => (1, "ns"),
-            1_000..1_000_000 => (1_000, "µs"),
-            _ => (1_000_000, "ms"),
-        };
-        return format!("{sign}{}{unit}", decimal(n / scale, n % scale, scale));
-    }
-    let secs = n / 1_000_000_000;
-    let frac = n % 1_000_000_000;
-    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
-    let s = decimal(s, frac, 1_000_000_000);
-    match (h, secs >= 60) {
-        (0, false) => format!("{sign}{s}s"),
-        (0, true) => format!("{sign}{m}m{s}s"),
-        _ => format!("{sign}{h}h{m}m{s}s"),
-    }
-}
-
-/// `whole.frac` with the fraction's trailing zeros (and a bare point) left out.
-fn decimal(whole: u64, frac: u64, scale: u64) -> String {
-    if frac == 0 {
-        return whole.to_string();
-    }
-    let digits = scale.ilog10() as usize;
-    let f = format!("{frac:0digits$}");
-    format!("{whole}.{}", f.trim_end_matches('0'))
-}
-
-/// Reads a Go duration: `90s`, `1h30m`, `1.5h`, `300ms`, `0`; units ns, us (µs), ms, s, m, h.
-pub fn parse_go_duration(s: &str) -> Result<i64> {
-    let bad = || anyhow::anyhow!("invalid duration {s:?}: use e.g. 48h, 90m, 1h30m or 30s");
-    let (neg, mut rest) = match s.strip_prefix('-') {
-        Some(r) => (true, r),
-        None => (false, s.strip_prefix('+').unwrap_or(s)),
-    };
-    if rest == "0" {
-        return Ok(0);
-    }
-    if rest.is_empty() {
-        return Err(bad());
-    }
-    let mut total: u128 = 0;
-    while !rest.is_empty() {
-        let num_end = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(bad)?;
-        let (num, tail) = rest.split_at(num_end);
-        let (whole, frac) = num.split_once('.').unwrap_or((num, ""));
-        if (whole.is_empty() && frac.is_empty()) || frac.contains('.') {
-            return Err(bad());
-        }
-        let unit_end = tail
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(tail.len());
-        let (unit, next) = tail.split_at(unit_end);
-        let scale: u128 = match unit {
-            "ns" => 1,
-            "us" | "µs" | "μs" => 1_000,
-            "ms" => 1_000_000,
-            "s" => 1_000_000_000,
-            "m" => 60_000_000_000,
-            "h" => 3_600_000_000_000,
-            _ => return Err(bad()),
-        };
-        let w: u128 = if whole.is_empty() {
-            0
-        } else {
-            whole.parse().map_err(|_| bad())?
-        };
-        total = total.saturating_add(w.saturating_mul(scale));
-        if !frac.is_empty() {
-            // Digits past what the unit can hold in nanoseconds cannot change the result.
-            let f = &frac[..frac.len().min(18)];
-            let num: u128 = f.parse().map_err(|_| bad())?;
-            total = total.saturating_add(num.saturating_mul(scale) / 10u128.pow(f.len() as u32));
-        }
-        rest = next;
-    }
-    if total > i64::MAX as u128 {
-        bail!("duration {s:?} is too long");
-    }
-    Ok(if neg { -(total as i64) } else { total as i64 })
-}
-
-/// Reads a size in bytes: a plain number, or one with a unit, decimal (kB, MB, GB, TB) or
-/// binary (KiB, MiB, GiB, TiB); `10GB`, `512MiB`, `1.5GB`.
-pub fn parse_size(s: &str) -> Result<i64> {
-    let bad = || anyhow::anyhow!("invalid size {s:?}: use bytes or e.g. 512MB, 10GB, 2GiB");
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1.0,
-        "k" | "kb" => 1e3,
-        "m" | "mb" => 1e6,
-        "g" | "gb" => 1e9,
-        "t" | "tb" => 1e12,
-        "ki" | "kib" => 1024.0,
-        "mi" | "mib" => 1024.0 * 1024.0,
-        "gi" | "gib" => 1024.0 * 1024.0 * 1024.0,
-        "ti" | "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
-        _ => return Err(bad()),
-    };
-    let n: f64 = num.parse().map_err(|_| bad())?;
-    let v = n * mult;
-    if !v.is_finite() || v >= i64::MAX as f64 {
-        return Err(bad());
-    }
-    Ok(v as i64)
-}
-
-/// A timestamp as Go's `time.Time` prints in UTC: `2026-11-21 12:11:16.10126057 +0000 UTC`.
-/// A missing one is the Unix epoch, as the Go client makes of it.
-pub fn go_time(ts: Option<&Timestamp>) -> String {
-    let (secs, nanos) = ts.map_or((0, 0), |t| (t.seconds, t.nanos));
-    // Keep the fraction in [0, 1s) so a negative nanos field borrows from the seconds.
-    let secs = secs + i64::from(nanos).div_euclid(1_000_000_000);
-    let nanos = i64::from(nanos).rem_euclid(1_000_000_000) as u64;
-    let days = secs.div_euclid(86_400);
-    let tod = secs.rem_euclid(86_400);
-    let (y, mo, d) = crate::progress::civil_from_days(days);
-    let mut out = format!(
-        "{y:04}-{mo:02}-{d:02} {:02}:{:02}:{:02}",
-        tod / 3600,
-        tod / 60 % 60,
-        tod % 60
-    );
-    if nanos != 0 {
-        let f = format!("{nanos:09}");
-        out.push('.');
-        out.push_str(f.trim_end_matches('0'));
-    }
-    out.push_str(" +0000 UTC");
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
+
+    use prost_types::Timestamp;
 
     use super::*;
     use crate::proto::moby::buildkit::v1::types::{CdiDevice, GcPolicy};
@@ -787,99 +618,5 @@ mod tests {
             ]),
             "linux/amd64,linux/arm64,linux/arm/v7,linux/arm/v6,linux/arm64/v9,windows/amd64"
         );
-    }
-
-    #[test]
-    fn sizes_round_like_go() {
-        // Expected values printed by Go's fmt with tonistiigi/units semantics.
-        let cases = [
-            (0, "0B", "0B"),
-            (999, "999B", "999B"),
-            (1000, "1.00kB", "1kB"),
-            (1005, "1.00kB", "1.005kB"),
-            (1015, "1.01kB", "1.015kB"),
-            (1125, "1.12kB", "1.125kB"),
-            (2125, "2.12kB", "2.125kB"),
-            (3335, "3.33kB", "3.335kB"),
-            (1995, "2.00kB", "1.995kB"),
-            (999_999, "1000.00kB", "999.999kB"),
-            (1_234_567_890, "1.23GB", "1.23456789GB"),
-            (1_073_741_824, "1.07GB", "1.073741824GB"),
-            (i64::MAX, "9.22EB", "9.223372036854776EB"),
-            (-1500, "-1.50kB", "-1.5kB"),
-            (-5, "-5B", "-5B"),
-        ];
-        for (n, two, short) in cases {
-            assert_eq!(bytes(n, Digits::Two), two, "{n}");
-            assert_eq!(bytes(n, Digits::Shortest), short, "{n}");
-        }
-    }
-
-    #[test]
-    fn durations_print_like_go() {
-        let cases = [
-            (0, "0s"),
-            (1, "1ns"),
-            (1500, "1.5µs"),
-            (1_500_000, "1.5ms"),
-            (999_999_999, "999.999999ms"),
-            (1_000_000_000, "1s"),
-            (1_500_000_000, "1.5s"),
-            (61_000_000_000, "1m1s"),
-            (3_600_000_000_000, "1h0m0s"),
-            (3_723_004_000_000, "1h2m3.004s"),
-            (-5_400_000_000_000, "-1h30m0s"),
-            (i64::MAX, "2562047h47m16.854775807s"),
-        ];
-        for (n, s) in cases {
-            assert_eq!(go_duration(n), s, "{n}");
-        }
-    }
-
-    #[test]
-    fn durations_parse_like_go() {
-        let cases = [
-            ("1h30m", 5_400_000_000_000),
-            ("1.5h", 5_400_000_000_000),
-            ("300ms", 300_000_000),
-            ("2h45m10.5s", 9_910_500_000_000),
-            ("1µs", 1_000),
-            ("0", 0),
-            ("-1m", -60_000_000_000),
-            ("+5s", 5_000_000_000),
-            (".5s", 500_000_000),
-            ("1.s", 1_000_000_000),
-        ];
-        for (s, n) in cases {
-            assert_eq!(parse_go_duration(s).unwrap(), n, "{s}");
-        }
-        for s in ["", "5", "1x", "h", ".s", "1..5s", "9999999999h"] {
-            assert!(parse_go_duration(s).is_err(), "{s}");
-        }
-    }
-
-    #[test]
-    fn sizes_parse() {
-        assert_eq!(parse_size("123").unwrap(), 123);
-        assert_eq!(parse_size("10GB").unwrap(), 10_000_000_000);
-        assert_eq!(parse_size("1.5gb").unwrap(), 1_500_000_000);
-        assert_eq!(parse_size("2GiB").unwrap(), 2 << 30);
-        assert_eq!(parse_size("512 MB").unwrap(), 512_000_000);
-        assert!(parse_size("lots").is_err());
-        assert!(parse_size("5 parsecs").is_err());
-    }
-
-    #[test]
-    fn times_print_like_go() {
-        assert_eq!(
-            go_time(ts(1_795_263_076, 101_260_570).as_ref()),
-            "2026-11-21 12:11:16.10126057 +0000 UTC"
-        );
-        assert_eq!(go_time(None), "1970-01-01 00:00:00 +0000 UTC");
-        assert_eq!(
-            go_time(ts(951_782_400, 0).as_ref()),
-            "2000-02-29 00:00:00 +0000 UTC"
-        );
-        assert_eq!(go_time(ts(-1, 0).as_ref()), "1969-12-31 23:59:59 +0000 UTC");
     }
 }

@@ -8,4 +8,3 @@ pub mod localcache;
 pub mod metadata;
 pub mod probe;
 pub mod solve;
-pub mod tabwriter;

@@ -12,6 +12,7 @@ use tokio::net::UnixDatagram;
 
 use super::plan::{Plan, RunDirs};
 use super::ready;
+use crate::mountinfo;
 use crate::reaper::{self, Child, Exit, Reaper};
 
 /// Lines of the daemon log shown when it fails.
@@ -193,17 +194,11 @@ impl Daemon {
 /// Lazily unmounts every mount point below `dir`, deepest first (best effort: rootless
 /// daemons mount in their own namespace, where nothing is visible from here).
 fn unmount_below(dir: &Path) {
-    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+    let Ok(mounts) = mountinfo::read_self() else {
         return;
     };
-    let prefix = format!("{}/", dir.display());
-    let mut points: Vec<&str> = info
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|mp| mp.starts_with(&prefix))
-        .collect();
-    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
-    for mp in points {
+    let inside = mounts.iter().filter(|m| m.is_inside(dir));
+    for mp in mountinfo::deepest_first(inside.map(|m| m.mount_point.as_path())) {
         let _ = nix::mount::umount2(mp, nix::mount::MntFlags::MNT_DETACH);
     }
 }
@@ -416,6 +411,31 @@ mod tests {
             remove_same_device(&run);
             assert!(!run.exists());
         }
+    }
+
+    #[test]
+    fn mounts_below_a_dir_with_a_space_are_detached() {
+        // mountinfo writes the space as `\040`; a TMPDIR like "/home/a b/tmp" must still be found.
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let run = d.path().join("run dir\twith\\odd");
+        let mnt = run.join("tmp/buildkit mount1");
+        fs::create_dir_all(&mnt).unwrap();
+        nix::mount::mount(
+            Some("tmpfs"),
+            &mnt,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .unwrap();
+        fs::write(mnt.join("cache-file"), "keep").unwrap();
+        unmount_below(&run);
+        assert!(!mnt.join("cache-file").exists(), "the mount is detached");
+        remove_same_device(&run);
+        assert!(!run.exists());
     }
 
     #[test]

@@ -6,10 +6,6 @@
 //! whole stream with [`Renderer::run`]. Secret values given in [`Options`]
 //! are masked before anything is shown.
 
-mod gofmt;
-
-/// Calendar dates from day counts, shared with the admin tables' timestamps.
-pub use gofmt::civil_from_days;
 mod mask;
 mod plain;
 mod rawjson;
@@ -27,7 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::{Stream, StreamExt};
 
-pub use gofmt::Nanos;
+pub use crate::gofmt::times::Nanos;
 pub use mask::{Masker, MASK};
 pub use plain::PlainPrinter;
 pub use rawjson::{encode as encode_rawjson, RawJsonPrinter};

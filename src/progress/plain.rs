@@ -4,9 +4,11 @@ use std::collections::HashMap;
 use std::io::{self, Write};
 use std::sync::Arc;
 
-use super::gofmt::{bytes, secs, Nanos};
 use super::trace::{merge_intervals, Trace};
 use super::{Clock, Limiter};
+use crate::gofmt::durations::secs;
+use crate::gofmt::sizes::{bytes, Digits};
+use crate::gofmt::times::Nanos;
 use crate::proto::moby::buildkit::v1::StatusResponse;
 
 /// A vertex that started talking steals the screen from the current one only
@@ -277,9 +279,13 @@ impl<W: Write> PlainPrinter<W> {
             }
             self.last.insert(id.clone(), (s.current, s.timestamp));
             let amount = if s.total != 0 {
-                format!(" {} / {}", bytes(s.current), bytes(s.total))
+                format!(
+                    " {} / {}",
+                    bytes(s.current, Digits::Two),
+                    bytes(s.total, Digits::Two)
+                )
             } else if s.current != 0 {
-                format!(" {}", bytes(s.current))
+                format!(" {}", bytes(s.current, Digits::Two))
             } else {
                 String::new()
             };

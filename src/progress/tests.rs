@@ -7,8 +7,8 @@ use std::time::Duration;
 use base64::Engine as _;
 use serde_json::Value;
 
-use super::gofmt::parse_rfc3339;
 use super::*;
+use crate::gofmt::times::{parse_rfc3339, ts_nanos};
 use crate::proto::moby::buildkit::v1::{Vertex, VertexLog, VertexStatus};
 use crate::proto::pb;
 
@@ -358,13 +358,9 @@ fn decode_solve_status(line: &str) -> StatusResponse {
             .unwrap_or_default()
     };
     let t = |v: &Value, k: &str| {
-        v.get(k).and_then(Value::as_str).map(|x| {
-            let n = parse_rfc3339(x).unwrap();
-            prost_types::Timestamp {
-                seconds: n.div_euclid(1_000_000_000),
-                nanos: n.rem_euclid(1_000_000_000) as i32,
-            }
-        })
+        v.get(k)
+            .and_then(Value::as_str)
+            .map(|x| parse_rfc3339(x).unwrap())
     };
     let arr = |v: &Value, k: &str| {
         v.get(k)
@@ -518,7 +514,7 @@ fn decode_solve_status(line: &str) -> StatusResponse {
 
 /// The latest time a message mentions: our best guess of when it arrived.
 fn arrival(resp: &StatusResponse) -> Option<Nanos> {
-    let n = gofmt::ts_nanos;
+    let n = ts_nanos;
     let v = resp
         .vertexes
         .iter()

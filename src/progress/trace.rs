@@ -2,8 +2,9 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use super::gofmt::{log_offset, opt_nanos, ts_nanos, Nanos};
 use super::term::Tail;
+use crate::gofmt::durations::log_offset;
+use crate::gofmt::times::{opt_nanos, ts_nanos, Nanos};
 use crate::proto::moby::buildkit::v1::{StatusResponse, Vertex, VertexWarning};
 use crate::proto::pb::ProgressGroup;
 

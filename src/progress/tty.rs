@@ -3,10 +3,12 @@
 use std::io::{self, Write};
 use std::sync::Arc;
 
-use super::gofmt::{bytes, secs, Nanos};
 use super::plain::write_error_logs;
 use super::trace::{merge_intervals, Interval, Trace, Vtx};
 use super::{Clock, Limiter};
+use crate::gofmt::durations::secs;
+use crate::gofmt::sizes::{bytes, Digits};
+use crate::gofmt::times::Nanos;
 use crate::proto::moby::buildkit::v1::StatusResponse;
 
 /// Columns the log tails give up to their " => => # " prefix.
@@ -173,9 +175,13 @@ impl<W: Write> TtyPrinter<W> {
             for id in &v.statuses {
                 let s = &v.by_id[id];
                 let status = if s.total != 0 {
-                    format!("{} / {}", bytes(s.current), bytes(s.total))
+                    format!(
+                        "{} / {}",
+                        bytes(s.current, Digits::Two),
+                        bytes(s.total, Digits::Two)
+                    )
                 } else if s.current != 0 {
-                    bytes(s.current)
+                    bytes(s.current, Digits::Two)
                 } else {
                     String::new()
                 };

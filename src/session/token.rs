@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::auth::Credentials;
+use crate::gofmt::times::parse_rfc3339;
 
 /// Token servers and registries see who asked: bkrun, not the daemon.
 pub const USER_AGENT: &str = concat!("bkrun/", env!("CARGO_PKG_VERSION"));
@@ -353,73 +354,16 @@ fn parse_token(body: &[u8], flavour: Flavour) -> Result<Token, String> {
         .filter(|&s| s > 0)
         .unwrap_or(DEFAULT_EXPIRES_IN);
     // An issue time we cannot read is left out: the daemon then counts from when it got the token.
-    let issued_at = a.issued_at.as_deref().and_then(rfc3339_unix).unwrap_or(0);
+    let issued_at = a
+        .issued_at
+        .as_deref()
+        .and_then(parse_rfc3339)
+        .map_or(0, |t| t.seconds);
     Ok(Token {
         token,
         expires_in,
         issued_at,
     })
-}
-
-/// Unix seconds of an RFC 3339 time (`2006-01-02T15:04:05.999Z`, or with a `±hh:mm` offset), the
-/// one form token servers use for `issued_at`.
-fn rfc3339_unix(s: &str) -> Option<i64> {
-    let num = |r: std::ops::Range<usize>| -> Option<i64> {
-        let t = s.get(r)?;
-        if t.bytes().all(|c| c.is_ascii_digit()) {
-            t.parse().ok()
-        } else {
-            None
-        }
-    };
-    let b = s.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
-        return None;
-    }
-    if b[13] != b':' || b[16] != b':' {
-        return None;
-    }
-    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
-        return None;
-    }
-    let mut i = 19;
-    if b[i] == b'.' {
-        i += 1;
-        let start = i;
-        while i < b.len() && b[i].is_ascii_digit() {
-            i += 1;
-        }
-        if i == start {
-            return None;
-        }
-    }
-    let zone = &s[i..];
-    let offset = if zone.eq_ignore_ascii_case("z") {
-        0
-    } else if zone.len() == 6 && zone.as_bytes()[3] == b':' {
-        let v = num(i + 1..i + 3)? * 3600 + num(i + 4..i + 6)? * 60;
-        match zone.as_bytes()[0] {
-            b'+' => v,
-            b'-' => -v,
-            _ => return None,
-        }
-    } else {
-        return None;
-    };
-    Some(days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + sec - offset)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 /// The one line the user reads: what failed (registry, token server, status), what to do, then
@@ -795,37 +739,6 @@ mod tests {
             0
         );
         assert!(get("<html>").unwrap_err().contains("not token JSON"));
-    }
-
-    #[test]
-    fn rfc3339_times() {
-        assert_eq!(rfc3339_unix("1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(rfc3339_unix("2024-01-02T03:04:05Z"), Some(1_704_164_645));
-        assert_eq!(
-            rfc3339_unix("2024-01-02T03:04:05.123456789Z"),
-            Some(1_704_164_645)
-        );
-        assert_eq!(
-            rfc3339_unix("2024-01-02T05:04:05+02:00"),
-            Some(1_704_164_645)
-        );
-        assert_eq!(
-            rfc3339_unix("2024-01-01T22:34:05.5-04:30"),
-            Some(1_704_164_645)
-        );
-        assert_eq!(rfc3339_unix("2000-02-29T00:00:00Z"), Some(951_782_400));
-        for bad in [
-            "",
-            "2024-01-02",
-            "2024-01-02T03:04:05",
-            "2024-13-02T03:04:05Z",
-            "2024-01-02T03:04:05.Z",
-            "2024-01-02T03:04:05+0200",
-            "2024-01-02T03:04:05*02:00",
-            "2024-01-0xT03:04:05Z",
-        ] {
-            assert_eq!(rfc3339_unix(bad), None, "{bad}");
-        }
     }
 
     #[test]
