@@ -464,7 +464,7 @@ async fn supervise(plan: Plan, work: Work) -> Result<i32> {
         tokio::task::spawn_blocking(move || doctor::version_of(&buildkitd))
     });
     let started = Instant::now();
-    let mut daemon = Daemon::start(&plan, &reaper)?;
+    let mut daemon = Daemon::start(&plan, &reaper, std::sync::Arc::new(RealHost))?;
     log(debug, || {
         format!(
             "started {} (pid {})",

@@ -5,13 +5,16 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use nix::sys::signal::Signal;
 use tokio::net::UnixDatagram;
 
 use super::plan::{Plan, RunDirs};
 use super::ready;
+use crate::host::Host;
 use crate::mountinfo;
 use crate::reaper::{self, Child, Exit, Reaper};
 
@@ -30,11 +33,13 @@ pub struct Daemon {
     started: Instant,
     stop_timeout: Duration,
     argv: Vec<String>,
+    /// Where teardown's signals and unmounts go (the real machine, or the fake in tests).
+    host: Arc<dyn Host>,
 }
 
 impl Daemon {
     /// Prepares the directories and spawns the daemon; it does not wait for it to serve.
-    pub fn start(plan: &Plan, reaper: &Reaper) -> Result<Daemon> {
+    pub fn start(plan: &Plan, reaper: &Reaper, host: Arc<dyn Host>) -> Result<Daemon> {
         let run_dir = tempfile::Builder::new()
             .prefix("bkrun-")
             .tempdir_in(&plan.paths.temp_dir)
@@ -92,6 +97,7 @@ impl Daemon {
             started,
             stop_timeout: plan.settings.stop_timeout,
             argv,
+            host,
         })
     }
 
@@ -164,42 +170,47 @@ impl Daemon {
     /// The work is over by now; and without a process sandbox buildkitd cannot kill a RUN step's
     /// processes itself, so it would otherwise wait on them through the whole grace period.
     fn kill_build_processes(&self) {
-        let daemon = std::iter::once(self.child.pid)
-            .chain(reaper::descendants(self.child.pid))
-            .find(|p| reaper::comm(*p).as_deref() == Some("buildkitd"));
-        if let Some(d) = daemon {
-            for pid in reaper::descendants(d) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-        }
+        kill_build_processes(self.host.as_ref(), self.child.pid);
     }
 
     async fn cleanup(&mut self) {
         reaper::kill_all_descendants(Duration::from_secs(10)).await;
-        let _ = fs::remove_file(&self.socket);
         if let Some(d) = self.run_dir.take() {
-            // The daemon's TMPDIR is in the run dir, and a daemon killed mid-export leaves its
-            // snapshot mounts there: detach them first, and never delete across a mount point,
-            // or removing the run dir would delete cache contents through the mount.
-            let path = d.keep();
-            unmount_below(&path);
-            remove_same_device(&path);
+            remove_run_files(self.host.as_ref(), &self.socket, &d.keep());
         }
     }
 }
 
+/// Kills what the buildkitd under `root` (itself, or under rootlesskit) started: runc and the
+/// RUN steps' processes, parents first so none is left to start more. Not buildkitd itself,
+/// nor rootlesskit: they get SIGTERM next, to stop in order.
+fn kill_build_processes(host: &dyn Host, root: i32) {
+    let daemon = std::iter::once(root)
+        .chain(host.descendants(root))
+        .find(|p| host.comm(*p).as_deref() == Some("buildkitd"));
+    if let Some(d) = daemon {
+        for pid in host.descendants(d) {
+            let _ = host.kill(pid, Signal::SIGKILL);
+        }
+    }
+}
+
+/// The socket, then the run dir. The daemon's TMPDIR is in the run dir, and a daemon killed
+/// mid-export leaves its snapshot mounts there: they are detached first, and removal never
+/// crosses a mount point, or removing the run dir would delete cache contents through it.
+fn remove_run_files(host: &dyn Host, socket: &Path, run_dir: &Path) {
+    let _ = fs::remove_file(socket);
+    unmount_below(host, run_dir);
+    remove_same_device(run_dir);
+}
+
 /// Lazily unmounts every mount point below `dir`, deepest first (best effort: rootless
 /// daemons mount in their own namespace, where nothing is visible from here).
-fn unmount_below(dir: &Path) {
-    let Ok(mounts) = mountinfo::read_self() else {
-        return;
-    };
+fn unmount_below(host: &dyn Host, dir: &Path) {
+    let mounts = host.mounts();
     let inside = mounts.iter().filter(|m| m.is_inside(dir));
     for mp in mountinfo::deepest_first(inside.map(|m| m.mount_point.as_path())) {
-        let _ = nix::mount::umount2(mp, nix::mount::MntFlags::MNT_DETACH);
+        let _ = host.unmount(mp);
     }
 }
 
@@ -403,7 +414,7 @@ mod tests {
         assert!(!run.join("a").exists());
         if mounted {
             assert_eq!(fs::read_to_string(mnt.join("cache-file")).unwrap(), "keep");
-            unmount_below(&run);
+            unmount_below(&crate::host::RealHost, &run);
             assert!(
                 !mnt.join("cache-file").exists(),
                 "unmount_below detaches mounts under the dir"
@@ -432,10 +443,69 @@ mod tests {
         )
         .unwrap();
         fs::write(mnt.join("cache-file"), "keep").unwrap();
-        unmount_below(&run);
+        unmount_below(&crate::host::RealHost, &run);
         assert!(!mnt.join("cache-file").exists(), "the mount is detached");
         remove_same_device(&run);
         assert!(!run.exists());
+    }
+
+    fn mount_at(p: &Path) -> crate::mountinfo::Mount {
+        let line = format!(
+            "40 1 0:50 / {} rw - overlay overlay rw",
+            p.display().to_string().replace(' ', "\\040")
+        );
+        crate::mountinfo::parse_line(line.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn teardown_kills_only_what_buildkitd_started_parents_first() {
+        use crate::host::fake::FakeHost;
+        // rootlesskit (10) → buildkitd (11) → runc (12) → RUN step (13) → its child (14);
+        // something else of bkrun's (20) is left to the last sweep.
+        let h = FakeHost {
+            procs: vec![
+                (11, 10, "buildkitd"),
+                (12, 11, "runc"),
+                (13, 12, "sh"),
+                (14, 13, "sleep"),
+                (20, 1, "ssh-agent"),
+            ],
+            ..FakeHost::user()
+        };
+        kill_build_processes(&h, 10);
+        assert_eq!(
+            h.effects(),
+            ["kill 12 SIGKILL", "kill 13 SIGKILL", "kill 14 SIGKILL"]
+        );
+    }
+
+    #[test]
+    fn teardown_detaches_mounts_deepest_first_then_removes_the_run_dir() {
+        use crate::host::fake::FakeHost;
+        let d = tempfile::tempdir().unwrap();
+        let run = d.path().join("bkrun-x y");
+        fs::create_dir_all(run.join("tmp/snap/inner")).unwrap();
+        fs::write(run.join("tmp/snap/inner/f"), "x").unwrap();
+        let socket = d.path().join("bkrun.sock");
+        fs::write(&socket, "").unwrap();
+        let outside = d.path().join("elsewhere");
+        let h = FakeHost {
+            mount_table: vec![
+                mount_at(&run.join("tmp/snap")),
+                mount_at(&run.join("tmp/snap/inner")),
+                mount_at(&outside),
+            ],
+            ..FakeHost::user()
+        };
+        remove_run_files(&h, &socket, &run);
+        assert_eq!(
+            h.effects(),
+            [
+                format!("unmount {}", run.join("tmp/snap/inner").display()),
+                format!("unmount {}", run.join("tmp/snap").display()),
+            ]
+        );
+        assert!(!run.exists() && !socket.exists());
     }
 
     #[test]

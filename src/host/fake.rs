@@ -1,8 +1,12 @@
 //! A host made of plain fields: the test double for mode, path and doctor tests.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use nix::sys::signal::Signal;
 
 use super::{Host, NsProbe, Privilege, ProcStatus, Sysctls};
+use crate::mountinfo::Mount;
 
 /// Every fact a test may want to set; `root()` and `user()` are the usual starting points.
 #[derive(Clone, Debug)]
@@ -21,6 +25,18 @@ pub struct FakeHost {
     pub usable_dirs: Vec<&'static str>,
     /// Unix sockets something answers on.
     pub sockets: Vec<&'static str>,
+    /// Processes as (pid, parent, comm).
+    pub procs: Vec<(i32, i32, &'static str)>,
+    pub mount_table: Vec<Mount>,
+    /// Every effect asked for, in order: `kill PID SIGNAL`, `unmount PATH`.
+    pub effects: Arc<Mutex<Vec<String>>>,
+}
+
+impl FakeHost {
+    /// The effects asked for so far.
+    pub fn effects(&self) -> Vec<String> {
+        self.effects.lock().unwrap().clone()
+    }
 }
 
 /// All capabilities, as a privileged container or the host has them.
@@ -52,6 +68,9 @@ impl FakeHost {
             env: vec![("HOME", "/root")],
             usable_dirs: vec![],
             sockets: vec![],
+            procs: vec![],
+            mount_table: vec![],
+            effects: Arc::default(),
         }
     }
 
@@ -139,5 +158,39 @@ impl Host for FakeHost {
     }
     fn dir_usable(&self, dir: &Path) -> bool {
         self.usable_dirs.iter().any(|d| Path::new(d) == dir)
+    }
+    fn descendants(&self, pid: i32) -> Vec<i32> {
+        let mut found = vec![pid];
+        let mut i = 0;
+        while i < found.len() {
+            let p = found[i];
+            found.extend(self.procs.iter().filter(|c| c.1 == p).map(|c| c.0));
+            i += 1;
+        }
+        found.remove(0);
+        found
+    }
+    fn comm(&self, pid: i32) -> Option<String> {
+        self.procs
+            .iter()
+            .find(|p| p.0 == pid)
+            .map(|p| p.2.to_string())
+    }
+    fn kill(&self, pid: i32, signal: Signal) -> nix::Result<()> {
+        self.effects
+            .lock()
+            .unwrap()
+            .push(format!("kill {pid} {signal}"));
+        Ok(())
+    }
+    fn mounts(&self) -> Vec<Mount> {
+        self.mount_table.clone()
+    }
+    fn unmount(&self, path: &Path) -> nix::Result<()> {
+        self.effects
+            .lock()
+            .unwrap()
+            .push(format!("unmount {}", path.display()));
+        Ok(())
     }
 }

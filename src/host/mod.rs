@@ -9,6 +9,9 @@ pub mod fake;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
+use nix::sys::signal::Signal;
+
+use crate::mountinfo::Mount;
 
 pub use parse::{cap_names as parse_cap_names, has_subid_entry, masked_proc_paths};
 pub use real::{which, RealHost};
@@ -18,8 +21,9 @@ pub const CAP_SETGID: u32 = 6;
 pub const CAP_SETUID: u32 = 7;
 pub const CAP_SYS_ADMIN: u32 = 21;
 
-/// What mode and path choice need to know about the machine or container.
-pub trait Host {
+/// What mode and path choice need to know about the machine or container, and the effects
+/// teardown has on it (signals, unmounts), so both are unit-tested against the fake.
+pub trait Host: Send + Sync {
     fn euid(&self) -> u32;
     /// The user's login name, for /etc/subuid look-ups.
     fn user_name(&self) -> Option<String>;
@@ -50,6 +54,18 @@ pub trait Host {
     fn dir_usable(&self, dir: &Path) -> bool;
     /// Something accepts connections on this unix socket now.
     fn socket_answers(&self, path: &Path) -> bool;
+
+    // Processes and mounts, for teardown.
+
+    /// Every live descendant of `pid`, parents before their children.
+    fn descendants(&self, pid: i32) -> Vec<i32>;
+    /// A process's command name (the kernel's 15-byte `comm`).
+    fn comm(&self, pid: i32) -> Option<String>;
+    fn kill(&self, pid: i32, signal: Signal) -> nix::Result<()>;
+    /// The mounts this process's mount namespace has.
+    fn mounts(&self) -> Vec<Mount>;
+    /// Detaches a mount now; it goes once nothing uses it (MNT_DETACH).
+    fn unmount(&self, path: &Path) -> nix::Result<()>;
 }
 
 /// The parts of /proc/self/status that decide what a container allows.

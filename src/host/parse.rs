@@ -27,13 +27,13 @@ pub fn is_identity_map(map: &str) -> bool {
     fields == ["0", "0", "4294967295"]
 }
 
-/// Mount points below /proc in a mountinfo text (field 5 is the mount point).
-pub fn masked_proc_paths(mountinfo: &str) -> Vec<String> {
-    mountinfo
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|mp| mp.starts_with("/proc/"))
-        .map(str::to_string)
+/// Mount points below /proc in a mountinfo text: what a runtime masked or made read-only.
+pub fn masked_proc_paths(mountinfo: &[u8]) -> Vec<String> {
+    let proc = std::path::Path::new("/proc");
+    crate::mountinfo::parse(mountinfo)
+        .into_iter()
+        .filter(|m| m.is_inside(proc))
+        .map(|m| m.mount_point.display().to_string())
         .collect()
 }
 
@@ -159,7 +159,10 @@ mod tests {
         let mi = "22 1 0:21 / /proc rw,nosuid - proc proc rw\n\
                   23 22 0:5 /null /proc/kcore rw - devtmpfs udev rw\n\
                   24 22 0:22 / /proc/acpi ro - tmpfs tmpfs ro\n";
-        assert_eq!(masked_proc_paths(mi), ["/proc/kcore", "/proc/acpi"]);
+        assert_eq!(
+            masked_proc_paths(mi.as_bytes()),
+            ["/proc/kcore", "/proc/acpi"]
+        );
     }
 
     #[test]

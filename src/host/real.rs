@@ -4,10 +4,12 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
+use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
 
 use super::{parse, Host, NsProbe, Privilege, ProcStatus, Sysctls, CAP_SYS_ADMIN};
+use crate::mountinfo::Mount;
 
 /// The real machine.
 pub struct RealHost;
@@ -82,7 +84,7 @@ impl Host for RealHost {
     }
 
     fn proc_masked_paths(&self) -> Vec<String> {
-        std::fs::read_to_string("/proc/self/mountinfo")
+        std::fs::read("/proc/self/mountinfo")
             .map(|m| parse::masked_proc_paths(&m))
             .unwrap_or_default()
     }
@@ -115,6 +117,26 @@ impl Host for RealHost {
             Some(caps) if caps != 0 => Privilege::FileCaps(caps),
             _ => Privilege::None,
         }
+    }
+
+    fn descendants(&self, pid: i32) -> Vec<i32> {
+        crate::reaper::descendants(pid)
+    }
+
+    fn comm(&self, pid: i32) -> Option<String> {
+        crate::reaper::comm(pid)
+    }
+
+    fn kill(&self, pid: i32, signal: Signal) -> nix::Result<()> {
+        nix::sys::signal::kill(Pid::from_raw(pid), signal)
+    }
+
+    fn mounts(&self) -> Vec<Mount> {
+        crate::mountinfo::read_self().unwrap_or_default()
+    }
+
+    fn unmount(&self, path: &Path) -> nix::Result<()> {
+        nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH)
     }
 
     fn socket_answers(&self, path: &Path) -> bool {
