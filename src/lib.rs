@@ -16,3 +16,4 @@ pub mod reaper;
 pub mod run;
 pub mod session;
 pub mod spec;
+pub mod tlsroots;

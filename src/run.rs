@@ -485,8 +485,9 @@ async fn supervise(plan: Plan, work: Work) -> Result<i32> {
     }
 
     let log_path = daemon.log_path().to_path_buf();
+    let addr = daemon.addr.clone();
     let ready = tokio::select! {
-        r = daemon.wait_ready(plan.settings.ready_timeout) => r,
+        r = daemon.wait_ready(plan.settings.ready_timeout, client::probe::until_serving(addr)) => r,
         _ = report_slow_start(started, plan.settings.ready_timeout, log_path.clone()), if announce => unreachable!("never resolves"),
         Some(sig) = signals.next() => {
             daemon.stop().await;

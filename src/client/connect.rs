@@ -132,20 +132,6 @@ fn read_pem(what: &str, path: &Path) -> Result<Vec<u8>> {
         .with_context(|| format!("cannot read {what} {}: check the path", path.display()))
 }
 
-/// The system's CA certificates (Debian's and Red Hat's bundle files); none when neither exists.
-pub fn system_roots() -> Vec<CertificateDer<'static>> {
-    let mut out = Vec::new();
-    for path in [
-        "/etc/ssl/certs/ca-certificates.crt",
-        "/etc/pki/tls/certs/ca-bundle.crt",
-    ] {
-        if let Ok(pem) = std::fs::read(path) {
-            out.extend(CertificateDer::pem_slice_iter(&pem).flatten());
-        }
-    }
-    out
-}
-
 /// The rustls client configuration for `files`: the CA (or the system's roots), an optional
 /// client certificate, and ALPN h2, which gRPC servers require.
 fn client_config(files: &TlsFiles) -> Result<ClientConfig> {
@@ -168,7 +154,7 @@ fn client_config(files: &TlsFiles) -> Result<ClientConfig> {
             }
         }
         None => {
-            for cert in system_roots() {
+            for cert in crate::tlsroots::system_roots() {
                 let _ = roots.add(cert);
             }
         }

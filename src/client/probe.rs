@@ -1,4 +1,6 @@
-//! The readiness probe: a ListWorkers call, which answers only once the daemon serves with its workers loaded.
+//! The readiness probe: a ListWorkers call, which answers only once the daemon serves with its workers loaded; the supervisor races it against the daemon's READY=1.
+
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tonic::codegen::http::uri::PathAndQuery;
@@ -33,4 +35,19 @@ pub async fn list_workers_count(addr: &str) -> Result<usize> {
         )
         .await?;
     Ok(resp.into_inner().record.len())
+}
+
+/// Resolves once the daemon at `addr` answers ListWorkers with a worker, retrying with a short,
+/// growing backoff.
+pub async fn until_serving(addr: String) {
+    let mut delay = Duration::from_millis(5);
+    loop {
+        if let Ok(n) = list_workers_count(&addr).await {
+            if n > 0 {
+                return;
+            }
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(100));
+    }
 }

@@ -1,11 +1,8 @@
-//! Waiting until the daemon serves: its sd_notify READY=1 and a gRPC probe race, and the daemon exiting ends the wait at once.
+//! Waiting until the daemon serves: its sd_notify READY=1 races a probe the caller hands in (the daemon half speaks no gRPC), and the daemon exiting ends the wait at once.
 
 use std::path::Path;
-use std::time::Duration;
 
 use tokio::net::UnixDatagram;
-
-use crate::client::probe::list_workers_count;
 
 /// Binds the datagram socket buildkitd reports READY=1 to (it does so just before it serves).
 pub fn bind_notify_socket(path: &Path) -> std::io::Result<UnixDatagram> {
@@ -30,18 +27,21 @@ pub fn is_ready_message(msg: &[u8]) -> bool {
     msg.split(|b| *b == b'\n').any(|l| l == b"READY=1")
 }
 
-/// Resolves when a ListWorkers call to `addr` succeeds. It retries with a short, growing backoff;
-/// it is the fallback for daemons that don't notify (rootlesskit may not pass NOTIFY_SOCKET on).
-pub async fn probed(addr: &str) {
-    let mut delay = Duration::from_millis(5);
-    loop {
-        if let Ok(n) = list_workers_count(addr).await {
-            if n > 0 {
-                return;
-            }
-        }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_millis(100));
+/// What told bkrun the daemon serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadyBy {
+    /// buildkitd's sd_notify READY=1.
+    Notify,
+    /// The caller's probe (a gRPC call) answered first; rootlesskit may not pass NOTIFY_SOCKET on.
+    Probe,
+}
+
+impl std::fmt::Display for ReadyBy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ReadyBy::Notify => "READY=1",
+            ReadyBy::Probe => "gRPC probe",
+        })
     }
 }
 
@@ -59,6 +59,7 @@ mod tests {
 
     #[tokio::test]
     async fn notify_socket_receives_ready() {
+        use std::time::Duration;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("notify.sock");
         let sock = bind_notify_socket(&path).unwrap();

@@ -13,7 +13,7 @@ use nix::sys::signal::Signal;
 use tokio::net::UnixDatagram;
 
 use super::plan::{Plan, RunDirs};
-use super::ready;
+use super::ready::{self, ReadyBy};
 use crate::host::Host;
 use crate::mountinfo;
 use crate::reaper::{self, Child, Exit, Reaper};
@@ -113,18 +113,19 @@ impl Daemon {
         &self.log_path
     }
 
-    /// Waits until the daemon serves, for at most `timeout`. Returns the time from spawn to ready
-    /// and which signal came first. On failure the caller should hand the error to `fail`.
+    /// Waits until the daemon serves, for at most `timeout`: its READY=1 or `probe` (which
+    /// resolves once the daemon answers), whichever comes first. Returns the time from spawn to
+    /// ready and which came first. On failure the caller should hand the error to `fail`.
     pub async fn wait_ready(
         &mut self,
         timeout: Duration,
-    ) -> Result<(Duration, &'static str), NotReady> {
+        probe: impl std::future::Future<Output = ()>,
+    ) -> Result<(Duration, ReadyBy), NotReady> {
         let notify = self.notify.take();
-        let addr = self.addr.clone();
         let mut child = self.child.clone();
         let by = tokio::select! {
-            _ = async { match &notify { Some(n) => ready::notified(n).await, None => std::future::pending().await } } => "READY=1",
-            _ = ready::probed(&addr) => "gRPC probe",
+            _ = async { match &notify { Some(n) => ready::notified(n).await, None => std::future::pending().await } } => ReadyBy::Notify,
+            _ = probe => ReadyBy::Probe,
             exit = child.wait() => return Err(NotReady::Exited(exit)),
             _ = tokio::time::sleep(timeout) => return Err(NotReady::Timeout(timeout)),
         };
