@@ -144,12 +144,11 @@ impl Reaper {
         // spawning thread, so it is only set when that is the main thread, which lives as long as bkrun.
         let on_main_thread = nix::unistd::gettid() == nix::unistd::getpid();
         if on_main_thread {
-            // SAFETY: prctl is async-signal-safe.
+            // SAFETY: pre_exec runs between fork and exec, where only async-signal-safe calls
+            // are allowed; set_pdeathsig is one prctl syscall and allocates nothing.
             unsafe {
                 cmd.pre_exec(|| {
-                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                        return Err(io::Error::last_os_error());
-                    }
+                    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
                     Ok(())
                 });
             }

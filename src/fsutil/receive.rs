@@ -32,8 +32,10 @@ pub enum OwnerPolicy {
 impl OwnerPolicy {
     /// Our own ids, which is what the local exporter uses.
     pub fn current() -> OwnerPolicy {
-        // SAFETY: getuid/getgid cannot fail.
-        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        let (uid, gid) = (
+            nix::unistd::getuid().as_raw(),
+            nix::unistd::getgid().as_raw(),
+        );
         OwnerPolicy::Fixed { uid, gid }
     }
 }

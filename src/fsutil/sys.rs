@@ -1,4 +1,7 @@
 //! Thin wrappers over the Linux calls std lacks: extended attributes, device numbers, times that don't follow links.
+//!
+//! nix has no extended-attribute calls, so those stay raw libc with SAFETY notes; the rest go
+//! through nix's safe wrappers.
 
 use std::ffi::CString;
 use std::io;
@@ -73,34 +76,30 @@ pub(crate) fn lsetxattr(p: &Path, name: &str, value: &[u8]) -> io::Result<()> {
 
 /// Set atime and mtime of `p` itself to `nanos` since the epoch.
 pub(crate) fn set_times_nofollow(p: &Path, nanos: i64) -> io::Result<()> {
-    let ts = libc::timespec {
-        tv_sec: nanos.div_euclid(1_000_000_000) as libc::time_t,
-        tv_nsec: nanos.rem_euclid(1_000_000_000) as _,
-    };
-    let times = [ts, ts];
+    use nix::sys::stat::{utimensat, UtimensatFlags};
+    use nix::sys::time::TimeSpec;
+    let ts = TimeSpec::new(
+        nanos.div_euclid(1_000_000_000) as libc::time_t,
+        nanos.rem_euclid(1_000_000_000) as _,
+    );
     let c = cpath(p)?;
-    // SAFETY: valid C string and a two-element timespec array.
-    let r = unsafe {
-        libc::utimensat(
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            times.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    utimensat(
+        nix::fcntl::AT_FDCWD,
+        c.as_c_str(),
+        &ts,
+        &ts,
+        UtimensatFlags::NoFollowSymlink,
+    )?;
     Ok(())
 }
 
+/// Makes a device node or FIFO; `mode` holds both the file type and the permission bits.
 pub(crate) fn mknod(p: &Path, mode: u32, dev: u64) -> io::Result<()> {
+    use nix::sys::stat::{Mode, SFlag};
     let c = cpath(p)?;
-    // SAFETY: valid C string.
-    let r = unsafe { libc::mknod(c.as_ptr(), mode as libc::mode_t, dev as libc::dev_t) };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let kind = SFlag::from_bits_truncate(mode & libc::S_IFMT);
+    let perm = Mode::from_bits_truncate(mode & !libc::S_IFMT);
+    nix::sys::stat::mknod(c.as_c_str(), kind, perm, dev as libc::dev_t)?;
     Ok(())
 }
 

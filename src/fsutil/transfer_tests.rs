@@ -49,7 +49,7 @@ async fn round_trip_reproduces_the_tree() {
     let dst = tempfile::tempdir().unwrap();
     testtree::build(src.path());
     let out = dst.path().join("out");
-    let owner = if unsafe { libc::geteuid() } == 0 {
+    let owner = if nix::unistd::geteuid().is_root() {
         OwnerPolicy::Keep
     } else {
         OwnerPolicy::current()
@@ -66,7 +66,7 @@ async fn round_trip_reproduces_the_tree() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn owners_can_be_forced() {
-    if unsafe { libc::geteuid() } != 0 {
+    if !nix::unistd::geteuid().is_root() {
         return;
     }
     let src = tempfile::tempdir().unwrap();
@@ -114,7 +114,7 @@ async fn merges_into_existing_content() {
     assert!(std::fs::symlink_metadata(d.join("a")).unwrap().is_dir());
     assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
     std::fs::remove_file(d.join("extra")).unwrap();
-    if unsafe { libc::geteuid() } == 0 {
+    if nix::unistd::geteuid().is_root() {
         // Everything else matches (owners too, since root's ids are the source's).
         assert_same_tree(src.path(), d);
     }

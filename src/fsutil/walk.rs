@@ -493,7 +493,10 @@ mod tests {
         }
 
         let by = |p: &str| got.iter().find(|s| s.path == p).unwrap();
-        let me = unsafe { (libc::geteuid(), libc::getegid()) };
+        let me = (
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw(),
+        );
         for s in &got {
             assert_eq!((s.uid, s.gid), me, "{}", s.path);
             assert!(s.mod_time >= testtree::T0, "{}", s.path);
@@ -636,7 +639,7 @@ mod tests {
 
     #[test]
     fn unreadable_dirs() {
-        if unsafe { libc::geteuid() } == 0 {
+        if nix::unistd::geteuid().is_root() {
             // Root reads everything; nothing to test.
             return;
         }

@@ -424,8 +424,10 @@ where
 /// The terminal size of standard error, (80, 10) when unknown (upstream's
 /// fallback).
 pub fn stderr_size() -> (usize, usize) {
-    // SAFETY: TIOCGWINSZ only writes a winsize into the struct we pass.
+    // SAFETY: winsize is plain integers, for which all zeros is a valid value.
     let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    // SAFETY: TIOCGWINSZ only writes a winsize into the struct we pass; nix offers the ioctl
+    // only through its macros, which generate an unsafe fn all the same.
     let ok = unsafe { libc::ioctl(libc::STDERR_FILENO, libc::TIOCGWINSZ, &mut ws) } == 0;
     if ok && ws.ws_col > 0 && ws.ws_row > 0 {
         (usize::from(ws.ws_col), usize::from(ws.ws_row))
