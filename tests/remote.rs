@@ -188,6 +188,34 @@ fn mutual_tls_daemon_serves_bkrun_and_buildctl_and_refusals_are_explained() {
         .args(["--tlsservername", "buildkitd.test", "debug", "workers"]);
     run_ok(&mut c);
 
+    // A Kubernetes TLS secret mounted as --tlsdir: ca.crt, tls.crt, tls.key.
+    let secret = sb.mkdir("tls-secret");
+    for (from, to) in [
+        ("ca.pem", "ca.crt"),
+        ("client.pem", "tls.crt"),
+        ("client-key.pem", "tls.key"),
+    ] {
+        fs::copy(certs.join(from), secret.join(to)).unwrap();
+    }
+    let mut c = sb.command(&sb.bin);
+    c.arg("--addr")
+        .arg(&cl.addr)
+        .arg("--tlsdir")
+        .arg(&secret)
+        .args(["--tlsservername", "buildkitd.test", "debug", "workers"]);
+    run_ok(&mut c);
+
+    // The daemon's CA only in SSL_CERT_FILE, as a CI job injects a corporate CA.
+    run_ok(
+        cl.bkrun(&[
+            ("--tlscert", "client.pem"),
+            ("--tlskey", "client-key.pem"),
+            ("--tlsservername", "buildkitd.test"),
+        ])
+        .env("SSL_CERT_FILE", certs.join("ca.pem"))
+        .args(["debug", "workers"]),
+    );
+
     // The unix socket still serves, without TLS.
     let mut c = sb.command(&sb.bin);
     run_ok(c.arg("--addr").arg(&unix).args(["debug", "info"]));

@@ -25,16 +25,17 @@ pub struct TlsFiles {
 }
 
 impl TlsFiles {
-    /// Fills what is missing from a --tlsdir holding ca.pem, cert.pem and key.pem.
+    /// Fills what is missing from a --tlsdir holding ca.pem, cert.pem and key.pem, or, as
+    /// buildctl also takes them, a Kubernetes TLS secret's ca.crt, tls.crt and tls.key.
     pub fn with_dir(mut self, dir: &Path) -> TlsFiles {
-        let pick = |slot: &mut Option<PathBuf>, name: &str| {
-            if slot.is_none() && dir.join(name).is_file() {
-                *slot = Some(dir.join(name));
+        let pick = |slot: &mut Option<PathBuf>, names: [&str; 2]| {
+            if slot.is_none() {
+                *slot = names.iter().map(|n| dir.join(n)).find(|p| p.is_file());
             }
         };
-        pick(&mut self.ca, "ca.pem");
-        pick(&mut self.cert, "cert.pem");
-        pick(&mut self.key, "key.pem");
+        pick(&mut self.ca, ["ca.pem", "ca.crt"]);
+        pick(&mut self.cert, ["cert.pem", "tls.crt"]);
+        pick(&mut self.key, ["key.pem", "tls.key"]);
         self
     }
 
@@ -154,7 +155,7 @@ fn client_config(files: &TlsFiles) -> Result<ClientConfig> {
             }
         }
         None => {
-            for cert in crate::tlsroots::system_roots() {
+            for cert in crate::tlsroots::system_roots()? {
                 let _ = roots.add(cert);
             }
         }

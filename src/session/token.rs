@@ -170,7 +170,7 @@ fn build_client(tls: Option<&RegistryTls>) -> Result<reqwest::Client, String> {
         .user_agent(USER_AGENT)
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(REQUEST_TIMEOUT);
-    for der in crate::tlsroots::system_roots() {
+    for der in crate::tlsroots::system_roots().map_err(|e| format!("{e:#}"))? {
         if let Ok(c) = reqwest::Certificate::from_der(&der) {
             b = b.add_root_certificate(c);
         }
