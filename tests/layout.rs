@@ -29,11 +29,13 @@ fn oci_layout_output_equals_buildctls_and_feeds_a_second_build() {
         let theirs = sb.path("layout-buildctl");
         let name = "name=example.com/bkrun/hello:1";
         // A fixed epoch: the exporter stamps the index with a creation time otherwise.
+        let (our_meta, their_meta) = (sb.path("meta-bkrun.json"), sb.path("meta-buildctl.json"));
         run_ok(
             sb.bkrun_root("state")
                 .env("SOURCE_DATE_EPOCH", "0")
                 .arg("build")
                 .args(sb.build_args(&ctx))
+                .arg(format!("--metadata-file={}", our_meta.display()))
                 .arg(format!(
                     "--output=type=oci,tar=false,dest={},{name}",
                     ours.display()
@@ -43,12 +45,25 @@ fn oci_layout_output_equals_buildctls_and_feeds_a_second_build() {
             sb.buildctl_build("state")
                 .env("SOURCE_DATE_EPOCH", "0")
                 .args(sb.build_args(&ctx))
+                .arg(format!("--metadata-file={}", their_meta.display()))
                 .arg(format!(
                     "--output=type=oci,tar=false,dest={},{name}",
                     theirs.display()
                 )),
         );
         assert_eq!(index(&ours), index(&theirs), "{mode:?}: index.json differs");
+        // Byte for byte: Go's field order, sorted maps, no trailing newline.
+        let bytes = |p: &Path| String::from_utf8(std::fs::read(p).unwrap()).unwrap();
+        assert_eq!(
+            bytes(&ours.join("index.json")),
+            bytes(&theirs.join("index.json")),
+            "{mode:?}: index.json bytes differ"
+        );
+        assert_eq!(
+            bytes(&our_meta),
+            bytes(&their_meta),
+            "{mode:?}: --metadata-file bytes differ"
+        );
         assert_eq!(blobs(&ours), blobs(&theirs), "{mode:?}: blobs differ");
         for b in blobs(&ours) {
             assert_eq!(

@@ -9,8 +9,12 @@ use serde_json::{Map, Value};
 
 /// The document buildctl writes for an exporter response.
 pub fn document(response: &HashMap<String, String>) -> Value {
+    // Go writes the map with its keys sorted; an embedded object keeps the daemon's own order
+    // (buildctl embeds it as a json.RawMessage).
+    let mut keys: Vec<&String> = response.keys().collect();
+    keys.sort();
     let mut out = Map::new();
-    for (k, v) in response {
+    for (k, v) in keys.into_iter().map(|k| (k, &response[k])) {
         let embedded = base64::engine::general_purpose::STANDARD
             .decode(v)
             .ok()
@@ -50,7 +54,8 @@ mod tests {
 
     #[test]
     fn json_values_are_embedded_and_others_kept() {
-        let desc = r#"{"mediaType":"application/vnd.oci.image.manifest.v1+json","size":3}"#;
+        // Out of alphabetical order on purpose: the daemon's order must survive.
+        let desc = r#"{"size":3,"mediaType":"application/vnd.oci.image.manifest.v1+json"}"#;
         let resp = HashMap::from([
             (
                 "containerimage.digest".to_string(),
@@ -67,9 +72,10 @@ mod tests {
         assert_eq!(doc["containerimage.descriptor"]["size"], 3);
         assert_eq!(doc["image.name"], "reg/x:1");
         let text = serde_json::to_string_pretty(&doc).unwrap();
-        // Keys sorted, two-space indent, as Go's MarshalIndent writes a map.
+        // Keys sorted, two-space indent, as Go's MarshalIndent writes a map; the embedded
+        // descriptor in the daemon's order.
         assert!(
-            text.starts_with("{\n  \"containerimage.descriptor\": {"),
+            text.starts_with("{\n  \"containerimage.descriptor\": {\n    \"size\""),
             "{text}"
         );
     }

@@ -5,10 +5,11 @@ use std::fs;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use nix::fcntl::{Flock, FlockArg};
-use serde_json::{json, Map, Value};
+use serde_json::Value;
 
+use super::gojson::{self, Descriptor, IndexDoc};
 use super::Digest;
 
 /// The annotation a tag is kept in (OCI image spec).
@@ -114,47 +115,46 @@ impl Index {
         let layout = self.root.join("oci-layout");
         fs::write(&layout, br#"{"imageLayoutVersion":"1.0.0"}"#)
             .with_context(|| format!("cannot write {}", layout.display()))?;
-        let mut index = self.read()?.unwrap_or_else(|| json!({}));
-        let obj = index
-            .as_object_mut()
-            .with_context(|| format!("{} is not a JSON object", self.path().display()))?;
-        obj.entry("schemaVersion").or_insert(json!(2));
-        obj.entry("mediaType").or_insert(json!(INDEX_MEDIA_TYPE));
-        if !descriptor.is_object() {
-            bail!("the daemon's descriptor is not a JSON object: {descriptor}");
+        // Typed, so the file is written field for field as buildctl's Go writes it.
+        let mut index: IndexDoc = match self.read()? {
+            Some(v) => serde_json::from_value(v)
+                .with_context(|| format!("{} is not an OCI image index", self.path().display()))?,
+            None => IndexDoc::default(),
+        };
+        if index.schema_version == 0 {
+            index.schema_version = 2;
         }
-        let mut list: Vec<Value> = manifests(&index).into_iter().cloned().collect();
+        if index.media_type.is_empty() {
+            index.media_type = INDEX_MEDIA_TYPE.into();
+        }
+        let descriptor: Descriptor = serde_json::from_value(descriptor.clone()).map_err(|e| {
+            anyhow!("the daemon's descriptor is not an OCI descriptor ({e}): {descriptor}")
+        })?;
         for name in names {
             let (image_name, ref_name) = match name {
                 Name::Tag(t) => ("", t.as_str()),
                 Name::Image(n) => (n.as_str(), reference_object(n)),
             };
             let mut entry = descriptor.clone();
-            let annotations = entry
-                .as_object_mut()
-                .expect("checked above")
-                .entry("annotations")
-                .or_insert_with(|| Value::Object(Map::new()));
-            if !annotations.is_object() {
-                *annotations = Value::Object(Map::new());
-            }
             if !image_name.is_empty() {
-                annotations[IMAGE_NAME] = json!(image_name);
+                entry
+                    .annotations
+                    .insert(IMAGE_NAME.into(), image_name.into());
             }
-            annotations[REF_NAME] = json!(ref_name);
+            entry.annotations.insert(REF_NAME.into(), ref_name.into());
             // The entry this one replaces has the same pair of names (a missing one counts as empty).
-            list.retain(|m| {
-                m["annotations"][REF_NAME].as_str().unwrap_or("") != ref_name
-                    || m["annotations"][IMAGE_NAME].as_str().unwrap_or("") != image_name
+            let name_of =
+                |m: &Descriptor, key: &str| m.annotations.get(key).cloned().unwrap_or_default();
+            index.manifests.retain(|m| {
+                name_of(m, REF_NAME) != ref_name || name_of(m, IMAGE_NAME) != image_name
             });
-            list.push(entry);
+            index.manifests.push(entry);
         }
-        index["manifests"] = Value::Array(list);
 
         let path = self.path();
         let mut tmp = tempfile::NamedTempFile::new_in(&self.root)
             .with_context(|| format!("cannot write next to {}", path.display()))?;
-        tmp.write_all(&serde_json::to_vec(&index).expect("JSON values serialize"))
+        tmp.write_all(&gojson::marshal(&index))
             .and_then(|_| tmp.as_file().sync_all())
             .with_context(|| format!("cannot write {}", path.display()))?;
         use std::os::unix::fs::PermissionsExt as _;
@@ -209,6 +209,7 @@ fn manifests(index: &Value) -> Vec<&Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn desc(body: &[u8], media_type: &str) -> Value {
         json!({"mediaType": media_type, "digest": Digest::sha256(body).to_string(), "size": body.len()})

@@ -3,6 +3,7 @@
 //! A `type=local` cache is such a directory: blobs under `blobs/<alg>/<hex>`,
 //! and `index.json` naming the cache manifest by tag.
 
+mod gojson;
 pub mod index;
 pub mod store;
 
