@@ -22,6 +22,7 @@ const PROTOS: &[&str] = &[
 
 fn main() -> io::Result<()> {
     println!("cargo:rerun-if-changed=proto");
+    commit();
     let fds = protox::compile(PROTOS, ["proto"]).map_err(|e| io::Error::other(e.to_string()))?;
     write_service_methods(&fds)?;
     // Both sides are generated: we call Control as a client and serve the
@@ -69,4 +70,32 @@ fn write_service_methods(fds: &prost_types::FileDescriptorSet) -> io::Result<()>
     out.push_str("];\n");
     let dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     std::fs::write(dir.join("service_methods.rs"), out)
+}
+
+/// The commit `bkrun --version` names; "unknown" outside a git checkout (e.g. a source tarball).
+fn commit() {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let commit = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=BKRUN_COMMIT={commit}");
+    // Built again when HEAD moves: a checkout, or a commit on the current branch.
+    if let Some(dir) = git(&["rev-parse", "--git-dir"]) {
+        println!("cargo:rerun-if-changed={dir}/HEAD");
+    }
+    // Branch refs live in the common dir, which differs from the git dir in a worktree.
+    if let (Some(common), Some(head)) = (
+        git(&["rev-parse", "--git-common-dir"]),
+        git(&["symbolic-ref", "-q", "HEAD"]),
+    ) {
+        let loose = std::path::Path::new(&common).join(&head);
+        if loose.exists() {
+            println!("cargo:rerun-if-changed={}", loose.display());
+        }
+    }
 }

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgAction, Args, CommandFactory, Parser, Subcommand};
 
 pub use crate::daemon::mode::ModeArg;
 
@@ -22,8 +22,9 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// Flags accepted before or after the subcommand.
+/// Flags accepted before or after the subcommand; `--help` lists them apart from the subcommand's own.
 #[derive(Debug, Args, Clone, Default)]
+#[command(next_help_heading = "Global options")]
 pub struct GlobalArgs {
     /// Daemon mode: auto, privileged, rootless or rootless-strict.
     #[arg(long, global = true, value_enum, env = "BKRUN_MODE")]
@@ -41,8 +42,18 @@ pub struct GlobalArgs {
     #[arg(long, global = true, value_name = "SECONDS")]
     pub ready_timeout: Option<f64>,
     /// Verbose output from bkrun, and buildkitd --debug.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = ArgAction::Set, default_value_t = false)]
     pub debug: bool,
+    /// buildctl's connection timeout in seconds: for a remote daemon, how long to keep
+    /// trying (as --connect-retry).
+    #[arg(long, global = true, value_name = "SECONDS")]
+    pub timeout: Option<f64>,
+    /// buildctl's --wait: keep trying a remote daemon until it answers.
+    #[arg(long, global = true)]
+    pub wait: bool,
+    /// How bkrun's own error lines are written: text, or json (one logrus-style object a line).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
     /// Use this existing daemon (unix:///path or tcp://host:port) and start none (also $BKRUN_ADDR; see README for BUILDKIT_HOST).
     #[arg(long, global = true, value_name = "ADDR")]
     pub addr: Option<String>,
@@ -70,6 +81,14 @@ pub struct GlobalArgs {
     /// Invoked as buildctl-daemonless.sh, which never reads BUILDKIT_HOST.
     #[arg(skip)]
     pub as_daemonless_sh: bool,
+}
+
+/// buildctl's --log-format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 /// The supervised daemon's extra listeners, for a sidecar or a shared builder.
@@ -118,6 +137,13 @@ pub enum Command {
     Prune(PruneArgs),
     /// Print what the next command will do (start a daemon, and how, or connect, and where the address came from), paths, the daemon's argv.
     Config,
+    /// Print a shell completion script, e.g. `bkrun completion bash > /etc/bash_completion.d/bkrun`.
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print bkrun's man page (roff), e.g. `bkrun man > /usr/local/share/man/man1/bkrun.1`.
+    Man,
     /// Check what this machine or container allows: each mode's verdict, the change that would make it work, versions. Starts no daemon; exits 1 when no mode can work.
     Doctor {
         /// text, or json for tools.
@@ -223,8 +249,8 @@ pub struct BuildArgs {
     /// A frontend option, e.g. target=foo or build-arg:foo=bar.
     #[arg(long, value_name = "K=V")]
     pub opt: Vec<String>,
-    /// Disable the cache for every step.
-    #[arg(long)]
+    /// Disable the cache for every step (`--no-cache=false` as buildctl takes it).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = ArgAction::Set, default_value_t = false)]
     pub no_cache: bool,
     /// Export the build cache, e.g. type=registry,ref=… or type=local,dest=DIR.
     #[arg(long, value_name = "type=…")]
@@ -248,7 +274,7 @@ pub struct BuildArgs {
     #[arg(long, value_name = "FILE")]
     pub source_policy_file: Option<PathBuf>,
     /// Run the build with proxy network enforcement.
-    #[arg(long)]
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = ArgAction::Set, default_value_t = false)]
     pub proxy_network: bool,
     /// Write the build ref to FILE.
     #[arg(long, value_name = "FILE")]
@@ -307,7 +333,41 @@ impl BuildArgs {
 /// buildctl's own global flags that bkrun also has (`--debug`) are kept; others are refused by clap.
 pub fn daemonless_sh_argv(args: &[String]) -> Vec<String> {
     let mut out = vec!["bkrun".to_string()];
-    out.extend(args.iter().cloned());
+    out.extend(go_style_flags(args));
+    out
+}
+
+/// buildctl's flag library also takes long flags with one dash (`-frontend dockerfile.v0`,
+/// `-opt=k=v`): those become `--frontend`… when the word is one of bkrun's long flags. Short
+/// flags (`-o`, `-v`) and values are left alone; so is everything after `--`.
+pub fn go_style_flags(args: &[String]) -> Vec<String> {
+    let mut longs = Vec::new();
+    fn collect(cmd: &clap::Command, into: &mut Vec<String>) {
+        for a in cmd.get_arguments() {
+            if let Some(l) = a.get_long() {
+                into.push(l.to_string());
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            collect(sub, into);
+        }
+    }
+    collect(&Cli::command(), &mut longs);
+    let mut out = Vec::with_capacity(args.len());
+    let mut rest = false;
+    for a in args {
+        rest |= a == "--";
+        let word = a
+            .strip_prefix('-')
+            .filter(|w| !rest && !w.starts_with('-'))
+            .map(|w| w.split_once('=').map_or(w, |(n, _)| n));
+        match word {
+            Some(name) if name.len() > 1 && longs.iter().any(|l| l == name) => {
+                out.push(format!("-{a}"))
+            }
+            _ => out.push(a.clone()),
+        }
+    }
     out
 }
 
@@ -460,6 +520,41 @@ mod tests {
         ])
         .is_err());
         assert!(Cli::try_parse_from(["bkrun", "prune", "--keep-duration=soon"]).is_err());
+    }
+
+    #[test]
+    fn go_style_single_dash_flags_and_bool_values_as_buildctl_takes_them() {
+        let argv: Vec<String> = [
+            "build",
+            "-frontend",
+            "dockerfile.v0",
+            "-opt=filename=Dockerfile",
+            "-o",
+            "type=local,dest=out",
+            "--no-cache=false",
+            "-debug",
+        ]
+        .map(String::from)
+        .to_vec();
+        let c = Cli::try_parse_from(daemonless_sh_argv(&argv)).unwrap();
+        assert!(c.global.debug);
+        let Command::Build(b) = c.command else {
+            panic!()
+        };
+        assert_eq!(b.frontend.as_deref(), Some("dockerfile.v0"));
+        assert_eq!(b.opt, ["filename=Dockerfile"]);
+        assert_eq!(b.output, ["type=local,dest=out"]);
+        assert!(!b.no_cache);
+        let c = parse(&["bkrun", "build", "--no-cache"]);
+        let Command::Build(b) = c.command else {
+            panic!()
+        };
+        assert!(b.no_cache);
+        // After `--` nothing is rewritten: exec's command keeps its own flags.
+        assert_eq!(
+            go_style_flags(&["exec".into(), "--".into(), "-frontend".into()]),
+            ["exec", "--", "-frontend"]
+        );
     }
 
     #[test]

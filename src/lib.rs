@@ -17,3 +17,4 @@ pub mod run;
 pub mod session;
 pub mod spec;
 pub mod tlsroots;
+pub mod version;

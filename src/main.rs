@@ -1,6 +1,7 @@
 //! The `bkrun` binary: picks the command line grammar from argv[0] and runs on a tokio runtime.
 
-use clap::Parser;
+use clap::error::ErrorKind;
+use clap::{CommandFactory, FromArgMatches};
 
 use bkrun::cli::{daemonless_sh_argv, Cli};
 
@@ -17,7 +18,25 @@ fn main() {
     } else {
         args
     };
-    let mut cli = Cli::parse_from(argv);
+    let mut cmd = Cli::command().version(bkrun::version::short());
+    if argv.iter().any(|a| a == "--version") {
+        // Only then is buildkitd asked for its version.
+        cmd = cmd.long_version(bkrun::version::long());
+    }
+    let matches = match cmd.try_get_matches_from(&argv) {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = e.print();
+            let code = match e.kind() {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => 0,
+                // buildctl (and so the script) exits 1 on a usage error; clap's own is 2.
+                _ if as_script => 1,
+                _ => e.exit_code(),
+            };
+            std::process::exit(code);
+        }
+    };
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     cli.global.as_daemonless_sh = as_script;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

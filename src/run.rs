@@ -11,7 +11,7 @@ use nix::sys::signal::Signal;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_tokio::Signals;
 
-use crate::cli::{Cli, Command, DaemonArgs, DebugCommand, GlobalArgs};
+use crate::cli::{Cli, Command, DaemonArgs, DebugCommand, GlobalArgs, LogFormat};
 use crate::client::admin::Request;
 use crate::client::connect::{self, Target, TlsFiles};
 use crate::config::{AddrSource, Remote, Settings};
@@ -22,6 +22,7 @@ use crate::session::token::RegistryTls;
 use crate::spec;
 use crate::spec::build::BuildSpec;
 use crate::{client, doctor, progress};
+use clap::CommandFactory;
 
 /// The work to do once the daemon serves.
 enum Work {
@@ -37,17 +38,65 @@ enum Work {
 
 /// Runs bkrun and returns its exit status.
 pub async fn run(cli: Cli) -> i32 {
+    // Generated from the clap definitions; they need no settings, host or daemon.
+    match &cli.command {
+        Command::Completion { shell } => {
+            let mut out = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "bkrun", &mut out);
+            write_stdout(&String::from_utf8_lossy(&out));
+            return 0;
+        }
+        Command::Man => {
+            let mut out = Vec::new();
+            let page = clap_mangen::Man::new(Cli::command().version(crate::version::short()));
+            return match page.render(&mut out) {
+                Ok(()) => {
+                    write_stdout(&String::from_utf8_lossy(&out));
+                    0
+                }
+                Err(e) => {
+                    print_error(
+                        &anyhow::anyhow!("cannot render the man page: {e}"),
+                        LogFormat::Text,
+                    );
+                    1
+                }
+            };
+        }
+        _ => {}
+    }
+    let format = cli.global.log_format;
     match try_run(cli).await {
         Ok(code) => code,
         Err(e) => {
-            print_error(&e);
+            print_error(&e, format);
             1
         }
     }
 }
 
-/// One line that says what failed and what to do, then the detail, indented.
-pub fn print_error(e: &anyhow::Error) {
+/// One line that says what failed and what to do, then the detail, indented; with
+/// `--log-format json`, one object a line as buildctl's logrus writes them.
+pub fn print_error(e: &anyhow::Error, format: LogFormat) {
+    if format == LogFormat::Json {
+        let msg = e
+            .chain()
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>()
+            .join("\n");
+        let line = serde_json::json!({
+            "level": "error",
+            "msg": msg,
+            // logrus's JSON time: RFC 3339 to the second.
+            "time": crate::gofmt::times::rfc3339_nano(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() as i64 * 1_000_000_000)
+            ),
+        });
+        eprintln!("{line}");
+        return;
+    }
     eprintln!("bkrun: {e}");
     for cause in e.chain().skip(1) {
         for line in cause.to_string().lines() {
@@ -76,6 +125,7 @@ async fn try_run(cli: Cli) -> Result<i32> {
             write_stdout(&describe(&settings, &host, &cli.global)?);
             return Ok(0);
         }
+        Command::Completion { .. } | Command::Man => unreachable!("answered in run()"),
         Command::Doctor { format } => {
             // Never starts a daemon: facts, verdicts and versions only.
             let report = doctor::Report::gather(&settings, &host);
@@ -224,7 +274,13 @@ fn remote_target(g: &GlobalArgs, remote: &Remote) -> Result<Target> {
         }
         tls = tls.with_dir(dir);
     }
-    let retry = g.connect_retry.unwrap_or(DEFAULT_CONNECT_RETRY_SECS);
+    // buildctl's --wait waits as long as it takes; its --timeout is how long it tries.
+    let retry = match (g.connect_retry, g.wait, g.timeout) {
+        (Some(r), _, _) => r,
+        (None, true, _) => f64::from(u32::MAX),
+        (None, false, Some(t)) => t,
+        (None, false, None) => DEFAULT_CONNECT_RETRY_SECS,
+    };
     if !(retry.is_finite() && retry >= 0.0) {
         bail!("--connect-retry must be a number of seconds, not {retry}");
     }
