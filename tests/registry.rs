@@ -52,16 +52,27 @@ impl Registry {
         Registry { child, port }
     }
 
-    /// The digest the registry reports for a manifest (the Docker-Content-Digest header).
-    fn digest(&self, repo: &str, tag: &str) -> String {
+    /// `host:port`, as image names and bkrun.toml name the registry.
+    fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The whole HTTP answer to `METHOD /v2/REPO/manifests/TAG`, asking for any manifest type.
+    fn manifest_request(&self, method: &str, repo: &str, tag: &str) -> String {
         let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
         write!(
             s,
-            "HEAD /v2/{repo}/manifests/{tag} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.v2+json\r\nConnection: close\r\n\r\n"
+            "{method} /v2/{repo}/manifests/{tag} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.v2+json\r\nConnection: close\r\n\r\n"
         )
         .unwrap();
         let mut resp = String::new();
         s.read_to_string(&mut resp).unwrap();
+        resp
+    }
+
+    /// The digest the registry reports for a manifest (the Docker-Content-Digest header).
+    fn digest(&self, repo: &str, tag: &str) -> String {
+        let resp = self.manifest_request("HEAD", repo, tag);
         resp.lines()
             .find_map(|l| l.strip_prefix("Docker-Content-Digest: "))
             .unwrap_or_else(|| panic!("no digest in {resp}"))
@@ -73,23 +84,13 @@ impl Registry {
     fn http_config(&self, sb: &Sandbox) -> std::path::PathBuf {
         sb.write(
             "bkrun.toml",
-            &format!(
-                "[buildkitd.registry.\"127.0.0.1:{}\"]\nhttp = true\n",
-                self.port
-            ),
+            &format!("[buildkitd.registry.\"{}\"]\nhttp = true\n", self.host()),
         )
     }
 
     /// The manifest behind a tag, as JSON.
     fn manifest(&self, repo: &str, tag: &str) -> serde_json::Value {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        write!(
-            s,
-            "GET /v2/{repo}/manifests/{tag} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.v2+json\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut resp = String::new();
-        s.read_to_string(&mut resp).unwrap();
+        let resp = self.manifest_request("GET", repo, tag);
         let (head, body) = resp.split_once("\r\n\r\n").unwrap();
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
         serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
@@ -109,20 +110,13 @@ fn push_then_build_from_the_pushed_image_with_metadata() {
         let sb = Sandbox::new(mode);
         let reg = Registry::start(&sb);
         let cfg = reg.http_config(&sb);
-        let image = format!("127.0.0.1:{}/bkrun/hello:1", reg.port);
+        let image = format!("{}/bkrun/hello:1", reg.host());
         let ctx = sb.hello_context();
         let md = sb.path("metadata.json");
-        run_ok(
-            sb.bkrun()
-                .arg("--config")
-                .arg(&cfg)
-                .arg("build")
-                .args(sb.build_args(&ctx))
-                .args([
-                    format!("--output=type=image,name={image},push=true"),
-                    format!("--metadata-file={}", md.display()),
-                ]),
-        );
+        run_ok(sb.build_from(with_config(sb.bkrun(), &cfg), &ctx).args([
+            format!("--output=type=image,name={image},push=true"),
+            format!("--metadata-file={}", md.display()),
+        ]));
         let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(&md).unwrap()).unwrap();
         assert_eq!(meta["image.name"], image.as_str());
         assert_eq!(
@@ -142,12 +136,8 @@ fn push_then_build_from_the_pushed_image_with_metadata() {
         );
         let out = sb.path("out");
         run_ok(
-            sb.bkrun_root("state2")
-                .arg("--config")
-                .arg(&cfg)
-                .arg("build")
-                .args(sb.build_args(&ctx2))
-                .arg(format!("--output=type=local,dest={}", out.display())),
+            sb.build_from(with_config(sb.bkrun_root("state2"), &cfg), &ctx2)
+                .arg(local_output(&out)),
         );
         assert!(std::fs::read_to_string(out.join("again.txt"))
             .unwrap()
@@ -163,32 +153,16 @@ fn registry_cache_round_trip_between_fresh_daemons() {
         let sb = Sandbox::new(mode);
         let reg = Registry::start(&sb);
         let cfg = reg.http_config(&sb);
-        let cache = format!("127.0.0.1:{}/bkrun/cache:1", reg.port);
-        let ctx = sb.context(
-            "ctx",
-            "FROM scratch\nCOPY --from=busybox busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nRUN echo expensive > /step.txt\n",
-        );
+        let cache = format!("{}/bkrun/cache:1", reg.host());
+        let ctx = sb.shell_context("ctx", "RUN echo expensive > /step.txt\n");
+        let build = |state: &str| sb.build_from(with_config(sb.bkrun_root(state), &cfg), &ctx);
         let t = std::time::Instant::now();
-        run_ok(
-            sb.bkrun_root("state-a")
-                .arg("--config")
-                .arg(&cfg)
-                .arg("build")
-                .args(sb.build_args(&ctx))
-                .arg(format!("--export-cache=type=registry,ref={cache},mode=max")),
-        );
+        run_ok(build("state-a").arg(format!("--export-cache=type=registry,ref={cache},mode=max")));
         let cold = t.elapsed();
         let t = std::time::Instant::now();
-        let out = run_ok(
-            sb.bkrun_root("state-b")
-                .arg("--config")
-                .arg(&cfg)
-                .arg("build")
-                .args(sb.build_args(&ctx))
-                .arg(format!("--import-cache=type=registry,ref={cache}")),
-        );
+        let out = run_ok(build("state-b").arg(format!("--import-cache=type=registry,ref={cache}")));
         let warm = t.elapsed();
-        let err = String::from_utf8_lossy(&out.stderr);
+        let err = stderr(&out);
         for step in ["RUN [\"/bin/busybox\", \"--install\"", "RUN echo expensive"] {
             let block = err
                 .split("\n\n")
@@ -211,15 +185,11 @@ fn push_options_choose_media_types_and_compression_under_several_names() {
         let sb = Sandbox::new(mode);
         let reg = Registry::start(&sb);
         let cfg = reg.http_config(&sb);
-        let repo = format!("127.0.0.1:{}/bkrun/opts", reg.port);
+        let repo = format!("{}/bkrun/opts", reg.host());
         let ctx = sb.hello_context();
         let push = |output: String| {
             run_ok(
-                sb.bkrun()
-                    .arg("--config")
-                    .arg(&cfg)
-                    .arg("build")
-                    .args(sb.build_args(&ctx))
+                sb.build_from(with_config(sb.bkrun(), &cfg), &ctx)
                     .arg(format!("--output={output}")),
             )
         };
@@ -294,7 +264,7 @@ fn registry_insecure_pushes_to_a_registry_with_an_untrusted_certificate() {
                 c = certs.display()
             ),
         );
-        let host = format!("127.0.0.1:{}", reg.port);
+        let host = reg.host();
         // TLS on 127.0.0.1 (BuildKit would assume plain HTTP there), and no CA configured.
         let cfg = sb.write(
             "bkrun.toml",
@@ -302,11 +272,7 @@ fn registry_insecure_pushes_to_a_registry_with_an_untrusted_certificate() {
         );
         let ctx = sb.hello_context();
         let push = |extra: &str| {
-            sb.bkrun()
-                .arg("--config")
-                .arg(&cfg)
-                .arg("build")
-                .args(sb.build_args(&ctx))
+            sb.build_from(with_config(sb.bkrun(), &cfg), &ctx)
                 .arg(format!(
                     "--output=type=image,name={host}/bkrun/insecure:1,push=true{extra}"
                 ))
@@ -321,7 +287,7 @@ fn registry_insecure_pushes_to_a_registry_with_an_untrusted_certificate() {
             show(&refused)
         );
         assert!(
-            String::from_utf8_lossy(&refused.stderr).contains(&format!(
+            stderr(&refused).contains(&format!(
                 "does not trust {host}'s TLS certificate: give its CA in bkrun.toml"
             )),
             "{mode:?}: {}",
@@ -337,21 +303,12 @@ fn registry_insecure_pushes_to_a_registry_with_an_untrusted_certificate() {
 /// A TLS registry (certificate for IP 127.0.0.1 from a test CA) that wants htpasswd credentials.
 fn auth_registry(sb: &Sandbox) -> (Registry, std::path::PathBuf) {
     let certs = sb.mkdir("certs");
-    let sh = |script: &str| {
-        let out = std::process::Command::new("sh")
-            .arg("-ec")
-            .arg(script)
-            .current_dir(&certs)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", show(&out));
-    };
     std::fs::write(
         certs.join("reg.ext"),
         "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
     )
     .unwrap();
-    sh("openssl req -x509 -newkey rsa:2048 -nodes -keyout ca-key.pem -out ca.pem -days 2 -subj /CN=bkrun-registry-ca 2>/dev/null
+    sh_in(&certs, "openssl req -x509 -newkey rsa:2048 -nodes -keyout ca-key.pem -out ca.pem -days 2 -subj /CN=bkrun-registry-ca 2>/dev/null
         openssl req -newkey rsa:2048 -nodes -keyout reg-key.pem -out reg.csr -subj /CN=127.0.0.1 2>/dev/null
         openssl x509 -req -in reg.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -out reg.pem -days 2 -extfile reg.ext 2>/dev/null
         htpasswd -Bbc htpasswd builder s3cr3t-pw 2>/dev/null");
@@ -368,7 +325,7 @@ fn pushing_to_a_registry_with_credentials_from_the_docker_config() {
     for mode in [Mode::Privileged, Mode::Rootless] {
         let sb = Sandbox::new(mode);
         let (reg, certs) = auth_registry(&sb);
-        let host = format!("127.0.0.1:{}", reg.port);
+        let host = reg.host();
         // The daemon trusts the registry's CA through bkrun.toml; http = false because BuildKit
         // assumes plain HTTP for registries on 127.0.0.1 otherwise.
         let cfg = sb.write(
@@ -380,16 +337,12 @@ fn pushing_to_a_registry_with_credentials_from_the_docker_config() {
         );
         let ctx = sb.hello_context();
         let push = |docker_config: &std::path::Path, tag: &str| {
-            let mut c = sb.bkrun();
+            let mut c = sb.build_from(with_config(sb.bkrun(), &cfg), &ctx);
             let path = format!(
                 "{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
                 sb.path("helpers").display()
             );
             c.env("DOCKER_CONFIG", docker_config).env("PATH", path);
-            c.arg("--config")
-                .arg(&cfg)
-                .arg("build")
-                .args(sb.build_args(&ctx));
             c.arg(format!(
                 "--output=type=image,name={host}/bkrun/private:{tag},push=true"
             ));
@@ -399,7 +352,7 @@ fn pushing_to_a_registry_with_credentials_from_the_docker_config() {
         // No credentials: refused, with the registry named and the way to log in.
         let out = push(&sb.mkdir("docker-empty"), "anon");
         assert_eq!(out.status.code(), Some(1), "{}", show(&out));
-        let err = String::from_utf8_lossy(&out.stderr);
+        let err = stderr(&out);
         assert!(err.contains(&format!("docker login {host}")), "{err}");
 
         // An auths entry, as `docker login` writes it.
@@ -654,18 +607,13 @@ fn serve_token(mut conn: TcpStream, x5c: &str, key: &Path) -> Option<TokenCall> 
 /// A plain-HTTP registry with `auth: token` whose tokens come from a TokenServer.
 fn token_registry(sb: &Sandbox) -> (Registry, TokenServer) {
     let certs = sb.mkdir("token-certs");
-    let out = std::process::Command::new("sh")
-        .arg("-ec")
-        .arg(
-            "openssl req -x509 -newkey rsa:2048 -nodes -keyout ca-key.pem -out ca.pem -days 2 -subj /CN=bkrun-token-ca 2>/dev/null
-             openssl req -newkey rsa:2048 -nodes -keyout signer-key.pem -out signer.csr -subj /CN=bkrun-token-signer 2>/dev/null
-             openssl x509 -req -in signer.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -out signer.pem -days 2 2>/dev/null
-             openssl x509 -in signer.pem -outform DER -out signer.der",
-        )
-        .current_dir(&certs)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", show(&out));
+    sh_in(
+        &certs,
+        "openssl req -x509 -newkey rsa:2048 -nodes -keyout ca-key.pem -out ca.pem -days 2 -subj /CN=bkrun-token-ca 2>/dev/null
+         openssl req -newkey rsa:2048 -nodes -keyout signer-key.pem -out signer.csr -subj /CN=bkrun-token-signer 2>/dev/null
+         openssl x509 -req -in signer.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -out signer.pem -days 2 2>/dev/null
+         openssl x509 -in signer.pem -outform DER -out signer.der",
+    );
     let tokens = TokenServer::start(&certs);
     let extra = format!(
         "auth:\n  token:\n    realm: http://127.0.0.1:{}/token\n    service: {TOKEN_SERVICE}\n    issuer: {TOKEN_ISSUER}\n    rootcertbundle: {}/ca.pem\n",
@@ -681,17 +629,13 @@ fn registry_tokens_are_fetched_by_bkrun_with_the_credentials_it_keeps() {
     for mode in [Mode::Privileged, Mode::Rootless] {
         let sb = Sandbox::new(mode);
         let (reg, tokens) = token_registry(&sb);
-        let host = format!("127.0.0.1:{}", reg.port);
+        let host = reg.host();
         let cfg = reg.http_config(&sb);
         let ctx = sb.hello_context();
         let push = |docker_config: &Path, tag: &str, env: &[(&str, &str)]| {
-            let mut c = sb.bkrun();
+            let mut c = sb.build_from(with_config(sb.bkrun(), &cfg), &ctx);
             c.env("DOCKER_CONFIG", docker_config)
-                .envs(env.iter().copied());
-            c.arg("--config")
-                .arg(&cfg)
-                .arg("build")
-                .args(sb.build_args(&ctx))
+                .envs(env.iter().copied())
                 .arg(format!(
                     "--output=type=image,name={host}/bkrun/private:{tag},push=true"
                 ));
@@ -708,7 +652,7 @@ fn registry_tokens_are_fetched_by_bkrun_with_the_credentials_it_keeps() {
         // No credentials: bkrun asks anonymously, is refused, and says which registry wants a login.
         let out = push(&sb.mkdir("docker-empty"), "anon", &[]);
         assert_eq!(out.status.code(), Some(1), "{mode:?}: {}", show(&out));
-        let err = String::from_utf8_lossy(&out.stderr);
+        let err = stderr(&out);
         assert!(err.contains(&format!("docker login {host}")), "{err}");
         assert!(
             err.contains(&format!(

@@ -13,15 +13,7 @@ use common::*;
 /// A CA, a server certificate for DNS name buildkitd.test only (no IP SAN), a client
 /// certificate, and a second CA with its own client certificate.
 fn make_certs(dir: &Path) {
-    let sh = |script: &str| {
-        let out = Command::new("sh")
-            .arg("-ec")
-            .arg(script)
-            .current_dir(dir)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", show(&out));
-    };
+    let sh = |script: &str| sh_in(dir, script);
     fs::write(
         dir.join("server.ext"),
         "subjectAltName=DNS:buildkitd.test\nextendedKeyUsage=serverAuth\n",

@@ -20,6 +20,9 @@ pub enum Mode {
 
 pub const ALL_MODES: [Mode; 3] = [Mode::Privileged, Mode::Rootless, Mode::RootlessStrict];
 
+/// The start of a Dockerfile whose RUN steps need a shell: the busybox named context, installed.
+pub const BUSYBOX_BASE: &str = "FROM scratch\nCOPY --from=busybox busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n";
+
 impl Mode {
     pub fn flag(self) -> &'static str {
         match self {
@@ -124,6 +127,11 @@ impl Sandbox {
         self.path(name)
     }
 
+    /// A build context whose Dockerfile is BUSYBOX_BASE followed by `steps`.
+    pub fn shell_context(&self, name: &str, steps: &str) -> PathBuf {
+        self.context(name, &format!("{BUSYBOX_BASE}{steps}"))
+    }
+
     /// The bundled example, copied into the sandbox.
     pub fn hello_context(&self) -> PathBuf {
         let text = fs::read_to_string(concat!(
@@ -154,6 +162,32 @@ impl Sandbox {
             .arg("--root")
             .arg(root);
         c
+    }
+
+    /// `bkrun build` of `ctx` with the usual flags (`build_args`), on the sandbox's state dir.
+    pub fn build(&self, ctx: &Path) -> Command {
+        self.build_from(self.bkrun(), ctx)
+    }
+
+    /// `build` of `ctx` with the usual flags, after `c`: bkrun with its global flags already given.
+    pub fn build_from(&self, mut c: Command, ctx: &Path) -> Command {
+        c.arg("build").args(self.build_args(ctx));
+        c
+    }
+
+    /// The same build flags run by buildctl (through `bkrun exec`) and by bkrun, each on a fresh
+    /// state dir of its own: the two outputs, for the parity tests.
+    pub fn buildctl_and_bkrun(&self, buildctl: &[String], bkrun: &[String]) -> (Output, Output) {
+        let a = run_ok(self.buildctl_build("state-buildctl").args(buildctl));
+        let b = run_ok(self.bkrun_root("state-bkrun").arg("build").args(bkrun));
+        (a, b)
+    }
+
+    /// A command that failed before any daemon started: it took under 2 s and the state dir
+    /// stayed empty.
+    pub fn assert_no_daemon_started(&self, since: Instant) {
+        assert!(since.elapsed() < Duration::from_secs(2));
+        assert_eq!(fs::read_dir(self.path("state")).unwrap().count(), 0);
     }
 
     /// buildctl's build, run through `bkrun exec` on a daemon with state dir `state`.
@@ -240,14 +274,13 @@ impl Sandbox {
     /// The usual build flags for a Dockerfile context plus the busybox named context.
     pub fn build_args(&self, ctx: &Path) -> Vec<String> {
         let bb = self.busybox_dir();
-        vec![
-            "--frontend=dockerfile.v0".into(),
-            format!("--local=context={}", ctx.display()),
-            format!("--local=dockerfile={}", ctx.display()),
+        let mut args = dockerfile_args(ctx);
+        args.extend([
             format!("--local=busybox={}", bb.display()),
             "--opt=context:busybox=local:busybox".into(),
             "--progress=plain".into(),
-        ]
+        ]);
+        args
     }
 
     /// Processes that belong to this sandbox: any whose command line or environment names its dir.
@@ -291,6 +324,26 @@ impl Sandbox {
         assert!(left.is_empty(), "temp files left behind: {left:?}");
         assert_no_orphan_sockets();
     }
+}
+
+/// The flags for a build of the Dockerfile in `ctx`, `ctx` being the context too.
+pub fn dockerfile_args(ctx: &Path) -> Vec<String> {
+    vec![
+        "--frontend=dockerfile.v0".into(),
+        format!("--local=context={}", ctx.display()),
+        format!("--local=dockerfile={}", ctx.display()),
+    ]
+}
+
+/// `--output=type=local,dest=DEST`.
+pub fn local_output(dest: &Path) -> String {
+    format!("--output=type=local,dest={}", dest.display())
+}
+
+/// Adds `--config FILE` to a bkrun command, where global flags go: before the subcommand.
+pub fn with_config(mut c: Command, cfg: &Path) -> Command {
+    c.arg("--config").arg(cfg);
+    c
 }
 
 /// /run/buildkit/bkrun-PID-*.sock must belong to a live bkrun.
@@ -348,6 +401,29 @@ pub fn run_ok(c: &mut Command) -> Output {
         show(&out)
     );
     out
+}
+
+/// Runs a command that must fail with exit status 1, printing the output otherwise.
+pub fn run_fails(c: &mut Command) -> Output {
+    let out = c.output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{c:?}: {}", show(&out));
+    out
+}
+
+/// What a command wrote on standard error, as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Runs a shell script in `dir` (certificates, htpasswd files), which must succeed.
+pub fn sh_in(dir: &Path, script: &str) {
+    let out = Command::new("sh")
+        .arg("-ec")
+        .arg(script)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", show(&out));
 }
 
 pub fn show(out: &Output) -> String {
