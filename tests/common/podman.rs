@@ -1,0 +1,80 @@
+//! podman as the tests run it in place of a kubelet: one containers.conf for this machine (runc, rlimits it allows, the capabilities containerd gives a pod) and the command that uses it.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// The capabilities containerd gives a Kubernetes container that asks for none. They go into
+/// containers.conf rather than `--cap-add`: podman makes capabilities added on its command line
+/// ambient for a non-root user, which Kubernetes never does.
+pub const POD_CAPABILITIES: &[&str] = &[
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FSETID",
+    "FOWNER",
+    "MKNOD",
+    "NET_RAW",
+    "SETGID",
+    "SETUID",
+    "SETFCAP",
+    "SETPCAP",
+    "NET_BIND_SERVICE",
+    "SYS_CHROOT",
+    "KILL",
+    "AUDIT_WRITE",
+];
+
+/// The hard limit of `resource` ("Max open files", …) from /proc/self/limits.
+pub fn hard_limit(resource: &str) -> u64 {
+    let limits = fs::read_to_string("/proc/self/limits").unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with(resource))
+        .unwrap_or_else(|| panic!("no {resource} in /proc/self/limits"));
+    let hard = line[resource.len()..].split_whitespace().nth(1).unwrap();
+    hard.parse().unwrap_or(u64::MAX)
+}
+
+/// podman's configuration for these tests, written once per test process.
+pub fn containers_conf() -> &'static Path {
+    static CONF: OnceLock<PathBuf> = OnceLock::new();
+    CONF.get_or_init(|| {
+        // podman's default rlimits (1048576) exceed what a root without CAP_SYS_RESOURCE may set,
+        // so ask for this machine's hard limits. podman lowers its own RLIMIT_NPROC before it
+        // starts runc (to 32768 on a machine whose kernel.pid_max is 32768), so stay under both.
+        let nofile = hard_limit("Max open files");
+        let pid_max: u64 = fs::read_to_string("/proc/sys/kernel/pid_max")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let nproc = hard_limit("Max processes").min(pid_max).min(32768);
+        let caps: Vec<String> = POD_CAPABILITIES.iter().map(|c| format!("{c:?}")).collect();
+        let text = format!(
+            "# Written by tests/common/podman.rs.\n[containers]\ndefault_capabilities = [{}]\n\
+             default_ulimits = [\"nofile={nofile}:{nofile}\", \"nproc={nproc}:{nproc}\"]\n\
+             [engine]\n# crun refuses cgroup v1 hybrid hosts; runc is also what Kubernetes' containerd runs.\n\
+             runtime = \"runc\"\n",
+            caps.join(", ")
+        );
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        fs::create_dir_all(dir).unwrap();
+        let path = dir.join("pod-containers.conf");
+        // Another test binary run may be reading it: replace it whole.
+        let tmp = dir.join(format!("pod-containers.conf.{}", std::process::id()));
+        fs::write(&tmp, text).unwrap();
+        fs::rename(&tmp, &path).unwrap();
+        path
+    })
+}
+
+pub fn podman() -> Command {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the podman tests run podman as root (scripts/test runs as root)"
+    );
+    let mut c = Command::new("podman");
+    c.env("CONTAINERS_CONF", containers_conf());
+    c
+}
