@@ -320,12 +320,21 @@ impl Tekton {
 
 #[test]
 fn tekton_task_step_pushes_and_writes_its_results() {
+    let mut world = World::new("tekton");
+    run_tekton_step(&mut world, "1", None);
+    world.finish();
+}
+
+/// Runs the Tekton Task's step as a TaskRun would (params, workspaces, results substituted; the
+/// script run with the step's args), pushing bkrun/tekton:TAG; daemonless, or on the shared
+/// builder at `builder` (its port here and the client's TLS Secret directory), named by the
+/// Service's name as a pipeline in the cluster would.
+fn run_tekton_step(world: &mut World, tag: &str, builder: Option<(u16, &Path)>) {
     let task = one("tekton-task.yaml", |d| match d {
         Doc::Task(t) => Some(t),
         _ => None,
     });
-    let mut world = World::new("tekton");
-    let image = world.image("bkrun/tekton", "1");
+    let image = world.image("bkrun/tekton", tag);
 
     // The TaskRun's params: IMAGE given, EXTRA_ARGS one flag, the rest their defaults.
     let mut params: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -355,12 +364,23 @@ fn tekton_task_step_pushes_and_writes_its_results() {
         "EXTRA_ARGS".into(),
         vec!["--opt".into(), "label:org.example.pipeline=tekton".into()],
     );
-    // source and dockerconfig bound, buildkit-tls not (daemonless).
+    if let Some((port, _)) = builder {
+        params.insert(
+            "BUILDKIT_ADDRESS".into(),
+            vec![format!("tcp://bkrun-builder:{port}")],
+        );
+    }
+    // source and dockerconfig bound; buildkit-tls only with a builder.
     let workspaces: BTreeMap<String, bool> = task
         .spec
         .workspaces
         .iter()
-        .map(|w| (w.name.clone(), w.name != "buildkit-tls"))
+        .map(|w| {
+            (
+                w.name.clone(),
+                w.name != "buildkit-tls" || builder.is_some(),
+            )
+        })
         .collect();
     assert!(workspaces.contains_key("source") && workspaces.contains_key("dockerconfig"));
     let results: Vec<String> = task.spec.results.iter().map(|r| r.name.clone()).collect();
@@ -372,8 +392,8 @@ fn tekton_task_step_pushes_and_writes_its_results() {
     };
 
     let step = &task.spec.steps[0];
-    let scripts = world.path("scripts");
-    let results_dir = world.path("results");
+    let scripts = world.path(&format!("scripts-{tag}"));
+    let results_dir = world.path(&format!("results-{tag}"));
     fs::create_dir(&scripts).unwrap();
     fs::create_dir(&results_dir).unwrap();
     // The step's user writes the result files, as Tekton's shared /tekton/results allows.
@@ -409,6 +429,23 @@ fn tekton_task_step_pushes_and_writes_its_results() {
         }),
         ..Default::default()
     });
+    if let Some((_, tls)) = builder {
+        mounts.push(mount("ws-buildkit-tls", "/workspace/buildkit-tls", true));
+        volumes.push(host_path("ws-buildkit-tls", tls));
+        // The Service's name, as the cluster's DNS would answer it. kube play ignores
+        // hostAliases, so the test mounts the hosts file they would make.
+        let hosts = world.path(&format!("hosts-{tag}"));
+        fs::write(&hosts, "127.0.0.1 localhost\n127.0.0.1 bkrun-builder\n").unwrap();
+        mounts.push(mount("hosts", "/etc/hosts", true));
+        volumes.push(Volume {
+            name: "hosts".into(),
+            host_path: Some(HostPathVolumeSource {
+                path: hosts.display().to_string(),
+                type_: Some("File".into()),
+            }),
+            ..Default::default()
+        });
+    }
     volumes.push(host_path("tekton-scripts", &scripts));
     volumes.push(host_path("tekton-results", &results_dir));
     // As Tekton runs a step with a script: the script file, then the step's args.
@@ -436,7 +473,7 @@ fn tekton_task_step_pushes_and_writes_its_results() {
     let docs = world.wire(&mut spec, Vec::new());
     let pod = Pod {
         metadata: ObjectMeta {
-            name: Some("bkrun-build-run".into()),
+            name: Some(format!("bkrun-build-run-{tag}")),
             ..Default::default()
         },
         spec: Some(spec),
@@ -444,19 +481,28 @@ fn tekton_task_step_pushes_and_writes_its_results() {
     };
     let played = world.play(pod, docs);
     let ended = played.wait(&step.name, BUILD_LIMIT);
-    assert_built("the Tekton step", &ended, "rootless-strict");
+    match builder {
+        None => assert_built("the Tekton step", &ended, "rootless-strict"),
+        Some(_) => {
+            assert_eq!(ended.code, 0, "the Tekton step failed:\n{}", ended.logs);
+            assert!(
+                mode_of(&ended.logs).is_none(),
+                "the step started a daemon of its own:\n{}",
+                ended.logs
+            );
+        }
+    }
     let digest = fs::read_to_string(results_dir.join("IMAGE_DIGEST")).unwrap_or_default();
     let url = fs::read_to_string(results_dir.join("IMAGE_URL")).unwrap_or_default();
     assert_eq!(
         Some(digest.clone()),
-        world.registry.digest("bkrun/tekton", "1"),
+        world.registry.digest("bkrun/tekton", tag),
         "IMAGE_DIGEST is not the pushed digest\n{}",
         ended.logs
     );
     assert!(digest.starts_with("sha256:"));
     assert_eq!(url, image);
     world.down(&played);
-    world.finish();
 }
 
 #[test]
@@ -807,6 +853,10 @@ fn shared_builder_serves_a_mutual_tls_build_from_bkrun_on_the_host() {
         .unwrap();
     assert!(!refused.status.success(), "{}", show(&refused));
 
+    // The Tekton step with BUILDKIT_ADDRESS set builds there too, with the client Secret as its
+    // buildkit-tls workspace.
+    run_tekton_step(&mut world, "shared", Some((port, client)));
+
     world.down(&played);
     sb.assert_clean();
     world.finish();
@@ -901,4 +951,92 @@ fn walk(root: &Path) -> Vec<String> {
         }
     }
     out
+}
+
+#[test]
+fn images_keep_the_bases_user_and_volume_and_carry_their_labels() {
+    kube::load_images();
+    for (variant, user, volume) in [
+        ("privileged", "", "/var/lib/buildkit"),
+        ("rootless", "1000:1000", "/home/user/.local/share/buildkit"),
+    ] {
+        let name = format!("localhost/bkrun:{variant}");
+        let out = kube::podman_ok(&["image", "inspect", "--format", "{{json .Config}}", &name]);
+        let config: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(config["User"].as_str().unwrap_or(""), user, "{variant}");
+        assert!(
+            config["Volumes"].get(volume).is_some(),
+            "{variant}: {config}"
+        );
+        assert_eq!(config["Entrypoint"][0], "/usr/bin/bkrun", "{variant}");
+        let labels = &config["Labels"];
+        assert_eq!(
+            labels["org.opencontainers.image.version"],
+            env!("CARGO_PKG_VERSION"),
+            "{variant}"
+        );
+        // The images may come from a commit before a local change: a revision, not "unknown".
+        let label_rev = labels["org.opencontainers.image.revision"]
+            .as_str()
+            .unwrap_or("");
+        assert!(
+            label_rev.len() >= 40 && label_rev[..40].chars().all(|c| c.is_ascii_hexdigit()),
+            "{variant}: revision label {label_rev:?}"
+        );
+        assert!(labels.get("org.opencontainers.image.source").is_some());
+
+        // bkrun answers to the wrapper's name, and is the static one.
+        let container = format!("bkrun-images-inspect-{variant}-{}", std::process::id());
+        let out = kube::podman_ok(&[
+            "run",
+            "--rm",
+            "--name",
+            &container,
+            "--entrypoint",
+            "sh",
+            &name,
+            "-c",
+            "readlink /usr/bin/buildctl-daemonless.sh; buildctl-daemonless.sh --version",
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut lines = text.lines();
+        assert_eq!(lines.next(), Some("bkrun"), "{text}");
+        assert!(lines.next().unwrap_or("").starts_with("bkrun "), "{text}");
+        let all = kube::podman_ok(&["ps", "--all", "--format", "{{.Names}}"]);
+        assert!(!String::from_utf8_lossy(&all.stdout).contains(&container));
+    }
+}
+
+#[test]
+fn dockerignore_lets_only_what_cargo_reads_into_the_context() {
+    // The Dockerfiles' build stage copies the whole context; this build does only that.
+    let sb = Sandbox::new(Mode::Privileged);
+    let df = sb.context("df", "FROM scratch\nCOPY . /ctx/\n");
+    let out = sb.path("out");
+    run_ok(
+        sb.bkrun()
+            .arg("build")
+            .args(["--frontend", "dockerfile.v0"])
+            .arg(format!("--local=context={}", env!("CARGO_MANIFEST_DIR")))
+            .arg(format!("--local=dockerfile={}", df.display()))
+            .arg(format!("--output=type=local,dest={}", out.display())),
+    );
+    let mut sent: Vec<String> = fs::read_dir(out.join("ctx"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    sent.sort();
+    assert_eq!(
+        sent,
+        [
+            "Cargo.lock",
+            "Cargo.toml",
+            "benches",
+            "build.rs",
+            "proto",
+            "src"
+        ]
+    );
+    sb.assert_clean();
 }
