@@ -868,7 +868,7 @@ fn static_binary_runs_with_no_libc_and_resolves_names_itself() {
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("target/x86_64-unknown-linux-musl/release/bkrun")
+                .join("target/static/x86_64-unknown-linux-musl/release/bkrun")
         });
     assert!(
         bin.exists(),
