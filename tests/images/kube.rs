@@ -422,7 +422,7 @@ impl World {
         }
         let file = self.path(&format!("{name}.yaml"));
         fs::write(&file, &text).unwrap();
-        self.created.push(("pod", name.clone()));
+        self.created.push(("pod", file.display().to_string()));
         let mut args = vec!["kube", "play"];
         if userns {
             args.push("--userns=auto:size=65536");
@@ -555,10 +555,11 @@ impl World {
 
 impl Drop for World {
     fn drop(&mut self) {
-        // A failed test still cleans up what it made, pods first (they use the rest).
+        // A failed test still cleans up what it made, pods first (they use the rest); `kube
+        // down` also removes the pod's volumes, which `pod rm` would leave.
         for (kind, name) in self.created.iter().rev() {
             let args: Vec<&str> = match *kind {
-                "pod" => vec!["pod", "rm", "--force", "--time", "0", name],
+                "pod" => vec!["kube", "down", name],
                 "secret" => vec!["secret", "rm", name],
                 _ => vec!["volume", "rm", "--force", name],
             };
