@@ -473,6 +473,11 @@ impl World {
             },
         );
         let vols = spec.volumes.get_or_insert_with(Vec::new);
+        vols.push(Volume {
+            name: "test-registry-scratch".into(),
+            empty_dir: Some(Default::default()),
+            ..Default::default()
+        });
         for (name, path, kind) in [
             (
                 "test-registry-bin",
@@ -492,9 +497,35 @@ impl World {
         }
     }
 
-    /// Stops a played pod the way `kubectl delete` would.
+    /// Stops a played pod the way `kubectl delete` would. podman 4.3 sometimes cannot yet remove
+    /// a user-namespaced container (its shm mount is still busy: EBUSY) and leaves the pod for
+    /// another try, which the kubelet's garbage collection would make too.
     pub fn down(&self, played: &Played) {
-        podman_ok(&["kube", "down", played.file.to_str().unwrap()]);
+        let file = played.file.to_str().unwrap();
+        let mut last = None;
+        // Taken first: a failed attempt has already removed some of the pod's containers.
+        let volumes = played.volumes();
+        for attempt in 0..10 {
+            let out = podman().args(["kube", "down", file]).output().unwrap();
+            if out.status.success() && attempt == 0 {
+                return;
+            }
+            if out.status.success() {
+                // A later attempt removes the pod but not the volumes the first one would have
+                // (its emptyDirs, and the anonymous ones of the image's VOLUMEs); remove them
+                // as the kubelet removes a deleted pod's emptyDirs.
+                for v in &volumes {
+                    let _ = podman().args(["volume", "rm", "--force", v]).output();
+                }
+                return;
+            }
+            last = Some(out);
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        panic!(
+            "podman kube down {file} kept failing\n{}",
+            show(&last.unwrap())
+        );
     }
 
     /// What this test made in podman that is still there, and host processes that name it
@@ -581,6 +612,35 @@ pub struct Ended {
 }
 
 impl Played {
+    /// The volumes the pod's containers mount, by podman's names for them.
+    fn volumes(&self) -> Vec<String> {
+        let ids = podman_ok(&[
+            "ps",
+            "--all",
+            "--quiet",
+            "--filter",
+            &format!("pod={}", self.name),
+        ]);
+        let mut names = Vec::new();
+        for id in lines(&ids) {
+            let out = podman()
+                .args([
+                    "inspect",
+                    "--format",
+                    "{{range .Mounts}}{{if eq .Type \"volume\"}}{{.Name}} {{end}}{{end}}",
+                    &id,
+                ])
+                .output()
+                .unwrap();
+            names.extend(
+                String::from_utf8_lossy(&out.stdout)
+                    .split_whitespace()
+                    .map(str::to_string),
+            );
+        }
+        names
+    }
+
     pub fn container(&self, container: &str) -> String {
         format!("{}-{container}", self.name)
     }
