@@ -27,13 +27,41 @@ use clap::CommandFactory;
 /// The work to do once the daemon serves.
 enum Work {
     /// A build driven by bkrun's own client.
-    Build(Box<BuildSpec>),
+    Build(Box<BuildJob>),
     /// Run a program with BUILDKIT_HOST set.
     Exec(Vec<String>),
     /// Ask the daemon about its workers, version or cache, or prune the cache.
     Admin(client::admin::Request),
     /// Keep the daemon up until a signal; also listening on these addresses.
     Serve(Vec<String>),
+}
+
+/// A build and what comes with it from the grammar it was typed in.
+struct BuildJob {
+    spec: BuildSpec,
+    /// Files written from the exporter's response once the build succeeded.
+    after: spec::docker::AfterBuild,
+    /// A context or Dockerfile read from stdin; removed when the job ends.
+    _stdin_dir: Option<tempfile::TempDir>,
+}
+
+/// Any grammar's command line, normalized into buildctl's, checked into a spec.
+fn build_job(n: spec::docker::Normalized, settings: &Settings) -> Result<BuildJob> {
+    let mut spec = spec::build::parse(&n.args)?;
+    spec.registry_tls = registry_tls(settings);
+    if !matches!(
+        spec.progress,
+        progress::Mode::Quiet | progress::Mode::RawJson
+    ) {
+        for note in &n.notes {
+            eprintln!("bkrun: {note}");
+        }
+    }
+    Ok(BuildJob {
+        spec,
+        after: n.after,
+        _stdin_dir: n.stdin_dir,
+    })
 }
 
 /// Runs bkrun and returns its exit status.
@@ -148,9 +176,25 @@ async fn try_run(cli: Cli) -> Result<i32> {
         }
         Command::Build(args) => {
             // Validated here, before a daemon exists: a bad --output fails in milliseconds.
-            let mut spec = spec::build::parse(args)?;
-            spec.registry_tls = registry_tls(&settings);
-            Work::Build(Box::new(spec))
+            let n = spec::docker::normalize(args, &mut std::io::stdin().lock())?;
+            Work::Build(Box::new(build_job(n, &settings)?))
+        }
+        Command::Kaniko(k) => {
+            let t = spec::kaniko::translate(k)?;
+            if !t.registries.is_empty() {
+                if let Some(r) = &settings.remote {
+                    bail!("kaniko's registry flags (--insecure, --insecure-registry, --skip-tls-verify, --registry-mirror, --registry-certificate) configure the daemon bkrun starts; the daemon at {} (from {}) has its own configuration: drop them, or configure that daemon", r.addr, r.source);
+                }
+                let dc = settings.daemon_config.get_or_insert_with(Default::default);
+                for (host, over) in t.registries {
+                    let r = dc.registry.entry(host).or_default();
+                    r.http = over.http.or(r.http);
+                    r.insecure = over.insecure.or(r.insecure);
+                    r.mirrors.extend(over.mirrors);
+                    r.ca.extend(over.ca);
+                }
+            }
+            Work::Build(Box::new(build_job(t.build, &settings)?))
         }
         Command::Debug { command } => match command {
             DebugCommand::Workers(l) => Work::Admin(Request::Workers {
@@ -365,20 +409,25 @@ async fn perform(
 ) -> Ended {
     tokio::pin!(daemon_exit);
     match work {
-        Work::Build(spec) => {
+        Work::Build(job) => {
+            let spec = &job.spec;
             let build = async {
                 let channel = connect::connect_target(target).await?;
-                client::solve::build(channel, &spec, progress::Options::from_env(), target).await
+                client::solve::build(channel, spec, progress::Options::from_env(), target).await
             };
             tokio::select! {
                 res = build => match res {
-                    Ok(client::solve::Outcome::Done(response)) => match &spec.metadata_file {
-                        Some(path) => match client::metadata::write(path, &response) {
+                    Ok(client::solve::Outcome::Done(response)) => {
+                        let written = spec
+                            .metadata_file
+                            .as_ref()
+                            .map_or(Ok(()), |path| client::metadata::write(path, &response))
+                            .and_then(|()| client::metadata::write_after(&job.after, &response));
+                        match written {
                             Ok(()) => Ended::Code(0),
                             Err(e) => Ended::Failed(e),
-                        },
-                        None => Ended::Code(0),
-                    },
+                        }
+                    }
                     Ok(client::solve::Outcome::Failed) => Ended::Code(1),
                     Err(e) => Ended::Failed(e),
                 },
@@ -479,8 +528,8 @@ async fn remote(target: Target, work: Work, grace: Duration) -> Result<i32> {
 /// the user asked for quiet, nor for rawjson, which tools read line by line.
 fn announces(work: &Work) -> bool {
     match work {
-        Work::Build(spec) => !matches!(
-            spec.progress,
+        Work::Build(job) => !matches!(
+            job.spec.progress,
             progress::Mode::Quiet | progress::Mode::RawJson
         ),
         _ => true,

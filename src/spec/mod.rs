@@ -3,6 +3,8 @@
 pub mod build;
 pub mod cache;
 pub mod csv;
+pub mod docker;
+pub mod kaniko;
 pub mod policy;
 pub mod secret;
 pub mod ssh;
