@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Result};
 
-use crate::session::ssh_agent::{AgentKey, KeyFileError};
+use crate::sshkey::{AgentKey, KeyFileError};
 
 /// One forwarded agent: the id RUN steps ask for, and what answers behind it.
 #[derive(Debug, Clone)]
