@@ -1,6 +1,5 @@
 //! What each subcommand does, end to end: validate, choose, start the daemon, run the work, tear down, exit with the work's status.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Command as Proc, Stdio};
 use std::time::{Duration, Instant};
@@ -18,7 +17,6 @@ use crate::config::{AddrSource, Remote, Settings};
 use crate::daemon::{diagnose, Daemon, Plan};
 use crate::host::{which, Host, RealHost};
 use crate::reaper::{self, Exit, Reaper};
-use crate::session::token::RegistryTls;
 use crate::spec;
 use crate::spec::build::BuildSpec;
 use crate::{client, doctor, progress};
@@ -147,10 +145,8 @@ async fn try_run(cli: Cli) -> Result<i32> {
             Work::Exec(command.clone())
         }
         Command::Build(args) => {
-            // Validated here, before a daemon exists: a bad --output fails in milliseconds.
-            let mut spec = spec::build::parse(args)?;
-            spec.registry_tls = registry_tls(&settings);
-            Work::Build(Box::new(spec))
+            // Settled here, before a daemon exists: a bad --output fails in milliseconds.
+            Work::Build(Box::new(spec::build::resolve(args, &settings, &host)?))
         }
         Command::Debug { command } => match command {
             DebugCommand::Workers(l) => Work::Admin(Request::Workers {
@@ -238,25 +234,6 @@ fn describe(settings: &Settings, host: &dyn Host, g: &GlobalArgs) -> Result<Stri
 fn shown(p: &Option<PathBuf>) -> String {
     p.as_ref()
         .map_or("none".into(), |p| p.display().to_string())
-}
-
-/// bkrun.toml's registry CAs and `insecure`: the daemon applied them to its own token requests
-/// for those hosts, so bkrun's token requests for them trust the same.
-fn registry_tls(settings: &Settings) -> BTreeMap<String, RegistryTls> {
-    let Some(d) = &settings.daemon_config else {
-        return BTreeMap::new();
-    };
-    d.registry
-        .iter()
-        .filter(|(_, r)| !r.ca.is_empty() || r.insecure == Some(true))
-        .map(|(host, r)| {
-            let tls = RegistryTls {
-                ca: r.ca.iter().map(PathBuf::from).collect(),
-                insecure: r.insecure == Some(true),
-            };
-            (host.clone(), tls)
-        })
-        .collect()
 }
 
 /// The remote daemon of --addr, BKRUN_ADDR or BUILDKIT_HOST with buildctl's TLS flags.
@@ -368,7 +345,7 @@ async fn perform(
         Work::Build(spec) => {
             let build = async {
                 let channel = connect::connect_target(target).await?;
-                client::solve::build(channel, &spec, progress::Options::from_env(), target).await
+                client::solve::build(channel, &spec, target).await
             };
             tokio::select! {
                 res = build => match res {
@@ -480,7 +457,7 @@ async fn remote(target: Target, work: Work, grace: Duration) -> Result<i32> {
 fn announces(work: &Work) -> bool {
     match work {
         Work::Build(spec) => !matches!(
-            spec.progress,
+            spec.progress.mode,
             progress::Mode::Quiet | progress::Mode::RawJson
         ),
         _ => true,
