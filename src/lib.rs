@@ -16,5 +16,6 @@ pub mod reaper;
 pub mod run;
 pub mod session;
 pub mod spec;
+pub mod sshkey;
 pub mod tlsroots;
 pub mod version;

@@ -1,6 +1,5 @@
 //! What each subcommand does, end to end: validate, choose, start the daemon, run the work, tear down, exit with the work's status.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Command as Proc, Stdio};
 use std::time::{Duration, Instant};
@@ -18,7 +17,6 @@ use crate::config::{AddrSource, Remote, Settings};
 use crate::daemon::{diagnose, Daemon, Plan};
 use crate::host::{which, Host, RealHost};
 use crate::reaper::{self, Exit, Reaper};
-use crate::session::token::RegistryTls;
 use crate::spec;
 use crate::spec::build::BuildSpec;
 use crate::{client, doctor, progress};
@@ -46,11 +44,14 @@ struct BuildJob {
 }
 
 /// Any grammar's command line, normalized into buildctl's, checked into a spec.
-fn build_job(n: spec::docker::Normalized, settings: &Settings) -> Result<BuildJob> {
-    let mut spec = spec::build::parse(&n.args)?;
-    spec.registry_tls = registry_tls(settings);
+fn build_job(
+    n: spec::docker::Normalized,
+    settings: &Settings,
+    host: &dyn Host,
+) -> Result<BuildJob> {
+    let spec = spec::build::resolve(&n.args, settings, host)?;
     if !matches!(
-        spec.progress,
+        spec.progress.mode,
         progress::Mode::Quiet | progress::Mode::RawJson
     ) {
         for note in &n.notes {
@@ -175,9 +176,9 @@ async fn try_run(cli: Cli) -> Result<i32> {
             Work::Exec(command.clone())
         }
         Command::Build(args) => {
-            // Validated here, before a daemon exists: a bad --output fails in milliseconds.
+            // Settled here, before a daemon exists: a bad --output fails in milliseconds.
             let n = spec::docker::normalize(args, &mut std::io::stdin().lock())?;
-            Work::Build(Box::new(build_job(n, &settings)?))
+            Work::Build(Box::new(build_job(n, &settings, &host)?))
         }
         Command::Kaniko(k) => {
             let t = spec::kaniko::translate(k)?;
@@ -194,7 +195,7 @@ async fn try_run(cli: Cli) -> Result<i32> {
                     r.ca.extend(over.ca);
                 }
             }
-            Work::Build(Box::new(build_job(t.build, &settings)?))
+            Work::Build(Box::new(build_job(t.build, &settings, &host)?))
         }
         Command::Debug { command } => match command {
             DebugCommand::Workers(l) => Work::Admin(Request::Workers {
@@ -282,25 +283,6 @@ fn describe(settings: &Settings, host: &dyn Host, g: &GlobalArgs) -> Result<Stri
 fn shown(p: &Option<PathBuf>) -> String {
     p.as_ref()
         .map_or("none".into(), |p| p.display().to_string())
-}
-
-/// bkrun.toml's registry CAs and `insecure`: the daemon applied them to its own token requests
-/// for those hosts, so bkrun's token requests for them trust the same.
-fn registry_tls(settings: &Settings) -> BTreeMap<String, RegistryTls> {
-    let Some(d) = &settings.daemon_config else {
-        return BTreeMap::new();
-    };
-    d.registry
-        .iter()
-        .filter(|(_, r)| !r.ca.is_empty() || r.insecure == Some(true))
-        .map(|(host, r)| {
-            let tls = RegistryTls {
-                ca: r.ca.iter().map(PathBuf::from).collect(),
-                insecure: r.insecure == Some(true),
-            };
-            (host.clone(), tls)
-        })
-        .collect()
 }
 
 /// The remote daemon of --addr, BKRUN_ADDR or BUILDKIT_HOST with buildctl's TLS flags.
@@ -413,7 +395,7 @@ async fn perform(
             let spec = &job.spec;
             let build = async {
                 let channel = connect::connect_target(target).await?;
-                client::solve::build(channel, spec, progress::Options::from_env(), target).await
+                client::solve::build(channel, spec, target).await
             };
             tokio::select! {
                 res = build => match res {
@@ -529,7 +511,7 @@ async fn remote(target: Target, work: Work, grace: Duration) -> Result<i32> {
 fn announces(work: &Work) -> bool {
     match work {
         Work::Build(job) => !matches!(
-            job.spec.progress,
+            job.spec.progress.mode,
             progress::Mode::Quiet | progress::Mode::RawJson
         ),
         _ => true,

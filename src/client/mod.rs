@@ -7,4 +7,5 @@ pub mod layouts;
 pub mod localcache;
 pub mod metadata;
 pub mod probe;
+pub mod services;
 pub mod solve;
