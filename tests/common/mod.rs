@@ -1,6 +1,8 @@
 //! Test harness: a private sandbox per test (its own state dir, TMPDIR and user), bkrun invocations in each mode, and the check that nothing is left behind.
 #![allow(dead_code)]
 
+pub mod registry;
+
 use std::fs;
 use std::os::unix::fs::{chown, PermissionsExt};
 use std::os::unix::process::CommandExt;
