@@ -10,10 +10,10 @@ use nix::sys::signal::Signal;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_tokio::Signals;
 
-use crate::cli::{Cli, Command, DaemonArgs, DebugCommand, GlobalArgs, LogFormat};
+use crate::cli::{Cli, Command, DebugCommand, LogFormat};
 use crate::client::admin::Request;
-use crate::client::connect::{self, Target, TlsFiles};
-use crate::config::{AddrSource, Remote, Settings};
+use crate::client::connect::{self, Target};
+use crate::config::{AddrSource, Settings};
 use crate::daemon::{diagnose, Daemon, Plan};
 use crate::host::{which, Host, RealHost};
 use crate::reaper::{self, Exit, Reaper};
@@ -21,6 +21,10 @@ use crate::spec;
 use crate::spec::build::BuildSpec;
 use crate::{client, doctor, progress};
 use clap::CommandFactory;
+
+mod target;
+
+use target::{describe, listener_flags, remote_target};
 
 /// The work to do once the daemon serves.
 enum Work {
@@ -246,120 +250,6 @@ async fn try_run(cli: Cli) -> Result<i32> {
         format!("mode {} ({})", plan.mode(), plan.decision.reason)
     });
     supervise(plan, work).await
-}
-
-/// What `bkrun config` prints: what the next command will do (start a daemon, and how, or
-/// connect, and where the address came from), then the settings.
-fn describe(settings: &Settings, host: &dyn Host, g: &GlobalArgs) -> Result<String> {
-    if let Some(r) = &settings.remote {
-        let target = remote_target(g, r)?;
-        let tls = match &target.tls {
-            Some(t) => format!(
-                "ca {}, cert {}, key {}",
-                shown(&t.ca),
-                shown(&t.cert),
-                shown(&t.key)
-            ),
-            None => "none".into(),
-        };
-        return Ok(format!(
-            "daemon:          connect to {} (from {}); no daemon is started\ntls:             {tls}\nconnect retry:   {:?}\n",
-            r.addr, r.source, target.retry_for
-        ));
-    }
-    let plan = Plan::new(settings, host, false)?;
-    let mut s = format!(
-        "daemon:          start buildkitd, {} ({})\n",
-        plan.mode(),
-        plan.decision.why
-    );
-    if let Some(why) = &settings.buildkit_host_ignored {
-        s.push_str(&format!("BUILDKIT_HOST:   not used: {why}\n"));
-    }
-    s.push_str(&plan.describe());
-    Ok(s)
-}
-
-fn shown(p: &Option<PathBuf>) -> String {
-    p.as_ref()
-        .map_or("none".into(), |p| p.display().to_string())
-}
-
-/// The remote daemon of --addr, BKRUN_ADDR or BUILDKIT_HOST with buildctl's TLS flags.
-fn remote_target(g: &GlobalArgs, remote: &Remote) -> Result<Target> {
-    let addr = &remote.addr;
-    let mut tls = TlsFiles {
-        ca: g.tlscacert.clone(),
-        cert: g.tlscert.clone(),
-        key: g.tlskey.clone(),
-        server_name: g.tlsservername.clone(),
-    };
-    if let Some(dir) = &g.tlsdir {
-        if !dir.is_dir() {
-            bail!("--tlsdir {} is not a directory: give the directory holding ca.pem, cert.pem and key.pem", dir.display());
-        }
-        tls = tls.with_dir(dir);
-    }
-    // buildctl's --wait waits as long as it takes; its --timeout is how long it tries.
-    let retry = match (g.connect_retry, g.wait, g.timeout) {
-        (Some(r), _, _) => r,
-        (None, true, _) => f64::from(u32::MAX),
-        (None, false, Some(t)) => t,
-        (None, false, None) => DEFAULT_CONNECT_RETRY_SECS,
-    };
-    if !(retry.is_finite() && retry >= 0.0) {
-        bail!("--connect-retry must be a number of seconds, not {retry}");
-    }
-    Ok(Target {
-        addr: addr.to_string(),
-        tls: (!tls.is_empty()).then_some(tls),
-        insecure_plaintext: g.insecure_plaintext,
-        retry_for: Duration::from_secs_f64(retry),
-        origin: Some(remote.source.to_string()),
-    })
-}
-
-/// How long a remote daemon may be away (a rolling restart) before the build fails.
-const DEFAULT_CONNECT_RETRY_SECS: f64 = 15.0;
-
-/// buildkitd flags for `bkrun daemon --listen …`: a TCP listener off loopback needs TLS with
-/// client certificates, or an explicit --insecure-plaintext.
-fn listener_flags(d: &DaemonArgs, insecure_plaintext: bool) -> Result<Vec<String>> {
-    let mut flags = Vec::new();
-    for l in &d.listen {
-        let Some(hp) = l.strip_prefix("tcp://") else {
-            bail!("--listen {l:?} must be tcp://HOST:PORT (the unix socket is always there)");
-        };
-        let host = hp
-            .rsplit_once(':')
-            .map(|(h, _)| h.trim_matches(['[', ']']))
-            .unwrap_or("");
-        let loopback = host == "localhost"
-            || host
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback());
-        let mutual = d.tls_server_cert.is_some() && d.tls_client_ca.is_some();
-        if !loopback && !mutual && !insecure_plaintext {
-            bail!("--listen {l} is reachable from other hosts: give --tls-server-cert, --tls-server-key and --tls-client-ca for mutual TLS, or pass --insecure-plaintext");
-        }
-        flags.push(format!("--addr={l}"));
-    }
-    for (flag, file) in [
-        ("--tlscert", &d.tls_server_cert),
-        ("--tlskey", &d.tls_server_key),
-        ("--tlscacert", &d.tls_client_ca),
-    ] {
-        if let Some(f) = file {
-            if !f.is_file() {
-                bail!(
-                    "{} does not exist: give the path of the PEM file",
-                    f.display()
-                );
-            }
-            flags.push(format!("{flag}={}", f.display()));
-        }
-    }
-    Ok(flags)
 }
 
 /// buildctl runs the `debug` subcommands bkrun does not answer itself.

@@ -1,0 +1,430 @@
+//! The command line: bkrun's own flags and subcommands, parsed with clap with no I/O; the build grammars' flags live beside it (build.rs: buildctl's and buildx's, kaniko.rs: kaniko's executor).
+
+use std::path::PathBuf;
+
+use clap::{ArgAction, Args, Parser, Subcommand};
+
+mod argv;
+mod build;
+mod kaniko;
+
+pub use crate::daemon::mode::ModeArg;
+pub use argv::{daemonless_sh_argv, go_style_flags};
+pub use build::BuildArgs;
+pub use kaniko::KanikoArgs;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "bkrun",
+    version,
+    about = "Daemonless BuildKit runner: starts an ephemeral buildkitd, runs the build, tears it all down.",
+    propagate_version = true,
+    // As with buildctl, a repeated flag takes its last value (CI scripts append overrides).
+    args_override_self = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags accepted before or after the subcommand; `--help` lists them apart from the subcommand's own.
+#[derive(Debug, Args, Clone, Default)]
+#[command(next_help_heading = "Global options")]
+pub struct GlobalArgs {
+    /// Daemon mode: auto, privileged, rootless or rootless-strict.
+    #[arg(long, global = true, value_enum, env = "BKRUN_MODE")]
+    pub mode: Option<ModeArg>,
+    /// BuildKit state directory (the cache; it survives the run).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// bkrun.toml to read (default: $BKRUN_CONFIG, then ~/.config/bkrun/bkrun.toml or /etc/bkrun/bkrun.toml).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Extra buildkitd flags, split as a shell would (also $BUILDKITD_FLAGS).
+    #[arg(long, global = true, value_name = "FLAGS", allow_hyphen_values = true)]
+    pub buildkitd_flags: Option<String>,
+    /// Seconds to wait for the daemon to serve before giving up.
+    #[arg(long, global = true, value_name = "SECONDS")]
+    pub ready_timeout: Option<f64>,
+    /// Verbose output from bkrun, and buildkitd --debug.
+    #[arg(long, global = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = ArgAction::Set, default_value_t = false)]
+    pub debug: bool,
+    /// buildctl's connection timeout in seconds: for a remote daemon, how long to keep
+    /// trying (as --connect-retry).
+    #[arg(long, global = true, value_name = "SECONDS")]
+    pub timeout: Option<f64>,
+    /// buildctl's --wait: keep trying a remote daemon until it answers.
+    #[arg(long, global = true)]
+    pub wait: bool,
+    /// How bkrun's own error lines are written: text, or json (one logrus-style object a line).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Use this existing daemon (unix:///path or tcp://host:port) and start none (also $BKRUN_ADDR; see README for BUILDKIT_HOST).
+    #[arg(long, global = true, value_name = "ADDR")]
+    pub addr: Option<String>,
+    /// CA certificate that signed the daemon's certificate (tcp:// addresses).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub tlscacert: Option<PathBuf>,
+    /// Client certificate for mutual TLS.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub tlscert: Option<PathBuf>,
+    /// Client key for mutual TLS.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub tlskey: Option<PathBuf>,
+    /// Name to verify the daemon's certificate against (when it differs from the host).
+    #[arg(long, global = true, value_name = "NAME")]
+    pub tlsservername: Option<String>,
+    /// Directory holding ca.pem, cert.pem and key.pem.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub tlsdir: Option<PathBuf>,
+    /// Allow plaintext gRPC to a tcp:// address that is not loopback.
+    #[arg(long, global = true)]
+    pub insecure_plaintext: bool,
+    /// Seconds to keep retrying a remote daemon that refuses or times out (default 15).
+    #[arg(long, global = true, value_name = "SECONDS")]
+    pub connect_retry: Option<f64>,
+    /// Invoked as buildctl-daemonless.sh, which never reads BUILDKIT_HOST.
+    #[arg(skip)]
+    pub as_daemonless_sh: bool,
+}
+
+/// buildctl's --log-format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+    /// kaniko's default; bkrun writes text.
+    Color,
+}
+
+/// The supervised daemon's extra listeners, for a sidecar or a shared builder.
+#[derive(Debug, Args, Clone, Default)]
+pub struct DaemonArgs {
+    /// Also listen here, e.g. tcp://0.0.0.0:1234 (repeatable).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Vec<String>,
+    /// Server certificate for TCP listeners.
+    #[arg(long, value_name = "FILE", requires = "tls_server_key")]
+    pub tls_server_cert: Option<PathBuf>,
+    /// Server key for TCP listeners.
+    #[arg(long, value_name = "FILE", requires = "tls_server_cert")]
+    pub tls_server_key: Option<PathBuf>,
+    /// CA whose client certificates are accepted (mutual TLS).
+    #[arg(long, value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build with an ephemeral daemon; takes buildctl's build flags.
+    #[command(visible_alias = "b", args_override_self = true)]
+    Build(Box<BuildArgs>),
+    /// Start the daemon, run CMD with BUILDKIT_HOST set, tear down; exit with CMD's status.
+    Exec {
+        /// The command and its arguments (after `--`).
+        #[arg(
+            required = true,
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "CMD"
+        )]
+        command: Vec<String>,
+    },
+    /// Run the supervised daemon in the foreground until SIGTERM; prints its address once ready.
+    Daemon(DaemonArgs),
+    /// Ask the daemon about itself: `debug workers`, `debug info`.
+    Debug {
+        #[command(subcommand)]
+        command: DebugCommand,
+    },
+    /// Show the build cache's disk usage, as `buildctl du` does.
+    Du(ListArgs),
+    /// Remove build cache, as `buildctl prune` does; lists what was removed and the total.
+    Prune(PruneArgs),
+    /// Print what the next command will do (start a daemon, and how, or connect, and where the address came from), paths, the daemon's argv.
+    Config,
+    /// kaniko's executor command line (also what bkrun does when invoked as `executor`, e.g. a
+    /// symlink at /kaniko/executor): build the context and push to each --destination.
+    Kaniko(Box<KanikoArgs>),
+    /// Print a shell completion script, e.g. `bkrun completion bash > /etc/bash_completion.d/bkrun`.
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print bkrun's man page (roff), e.g. `bkrun man > /usr/local/share/man/man1/bkrun.1`.
+    Man,
+    /// Check what this machine or container allows: each mode's verdict, the change that would make it work, versions. Starts no daemon; exits 1 when no mode can work.
+    Doctor {
+        /// text, or json for tools.
+        #[arg(long, value_enum, default_value = "text")]
+        format: crate::doctor::Format,
+    },
+}
+
+/// `bkrun debug …`: answered by bkrun itself, except the rarer subcommands, which buildctl runs.
+#[derive(Debug, Subcommand)]
+pub enum DebugCommand {
+    /// List the daemon's workers and their platforms.
+    Workers(ListArgs),
+    /// Show the daemon's BuildKit version.
+    Info,
+    /// Any other `buildctl debug` subcommand, handed to buildctl with BUILDKIT_HOST set.
+    #[command(external_subcommand)]
+    Buildctl(Vec<String>),
+}
+
+/// Flags shared by the listing commands, spelled as in buildctl.
+#[derive(Debug, Args, Clone, Default)]
+pub struct ListArgs {
+    /// A containerd-style filter, e.g. type==regular; repeat to combine.
+    #[arg(long, short = 'f', value_name = "FILTER")]
+    pub filter: Vec<String>,
+    /// Every field of every record.
+    #[arg(long, short = 'v')]
+    pub verbose: bool,
+}
+
+/// buildctl prune's flags. Its storage limits are in MB; the newer names take sizes with units.
+#[derive(Debug, Args, Clone, Default)]
+pub struct PruneArgs {
+    /// Keep records used more recently than this, e.g. 48h or 90m.
+    #[arg(long, value_name = "DURATION", value_parser = crate::gofmt::durations::parse_go_duration)]
+    pub keep_duration: Option<i64>,
+    /// Keep the cache below this many MB (the same limit as --max-used-space).
+    #[arg(long, value_name = "MB", conflicts_with = "max_used_space")]
+    pub keep_storage: Option<f64>,
+    /// Always allow the cache this many MB (the same limit as --reserved-space).
+    #[arg(long, value_name = "MB", conflicts_with = "reserved_space")]
+    pub keep_storage_min: Option<f64>,
+    /// Prune until this many MB of disk are free (the same limit as --min-free-space).
+    #[arg(long, value_name = "MB", conflicts_with = "min_free_space")]
+    pub free_storage: Option<f64>,
+    /// Cache that is never pruned, e.g. 10GB or 2GiB.
+    #[arg(long, value_name = "SIZE", value_parser = crate::gofmt::sizes::parse_size)]
+    pub reserved_space: Option<i64>,
+    /// The most the cache may use, e.g. 50GB.
+    #[arg(long, value_name = "SIZE", value_parser = crate::gofmt::sizes::parse_size)]
+    pub max_used_space: Option<i64>,
+    /// Free disk space to keep, e.g. 20GB.
+    #[arg(long, value_name = "SIZE", value_parser = crate::gofmt::sizes::parse_size)]
+    pub min_free_space: Option<i64>,
+    /// Also remove internal and frontend records.
+    #[arg(long)]
+    pub all: bool,
+    #[command(flatten)]
+    pub list: ListArgs,
+}
+
+impl PruneArgs {
+    /// The request in the daemon's units: bytes and nanoseconds, 0 for "no limit".
+    pub fn to_request(&self) -> crate::client::admin::Prune {
+        // buildctl truncates MB × 10⁶ to whole bytes.
+        let mb = |v: Option<f64>| v.map(|v| (v * 1e6) as i64);
+        crate::client::admin::Prune {
+            filters: self.list.filter.clone(),
+            all: self.all,
+            keep_duration: self.keep_duration.unwrap_or(0),
+            reserved_space: mb(self.keep_storage_min)
+                .or(self.reserved_space)
+                .unwrap_or(0),
+            max_used_space: mb(self.keep_storage).or(self.max_used_space).unwrap_or(0),
+            min_free_space: mb(self.free_storage).or(self.min_free_space).unwrap_or(0),
+            verbose: self.list.verbose,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(args).unwrap()
+    }
+
+    #[test]
+    fn global_flags_before_or_after_the_subcommand() {
+        let a = parse(&[
+            "bkrun",
+            "--mode",
+            "rootless",
+            "build",
+            "--frontend",
+            "dockerfile.v0",
+        ]);
+        let b = parse(&[
+            "bkrun",
+            "build",
+            "--frontend",
+            "dockerfile.v0",
+            "--mode",
+            "rootless",
+        ]);
+        assert_eq!(a.global.mode, Some(ModeArg::Rootless));
+        assert_eq!(b.global.mode, Some(ModeArg::Rootless));
+    }
+
+    #[test]
+    fn exec_takes_everything_after_the_double_dash() {
+        let c = parse(&[
+            "bkrun", "exec", "--", "buildctl", "--addr", "x", "build", "--debug",
+        ]);
+        match c.command {
+            Command::Exec { command } => {
+                assert_eq!(command, ["buildctl", "--addr", "x", "build", "--debug"])
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn build_flags_round_trip_to_buildctl() {
+        let c = parse(&[
+            "bkrun",
+            "build",
+            "--frontend=dockerfile.v0",
+            "--local",
+            "context=.",
+            "--local",
+            "dockerfile=.",
+            "-o",
+            "type=local,dest=out",
+            "--opt",
+            "build-arg:A=b c",
+            "--no-cache",
+        ]);
+        let Command::Build(b) = c.command else {
+            panic!()
+        };
+        assert_eq!(
+            b.to_buildctl_args(),
+            [
+                "--output=type=local,dest=out",
+                "--local=context=.",
+                "--local=dockerfile=.",
+                "--opt=build-arg:A=b c",
+                "--frontend=dockerfile.v0",
+                "--progress=auto",
+                "--no-cache"
+            ]
+        );
+    }
+
+    #[test]
+    fn debug_workers_and_info_are_native_other_debug_commands_go_to_buildctl() {
+        let c = Cli::try_parse_from(daemonless_sh_argv(&[
+            "debug".into(),
+            "workers".into(),
+            "-v".into(),
+            "--filter".into(),
+            "a,b".into(),
+        ]))
+        .unwrap();
+        let Command::Debug {
+            command: DebugCommand::Workers(l),
+        } = c.command
+        else {
+            panic!("{:?}", c.command)
+        };
+        assert!(l.verbose);
+        // buildctl does not split filters on commas.
+        assert_eq!(l.filter, ["a,b"]);
+        assert!(matches!(
+            parse(&["bkrun", "debug", "info"]).command,
+            Command::Debug {
+                command: DebugCommand::Info
+            }
+        ));
+        match parse(&["bkrun", "debug", "histories", "--format", "json"]).command {
+            Command::Debug {
+                command: DebugCommand::Buildctl(a),
+            } => assert_eq!(a, ["histories", "--format", "json"]),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn prune_limits_in_buildctl_units_or_with_units() {
+        let c = parse(&[
+            "bkrun",
+            "prune",
+            "--keep-duration",
+            "48h",
+            "--keep-storage",
+            "1.5",
+            "--reserved-space",
+            "2GB",
+            "--free-storage=10",
+            "-f",
+            "type==regular",
+            "--all",
+            "-v",
+        ]);
+        let Command::Prune(p) = c.command else {
+            panic!()
+        };
+        assert_eq!(
+            p.to_request(),
+            crate::client::admin::Prune {
+                filters: vec!["type==regular".into()],
+                all: true,
+                keep_duration: 48 * 3_600_000_000_000,
+                reserved_space: 2_000_000_000,
+                max_used_space: 1_500_000,
+                min_free_space: 10_000_000,
+                verbose: true,
+            }
+        );
+        assert!(Cli::try_parse_from([
+            "bkrun",
+            "prune",
+            "--keep-storage=1",
+            "--max-used-space=1GB"
+        ])
+        .is_err());
+        assert!(Cli::try_parse_from(["bkrun", "prune", "--keep-duration=soon"]).is_err());
+    }
+
+    #[test]
+    fn go_style_single_dash_flags_and_bool_values_as_buildctl_takes_them() {
+        let argv: Vec<String> = [
+            "build",
+            "-frontend",
+            "dockerfile.v0",
+            "-opt=filename=Dockerfile",
+            "-o",
+            "type=local,dest=out",
+            "--no-cache=false",
+            "-debug",
+        ]
+        .map(String::from)
+        .to_vec();
+        let c = Cli::try_parse_from(daemonless_sh_argv(&argv)).unwrap();
+        assert!(c.global.debug);
+        let Command::Build(b) = c.command else {
+            panic!()
+        };
+        assert_eq!(b.frontend.as_deref(), Some("dockerfile.v0"));
+        assert_eq!(b.opt, ["filename=Dockerfile"]);
+        assert_eq!(b.output, ["type=local,dest=out"]);
+        assert!(!b.no_cache);
+        let c = parse(&["bkrun", "build", "--no-cache"]);
+        let Command::Build(b) = c.command else {
+            panic!()
+        };
+        assert!(b.no_cache);
+        // After `--` nothing is rewritten: exec's command keeps its own flags.
+        assert_eq!(
+            go_style_flags(&["exec".into(), "--".into(), "-frontend".into()]),
+            ["exec", "--", "-frontend"]
+        );
+    }
+
+    #[test]
+    fn unknown_build_flag_is_refused() {
+        assert!(Cli::try_parse_from(["bkrun", "build", "--frobnicate"]).is_err());
+    }
+}
