@@ -69,7 +69,7 @@ pub fn write_after(after: &AfterBuild, response: &HashMap<String, String>) -> Re
         put(f, need("--iidfile", id)?)?;
     }
     if after.print_id {
-        println!("{}", need("--quiet", id)?);
+        crate::say_out!("{}", need("--quiet", id)?);
     }
     if let Some(f) = &after.digest_file {
         put(f, need("--digest-file", manifest)?)?;

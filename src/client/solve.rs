@@ -41,7 +41,7 @@ pub enum Outcome {
 pub async fn build(channel: Channel, spec: &BuildSpec, target: &Target) -> Result<Outcome> {
     // Secret values never reach the terminal or the CI log, whatever a step prints.
     let masks = mask_values(&spec.secrets);
-    let (session, services) = services::build(spec, &mut |w| eprintln!("bkrun: {w}"))?;
+    let (session, services) = services::build(spec, &mut |w| crate::say!("bkrun: {w}"))?;
     let session = open(session, channel.clone(), target).await?;
     let reference = crate::session::random_id();
     let request = solve_request(spec, &services, session.id(), &reference);
@@ -72,7 +72,7 @@ pub async fn build(channel: Channel, spec: &BuildSpec, target: &Target) -> Resul
     if let Some(path) = &spec.ref_file {
         // Written whether the build succeeded or not, as buildctl does: the ref names its history record.
         if let Err(e) = write_ref_file(path, &reference) {
-            eprintln!(
+            crate::say!(
                 "bkrun: cannot write the --ref-file {}: {e:#}",
                 path.display()
             );
@@ -83,7 +83,7 @@ pub async fn build(channel: Channel, spec: &BuildSpec, target: &Target) -> Resul
     let _ = session.close().await;
     services.close();
     if let Ok(Ok(Err(e))) = summary {
-        eprintln!("bkrun: progress output failed: {e}");
+        crate::say!("bkrun: progress output failed: {e}");
     }
     finish(
         solved,
@@ -229,7 +229,7 @@ fn finish(
                     &errors::emulation_hint("exec format error").unwrap_or_default(),
                 );
             }
-            eprint!("{}", mask_text(&shown, masks));
+            crate::say_raw!("{}", mask_text(&shown, masks));
             Ok(Outcome::Failed)
         }
     }

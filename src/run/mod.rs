@@ -59,7 +59,7 @@ fn build_job(
         progress::Mode::Quiet | progress::Mode::RawJson
     ) {
         for note in &n.notes {
-            eprintln!("bkrun: {note}");
+            crate::say!("bkrun: {note}");
         }
     }
     Ok(BuildJob {
@@ -127,13 +127,13 @@ pub fn print_error(e: &anyhow::Error, format: LogFormat) {
                     .map_or(0, |d| d.as_secs() as i64 * 1_000_000_000)
             ),
         });
-        eprintln!("{line}");
+        crate::say!("{line}");
         return;
     }
-    eprintln!("bkrun: {e}");
+    crate::say!("bkrun: {e}");
     for cause in e.chain().skip(1) {
         for line in cause.to_string().lines() {
-            eprintln!("  {line}");
+            crate::say!("  {line}");
         }
     }
 }
@@ -146,7 +146,7 @@ fn write_stdout(text: &str) {
 
 fn log(debug: bool, msg: impl FnOnce() -> String) {
     if debug {
-        eprintln!("bkrun: {}", msg());
+        crate::say!("bkrun: {}", msg());
     }
 }
 
@@ -171,7 +171,7 @@ async fn try_run(cli: Cli) -> Result<i32> {
         }
         Command::Exec { command } => {
             if which(&command[0], host.env("PATH").as_deref()).is_none() {
-                eprintln!(
+                crate::say!(
                     "bkrun: cannot run {:?}: command not found; check PATH or give its full path",
                     command[0]
                 );
@@ -233,7 +233,7 @@ async fn try_run(cli: Cli) -> Result<i32> {
         (Some(r), _) => {
             let target = remote_target(&cli.global, r)?;
             if let Some(warning) = connect::validate(&target)? {
-                eprintln!("bkrun: {warning}");
+                crate::say!("bkrun: {warning}");
             }
             log(settings.debug, || {
                 format!("using the daemon at {} (from {})", r.addr, r.source)
@@ -358,9 +358,9 @@ async fn perform(
             }
         }
         Work::Serve(listen) => {
-            println!("{}", target.addr);
+            crate::say_out!("{}", target.addr);
             for l in listen {
-                println!("{l}");
+                crate::say_out!("{l}");
             }
             tokio::select! {
                 Some(sig) = signals.next() => Ended::Code(128 + sig),
@@ -418,7 +418,7 @@ async fn report_slow_start(started: Instant, limit: Duration, log: PathBuf) {
     let mut next = SLOW_START;
     loop {
         tokio::time::sleep_until((started + next).into()).await;
-        eprintln!(
+        crate::say!(
             "bkrun: waiting for buildkitd to serve: {}s so far, giving up after {}s (--ready-timeout); its log: {}",
             next.as_secs(),
             limit.as_secs(),
@@ -454,7 +454,7 @@ async fn supervise(plan: Plan, work: Work) -> Result<i32> {
             Ok(Ok(Some(v))) => format!("buildkitd {v}"),
             _ => "buildkitd".into(),
         };
-        eprintln!(
+        crate::say!(
             "bkrun: starting {v}, {} ({})",
             plan.mode(),
             plan.decision.why
