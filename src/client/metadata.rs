@@ -8,6 +8,7 @@ use base64::Engine as _;
 use serde_json::{Map, Value};
 
 use crate::spec::docker::AfterBuild;
+use crate::spec::kaniko::repository;
 
 /// The document buildctl writes for an exporter response.
 pub fn document(response: &HashMap<String, String>) -> Value {
@@ -97,16 +98,6 @@ pub fn write_after(after: &AfterBuild, response: &HashMap<String, String>) -> Re
         )?;
     }
     Ok(())
-}
-
-/// An image name without its tag (or digest).
-fn repository(name: &str) -> &str {
-    let name = name.split_once('@').map_or(name, |(r, _)| r);
-    let last = name.rsplit('/').next().unwrap_or(name);
-    match last.rsplit_once(':') {
-        Some((_, tag)) => &name[..name.len() - tag.len() - 1],
-        None => name,
-    }
 }
 
 #[cfg(test)]

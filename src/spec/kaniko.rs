@@ -30,7 +30,7 @@ pub fn registry_host(image: &str) -> String {
 }
 
 /// The repository of an image reference: without its tag or digest.
-fn repository(image: &str) -> &str {
+pub fn repository(image: &str) -> &str {
     let image = image.split_once('@').map_or(image, |(r, _)| r);
     let last = image.rsplit('/').next().unwrap_or(image);
     match last.rsplit_once(':') {
