@@ -8,14 +8,14 @@ use std::fmt;
 use std::io::Read;
 use std::path::Path;
 
-use rsa::pkcs1::DecodeRsaPrivateKey;
-use rsa::pkcs8::DecodePrivateKey;
-use rsa::{Pkcs1v15Sign, RsaPrivateKey};
-use sha1::Sha1;
+use crypto_bigint::U4096;
+use ring::rand::SystemRandom;
+use ring::rsa::{KeyPair as RsaKeyPair, KeyPairComponents, PublicKeyComponents};
+use ring::signature::{RsaEncoding, RSA_PKCS1_SHA256, RSA_PKCS1_SHA512};
 use signature::Signer;
-use ssh_key::private::{EcdsaKeypair, KeypairData, RsaKeypair};
-use ssh_key::sha2::{Digest, Sha256, Sha512};
-use ssh_key::{HashAlg, PrivateKey};
+use ssh_key::private::{EcdsaKeypair, KeypairData};
+use ssh_key::public::{KeyData, RsaPublicKey};
+use ssh_key::{HashAlg, Mpint, PrivateKey, PublicKey};
 use zeroize::Zeroizing;
 
 /// Sign-request flags asking an RSA key for a SHA-2 signature instead of SHA-1 `ssh-rsa`.
@@ -48,11 +48,12 @@ impl fmt::Display for KeyFileError {
     }
 }
 
-/// The private half, ready to sign. RSA is held as `rsa`'s key because ssh-key only signs
-/// with SHA-512, while clients ask for SHA-256 or SHA-1 by flag.
+/// The private half, ready to sign. RSA is held as ring's key: its private operation runs in
+/// constant time (RUSTSEC-2023-0071 is the timing leak of the `rsa` crate this replaced), and
+/// ssh-key alone signs RSA only with SHA-512, while clients ask for SHA-256 by flag.
 enum Secret {
     Other(KeypairData),
-    Rsa(Box<RsaPrivateKey>),
+    Rsa(Box<RsaKeyPair>),
 }
 
 /// One identity of the agent: a private key from a file, its public blob and comment.
@@ -87,34 +88,28 @@ impl AgentKey {
         if text.len() as u64 > MAX_KEY_FILE {
             return Err(KeyFileError::TooLarge);
         }
-        let key = parse_private_key(&text)?;
-        AgentKey::new(key, &path.display().to_string())
+        let (public, comment, secret) = parse_private_key(&text)?;
+        AgentKey::new(public, comment, secret, &path.display().to_string())
     }
 
-    fn new(key: PrivateKey, path: &str) -> Result<AgentKey, KeyFileError> {
-        let algorithm = key.algorithm().as_str().to_string();
-        let secret = match key.key_data() {
-            KeypairData::Ed25519(_)
-            | KeypairData::Ecdsa(EcdsaKeypair::NistP256 { .. })
-            | KeypairData::Ecdsa(EcdsaKeypair::NistP384 { .. }) => {
-                Secret::Other(key.key_data().clone())
-            }
-            KeypairData::Rsa(k) => Secret::Rsa(Box::new(rsa_private_key(k)?)),
-            _ => return Err(KeyFileError::Unsupported(algorithm)),
-        };
-        let blob = key
-            .public_key()
+    fn new(
+        public: PublicKey,
+        comment: String,
+        secret: Secret,
+        path: &str,
+    ) -> Result<AgentKey, KeyFileError> {
+        let blob = public
             .to_bytes()
             .map_err(|e| KeyFileError::NotAKey(e.to_string()))?;
-        let comment = match key.comment() {
+        let comment = match comment.as_str() {
             "" => path.to_string(),
-            c => c.to_string(),
+            _ => comment,
         };
         Ok(AgentKey {
             blob,
             comment,
-            algorithm,
-            fingerprint: key.fingerprint(HashAlg::Sha256).to_string(),
+            algorithm: public.algorithm().as_str().to_string(),
+            fingerprint: public.fingerprint(HashAlg::Sha256).to_string(),
             secret,
         })
     }
@@ -129,8 +124,14 @@ impl AgentKey {
     }
 
     /// Signs `data`; the result is the SSH signature encoding (algorithm name, then blob).
-    /// RSA honours the SHA-2 flags and otherwise signs `ssh-rsa` (SHA-1), as the protocol
-    /// and OpenSSH's agent do; other key types have one algorithm and ignore the flags.
+    /// RSA honours the SHA-2 flags (SHA-256 first when both are set, as OpenSSH's agent does);
+    /// other key types have one algorithm and ignore the flags.
+    ///
+    /// RSA without a flag asks for `ssh-rsa` (SHA-1), which is refused (`None`, so the agent
+    /// answers SSH_AGENT_FAILURE): ring signs PKCS#1 v1.5 only with SHA-2 and keeps SHA-1 for
+    /// verifying legacy signatures. OpenSSH clients ask for rsa-sha2-* whenever the server
+    /// announces it (every server since OpenSSH 7.2, GitHub, GitLab), and since 8.8 do not
+    /// offer ssh-rsa at all.
     pub fn sign(&self, data: &[u8], flags: u32) -> Option<Vec<u8>> {
         let (name, sig) = match &self.secret {
             Secret::Other(k) => {
@@ -141,19 +142,17 @@ impl AgentKey {
                 )
             }
             Secret::Rsa(k) => {
-                let (name, scheme, hashed) = if flags & RSA_SHA2_256 != 0 {
-                    let h = Sha256::digest(data).to_vec();
-                    ("rsa-sha2-256", Pkcs1v15Sign::new::<Sha256>(), h)
-                } else if flags & RSA_SHA2_512 != 0 {
-                    let h = Sha512::digest(data).to_vec();
-                    ("rsa-sha2-512", Pkcs1v15Sign::new::<Sha512>(), h)
-                } else {
-                    let h = Sha1::digest(data).to_vec();
-                    ("ssh-rsa", Pkcs1v15Sign::new::<Sha1>(), h)
-                };
-                // With an RNG the private operation is blinded, which hides its timing.
-                let sig = k
-                    .sign_with_rng(&mut ssh_key::rand_core::OsRng, scheme, &hashed)
+                let (name, encoding): (&str, &'static dyn RsaEncoding) =
+                    if flags & RSA_SHA2_256 != 0 {
+                        ("rsa-sha2-256", &RSA_PKCS1_SHA256)
+                    } else if flags & RSA_SHA2_512 != 0 {
+                        ("rsa-sha2-512", &RSA_PKCS1_SHA512)
+                    } else {
+                        return None;
+                    };
+                let mut sig = vec![0; k.public().modulus_len()];
+                // ring hashes `data` itself and blinds the private operation with the RNG.
+                k.sign(encoding, &SystemRandom::new(), data, &mut sig)
                     .ok()?;
                 (name.to_string(), sig)
             }
@@ -165,26 +164,105 @@ impl AgentKey {
     }
 }
 
-/// ssh-key's own conversion (0.6.7) passes the prime p twice, so every key fails its check; the
-/// components are handed over here instead.
-fn rsa_private_key(k: &RsaKeypair) -> Result<RsaPrivateKey, KeyFileError> {
-    let int = |m: &ssh_key::Mpint| {
-        m.as_positive_bytes()
-            .map(rsa::BigUint::from_bytes_be)
-            .ok_or_else(|| KeyFileError::NotAKey("a negative RSA component".into()))
-    };
-    let primes = vec![int(&k.private.p)?, int(&k.private.q)?];
-    RsaPrivateKey::from_components(
-        int(&k.public.n)?,
-        int(&k.public.e)?,
-        int(&k.private.d)?,
-        primes,
-    )
-    .map_err(|e| KeyFileError::NotAKey(format!("inconsistent RSA key: {e}")))
+/// An RSA private key's numbers as both file formats carry them (big-endian, no sign byte):
+/// OpenSSH's n, e, d, iqmp, p, q; PKCS#1's also dP and dQ, which are recomputed from d instead.
+struct RsaNumbers<'a> {
+    n: &'a [u8],
+    e: &'a [u8],
+    d: &'a [u8],
+    p: &'a [u8],
+    q: &'a [u8],
+    iqmp: &'a [u8],
 }
 
-/// Parses the text of a private key file, telling an encrypted key from a wrong file.
-fn parse_private_key(text: &[u8]) -> Result<PrivateKey, KeyFileError> {
+impl RsaNumbers<'_> {
+    /// The public key (for the listed blob) and ring's signing key.
+    fn into_key(self) -> Result<(PublicKey, Secret), KeyFileError> {
+        let bits = bit_len(self.n);
+        // ring signs with 2048- to 4096-bit moduli whose primes are whole multiples of 512
+        // bits, so 2048, 3072 and 4096 (ssh-keygen's default is 3072); say so rather than
+        // passing on ring's terse rejection.
+        if !(2048..=4096).contains(&bits) || bits.div_ceil(2) % 512 != 0 {
+            return Err(KeyFileError::Unsupported(format!(
+                "an RSA key of {bits} bits: bkrun's agent signs with RSA keys of 2048, 3072 or 4096 bits"
+            )));
+        }
+        let (dp, dq) = (crt_exponent(self.d, self.p)?, crt_exponent(self.d, self.q)?);
+        let components = KeyPairComponents {
+            public_key: PublicKeyComponents {
+                n: self.n,
+                e: self.e,
+            },
+            d: self.d,
+            p: self.p,
+            q: self.q,
+            dP: trim(&dp),
+            dQ: trim(&dq),
+            qInv: self.iqmp,
+        };
+        let pair = RsaKeyPair::from_components(&components)
+            .map_err(|e| KeyFileError::NotAKey(format!("inconsistent RSA key: {e}")))?;
+        let mpint = |b: &[u8]| {
+            Mpint::from_positive_bytes(b).map_err(|e| KeyFileError::NotAKey(e.to_string()))
+        };
+        let public = RsaPublicKey {
+            e: mpint(self.e)?,
+            n: mpint(self.n)?,
+        };
+        Ok((
+            PublicKey::new(KeyData::Rsa(public), ""),
+            Secret::Rsa(Box::new(pair)),
+        ))
+    }
+}
+
+/// `d mod (prime − 1)`, the CRT exponent ring needs and OpenSSH files leave out. Computed once
+/// per key at load time, in constant time with respect to d (crypto-bigint), zeroed after use.
+fn crt_exponent(d: &[u8], prime: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyFileError> {
+    const BYTES: usize = U4096::BYTES;
+    let uint = |b: &[u8]| {
+        let b = trim(b);
+        if b.len() > BYTES {
+            return Err(KeyFileError::NotAKey(
+                "an RSA component over 4096 bits".into(),
+            ));
+        }
+        let mut buf = Zeroizing::new([0u8; BYTES]);
+        buf[BYTES - b.len()..].copy_from_slice(b);
+        Ok(Zeroizing::new(U4096::from_be_slice(&*buf)))
+    };
+    let (d, prime) = (uint(d)?, uint(prime)?);
+    let modulus = Zeroizing::new(prime.wrapping_sub(&U4096::ONE));
+    // Constant time in d for a given modulus; only the modulus's bit length (public: half the
+    // key size) shapes the work. `ok` is false only for a zero modulus (a "prime" of 1).
+    let (rem, ok) = d.const_rem(&modulus);
+    let rem = Zeroizing::new(rem);
+    if !bool::from(ok) {
+        return Err(KeyFileError::NotAKey("an RSA prime of 1".into()));
+    }
+    let mut out = Zeroizing::new(Vec::with_capacity(BYTES));
+    // Limbs are little-endian words; each word's bytes big-endian.
+    for word in rem.as_words().iter().rev() {
+        out.extend_from_slice(&word.to_be_bytes());
+    }
+    Ok(out)
+}
+
+/// Big-endian bytes without leading zeros (DER integers and padded buffers carry them).
+fn trim(b: &[u8]) -> &[u8] {
+    let start = b.iter().position(|&x| x != 0).unwrap_or(b.len());
+    &b[start..]
+}
+
+fn bit_len(b: &[u8]) -> usize {
+    let b = trim(b);
+    b.first()
+        .map_or(0, |&top| b.len() * 8 - top.leading_zeros() as usize)
+}
+
+/// Parses the text of a private key file into its public key, comment and secret, telling an
+/// encrypted key from a wrong file.
+fn parse_private_key(text: &[u8]) -> Result<(PublicKey, String, Secret), KeyFileError> {
     let not_key = |what: &str| KeyFileError::NotAKey(what.to_string());
     let text = std::str::from_utf8(text).map_err(|_| not_key("not a text file"))?;
     let has = |label: &str| text.contains(&format!("-----BEGIN {label}-----"));
@@ -200,17 +278,47 @@ fn parse_private_key(text: &[u8]) -> Result<PrivateKey, KeyFileError> {
                 key.cipher().as_str()
             )));
         }
-        return Ok(key);
+        let comment = key.comment().to_string();
+        return match key.key_data() {
+            KeypairData::Ed25519(_)
+            | KeypairData::Ecdsa(EcdsaKeypair::NistP256 { .. })
+            | KeypairData::Ecdsa(EcdsaKeypair::NistP384 { .. }) => Ok((
+                key.public_key().clone(),
+                comment,
+                Secret::Other(key.key_data().clone()),
+            )),
+            KeypairData::Rsa(k) => {
+                fn positive(m: &Mpint) -> Result<&[u8], KeyFileError> {
+                    m.as_positive_bytes()
+                        .ok_or_else(|| KeyFileError::NotAKey("a negative RSA component".into()))
+                }
+                let (public, secret) = RsaNumbers {
+                    n: positive(&k.public.n)?,
+                    e: positive(&k.public.e)?,
+                    d: positive(&k.private.d)?,
+                    p: positive(&k.private.p)?,
+                    q: positive(&k.private.q)?,
+                    iqmp: positive(&k.private.iqmp)?,
+                }
+                .into_key()?;
+                Ok((public, comment, secret))
+            }
+            _ => Err(KeyFileError::Unsupported(
+                key.algorithm().as_str().to_string(),
+            )),
+        };
     }
     if has("ENCRYPTED PRIVATE KEY") || text.contains("Proc-Type: 4,ENCRYPTED") {
         return Err(KeyFileError::Encrypted("an encrypted PEM key".into()));
     }
-    let rsa = if has("RSA PRIVATE KEY") {
-        RsaPrivateKey::from_pkcs1_pem(text).map_err(|e| not_key(&e.to_string()))?
+    let der = if has("RSA PRIVATE KEY") {
+        pem_body(text, "RSA PRIVATE KEY").ok_or_else(|| not_key("a broken PEM block"))?
     } else if has("PRIVATE KEY") {
         // PKCS#8 may hold any algorithm; only RSA is read here, others need OpenSSH format.
-        RsaPrivateKey::from_pkcs8_pem(text)
-            .map_err(|_| KeyFileError::Unsupported("PKCS#8 PEM (not RSA)".into()))?
+        let p8 = pem_body(text, "PRIVATE KEY").ok_or_else(|| not_key("a broken PEM block"))?;
+        let inner = pkcs8_rsa(&p8)
+            .ok_or_else(|| KeyFileError::Unsupported("PKCS#8 PEM (not RSA)".into()))?;
+        Zeroizing::new(inner.to_vec())
     } else if text.contains("-----BEGIN ") && text.contains(" PRIVATE KEY-----") {
         let label = text
             .split("-----BEGIN ")
@@ -224,8 +332,99 @@ fn parse_private_key(text: &[u8]) -> Result<PrivateKey, KeyFileError> {
     } else {
         return Err(not_key("no PRIVATE KEY block"));
     };
-    let pair = RsaKeypair::try_from(&rsa).map_err(|e| not_key(&e.to_string()))?;
-    PrivateKey::new(KeypairData::Rsa(pair), "").map_err(|e| not_key(&e.to_string()))
+    let numbers = pkcs1_rsa(&der).ok_or_else(|| not_key("a malformed PKCS#1 RSA key"))?;
+    let (public, secret) = numbers.into_key()?;
+    Ok((public, String::new(), secret))
+}
+
+/// The DER bytes of the first `label` PEM block (RFC 7468; encrypted blocks were refused).
+fn pem_body(text: &str, label: &str) -> Option<Zeroizing<Vec<u8>>> {
+    use base64::Engine as _;
+    let body = text
+        .split(&format!("-----BEGIN {label}-----"))
+        .nth(1)?
+        .split(&format!("-----END {label}-----"))
+        .next()?;
+    let b64 = Zeroizing::new(body.split_whitespace().collect::<String>());
+    base64::engine::general_purpose::STANDARD
+        .decode(b64.as_bytes())
+        .ok()
+        .map(Zeroizing::new)
+}
+
+/// Takes one DER element with `tag` off the front of `b` and returns its contents (definite
+/// lengths only, as DER has).
+fn der_take<'a>(b: &mut &'a [u8], tag: u8) -> Option<&'a [u8]> {
+    let (&t, rest) = b.split_first()?;
+    let (&first, mut rest) = rest.split_first()?;
+    if t != tag {
+        return None;
+    }
+    let len = if first < 0x80 {
+        first as usize
+    } else {
+        let n = (first & 0x7f) as usize;
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n].iter().fold(0usize, |a, &x| a << 8 | x as usize);
+        rest = &rest[n..];
+        len
+    };
+    if rest.len() < len {
+        return None;
+    }
+    let (contents, rest) = rest.split_at(len);
+    *b = rest;
+    Some(contents)
+}
+
+const DER_INTEGER: u8 = 0x02;
+const DER_OCTET_STRING: u8 = 0x04;
+const DER_OID: u8 = 0x06;
+const DER_SEQUENCE: u8 = 0x30;
+
+/// PKCS#1 RSAPrivateKey (RFC 8017 A.1.2): version 0 (two primes), n, e, d, p, q, dP, dQ, qInv.
+fn pkcs1_rsa(der: &[u8]) -> Option<RsaNumbers<'_>> {
+    let mut outer = der;
+    let mut seq = der_take(&mut outer, DER_SEQUENCE)?;
+    if der_take(&mut seq, DER_INTEGER)? != [0] {
+        return None;
+    }
+    let mut int = || der_take(&mut seq, DER_INTEGER).map(trim);
+    let (n, e, d, p, q, _dp, _dq, iqmp) = (
+        int()?,
+        int()?,
+        int()?,
+        int()?,
+        int()?,
+        int()?,
+        int()?,
+        int()?,
+    );
+    Some(RsaNumbers {
+        n,
+        e,
+        d,
+        p,
+        q,
+        iqmp,
+    })
+}
+
+/// The PKCS#1 key inside a PKCS#8 PrivateKeyInfo (RFC 5208) whose algorithm is rsaEncryption;
+/// `None` for any other algorithm.
+fn pkcs8_rsa(der: &[u8]) -> Option<&[u8]> {
+    // 1.2.840.113549.1.1.1
+    const RSA_ENCRYPTION: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
+    let mut outer = der;
+    let mut seq = der_take(&mut outer, DER_SEQUENCE)?;
+    der_take(&mut seq, DER_INTEGER)?;
+    let mut alg = der_take(&mut seq, DER_SEQUENCE)?;
+    if der_take(&mut alg, DER_OID)? != RSA_ENCRYPTION {
+        return None;
+    }
+    der_take(&mut seq, DER_OCTET_STRING)
 }
 
 /// An unencrypted OpenSSH-format ECDSA key whose private scalar is shorter than its field,
@@ -332,6 +531,7 @@ pub fn take_string<'a>(b: &mut &'a [u8]) -> Option<&'a [u8]> {
 mod tests {
     use super::*;
     use base64::Engine;
+    use sha2::{Digest, Sha512};
     use std::path::PathBuf;
     use std::process::Command;
 
@@ -389,7 +589,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path();
         let (f, keys) = ed25519(p);
-        let secret = PrivateKey::read_openssh_file(&f).unwrap();
+        let secret = PrivateKey::from_openssh(std::fs::read_to_string(&f).unwrap()).unwrap();
         let secret_hex = format!("{:x}", secret.key_data().ed25519().unwrap().private);
         let debug = format!("{:?}", keys[0]);
         assert!(
@@ -438,5 +638,173 @@ mod tests {
         let p521 = keygen(p, "p521", &["-t", "ecdsa", "-b", "521"]);
         let e = AgentKey::from_file(&p521).unwrap_err();
         assert_eq!(e.to_string(), "ecdsa-sha2-nistp521");
+    }
+    /// Runs `cmd` with `input` on stdin and returns its stdout.
+    fn pipe(cmd: &mut Command, input: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        use std::process::Stdio;
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{cmd:?}: {out:?}");
+        out.stdout
+    }
+
+    /// The signature blob of an SSH signature encoding, after checking its algorithm name.
+    fn sig_blob(encoded: &[u8], want: &str) -> Vec<u8> {
+        let mut b = encoded;
+        assert_eq!(take_string(&mut b).unwrap(), want.as_bytes());
+        let blob = take_string(&mut b).unwrap().to_vec();
+        assert!(b.is_empty());
+        blob
+    }
+
+    /// OpenSSH's own signature over `message` (`ssh-keygen -Y sign`, PROTOCOL.sshsig) and the
+    /// bytes it signed: "SSHSIG", namespace, reserved, hash name, SHA-512 of the message.
+    fn sshsig(key: &Path, message: &[u8]) -> (Vec<u8>, Vec<u8>) {
+        let armored = pipe(
+            Command::new("ssh-keygen")
+                .args(["-q", "-Y", "sign", "-n", "bkrun-test", "-f"])
+                .arg(key),
+            message,
+        );
+        let armored = String::from_utf8(armored).unwrap();
+        let b64: String = armored
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+            .collect();
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap();
+        let mut r = raw.strip_prefix(b"SSHSIG".as_slice()).unwrap();
+        assert_eq!(take_u32(&mut r), Some(1));
+        let _public = take_string(&mut r).unwrap();
+        let namespace = take_string(&mut r).unwrap();
+        let reserved = take_string(&mut r).unwrap();
+        let hash = take_string(&mut r).unwrap();
+        assert_eq!(hash, b"sha512");
+        let signature = take_string(&mut r).unwrap().to_vec();
+        assert!(r.is_empty());
+        let mut signed = b"SSHSIG".to_vec();
+        put_string(&mut signed, namespace);
+        put_string(&mut signed, reserved);
+        put_string(&mut signed, hash);
+        put_string(&mut signed, &Sha512::digest(message));
+        (signed, signature)
+    }
+
+    #[test]
+    fn rsa_signatures_verify_and_equal_openssh_and_openssl_byte_for_byte() {
+        use ring::signature::{
+            RsaPublicKeyComponents, RSA_PKCS1_2048_8192_SHA256, RSA_PKCS1_2048_8192_SHA512,
+        };
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path();
+        let data = b"session id and userauth request".as_slice();
+        let mut files = Vec::new();
+        // Every size ring signs with, in OpenSSH format (dP and dQ computed here from d) and
+        // in the two PEM formats (which carry them).
+        for bits in ["2048", "3072", "4096"] {
+            files.push(keygen(p, &format!("os{bits}"), &["-t", "rsa", "-b", bits]));
+        }
+        files.push(keygen(p, "pem", &["-t", "rsa", "-b", "2048", "-m", "PEM"]));
+        files.push(keygen(p, "p8", &["-t", "rsa", "-b", "3072", "-m", "PKCS8"]));
+        for f in &files {
+            let key = AgentKey::from_file(f).unwrap();
+            assert_eq!(key.public_blob(), pub_blob(f), "{}", f.display());
+            let public = ssh_key::PublicKey::from_bytes(key.public_blob()).unwrap();
+            let rsa = public.key_data().rsa().unwrap();
+            let components = RsaPublicKeyComponents {
+                n: rsa.n.as_positive_bytes().unwrap(),
+                e: rsa.e.as_positive_bytes().unwrap(),
+            };
+            for (flags, name, alg) in [
+                (RSA_SHA2_256, "rsa-sha2-256", &RSA_PKCS1_2048_8192_SHA256),
+                (RSA_SHA2_512, "rsa-sha2-512", &RSA_PKCS1_2048_8192_SHA512),
+            ] {
+                let sig = sig_blob(&key.sign(data, flags).unwrap(), name);
+                components.verify(alg, data, &sig).unwrap();
+                assert!(components.verify(alg, b"other data", &sig).is_err());
+                // PKCS#1 v1.5 is deterministic: the same key signs the same bytes as OpenSSL
+                // (which reads the PEM files).
+                if f.ends_with("pem") || f.ends_with("p8") {
+                    let digest = if name.ends_with("256") {
+                        "-sha256"
+                    } else {
+                        "-sha512"
+                    };
+                    let reference = pipe(
+                        Command::new("openssl")
+                            .args(["dgst", digest, "-sign"])
+                            .arg(f),
+                        data,
+                    );
+                    assert_eq!(sig, reference, "{} {name}", f.display());
+                }
+            }
+            assert!(key.sign(data, 0).is_none(), "ssh-rsa (SHA-1) is refused");
+            // OpenSSH signs with the very file too (rsa-sha2-512 in its SSHSIG format).
+            let (signed, reference) = sshsig(f, b"a file to sign");
+            assert_eq!(
+                key.sign(&signed, RSA_SHA2_512).unwrap(),
+                reference,
+                "{}",
+                f.display()
+            );
+        }
+    }
+
+    #[test]
+    fn rsa_keys_ring_cannot_sign_with_say_which_sizes_it_can() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path();
+        for (name, args, bits) in [
+            ("small", &["-t", "rsa", "-b", "1024"][..], 1024),
+            // 1280-bit primes: not a multiple of 512, which ring requires.
+            ("odd", &["-t", "rsa", "-b", "2560"][..], 2560),
+            (
+                "small-pem",
+                &["-t", "rsa", "-b", "1024", "-m", "PEM"][..],
+                1024,
+            ),
+        ] {
+            let f = keygen(p, name, args);
+            let e = AgentKey::from_file(&f).unwrap_err();
+            assert!(matches!(e, KeyFileError::Unsupported(_)), "{name}: {e:?}");
+            assert_eq!(
+                e.to_string(),
+                format!("an RSA key of {bits} bits: bkrun's agent signs with RSA keys of 2048, 3072 or 4096 bits")
+            );
+        }
+        let ec8 = keygen(p, "ec-p8", &["-t", "ecdsa", "-m", "PKCS8"]);
+        assert_eq!(
+            AgentKey::from_file(&ec8).unwrap_err().to_string(),
+            "PKCS#8 PEM (not RSA)"
+        );
+        // A PKCS#1 key with one byte of its body changed is no key at all.
+        let pem = keygen(p, "pem", &["-t", "rsa", "-b", "2048", "-m", "PEM"]);
+        let text = std::fs::read_to_string(&pem).unwrap();
+        let b64: String = text.lines().filter(|l| !l.starts_with("-----")).collect();
+        let mut der = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap();
+        let last = der.len() - 1;
+        der[last] ^= 1; // the low byte of qInv
+        let broken = format!(
+            "-----BEGIN RSA PRIVATE KEY-----\n{}\n-----END RSA PRIVATE KEY-----\n",
+            base64::engine::general_purpose::STANDARD.encode(&der)
+        );
+        std::fs::write(p.join("broken"), broken).unwrap();
+        let e = AgentKey::from_file(&p.join("broken")).unwrap_err();
+        assert!(
+            matches!(e, KeyFileError::NotAKey(_))
+                && e.to_string().starts_with("inconsistent RSA key"),
+            "{e:?}"
+        );
     }
 }

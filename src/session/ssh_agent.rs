@@ -135,8 +135,6 @@ mod tests {
     use super::*;
     use crate::sshkey::{RSA_SHA2_256, RSA_SHA2_512};
     use base64::Engine;
-    use rsa::Pkcs1v15Sign;
-    use sha1::{Digest, Sha1};
     use signature::Verifier;
     use std::path::{Path, PathBuf};
     use std::process::Command;
@@ -200,24 +198,31 @@ mod tests {
         assert!(sig.is_empty());
         assert_eq!(name, want);
         let public = ssh_key::PublicKey::from_bytes(blob).unwrap();
-        if name == "ssh-rsa" {
-            // ssh-key verifies only SHA-2 RSA signatures; check SHA-1 with rsa itself.
-            let k = public.key_data().rsa().unwrap();
-            let n = rsa::BigUint::from_bytes_be(k.n.as_positive_bytes().unwrap());
-            let e = rsa::BigUint::from_bytes_be(k.e.as_positive_bytes().unwrap());
-            rsa::RsaPublicKey::new(n, e)
-                .unwrap()
-                .verify(Pkcs1v15Sign::new::<Sha1>(), &Sha1::digest(data), raw)
-                .unwrap();
+        if let Some(k) = public.key_data().rsa() {
+            // ssh-key verifies RSA only with its `rsa` feature, which is left out; ring checks.
+            let ring_alg = match name {
+                "rsa-sha2-256" => &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+                "rsa-sha2-512" => &ring::signature::RSA_PKCS1_2048_8192_SHA512,
+                other => panic!("unexpected RSA signature {other}"),
+            };
+            let components = ring::signature::RsaPublicKeyComponents {
+                n: k.n.as_positive_bytes().unwrap(),
+                e: k.e.as_positive_bytes().unwrap(),
+            };
+            components.verify(ring_alg, data, raw).unwrap();
+            // A signature over other data must not verify: the check above is not vacuous.
+            assert!(components.verify(ring_alg, b"other data", raw).is_err());
         } else {
             let sig = ssh_key::Signature::new(ssh_key::Algorithm::new(name).unwrap(), raw).unwrap();
             public.key_data().verify(data, &sig).unwrap();
-        }
-        // A signature over other data must not verify: the check above is not vacuous.
-        if name != "ssh-rsa" {
-            let sig = ssh_key::Signature::new(ssh_key::Algorithm::new(name).unwrap(), raw).unwrap();
             assert!(public.key_data().verify(b"other data", &sig).is_err());
         }
+    }
+
+    /// An RSA key asked for `ssh-rsa` (SHA-1, no flag) is refused: ring signs only with SHA-2.
+    fn sha1_is_refused(conn: &mut AgentConn, blob: &[u8]) {
+        let out = replies(&conn.feed(&sign_request(blob, b"data", 0)).unwrap());
+        assert_eq!(out, vec![vec![SSH_AGENT_FAILURE]]);
     }
 
     #[test]
@@ -240,7 +245,6 @@ mod tests {
             (
                 keygen(p, "rsa", &["-t", "rsa", "-b", "2048"]),
                 vec![
-                    (0, "ssh-rsa"),
                     (RSA_SHA2_256, "rsa-sha2-256"),
                     (RSA_SHA2_512, "rsa-sha2-512"),
                     // OpenSSH's agent prefers SHA-256 when both bits are set.
@@ -291,6 +295,11 @@ mod tests {
             for (flags, want) in tries {
                 sign_and_verify(&mut conn, k.public_blob(), *flags, want);
             }
+        }
+        // Each RSA key (OpenSSH, PKCS#1 and PKCS#8 files) refuses SHA-1; the connection goes on.
+        for k in &keys[3..6] {
+            sha1_is_refused(&mut conn, k.public_blob());
+            sign_and_verify(&mut conn, k.public_blob(), RSA_SHA2_512, "rsa-sha2-512");
         }
     }
 
