@@ -144,6 +144,12 @@ pub enum Command {
     Du(ListArgs),
     /// Remove build cache, as `buildctl prune` does; lists what was removed and the total.
     Prune(PruneArgs),
+    /// Delete the build histories that are not pinned, as `buildctl prune-histories` does.
+    PruneHistories {
+        /// A Go template per deleted record: {{json .}} (or json) and fields such as {{.Record.Ref}}.
+        #[arg(long, value_name = "TEMPLATE")]
+        format: Option<String>,
+    },
     /// Print what the next command will do (start a daemon, and how, or connect, and where the address came from), paths, the daemon's argv.
     Config,
     /// kaniko's executor command line (also what bkrun does when invoked as `executor`, e.g. a

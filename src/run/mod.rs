@@ -218,6 +218,13 @@ async fn try_run(cli: Cli) -> Result<i32> {
             verbose: l.verbose,
         }),
         Command::Prune(p) => Work::Admin(Request::Prune(p.to_request())),
+        Command::PruneHistories { format } => Work::Admin(Request::PruneHistories {
+            // Checked here, so a template bkrun cannot run fails before any daemon starts.
+            format: format
+                .as_deref()
+                .map(client::histories::parse_format)
+                .transpose()?,
+        }),
         Command::Daemon(d) => {
             let listen = listener_flags(d, cli.global.insecure_plaintext)?;
             settings.buildkitd_flags.extend(listen);
