@@ -357,10 +357,14 @@ fn versions(
             (*name, path.clone(), rx)
         })
         .collect();
+    // One deadline for all: doctor must answer quickly even on a loaded node, and a version
+    // that is slow to come is reported as unknown rather than waited for.
+    let deadline = std::time::Instant::now() + Duration::from_millis(1500);
     handles
         .into_iter()
         .map(|(name, path, rx)| {
-            let v = rx.recv_timeout(Duration::from_secs(2)).ok().flatten();
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let v = rx.recv_timeout(left).ok().flatten();
             (name, path, v)
         })
         .collect()

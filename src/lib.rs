@@ -1,5 +1,33 @@
 //! bkrun: a daemonless BuildKit runner; the library behind the `bkrun` binary, also used by the tests.
 
+/// `eprintln!` that never panics: when stderr is gone (a `| head` that exited, a closed CI log
+/// pipe), bkrun must still stop the daemon and remove what it made.
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// `eprint!` that never panics.
+#[macro_export]
+macro_rules! say_raw {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// `println!` that never panics (a reader that went away is not bkrun's failure).
+#[macro_export]
+macro_rules! say_out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 pub mod cli;
 pub mod client;
 pub mod config;
@@ -16,5 +44,6 @@ pub mod reaper;
 pub mod run;
 pub mod session;
 pub mod spec;
+pub mod sshkey;
 pub mod tlsroots;
 pub mod version;

@@ -13,8 +13,14 @@ fn main() {
         .unwrap_or_default();
     // Installed as buildctl-daemonless.sh (a symlink), every argument goes to the build client.
     let as_script = invoked_as == "buildctl-daemonless.sh";
+    // As kaniko's `executor` (a symlink at /kaniko/executor), the arguments are kaniko's flags.
+    let as_kaniko = invoked_as == "executor";
     let argv = if as_script {
         daemonless_sh_argv(&args[1..])
+    } else if as_kaniko {
+        let mut a = vec!["bkrun".to_string(), "kaniko".to_string()];
+        a.extend(args[1..].iter().cloned());
+        a
     } else {
         args
     };
@@ -29,8 +35,8 @@ fn main() {
             let _ = e.print();
             let code = match e.kind() {
                 ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => 0,
-                // buildctl (and so the script) exits 1 on a usage error; clap's own is 2.
-                _ if as_script => 1,
+                // buildctl (and so the script) and kaniko exit 1 on a usage error; clap's own is 2.
+                _ if as_script || as_kaniko => 1,
                 _ => e.exit_code(),
             };
             std::process::exit(code);

@@ -1,4 +1,4 @@
-//! End-to-end tests of the native `debug workers`, `debug info`, `du` and `prune` against a real buildkitd, compared with buildctl's own output.
+//! End-to-end tests of the native `debug workers`, `debug info`, `du`, `prune` and `prune-histories` against a real buildkitd, compared with buildctl's own output.
 
 mod common;
 
@@ -87,5 +87,87 @@ fn daemonless_sh_debug_workers_is_native() {
     let out = stdout(&mut c);
     assert!(out.starts_with("ID\t"), "{out}");
     assert!(out.contains("linux/"), "{out}");
+    sb.assert_clean();
+}
+
+#[test]
+fn prune_histories_matches_buildctl_and_deletes_them() {
+    let sb = Sandbox::new(Mode::Privileged);
+    let ctx = sb.context("tiny", "FROM scratch\nCOPY somefile /\n");
+    sb.write("tiny/somefile", "x");
+    for _ in 0..2 {
+        run_ok(sb.bkrun().arg("build").args(dockerfile_args(&ctx)));
+    }
+    // A template bkrun cannot run is refused before a daemon starts or a record goes.
+    let t = std::time::Instant::now();
+    let err = stderr(&run_fails(sb.bkrun().args([
+        "prune-histories",
+        "--format",
+        "{{range .}}{{end}}",
+    ])));
+    assert!(err.contains("bkrun exec -- buildctl"), "{err}");
+    assert!(t.elapsed() < std::time::Duration::from_secs(2));
+
+    // The same history under four state dirs: each of bkrun and buildctl prunes one copy as a
+    // table and one with {{json .}}, so the outputs match byte for byte, refs and times too.
+    for copy in ["state-buildctl", "state-json", "state-buildctl-json"] {
+        run_ok(
+            std::process::Command::new("cp")
+                .arg("-a")
+                .arg(sb.path("state"))
+                .arg(sb.path(copy)),
+        );
+    }
+    let table = stdout(sb.bkrun().arg("prune-histories"));
+    let theirs =
+        stdout(
+            sb.bkrun_root("state-buildctl")
+                .args(["exec", "--", "buildctl", "prune-histories"]),
+        );
+    assert_eq!(
+        table, theirs,
+        "bkrun prune-histories differs from buildctl's"
+    );
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 3, "{table}");
+    assert!(lines[0].starts_with("TYPE\t"), "{table}");
+    assert!(
+        lines[1..].iter().all(|l| l.starts_with("COMPLETE\t")),
+        "{table}"
+    );
+
+    let json =
+        stdout(
+            sb.bkrun_root("state-json")
+                .args(["prune-histories", "--format", "{{json .}}"]),
+        );
+    let theirs = stdout(sb.bkrun_root("state-buildctl-json").args([
+        "exec",
+        "--",
+        "buildctl",
+        "prune-histories",
+        "--format",
+        "{{json .}}",
+    ]));
+    assert_eq!(
+        json, theirs,
+        "bkrun's {{{{json .}}}} differs from buildctl's"
+    );
+    assert_eq!(json.lines().count(), 2, "{json}");
+    assert!(
+        json.lines()
+            .all(|l| l.starts_with(r#"{"type":1,"record":{"Ref":""#)),
+        "{json}"
+    );
+
+    // Gone, for bkrun and for buildctl alike.
+    let empty = "TYPE\tREF\tCREATED\tCOMPLETED\tGENERATION\n";
+    assert_eq!(stdout(sb.bkrun().arg("prune-histories")), empty);
+    let theirs =
+        stdout(
+            sb.bkrun_root("state-json")
+                .args(["exec", "--", "buildctl", "prune-histories"]),
+        );
+    assert_eq!(theirs, empty);
     sb.assert_clean();
 }

@@ -1,4 +1,4 @@
-//! `debug workers`, `debug info`, `du` and `prune` over the Control API, printed exactly as buildctl prints them.
+//! `debug workers`, `debug info`, `du`, `prune` and `prune-histories` (client::histories) over the Control API, printed exactly as buildctl prints them.
 //!
 //! The calls are thin; the layouts are pure functions from the daemon's records to text, so
 //! they are tested against outputs recorded from buildctl v0.32.2.
@@ -23,10 +23,20 @@ use crate::proto::pb::Platform;
 /// One of the commands that ask the daemon about itself.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Request {
-    Workers { filters: Vec<String>, verbose: bool },
+    Workers {
+        filters: Vec<String>,
+        verbose: bool,
+    },
     Info,
-    DiskUsage { filters: Vec<String>, verbose: bool },
+    DiskUsage {
+        filters: Vec<String>,
+        verbose: bool,
+    },
     Prune(Prune),
+    /// Delete every unpinned build-history record; `format` is a checked `--format` template.
+    PruneHistories {
+        format: Option<String>,
+    },
 }
 
 /// What `prune` asks the daemon to remove; sizes in bytes, the duration in nanoseconds.
@@ -115,13 +125,16 @@ pub async fn run(channel: Channel, req: &Request, out: &mut impl Write) -> Resul
             }
             out.write_all(prune_total(total).as_bytes())?;
         }
+        Request::PruneHistories { format } => {
+            super::histories::prune(&mut control, format.as_deref(), out).await?;
+        }
     }
     out.flush()?;
     Ok(())
 }
 
 /// Turns a gRPC error into one line in buildctl's words: what failed, then the daemon's reason.
-fn failed(what: &'static str) -> impl FnOnce(tonic::Status) -> anyhow::Error {
+pub(super) fn failed(what: &'static str) -> impl FnOnce(tonic::Status) -> anyhow::Error {
     // The status stays in the chain, so the caller can explain connection problems.
     move |status| anyhow::Error::new(status).context(what)
 }

@@ -215,7 +215,7 @@ pub async fn connect_target(t: &Target) -> Result<Channel> {
                 retryable: true,
                 explained,
             }) if started.elapsed() + delay < t.retry_for => {
-                eprintln!(
+                crate::say!(
                     "bkrun: {explained}; retrying in {:.1}s",
                     delay.as_secs_f64()
                 );

@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::ocilayout::index::Name;
 use crate::ocilayout::{Digest, Index, LocalStore};
-use crate::spec::cache::{parse_bool, CacheEntry};
+use crate::spec::cache::{CacheExport, CacheImport, LocalImport};
 
 /// The exporter-response key holding the cache manifest's descriptor (JSON).
 const RESPONSE_CACHE_MANIFEST: &str = "cache.manifest";
@@ -33,24 +33,18 @@ pub struct LocalCaches {
     exports: Vec<ExportDir>,
 }
 
-fn tag_of(e: &CacheEntry) -> String {
-    e.attrs
-        .get("tag")
-        .cloned()
-        .unwrap_or_else(|| "latest".into())
-}
-
 impl LocalCaches {
     /// Creates export directories, and gives each local import the digest of its manifest.
     /// Imports with nothing to import are removed from `imports`; `warn` hears why.
     pub fn prepare(
-        imports: &mut Vec<CacheEntry>,
-        exports: &[CacheEntry],
+        imports: &mut Vec<CacheImport>,
+        exports: &[CacheExport],
         warn: &mut dyn FnMut(String),
     ) -> Result<LocalCaches> {
         let mut caches = LocalCaches::default();
-        for e in exports.iter().filter(|e| e.kind == "local") {
-            let dest = e.attrs.get("dest").expect("checked when parsed");
+        for e in exports {
+            let CacheExport::Local(e) = e else { continue };
+            let dest = &e.dest;
             std::fs::create_dir_all(dest).with_context(|| {
                 format!(
                     "cannot create the cache directory {dest}: check the path and its permissions"
@@ -59,26 +53,26 @@ impl LocalCaches {
             let store = caches.store(dest);
             caches.exports.push(ExportDir {
                 dir: PathBuf::from(dest),
-                tag: tag_of(e),
-                reset: e.attrs.get("reset").and_then(|r| parse_bool(r)) == Some(true),
+                tag: e.tag.clone(),
+                reset: e.reset,
                 store,
             });
         }
         let mut kept = Vec::with_capacity(imports.len());
-        for mut e in imports.drain(..) {
-            if e.kind != "local" {
+        for e in imports.drain(..) {
+            let CacheImport::Local(mut e) = e else {
                 kept.push(e);
                 continue;
-            }
-            let src = e.attrs.get("src").expect("checked when parsed").clone();
-            match manifest_digest(Path::new(&src), &e) {
+            };
+            match manifest_digest(Path::new(&e.src), &e) {
                 Ok(digest) => {
                     e.attrs.insert("digest".into(), digest.to_string());
-                    caches.store(&src);
-                    kept.push(e);
+                    caches.store(&e.src);
+                    kept.push(CacheImport::Local(e));
                 }
                 Err(why) => warn(format!(
-                    "warning: --import-cache type=local,src={src} skipped: {why}"
+                    "warning: --import-cache type=local,src={} skipped: {why}",
+                    e.src
                 )),
             }
         }
@@ -139,16 +133,16 @@ impl LocalCaches {
 }
 
 /// The manifest an import starts from: its explicit digest, else the one tagged in index.json.
-fn manifest_digest(dir: &Path, e: &CacheEntry) -> std::result::Result<Digest, String> {
+fn manifest_digest(dir: &Path, e: &LocalImport) -> std::result::Result<Digest, String> {
     if !dir.is_dir() {
         return Err("the directory does not exist (no cache was exported there yet)".into());
     }
-    let digest = match e.attrs.get("digest") {
+    let digest = match e.digest() {
         Some(d) => Digest::parse(d).ok_or_else(|| format!("digest={d} is not a digest"))?,
         None => {
-            let tag = tag_of(e);
+            let tag = &e.tag;
             let desc = Index::new(dir)
-                .get(&tag)
+                .get(tag)
                 .map_err(|err| format!("{err:#}"))?
                 .ok_or_else(|| format!("its index.json has no cache tagged {tag}"))?;
             desc["digest"]
@@ -227,7 +221,7 @@ mod tests {
 
         let mut imports = vec![parse_import(&format!("type=local,src={s},tag=main")).unwrap()];
         let caches = LocalCaches::prepare(&mut imports, &[], &mut |w| panic!("{w}")).unwrap();
-        assert_eq!(imports[0].attrs["digest"], md.to_string());
+        assert_eq!(imports[0].attrs()["digest"], md.to_string());
         assert_eq!(caches.stores.len(), 1);
         assert!(caches.stores.contains_key(&format!("local:{s}")));
     }

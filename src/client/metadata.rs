@@ -7,6 +7,9 @@ use anyhow::{Context, Result};
 use base64::Engine as _;
 use serde_json::{Map, Value};
 
+use crate::spec::docker::AfterBuild;
+use crate::spec::kaniko::repository;
+
 /// The document buildctl writes for an exporter response.
 pub fn document(response: &HashMap<String, String>) -> Value {
     // Go writes the map with its keys sorted; an embedded object keeps the daemon's own order
@@ -48,9 +51,96 @@ pub fn write(path: &Path, response: &HashMap<String, String>) -> Result<()> {
     Ok(())
 }
 
+/// The files buildx's --iidfile and kaniko's digest flags ask for, and `-q`'s image ID on
+/// stdout, from the exporter's response. The image ID is the config digest, as docker means
+/// it (the manifest digest when there is none); kaniko's files hold the manifest digest.
+pub fn write_after(after: &AfterBuild, response: &HashMap<String, String>) -> Result<()> {
+    let manifest = response.get("containerimage.digest");
+    let id = response.get("containerimage.config.digest").or(manifest);
+    let need = |what: &str, v: Option<&String>| -> Result<String> {
+        v.cloned().with_context(|| {
+            format!("{what} was asked for, but the build exported no image: give it an image output (--push or --output type=image|docker|oci)")
+        })
+    };
+    let put = |path: &Path, text: String| -> Result<()> {
+        std::fs::write(path, text)
+            .with_context(|| format!("cannot write {}: check the path", path.display()))
+    };
+    if let Some(f) = &after.iidfile {
+        put(f, need("--iidfile", id)?)?;
+    }
+    if after.print_id {
+        crate::say_out!("{}", need("--quiet", id)?);
+    }
+    if let Some(f) = &after.digest_file {
+        put(f, need("--digest-file", manifest)?)?;
+    }
+    let lines = |with_tag: bool, digest: &str| {
+        after
+            .names
+            .iter()
+            .map(|n| {
+                let name = if with_tag { n.as_str() } else { repository(n) };
+                format!("{name}@{digest}\n")
+            })
+            .collect::<String>()
+    };
+    if let Some(f) = &after.name_with_digest_file {
+        put(
+            f,
+            lines(false, &need("--image-name-with-digest-file", manifest)?),
+        )?;
+    }
+    if let Some(f) = &after.name_tag_with_digest_file {
+        put(
+            f,
+            lines(true, &need("--image-name-tag-with-digest-file", manifest)?),
+        )?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kaniko_digest_files_and_the_image_id() {
+        let d = tempfile::tempdir().unwrap();
+        let p = |n: &str| d.path().join(n);
+        let after = AfterBuild {
+            iidfile: Some(p("iid")),
+            digest_file: Some(p("digest")),
+            name_with_digest_file: Some(p("names")),
+            name_tag_with_digest_file: Some(p("tags")),
+            names: vec![
+                "127.0.0.1:5000/app:1".into(),
+                "127.0.0.1:5000/app:latest".into(),
+            ],
+            print_id: false,
+        };
+        let resp = HashMap::from([
+            ("containerimage.digest".to_string(), "sha256:m".to_string()),
+            (
+                "containerimage.config.digest".to_string(),
+                "sha256:c".to_string(),
+            ),
+        ]);
+        write_after(&after, &resp).unwrap();
+        let read = |n: &str| std::fs::read_to_string(p(n)).unwrap();
+        assert_eq!(read("iid"), "sha256:c");
+        assert_eq!(read("digest"), "sha256:m");
+        assert_eq!(
+            read("names"),
+            "127.0.0.1:5000/app@sha256:m\n127.0.0.1:5000/app@sha256:m\n"
+        );
+        assert_eq!(
+            read("tags"),
+            "127.0.0.1:5000/app:1@sha256:m\n127.0.0.1:5000/app:latest@sha256:m\n"
+        );
+        let e = write_after(&after, &HashMap::new()).unwrap_err();
+        assert!(e.to_string().contains("--iidfile was asked for"), "{e}");
+    }
 
     #[test]
     fn json_values_are_embedded_and_others_kept() {

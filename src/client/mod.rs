@@ -3,8 +3,10 @@
 pub mod admin;
 pub mod connect;
 pub mod errors;
+pub mod histories;
 pub mod layouts;
 pub mod localcache;
 pub mod metadata;
 pub mod probe;
+pub mod services;
 pub mod solve;

@@ -37,7 +37,9 @@ pub fn explain(log: &str, facts: &Facts) -> Option<String> {
             )
         });
     }
-    if lower.contains("apparmor") {
+    // rootlesskit's child says this when AppArmor's default profile refuses its mounts
+    // (GitLab's Kubernetes runners show it).
+    if lower.contains("apparmor") || lower.contains("failed to share mount point") {
         return Some(format!("AppArmor refused the daemon; {}", fix::APPARMOR));
     }
     let namespaces = ["fork/exec /proc/self/exe", "unshare", "clone", "setns"]
@@ -98,6 +100,13 @@ mod tests {
         let log = "[rootlesskit:parent] error: failed to start the child: fork/exec /proc/self/exe: operation not permitted\n";
         let why = explain(log, &facts(&FakeHost::pod_user(2))).unwrap();
         assert!(why.contains("seccompProfile: {type: Unconfined}"), "{why}");
+    }
+
+    #[test]
+    fn rootlesskit_refused_its_mounts_by_apparmor() {
+        let log = "[rootlesskit:child ] error: failed to share mount point: /: permission denied\n";
+        let why = explain(log, &facts(&FakeHost::pod_user(0))).unwrap();
+        assert!(why.contains("appArmorProfile: {type: Unconfined}"), "{why}");
     }
 
     #[test]

@@ -246,11 +246,15 @@ impl Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::GlobalArgs;
     use crate::host::fake::FakeHost;
 
-    fn plan(host: &FakeHost, args: GlobalArgs) -> Plan {
-        let s = Settings::load(&args, host).unwrap();
+    /// The plan for `host`, with the mode asked for (None: auto); the daemon half takes settings,
+    /// never the command line.
+    fn plan(host: &FakeHost, mode: Option<ModeArg>) -> Plan {
+        let mut s = Settings::load(&Default::default(), host).unwrap();
+        if let Some(m) = mode {
+            s.mode = m;
+        }
         Plan::new(&s, host, true).unwrap()
     }
 
@@ -263,7 +267,7 @@ mod tests {
 
     #[test]
     fn privileged_argv() {
-        let p = plan(&FakeHost::root(), GlobalArgs::default());
+        let p = plan(&FakeHost::root(), None);
         let (r, s) = dirs();
         let argv = p
             .argv(&RunDirs {
@@ -294,13 +298,7 @@ mod tests {
             ],
             ..FakeHost::user()
         };
-        let p = plan(
-            &h,
-            GlobalArgs {
-                mode: Some(ModeArg::RootlessStrict),
-                ..Default::default()
-            },
-        );
+        let p = plan(&h, Some(ModeArg::RootlessStrict));
         let (r, s) = dirs();
         let argv = p
             .argv(&RunDirs {
@@ -333,7 +331,7 @@ mod tests {
             ],
             ..FakeHost::user()
         };
-        let p = plan(&h, GlobalArgs::default());
+        let p = plan(&h, None);
         assert_eq!(p.mode(), Mode::RootlessStrict);
         let (r, s) = dirs();
         let argv = p
@@ -351,7 +349,7 @@ mod tests {
             env: vec![("BUILDKITD_FLAGS", "--root \"/my cache\"")],
             ..FakeHost::root()
         };
-        let p = plan(&h, GlobalArgs::default());
+        let p = plan(&h, None);
         assert_eq!(p.paths.state_dir, Path::new("/my cache"));
         let (r, s) = dirs();
         let argv = p
@@ -370,7 +368,7 @@ mod tests {
             run_dir: &r,
             socket_dir: &s,
         };
-        let p = plan(&FakeHost::user(), GlobalArgs::default());
+        let p = plan(&FakeHost::user(), None);
         let tmp = ("TMPDIR".to_string(), "/tmp/bkrun-x/tmp".to_string());
         assert_eq!(
             p.env(&d),
@@ -384,15 +382,15 @@ mod tests {
             usable_dirs: vec!["/run/user/1000"],
             ..FakeHost::user()
         };
-        let p = plan(&h, GlobalArgs::default());
+        let p = plan(&h, None);
         assert_eq!(p.env(&d), std::slice::from_ref(&tmp));
-        let root = plan(&FakeHost::root(), GlobalArgs::default());
+        let root = plan(&FakeHost::root(), None);
         assert_eq!(root.env(&d), [tmp]);
     }
 
     #[test]
     fn too_long_socket_paths_are_refused() {
-        let p = plan(&FakeHost::root(), GlobalArgs::default());
+        let p = plan(&FakeHost::root(), None);
         let long = PathBuf::from(format!("/{}", "d".repeat(120)));
         assert!(p
             .socket_path(&long)

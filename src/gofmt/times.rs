@@ -1,4 +1,4 @@
-//! Go's `time.Time` in UTC: RFC 3339 as `time.RFC3339Nano` writes and `time.Parse` reads it, `String()`'s form, and the calendar arithmetic under both.
+//! Go's `time.Time`: RFC 3339 as `time.RFC3339Nano` writes and `time.Parse` reads it (UTC), `String()`'s form, `RFC3339` in the local zone, and the calendar arithmetic under them.
 
 use prost_types::Timestamp;
 
@@ -48,6 +48,40 @@ pub fn go_time(ts: Option<&Timestamp>) -> String {
         clock(sod),
         fraction(nanos, NANOS_PER_SEC as u64)
     )
+}
+
+/// A timestamp as Go's `t.Local().Format(time.RFC3339)` writes it: whole seconds, in the local
+/// zone (TZ, else /etc/localtime, as Go and the C library both read it), `Z` for UTC.
+pub fn rfc3339_local(ts: &Timestamp) -> String {
+    let secs = ts.seconds + i64::from(ts.nanos).div_euclid(NANOS_PER_SEC);
+    rfc3339_at(secs, local_offset(secs))
+}
+
+/// Unix seconds shown at a UTC offset (in seconds), as Go's RFC 3339 layout `Z07:00` does:
+/// `Z` for zero, else `±hh:mm` (seconds of the offset are not shown).
+pub fn rfc3339_at(secs: i64, offset: i64) -> String {
+    let (date, sod) = date_and_second(secs + offset);
+    let zone = if offset == 0 {
+        "Z".to_string()
+    } else {
+        let sign = if offset < 0 { '-' } else { '+' };
+        let m = offset.abs() / 60;
+        format!("{sign}{:02}:{:02}", m / 60, m % 60)
+    };
+    format!("{date}T{}{zone}", clock(sod))
+}
+
+/// The local zone's UTC offset at `secs`, from the C library (0 when it cannot tell).
+fn local_offset(secs: i64) -> i64 {
+    let t = secs as libc::time_t;
+    // SAFETY: localtime_r only writes the tm it is given; a zeroed tm is a valid value.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    if unsafe { libc::localtime_r(&t, &mut tm) }.is_null() {
+        return 0;
+    }
+    // c_long: already i64 on 64-bit targets, i32 on 32-bit ones.
+    #[allow(clippy::useless_conversion)]
+    i64::from(tm.tm_gmtoff)
 }
 
 /// Unix seconds → (`YYYY-MM-DD`, second of that day).
@@ -154,6 +188,23 @@ mod tests {
             seconds: secs,
             nanos,
         })
+    }
+
+    #[test]
+    fn rfc3339_with_offsets_as_go_formats_local_times() {
+        assert_eq!(rfc3339_at(1_704_164_645, 0), "2024-01-02T03:04:05Z");
+        assert_eq!(rfc3339_at(1_704_164_645, 7200), "2024-01-02T05:04:05+02:00");
+        assert_eq!(
+            rfc3339_at(1_704_164_645, -16_200),
+            "2024-01-01T22:34:05-04:30"
+        );
+        // Whole seconds only, and a negative nanos field borrows from the seconds.
+        let t = Timestamp {
+            seconds: 1_704_164_645,
+            nanos: -1,
+        };
+        let want = rfc3339_at(1_704_164_644, local_offset(1_704_164_644));
+        assert_eq!(rfc3339_local(&t), want);
     }
 
     #[test]

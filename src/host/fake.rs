@@ -1,4 +1,4 @@
-//! A host made of plain fields: the test double for mode, path and doctor tests.
+//! A host made of plain fields: the test double for mode, path, doctor, teardown and build-resolving tests.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -22,6 +22,8 @@ pub struct FakeHost {
     pub programs: Vec<&'static str>,
     pub privileges: Vec<(&'static str, Privilege)>,
     pub env: Vec<(&'static str, &'static str)>,
+    /// Standard output and error are a terminal.
+    pub tty: bool,
     pub usable_dirs: Vec<&'static str>,
     /// Unix sockets something answers on.
     pub sockets: Vec<&'static str>,
@@ -66,6 +68,7 @@ impl FakeHost {
                 ("newgidmap", Privilege::FileCaps(1 << 6)),
             ],
             env: vec![("HOME", "/root")],
+            tty: false,
             usable_dirs: vec![],
             sockets: vec![],
             procs: vec![],
@@ -119,6 +122,18 @@ impl Host for FakeHost {
             .iter()
             .find(|(k, v)| *k == key && !v.is_empty())
             .map(|(_, v)| v.to_string())
+    }
+    fn env_raw(&self, key: &str) -> Option<String> {
+        self.env
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.to_string())
+    }
+    fn stdout_is_terminal(&self) -> bool {
+        self.tty
+    }
+    fn stderr_is_terminal(&self) -> bool {
+        self.tty
     }
     fn process_status(&self) -> ProcStatus {
         self.status

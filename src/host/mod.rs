@@ -1,4 +1,4 @@
-//! The one place bkrun reads facts about the host and the container it runs in (UID, capabilities, seccomp, namespaces, newuidmap's privilege, environment), behind a trait so mode and path choice are unit-tested without root.
+//! The one place bkrun reads facts about the host and the container it runs in (UID, capabilities, seccomp, namespaces, newuidmap's privilege, environment, terminals), behind a trait so mode and path choice are unit-tested without root.
 
 mod parse;
 mod real;
@@ -30,6 +30,13 @@ pub trait Host: Send + Sync {
     /// A variable of bkrun's environment; an empty value counts as unset (a pod spec cannot
     /// unset an image's variable, only empty it).
     fn env(&self, key: &str) -> Option<String>;
+    /// A variable exactly as set, an empty value included: buildctl reads SOURCE_DATE_EPOCH and
+    /// `--secret` variables with os.LookupEnv, where an empty value is still a value.
+    fn env_raw(&self, key: &str) -> Option<String>;
+    /// Standard output is a terminal (a tarball must not be written to one).
+    fn stdout_is_terminal(&self) -> bool;
+    /// Standard error is a terminal (where `--progress=auto` shows the live view).
+    fn stderr_is_terminal(&self) -> bool;
     /// Seccomp mode, no_new_privs and capability sets, from /proc/self/status.
     fn process_status(&self) -> ProcStatus;
     /// True when this process runs in a user namespace other than the initial one

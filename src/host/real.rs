@@ -1,5 +1,6 @@
 //! The real machine: /proc, /sys, the file system, and a forked child that tries namespaces.
 
+use std::io::IsTerminal;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -35,6 +36,18 @@ impl Host for RealHost {
 
     fn env(&self, key: &str) -> Option<String> {
         std::env::var(key).ok().filter(|v| !v.is_empty())
+    }
+
+    fn env_raw(&self, key: &str) -> Option<String> {
+        std::env::var(key).ok()
+    }
+
+    fn stdout_is_terminal(&self) -> bool {
+        std::io::stdout().is_terminal()
+    }
+
+    fn stderr_is_terminal(&self) -> bool {
+        std::io::stderr().is_terminal()
     }
 
     fn process_status(&self) -> ProcStatus {

@@ -4,7 +4,9 @@
 //! (or [`Renderer::new`] for any writer), then either push messages with
 //! [`Renderer::update`]/[`Renderer::tick`]/[`Renderer::finish`] or hand it the
 //! whole stream with [`Renderer::run`]. Secret values given in [`Options`]
-//! are masked before anything is shown.
+//! are masked before anything is shown. The mode and look arrive settled
+//! (`spec::progress` reads the flag, the environment and the terminal); nothing
+//! here reads the environment.
 
 mod mask;
 mod plain;
@@ -15,7 +17,7 @@ mod tty;
 
 use std::collections::HashSet;
 use std::fmt;
-use std::io::{self, IsTerminal, Write};
+use std::io::{self, Write};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -226,26 +228,6 @@ impl Default for Options {
     }
 }
 
-impl Options {
-    /// Defaults adjusted by the environment variables buildctl honours:
-    /// NO_COLOR, BUILDKIT_TTY_LOG_LINES and PROGRESS_NO_TRUNC=0.
-    pub fn from_env() -> Self {
-        let mut o = Options::default();
-        if std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty()) {
-            o.color = false;
-        }
-        if let Some(n) = std::env::var("BUILDKIT_TTY_LOG_LINES")
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok())
-            .filter(|&n| n > 0)
-        {
-            o.tail_rows = n;
-        }
-        o.truncate_names = std::env::var("PROGRESS_NO_TRUNC").is_ok_and(|v| v == "0");
-        o
-    }
-}
-
 type Out = Box<dyn Write + Send>;
 
 enum View {
@@ -293,32 +275,13 @@ impl Renderer {
         }
     }
 
-    /// A renderer on standard error. As buildctl does, BUILDKIT_PROGRESS
-    /// picks the mode when `mode` is `Auto`; `Auto` then becomes tty on a
-    /// terminal (unless TERM=dumb), else plain. Asking for tty when stderr
-    /// is not a terminal is an error.
-    pub fn for_stderr(mode: Mode, mut opts: Options) -> io::Result<Self> {
-        let mut mode = mode;
-        if mode == Mode::Auto {
-            if let Some(m) = std::env::var("BUILDKIT_PROGRESS")
-                .ok()
-                .and_then(|v| v.parse::<Mode>().ok())
-            {
-                mode = m;
-            }
-        }
-        let is_tty = io::stderr().is_terminal();
-        let term = std::env::var("TERM").ok();
-        let mode = mode.resolve(is_tty, term.as_deref());
-        if mode == Mode::Tty && !is_tty {
-            return Err(io::Error::other(
-                "--progress=tty needs standard error to be a terminal",
-            ));
-        }
+    /// A renderer on standard error in a settled mode (spec::progress decides it from the flag,
+    /// the environment and the terminal); the tty view follows the terminal's size.
+    pub fn for_stderr(mode: Mode, mut opts: Options) -> Self {
         if opts.size.is_none() {
             opts.size = Some(Box::new(stderr_size));
         }
-        Ok(Renderer::new(mode, Box::new(io::stderr()), opts))
+        Renderer::new(mode, Box::new(io::stderr()), opts)
     }
 
     /// Takes one message from the stream.
@@ -418,7 +381,7 @@ pub async fn render<S>(mode: Mode, stream: S, opts: Options) -> io::Result<Summa
 where
     S: Stream<Item = StatusResponse>,
 {
-    Renderer::for_stderr(mode, opts)?.run(stream).await
+    Renderer::for_stderr(mode, opts).run(stream).await
 }
 
 /// The terminal size of standard error, (80, 10) when unknown (upstream's

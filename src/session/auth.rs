@@ -1,19 +1,15 @@
-//! The session's Auth service: registry credentials from the Docker config (`auths`, `credsStore`, `credHelpers`, identity tokens), as `docker login` left them, and the token-authority key that lets the daemon have bkrun fetch registry tokens.
+//! The session's Auth service: registry credentials from an injected source (bkrun's Docker config), and the token-authority key that lets the daemon have bkrun fetch registry tokens.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
-use base64::Engine as _;
 use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
 use ring::signature::{Ed25519KeyPair, KeyPair};
-use serde::Deserialize;
 use tonic::{Request, Response, Status};
 
+use super::credentials::{CredentialSource, Credentials};
 use super::token::{ErrorKind, RegistryTls, TokenClient, TokenRequest};
 
 use crate::proto::moby::filesync::v1::auth_server::{Auth, AuthServer};
@@ -23,203 +19,20 @@ use crate::proto::moby::filesync::v1::{
     VerifyTokenAuthorityResponse,
 };
 
-/// Docker Hub's credentials live under its old index URL, whatever host the daemon asks for.
-const HUB_CONFIG_KEY: &str = "https://index.docker.io/v1/";
-const HUB_HOSTS: &[&str] = &["registry-1.docker.io", "docker.io", "index.docker.io"];
-
-#[derive(Debug, Default, Deserialize)]
-pub struct DockerConfig {
-    #[serde(default)]
-    auths: HashMap<String, AuthEntry>,
-    #[serde(default, rename = "credsStore")]
-    creds_store: Option<String>,
-    #[serde(default, rename = "credHelpers")]
-    cred_helpers: HashMap<String, String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct AuthEntry {
-    #[serde(default)]
-    auth: Option<String>,
-    #[serde(default)]
-    username: Option<String>,
-    #[serde(default)]
-    password: Option<String>,
-    #[serde(default, rename = "identitytoken")]
-    identity_token: Option<String>,
-}
-
-/// A user name and secret (an identity token has no user name).
-#[derive(Clone, PartialEq, Eq, Default)]
-pub struct Credentials {
-    pub username: String,
-    pub secret: String,
-}
-
-impl std::fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "Credentials {{ username: {:?}, secret: {} bytes }}",
-            self.username,
-            self.secret.len()
-        )
-    }
-}
-
-/// Where the Docker config is: $DOCKER_CONFIG/config.json, else ~/.docker/config.json.
-pub fn config_path(env: &dyn Fn(&str) -> Option<String>) -> Option<PathBuf> {
-    if let Some(d) = env("DOCKER_CONFIG") {
-        return Some(Path::new(&d).join("config.json"));
-    }
-    env("HOME").map(|h| Path::new(&h).join(".docker/config.json"))
-}
-
-impl DockerConfig {
-    /// Reads the config; a missing file is an empty config, a broken one an error.
-    pub fn load(path: Option<&Path>) -> Result<DockerConfig> {
-        let Some(path) = path else {
-            return Ok(DockerConfig::default());
-        };
-        match std::fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| {
-                format!(
-                    "the Docker config {} is not valid JSON: fix it or log in again",
-                    path.display()
-                )
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(DockerConfig::default()),
-            Err(e) => {
-                Err(e).with_context(|| format!("cannot read the Docker config {}", path.display()))
-            }
-        }
-    }
-
-    fn key_for(host: &str) -> &str {
-        if HUB_HOSTS.contains(&host) {
-            HUB_CONFIG_KEY
-        } else {
-            host
-        }
-    }
-
-    /// The credentials for `host`, from its credential helper, the default store, or `auths`.
-    pub fn credentials(&self, host: &str) -> Result<Option<Credentials>> {
-        let key = Self::key_for(host);
-        if let Some(helper) = self
-            .cred_helpers
-            .get(key)
-            .or_else(|| self.cred_helpers.get(host))
-        {
-            return run_helper(helper, key);
-        }
-        if let Some(store) = &self.creds_store {
-            if let Some(c) = run_helper(store, key)? {
-                return Ok(Some(c));
-            }
-        }
-        let entry = self.auths.get(key).or_else(|| {
-            self.auths
-                .iter()
-                .find(|(k, _)| strip_scheme(k) == host)
-                .map(|(_, v)| v)
-        });
-        let Some(e) = entry else { return Ok(None) };
-        if let Some(t) = e.identity_token.as_ref().filter(|t| !t.is_empty()) {
-            return Ok(Some(Credentials {
-                username: String::new(),
-                secret: t.clone(),
-            }));
-        }
-        if let Some(a) = e.auth.as_ref().filter(|a| !a.is_empty()) {
-            let raw = base64::engine::general_purpose::STANDARD
-                .decode(a.trim())
-                .map_err(|_| {
-                    anyhow!("the Docker config's auth for {key} is not base64: log in again")
-                })?;
-            let text = String::from_utf8_lossy(&raw);
-            let (u, p) = text.split_once(':').ok_or_else(|| {
-                anyhow!("the Docker config's auth for {key} is not user:password: log in again")
-            })?;
-            return Ok(Some(Credentials {
-                username: u.to_string(),
-                secret: p.to_string(),
-            }));
-        }
-        Ok(e.username
-            .clone()
-            .zip(e.password.clone())
-            .map(|(username, secret)| Credentials { username, secret }))
-    }
-}
-
-fn strip_scheme(k: &str) -> &str {
-    k.trim_start_matches("https://")
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-}
-
-/// Asks `docker-credential-NAME get` for the server's credentials (a JSON answer on stdout).
-fn run_helper(name: &str, server: &str) -> Result<Option<Credentials>> {
-    #[derive(Deserialize)]
-    struct Answer {
-        #[serde(rename = "Username")]
-        username: String,
-        #[serde(rename = "Secret")]
-        secret: String,
-    }
-    let program = format!("docker-credential-{name}");
-    let (exit, stdout, stderr) = crate::reaper::output(Command::new(&program).arg("get"), server.as_bytes())
-        .with_context(|| format!("the Docker config names the credential helper {program}, which cannot be run: install it or fix credsStore/credHelpers"))?;
-    if exit != crate::reaper::Exit::Code(0) {
-        let said = String::from_utf8_lossy(&stdout).trim().to_string()
-            + String::from_utf8_lossy(&stderr).trim();
-        // Helpers answer "credentials not found" for servers they don't know: that's no credentials.
-        if said.to_lowercase().contains("not found") {
-            return Ok(None);
-        }
-        bail!("{program} get failed for {server}: {said}");
-    }
-    let a: Answer = serde_json::from_slice(&stdout)
-        .with_context(|| format!("{program} get answered something that is not its JSON"))?;
-    Ok(Some(helper_credentials(a.username, a.secret)))
-}
-
-/// Helpers store an identity token under the user name `<token>` (docker's convention): it is
-/// then a secret with no user name, which the daemon uses as a refresh token, not a password.
-fn helper_credentials(username: String, secret: String) -> Credentials {
-    if username == "<token>" {
-        return Credentials {
-            username: String::new(),
-            secret,
-        };
-    }
-    Credentials { username, secret }
-}
-
 /// How long a host's credentials are reused before the config or helper is asked again: BuildKit's
 /// client uses 4m50s, under the 5-minute life of some helpers' answers (Google Artifact Registry
 /// through workload identity).
 const CREDENTIALS_TTL: Duration = Duration::from_secs(4 * 60 + 50);
 
-/// True unless BUILDKIT_NO_CLIENT_TOKEN is a true value in Go's spelling (buildctl reads it with
-/// strconv.ParseBool): the opt-out for clients that cannot reach a registry's token server.
-pub fn client_tokens_enabled(no_client_token: Option<&str>) -> bool {
-    !matches!(
-        no_client_token,
-        Some("1" | "t" | "T" | "true" | "TRUE" | "True")
-    )
-}
-
-/// Answers the daemon's auth calls from a Docker config: credentials, and registry tokens that
-/// bkrun fetches itself so that passwords and refresh tokens stay on this side.
+/// Answers the daemon's auth calls from a credential source: credentials, and registry tokens
+/// that bkrun fetches itself so that passwords and refresh tokens stay on this side.
 #[derive(Clone)]
 pub struct AuthProvider {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    config: Arc<DockerConfig>,
+    source: Arc<dyn CredentialSource>,
     tokens: TokenClient,
     client_tokens: bool,
     cache: Mutex<HashMap<String, (Instant, Option<Credentials>)>>,
@@ -229,16 +42,17 @@ struct Inner {
 }
 
 impl AuthProvider {
-    /// `registry_tls` is the extra trust per registry host for token requests; `client_tokens`
-    /// false (BUILDKIT_NO_CLIENT_TOKEN) leaves token fetching to the daemon.
+    /// `source` finds each host's credentials; `registry_tls` is the extra trust per registry
+    /// host for token requests; `client_tokens` false (BUILDKIT_NO_CLIENT_TOKEN) leaves token
+    /// fetching to the daemon.
     pub fn new(
-        config: DockerConfig,
+        source: Arc<dyn CredentialSource>,
         registry_tls: BTreeMap<String, RegistryTls>,
         client_tokens: bool,
     ) -> Self {
         AuthProvider {
             inner: Arc::new(Inner {
-                config: Arc::new(config),
+                source,
                 tokens: TokenClient::new(registry_tls),
                 client_tokens,
                 cache: Mutex::new(HashMap::new()),
@@ -258,10 +72,10 @@ impl AuthProvider {
                 return Ok(c.clone());
             }
         }
-        let config = self.inner.config.clone();
+        let source = self.inner.source.clone();
         let h = host.to_string();
-        // Helpers are programs: run them off the async threads.
-        let found = tokio::task::spawn_blocking(move || config.credentials(&h))
+        // A look-up may run a credential helper: keep it off the async threads.
+        let found = tokio::task::spawn_blocking(move || source.credentials(&h))
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(|e| Status::unavailable(format!("{e:#}")))?;
@@ -385,56 +199,32 @@ impl Auth for AuthProvider {
 mod tests {
     use super::*;
 
-    fn config(json: &str) -> DockerConfig {
-        serde_json::from_str(json).unwrap()
+    /// One login for one host, as a Docker config would give it.
+    struct Fixed(Option<(&'static str, Credentials)>);
+
+    impl CredentialSource for Fixed {
+        fn credentials(&self, host: &str) -> anyhow::Result<Option<Credentials>> {
+            Ok(self
+                .0
+                .as_ref()
+                .filter(|(h, _)| *h == host)
+                .map(|(_, c)| c.clone()))
+        }
     }
 
-    #[test]
-    fn auths_entries_and_identity_tokens() {
-        let c = config(
-            r#"{"auths":{"reg.example:5000":{"auth":"dXNlcjpwYTpzcw=="},"https://index.docker.io/v1/":{"identitytoken":"tok"}}}"#,
-        );
-        assert_eq!(
-            c.credentials("reg.example:5000").unwrap(),
-            Some(Credentials {
-                username: "user".into(),
-                secret: "pa:ss".into()
-            })
-        );
-        assert_eq!(
-            c.credentials("registry-1.docker.io").unwrap(),
-            Some(Credentials {
-                username: String::new(),
-                secret: "tok".into()
-            })
-        );
-        assert_eq!(c.credentials("other.example").unwrap(), None);
-    }
-
-    #[test]
-    fn a_helpers_identity_token_has_no_user_name() {
-        assert_eq!(
-            helper_credentials("<token>".into(), "refresh".into()),
+    /// `reg.example` logged in as u:p.
+    fn logged_in() -> Fixed {
+        Fixed(Some((
+            "reg.example",
             Credentials {
-                username: String::new(),
-                secret: "refresh".into()
-            }
-        );
-        assert_eq!(
-            helper_credentials("u".into(), "p".into()).username,
-            "u".to_string()
-        );
+                username: "u".into(),
+                secret: "p".into(),
+            },
+        )))
     }
 
-    #[test]
-    fn a_missing_helper_is_named() {
-        let c = config(r#"{"credHelpers":{"reg.example":"no-such-helper-here"}}"#);
-        let e = format!("{:#}", c.credentials("reg.example").unwrap_err());
-        assert!(e.contains("docker-credential-no-such-helper-here"), "{e}");
-    }
-
-    fn provider(json: &str, client_tokens: bool) -> AuthProvider {
-        AuthProvider::new(config(json), BTreeMap::new(), client_tokens)
+    fn provider(source: Fixed, client_tokens: bool) -> AuthProvider {
+        AuthProvider::new(Arc::new(source), BTreeMap::new(), client_tokens)
     }
 
     async fn authority(p: &AuthProvider, host: &str, salt: &[u8]) -> Vec<u8> {
@@ -450,9 +240,8 @@ mod tests {
 
     #[tokio::test]
     async fn token_authority_keys_are_stable_and_private_to_logged_in_clients() {
-        let logged_in = r#"{"auths":{"reg.example":{"auth":"dTpw"}}}"#;
-        let a = provider(logged_in, true);
-        let b = provider(logged_in, true);
+        let a = provider(logged_in(), true);
+        let b = provider(logged_in(), true);
         let k = authority(&a, "reg.example", b"salt-1").await;
         assert_eq!(k.len(), 32);
         // Stable for one client, host and daemon salt: the daemon keys its token cache by it.
@@ -461,8 +250,8 @@ mod tests {
         // Another client with the same login has its own seed, so its own key.
         assert_ne!(k, authority(&b, "reg.example", b"salt-1").await);
         // Anonymous clients share one key per salt (anonymous tokens are nobody's secret).
-        let anon1 = provider("{}", true);
-        let anon2 = provider("{}", true);
+        let anon1 = provider(Fixed(None), true);
+        let anon2 = provider(Fixed(None), true);
         assert_eq!(
             authority(&anon1, "reg.example", b"salt-1").await,
             authority(&anon2, "reg.example", b"salt-1").await
@@ -472,7 +261,7 @@ mod tests {
 
     #[tokio::test]
     async fn token_authority_proofs_are_nacl_signed_messages() {
-        let p = provider(r#"{"auths":{"reg.example":{"auth":"dTpw"}}}"#, true);
+        let p = provider(logged_in(), true);
         let key = authority(&p, "reg.example", b"salt").await;
         let payload = b"0123456789abcdef0123456789abcdef".to_vec();
         let signed = p
@@ -494,12 +283,7 @@ mod tests {
 
     #[tokio::test]
     async fn buildkit_no_client_token_hands_tokens_back_to_the_daemon() {
-        assert!(client_tokens_enabled(None));
-        assert!(client_tokens_enabled(Some("0")));
-        assert!(client_tokens_enabled(Some("false")));
-        assert!(!client_tokens_enabled(Some("1")));
-        assert!(!client_tokens_enabled(Some("true")));
-        let p = provider("{}", false);
+        let p = provider(Fixed(None), false);
         // Unavailable is one of the two answers the daemon takes as "fetch tokens yourself".
         let e = p
             .get_token_authority(Request::new(GetTokenAuthorityRequest {
@@ -509,19 +293,5 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(e.code(), tonic::Code::Unavailable);
-    }
-
-    #[test]
-    fn config_location() {
-        let env = |k: &str| match k {
-            "HOME" => Some("/home/u".to_string()),
-            _ => None,
-        };
-        assert_eq!(
-            config_path(&env),
-            Some(PathBuf::from("/home/u/.docker/config.json"))
-        );
-        let env = |k: &str| (k == "DOCKER_CONFIG").then(|| "/cfg".to_string());
-        assert_eq!(config_path(&env), Some(PathBuf::from("/cfg/config.json")));
     }
 }

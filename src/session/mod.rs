@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod content;
+pub mod credentials;
 pub mod filesend;
 pub mod filesync;
 mod h2serve;

@@ -7,7 +7,6 @@ use tonic::{Request, Response, Status};
 
 use crate::proto::moby::buildkit::secrets::v1::secrets_server::{Secrets, SecretsServer};
 use crate::proto::moby::buildkit::secrets::v1::{GetSecretRequest, GetSecretResponse};
-use crate::spec::secret::Secret;
 
 #[derive(Clone, Default)]
 pub struct SecretsProvider {
@@ -15,14 +14,10 @@ pub struct SecretsProvider {
 }
 
 impl SecretsProvider {
-    pub fn new(secrets: &[Secret]) -> Self {
+    /// Serves each secret's value (already read) by its id.
+    pub fn new(by_id: HashMap<String, Vec<u8>>) -> Self {
         SecretsProvider {
-            by_id: Arc::new(
-                secrets
-                    .iter()
-                    .map(|s| (s.id.clone(), s.data.clone()))
-                    .collect(),
-            ),
+            by_id: Arc::new(by_id),
         }
     }
 

@@ -1,6 +1,7 @@
 //! The session's SSH service: connects each `RUN --mount=type=ssh` agent connection to what `--ssh` gave for its id, a local agent socket or bkrun's own agent over key files.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -13,11 +14,21 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::proto::moby::sshforward::v1::ssh_server::{Ssh, SshServer};
 use crate::proto::moby::sshforward::v1::{BytesMessage, CheckAgentRequest, CheckAgentResponse};
-use crate::session::ssh_agent::{self, AgentConn, AgentKey};
-use crate::spec::ssh::{SshAgent, SshSource};
+use crate::session::ssh_agent::{self, AgentConn};
+use crate::sshkey::AgentKey;
 
 /// Metadata key naming which agent a forwarded connection is for.
 const KEY_SSH_ID: &str = "buildkit.ssh.id";
+
+/// What answers behind one forwarded id.
+#[derive(Debug, Clone)]
+pub enum SshSource {
+    /// A running agent's socket. Unless `raw`, RUN steps may only list keys and sign: a build
+    /// cannot add, remove or lock the user's keys.
+    Socket { path: PathBuf, raw: bool },
+    /// Keys already read from files, served by bkrun's own agent.
+    Keys(Arc<[AgentKey]>),
+}
 
 #[derive(Clone)]
 pub struct SshForwarder {
@@ -25,14 +36,10 @@ pub struct SshForwarder {
 }
 
 impl SshForwarder {
-    pub fn new(agents: &[SshAgent]) -> Self {
+    /// Serves each id's source.
+    pub fn new(agents: HashMap<String, SshSource>) -> Self {
         SshForwarder {
-            agents: Arc::new(
-                agents
-                    .iter()
-                    .map(|a| (a.id.clone(), a.source.clone()))
-                    .collect(),
-            ),
+            agents: Arc::new(agents),
         }
     }
 

@@ -133,6 +133,22 @@ impl Control for FakeDaemon {
     ) -> Result<Response<control::InfoResponse>, Status> {
         Err(Status::unimplemented("fake"))
     }
+
+    type ListenBuildHistoryStream = BoxStream<control::BuildHistoryEvent>;
+
+    async fn listen_build_history(
+        &self,
+        _: Request<control::BuildHistoryRequest>,
+    ) -> Result<Response<Self::ListenBuildHistoryStream>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn update_build_history(
+        &self,
+        _: Request<control::UpdateBuildHistoryRequest>,
+    ) -> Result<Response<control::UpdateBuildHistoryResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
 }
 
 /// A gRPC client whose only connection is the given tunnel.

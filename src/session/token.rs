@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::auth::Credentials;
+use super::credentials::Credentials;
 use crate::gofmt::times::parse_rfc3339;
 
 /// Token servers and registries see who asked: bkrun, not the daemon.

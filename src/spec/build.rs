@@ -1,80 +1,38 @@
-//! `bkrun build` flags → a checked build spec: every output, local dir and option is validated before a daemon exists.
+//! The resolving step of `bkrun build`: flags, bkrun.toml, the environment and the Docker config's location → one checked build spec, before a daemon exists.
+//!
+//! As ripgrep splits low- and high-level arguments: clap (cli.rs) only parses, with no I/O;
+//! [`resolve`] is then the one place a build consults its flags, bkrun.toml's settings and the
+//! host (environment, terminals, the files and directories flags name). Everything after it
+//! reads the typed [`BuildSpec`].
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 
-use super::cache::{self, CacheEntry};
-use super::csv;
+use super::cache::{self, CacheExport, CacheImport};
+use super::output::{self, check_parent, Destination, Output};
+use super::progress::{self, ProgressSpec};
+use super::registry::{self, RegistryAuth};
 use super::secret::{self, Secret};
 use super::ssh::{self, SshAgent};
+use super::{dockerconfig, policy};
 use crate::cli::BuildArgs;
-use crate::progress;
-use crate::session::token::RegistryTls;
+use crate::config::Settings;
+use crate::host::Host;
+use crate::proto::moby::buildkit::v1::sourcepolicy::Policy;
 
-/// Where a result goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Output {
-    pub kind: String,
-    pub attrs: BTreeMap<String, String>,
-}
-
-impl Output {
-    pub fn dest(&self) -> Option<&str> {
-        self.attrs.get("dest").map(String::as_str)
-    }
-
-    /// Where the exporter's output comes back to bkrun, if it does.
-    pub fn destination(&self) -> Destination {
-        let tar = self
-            .attrs
-            .get("tar")
-            .and_then(|v| super::cache::parse_bool(v))
-            .unwrap_or(true);
-        match (self.kind.as_str(), self.dest()) {
-            ("local", Some(d)) => Destination::Dir(PathBuf::from(d)),
-            ("tar", d) | ("oci" | "docker", d) if self.kind == "tar" || tar => match d {
-                None | Some("-") => Destination::Stdout,
-                Some(p) => Destination::File(PathBuf::from(p)),
-            },
-            ("oci" | "docker", Some(d)) => Destination::Layout(PathBuf::from(d)),
-            _ => Destination::Daemon,
-        }
-    }
-
-    /// The exporter attributes sent to the daemon: `dest` is ours to act on, not the daemon's.
-    pub fn daemon_attrs(&self) -> BTreeMap<String, String> {
-        let mut a = self.attrs.clone();
-        if self.destination() != Destination::Daemon {
-            a.remove("dest");
-        }
-        a
-    }
-}
-
-/// Where an output ends up.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Destination {
-    Dir(PathBuf),
-    File(PathBuf),
-    Stdout,
-    /// An OCI image-layout directory (`tar=false`), written through the session's content store.
-    Layout(PathBuf),
-    /// Kept in the daemon (an image in its store, or pushed).
-    Daemon,
-}
-
-/// A validated build.
+/// A validated build: what the rest of bkrun reads instead of flags and environment.
 #[derive(Debug, Clone)]
 pub struct BuildSpec {
-    pub frontend: Option<String>,
+    pub frontend: String,
     pub locals: BTreeMap<String, PathBuf>,
     /// `--oci-layout ID=DIR`: image layouts the frontend reads as `oci-layout://ID@DIGEST`.
     pub oci_layouts: BTreeMap<String, PathBuf>,
+    /// Frontend options: `--opt`, SOURCE_DATE_EPOCH and proxy build args, `no-cache`.
     pub opts: BTreeMap<String, String>,
     pub outputs: Vec<Output>,
-    pub progress: progress::Mode,
+    pub progress: ProgressSpec,
     pub allow: Vec<String>,
     pub metadata_file: Option<PathBuf>,
     /// `--trace FILE`: the Status stream appended as rawjson lines.
@@ -82,27 +40,31 @@ pub struct BuildSpec {
     /// `--ref-file FILE`: the build's ref, written when it ends.
     pub ref_file: Option<PathBuf>,
     /// `--source-policy-file`: rules the daemon applies to every source.
-    pub source_policy: Option<crate::proto::moby::buildkit::v1::sourcepolicy::Policy>,
+    pub source_policy: Option<Policy>,
     pub secrets: Vec<Secret>,
     pub ssh: Vec<SshAgent>,
-    pub cache_imports: Vec<CacheEntry>,
-    pub cache_exports: Vec<CacheEntry>,
-    pub no_cache: bool,
-    /// Extra TLS trust per registry host for the registry tokens bkrun fetches (from bkrun.toml).
-    pub registry_tls: BTreeMap<String, RegistryTls>,
+    pub cache_imports: Vec<CacheImport>,
+    pub cache_exports: Vec<CacheExport>,
+    /// Registry logins, client-side tokens and their TLS trust.
+    pub registry: RegistryAuth,
 }
 
-const OUTPUT_TYPES: &[&str] = &[
-    "local",
-    "tar",
-    "oci",
-    "docker",
-    "image",
-    "registry",
-    "cacheonly",
-];
+impl BuildSpec {
+    /// The `--output type=oci|docker,tar=false` directory, if any (at most one).
+    pub fn layout_output(&self) -> Option<PathBuf> {
+        self.outputs.iter().find_map(|o| match o.destination() {
+            Destination::Layout(d) => Some(d),
+            _ => None,
+        })
+    }
+}
 
-pub fn parse(args: &BuildArgs) -> Result<BuildSpec> {
+/// Settles a build from its flags, bkrun.toml's `settings` and the `host`: every check that can
+/// fail does so here, in milliseconds, before a daemon exists.
+pub fn resolve(args: &BuildArgs, settings: &Settings, host: &dyn Host) -> Result<BuildSpec> {
+    // buildctl reads these with os.LookupEnv, where an empty value is still a value.
+    let env_raw = |k: &str| host.env_raw(k);
+    let env = |k: &str| host.env(k);
     let mut locals = BTreeMap::new();
     for l in &args.local {
         let (name, dir) = l
@@ -136,7 +98,7 @@ pub fn parse(args: &BuildArgs) -> Result<BuildSpec> {
     }
     let mut opts = BTreeMap::new();
     // As buildctl does, SOURCE_DATE_EPOCH in the environment becomes a build arg; --opt wins.
-    if let Ok(v) = std::env::var("SOURCE_DATE_EPOCH") {
+    if let Some(v) = env_raw("SOURCE_DATE_EPOCH") {
         opts.insert("build-arg:SOURCE_DATE_EPOCH".to_string(), v);
     }
     for o in &args.opt {
@@ -149,17 +111,18 @@ pub fn parse(args: &BuildArgs) -> Result<BuildSpec> {
     }
     // Pipelines behind a proxy: bkrun's own proxy variables become the build's predefined proxy
     // args, unless the user set that arg.
-    for (k, v) in proxy_args(&|k| std::env::var(k).ok()) {
+    for (k, v) in proxy_args(&env) {
         opts.entry(k).or_insert(v);
     }
     if args.no_cache {
         opts.insert("no-cache".to_string(), String::new());
     }
     resolve_layout_tags(&mut opts, &oci_layouts)?;
+    let stdout_tty = host.stdout_is_terminal();
     let outputs = args
         .output
         .iter()
-        .map(|o| parse_output(o))
+        .map(|o| output::parse(o, stdout_tty))
         .collect::<Result<Vec<_>>>()?;
     // The daemon has one "export" store per session, so one layout directory per build.
     if outputs
@@ -170,12 +133,7 @@ pub fn parse(args: &BuildArgs) -> Result<BuildSpec> {
     {
         bail!("only one --output can be an OCI layout directory (tar=false) per build: write the others as tarballs");
     }
-    let progress: progress::Mode = args.progress.parse().map_err(|_| {
-        anyhow::anyhow!(
-            "--progress={} is not a progress mode: use auto, plain, tty, rawjson or quiet",
-            args.progress
-        )
-    })?;
+    let progress = progress::resolve(&args.progress, &env, host.stderr_is_terminal())?;
     // Flags of features bkrun's client does not have yet are refused, never silently ignored.
     let unsupported = [
         (
@@ -201,16 +159,15 @@ pub fn parse(args: &BuildArgs) -> Result<BuildSpec> {
         .iter()
         .map(|v| cache::parse_export(v))
         .collect::<Result<Vec<_>>>()?;
-    let env = |k: &str| std::env::var(k).ok();
     let secrets = args
         .secret
         .iter()
-        .map(|s| secret::parse(s, &env))
+        .map(|s| secret::parse(s, &env_raw))
         .collect::<Result<Vec<_>>>()?;
     let ssh = args
         .ssh
         .iter()
-        .map(|v| ssh::parse(v, &env))
+        .map(|v| ssh::parse(v, &env_raw))
         .collect::<Result<Vec<SshAgent>>>()?;
     for (i, a) in ssh.iter().enumerate() {
         if ssh[..i].iter().any(|b| b.id == a.id) {
@@ -226,31 +183,38 @@ pub fn parse(args: &BuildArgs) -> Result<BuildSpec> {
             check_parent(flag, f)?;
         }
     }
-    if args.frontend.is_none() {
+    let Some(frontend) = args.frontend.clone() else {
         bail!("bkrun build needs --frontend (e.g. --frontend dockerfile.v0); piping an LLB definition on stdin is not supported");
-    }
+    };
+    let source_policy = args
+        .source_policy_file
+        .as_deref()
+        .map(policy::load)
+        .transpose()?;
+    // Registry credentials, as buildctl offers them: from the Docker config of whoever runs
+    // bkrun (read when the daemon asks). Tokens too, unless BUILDKIT_NO_CLIENT_TOKEN.
+    let registry = RegistryAuth {
+        docker_config: dockerconfig::config_path(&env_raw),
+        client_tokens: registry::client_tokens_enabled(env("BUILDKIT_NO_CLIENT_TOKEN").as_deref()),
+        tls: registry::tls_from(settings.daemon_config.as_ref()),
+    };
     Ok(BuildSpec {
-        frontend: args.frontend.clone(),
+        frontend,
         locals,
         oci_layouts,
         opts,
         outputs,
         progress,
-        no_cache: args.no_cache,
         allow: args.allow.clone(),
         metadata_file: args.metadata_file.clone(),
         trace: args.trace.clone(),
         ref_file: args.ref_file.clone(),
-        source_policy: args
-            .source_policy_file
-            .as_deref()
-            .map(super::policy::load)
-            .transpose()?,
+        source_policy,
         secrets,
         ssh,
         cache_imports,
         cache_exports,
-        registry_tls: BTreeMap::new(),
+        registry,
     })
 }
 
@@ -278,78 +242,6 @@ pub fn proxy_args(env: &dyn Fn(&str) -> Option<String>) -> Vec<(String, String)>
                 .map(|v| (format!("build-arg:{k}"), v))
         })
         .collect()
-}
-
-/// Parses one --output value and checks its destination can be written.
-pub fn parse_output(s: &str) -> Result<Output> {
-    let pairs = csv::pairs(s).with_context(|| {
-        format!("--output {s:?} is malformed: write it as type=TYPE,key=value,…")
-    })?;
-    let mut attrs: BTreeMap<String, String> = pairs.into_iter().collect();
-    let Some(kind) = attrs.remove("type") else {
-        bail!("--output {s:?} has no type: add type=local|tar|oci|docker|image|registry");
-    };
-    if !OUTPUT_TYPES.contains(&kind.as_str()) {
-        bail!(
-            "--output type={kind} is unknown: use one of {}",
-            OUTPUT_TYPES.join(", ")
-        );
-    }
-    if let Some(v) = attrs.get("output") {
-        bail!("--output output={v} is not an option: you meant dest={v}");
-    }
-    if let Some(t) = attrs.get("tar") {
-        if super::cache::parse_bool(t).is_none() {
-            bail!("--output tar={t} is not a boolean: use tar=true (a tarball) or tar=false (a directory)");
-        }
-    }
-    let out = Output { kind, attrs };
-    if let Destination::Layout(d) = out.destination() {
-        if d.as_os_str() == "-" {
-            bail!(
-                "--output type={},tar=false writes a directory: give dest=DIR, not -",
-                out.kind
-            );
-        }
-        if d.exists() && !d.is_dir() {
-            bail!("--output type={},tar=false,dest={}: that is a file; give a directory (it is created if missing)", out.kind, d.display());
-        }
-        check_parent(&format!("--output type={},tar=false", out.kind), &d)?;
-        return Ok(out);
-    }
-    if matches!(out.kind.as_str(), "oci" | "docker")
-        && out.dest().is_none()
-        && !out
-            .attrs
-            .get("tar")
-            .and_then(|t| super::cache::parse_bool(t))
-            .unwrap_or(true)
-    {
-        bail!("--output type={},tar=false needs dest=DIR", out.kind);
-    }
-    match (out.kind.as_str(), out.dest()) {
-        ("local", None) => bail!("--output type=local needs dest=DIR"),
-        ("local", Some("-")) => bail!(
-            "--output type=local cannot write to stdout: give dest=DIR, or use type=tar,dest=-"
-        ),
-        ("local", Some(d)) => check_parent("--output type=local", Path::new(d))?,
-        ("tar" | "oci" | "docker", None | Some("-"))
-            if std::io::IsTerminal::is_terminal(&std::io::stdout()) =>
-        {
-            bail!("--output type={} would write a tarball to the terminal: give dest=FILE, or redirect stdout", out.kind);
-        }
-        ("tar" | "oci" | "docker", Some(d)) if d != "-" => {
-            if Path::new(d).is_dir() {
-                bail!(
-                    "--output type={},dest={d}: dest is a directory; give a file path",
-                    out.kind
-                );
-            }
-            check_parent(&format!("--output type={}", out.kind), Path::new(d))?
-        }
-        _ => {}
-    }
-    Ok(out)
 }
 
 /// `--opt context:NAME=oci-layout://ID[:TAG]` without a digest: BuildKit needs one, so the tag
@@ -392,83 +284,33 @@ fn resolve_layout_tags(
     Ok(())
 }
 
-fn check_parent(what: &str, p: &Path) -> Result<()> {
-    let parent = match p.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    if !parent.is_dir() {
-        bail!(
-            "{what},dest={}: its parent directory {} does not exist; create it first",
-            p.display(),
-            parent.display()
-        );
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::fake::FakeHost;
 
-    #[test]
-    fn outputs_are_checked() {
-        assert_eq!(parse_output("type=local,dest=.").unwrap().kind, "local");
-        assert_eq!(parse_output("type=tar,dest=-").unwrap().dest(), Some("-"));
-        assert!(parse_output("dest=x")
-            .unwrap_err()
-            .to_string()
-            .contains("no type"));
-        assert!(parse_output("type=zip,dest=x")
-            .unwrap_err()
-            .to_string()
-            .contains("unknown"));
-        assert!(parse_output("type=local")
-            .unwrap_err()
-            .to_string()
-            .contains("dest=DIR"));
-        assert!(parse_output("type=tar,dest=/no/such/dir/x.tar")
-            .unwrap_err()
-            .to_string()
-            .contains("does not exist"));
-        assert!(parse_output("type=oci,dest=/tmp")
-            .unwrap_err()
-            .to_string()
-            .contains("directory"));
+    /// Settings from this bkrun.toml text, and nothing else from the machine.
+    fn settings(toml: &str) -> Settings {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("bkrun.toml");
+        std::fs::write(&path, toml).unwrap();
+        let args = crate::cli::GlobalArgs {
+            config: Some(path),
+            ..Default::default()
+        };
+        Settings::load(&args, &FakeHost::user()).unwrap()
     }
 
-    #[test]
-    fn destinations_and_daemon_attrs() {
-        let o = parse_output("type=local,dest=out").unwrap();
-        assert_eq!(o.destination(), Destination::Dir("out".into()));
-        assert!(o.daemon_attrs().is_empty());
-        let o = parse_output("type=oci,dest=x.tar,rewrite-timestamp=true").unwrap();
-        assert_eq!(o.destination(), Destination::File("x.tar".into()));
-        assert_eq!(
-            o.daemon_attrs().keys().collect::<Vec<_>>(),
-            ["rewrite-timestamp"]
-        );
-        let o = parse_output("type=image,name=a/b").unwrap();
-        assert_eq!(o.destination(), Destination::Daemon);
-        assert_eq!(
-            parse_output("type=oci,dest=x,tar=false")
-                .unwrap()
-                .destination(),
-            Destination::Layout("x".into())
-        );
-        assert!(!parse_output("type=oci,dest=x,tar=false")
-            .unwrap()
-            .daemon_attrs()
-            .contains_key("dest"));
-        assert!(parse_output("type=oci,tar=false")
-            .unwrap_err()
-            .to_string()
-            .contains("needs dest=DIR"));
-        assert!(parse_output("type=oci,dest=x,tar=maybe").is_err());
-        assert!(parse_output("type=tar,output=x")
-            .unwrap_err()
-            .to_string()
-            .contains("dest=x"));
+    fn parse(args: &BuildArgs) -> Result<BuildSpec> {
+        resolve(args, &settings(""), &FakeHost::user())
+    }
+
+    fn build_args() -> BuildArgs {
+        BuildArgs {
+            frontend: Some("dockerfile.v0".into()),
+            progress: "auto".into(),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -540,5 +382,67 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("auto, plain"));
+    }
+
+    #[test]
+    fn the_environment_is_read_through_the_host() {
+        let host = FakeHost {
+            env: vec![
+                ("HOME", "/home/u"),
+                ("SOURCE_DATE_EPOCH", ""),
+                ("HTTPS_PROXY", "http://proxy:3128"),
+                ("BUILDKIT_NO_CLIENT_TOKEN", "1"),
+                ("BUILDKIT_PROGRESS", "rawjson"),
+                ("NO_COLOR", "1"),
+            ],
+            ..FakeHost::user()
+        };
+        let spec = resolve(&build_args(), &settings(""), &host).unwrap();
+        // An empty SOURCE_DATE_EPOCH is still passed on, as buildctl's os.LookupEnv sees it.
+        assert_eq!(spec.opts["build-arg:SOURCE_DATE_EPOCH"], "");
+        assert_eq!(spec.opts["build-arg:HTTPS_PROXY"], "http://proxy:3128");
+        assert_eq!(spec.progress.mode, crate::progress::Mode::RawJson);
+        assert!(!spec.progress.color);
+        assert_eq!(
+            spec.registry,
+            RegistryAuth {
+                docker_config: Some(PathBuf::from("/home/u/.docker/config.json")),
+                client_tokens: false,
+                tls: BTreeMap::new(),
+            }
+        );
+        let spec = parse(&build_args()).unwrap();
+        assert!(spec.registry.client_tokens);
+        assert_eq!(spec.progress.mode, crate::progress::Mode::Plain);
+        assert!(!spec.opts.contains_key("build-arg:SOURCE_DATE_EPOCH"));
+    }
+
+    #[test]
+    fn registry_tls_comes_from_the_settings() {
+        let s = settings("[buildkitd.registry.\"reg.example\"]\ninsecure = true\n");
+        let spec = resolve(&build_args(), &s, &FakeHost::user()).unwrap();
+        assert!(spec.registry.tls["reg.example"].insecure);
+    }
+
+    #[test]
+    fn terminals_are_the_hosts() {
+        let tty = FakeHost {
+            tty: true,
+            ..FakeHost::user()
+        };
+        let args = BuildArgs {
+            output: vec!["type=tar".into()],
+            ..build_args()
+        };
+        let e = resolve(&args, &settings(""), &tty).unwrap_err().to_string();
+        assert!(e.contains("would write a tarball to the terminal"), "{e}");
+        let spec = resolve(&build_args(), &settings(""), &tty).unwrap();
+        assert_eq!(spec.progress.mode, crate::progress::Mode::Tty);
+        let args = BuildArgs {
+            progress: "tty".into(),
+            ..build_args()
+        };
+        let e = parse(&args).unwrap_err().to_string();
+        assert_eq!(e, "--progress=tty needs standard error to be a terminal");
     }
 }

@@ -1,4 +1,4 @@
-//! `--import-cache` / `--export-cache` values → cache entries for the Solve request, checked before a daemon starts.
+//! `--import-cache` / `--export-cache` values → typed cache entries for the Solve request, checked before a daemon starts: caches the daemon reaches itself (registry, inline) apart from `type=local` directories bkrun serves.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -6,23 +6,115 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use super::csv;
+use super::csv::{self, parse_bool};
 
-/// One cache import or export, as the daemon takes it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct CacheEntry {
-    /// Go's field names: the frontend reads the imports back from JSON.
-    #[serde(rename = "Type")]
-    pub kind: String,
-    #[serde(rename = "Attrs")]
+/// A cache the daemon reaches on its own: a registry ref, or the image's inline cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteCache {
+    pub kind: RemoteKind,
     pub attrs: BTreeMap<String, String>,
 }
 
-/// Cache backends bkrun offers: the daemon handles `registry` and `inline` on its own; `local`
-/// goes through the content store bkrun serves in the session.
-const SUPPORTED: &[&str] = &["registry", "inline", "local"];
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoteKind {
+    Registry,
+    Inline,
+}
 
-fn parse(flag: &str, value: &str) -> Result<CacheEntry> {
+impl RemoteKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RemoteKind::Registry => "registry",
+            RemoteKind::Inline => "inline",
+        }
+    }
+}
+
+/// `--import-cache type=local,src=DIR`: a directory an earlier local export wrote, which bkrun
+/// serves through the session's content store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalImport {
+    /// As given: the daemon asks for the store by this string.
+    pub src: String,
+    /// The index.json tag the import starts from (default `latest`).
+    pub tag: String,
+    /// Every attribute as given, sent to the daemon (`digest` is added once it is known).
+    pub attrs: BTreeMap<String, String>,
+}
+
+impl LocalImport {
+    /// The manifest digest given on the command line, if any.
+    pub fn digest(&self) -> Option<&str> {
+        self.attrs.get("digest").map(String::as_str)
+    }
+}
+
+/// `--export-cache type=local,dest=DIR`: a directory bkrun creates and serves, tagged in its
+/// index.json after the build.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalExport {
+    /// As given: the daemon asks for the store by this string.
+    pub dest: String,
+    /// The index.json tag the new cache gets (default `latest`).
+    pub tag: String,
+    /// reset=true: blobs no tagged manifest needs are removed after the export.
+    pub reset: bool,
+    /// Every attribute as given, `mode` defaulted, sent to the daemon.
+    pub attrs: BTreeMap<String, String>,
+}
+
+/// One `--import-cache`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheImport {
+    Remote(RemoteCache),
+    Local(LocalImport),
+}
+
+/// One `--export-cache`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheExport {
+    Remote(RemoteCache),
+    Local(LocalExport),
+}
+
+impl CacheImport {
+    /// The cache type, as the daemon takes it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CacheImport::Remote(r) => r.kind.as_str(),
+            CacheImport::Local(_) => "local",
+        }
+    }
+
+    /// The attributes, as the daemon takes them.
+    pub fn attrs(&self) -> &BTreeMap<String, String> {
+        match self {
+            CacheImport::Remote(r) => &r.attrs,
+            CacheImport::Local(l) => &l.attrs,
+        }
+    }
+}
+
+impl CacheExport {
+    /// The cache type, as the daemon takes it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CacheExport::Remote(r) => r.kind.as_str(),
+            CacheExport::Local(_) => "local",
+        }
+    }
+
+    /// The attributes, as the daemon takes them.
+    pub fn attrs(&self) -> &BTreeMap<String, String> {
+        match self {
+            CacheExport::Remote(r) => &r.attrs,
+            CacheExport::Local(l) => &l.attrs,
+        }
+    }
+}
+
+/// Splits a value into its type and attributes; a registry needs a ref.
+fn parse(flag: &str, value: &str) -> Result<(Option<RemoteKind>, BTreeMap<String, String>)> {
     let mut attrs: BTreeMap<String, String> = csv::pairs(value)
         .with_context(|| {
             format!("{flag} {value:?} is malformed: write it as type=registry,ref=REF")
@@ -32,72 +124,101 @@ fn parse(flag: &str, value: &str) -> Result<CacheEntry> {
     let Some(kind) = attrs.remove("type") else {
         bail!("{flag} {value:?} has no type: add type=registry (or type=inline)");
     };
-    if !SUPPORTED.contains(&kind.as_str()) {
-        bail!("{flag} type={kind} is not supported: use type=registry, type=local or type=inline");
-    }
-    if kind == "registry" && attrs.get("ref").is_none_or(|r| r.is_empty()) {
+    let kind = match kind.as_str() {
+        "registry" => Some(RemoteKind::Registry),
+        "inline" => Some(RemoteKind::Inline),
+        "local" => None,
+        _ => bail!(
+            "{flag} type={kind} is not supported: use type=registry, type=local or type=inline"
+        ),
+    };
+    if kind == Some(RemoteKind::Registry) && attrs.get("ref").is_none_or(|r| r.is_empty()) {
         bail!("{flag} type=registry needs ref=REGISTRY/REPO:TAG");
     }
-    Ok(CacheEntry { kind, attrs })
+    Ok((kind, attrs))
 }
 
-pub fn parse_export(value: &str) -> Result<CacheEntry> {
-    let mut e = parse("--export-cache", value)?;
-    if e.kind == "local" {
-        let Some(dest) = e.attrs.get("dest").filter(|d| !d.is_empty()) else {
-            bail!("--export-cache type=local needs dest=DIR (the cache directory; created if missing)");
-        };
-        if Path::new(dest).exists() && !Path::new(dest).is_dir() {
-            bail!("--export-cache type=local,dest={dest}: that is a file, not a directory: give a directory for the cache");
-        }
-        if let Some(r) = e.attrs.get("reset") {
-            if parse_bool(r).is_none() {
-                bail!("--export-cache reset={r} is not a boolean: use reset=true or reset=false");
-            }
-        }
-        check_tag("--export-cache", &e)?;
-    }
+pub fn parse_export(value: &str) -> Result<CacheExport> {
+    let (kind, attrs) = parse("--export-cache", value)?;
+    let mut export = match kind {
+        Some(kind) => CacheExport::Remote(RemoteCache { kind, attrs }),
+        None => CacheExport::Local(local_export(attrs)?),
+    };
+    let attrs = match &mut export {
+        CacheExport::Remote(r) => &mut r.attrs,
+        CacheExport::Local(l) => &mut l.attrs,
+    };
     // buildctl's default: only the final result's layers.
-    e.attrs.entry("mode".into()).or_insert_with(|| "min".into());
-    if let Some(m) = e.attrs.get("mode") {
-        if m != "min" && m != "max" {
-            bail!("--export-cache mode={m} is not a mode: use mode=min or mode=max");
-        }
+    let mode = attrs.entry("mode".into()).or_insert_with(|| "min".into());
+    if mode != "min" && mode != "max" {
+        bail!("--export-cache mode={mode} is not a mode: use mode=min or mode=max");
     }
-    Ok(e)
+    Ok(export)
 }
 
-pub fn parse_import(value: &str) -> Result<CacheEntry> {
-    let e = parse("--import-cache", value)?;
-    if e.kind == "local" {
-        if e.attrs.get("src").is_none_or(|s| s.is_empty()) {
-            bail!("--import-cache type=local needs src=DIR (a directory an earlier --export-cache type=local,dest=DIR wrote)");
-        }
-        check_tag("--import-cache", &e)?;
+fn local_export(attrs: BTreeMap<String, String>) -> Result<LocalExport> {
+    let Some(dest) = attrs.get("dest").filter(|d| !d.is_empty()).cloned() else {
+        bail!("--export-cache type=local needs dest=DIR (the cache directory; created if missing)");
+    };
+    if Path::new(&dest).exists() && !Path::new(&dest).is_dir() {
+        bail!("--export-cache type=local,dest={dest}: that is a file, not a directory: give a directory for the cache");
     }
-    Ok(e)
+    let reset = match attrs.get("reset") {
+        None => false,
+        Some(r) => parse_bool(r).with_context(|| {
+            format!("--export-cache reset={r} is not a boolean: use reset=true or reset=false")
+        })?,
+    };
+    let tag = tag("--export-cache", &attrs)?;
+    Ok(LocalExport {
+        dest,
+        tag,
+        reset,
+        attrs,
+    })
+}
+
+pub fn parse_import(value: &str) -> Result<CacheImport> {
+    let (kind, attrs) = parse("--import-cache", value)?;
+    if let Some(kind) = kind {
+        return Ok(CacheImport::Remote(RemoteCache { kind, attrs }));
+    }
+    let Some(src) = attrs.get("src").filter(|s| !s.is_empty()).cloned() else {
+        bail!("--import-cache type=local needs src=DIR (a directory an earlier --export-cache type=local,dest=DIR wrote)");
+    };
+    let tag = tag("--import-cache", &attrs)?;
+    Ok(CacheImport::Local(LocalImport { src, tag, attrs }))
 }
 
 /// A local cache is found by its tag in index.json; an empty tag could never match.
-fn check_tag(flag: &str, e: &CacheEntry) -> Result<()> {
-    if e.attrs.get("tag").is_some_and(|t| t.is_empty()) {
-        bail!("{flag} type=local,tag= is empty: drop it (the default is latest) or give a tag");
-    }
-    Ok(())
-}
-
-/// Go's strconv.ParseBool spellings, which buildctl accepts.
-pub fn parse_bool(v: &str) -> Option<bool> {
-    match v {
-        "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
-        "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
-        _ => None,
+fn tag(flag: &str, attrs: &BTreeMap<String, String>) -> Result<String> {
+    match attrs.get("tag") {
+        Some(t) if t.is_empty() => {
+            bail!("{flag} type=local,tag= is empty: drop it (the default is latest) or give a tag")
+        }
+        Some(t) => Ok(t.clone()),
+        None => Ok("latest".into()),
     }
 }
 
 /// The `cache-imports` frontend attribute: the imports as JSON, so the frontend can use them too.
-pub fn imports_attr(imports: &[CacheEntry]) -> Option<String> {
-    (!imports.is_empty()).then(|| serde_json::to_string(imports).expect("plain strings serialize"))
+pub fn imports_attr(imports: &[CacheImport]) -> Option<String> {
+    /// Go's field names: the frontend reads the imports back from JSON.
+    #[derive(Serialize)]
+    struct Entry<'a> {
+        #[serde(rename = "Type")]
+        kind: &'a str,
+        #[serde(rename = "Attrs")]
+        attrs: &'a BTreeMap<String, String>,
+    }
+    let entries: Vec<Entry> = imports
+        .iter()
+        .map(|i| Entry {
+            kind: i.kind(),
+            attrs: i.attrs(),
+        })
+        .collect();
+    (!entries.is_empty()).then(|| serde_json::to_string(&entries).expect("plain strings serialize"))
 }
 
 #[cfg(test)]
@@ -107,9 +228,9 @@ mod tests {
     #[test]
     fn registry_and_inline_entries() {
         let e = parse_export("type=registry,ref=127.0.0.1:5000/cache:1,mode=max").unwrap();
-        assert_eq!(e.kind, "registry");
-        assert_eq!(e.attrs["mode"], "max");
-        assert_eq!(parse_export("type=inline").unwrap().attrs["mode"], "min");
+        assert_eq!(e.kind(), "registry");
+        assert_eq!(e.attrs()["mode"], "max");
+        assert_eq!(parse_export("type=inline").unwrap().attrs()["mode"], "min");
         let i = parse_import("type=registry,ref=r/c:1").unwrap();
         assert_eq!(
             imports_attr(&[i]).unwrap(),
@@ -154,7 +275,7 @@ mod tests {
         assert_eq!(
             parse_export("type=local,dest=/no/such/dir,mode=max")
                 .unwrap()
-                .attrs["mode"],
+                .attrs()["mode"],
             "max"
         );
         assert!(parse_import("type=s3,bucket=b")

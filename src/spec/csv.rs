@@ -1,4 +1,4 @@
-//! The `k=v,k=v` CSV values of flags such as --output, split the way buildctl's CSV reader splits them (quotes group commas; `""` is a literal quote).
+//! The `k=v,k=v` CSV values of flags such as --output, split the way buildctl's CSV reader splits them (quotes group commas; `""` is a literal quote), and Go's boolean spellings.
 
 use anyhow::{bail, Result};
 
@@ -42,6 +42,15 @@ pub fn pairs(s: &str) -> Result<Vec<(String, String)>> {
             None => bail!("{f:?} is not of the form key=value"),
         })
         .collect()
+}
+
+/// Go's strconv.ParseBool spellings, which buildctl accepts for boolean values (tar=, reset=, raw=).
+pub fn parse_bool(v: &str) -> Option<bool> {
+    match v {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

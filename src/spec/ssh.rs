@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use anyhow::{bail, Result};
 
-use crate::session::ssh_agent::{AgentKey, KeyFileError};
+use super::csv::parse_bool;
+use crate::sshkey::{AgentKey, KeyFileError};
 
 /// One forwarded agent: the id RUN steps ask for, and what answers behind it.
 #[derive(Debug, Clone)]
@@ -101,15 +102,6 @@ pub fn parse(value: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<SshAge
         id: id.to_string(),
         source: SshSource::Keys(keys.into()),
     })
-}
-
-/// Go's strconv.ParseBool, which buildctl uses for raw=.
-fn parse_bool(s: &str) -> Option<bool> {
-    match s {
-        "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
-        "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
-        _ => None,
-    }
 }
 
 fn key_error(id: &str, file: &Path, e: KeyFileError) -> anyhow::Error {

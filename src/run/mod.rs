@@ -1,6 +1,5 @@
 //! What each subcommand does, end to end: validate, choose, start the daemon, run the work, tear down, exit with the work's status.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Command as Proc, Stdio};
 use std::time::{Duration, Instant};
@@ -11,29 +10,63 @@ use nix::sys::signal::Signal;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_tokio::Signals;
 
-use crate::cli::{Cli, Command, DaemonArgs, DebugCommand, GlobalArgs, LogFormat};
+use crate::cli::{Cli, Command, DebugCommand, LogFormat};
 use crate::client::admin::Request;
-use crate::client::connect::{self, Target, TlsFiles};
-use crate::config::{AddrSource, Remote, Settings};
+use crate::client::connect::{self, Target};
+use crate::config::{AddrSource, Settings};
 use crate::daemon::{diagnose, Daemon, Plan};
 use crate::host::{which, Host, RealHost};
 use crate::reaper::{self, Exit, Reaper};
-use crate::session::token::RegistryTls;
 use crate::spec;
 use crate::spec::build::BuildSpec;
 use crate::{client, doctor, progress};
 use clap::CommandFactory;
 
+mod target;
+
+use target::{describe, listener_flags, remote_target};
+
 /// The work to do once the daemon serves.
 enum Work {
     /// A build driven by bkrun's own client.
-    Build(Box<BuildSpec>),
+    Build(Box<BuildJob>),
     /// Run a program with BUILDKIT_HOST set.
     Exec(Vec<String>),
     /// Ask the daemon about its workers, version or cache, or prune the cache.
     Admin(client::admin::Request),
     /// Keep the daemon up until a signal; also listening on these addresses.
     Serve(Vec<String>),
+}
+
+/// A build and what comes with it from the grammar it was typed in.
+struct BuildJob {
+    spec: BuildSpec,
+    /// Files written from the exporter's response once the build succeeded.
+    after: spec::docker::AfterBuild,
+    /// A context or Dockerfile read from stdin; removed when the job ends.
+    _stdin_dir: Option<tempfile::TempDir>,
+}
+
+/// Any grammar's command line, normalized into buildctl's, checked into a spec.
+fn build_job(
+    n: spec::docker::Normalized,
+    settings: &Settings,
+    host: &dyn Host,
+) -> Result<BuildJob> {
+    let spec = spec::build::resolve(&n.args, settings, host)?;
+    if !matches!(
+        spec.progress.mode,
+        progress::Mode::Quiet | progress::Mode::RawJson
+    ) {
+        for note in &n.notes {
+            crate::say!("bkrun: {note}");
+        }
+    }
+    Ok(BuildJob {
+        spec,
+        after: n.after,
+        _stdin_dir: n.stdin_dir,
+    })
 }
 
 /// Runs bkrun and returns its exit status.
@@ -94,13 +127,13 @@ pub fn print_error(e: &anyhow::Error, format: LogFormat) {
                     .map_or(0, |d| d.as_secs() as i64 * 1_000_000_000)
             ),
         });
-        eprintln!("{line}");
+        crate::say!("{line}");
         return;
     }
-    eprintln!("bkrun: {e}");
+    crate::say!("bkrun: {e}");
     for cause in e.chain().skip(1) {
         for line in cause.to_string().lines() {
-            eprintln!("  {line}");
+            crate::say!("  {line}");
         }
     }
 }
@@ -113,7 +146,7 @@ fn write_stdout(text: &str) {
 
 fn log(debug: bool, msg: impl FnOnce() -> String) {
     if debug {
-        eprintln!("bkrun: {}", msg());
+        crate::say!("bkrun: {}", msg());
     }
 }
 
@@ -138,7 +171,7 @@ async fn try_run(cli: Cli) -> Result<i32> {
         }
         Command::Exec { command } => {
             if which(&command[0], host.env("PATH").as_deref()).is_none() {
-                eprintln!(
+                crate::say!(
                     "bkrun: cannot run {:?}: command not found; check PATH or give its full path",
                     command[0]
                 );
@@ -147,10 +180,26 @@ async fn try_run(cli: Cli) -> Result<i32> {
             Work::Exec(command.clone())
         }
         Command::Build(args) => {
-            // Validated here, before a daemon exists: a bad --output fails in milliseconds.
-            let mut spec = spec::build::parse(args)?;
-            spec.registry_tls = registry_tls(&settings);
-            Work::Build(Box::new(spec))
+            // Settled here, before a daemon exists: a bad --output fails in milliseconds.
+            let n = spec::docker::normalize(args, &mut std::io::stdin().lock())?;
+            Work::Build(Box::new(build_job(n, &settings, &host)?))
+        }
+        Command::Kaniko(k) => {
+            let t = spec::kaniko::translate(k)?;
+            if !t.registries.is_empty() {
+                if let Some(r) = &settings.remote {
+                    bail!("kaniko's registry flags (--insecure, --insecure-registry, --skip-tls-verify, --registry-mirror, --registry-certificate) configure the daemon bkrun starts; the daemon at {} (from {}) has its own configuration: drop them, or configure that daemon", r.addr, r.source);
+                }
+                let dc = settings.daemon_config.get_or_insert_with(Default::default);
+                for (host, over) in t.registries {
+                    let r = dc.registry.entry(host).or_default();
+                    r.http = over.http.or(r.http);
+                    r.insecure = over.insecure.or(r.insecure);
+                    r.mirrors.extend(over.mirrors);
+                    r.ca.extend(over.ca);
+                }
+            }
+            Work::Build(Box::new(build_job(t.build, &settings, &host)?))
         }
         Command::Debug { command } => match command {
             DebugCommand::Workers(l) => Work::Admin(Request::Workers {
@@ -169,6 +218,13 @@ async fn try_run(cli: Cli) -> Result<i32> {
             verbose: l.verbose,
         }),
         Command::Prune(p) => Work::Admin(Request::Prune(p.to_request())),
+        Command::PruneHistories { format } => Work::Admin(Request::PruneHistories {
+            // Checked here, so a template bkrun cannot run fails before any daemon starts.
+            format: format
+                .as_deref()
+                .map(client::histories::parse_format)
+                .transpose()?,
+        }),
         Command::Daemon(d) => {
             let listen = listener_flags(d, cli.global.insecure_plaintext)?;
             settings.buildkitd_flags.extend(listen);
@@ -184,7 +240,7 @@ async fn try_run(cli: Cli) -> Result<i32> {
         (Some(r), _) => {
             let target = remote_target(&cli.global, r)?;
             if let Some(warning) = connect::validate(&target)? {
-                eprintln!("bkrun: {warning}");
+                crate::say!("bkrun: {warning}");
             }
             log(settings.debug, || {
                 format!("using the daemon at {} (from {})", r.addr, r.source)
@@ -201,139 +257,6 @@ async fn try_run(cli: Cli) -> Result<i32> {
         format!("mode {} ({})", plan.mode(), plan.decision.reason)
     });
     supervise(plan, work).await
-}
-
-/// What `bkrun config` prints: what the next command will do (start a daemon, and how, or
-/// connect, and where the address came from), then the settings.
-fn describe(settings: &Settings, host: &dyn Host, g: &GlobalArgs) -> Result<String> {
-    if let Some(r) = &settings.remote {
-        let target = remote_target(g, r)?;
-        let tls = match &target.tls {
-            Some(t) => format!(
-                "ca {}, cert {}, key {}",
-                shown(&t.ca),
-                shown(&t.cert),
-                shown(&t.key)
-            ),
-            None => "none".into(),
-        };
-        return Ok(format!(
-            "daemon:          connect to {} (from {}); no daemon is started\ntls:             {tls}\nconnect retry:   {:?}\n",
-            r.addr, r.source, target.retry_for
-        ));
-    }
-    let plan = Plan::new(settings, host, false)?;
-    let mut s = format!(
-        "daemon:          start buildkitd, {} ({})\n",
-        plan.mode(),
-        plan.decision.why
-    );
-    if let Some(why) = &settings.buildkit_host_ignored {
-        s.push_str(&format!("BUILDKIT_HOST:   not used: {why}\n"));
-    }
-    s.push_str(&plan.describe());
-    Ok(s)
-}
-
-fn shown(p: &Option<PathBuf>) -> String {
-    p.as_ref()
-        .map_or("none".into(), |p| p.display().to_string())
-}
-
-/// bkrun.toml's registry CAs and `insecure`: the daemon applied them to its own token requests
-/// for those hosts, so bkrun's token requests for them trust the same.
-fn registry_tls(settings: &Settings) -> BTreeMap<String, RegistryTls> {
-    let Some(d) = &settings.daemon_config else {
-        return BTreeMap::new();
-    };
-    d.registry
-        .iter()
-        .filter(|(_, r)| !r.ca.is_empty() || r.insecure == Some(true))
-        .map(|(host, r)| {
-            let tls = RegistryTls {
-                ca: r.ca.iter().map(PathBuf::from).collect(),
-                insecure: r.insecure == Some(true),
-            };
-            (host.clone(), tls)
-        })
-        .collect()
-}
-
-/// The remote daemon of --addr, BKRUN_ADDR or BUILDKIT_HOST with buildctl's TLS flags.
-fn remote_target(g: &GlobalArgs, remote: &Remote) -> Result<Target> {
-    let addr = &remote.addr;
-    let mut tls = TlsFiles {
-        ca: g.tlscacert.clone(),
-        cert: g.tlscert.clone(),
-        key: g.tlskey.clone(),
-        server_name: g.tlsservername.clone(),
-    };
-    if let Some(dir) = &g.tlsdir {
-        if !dir.is_dir() {
-            bail!("--tlsdir {} is not a directory: give the directory holding ca.pem, cert.pem and key.pem", dir.display());
-        }
-        tls = tls.with_dir(dir);
-    }
-    // buildctl's --wait waits as long as it takes; its --timeout is how long it tries.
-    let retry = match (g.connect_retry, g.wait, g.timeout) {
-        (Some(r), _, _) => r,
-        (None, true, _) => f64::from(u32::MAX),
-        (None, false, Some(t)) => t,
-        (None, false, None) => DEFAULT_CONNECT_RETRY_SECS,
-    };
-    if !(retry.is_finite() && retry >= 0.0) {
-        bail!("--connect-retry must be a number of seconds, not {retry}");
-    }
-    Ok(Target {
-        addr: addr.to_string(),
-        tls: (!tls.is_empty()).then_some(tls),
-        insecure_plaintext: g.insecure_plaintext,
-        retry_for: Duration::from_secs_f64(retry),
-        origin: Some(remote.source.to_string()),
-    })
-}
-
-/// How long a remote daemon may be away (a rolling restart) before the build fails.
-const DEFAULT_CONNECT_RETRY_SECS: f64 = 15.0;
-
-/// buildkitd flags for `bkrun daemon --listen …`: a TCP listener off loopback needs TLS with
-/// client certificates, or an explicit --insecure-plaintext.
-fn listener_flags(d: &DaemonArgs, insecure_plaintext: bool) -> Result<Vec<String>> {
-    let mut flags = Vec::new();
-    for l in &d.listen {
-        let Some(hp) = l.strip_prefix("tcp://") else {
-            bail!("--listen {l:?} must be tcp://HOST:PORT (the unix socket is always there)");
-        };
-        let host = hp
-            .rsplit_once(':')
-            .map(|(h, _)| h.trim_matches(['[', ']']))
-            .unwrap_or("");
-        let loopback = host == "localhost"
-            || host
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback());
-        let mutual = d.tls_server_cert.is_some() && d.tls_client_ca.is_some();
-        if !loopback && !mutual && !insecure_plaintext {
-            bail!("--listen {l} is reachable from other hosts: give --tls-server-cert, --tls-server-key and --tls-client-ca for mutual TLS, or pass --insecure-plaintext");
-        }
-        flags.push(format!("--addr={l}"));
-    }
-    for (flag, file) in [
-        ("--tlscert", &d.tls_server_cert),
-        ("--tlskey", &d.tls_server_key),
-        ("--tlscacert", &d.tls_client_ca),
-    ] {
-        if let Some(f) = file {
-            if !f.is_file() {
-                bail!(
-                    "{} does not exist: give the path of the PEM file",
-                    f.display()
-                );
-            }
-            flags.push(format!("{flag}={}", f.display()));
-        }
-    }
-    Ok(flags)
 }
 
 /// buildctl runs the `debug` subcommands bkrun does not answer itself.
@@ -365,20 +288,25 @@ async fn perform(
 ) -> Ended {
     tokio::pin!(daemon_exit);
     match work {
-        Work::Build(spec) => {
+        Work::Build(job) => {
+            let spec = &job.spec;
             let build = async {
                 let channel = connect::connect_target(target).await?;
-                client::solve::build(channel, &spec, progress::Options::from_env(), target).await
+                client::solve::build(channel, spec, target).await
             };
             tokio::select! {
                 res = build => match res {
-                    Ok(client::solve::Outcome::Done(response)) => match &spec.metadata_file {
-                        Some(path) => match client::metadata::write(path, &response) {
+                    Ok(client::solve::Outcome::Done(response)) => {
+                        let written = spec
+                            .metadata_file
+                            .as_ref()
+                            .map_or(Ok(()), |path| client::metadata::write(path, &response))
+                            .and_then(|()| client::metadata::write_after(&job.after, &response));
+                        match written {
                             Ok(()) => Ended::Code(0),
                             Err(e) => Ended::Failed(e),
-                        },
-                        None => Ended::Code(0),
-                    },
+                        }
+                    }
                     Ok(client::solve::Outcome::Failed) => Ended::Code(1),
                     Err(e) => Ended::Failed(e),
                 },
@@ -437,9 +365,9 @@ async fn perform(
             }
         }
         Work::Serve(listen) => {
-            println!("{}", target.addr);
+            crate::say_out!("{}", target.addr);
             for l in listen {
-                println!("{l}");
+                crate::say_out!("{l}");
             }
             tokio::select! {
                 Some(sig) = signals.next() => Ended::Code(128 + sig),
@@ -479,8 +407,8 @@ async fn remote(target: Target, work: Work, grace: Duration) -> Result<i32> {
 /// the user asked for quiet, nor for rawjson, which tools read line by line.
 fn announces(work: &Work) -> bool {
     match work {
-        Work::Build(spec) => !matches!(
-            spec.progress,
+        Work::Build(job) => !matches!(
+            job.spec.progress.mode,
             progress::Mode::Quiet | progress::Mode::RawJson
         ),
         _ => true,
@@ -497,7 +425,7 @@ async fn report_slow_start(started: Instant, limit: Duration, log: PathBuf) {
     let mut next = SLOW_START;
     loop {
         tokio::time::sleep_until((started + next).into()).await;
-        eprintln!(
+        crate::say!(
             "bkrun: waiting for buildkitd to serve: {}s so far, giving up after {}s (--ready-timeout); its log: {}",
             next.as_secs(),
             limit.as_secs(),
@@ -533,7 +461,7 @@ async fn supervise(plan: Plan, work: Work) -> Result<i32> {
             Ok(Ok(Some(v))) => format!("buildkitd {v}"),
             _ => "buildkitd".into(),
         };
-        eprintln!(
+        crate::say!(
             "bkrun: starting {v}, {} ({})",
             plan.mode(),
             plan.decision.why

@@ -1,10 +1,17 @@
-//! The command line: bkrun's own flags and subcommands, and buildctl's build flags, parsed with clap.
+//! The command line: bkrun's own flags and subcommands, parsed with clap with no I/O; the build grammars' flags live beside it (build.rs: buildctl's and buildx's, kaniko.rs: kaniko's executor).
 
 use std::path::PathBuf;
 
-use clap::{ArgAction, Args, CommandFactory, Parser, Subcommand};
+use clap::{ArgAction, Args, Parser, Subcommand};
+
+mod argv;
+mod build;
+mod kaniko;
 
 pub use crate::daemon::mode::ModeArg;
+pub use argv::{daemonless_sh_argv, go_style_flags};
+pub use build::BuildArgs;
+pub use kaniko::KanikoArgs;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -89,6 +96,8 @@ pub enum LogFormat {
     #[default]
     Text,
     Json,
+    /// kaniko's default; bkrun writes text.
+    Color,
 }
 
 /// The supervised daemon's extra listeners, for a sidecar or a shared builder.
@@ -135,8 +144,17 @@ pub enum Command {
     Du(ListArgs),
     /// Remove build cache, as `buildctl prune` does; lists what was removed and the total.
     Prune(PruneArgs),
+    /// Delete the build histories that are not pinned, as `buildctl prune-histories` does.
+    PruneHistories {
+        /// A Go template per deleted record: {{json .}} (or json) and fields such as {{.Record.Ref}}.
+        #[arg(long, value_name = "TEMPLATE")]
+        format: Option<String>,
+    },
     /// Print what the next command will do (start a daemon, and how, or connect, and where the address came from), paths, the daemon's argv.
     Config,
+    /// kaniko's executor command line (also what bkrun does when invoked as `executor`, e.g. a
+    /// symlink at /kaniko/executor): build the context and push to each --destination.
+    Kaniko(Box<KanikoArgs>),
     /// Print a shell completion script, e.g. `bkrun completion bash > /etc/bash_completion.d/bkrun`.
     Completion {
         #[arg(value_enum)]
@@ -223,152 +241,6 @@ impl PruneArgs {
             verbose: self.list.verbose,
         }
     }
-}
-
-/// buildctl build's flags, kept as given so they can be validated before a daemon starts.
-#[derive(Debug, Args, Clone, Default)]
-pub struct BuildArgs {
-    /// Exports for the result, e.g. type=local,dest=out or type=image,name=…,push=true.
-    #[arg(long, short = 'o', value_name = "type=…,k=v")]
-    pub output: Vec<String>,
-    /// Progress output: auto, plain, tty, rawjson or quiet.
-    #[arg(long, default_value = "auto")]
-    pub progress: String,
-    /// Path to a trace file.
-    #[arg(long, value_name = "FILE")]
-    pub trace: Option<PathBuf>,
-    /// A local directory the build may read, NAME=DIR.
-    #[arg(long, value_name = "NAME=DIR")]
-    pub local: Vec<String>,
-    /// A local OCI layout the build may read, NAME=DIR.
-    #[arg(long, value_name = "NAME=DIR")]
-    pub oci_layout: Vec<String>,
-    /// The frontend, e.g. dockerfile.v0.
-    #[arg(long)]
-    pub frontend: Option<String>,
-    /// A frontend option, e.g. target=foo or build-arg:foo=bar.
-    #[arg(long, value_name = "K=V")]
-    pub opt: Vec<String>,
-    /// Disable the cache for every step (`--no-cache=false` as buildctl takes it).
-    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = ArgAction::Set, default_value_t = false)]
-    pub no_cache: bool,
-    /// Export the build cache, e.g. type=registry,ref=… or type=local,dest=DIR.
-    #[arg(long, value_name = "type=…")]
-    pub export_cache: Vec<String>,
-    /// Import a build cache, e.g. type=registry,ref=… or type=local,src=DIR.
-    #[arg(long, value_name = "type=…")]
-    pub import_cache: Vec<String>,
-    /// A secret for RUN --mount=type=secret: id=X,src=FILE or id=X,env=VAR.
-    #[arg(long, value_name = "id=…")]
-    pub secret: Vec<String>,
-    /// An extra entitlement, e.g. network.host or security.insecure.
-    #[arg(long)]
-    pub allow: Vec<String>,
-    /// SSH agent or key to forward: default or ID=PATH.
-    #[arg(long)]
-    pub ssh: Vec<String>,
-    /// Write build metadata (e.g. the image digest) as JSON to FILE.
-    #[arg(long, value_name = "FILE")]
-    pub metadata_file: Option<PathBuf>,
-    /// A source policy JSON file.
-    #[arg(long, value_name = "FILE")]
-    pub source_policy_file: Option<PathBuf>,
-    /// Run the build with proxy network enforcement.
-    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = ArgAction::Set, default_value_t = false)]
-    pub proxy_network: bool,
-    /// Write the build ref to FILE.
-    #[arg(long, value_name = "FILE")]
-    pub ref_file: Option<PathBuf>,
-    /// TLS settings for registry authentication, host=…,ca=…,cert=…,key=….
-    #[arg(long, value_name = "host=…")]
-    pub registry_auth_tlscontext: Vec<String>,
-    /// Where to write JSON cache metrics (stdout or stderr).
-    #[arg(long, value_name = "WHERE")]
-    pub debug_json_cache_metrics: Option<String>,
-}
-
-impl BuildArgs {
-    /// The flags in buildctl's spelling, for handing the build to buildctl.
-    pub fn to_buildctl_args(&self) -> Vec<String> {
-        let mut a = Vec::new();
-        let mut many = |name: &str, vals: &[String]| {
-            for v in vals {
-                a.push(format!("--{name}={v}"));
-            }
-        };
-        many("output", &self.output);
-        many("local", &self.local);
-        many("oci-layout", &self.oci_layout);
-        many("opt", &self.opt);
-        many("export-cache", &self.export_cache);
-        many("import-cache", &self.import_cache);
-        many("secret", &self.secret);
-        many("allow", &self.allow);
-        many("ssh", &self.ssh);
-        many("registry-auth-tlscontext", &self.registry_auth_tlscontext);
-        let one = |name: &str, val: Option<String>| val.map(|v| format!("--{name}={v}"));
-        a.extend(one("frontend", self.frontend.clone()));
-        a.push(format!("--progress={}", self.progress));
-        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
-        a.extend(one("trace", path(&self.trace)));
-        a.extend(one("metadata-file", path(&self.metadata_file)));
-        a.extend(one("source-policy-file", path(&self.source_policy_file)));
-        a.extend(one("ref-file", path(&self.ref_file)));
-        a.extend(one(
-            "debug-json-cache-metrics",
-            self.debug_json_cache_metrics.clone(),
-        ));
-        if self.no_cache {
-            a.push("--no-cache".into());
-        }
-        if self.proxy_network {
-            a.push("--proxy-network".into());
-        }
-        a
-    }
-}
-
-/// Rewrites a `buildctl-daemonless.sh ARGS…` command line into bkrun's: everything goes to the
-/// build client, so `build …` becomes `bkrun build …` and `debug workers` becomes `bkrun debug workers`.
-/// buildctl's own global flags that bkrun also has (`--debug`) are kept; others are refused by clap.
-pub fn daemonless_sh_argv(args: &[String]) -> Vec<String> {
-    let mut out = vec!["bkrun".to_string()];
-    out.extend(go_style_flags(args));
-    out
-}
-
-/// buildctl's flag library also takes long flags with one dash (`-frontend dockerfile.v0`,
-/// `-opt=k=v`): those become `--frontend`… when the word is one of bkrun's long flags. Short
-/// flags (`-o`, `-v`) and values are left alone; so is everything after `--`.
-pub fn go_style_flags(args: &[String]) -> Vec<String> {
-    let mut longs = Vec::new();
-    fn collect(cmd: &clap::Command, into: &mut Vec<String>) {
-        for a in cmd.get_arguments() {
-            if let Some(l) = a.get_long() {
-                into.push(l.to_string());
-            }
-        }
-        for sub in cmd.get_subcommands() {
-            collect(sub, into);
-        }
-    }
-    collect(&Cli::command(), &mut longs);
-    let mut out = Vec::with_capacity(args.len());
-    let mut rest = false;
-    for a in args {
-        rest |= a == "--";
-        let word = a
-            .strip_prefix('-')
-            .filter(|w| !rest && !w.starts_with('-'))
-            .map(|w| w.split_once('=').map_or(w, |(n, _)| n));
-        match word {
-            Some(name) if name.len() > 1 && longs.iter().any(|l| l == name) => {
-                out.push(format!("-{a}"))
-            }
-            _ => out.push(a.clone()),
-        }
-    }
-    out
 }
 
 #[cfg(test)]

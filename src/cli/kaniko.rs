@@ -1,0 +1,166 @@
+//! kaniko's executor flags, as `bkrun kaniko` and a bkrun invoked as `executor` take them.
+
+use std::path::PathBuf;
+
+use clap::{ArgAction, Args};
+
+/// kaniko's executor flags (GoogleContainerTools/kaniko, archived 2025), so a pipeline switches by
+/// changing only its image. Booleans take `--flag=false` as pflag does.
+#[derive(Debug, Args, Clone, Default)]
+pub struct KanikoArgs {
+    /// The build context: a directory, or dir://DIR.
+    #[arg(long, short = 'c', value_name = "DIR")]
+    pub context: Option<String>,
+    /// The Dockerfile, relative to the context unless it exists as given.
+    #[arg(long, short = 'f', value_name = "FILE", default_value = "Dockerfile")]
+    pub dockerfile: String,
+    /// Where to push the image (repeatable).
+    #[arg(long, short = 'd', value_name = "IMAGE")]
+    pub destination: Vec<String>,
+    /// A build argument, K=V (repeatable).
+    #[arg(long, value_name = "K=V")]
+    pub build_arg: Vec<String>,
+    /// The stage to build.
+    #[arg(long, value_name = "STAGE")]
+    pub target: Option<String>,
+    /// Build without pushing.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = ArgAction::Set, default_value_t = false)]
+    pub no_push: bool,
+    /// Also write the image as a tarball `docker load` takes.
+    #[arg(long, value_name = "FILE")]
+    pub tar_path: Option<PathBuf>,
+    /// Write the image digest here.
+    #[arg(long, value_name = "FILE")]
+    pub digest_file: Option<PathBuf>,
+    /// Write IMAGE@DIGEST for each destination here.
+    #[arg(long, value_name = "FILE")]
+    pub image_name_with_digest_file: Option<PathBuf>,
+    /// Write IMAGE:TAG@DIGEST for each destination here.
+    #[arg(long, value_name = "FILE")]
+    pub image_name_tag_with_digest_file: Option<PathBuf>,
+    /// Write the image as an OCI layout directory here.
+    #[arg(long, value_name = "DIR")]
+    pub oci_layout_path: Option<PathBuf>,
+    /// Use a registry cache (in --cache-repo).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = ArgAction::Set, default_value_t = false)]
+    pub cache: bool,
+    /// The cache's repository (default: the first destination's, plus /cache).
+    #[arg(long, value_name = "REPO")]
+    pub cache_repo: Option<String>,
+    /// Push to the destinations' registries over plain HTTP.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = ArgAction::Set, default_value_t = false)]
+    pub insecure: bool,
+    /// A registry to reach over plain HTTP (repeatable).
+    #[arg(long, value_name = "HOST")]
+    pub insecure_registry: Vec<String>,
+    /// Don't verify the destinations' registry certificates.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = ArgAction::Set, default_value_t = false)]
+    pub skip_tls_verify: bool,
+    /// A registry whose certificate is not verified (repeatable).
+    #[arg(long, value_name = "HOST")]
+    pub skip_tls_verify_registry: Vec<String>,
+    /// A mirror for docker.io (repeatable).
+    #[arg(long, value_name = "HOST")]
+    pub registry_mirror: Vec<String>,
+    /// A CA for a registry, HOST=FILE (repeatable).
+    #[arg(long, value_name = "HOST=FILE")]
+    pub registry_certificate: Vec<String>,
+    /// The platform to build for, e.g. linux/arm64.
+    #[arg(long, value_name = "PLATFORM")]
+    pub custom_platform: Option<String>,
+    /// An image label, K=V (repeatable).
+    #[arg(long, value_name = "K=V")]
+    pub label: Vec<String>,
+    /// Timestamps at the epoch, for images that are the same bytes every build.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = ArgAction::Set, default_value_t = false)]
+    pub reproducible: bool,
+    /// Layer compression: gzip or zstd.
+    #[arg(long, value_name = "ALGO")]
+    pub compression: Option<String>,
+    /// Clean the filesystem at the end (bkrun always leaves nothing behind).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = ArgAction::Set, default_value_t = false)]
+    pub cleanup: bool,
+    /// Log level: panic, fatal, error, warn, info, debug or trace.
+    #[arg(long, short = 'v', value_name = "LEVEL", default_value = "info")]
+    pub verbosity: String,
+    /// kaniko flags that mean nothing to BuildKit, accepted with one notice (--snapshot-mode,
+    /// --single-snapshot, --use-new-run, --cache-dir, --cache-ttl, …).
+    #[arg(long = "snapshot-mode", value_name = "MODE", hide = true)]
+    pub snapshot_mode: Option<String>,
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", hide = true)]
+    pub single_snapshot: Option<String>,
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", hide = true)]
+    pub use_new_run: Option<String>,
+    #[arg(long, value_name = "DIR", hide = true)]
+    pub cache_dir: Option<String>,
+    #[arg(long, value_name = "DURATION", hide = true)]
+    pub cache_ttl: Option<String>,
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", hide = true)]
+    pub cache_copy_layers: Option<String>,
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", hide = true)]
+    pub cache_run_layers: Option<String>,
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", hide = true)]
+    pub compressed_caching: Option<String>,
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", hide = true)]
+    pub log_timestamp: Option<String>,
+    #[arg(long, value_name = "N", hide = true)]
+    pub push_retry: Option<String>,
+    #[arg(long, value_name = "N", hide = true)]
+    pub image_fs_extract_retry: Option<String>,
+    #[arg(long, value_name = "N", hide = true)]
+    pub image_download_retry: Option<String>,
+    #[arg(long, value_name = "DIR", hide = true)]
+    pub kaniko_dir: Option<String>,
+    #[arg(long, value_name = "PATH", hide = true)]
+    pub ignore_path: Vec<String>,
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", hide = true)]
+    pub ignore_var_run: Option<String>,
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", hide = true)]
+    pub skip_unused_stages: Option<String>,
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", hide = true)]
+    pub skip_push_permission_check: Option<String>,
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", hide = true)]
+    pub force: Option<String>,
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", hide = true)]
+    pub no_push_cache: Option<String>,
+}
+
+impl KanikoArgs {
+    /// The flags given that change nothing under BuildKit.
+    pub fn meaningless(&self) -> Vec<&'static str> {
+        [
+            ("--snapshot-mode", self.snapshot_mode.is_some()),
+            ("--single-snapshot", self.single_snapshot.is_some()),
+            ("--use-new-run", self.use_new_run.is_some()),
+            ("--cache-dir", self.cache_dir.is_some()),
+            ("--cache-ttl", self.cache_ttl.is_some()),
+            ("--cache-copy-layers", self.cache_copy_layers.is_some()),
+            ("--cache-run-layers", self.cache_run_layers.is_some()),
+            ("--compressed-caching", self.compressed_caching.is_some()),
+            ("--log-timestamp", self.log_timestamp.is_some()),
+            ("--push-retry", self.push_retry.is_some()),
+            (
+                "--image-fs-extract-retry",
+                self.image_fs_extract_retry.is_some(),
+            ),
+            (
+                "--image-download-retry",
+                self.image_download_retry.is_some(),
+            ),
+            ("--kaniko-dir", self.kaniko_dir.is_some()),
+            ("--ignore-path", !self.ignore_path.is_empty()),
+            ("--ignore-var-run", self.ignore_var_run.is_some()),
+            ("--skip-unused-stages", self.skip_unused_stages.is_some()),
+            (
+                "--skip-push-permission-check",
+                self.skip_push_permission_check.is_some(),
+            ),
+            ("--force", self.force.is_some()),
+            ("--no-push-cache", self.no_push_cache.is_some()),
+        ]
+        .into_iter()
+        .filter(|(_, set)| *set)
+        .map(|(f, _)| f)
+        .collect()
+    }
+}

@@ -1,0 +1,162 @@
+//! The session's services for one build, built from its spec: local dirs (FileSync), export targets (FileSend), content stores for local caches and OCI layouts, registry auth, ssh and secrets; spec types become the session's own here.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use anyhow::Result;
+
+use super::layouts::Layouts;
+use super::localcache::LocalCaches;
+use crate::session::auth::AuthProvider;
+use crate::session::content::ContentStores;
+use crate::session::credentials::{CredentialSource, Credentials};
+use crate::session::filesend::{FileSendTargets, Sink};
+use crate::session::filesync::FileSyncProvider;
+use crate::session::secrets::SecretsProvider;
+use crate::session::ssh::{SshForwarder, SshSource};
+use crate::session::token::RegistryTls;
+use crate::session::Session;
+use crate::spec::build::BuildSpec;
+use crate::spec::cache::CacheImport;
+use crate::spec::dockerconfig::DockerConfig;
+use crate::spec::output::Destination;
+use crate::spec::registry::RegistryAuth;
+use crate::spec::ssh::{self, SshAgent};
+
+/// What a build's session serves besides the session itself, kept to finish the build with.
+pub struct Services {
+    /// Where FileSend outputs land, by exporter index.
+    pub targets: FileSendTargets,
+    pub local_caches: LocalCaches,
+    pub layouts: Layouts,
+    /// The cache imports to ask for: local ones with their manifest digest, those with nothing
+    /// to import yet left out.
+    pub cache_imports: Vec<CacheImport>,
+}
+
+impl Services {
+    /// Removes the stores' unfinished writes, however the build ended.
+    pub fn close(&self) {
+        self.local_caches.close();
+        self.layouts.close();
+    }
+
+    /// After a successful build: exported files move into place, then local caches and the OCI
+    /// layout output record what the daemon wrote.
+    pub fn finish(&self, response: &HashMap<String, String>) -> Result<()> {
+        use anyhow::Context as _;
+        self.targets
+            .commit()
+            .context("cannot move the exported file into place")?;
+        self.local_caches.finish(response)?;
+        self.layouts.finish(response)
+    }
+}
+
+/// The session for `spec`, not yet started, and what it serves. Cache and layout directories
+/// are created here; local cache imports are resolved to their manifests (`warn` hears which
+/// are skipped).
+pub fn build(spec: &BuildSpec, warn: &mut dyn FnMut(String)) -> Result<(Session, Services)> {
+    let mut targets = HashMap::new();
+    for (i, out) in spec.outputs.iter().enumerate() {
+        let sink = match out.destination() {
+            Destination::Dir(d) => Sink::Dir(d),
+            Destination::File(f) => Sink::File(Some(f)),
+            Destination::Stdout => Sink::File(None),
+            // Served as a content store; nothing comes back through FileSend.
+            Destination::Layout(_) | Destination::Daemon => continue,
+        };
+        targets.insert(i as u32, sink);
+    }
+    let targets = FileSendTargets::new(targets);
+    let locals = spec
+        .locals
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    // Local caches: import digests from index.json, export directories created, before Solve.
+    let mut cache_imports = spec.cache_imports.clone();
+    let local_caches = LocalCaches::prepare(&mut cache_imports, &spec.cache_exports, warn)?;
+    let layouts = Layouts::prepare(&spec.oci_layouts, spec.layout_output().as_deref())?;
+    let mut session =
+        Session::new("bkrun").add_service(FileSyncProvider::new(locals).into_server());
+    let stores: HashMap<_, _> = local_caches
+        .stores()
+        .chain(layouts.stores())
+        .map(|(id, s)| (id.clone(), s.clone()))
+        .collect();
+    if !stores.is_empty() {
+        session = session.add_service(ContentStores::new(stores).into_server());
+    }
+    if !targets.is_empty() {
+        session = session.add_service_with_methods(targets.clone(), &["DiffCopy"]);
+    }
+    session = session.add_service(auth(&spec.registry)?.into_server());
+    if !spec.ssh.is_empty() {
+        session = session.add_service(SshForwarder::new(ssh_sources(&spec.ssh)).into_server());
+    }
+    if !spec.secrets.is_empty() {
+        let by_id = spec
+            .secrets
+            .iter()
+            .map(|s| (s.id.clone(), s.data.clone()))
+            .collect();
+        session = session.add_service(SecretsProvider::new(by_id).into_server());
+    }
+    let services = Services {
+        targets,
+        local_caches,
+        layouts,
+        cache_imports,
+    };
+    Ok((session, services))
+}
+
+/// The Auth service over the spec's Docker config (a broken one fails here, before Solve).
+fn auth(registry: &RegistryAuth) -> Result<AuthProvider> {
+    let config = DockerConfig::load(registry.docker_config.as_deref())?;
+    let tls = registry
+        .tls
+        .iter()
+        .map(|(host, t)| {
+            let tls = RegistryTls {
+                ca: t.ca.clone(),
+                insecure: t.insecure,
+            };
+            (host.clone(), tls)
+        })
+        .collect();
+    Ok(AuthProvider::new(
+        Arc::new(DockerLogins(config)),
+        tls,
+        registry.client_tokens,
+    ))
+}
+
+/// The Docker config as the session's credential source.
+struct DockerLogins(DockerConfig);
+
+impl CredentialSource for DockerLogins {
+    fn credentials(&self, host: &str) -> Result<Option<Credentials>> {
+        Ok(self.0.credentials(host)?.map(|l| Credentials {
+            username: l.username,
+            secret: l.secret,
+        }))
+    }
+}
+
+fn ssh_sources(agents: &[SshAgent]) -> HashMap<String, SshSource> {
+    agents
+        .iter()
+        .map(|a| {
+            let source = match &a.source {
+                ssh::SshSource::Socket { path, raw } => SshSource::Socket {
+                    path: path.clone(),
+                    raw: *raw,
+                },
+                ssh::SshSource::Keys(keys) => SshSource::Keys(keys.clone()),
+            };
+            (a.id.clone(), source)
+        })
+        .collect()
+}

@@ -1,0 +1,204 @@
+//! Where the work goes, settled from flags: the remote daemon's target (address, TLS files, how long to retry), `bkrun daemon`'s extra listeners, and what `bkrun config` says of it all.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+
+use crate::cli::{DaemonArgs, GlobalArgs};
+use crate::client::connect::{Target, TlsFiles};
+use crate::config::{Remote, Settings};
+use crate::daemon::Plan;
+use crate::host::Host;
+
+/// What `bkrun config` prints: what the next command will do (start a daemon, and how, or
+/// connect, and where the address came from), then the settings.
+pub(super) fn describe(settings: &Settings, host: &dyn Host, g: &GlobalArgs) -> Result<String> {
+    if let Some(r) = &settings.remote {
+        let target = remote_target(g, r)?;
+        let tls = match &target.tls {
+            Some(t) => format!(
+                "ca {}, cert {}, key {}",
+                shown(&t.ca),
+                shown(&t.cert),
+                shown(&t.key)
+            ),
+            None => "none".into(),
+        };
+        return Ok(format!(
+            "daemon:          connect to {} (from {}); no daemon is started\ntls:             {tls}\nconnect retry:   {:?}\n",
+            r.addr, r.source, target.retry_for
+        ));
+    }
+    let plan = Plan::new(settings, host, false)?;
+    let mut s = format!(
+        "daemon:          start buildkitd, {} ({})\n",
+        plan.mode(),
+        plan.decision.why
+    );
+    if let Some(why) = &settings.buildkit_host_ignored {
+        s.push_str(&format!("BUILDKIT_HOST:   not used: {why}\n"));
+    }
+    s.push_str(&plan.describe());
+    Ok(s)
+}
+
+fn shown(p: &Option<PathBuf>) -> String {
+    p.as_ref()
+        .map_or("none".into(), |p| p.display().to_string())
+}
+
+/// The remote daemon of --addr, BKRUN_ADDR or BUILDKIT_HOST with buildctl's TLS flags.
+pub(super) fn remote_target(g: &GlobalArgs, remote: &Remote) -> Result<Target> {
+    let addr = &remote.addr;
+    let mut tls = TlsFiles {
+        ca: g.tlscacert.clone(),
+        cert: g.tlscert.clone(),
+        key: g.tlskey.clone(),
+        server_name: g.tlsservername.clone(),
+    };
+    if let Some(dir) = &g.tlsdir {
+        if !dir.is_dir() {
+            bail!("--tlsdir {} is not a directory: give the directory holding ca.pem, cert.pem and key.pem", dir.display());
+        }
+        tls = tls.with_dir(dir);
+    }
+    // buildctl's --wait waits as long as it takes; its --timeout is how long it tries.
+    let retry = match (g.connect_retry, g.wait, g.timeout) {
+        (Some(r), _, _) => r,
+        (None, true, _) => f64::from(u32::MAX),
+        (None, false, Some(t)) => t,
+        (None, false, None) => DEFAULT_CONNECT_RETRY_SECS,
+    };
+    if !(retry.is_finite() && retry >= 0.0) {
+        bail!("--connect-retry must be a number of seconds, not {retry}");
+    }
+    Ok(Target {
+        addr: addr.to_string(),
+        tls: (!tls.is_empty()).then_some(tls),
+        insecure_plaintext: g.insecure_plaintext,
+        retry_for: Duration::from_secs_f64(retry),
+        origin: Some(remote.source.to_string()),
+    })
+}
+
+/// How long a remote daemon may be away (a rolling restart) before the build fails.
+const DEFAULT_CONNECT_RETRY_SECS: f64 = 15.0;
+
+/// buildkitd flags for `bkrun daemon --listen …`: a TCP listener off loopback needs TLS with
+/// client certificates, or an explicit --insecure-plaintext.
+pub(super) fn listener_flags(d: &DaemonArgs, insecure_plaintext: bool) -> Result<Vec<String>> {
+    let mut flags = Vec::new();
+    for l in &d.listen {
+        let Some(hp) = l.strip_prefix("tcp://") else {
+            bail!("--listen {l:?} must be tcp://HOST:PORT (the unix socket is always there)");
+        };
+        let host = hp
+            .rsplit_once(':')
+            .map(|(h, _)| h.trim_matches(['[', ']']))
+            .unwrap_or("");
+        let loopback = host == "localhost"
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        let mutual = d.tls_server_cert.is_some() && d.tls_client_ca.is_some();
+        if !loopback && !mutual && !insecure_plaintext {
+            bail!("--listen {l} is reachable from other hosts: give --tls-server-cert, --tls-server-key and --tls-client-ca for mutual TLS, or pass --insecure-plaintext");
+        }
+        flags.push(format!("--addr={l}"));
+    }
+    for (flag, file) in [
+        ("--tlscert", &d.tls_server_cert),
+        ("--tlskey", &d.tls_server_key),
+        ("--tlscacert", &d.tls_client_ca),
+    ] {
+        if let Some(f) = file {
+            if !f.is_file() {
+                bail!(
+                    "{} does not exist: give the path of the PEM file",
+                    f.display()
+                );
+            }
+            flags.push(format!("{flag}={}", f.display()));
+        }
+    }
+    Ok(flags)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::AddrSource;
+
+    fn remote(addr: &str) -> Remote {
+        Remote {
+            addr: addr.into(),
+            source: AddrSource::BuildkitHost,
+        }
+    }
+
+    #[test]
+    fn retry_follows_connect_retry_then_wait_then_timeout() {
+        let t = |g: GlobalArgs| remote_target(&g, &remote("tcp://b:1")).unwrap().retry_for;
+        assert_eq!(t(GlobalArgs::default()), Duration::from_secs(15));
+        let timeout = GlobalArgs {
+            timeout: Some(5.0),
+            ..Default::default()
+        };
+        assert_eq!(t(timeout.clone()), Duration::from_secs(5));
+        let wait = GlobalArgs {
+            wait: true,
+            ..timeout
+        };
+        assert!(t(wait.clone()) > Duration::from_secs(3600));
+        let explicit = GlobalArgs {
+            connect_retry: Some(2.0),
+            ..wait
+        };
+        assert_eq!(t(explicit), Duration::from_secs(2));
+        let bad = GlobalArgs {
+            connect_retry: Some(-1.0),
+            ..Default::default()
+        };
+        assert!(remote_target(&bad, &remote("tcp://b:1")).is_err());
+    }
+
+    #[test]
+    fn the_target_names_where_its_address_came_from() {
+        let t = remote_target(&GlobalArgs::default(), &remote("unix:///s")).unwrap();
+        assert_eq!(t.origin.as_deref(), Some("BUILDKIT_HOST"));
+        assert!(t.tls.is_none());
+    }
+
+    #[test]
+    fn listeners_off_loopback_need_mutual_tls_or_an_explicit_plaintext() {
+        let d = |listen: &str| DaemonArgs {
+            listen: vec![listen.into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            listener_flags(&d("tcp://127.0.0.1:1234"), false).unwrap(),
+            ["--addr=tcp://127.0.0.1:1234"]
+        );
+        assert_eq!(
+            listener_flags(&d("tcp://[::1]:1234"), false).unwrap(),
+            ["--addr=tcp://[::1]:1234"]
+        );
+        let e = listener_flags(&d("tcp://0.0.0.0:1234"), false).unwrap_err();
+        assert!(e.to_string().contains("--tls-client-ca"), "{e}");
+        assert!(listener_flags(&d("tcp://0.0.0.0:1234"), true).is_ok());
+        let e = listener_flags(&d("unix:///x.sock"), false).unwrap_err();
+        assert!(e.to_string().contains("tcp://HOST:PORT"), "{e}");
+        // Named TLS files must exist.
+        let tls = DaemonArgs {
+            tls_server_cert: Some("/no/cert.pem".into()),
+            tls_server_key: Some("/no/key.pem".into()),
+            tls_client_ca: Some("/no/ca.pem".into()),
+            ..d("tcp://0.0.0.0:1234")
+        };
+        assert!(listener_flags(&tls, false)
+            .unwrap_err()
+            .to_string()
+            .contains("/no/cert.pem"));
+    }
+}

@@ -1,0 +1,287 @@
+//! `--output` values → typed outputs: the exporter, its attributes, and where its result ends up, with the destination checked before a daemon starts.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use super::csv::{self, parse_bool};
+
+/// The exporters buildctl names with `type=`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputKind {
+    Local,
+    Tar,
+    Oci,
+    Docker,
+    Image,
+    Registry,
+    CacheOnly,
+}
+
+impl OutputKind {
+    const ALL: [OutputKind; 7] = [
+        OutputKind::Local,
+        OutputKind::Tar,
+        OutputKind::Oci,
+        OutputKind::Docker,
+        OutputKind::Image,
+        OutputKind::Registry,
+        OutputKind::CacheOnly,
+    ];
+
+    /// The exporter's name, as the daemon takes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutputKind::Local => "local",
+            OutputKind::Tar => "tar",
+            OutputKind::Oci => "oci",
+            OutputKind::Docker => "docker",
+            OutputKind::Image => "image",
+            OutputKind::Registry => "registry",
+            OutputKind::CacheOnly => "cacheonly",
+        }
+    }
+
+    fn parse(s: &str) -> Option<OutputKind> {
+        OutputKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// An image archive: a tarball, or with tar=false an OCI layout directory.
+    fn is_archive(self) -> bool {
+        matches!(self, OutputKind::Oci | OutputKind::Docker)
+    }
+}
+
+impl fmt::Display for OutputKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a result goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Output {
+    pub kind: OutputKind,
+    pub attrs: BTreeMap<String, String>,
+}
+
+impl Output {
+    pub fn dest(&self) -> Option<&str> {
+        self.attrs.get("dest").map(String::as_str)
+    }
+
+    /// tar=false asks an image archive for a directory instead of a tarball.
+    fn tar(&self) -> bool {
+        self.attrs
+            .get("tar")
+            .and_then(|v| parse_bool(v))
+            .unwrap_or(true)
+    }
+
+    /// Where the exporter's output comes back to bkrun, if it does.
+    pub fn destination(&self) -> Destination {
+        let tarball = |d: Option<&str>| match d {
+            None | Some("-") => Destination::Stdout,
+            Some(p) => Destination::File(PathBuf::from(p)),
+        };
+        match (self.kind, self.dest()) {
+            (OutputKind::Local, Some(d)) => Destination::Dir(PathBuf::from(d)),
+            (OutputKind::Tar, d) => tarball(d),
+            (k, d) if k.is_archive() && self.tar() => tarball(d),
+            (k, Some(d)) if k.is_archive() => Destination::Layout(PathBuf::from(d)),
+            _ => Destination::Daemon,
+        }
+    }
+
+    /// The exporter attributes sent to the daemon: `dest` is ours to act on, not the daemon's.
+    pub fn daemon_attrs(&self) -> BTreeMap<String, String> {
+        let mut a = self.attrs.clone();
+        if self.destination() != Destination::Daemon {
+            a.remove("dest");
+        }
+        a
+    }
+}
+
+/// Where an output ends up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    Dir(PathBuf),
+    File(PathBuf),
+    Stdout,
+    /// An OCI image-layout directory (`tar=false`), written through the session's content store.
+    Layout(PathBuf),
+    /// Kept in the daemon (an image in its store, or pushed).
+    Daemon,
+}
+
+/// Parses one --output value and checks its destination can be written. `stdout_tty`: standard
+/// output is a terminal, where no tarball may go.
+pub fn parse(s: &str, stdout_tty: bool) -> Result<Output> {
+    let pairs = csv::pairs(s).with_context(|| {
+        format!("--output {s:?} is malformed: write it as type=TYPE,key=value,…")
+    })?;
+    let mut attrs: BTreeMap<String, String> = pairs.into_iter().collect();
+    let Some(kind) = attrs.remove("type") else {
+        bail!("--output {s:?} has no type: add type=local|tar|oci|docker|image|registry");
+    };
+    let Some(kind) = OutputKind::parse(&kind) else {
+        let all: Vec<&str> = OutputKind::ALL.iter().map(|k| k.as_str()).collect();
+        bail!(
+            "--output type={kind} is unknown: use one of {}",
+            all.join(", ")
+        );
+    };
+    if let Some(v) = attrs.get("output") {
+        bail!("--output output={v} is not an option: you meant dest={v}");
+    }
+    if let Some(t) = attrs.get("tar") {
+        if parse_bool(t).is_none() {
+            bail!("--output tar={t} is not a boolean: use tar=true (a tarball) or tar=false (a directory)");
+        }
+    }
+    let out = Output { kind, attrs };
+    if let Destination::Layout(d) = out.destination() {
+        if d.as_os_str() == "-" {
+            bail!("--output type={kind},tar=false writes a directory: give dest=DIR, not -");
+        }
+        if d.exists() && !d.is_dir() {
+            bail!("--output type={kind},tar=false,dest={}: that is a file; give a directory (it is created if missing)", d.display());
+        }
+        check_parent(&format!("--output type={kind},tar=false"), &d)?;
+        return Ok(out);
+    }
+    if kind.is_archive() && out.dest().is_none() && !out.tar() {
+        bail!("--output type={kind},tar=false needs dest=DIR");
+    }
+    match (kind, out.dest()) {
+        (OutputKind::Local, None) => bail!("--output type=local needs dest=DIR"),
+        (OutputKind::Local, Some("-")) => bail!(
+            "--output type=local cannot write to stdout: give dest=DIR, or use type=tar,dest=-"
+        ),
+        (OutputKind::Local, Some(d)) => check_parent("--output type=local", Path::new(d))?,
+        (OutputKind::Tar | OutputKind::Oci | OutputKind::Docker, None | Some("-"))
+            if stdout_tty =>
+        {
+            bail!("--output type={kind} would write a tarball to the terminal: give dest=FILE, or redirect stdout");
+        }
+        (OutputKind::Tar | OutputKind::Oci | OutputKind::Docker, Some(d)) if d != "-" => {
+            if Path::new(d).is_dir() {
+                bail!("--output type={kind},dest={d}: dest is a directory; give a file path");
+            }
+            check_parent(&format!("--output type={kind}"), Path::new(d))?
+        }
+        _ => {}
+    }
+    Ok(out)
+}
+
+/// The file or directory `p` can be created: its parent directory exists.
+pub fn check_parent(what: &str, p: &Path) -> Result<()> {
+    let parent = match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if !parent.is_dir() {
+        bail!(
+            "{what},dest={}: its parent directory {} does not exist; create it first",
+            p.display(),
+            parent.display()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_output(s: &str) -> Result<Output> {
+        parse(s, false)
+    }
+
+    #[test]
+    fn outputs_are_checked() {
+        assert_eq!(
+            parse_output("type=local,dest=.").unwrap().kind,
+            OutputKind::Local
+        );
+        assert_eq!(parse_output("type=tar,dest=-").unwrap().dest(), Some("-"));
+        assert!(parse_output("dest=x")
+            .unwrap_err()
+            .to_string()
+            .contains("no type"));
+        assert!(parse_output("type=zip,dest=x")
+            .unwrap_err()
+            .to_string()
+            .contains("unknown"));
+        assert!(parse_output("type=local")
+            .unwrap_err()
+            .to_string()
+            .contains("dest=DIR"));
+        assert!(parse_output("type=tar,dest=/no/such/dir/x.tar")
+            .unwrap_err()
+            .to_string()
+            .contains("does not exist"));
+        assert!(parse_output("type=oci,dest=/tmp")
+            .unwrap_err()
+            .to_string()
+            .contains("directory"));
+    }
+
+    #[test]
+    fn kinds_are_named_as_buildctl_names_them() {
+        let e = parse_output("type=zip").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "--output type=zip is unknown: use one of local, tar, oci, docker, image, registry, cacheonly"
+        );
+        assert_eq!(
+            parse_output("type=cacheonly").unwrap().kind,
+            OutputKind::CacheOnly
+        );
+        // Only a terminal on stdout refuses a tarball there.
+        let e = parse("type=oci", true).unwrap_err().to_string();
+        assert!(e.contains("would write a tarball to the terminal"), "{e}");
+        assert_eq!(
+            parse("type=oci", false).unwrap().destination(),
+            Destination::Stdout
+        );
+    }
+
+    #[test]
+    fn destinations_and_daemon_attrs() {
+        let o = parse_output("type=local,dest=out").unwrap();
+        assert_eq!(o.destination(), Destination::Dir("out".into()));
+        assert!(o.daemon_attrs().is_empty());
+        let o = parse_output("type=oci,dest=x.tar,rewrite-timestamp=true").unwrap();
+        assert_eq!(o.destination(), Destination::File("x.tar".into()));
+        assert_eq!(
+            o.daemon_attrs().keys().collect::<Vec<_>>(),
+            ["rewrite-timestamp"]
+        );
+        let o = parse_output("type=image,name=a/b").unwrap();
+        assert_eq!(o.destination(), Destination::Daemon);
+        assert_eq!(
+            parse_output("type=oci,dest=x,tar=false")
+                .unwrap()
+                .destination(),
+            Destination::Layout("x".into())
+        );
+        assert!(!parse_output("type=oci,dest=x,tar=false")
+            .unwrap()
+            .daemon_attrs()
+            .contains_key("dest"));
+        assert!(parse_output("type=oci,tar=false")
+            .unwrap_err()
+            .to_string()
+            .contains("needs dest=DIR"));
+        assert!(parse_output("type=oci,dest=x,tar=maybe").is_err());
+        assert!(parse_output("type=tar,output=x")
+            .unwrap_err()
+            .to_string()
+            .contains("dest=x"));
+    }
+}

@@ -1,0 +1,100 @@
+//! A docker-registry (Debian's package) on a free loopback port for tests: plain HTTP or with extra YAML (TLS, auth), its digests and manifests, and the bkrun.toml that lets the daemon use it.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use super::{wait_until, Sandbox};
+
+/// A plain-HTTP docker-registry on a free loopback port, stopped when dropped.
+pub struct Registry {
+    child: Child,
+    pub port: u16,
+}
+
+impl Registry {
+    pub fn start(sb: &Sandbox) -> Registry {
+        Registry::start_with(sb, "")
+    }
+
+    /// `extra` is appended to the registry's YAML config (TLS, auth).
+    pub fn start_with(sb: &Sandbox, extra: &str) -> Registry {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let data = sb.mkdir("registry-data");
+        let cfg = sb.write(
+            "registry.yml",
+            &format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n{extra}",
+                data.display()
+            ),
+        );
+        let child = std::process::Command::new("docker-registry")
+            .arg("serve")
+            .arg(cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("docker-registry missing: run scripts/setup");
+        assert!(wait_until(Duration::from_secs(20), || TcpStream::connect(
+            ("127.0.0.1", port)
+        )
+        .is_ok()));
+        Registry { child, port }
+    }
+
+    /// `host:port`, as image names and bkrun.toml name the registry.
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The whole HTTP answer to `METHOD /v2/REPO/manifests/TAG`, asking for any manifest type.
+    pub fn manifest_request(&self, method: &str, repo: &str, tag: &str) -> String {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        write!(
+            s,
+            "{method} /v2/{repo}/manifests/{tag} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.v2+json\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        resp
+    }
+
+    /// The digest the registry reports for a manifest (the Docker-Content-Digest header).
+    pub fn digest(&self, repo: &str, tag: &str) -> String {
+        let resp = self.manifest_request("HEAD", repo, tag);
+        resp.lines()
+            .find_map(|l| l.strip_prefix("Docker-Content-Digest: "))
+            .unwrap_or_else(|| panic!("no digest in {resp}"))
+            .trim()
+            .to_string()
+    }
+
+    /// A bkrun.toml whose [buildkitd] table tells the daemon this registry is plain HTTP.
+    pub fn http_config(&self, sb: &Sandbox) -> std::path::PathBuf {
+        sb.write(
+            "bkrun.toml",
+            &format!("[buildkitd.registry.\"{}\"]\nhttp = true\n", self.host()),
+        )
+    }
+
+    /// The manifest behind a tag, as JSON.
+    pub fn manifest(&self, repo: &str, tag: &str) -> serde_json::Value {
+        let resp = self.manifest_request("GET", repo, tag);
+        let (head, body) = resp.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
