@@ -528,15 +528,15 @@ pub fn take_string<'a>(b: &mut &'a [u8]) -> Option<&'a [u8]> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use base64::Engine;
     use sha2::{Digest, Sha512};
     use std::path::PathBuf;
     use std::process::Command;
 
-    /// A key written by ssh-keygen: the same files users pass.
-    fn keygen(dir: &Path, name: &str, args: &[&str]) -> PathBuf {
+    /// A key written by ssh-keygen: the same files users pass (the agent's tests use it too).
+    pub(crate) fn keygen(dir: &Path, name: &str, args: &[&str]) -> PathBuf {
         let path = dir.join(name);
         let out = Command::new("ssh-keygen")
             .args(["-q", "-N", ""])
@@ -549,7 +549,7 @@ mod tests {
         path
     }
 
-    fn pub_blob(key: &Path) -> Vec<u8> {
+    pub(crate) fn pub_blob(key: &Path) -> Vec<u8> {
         let text = std::fs::read_to_string(key.with_extension("pub")).unwrap();
         let b64 = text.split_whitespace().nth(1).unwrap();
         base64::engine::general_purpose::STANDARD

@@ -133,33 +133,10 @@ pub fn failure_frame() -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sshkey::tests::{keygen, pub_blob};
     use crate::sshkey::{RSA_SHA2_256, RSA_SHA2_512};
-    use base64::Engine;
     use signature::Verifier;
     use std::path::{Path, PathBuf};
-    use std::process::Command;
-
-    /// A key written by ssh-keygen: the same files users pass.
-    fn keygen(dir: &Path, name: &str, args: &[&str]) -> PathBuf {
-        let path = dir.join(name);
-        let out = Command::new("ssh-keygen")
-            .args(["-q", "-N", ""])
-            .args(args)
-            .arg("-f")
-            .arg(&path)
-            .output()
-            .expect("ssh-keygen (openssh-client) is needed");
-        assert!(out.status.success(), "{out:?}");
-        path
-    }
-
-    fn pub_blob(key: &Path) -> Vec<u8> {
-        let text = std::fs::read_to_string(key.with_extension("pub")).unwrap();
-        let b64 = text.split_whitespace().nth(1).unwrap();
-        base64::engine::general_purpose::STANDARD
-            .decode(b64)
-            .unwrap()
-    }
 
     fn frame(msg: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
