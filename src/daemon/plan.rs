@@ -27,6 +27,9 @@ pub struct Plan {
     pub settings: Settings,
     pub buildkitd: PathBuf,
     pub rootlesskit: Option<PathBuf>,
+    /// bkrun itself, run as the init of the daemon's own namespaces (None: bkrun's path is
+    /// unknown, and the daemon runs without them).
+    pub init: Option<PathBuf>,
 }
 
 /// The run-time locations a plan is filled in with once the run dir exists.
@@ -85,6 +88,7 @@ impl Plan {
             settings: settings.clone(),
             buildkitd,
             rootlesskit,
+            init: host.current_exe(),
         })
     }
 
@@ -114,6 +118,13 @@ impl Plan {
                 dirs.run_dir.join("rootlesskit").display()
             ));
             argv.extend(self.settings.rootlesskit_flags.iter().cloned());
+        }
+        if let Some(exe) = &self.init {
+            // The privileged daemon also gets its own mount namespace: its snapshot mounts then
+            // go when it does. Under rootlesskit it has one already.
+            let mount_ns = !self.mode().is_rootless();
+            let wrapped = super::nsinit::wrap(exe, mount_ns, &[]);
+            argv.extend(wrapped);
         }
         argv.push(self.buildkitd.display().to_string());
         argv.push(format!(
@@ -278,6 +289,10 @@ mod tests {
         assert_eq!(
             argv,
             [
+                "/usr/local/bin/bkrun",
+                "__nsinit",
+                "--mount-ns",
+                "--",
                 "/usr/bin/buildkitd",
                 "--addr=unix:///run/buildkit/buildkitd.sock",
                 "--root=/var/lib/buildkit",
@@ -311,6 +326,9 @@ mod tests {
             [
                 "/usr/bin/rootlesskit",
                 "--state-dir=/tmp/bkrun-x/rootlesskit",
+                "/usr/local/bin/bkrun",
+                "__nsinit",
+                "--",
                 "/usr/bin/buildkitd",
                 "--addr=unix:///run/buildkit/buildkitd.sock",
                 "--root=/home/u/.local/share/buildkit",
