@@ -1,15 +1,21 @@
-//! The daemon's init: bkrun re-executed as PID 1 of a new PID namespace (and, for the privileged daemon, a new mount namespace), so that when bkrun dies, even by SIGKILL, every build process and every mount of the run dies with it.
+//! The daemon's init: bkrun re-executed between the daemon and whoever started it, so that when bkrun dies, even by SIGKILL, every build process (and, privileged, every mount) of the run dies with it.
 //!
-//! The chain is bkrun → `bkrun __nsinit` (outside, a plain child with a parent-death signal)
-//! → init (PID 1 inside) → buildkitd. A PID namespace ends when its PID 1 does: the kernel then
-//! SIGKILLs everything left in it (runc's containers, a RUN step's background processes), and a
-//! mount namespace whose last process is gone drops its mounts. The parent-death signals link
-//! bkrun's death to init's; nothing here needs bkrun to run any code as it dies.
+//! Where a fresh /proc can be mounted (privileged, and rootless with an unmasked /proc) it makes a
+//! PID and mount namespace: bkrun → `bkrun __nsinit --pidns` (outside, with a parent-death
+//! signal) → init (PID 1 inside) → buildkitd. A PID namespace ends when its PID 1 does, the
+//! kernel SIGKILLing everything left in it (runc's containers, a RUN step's background
+//! processes), and a mount namespace whose last process is gone drops its mounts. The new /proc
+//! matters: runc looks its children up there by the PIDs it sees.
 //!
-//! Both processes run before any thread exists (main dispatches here first), so fork is safe.
+//! With a masked /proc (rootless-strict) no procfs can be mounted, so no PID namespace can work;
+//! there it is a watchdog instead: a child subreaper (orphans of the build come back to it) whose
+//! parent-death signal is one it catches, and on which it kills everything below it.
+//!
+//! Both run before any thread exists (main dispatches here first), so fork is safe.
 
 use std::ffi::CString;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use nix::sched::CloneFlags;
 use nix::sys::signal::{kill, SigSet, Signal};
@@ -18,23 +24,24 @@ use nix::unistd::{fork, ForkResult, Pid};
 
 /// The hidden first argument that makes `bkrun` this init.
 pub const ARG: &str = "__nsinit";
-const MOUNT_NS: &str = "--mount-ns";
+const PIDNS: &str = "--pidns";
 
 /// Signals passed on to the daemon: how bkrun (or rootlesskit) asks it to stop.
-const FORWARDED: [Signal; 6] = [
+const FORWARDED: [Signal; 5] = [
     Signal::SIGTERM,
     Signal::SIGINT,
     Signal::SIGHUP,
     Signal::SIGQUIT,
     Signal::SIGUSR1,
-    Signal::SIGUSR2,
 ];
+/// The watchdog's parent-death signal: one nobody sends, so it can only mean the parent died.
+const PARENT_GONE: Signal = Signal::SIGPWR;
 
-/// `argv` run under the init from `exe` (bkrun itself).
-pub fn wrap(exe: &Path, mount_ns: bool, argv: &[String]) -> Vec<String> {
+/// `argv` run under the init from `exe` (bkrun itself); `pidns` where a /proc can be mounted.
+pub fn wrap(exe: &Path, pidns: bool, argv: &[String]) -> Vec<String> {
     let mut v = vec![exe.display().to_string(), ARG.to_string()];
-    if mount_ns {
-        v.push(MOUNT_NS.to_string());
+    if pidns {
+        v.push(PIDNS.to_string());
     }
     v.push("--".to_string());
     v.extend(argv.iter().cloned());
@@ -43,37 +50,32 @@ pub fn wrap(exe: &Path, mount_ns: bool, argv: &[String]) -> Vec<String> {
 
 /// Runs the init; `args` are what follows `__nsinit`. Never returns.
 pub fn main(args: &[String]) -> ! {
-    let (mount_ns, argv) = match parse(args) {
-        Some(p) => p,
-        None => {
-            crate::say!("bkrun {ARG}: usage: bkrun {ARG} [{MOUNT_NS}] -- COMMAND [ARG...] (internal: bkrun starts buildkitd this way)");
-            std::process::exit(125);
-        }
+    let Some((pidns, argv)) = parse(args) else {
+        crate::say!("bkrun {ARG}: usage: bkrun {ARG} [{PIDNS}] -- COMMAND [ARG...] (internal: bkrun starts buildkitd this way)");
+        std::process::exit(125);
     };
-    // Dies with whoever started it (bkrun, or rootlesskit's child). Set after exec, so a parent
-    // that died in the microseconds before this line goes unnoticed; the ends of the chain
-    // (bkrun's spawn, init below) set it before exec or fork, where there is no such window.
-    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
     let mut waited = SigSet::empty();
     for s in FORWARDED {
         waited.add(s);
     }
     waited.add(Signal::SIGCHLD);
+    waited.add(PARENT_GONE);
     // Blocked and taken with sigwait: PID 1 of a namespace drops signals it has no handler for,
     // but a blocked signal is always queued.
     let _ = waited.thread_block();
-    let mut flags = CloneFlags::CLONE_NEWPID;
-    if mount_ns {
-        flags |= CloneFlags::CLONE_NEWNS;
+    if !pidns {
+        watchdog(&argv, &waited);
     }
-    if let Err(e) = nix::sched::unshare(flags) {
-        crate::say!("bkrun: warning: cannot give buildkitd its own namespaces ({e}); if bkrun is killed with SIGKILL, build processes may outlive it");
-        let _ = waited.thread_unblock();
-        exec(&argv);
+    // Set after exec, so a parent that died in the microseconds before this line goes unnoticed;
+    // bkrun's own spawn sets it before exec, where there is no such window.
+    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+    if let Err(e) = nix::sched::unshare(CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWNS) {
+        crate::say!("bkrun: warning: cannot give buildkitd its own PID namespace ({e}); watching its processes instead");
+        watchdog(&argv, &waited);
     }
     // SAFETY: single-threaded (see the module comment); the child only makes syscalls and execs.
     match unsafe { fork() } {
-        Ok(ForkResult::Child) => init(mount_ns, &argv, &waited),
+        Ok(ForkResult::Child) => init(&argv, &waited),
         Ok(ForkResult::Parent { child }) => outer(child, &waited),
         Err(e) => {
             crate::say!("bkrun {ARG}: cannot fork the namespace's init: {e}");
@@ -83,17 +85,17 @@ pub fn main(args: &[String]) -> ! {
 }
 
 fn parse(args: &[String]) -> Option<(bool, Vec<String>)> {
-    let mut mount_ns = false;
+    let mut pidns = false;
     let mut it = args.iter();
     for a in it.by_ref() {
         match a.as_str() {
-            MOUNT_NS => mount_ns = true,
+            PIDNS => pidns = true,
             "--" => break,
             _ => return None,
         }
     }
     let argv: Vec<String> = it.cloned().collect();
-    (!argv.is_empty()).then_some((mount_ns, argv))
+    (!argv.is_empty()).then_some((pidns, argv))
 }
 
 /// Outside the namespace: passes signals to init and ends as it ended.
@@ -105,51 +107,39 @@ fn outer(init: Pid, waited: &SigSet) -> ! {
                     end_as(code);
                 }
             }
+            Ok(PARENT_GONE) | Err(_) => {}
             Ok(s) => {
                 let _ = kill(init, s);
             }
-            Err(_) => {}
         }
     }
 }
 
-/// PID 1 inside: starts the command, reaps every orphan, passes signals on, and ends when the
-/// command does, which ends the namespace.
-fn init(mount_ns: bool, argv: &[String], waited: &SigSet) -> ! {
+/// PID 1 inside: mounts the namespace's /proc, starts the command, reaps every orphan, passes
+/// signals on, and ends when the command does, which ends the namespace.
+fn init(argv: &[String], waited: &SigSet) -> ! {
+    use nix::mount::{mount, MsFlags};
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
-    if mount_ns {
-        use nix::mount::{mount, MsFlags};
-        // Mounts made in here (overlay snapshots) must not propagate back out; mounts made
-        // outside still come in.
-        let _ = mount(
-            None::<&str>,
-            "/",
-            None::<&str>,
-            MsFlags::MS_REC | MsFlags::MS_SLAVE,
-            None::<&str>,
-        );
-        // A /proc of this namespace, so the daemon sees its own processes. Best effort: a
-        // masked /proc refuses a fresh mount, and the old one works too.
-        let _ = mount(
-            Some("proc"),
-            "/proc",
-            Some("proc"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-            None::<&str>,
-        );
+    // Mounts made in here (overlay snapshots, this /proc) must not propagate back out; mounts
+    // made outside still come in.
+    let _ = mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        None::<&str>,
+    );
+    if let Err(e) = mount(
+        Some("proc"),
+        "/proc",
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    ) {
+        crate::say!("bkrun: cannot mount /proc for buildkitd's own PID namespace ({e}): /proc is probably masked; use --mode rootless-strict, or set `securityContext.procMount: Unmasked` in the pod spec");
+        std::process::exit(125);
     }
-    // SAFETY: still single-threaded.
-    let daemon = match unsafe { fork() } {
-        Ok(ForkResult::Child) => {
-            let _ = waited.thread_unblock();
-            exec(argv);
-        }
-        Ok(ForkResult::Parent { child }) => child,
-        Err(e) => {
-            crate::say!("bkrun {ARG}: cannot fork the daemon: {e}");
-            std::process::exit(125);
-        }
-    };
+    let daemon = start(argv, waited);
     loop {
         match waited.wait() {
             Ok(Signal::SIGCHLD) => {
@@ -159,11 +149,70 @@ fn init(mount_ns: bool, argv: &[String], waited: &SigSet) -> ! {
                     std::process::exit(code);
                 }
             }
+            Ok(PARENT_GONE) | Err(_) => {}
+            Ok(s) => {
+                let _ = kill(daemon, s);
+            }
+        }
+    }
+}
+
+/// Without a PID namespace: a subreaper that kills everything below it when its parent dies
+/// or when the command ends.
+fn watchdog(argv: &[String], waited: &SigSet) -> ! {
+    let _ = nix::sys::prctl::set_pdeathsig(PARENT_GONE);
+    let _ = nix::sys::prctl::set_child_subreaper(true);
+    let daemon = start(argv, waited);
+    loop {
+        match waited.wait() {
+            Ok(Signal::SIGCHLD) => {
+                if let Some(code) = reap(daemon) {
+                    kill_below();
+                    end_as(code);
+                }
+            }
+            Ok(PARENT_GONE) => {
+                kill_below();
+                end_as(128 + Signal::SIGKILL as i32);
+            }
             Ok(s) => {
                 let _ = kill(daemon, s);
             }
             Err(_) => {}
         }
+    }
+}
+
+/// Forks and execs the command with the signal mask it would have had.
+fn start(argv: &[String], waited: &SigSet) -> Pid {
+    // SAFETY: still single-threaded.
+    match unsafe { fork() } {
+        Ok(ForkResult::Child) => {
+            let _ = waited.thread_unblock();
+            exec(argv);
+        }
+        Ok(ForkResult::Parent { child }) => child,
+        Err(e) => {
+            crate::say!("bkrun {ARG}: cannot fork the daemon: {e}");
+            std::process::exit(125);
+        }
+    }
+}
+
+/// SIGKILLs every descendant, parents first, and reaps them, for at most a few seconds.
+fn kill_below() {
+    let me = nix::unistd::getpid().as_raw();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
+        let left = crate::reaper::descendants(me);
+        if left.is_empty() {
+            return;
+        }
+        for pid in left {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        reap(Pid::from_raw(0));
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -222,7 +271,7 @@ mod tests {
             [
                 "/usr/local/bin/bkrun",
                 ARG,
-                MOUNT_NS,
+                PIDNS,
                 "--",
                 "/usr/bin/buildkitd",
                 "--debug"

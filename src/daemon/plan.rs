@@ -120,10 +120,10 @@ impl Plan {
             argv.extend(self.settings.rootlesskit_flags.iter().cloned());
         }
         if let Some(exe) = &self.init {
-            // The privileged daemon also gets its own mount namespace: its snapshot mounts then
-            // go when it does. Under rootlesskit it has one already.
-            let mount_ns = !self.mode().is_rootless();
-            let wrapped = super::nsinit::wrap(exe, mount_ns, &[]);
+            // A PID namespace needs a /proc of its own, which a masked /proc (strict mode's
+            // reason to be) refuses; there the init watches the daemon's processes instead.
+            let pidns = self.mode() != Mode::RootlessStrict;
+            let wrapped = super::nsinit::wrap(exe, pidns, &[]);
             argv.extend(wrapped);
         }
         argv.push(self.buildkitd.display().to_string());
@@ -291,7 +291,7 @@ mod tests {
             [
                 "/usr/local/bin/bkrun",
                 "__nsinit",
-                "--mount-ns",
+                "--pidns",
                 "--",
                 "/usr/bin/buildkitd",
                 "--addr=unix:///run/buildkit/buildkitd.sock",
