@@ -236,6 +236,7 @@ impl Plan {
             st.ready_timeout, st.ready_timeout_source
         );
         let _ = writeln!(s, "stop timeout:    {:?}", st.stop_timeout);
+        let _ = writeln!(s, "lock timeout:    {:?}", st.lock_timeout);
         match self.argv(&dirs) {
             Ok(argv) => {
                 let _ = writeln!(s, "daemon argv:     {}", shell_words::join(&argv));
