@@ -69,6 +69,13 @@ pub fn main(args: &[String]) -> ! {
     // Set after exec, so a parent that died in the microseconds before this line goes unnoticed;
     // bkrun's own spawn sets it before exec, where there is no such window.
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+    // A masked /proc the mode did not foresee: no namespace, a watchdog. Tried first in a
+    // throwaway namespace, since a process cannot go back to its old PID namespace for its
+    // children once it has left it inside a user namespace.
+    if !proc_mountable() {
+        crate::say!("bkrun: warning: a new PID namespace here cannot have a /proc of its own (is /proc masked?); watching buildkitd's processes instead");
+        watchdog(&argv, &waited);
+    }
     if let Err(e) = nix::sched::unshare(CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWNS) {
         crate::say!("bkrun: warning: cannot give buildkitd its own PID namespace ({e}); watching its processes instead");
         watchdog(&argv, &waited);
@@ -82,6 +89,58 @@ pub fn main(args: &[String]) -> ! {
             std::process::exit(125);
         }
     }
+}
+
+/// Whether a new PID and mount namespace can mount a procfs of its own: tried by a child that
+/// makes them and a grandchild (PID 1 there) that mounts, both gone before this returns.
+fn proc_mountable() -> bool {
+    // SAFETY: single-threaded; the children only make syscalls and exit.
+    match unsafe { fork() } {
+        Ok(ForkResult::Child) => {
+            if nix::sched::unshare(CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWNS).is_err() {
+                // SAFETY: _exit in a forked child, skipping the parent's atexit work.
+                unsafe { libc::_exit(1) }
+            }
+            let code = match unsafe { fork() } {
+                Ok(ForkResult::Child) => {
+                    let ok = mount_private_proc().is_ok();
+                    // SAFETY: as above.
+                    unsafe { libc::_exit(if ok { 0 } else { 1 }) }
+                }
+                Ok(ForkResult::Parent { child }) => match waitpid(child, None) {
+                    Ok(WaitStatus::Exited(_, 0)) => 0,
+                    _ => 1,
+                },
+                Err(_) => 1,
+            };
+            // SAFETY: as above.
+            unsafe { libc::_exit(code) }
+        }
+        Ok(ForkResult::Parent { child }) => {
+            matches!(waitpid(child, None), Ok(WaitStatus::Exited(_, 0)))
+        }
+        Err(_) => false,
+    }
+}
+
+/// In a new mount namespace: stops mounts propagating back out (mounts made outside still
+/// come in), then mounts a /proc of the current PID namespace.
+fn mount_private_proc() -> nix::Result<()> {
+    use nix::mount::{mount, MsFlags};
+    let _ = mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        None::<&str>,
+    );
+    mount(
+        Some("proc"),
+        "/proc",
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
 }
 
 fn parse(args: &[String]) -> Option<(bool, Vec<String>)> {
@@ -118,25 +177,10 @@ fn outer(init: Pid, waited: &SigSet) -> ! {
 /// PID 1 inside: mounts the namespace's /proc, starts the command, reaps every orphan, passes
 /// signals on, and ends when the command does, which ends the namespace.
 fn init(argv: &[String], waited: &SigSet) -> ! {
-    use nix::mount::{mount, MsFlags};
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
-    // Mounts made in here (overlay snapshots, this /proc) must not propagate back out; mounts
-    // made outside still come in.
-    let _ = mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_SLAVE,
-        None::<&str>,
-    );
-    if let Err(e) = mount(
-        Some("proc"),
-        "/proc",
-        Some("proc"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        None::<&str>,
-    ) {
-        crate::say!("bkrun: cannot mount /proc for buildkitd's own PID namespace ({e}): /proc is probably masked; use --mode rootless-strict, or set `securityContext.procMount: Unmasked` in the pod spec");
+    if let Err(e) = mount_private_proc() {
+        // proc_mountable said it could; nothing is started without the /proc runc needs.
+        crate::say!("bkrun {ARG}: cannot mount /proc for buildkitd's PID namespace: {e}");
         std::process::exit(125);
     }
     let daemon = start(argv, waited);
