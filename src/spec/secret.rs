@@ -142,19 +142,57 @@ fn read_limited(id: &str, path: &Path) -> Result<Vec<u8>> {
     Ok(data)
 }
 
-/// The strings to hide in output for these secrets: each value, and each value without its
-/// trailing newline (files usually end with one, and a RUN step rarely prints it).
+/// Shorter values are not masked. A secret of one to three bytes ("a", "1", "yes") occurs by
+/// chance all over a build log: masking it would garble unrelated text, and the pattern of
+/// `****` left behind would tell a reader the value anyway. Four bytes is the shortest value
+/// (a PIN, say) that still rarely occurs by chance.
+pub const MIN_MASKED_LEN: usize = 4;
+
+/// A value without its line ending: files usually end with one that a RUN step rarely prints.
+fn without_newline(v: &[u8]) -> &[u8] {
+    let v = v.strip_suffix(b"\n").unwrap_or(v);
+    v.strip_suffix(b"\r").unwrap_or(v)
+}
+
+/// The strings to hide in output for these secrets: each value without its trailing newline (so
+/// the newline after it stays in the log), and each line of a multi-line value on its own (a
+/// step may print one line of a key file alone). Values and lines shorter than
+/// [`MIN_MASKED_LEN`] are left out (see [`short_secret_warnings`]).
 pub fn mask_values(secrets: &[Secret]) -> Vec<Vec<u8>> {
     let mut out: Vec<Vec<u8>> = Vec::new();
+    let mut add = |v: &[u8]| {
+        if v.len() >= MIN_MASKED_LEN && !out.iter().any(|o| o == v) {
+            out.push(v.to_vec());
+        }
+    };
     for s in secrets {
-        let trimmed = s.data.trim_ascii_end().to_vec();
-        for v in [s.data.clone(), trimmed] {
-            if !v.is_empty() && !out.contains(&v) {
-                out.push(v);
+        let value = without_newline(&s.data);
+        add(value);
+        if value.contains(&b'\n') {
+            for line in value.split(|&b| b == b'\n') {
+                add(without_newline(line));
             }
         }
     }
     out
+}
+
+/// One warning per secret too short to mask, naming its id: its value will show in clear if a
+/// step prints it.
+pub fn short_secret_warnings(secrets: &[Secret]) -> Vec<String> {
+    secrets
+        .iter()
+        .filter(|s| {
+            let v = without_newline(&s.data);
+            !v.is_empty() && v.len() < MIN_MASKED_LEN
+        })
+        .map(|s| {
+            format!(
+                "warning: --secret id={} is shorter than {MIN_MASKED_LEN} bytes and is not masked in the build output (it would match everywhere): a step that prints it shows it in clear",
+                clip(&s.id)
+            )
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -245,12 +283,52 @@ mod tests {
         assert!(e.contains("is a directory"), "{e}");
     }
 
+    fn secret(id: &str, data: &[u8]) -> Secret {
+        Secret {
+            id: id.into(),
+            data: data.to_vec(),
+        }
+    }
+
     #[test]
-    fn masks_cover_the_value_with_and_without_its_newline() {
-        let s = Secret {
-            id: "a".into(),
-            data: b"pw\n".to_vec(),
-        };
-        assert_eq!(mask_values(&[s]), vec![b"pw\n".to_vec(), b"pw".to_vec()]);
+    fn masks_cover_the_value_without_its_newline_and_each_line() {
+        assert_eq!(
+            mask_values(&[secret("a", b"pass\n")]),
+            vec![b"pass".to_vec()]
+        );
+        assert_eq!(
+            mask_values(&[secret("k", b"line-one\r\nline-two\nok\n")]),
+            vec![
+                b"line-one\r\nline-two\nok".to_vec(),
+                b"line-one".to_vec(),
+                b"line-two".to_vec()
+            ]
+        );
+        // Too short to mask: no mask, one warning naming the id.
+        let short = [
+            secret("pin", b"x\n"),
+            secret("empty", b""),
+            secret("ok", b"long"),
+        ];
+        assert_eq!(mask_values(&short), vec![b"long".to_vec()]);
+        let w = short_secret_warnings(&short);
+        assert_eq!(w.len(), 1);
+        assert!(
+            w[0].starts_with("warning: --secret id=pin is shorter than 4 bytes"),
+            "{}",
+            w[0]
+        );
+    }
+
+    #[test]
+    fn masked_output_keeps_its_newlines_and_hides_lines_printed_alone() {
+        let secrets = [
+            secret("key", b"AAAA-line1\nBBBB-line2\n"),
+            secret("c", b"c"),
+        ];
+        let m = crate::progress::Masker::new(mask_values(&secrets));
+        assert_eq!(m.mask(b"AAAA-line1\nBBBB-line2\nnext\n"), b"****\nnext\n");
+        assert_eq!(m.mask(b"x BBBB-line2\n"), b"x ****\n");
+        assert_eq!(m.mask(b"cat c\n"), b"cat c\n");
     }
 }
