@@ -90,3 +90,6 @@ mod tests {
         assert!(header_safe("--x", "id", "a\tb").is_err());
     }
 }
+
+#[cfg(test)]
+mod props;
