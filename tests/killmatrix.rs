@@ -358,3 +358,64 @@ fn two_runs_on_one_state_dir() {
     );
     sb.assert_clean();
 }
+
+/// SIGKILLs during context transfers, one after another, each after the context changed: the
+/// build after them must see exactly the context as it is now (a cache record left half-updated
+/// would fail its cache key, or worse, reuse a stale checksum).
+#[test]
+fn repeated_sigkills_during_context_transfers_leave_a_consistent_cache() {
+    let sb = Sandbox::new(Mode::Privileged);
+    let ctx = sb.context("repeat", "FROM scratch\nCOPY data /data\n");
+    let data = ctx.join("data");
+    {
+        let mut f = fs::File::create(&data).unwrap();
+        let block = vec![3u8; 1 << 20];
+        for _ in 0..384 {
+            f.write_all(&block).unwrap();
+        }
+    }
+    let stamp = |round: u32| {
+        use std::os::unix::fs::FileExt;
+        let f = fs::OpenOptions::new().write(true).open(&data).unwrap();
+        f.write_all_at(format!("round {round:04}\n").as_bytes(), 0)
+            .unwrap();
+        f.write_all_at(format!("tail {round:04}\n").as_bytes(), (384 << 20) - 10)
+            .unwrap();
+    };
+    let build = |dest: Option<&Path>| {
+        let mut c = bkrun(&sb);
+        c.arg("build")
+            .args(dockerfile_args(&ctx))
+            .arg("--progress=plain");
+        if let Some(d) = dest {
+            c.arg(local_output(d));
+        }
+        c
+    };
+    for round in 0..3 {
+        stamp(round);
+        let (mut child, rx) = spawn_watched(build(None));
+        wait_for_line(&rx, "transferring context: ", Duration::from_secs(60));
+        std::thread::sleep(Duration::from_millis(200 * u64::from(round)));
+        let (status, ..) =
+            kill_and_measure(&sb, &mut child, nix::sys::signal::Signal::SIGKILL, None);
+        assert_eq!(status.signal(), Some(9));
+    }
+    stamp(99);
+    let dest = sb.path("out");
+    let out = run_ok(&mut build(Some(&dest)));
+    let got = fs::read(dest.join("data")).unwrap();
+    let want = fs::read(&data).unwrap();
+    assert!(
+        got == want,
+        "the build saw a stale context: {:?} / {:?}",
+        String::from_utf8_lossy(&got[..11]),
+        String::from_utf8_lossy(&got[got.len() - 10..])
+    );
+    assert!(
+        stderr(&out).contains("did not stop cleanly"),
+        "{}",
+        show(&out)
+    );
+    sb.assert_clean();
+}
