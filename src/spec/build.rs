@@ -198,7 +198,7 @@ pub fn resolve(args: &BuildArgs, settings: &Settings, host: &dyn Host) -> Result
         client_tokens: registry::client_tokens_enabled(env("BUILDKIT_NO_CLIENT_TOKEN").as_deref()),
         tls: registry::tls_from(settings.daemon_config.as_ref()),
     };
-    Ok(BuildSpec {
+    let spec = BuildSpec {
         frontend,
         locals,
         oci_layouts,
@@ -215,7 +215,10 @@ pub fn resolve(args: &BuildArgs, settings: &Settings, host: &dyn Host) -> Result
         cache_imports,
         cache_exports,
         registry,
-    })
+    };
+    // Last, so a flag's own mistake is named first; still before any daemon exists.
+    super::dests::check(&spec, host)?;
+    Ok(spec)
 }
 
 /// The Dockerfile's predefined proxy args, in both spellings.
