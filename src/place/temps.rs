@@ -43,8 +43,11 @@ impl Temp {
 
 impl Drop for Temp {
     fn drop(&mut self) {
-        live().remove(&self.path);
-        let _ = remove(&self.path);
+        // A transfer still writing into the tree can make this fail (a directory it just filled
+        // is not empty): the path then stays remembered, for `sweep` once the transfer is over.
+        if remove(&self.path).is_ok() {
+            live().remove(&self.path);
+        }
     }
 }
 
