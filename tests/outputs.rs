@@ -10,6 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
+use nix::sys::signal::Signal;
 
 /// The names in `dir`, sorted.
 fn names(dir: &Path) -> Vec<String> {
@@ -223,6 +224,7 @@ fn interrupt_export(
     sb: &Sandbox,
     ctx: &Path,
     output: String,
+    signal: Signal,
     exporting: impl Fn() -> bool,
 ) -> (Option<i32>, String) {
     let mut child = sb
@@ -250,11 +252,7 @@ fn interrupt_export(
         }
         std::thread::sleep(Duration::from_millis(2));
     }
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
     let status = child.wait().unwrap();
     let mut err = String::new();
     child
@@ -288,39 +286,54 @@ fn tree_bytes(p: &Path) -> u64 {
 
 #[test]
 fn an_interrupted_export_leaves_destinations_untouched_and_no_temp() {
-    let sb = Sandbox::new(Mode::Privileged);
-    let ctx = sb.shell_context(
-        "big",
-        "RUN dd if=/dev/zero of=/big bs=1M count=400 2>/dev/null\n",
-    );
-    // A destination that does not exist yet stays absent.
-    let dest = sb.path("out");
-    let (code, err) = interrupt_export(&sb, &ctx, local_output(&dest), || receiving(&sb.dir));
-    assert_eq!(code, Some(143), "{err}");
-    assert!(
-        !dest.exists(),
-        "an interrupted export left {}",
-        dest.display()
-    );
-    assert!(temps_in(&sb.dir).is_empty(), "{:?}", names(&sb.dir));
+    for mode in [Mode::Privileged, Mode::RootlessStrict] {
+        let sb = Sandbox::new(mode);
+        let ctx = sb.shell_context(
+            "big",
+            "RUN dd if=/dev/zero of=/big bs=1M count=400 2>/dev/null\n",
+        );
+        // A destination that does not exist yet stays absent.
+        let dest = sb.path("out");
+        let (code, err) = interrupt_export(&sb, &ctx, local_output(&dest), Signal::SIGINT, || {
+            receiving(&sb.dir)
+        });
+        assert_eq!(code, Some(130), "{mode:?}: {err}");
+        assert!(
+            !dest.exists(),
+            "{mode:?}: an interrupted export left {}",
+            dest.display()
+        );
+        assert!(
+            temps_in(&sb.dir).is_empty(),
+            "{mode:?}: {:?}: {err}",
+            names(&sb.dir)
+        );
 
-    // An existing one keeps exactly what it had.
-    let dest = sb.mkdir("existing");
-    fs::write(dest.join("mine.txt"), "user").unwrap();
-    let (code, err) = interrupt_export(&sb, &ctx, local_output(&dest), || receiving(&dest));
-    assert_eq!(code, Some(143), "{err}");
-    assert_eq!(names(&dest), ["mine.txt"], "{err}");
+        // An existing one keeps exactly what it had.
+        let dest = sb.mkdir("existing");
+        sb.write("existing/mine.txt", "user");
+        let (code, err) = interrupt_export(&sb, &ctx, local_output(&dest), Signal::SIGTERM, || {
+            receiving(&dest)
+        });
+        assert_eq!(code, Some(143), "{mode:?}: {err}");
+        assert_eq!(names(&dest), ["mine.txt"], "{mode:?}: {err}");
 
-    // A tarball's temporary file goes too.
-    let tar: PathBuf = sb.path("image.tar");
-    let (code, err) = interrupt_export(
-        &sb,
-        &ctx,
-        format!("--output=type=tar,dest={}", tar.display()),
-        || receiving(&sb.dir),
-    );
-    assert_eq!(code, Some(143), "{err}");
-    assert!(!tar.exists());
-    assert!(temps_in(&sb.dir).is_empty(), "{:?}: {err}", names(&sb.dir));
-    sb.assert_clean();
+        // A tarball's temporary file goes too.
+        let tar: PathBuf = sb.path("image.tar");
+        let (code, err) = interrupt_export(
+            &sb,
+            &ctx,
+            format!("--output=type=tar,dest={}", tar.display()),
+            Signal::SIGHUP,
+            || receiving(&sb.dir),
+        );
+        assert_eq!(code, Some(129), "{mode:?}: {err}");
+        assert!(!tar.exists(), "{mode:?}");
+        assert!(
+            temps_in(&sb.dir).is_empty(),
+            "{mode:?}: {:?}: {err}",
+            names(&sb.dir)
+        );
+        sb.assert_clean();
+    }
 }

@@ -23,6 +23,12 @@ pub fn check(spec: &BuildSpec, host: &dyn Host) -> Result<()> {
 fn check_outputs(outputs: &[Output], host: &dyn Host) -> Result<()> {
     for out in outputs {
         let what = |d: &Path| format!("--output type={},dest={}", out.kind, d.display());
+        if out.dest() == Some("") {
+            bail!(
+                "--output type={},dest= names no path: give dest=DIR or dest=FILE (dest=- for stdout)",
+                out.kind
+            );
+        }
         match out.destination() {
             Destination::Dir(d) | Destination::Layout(d) => check_dir(&what(&d), &d, host)?,
             Destination::File(f) => check_file(&what(&f), &f, host)?,
@@ -134,7 +140,10 @@ mod tests {
     use crate::spec::output::OutputKind;
 
     fn out(s: &str) -> Output {
-        let (kind, dest) = s.split_once(',').unwrap_or((s, ""));
+        let (kind, dest) = match s.split_once(',') {
+            Some((k, d)) => (k, Some(d)),
+            None => (s, None),
+        };
         let kind = match kind {
             "local" => OutputKind::Local,
             "tar" => OutputKind::Tar,
@@ -142,9 +151,9 @@ mod tests {
             "docker" => OutputKind::Docker,
             _ => OutputKind::Image,
         };
-        let attrs = [("dest".to_string(), dest.to_string())]
+        let attrs = dest
+            .map(|d| ("dest".to_string(), d.to_string()))
             .into_iter()
-            .filter(|(_, d)| !d.is_empty())
             .collect();
         Output { kind, attrs }
     }
@@ -186,6 +195,7 @@ mod tests {
         ok(&["local,/w/new/deeper"], None);
         ok(&["oci,-"], None);
         ok(&["image"], None);
+        assert!(run(&["local,"], None).is_err());
     }
 
     #[test]
