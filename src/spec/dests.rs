@@ -31,7 +31,16 @@ fn check_outputs(outputs: &[Output], host: &dyn Host) -> Result<()> {
         }
         match out.destination() {
             Destination::Dir(d) | Destination::Layout(d) => check_dir(&what(&d), &d, host)?,
-            Destination::File(f) => check_file(&what(&f), &f, host)?,
+            Destination::File(f) => {
+                // The same refusal `dest=-` meets in output.rs: no tarball on a terminal.
+                if classify(&f, host) == FileTarget::Fd(1) && host.stdout_is_terminal() {
+                    bail!(
+                        "{}: would write a tarball to the terminal: give dest=FILE, or redirect stdout",
+                        what(&f)
+                    );
+                }
+                check_file(&what(&f), &f, host)?
+            }
             Destination::Stdout | Destination::Daemon => {}
         }
     }
@@ -196,6 +205,11 @@ mod tests {
         ok(&["oci,-"], None);
         ok(&["image"], None);
         assert!(run(&["local,"], None).is_err());
+        let mut tty = host();
+        tty.tty = true;
+        let outs = [out("tar,/dev/stdout")];
+        let e = check_outputs(&outs, &tty).unwrap_err().to_string();
+        assert!(e.contains("would write a tarball to the terminal"), "{e}");
     }
 
     #[test]
