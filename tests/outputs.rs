@@ -218,7 +218,44 @@ fn an_export_into_an_existing_dir_keeps_the_users_other_files() {
     sb.assert_clean();
 }
 
-/// Starts a build exporting a 400 MB file to `output` and sends SIGTERM once `exporting`
+/// Unmounts on drop, so a failed test leaves no mount behind.
+struct Mounted(PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+#[test]
+fn an_export_into_a_mount_point_is_received_inside_it() {
+    // A volume mounted at dest (a pod's emptyDir, say): no rename can cross into it from beside.
+    let sb = Sandbox::new(Mode::Privileged);
+    let ctx = sb.hello_context();
+    let dest = sb.mkdir("vol");
+    nix::mount::mount(
+        Some("tmpfs"),
+        &dest,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=64m"),
+    )
+    .unwrap();
+    let _mounted = Mounted(dest.clone());
+    fs::write(dest.join("mine.txt"), "user").unwrap();
+    run_ok(
+        sb.build(&ctx)
+            .args(["--progress=quiet".to_string(), local_output(&dest)]),
+    );
+    assert_eq!(fs::read_to_string(dest.join("mine.txt")).unwrap(), "user");
+    assert!(dest.join("hello.txt").exists());
+    assert!(temps_in(&dest).is_empty(), "{:?}", names(&dest));
+    assert!(temps_in(&sb.dir).is_empty(), "{:?}", names(&sb.dir));
+    drop(_mounted);
+    sb.assert_clean();
+}
+
+/// Starts a build exporting a 400 MB file to `output` and sends `signal` once `exporting`
 /// sees the transfer under way; returns bkrun's exit code and stderr.
 fn interrupt_export(
     sb: &Sandbox,
@@ -313,10 +350,15 @@ fn an_interrupted_export_leaves_destinations_untouched_and_no_temp() {
         let dest = sb.mkdir("existing");
         sb.write("existing/mine.txt", "user");
         let (code, err) = interrupt_export(&sb, &ctx, local_output(&dest), Signal::SIGTERM, || {
-            receiving(&dest)
+            receiving(&sb.dir)
         });
         assert_eq!(code, Some(143), "{mode:?}: {err}");
         assert_eq!(names(&dest), ["mine.txt"], "{mode:?}: {err}");
+        assert!(
+            temps_in(&sb.dir).is_empty(),
+            "{mode:?}: {:?}: {err}",
+            names(&sb.dir)
+        );
 
         // A tarball's temporary file goes too.
         let tar: PathBuf = sb.path("image.tar");

@@ -2,9 +2,10 @@
 //!
 //! A missing destination gets the whole tree by one rename. An existing directory is merged
 //! into, as buildctl's exporter writes into it: each received entry replaces the entry of the
-//! same name, and nothing else there is deleted. The tree is then received inside that
-//! directory, so it is on the same filesystem and writable wherever the destination is (a
-//! volume mount whose parent is read-only, for one).
+//! same name, and nothing else there is deleted. The tree is received beside the destination,
+//! so even a SIGKILL (which no cleanup survives) leaves the destination as it was; where that
+//! is impossible (the destination is a mount point, or its parent is read-only) it is received
+//! inside, which is on the same filesystem and writable whenever the destination is.
 
 use std::io;
 use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, PermissionsExt as _};
@@ -28,7 +29,19 @@ impl DirTarget {
             Ok(m) if m.is_dir() => {
                 // Followed to where it leads, so a link to a directory stays a link.
                 let real = std::fs::canonicalize(dest)?;
-                let temp = make_dir_in(&real, ".bkrun-export-")?;
+                let beside = real.parent().filter(|p| {
+                    // A rename cannot cross into another filesystem (a volume mounted at dest).
+                    std::fs::metadata(p).is_ok_and(|pm| pm.dev() == m.dev())
+                });
+                let name = real
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let temp = match beside.map(|p| make_dir_in(p, &format!(".{name}.bkrun-"))) {
+                    Some(Ok(t)) => t,
+                    // Not allowed to write beside it: inside, where writing is what was asked.
+                    _ => make_dir_in(&real, ".bkrun-export-")?,
+                };
                 Ok(DirTarget {
                     dest: real,
                     temp,
@@ -207,7 +220,8 @@ mod tests {
 
         let t = DirTarget::prepare(&dest).unwrap();
         let r = t.receive_dir().to_path_buf();
-        assert_eq!(r.parent().unwrap(), dest);
+        // Beside it: a SIGKILL now would leave the destination as it was.
+        assert_eq!(r.parent().unwrap(), d.path());
         std::fs::create_dir_all(r.join("sub")).unwrap();
         std::fs::write(r.join("sub/new"), "build").unwrap();
         std::fs::set_permissions(r.join("sub"), std::fs::Permissions::from_mode(0o555)).unwrap();
