@@ -22,7 +22,7 @@ use crate::proto::moby::buildkit::v1::{
 use crate::session::{Session, SessionError, SessionHandle};
 use crate::spec::build::BuildSpec;
 use crate::spec::cache::imports_attr;
-use crate::spec::secret::mask_values;
+use crate::spec::secret::{mask_values, short_secret_warnings};
 
 /// Largest message we accept from the daemon (status batches can be big).
 const MAX_MESSAGE: usize = 64 << 20;
@@ -41,6 +41,9 @@ pub enum Outcome {
 pub async fn build(channel: Channel, spec: &BuildSpec, target: &Target) -> Result<Outcome> {
     // Secret values never reach the terminal or the CI log, whatever a step prints.
     let masks = mask_values(&spec.secrets);
+    for w in short_secret_warnings(&spec.secrets) {
+        crate::say!("bkrun: {w}");
+    }
     let (session, services) = services::build(spec, &mut |w| crate::say!("bkrun: {w}"))?;
     let session = open(session, channel.clone(), target).await?;
     let reference = crate::session::random_id();

@@ -170,6 +170,9 @@ impl Host for FakeHost {
             .contains(&program)
             .then(|| PathBuf::from("/usr/bin").join(program))
     }
+    fn current_exe(&self) -> Option<PathBuf> {
+        Some(PathBuf::from("/usr/local/bin/bkrun"))
+    }
     fn privilege(&self, program: &Path) -> Privilege {
         let name = program.file_name().and_then(|n| n.to_str()).unwrap_or("");
         self.privileges

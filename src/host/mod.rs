@@ -55,6 +55,8 @@ pub trait Host: Send + Sync {
     fn has_subid_ranges(&self) -> bool;
     /// Looks a program up on $PATH (or takes it as a path when it has a slash).
     fn which(&self, program: &str) -> Option<PathBuf>;
+    /// bkrun's own executable, which runs again as the daemon's namespace init.
+    fn current_exe(&self) -> Option<PathBuf>;
     /// How an executable gets privilege when run: the setuid bit or file capabilities.
     fn privilege(&self, program: &Path) -> Privilege;
     /// An existing directory this process can create files in.

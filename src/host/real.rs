@@ -116,6 +116,10 @@ impl Host for RealHost {
         which(program, self.env("PATH").as_deref())
     }
 
+    fn current_exe(&self) -> Option<PathBuf> {
+        std::env::current_exe().ok()
+    }
+
     fn privilege(&self, program: &Path) -> Privilege {
         let Ok(meta) = std::fs::metadata(program) else {
             return Privilege::Missing;
