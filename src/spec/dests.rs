@@ -23,12 +23,6 @@ pub fn check(spec: &BuildSpec, host: &dyn Host) -> Result<()> {
 fn check_outputs(outputs: &[Output], host: &dyn Host) -> Result<()> {
     for out in outputs {
         let what = |d: &Path| format!("--output type={},dest={}", out.kind, d.display());
-        if out.dest() == Some("") {
-            bail!(
-                "--output type={},dest= names no path: give dest=DIR or dest=FILE (dest=- for stdout)",
-                out.kind
-            );
-        }
         match out.destination() {
             Destination::Dir(d) | Destination::Layout(d) => check_dir(&what(&d), &d, host)?,
             Destination::File(f) => {
@@ -204,7 +198,6 @@ mod tests {
         ok(&["local,/w/new/deeper"], None);
         ok(&["oci,-"], None);
         ok(&["image"], None);
-        assert!(run(&["local,"], None).is_err());
         let mut tty = host();
         tty.tty = true;
         let outs = [out("tar,/dev/stdout")];
