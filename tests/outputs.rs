@@ -290,7 +290,13 @@ fn interrupt_export(
         std::thread::sleep(Duration::from_millis(2));
     }
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
+    let t = Instant::now();
     let status = child.wait().unwrap();
+    eprintln!(
+        "{:?} {signal} during the export: exited in {:.0} ms",
+        sb.mode,
+        t.elapsed().as_secs_f64() * 1e3
+    );
     let mut err = String::new();
     child
         .stderr
