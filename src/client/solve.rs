@@ -1,7 +1,7 @@
 //! One build over the Control API: open the session the spec's services need, Solve, render the Status stream as progress, then finish the outputs.
 
 use std::collections::{BTreeMap, HashMap};
-use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -74,7 +74,9 @@ pub async fn build(channel: Channel, spec: &BuildSpec, target: &Target) -> Resul
     let solved = control.solve(request).await;
     if let Some(path) = &spec.ref_file {
         // Written whether the build succeeded or not, as buildctl does: the ref names its history record.
-        if let Err(e) = write_ref_file(path, &reference) {
+        if let Err(e) =
+            crate::place::write_file(path, reference.as_bytes(), &crate::host::RealHost).await
+        {
             crate::say!(
                 "bkrun: cannot write the --ref-file {}: {e:#}",
                 path.display()
@@ -236,19 +238,6 @@ fn finish(
             Ok(Outcome::Failed)
         }
     }
-}
-
-/// Replaces `path` whole with the build's ref.
-fn write_ref_file(path: &std::path::Path, reference: &str) -> Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => std::path::Path::new("."),
-    };
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    std::io::Write::write_all(&mut tmp, reference.as_bytes())?;
-    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644))?;
-    tmp.persist(path)?;
-    Ok(())
 }
 
 /// `text` with every secret value replaced by `****`, as the progress views mask them.

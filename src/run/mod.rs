@@ -100,13 +100,22 @@ pub async fn run(cli: Cli) -> i32 {
         _ => {}
     }
     let format = cli.global.log_format;
-    match try_run(cli).await {
+    let code = match try_run(cli).await {
         Ok(code) => code,
         Err(e) => {
             print_error(&e, format);
             1
         }
+    };
+    // However the work ended (success, error, failed build, signal), the daemon is gone by
+    // now and no temporary output may outlive bkrun.
+    for (path, e) in crate::place::temps::sweep() {
+        crate::say!(
+            "bkrun: cannot remove the temporary output {}: {e}: remove it by hand",
+            path.display()
+        );
     }
+    code
 }
 
 /// One line that says what failed and what to do, then the detail, indented; with
@@ -293,17 +302,19 @@ async fn perform(
             let spec = &job.spec;
             let build = async {
                 let channel = connect::connect_target(target).await?;
-                client::solve::build(channel, spec, target).await
+                let outcome = client::solve::build(channel, spec, target).await?;
+                // Inside the select, so a signal still ends a write to a FIFO nobody reads.
+                if let (client::solve::Outcome::Done(response), Some(path)) =
+                    (&outcome, &spec.metadata_file)
+                {
+                    client::metadata::write(path, response).await?;
+                }
+                anyhow::Ok(outcome)
             };
             tokio::select! {
                 res = build => match res {
                     Ok(client::solve::Outcome::Done(response)) => {
-                        let written = spec
-                            .metadata_file
-                            .as_ref()
-                            .map_or(Ok(()), |path| client::metadata::write(path, &response))
-                            .and_then(|()| client::metadata::write_after(&job.after, &response));
-                        match written {
+                        match client::metadata::write_after(&job.after, &response) {
                             Ok(()) => Ended::Code(0),
                             Err(e) => Ended::Failed(e),
                         }

@@ -237,7 +237,7 @@ pub fn resolve(args: &BuildArgs, settings: &Settings, host: &dyn Host) -> Result
         client_tokens: registry::client_tokens_enabled(env("BUILDKIT_NO_CLIENT_TOKEN").as_deref()),
         tls: registry::tls_from(settings.daemon_config.as_ref()),
     };
-    Ok(BuildSpec {
+    let spec = BuildSpec {
         frontend,
         locals,
         oci_layouts,
@@ -254,7 +254,10 @@ pub fn resolve(args: &BuildArgs, settings: &Settings, host: &dyn Host) -> Result
         cache_imports,
         cache_exports,
         registry,
-    })
+    };
+    // Last, so a flag's own mistake is named first; still before any daemon exists.
+    super::dests::check(&spec, host)?;
+    Ok(spec)
 }
 
 /// Checks a `--local` name. It reaches the daemon in the LLB (`local://NAME`) and comes back in

@@ -3,6 +3,7 @@
 pub mod build;
 pub mod cache;
 pub mod csv;
+pub mod dests;
 pub mod docker;
 pub mod dockerconfig;
 pub mod kaniko;
