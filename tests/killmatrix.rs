@@ -161,9 +161,11 @@ fn sigkill_during_run_step(sb: &Sandbox) -> Row {
         &format!("RUN echo before > /before\nRUN sleep 1{marker} & sleep 2{marker}\n"),
     );
     let (mut child, rx) = spawn_watched(build(sb, &ctx));
-    wait_until(Duration::from_secs(60), || with_marker(&marker).len() >= 2);
+    // Both sleeps (the step's shell execs the last one): checked once, as a process reading
+    // mid-exec can show an empty command line for an instant.
+    let started = wait_until(Duration::from_secs(60), || with_marker(&marker).len() >= 2);
     assert!(
-        with_marker(&marker).len() >= 2,
+        started,
         "the RUN step never started:\n{}",
         rx.try_iter().collect::<Vec<_>>().join("\n")
     );
@@ -227,9 +229,21 @@ fn sigkill_during_local_export(sb: &Sandbox) -> Row {
             .take(5)
             .collect::<Vec<_>>()
     );
+    // What the killed run was receiving into, beside the destination: left (nothing could
+    // remove it), and removed by the next export there once it is surely abandoned.
+    let beside = || {
+        fs::read_dir(&sb.dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".out.bkrun-"))
+            .count()
+    };
+    assert_eq!(beside(), 1, "the killed export's temp dir");
+    std::thread::sleep(bkrun::place::temps::ABANDONED_AFTER);
     let mut again = build(sb, &ctx);
     again.arg(local_output(&dest));
     run_ok(&mut again);
+    assert_eq!(beside(), 0, "the abandoned temp dir is swept");
     assert_eq!(fs::metadata(dest.join("big")).unwrap().len(), 512 << 20);
     sb.assert_clean();
     Row {

@@ -139,8 +139,10 @@ pub fn temp_file_beside(dest: &Path) -> io::Result<(File, Temp)> {
         .ok()
         .filter(|m| m.is_file())
         .map(|m| m.permissions().mode() & 0o7777);
+    let prefix = format!(".{name}.bkrun-");
+    temps::sweep_abandoned(parent_of(dest), &prefix);
     let tmp = tempfile::Builder::new()
-        .prefix(&format!(".{name}.bkrun-"))
+        .prefix(&prefix)
         .make_in(parent_of(dest), |p| {
             std::fs::OpenOptions::new()
                 .write(true)

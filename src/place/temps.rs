@@ -1,10 +1,13 @@
 //! Temporary paths beside outputs, remembered until they are put in place: whatever way bkrun ends (an error, a failed build, a signal, a dropped session), what is left is removed.
 
 use std::collections::BTreeSet;
+use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
+
+use nix::fcntl::{Flock, FlockArg};
 
 /// Every temporary path still to be renamed into place or removed. A global, because the
 /// signal path unwinds through code that never saw the session's services.
@@ -19,13 +22,22 @@ fn live() -> std::sync::MutexGuard<'static, BTreeSet<PathBuf>> {
 #[derive(Debug)]
 pub struct Temp {
     path: PathBuf,
+    /// A flock on the path itself while this run may still use it: the kernel drops it when
+    /// bkrun dies, even by SIGKILL, which is how a later run knows the path is abandoned.
+    _owner: Option<Flock<File>>,
 }
 
 impl Temp {
-    /// Remembers `path`, which the caller has just created.
+    /// Remembers `path`, which the caller has just created, and marks it as this run's.
     pub fn register(path: PathBuf) -> Temp {
         live().insert(path.clone());
-        Temp { path }
+        let owner = File::open(&path)
+            .ok()
+            .and_then(|f| Flock::lock(f, FlockArg::LockExclusiveNonblock).ok());
+        Temp {
+            path,
+            _owner: owner,
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -49,6 +61,41 @@ impl Drop for Temp {
             live().remove(&self.path);
         }
     }
+}
+
+/// A temp is only taken for abandoned once it is this old: its creator locks it microseconds
+/// after making it, and must not lose it in between.
+pub const ABANDONED_AFTER: Duration = Duration::from_secs(1);
+
+/// Removes the temps named PREFIX… in `dir` that no live run holds: what a SIGKILLed run left
+/// beside its destination. Returns how many went.
+pub fn sweep_abandoned(dir: &Path, prefix: &str) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        if !e
+            .file_name()
+            .as_encoded_bytes()
+            .starts_with(prefix.as_bytes())
+        {
+            continue;
+        }
+        let path = e.path();
+        let old = std::fs::symlink_metadata(&path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| std::time::SystemTime::now().duration_since(t).ok())
+            .is_some_and(|age| age >= ABANDONED_AFTER);
+        let free = File::open(&path)
+            .ok()
+            .and_then(|f| Flock::lock(f, FlockArg::LockExclusiveNonblock).ok());
+        if old && free.is_some() && remove(&path).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
 }
 
 /// Removes every temporary path still remembered; returns those that could not be removed.
@@ -135,6 +182,35 @@ fn make_writable(dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_abandoned_temps_are_swept() {
+        let d = tempfile::tempdir().unwrap();
+        let long_ago = std::time::SystemTime::now() - Duration::from_secs(60);
+        let age = |p: &Path| File::open(p).unwrap().set_modified(long_ago).unwrap();
+        // A SIGKILLed run's tree and file: nobody holds them.
+        let dead_dir = d.path().join(".out.bkrun-dead");
+        std::fs::create_dir_all(dead_dir.join("sub")).unwrap();
+        age(&dead_dir);
+        let dead_file = d.path().join(".out.bkrun-file");
+        std::fs::write(&dead_file, "partial").unwrap();
+        age(&dead_file);
+        // A live run's, and one just made whose owner may not have locked it yet.
+        let live = d.path().join(".out.bkrun-live");
+        std::fs::create_dir(&live).unwrap();
+        let held = Temp::register(live.clone());
+        age(&live);
+        let young = d.path().join(".out.bkrun-young");
+        std::fs::create_dir(&young).unwrap();
+        let other = d.path().join("out");
+        std::fs::create_dir(&other).unwrap();
+        age(&other);
+        assert_eq!(sweep_abandoned(d.path(), ".out.bkrun-"), 2);
+        assert!(!dead_dir.exists() && !dead_file.exists());
+        assert!(live.exists() && young.exists() && other.exists());
+        drop(held);
+        assert!(!live.exists());
+    }
 
     #[test]
     fn dropped_and_swept_paths_are_removed_kept_ones_stay() {

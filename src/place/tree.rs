@@ -115,6 +115,7 @@ fn nearest_existing(p: &Path) -> PathBuf {
 
 /// A new directory in `dir` named PREFIX + random, with the mode a plain mkdir would give.
 fn make_dir_in(dir: &Path, prefix: &str) -> io::Result<Temp> {
+    super::temps::sweep_abandoned(dir, prefix);
     let made = tempfile::Builder::new()
         .prefix(prefix)
         .make_in(dir, |p| std::fs::DirBuilder::new().mode(0o777).create(p))?;
