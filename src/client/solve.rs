@@ -366,6 +366,9 @@ fn finish(
                 ));
             }
             let mut shown = errors::render(&status);
+            if let Some(name) = errors::refused_entitlement(status.message()) {
+                shown.insert_str(0, &refusal_hint(name, target));
+            }
             if saw_foreign_binary && errors::emulation_hint(status.message()).is_none() {
                 shown.insert_str(
                     0,
@@ -375,6 +378,22 @@ fn finish(
             crate::say_raw!("{}", mask_text(&shown, masks));
             Ok(Outcome::Failed)
         }
+    }
+}
+
+/// What to do about a daemon that was not started with the entitlement `--allow NAME` asks for.
+fn refusal_hint(name: &str, target: &Target) -> String {
+    match &target.origin {
+        // Someone else's daemon: only its operator can grant it.
+        Some(origin) => format!(
+            "bkrun: the daemon at {} (from {origin}) does not grant --allow {name}: ask its operator to start buildkitd with --allow-insecure-entitlement {name} (or insecure-entitlements in its buildkitd.toml), or build without --allow {name}\n",
+            target.addr
+        ),
+        // bkrun's own daemon is started with every entitlement the build asks for, so only the
+        // user's daemon flags or config file can have taken it away.
+        None => format!(
+            "bkrun: buildkitd refused --allow {name} although bkrun started it with --allow-insecure-entitlement={name}: check BUILDKITD_FLAGS and the buildkitd config they name\n"
+        ),
     }
 }
 

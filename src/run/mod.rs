@@ -252,6 +252,9 @@ async fn try_run(cli: Cli) -> Result<i32> {
     if let Some(why) = &settings.buildkit_host_ignored {
         log(settings.debug, || why.clone());
     }
+    if let Work::Build(job) = &work {
+        settings.entitlements = spec::entitlement::daemon_grants(&job.spec.allow);
+    }
     let plan = Plan::new(&settings, &host, matches!(work, Work::Serve(_)))?;
     log(settings.debug, || {
         format!("mode {} ({})", plan.mode(), plan.decision.reason)

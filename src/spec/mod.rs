@@ -5,6 +5,7 @@ pub mod cache;
 pub mod csv;
 pub mod docker;
 pub mod dockerconfig;
+pub mod entitlement;
 pub mod kaniko;
 pub mod output;
 pub mod policy;
