@@ -175,6 +175,23 @@ pub fn refused_entitlement(message: &str) -> Option<&str> {
     (!name.is_empty() && name.len() < rest.len()).then_some(name)
 }
 
+/// Whether a call failed because the connection broke rather than by the daemon's answer, and
+/// the lowest cause if so. A daemon killed mid-call shows as Unavailable, or as Unknown
+/// "transport error" with the broken pipe or reset connection underneath.
+pub fn connection_lost(status: &tonic::Status) -> Option<String> {
+    let mut lost = status.code() == tonic::Code::Unavailable;
+    let mut cause = status.message().to_string();
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        if e.is::<tonic::transport::Error>() || e.is::<std::io::Error>() {
+            lost = true;
+        }
+        cause = e.to_string();
+        source = e.source();
+    }
+    lost.then_some(cause)
+}
+
 /// Everything printed for a failed solve, ending with buildctl's `error: failed to solve: …` line.
 pub fn render(status: &tonic::Status) -> String {
     let mut out = String::new();
@@ -201,6 +218,22 @@ pub fn render(status: &tonic::Status) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_broken_connection_is_told_from_an_answer() {
+        let io = std::io::Error::new(
+            std::io::ErrorKind::BrokenPipe,
+            "stream closed because of a broken pipe",
+        );
+        let mut st = tonic::Status::unknown("transport error");
+        st.set_source(std::sync::Arc::new(io));
+        assert_eq!(
+            connection_lost(&st).as_deref(),
+            Some("stream closed because of a broken pipe")
+        );
+        assert!(connection_lost(&tonic::Status::unavailable("gone")).is_some());
+        assert!(connection_lost(&tonic::Status::unknown("dockerfile parse error")).is_none());
+    }
 
     #[test]
     fn entitlement_errors_name_the_flag() {

@@ -40,6 +40,23 @@ const STATUS_IDLE_AFTER_SOLVE: Duration = Duration::from_millis(300);
 /// And at most this long in all, however chatty the stream is.
 const STATUS_AFTER_SOLVE: Duration = Duration::from_secs(5);
 
+/// The connection to the daemon broke during the build (the daemon died, or the network went):
+/// the caller, which may know the daemon's fate, can say more.
+#[derive(Debug)]
+pub struct ConnectionLost(pub String);
+
+impl std::fmt::Display for ConnectionLost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "lost the connection to the daemon during the build: {}",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for ConnectionLost {}
+
 /// How a build ended.
 #[derive(Debug)]
 pub enum Outcome {
@@ -359,11 +376,8 @@ fn finish(
             if let Some(why) = explain_call(&status, target) {
                 return Err(anyhow!("{why}"));
             }
-            if status.code() == tonic::Code::Unavailable {
-                return Err(anyhow!(
-                    "lost the connection to the daemon during the build: {}",
-                    status.message()
-                ));
+            if let Some(why) = errors::connection_lost(&status) {
+                return Err(ConnectionLost(why).into());
             }
             let mut shown = errors::render(&status);
             if let Some(name) = errors::refused_entitlement(status.message()) {
