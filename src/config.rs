@@ -24,6 +24,8 @@ pub struct FileConfig {
     pub ready_timeout: Option<f64>,
     /// Seconds between SIGTERM and SIGKILL at teardown.
     pub stop_timeout: Option<f64>,
+    /// Seconds to wait for another run holding the state dir (0: do not wait).
+    pub lock_timeout: Option<f64>,
     /// The buildkitd binary.
     pub buildkitd_path: Option<String>,
     /// The rootlesskit binary.
@@ -107,6 +109,8 @@ pub struct Settings {
     /// Where the ready timeout came from, for `bkrun config`.
     pub ready_timeout_source: &'static str,
     pub stop_timeout: Duration,
+    /// How long to wait for another run that holds the state dir; zero: fail at once.
+    pub lock_timeout: Duration,
     pub buildkitd: String,
     pub rootlesskit: String,
     pub buildkitd_flags: Vec<String>,
@@ -215,6 +219,9 @@ fn is_default_socket(path: &Path, host: &dyn Host) -> bool {
 
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(120);
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Long enough for another pipeline's build on a shared cache to finish, short enough that a
+/// stuck one is reported within a CI step's usual limits.
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(300);
 
 impl Settings {
     pub fn load(args: &GlobalArgs, host: &dyn Host) -> Result<Settings> {
@@ -248,6 +255,11 @@ impl Settings {
             Some(s) => secs("stop_timeout in bkrun.toml", s)?,
             None => DEFAULT_STOP_TIMEOUT,
         };
+        let lock_timeout = match (args.lock_timeout, file.lock_timeout) {
+            (Some(s), _) => non_negative_secs("--lock-timeout", s)?,
+            (None, Some(s)) => non_negative_secs("lock_timeout in bkrun.toml", s)?,
+            (None, None) => DEFAULT_LOCK_TIMEOUT,
+        };
         let daemon_config = file.buildkitd;
         let (remote, buildkit_host_ignored) = choose_remote(args, host);
         if daemon_config.is_some() && has_flag(&buildkitd_flags, "--config") {
@@ -260,6 +272,7 @@ impl Settings {
             ready_timeout,
             ready_timeout_source,
             stop_timeout,
+            lock_timeout,
             buildkitd: host
                 .env("BUILDKITD")
                 .or(file.buildkitd_path)
@@ -289,6 +302,13 @@ pub fn script_budget(max: u64) -> Duration {
 fn secs(what: &str, s: f64) -> Result<Duration> {
     if !(s.is_finite() && s > 0.0) {
         bail!("{what} must be a positive number of seconds, not {s}");
+    }
+    Ok(Duration::from_secs_f64(s))
+}
+
+fn non_negative_secs(what: &str, s: f64) -> Result<Duration> {
+    if !(s.is_finite() && s >= 0.0) {
+        bail!("{what} must be zero (do not wait) or a positive number of seconds, not {s}");
     }
     Ok(Duration::from_secs_f64(s))
 }

@@ -7,6 +7,10 @@ use bkrun::cli::{daemonless_sh_argv, Cli};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    // bkrun run again as the daemon's namespace init: first, while no thread exists yet.
+    if args.get(1).map(String::as_str) == Some(bkrun::daemon::nsinit::ARG) {
+        bkrun::daemon::nsinit::main(&args[2..]);
+    }
     let invoked_as = args
         .first()
         .map(|a| a.rsplit('/').next().unwrap_or(a).to_string())

@@ -370,3 +370,51 @@ fn buildctl_drop_in_conventions() {
     assert_eq!(ours.status.code(), theirs.status.code(), "{}", show(&ours));
     sb.assert_clean();
 }
+
+/// Bad flag values, the issue's and generated ones, refused by the real binary in under a second
+/// with a line naming the flag, and no daemon started (its state dir stays empty).
+#[test]
+fn bad_flag_values_never_start_a_daemon() {
+    use proptest::strategy::{Strategy, ValueTree};
+    use proptest::test_runner::{Config, TestRunner};
+    use std::time::{Duration, Instant};
+
+    let sb = Sandbox::new(Mode::Privileged);
+    let ctx = sb.hello_context();
+    let mut cases: Vec<(&str, String)> = vec![
+        ("--output", "type=local,dest=".into()),
+        ("--output", r#"type=local,dest="a"b""#.into()),
+        ("--output", "type=cacheonly".into()),
+        ("--output", "type=local,dest=a,dest=b".into()),
+        ("--local", "=/tmp".into()),
+        ("--export-cache", "type=local,dest=/tmp/caché".into()),
+        ("--import-cache", "type=registry,ref=Not A Ref".into()),
+        ("--secret", "id=z,src=/dev/zero".into()),
+        ("--opt", "x".repeat(100_000)),
+    ];
+    // A few generated values of a shape every parser refuses: a bare quote inside a field.
+    let mut runner = TestRunner::new(Config::default());
+    let bare_quote = "[a-z]{1,8}=[a-z]{1,8}\"[a-z\"]{0,8}";
+    for flag in ["--output", "--secret", "--import-cache", "--export-cache"] {
+        let v = bare_quote.new_tree(&mut runner).unwrap().current();
+        cases.push((flag, v));
+    }
+    for (flag, value) in cases {
+        let t = Instant::now();
+        let out = run_fails(sb.build(&ctx).arg(format!("{flag}={value}")));
+        let took = t.elapsed();
+        let err = stderr(&out);
+        let first = err.lines().next().unwrap_or_default();
+        assert!(
+            first.starts_with(&format!("bkrun: {flag}")),
+            "{flag}={value:.80}: {err:.2000}"
+        );
+        assert!(first.len() < 1000, "{flag}: {} bytes", first.len());
+        assert!(
+            took < Duration::from_secs(1),
+            "{flag}={value:.80}: {took:?}"
+        );
+        sb.assert_no_daemon_started(t);
+    }
+    sb.assert_clean();
+}

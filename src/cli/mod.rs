@@ -48,6 +48,9 @@ pub struct GlobalArgs {
     /// Seconds to wait for the daemon to serve before giving up.
     #[arg(long, global = true, value_name = "SECONDS")]
     pub ready_timeout: Option<f64>,
+    /// Seconds to wait while another run uses the same state dir (--root); 0: fail at once.
+    #[arg(long, global = true, value_name = "SECONDS")]
+    pub lock_timeout: Option<f64>,
     /// Verbose output from bkrun, and buildkitd --debug.
     #[arg(long, global = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = ArgAction::Set, default_value_t = false)]
     pub debug: bool,

@@ -51,6 +51,27 @@ pub struct Prune {
     pub verbose: bool,
 }
 
+/// Removes the daemon's local-source records, the snapshots of `--local` dirs it updates in place
+/// from one build to the next. A transfer cut off by SIGKILL leaves one with files and checksums
+/// that disagree, and every later build of that context fails to compute its cache key; dropped,
+/// the next build transfers the context whole. Returns how many went and their size.
+pub async fn prune_local_sources(channel: Channel) -> Result<(usize, i64)> {
+    let mut stream = ControlClient::new(channel)
+        .prune(PruneRequest {
+            filter: vec!["type==source.local".into()],
+            ..Default::default()
+        })
+        .await
+        .map_err(failed("failed to call prune"))?
+        .into_inner();
+    let (mut n, mut size) = (0, 0i64);
+    while let Some(rec) = stream.message().await.map_err(failed("prune stopped"))? {
+        n += 1;
+        size = size.saturating_add(rec.size);
+    }
+    Ok((n, size))
+}
+
 /// Runs `req` against the daemon behind `channel`, writing buildctl's output to `out`.
 pub async fn run(channel: Channel, req: &Request, out: &mut impl Write) -> Result<()> {
     let mut control = ControlClient::new(channel);

@@ -31,24 +31,20 @@ pub fn document(response: &HashMap<String, String>) -> Value {
     Value::Object(out)
 }
 
-/// Writes the document to `path` atomically (a partial file is never seen).
-pub fn write(path: &Path, response: &HashMap<String, String>) -> Result<()> {
+/// Writes the document to `path`: atomically over a regular file (a partial file is never
+/// seen; a symlink's target is replaced and the link kept), through a device, FIFO or
+/// `/dev/stdout`.
+pub async fn write(path: &Path, response: &HashMap<String, String>) -> Result<()> {
     let text = serde_json::to_string_pretty(&document(response))?;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| {
-        format!(
-            "cannot write the metadata file {}: is {} writable?",
-            path.display(),
-            dir.display()
-        )
-    })?;
-    std::io::Write::write_all(&mut tmp, text.as_bytes())?;
-    tmp.persist(path)
-        .with_context(|| format!("cannot write the metadata file {}", path.display()))?;
-    Ok(())
+    crate::place::write_file(path, text.as_bytes(), &crate::host::RealHost)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot write the --metadata-file {}: check that {} is writable",
+                path.display(),
+                crate::place::parent_of(path).display()
+            )
+        })
 }
 
 /// The files buildx's --iidfile and kaniko's digest flags ask for, and `-q`'s image ID on

@@ -1,7 +1,7 @@
 //! One build over the Control API: open the session the spec's services need, Solve, render the Status stream as progress, then finish the outputs.
 
 use std::collections::{BTreeMap, HashMap};
-use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,7 +24,7 @@ use crate::proto::moby::buildkit::v1::{
 use crate::session::{Session, SessionError, SessionHandle};
 use crate::spec::build::BuildSpec;
 use crate::spec::cache::imports_attr;
-use crate::spec::secret::mask_values;
+use crate::spec::secret::{mask_values, short_secret_warnings};
 
 /// Largest message we accept from the daemon (status batches can be big).
 const MAX_MESSAGE: usize = 64 << 20;
@@ -71,6 +71,9 @@ pub enum Outcome {
 pub async fn build(channel: Channel, spec: &BuildSpec, target: &Target) -> Result<Outcome> {
     // Secret values never reach the terminal or the CI log, whatever a step prints.
     let masks = mask_values(&spec.secrets);
+    for w in short_secret_warnings(&spec.secrets) {
+        crate::say!("bkrun: {w}");
+    }
     let (session, services) = services::build(spec, &mut |w| crate::say!("bkrun: {w}"))?;
     let session = open(session, channel.clone(), target).await?;
     let reference = crate::session::random_id();
@@ -108,7 +111,9 @@ pub async fn build(channel: Channel, spec: &BuildSpec, target: &Target) -> Resul
     let _ = solve_done.send(Some(solved.is_ok()));
     if let Some(path) = &spec.ref_file {
         // Written whether the build succeeded or not, as buildctl does: the ref names its history record.
-        if let Err(e) = write_ref_file(path, &reference) {
+        if let Err(e) =
+            crate::place::write_file(path, reference.as_bytes(), &crate::host::RealHost).await
+        {
             crate::say!(
                 "bkrun: cannot write the --ref-file {}: {e:#}",
                 path.display()
@@ -409,19 +414,6 @@ fn refusal_hint(name: &str, target: &Target) -> String {
             "bkrun: buildkitd refused --allow {name} although bkrun started it with --allow-insecure-entitlement={name}: check BUILDKITD_FLAGS and the buildkitd config they name\n"
         ),
     }
-}
-
-/// Replaces `path` whole with the build's ref.
-fn write_ref_file(path: &std::path::Path, reference: &str) -> Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => std::path::Path::new("."),
-    };
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    std::io::Write::write_all(&mut tmp, reference.as_bytes())?;
-    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644))?;
-    tmp.persist(path)?;
-    Ok(())
 }
 
 /// `text` with every secret value replaced by `****`, as the progress views mask them.

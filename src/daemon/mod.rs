@@ -3,10 +3,13 @@
 pub mod diagnose;
 pub mod facts;
 pub mod mode;
+pub mod nsinit;
 pub mod paths;
 pub mod plan;
 pub mod ready;
+pub mod statelock;
 pub mod supervisor;
+pub mod sweep;
 
 pub use mode::Mode;
 pub use plan::Plan;

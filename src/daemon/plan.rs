@@ -28,6 +28,9 @@ pub struct Plan {
     pub settings: Settings,
     pub buildkitd: PathBuf,
     pub rootlesskit: Option<PathBuf>,
+    /// bkrun itself, run as the init of the daemon's own namespaces (None: bkrun's path is
+    /// unknown, and the daemon runs without them).
+    pub init: Option<PathBuf>,
 }
 
 /// The run-time locations a plan is filled in with once the run dir exists.
@@ -86,6 +89,7 @@ impl Plan {
             settings: settings.clone(),
             buildkitd,
             rootlesskit,
+            init: host.current_exe(),
         })
     }
 
@@ -115,6 +119,13 @@ impl Plan {
                 dirs.run_dir.join("rootlesskit").display()
             ));
             argv.extend(self.settings.rootlesskit_flags.iter().cloned());
+        }
+        if let Some(exe) = &self.init {
+            // A PID namespace needs a /proc of its own, which a masked /proc (strict mode's
+            // reason to be) refuses; there the init watches the daemon's processes instead.
+            let pidns = self.mode() != Mode::RootlessStrict;
+            let wrapped = super::nsinit::wrap(exe, pidns, &[]);
+            argv.extend(wrapped);
         }
         argv.push(self.buildkitd.display().to_string());
         argv.push(format!(
@@ -245,6 +256,7 @@ impl Plan {
             st.ready_timeout, st.ready_timeout_source
         );
         let _ = writeln!(s, "stop timeout:    {:?}", st.stop_timeout);
+        let _ = writeln!(s, "lock timeout:    {:?}", st.lock_timeout);
         match self.argv(&dirs) {
             Ok(argv) => {
                 let _ = writeln!(s, "daemon argv:     {}", shell_words::join(&argv));
@@ -298,6 +310,10 @@ mod tests {
         assert_eq!(
             argv,
             [
+                "/usr/local/bin/bkrun",
+                "__nsinit",
+                "--pidns",
+                "--",
                 "/usr/bin/buildkitd",
                 "--addr=unix:///run/buildkit/buildkitd.sock",
                 "--root=/var/lib/buildkit",
@@ -331,6 +347,9 @@ mod tests {
             [
                 "/usr/bin/rootlesskit",
                 "--state-dir=/tmp/bkrun-x/rootlesskit",
+                "/usr/local/bin/bkrun",
+                "__nsinit",
+                "--",
                 "/usr/bin/buildkitd",
                 "--addr=unix:///run/buildkit/buildkitd.sock",
                 "--root=/home/u/.local/share/buildkit",

@@ -14,6 +14,8 @@ use tokio::net::UnixDatagram;
 
 use super::plan::{Plan, RunDirs};
 use super::ready::{self, ReadyBy};
+use super::statelock::StateLock;
+use super::sweep::{self, Owner, Swept};
 use crate::host::Host;
 use crate::mountinfo;
 use crate::reaper::{self, Child, Exit, Reaper};
@@ -35,11 +37,30 @@ pub struct Daemon {
     argv: Vec<String>,
     /// Where teardown's signals and unmounts go (the real machine, or the fake in tests).
     host: Arc<dyn Host>,
+    /// The state dir, held for the daemon's life; released clean only after a clean stop.
+    state: Option<StateLock>,
+    /// Marks the run dir as this run's while it lives.
+    _owner: Owner,
+    /// Whether the daemon served: a daemon that never did changed nothing in the state dir.
+    served: bool,
+    /// What runs that died had left, removed before this one started.
+    pub swept: Swept,
 }
 
 impl Daemon {
-    /// Prepares the directories and spawns the daemon; it does not wait for it to serve.
-    pub fn start(plan: &Plan, reaper: &Reaper, host: Arc<dyn Host>) -> Result<Daemon> {
+    /// Removes what dead runs left, prepares the directories and spawns the daemon on the state
+    /// dir `state` holds; it does not wait for it to serve.
+    pub fn start(
+        plan: &Plan,
+        reaper: &Reaper,
+        host: Arc<dyn Host>,
+        state: StateLock,
+    ) -> Result<Daemon> {
+        let swept = sweep::sweep(
+            host.as_ref(),
+            &plan.paths.temp_dir,
+            plan.paths.socket_dir.as_deref(),
+        );
         let run_dir = tempfile::Builder::new()
             .prefix("bkrun-")
             .tempdir_in(&plan.paths.temp_dir)
@@ -55,9 +76,9 @@ impl Daemon {
             .clone()
             .unwrap_or_else(|| run_dir.path().to_path_buf());
         prepare_socket_dir(&socket_dir)?;
-        prepare_state_dir(&plan.paths.state_dir)?;
         let socket = plan.socket_path(&socket_dir)?;
         remove_stale_socket(&socket)?;
+        let owner = sweep::claim(run_dir.path(), &socket)?;
         let dirs = RunDirs {
             run_dir: run_dir.path(),
             socket_dir: &socket_dir,
@@ -98,7 +119,16 @@ impl Daemon {
             stop_timeout: plan.settings.stop_timeout,
             argv,
             host,
+            state: Some(state),
+            _owner: owner,
+            served: false,
+            swept,
         })
+    }
+
+    /// Whether the previous run on this state dir ended without a clean stop (its owner's pid).
+    pub fn unclean_before(&self) -> Option<&str> {
+        self.state.as_ref()?.unclean_before.as_deref()
     }
 
     pub fn pid(&self) -> i32 {
@@ -129,6 +159,7 @@ impl Daemon {
             exit = child.wait() => return Err(NotReady::Exited(exit)),
             _ = tokio::time::sleep(timeout) => return Err(NotReady::Timeout(timeout)),
         };
+        self.served = true;
         Ok((self.started.elapsed(), by))
     }
 
@@ -143,13 +174,28 @@ impl Daemon {
         self.kill_build_processes();
         let exit = self.child.terminate(self.stop_timeout).await;
         self.cleanup().await;
+        // buildkitd exits 1 ("context canceled") after a graceful stop; one that had to be
+        // killed may have left records half-written.
+        self.release_state(matches!(exit, Exit::Code(_)));
         exit
+    }
+
+    /// Lets go of the state dir; `clean` (or a daemon that never served, so changed nothing)
+    /// tells the next run there is nothing to repair.
+    fn release_state(&mut self, clean: bool) {
+        if let Some(s) = self.state.take() {
+            if clean || !self.served {
+                s.release_clean();
+            }
+        }
     }
 
     /// Like `stop`, but keeps the daemon log and returns `err` with the log's tail attached.
     pub async fn fail(mut self, err: anyhow::Error) -> anyhow::Error {
         self.kill_build_processes();
         self.child.terminate(self.stop_timeout).await;
+        // After it served, a daemon that failed (died mid-build) left the state dir unclean.
+        self.release_state(false);
         let kept = kept_log_path();
         let kept = match fs::rename(&self.log_path, &kept)
             .or_else(|_| fs::copy(&self.log_path, &kept).map(|_| ()))
@@ -199,7 +245,7 @@ fn kill_build_processes(host: &dyn Host, root: i32) {
 /// The socket, then the run dir. The daemon's TMPDIR is in the run dir, and a daemon killed
 /// mid-export leaves its snapshot mounts there: they are detached first, and removal never
 /// crosses a mount point, or removing the run dir would delete cache contents through it.
-fn remove_run_files(host: &dyn Host, socket: &Path, run_dir: &Path) {
+pub(super) fn remove_run_files(host: &dyn Host, socket: &Path, run_dir: &Path) {
     let _ = fs::remove_file(socket);
     unmount_below(host, run_dir);
     remove_same_device(run_dir);
@@ -321,32 +367,6 @@ fn prepare_socket_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Creates the state dir and refuses one that another buildkitd holds (it flocks buildkitd.lock).
-fn prepare_state_dir(dir: &Path) -> Result<()> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .with_context(|| {
-            format!(
-                "cannot create state dir {}: pass --root with a writable directory",
-                dir.display()
-            )
-        })?;
-    let lock_path = dir.join("buildkitd.lock");
-    if let Ok(f) = File::open(&lock_path) {
-        match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {
-            Ok(l) => drop(l),
-            Err((_, nix::errno::Errno::EWOULDBLOCK)) => bail!(
-                "state dir {} is in use by another buildkitd: give this run its own --root, or stop the other daemon",
-                dir.display()
-            ),
-            Err(_) => {}
-        }
-    }
-    Ok(())
-}
-
 /// A socket file left by a killed run is removed; one a live daemon answers on is refused.
 fn remove_stale_socket(socket: &Path) -> Result<()> {
     if fs::symlink_metadata(socket).is_err() {
@@ -378,16 +398,6 @@ mod tests {
         .unwrap();
         let t = log_tail(&p, 3);
         assert_eq!(t, "    line 28\n    line 29\n    line 30");
-    }
-
-    #[test]
-    fn a_locked_state_dir_is_refused() {
-        let d = tempfile::tempdir().unwrap();
-        let f = File::create(d.path().join("buildkitd.lock")).unwrap();
-        let _held =
-            nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).unwrap();
-        let e = prepare_state_dir(d.path()).unwrap_err().to_string();
-        assert!(e.contains("in use by another buildkitd"), "{e}");
     }
 
     #[test]

@@ -43,12 +43,16 @@ impl OwnerPolicy {
 #[derive(Debug, Clone)]
 pub struct ReceiveOptions {
     pub owner: OwnerPolicy,
+    /// Create the destination when missing. Off for a temporary directory made beforehand: one
+    /// removed because bkrun is ending must not come back.
+    pub create_dest: bool,
 }
 
 impl Default for ReceiveOptions {
     fn default() -> Self {
         ReceiveOptions {
             owner: OwnerPolicy::current(),
+            create_dest: true,
         }
     }
 }
@@ -64,6 +68,7 @@ pub async fn receive(
     tokio::task::spawn_blocking(move || {
         let mut r = Receiver {
             dest,
+            create_dest: opts.create_dest,
             owner: opts.owner,
             order: OrderCheck::default(),
             files: HashSet::new(),
@@ -95,6 +100,7 @@ struct Incoming {
 
 struct Receiver {
     dest: PathBuf,
+    create_dest: bool,
     owner: OwnerPolicy,
     order: OrderCheck,
     /// Regular files received so far: the only valid hardlink sources.
@@ -114,7 +120,15 @@ fn protocol<T>(msg: String) -> Result<T> {
 
 impl Receiver {
     fn run(&mut self) -> Result<()> {
-        std::fs::create_dir_all(&self.dest).map_err(|e| Error::io("mkdir", &self.dest, e))?;
+        if self.create_dest {
+            std::fs::create_dir_all(&self.dest).map_err(|e| Error::io("mkdir", &self.dest, e))?;
+        } else if !self.dest.is_dir() {
+            return Err(Error::io(
+                "open",
+                &self.dest,
+                io::Error::from(io::ErrorKind::NotFound),
+            ));
+        }
         let mut stats_done = false;
         while !(stats_done && self.pending.is_empty()) {
             match self.rx.blocking_recv() {

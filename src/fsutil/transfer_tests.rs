@@ -20,7 +20,10 @@ async fn transfer(src: &Path, walk: WalkOptions, dst: &Path, owner: OwnerPolicy)
     let sender = tokio::spawn(send(source, opts, to_recv, from_recv));
     let received = receive(
         dst.to_path_buf(),
-        ReceiveOptions { owner },
+        ReceiveOptions {
+            owner,
+            create_dest: true,
+        },
         to_send,
         from_send,
     )

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use nix::sys::signal::Signal;
 
-use super::{Host, NsProbe, Privilege, ProcStatus, Sysctls};
+use super::{Host, NsProbe, PathKind, Privilege, ProcStatus, Sysctls};
 use crate::mountinfo::Mount;
 
 /// Every fact a test may want to set; `root()` and `user()` are the usual starting points.
@@ -25,6 +25,12 @@ pub struct FakeHost {
     /// Standard output and error are a terminal.
     pub tty: bool,
     pub usable_dirs: Vec<&'static str>,
+    /// Paths that exist besides `usable_dirs`, with what they are (symlinks go in `links`).
+    pub paths: Vec<(&'static str, PathKind)>,
+    /// Symlinks as (link, what it holds).
+    pub links: Vec<(&'static str, &'static str)>,
+    /// Files and devices this process may open for writing.
+    pub writable: Vec<&'static str>,
     /// Unix sockets something answers on.
     pub sockets: Vec<&'static str>,
     /// Processes as (pid, parent, comm).
@@ -70,6 +76,9 @@ impl FakeHost {
             env: vec![("HOME", "/root")],
             tty: false,
             usable_dirs: vec![],
+            paths: vec![],
+            links: vec![],
+            writable: vec![],
             sockets: vec![],
             procs: vec![],
             mount_table: vec![],
@@ -161,6 +170,9 @@ impl Host for FakeHost {
             .contains(&program)
             .then(|| PathBuf::from("/usr/bin").join(program))
     }
+    fn current_exe(&self) -> Option<PathBuf> {
+        Some(PathBuf::from("/usr/local/bin/bkrun"))
+    }
     fn privilege(&self, program: &Path) -> Privilege {
         let name = program.file_name().and_then(|n| n.to_str()).unwrap_or("");
         self.privileges
@@ -173,6 +185,32 @@ impl Host for FakeHost {
     }
     fn dir_usable(&self, dir: &Path) -> bool {
         self.usable_dirs.iter().any(|d| Path::new(d) == dir)
+    }
+    fn path_kind(&self, path: &Path) -> PathKind {
+        let mut p = path.to_path_buf();
+        // The kernel's own limit on a chain of links.
+        for _ in 0..40 {
+            match self.read_link(&p) {
+                Some(t) => p = p.parent().unwrap_or(Path::new("/")).join(t),
+                None => break,
+            }
+        }
+        if self.usable_dirs.iter().any(|d| Path::new(d) == p) {
+            return PathKind::Dir;
+        }
+        self.paths
+            .iter()
+            .find(|(q, _)| Path::new(q) == p)
+            .map_or(PathKind::Missing, |(_, k)| *k)
+    }
+    fn read_link(&self, path: &Path) -> Option<PathBuf> {
+        self.links
+            .iter()
+            .find(|(l, _)| Path::new(l) == path)
+            .map(|(_, t)| PathBuf::from(t))
+    }
+    fn writable(&self, path: &Path) -> bool {
+        self.writable.iter().any(|w| Path::new(w) == path)
     }
     fn descendants(&self, pid: i32) -> Vec<i32> {
         let mut found = vec![pid];

@@ -55,10 +55,18 @@ pub trait Host: Send + Sync {
     fn has_subid_ranges(&self) -> bool;
     /// Looks a program up on $PATH (or takes it as a path when it has a slash).
     fn which(&self, program: &str) -> Option<PathBuf>;
+    /// bkrun's own executable, which runs again as the daemon's namespace init.
+    fn current_exe(&self) -> Option<PathBuf>;
     /// How an executable gets privilege when run: the setuid bit or file capabilities.
     fn privilege(&self, program: &Path) -> Privilege;
     /// An existing directory this process can create files in.
     fn dir_usable(&self, dir: &Path) -> bool;
+    /// What `path` names once symlinks are followed (outputs are put in place by what it is).
+    fn path_kind(&self, path: &Path) -> PathKind;
+    /// Where the symlink `path` points (as written in it); None when `path` is not a symlink.
+    fn read_link(&self, path: &Path) -> Option<PathBuf>;
+    /// This process may open `path` for writing (access W_OK).
+    fn writable(&self, path: &Path) -> bool;
     /// Something accepts connections on this unix socket now.
     fn socket_answers(&self, path: &Path) -> bool;
 
@@ -73,6 +81,17 @@ pub trait Host: Send + Sync {
     fn mounts(&self) -> Vec<Mount>;
     /// Detaches a mount now; it goes once nothing uses it (MNT_DETACH).
     fn unmount(&self, path: &Path) -> nix::Result<()>;
+}
+
+/// What a path names, symlinks followed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathKind {
+    /// Nothing (or a dangling symlink).
+    Missing,
+    Dir,
+    File,
+    /// A device, FIFO or socket: opened and written as it is, never replaced.
+    Special,
 }
 
 /// The parts of /proc/self/status that decide what a container allows.

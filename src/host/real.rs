@@ -9,7 +9,7 @@ use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
 
-use super::{parse, Host, NsProbe, Privilege, ProcStatus, Sysctls, CAP_SYS_ADMIN};
+use super::{parse, Host, NsProbe, PathKind, Privilege, ProcStatus, Sysctls, CAP_SYS_ADMIN};
 use crate::mountinfo::Mount;
 
 /// The real machine.
@@ -116,6 +116,10 @@ impl Host for RealHost {
         which(program, self.env("PATH").as_deref())
     }
 
+    fn current_exe(&self) -> Option<PathBuf> {
+        std::env::current_exe().ok()
+    }
+
     fn privilege(&self, program: &Path) -> Privilege {
         let Ok(meta) = std::fs::metadata(program) else {
             return Privilege::Missing;
@@ -159,6 +163,23 @@ impl Host for RealHost {
     fn dir_usable(&self, dir: &Path) -> bool {
         use nix::unistd::{access, AccessFlags};
         dir.is_dir() && access(dir, AccessFlags::W_OK | AccessFlags::X_OK).is_ok()
+    }
+
+    fn path_kind(&self, path: &Path) -> PathKind {
+        match std::fs::metadata(path) {
+            Err(_) => PathKind::Missing,
+            Ok(m) if m.is_dir() => PathKind::Dir,
+            Ok(m) if m.is_file() => PathKind::File,
+            Ok(_) => PathKind::Special,
+        }
+    }
+
+    fn read_link(&self, path: &Path) -> Option<PathBuf> {
+        std::fs::read_link(path).ok()
+    }
+
+    fn writable(&self, path: &Path) -> bool {
+        nix::unistd::access(path, nix::unistd::AccessFlags::W_OK).is_ok()
     }
 }
 

@@ -14,6 +14,7 @@ use crate::cli::{Cli, Command, DebugCommand, LogFormat};
 use crate::client::admin::Request;
 use crate::client::connect::{self, Target};
 use crate::config::{AddrSource, Settings};
+use crate::daemon::statelock::{self, StateLock};
 use crate::daemon::{diagnose, Daemon, Plan};
 use crate::host::{which, Host, RealHost};
 use crate::reaper::{self, Exit, Reaper};
@@ -99,13 +100,22 @@ pub async fn run(cli: Cli) -> i32 {
         _ => {}
     }
     let format = cli.global.log_format;
-    match try_run(cli).await {
+    let code = match try_run(cli).await {
         Ok(code) => code,
         Err(e) => {
             print_error(&e, format);
             1
         }
+    };
+    // However the work ended (success, error, failed build, signal), the daemon is gone by
+    // now and no temporary output may outlive bkrun.
+    for (path, e) in crate::place::temps::sweep() {
+        crate::say!(
+            "bkrun: cannot remove the temporary output {}: {e}: remove it by hand",
+            path.display()
+        );
     }
+    code
 }
 
 /// One line that says what failed and what to do, then the detail, indented; with
@@ -298,17 +308,19 @@ async fn perform(
             let spec = &job.spec;
             let build = async {
                 let channel = connect::connect_target(target).await?;
-                client::solve::build(channel, spec, target).await
+                let outcome = client::solve::build(channel, spec, target).await?;
+                // Inside the select, so a signal still ends a write to a FIFO nobody reads.
+                if let (client::solve::Outcome::Done(response), Some(path)) =
+                    (&outcome, &spec.metadata_file)
+                {
+                    client::metadata::write(path, response).await?;
+                }
+                anyhow::Ok(outcome)
             };
             tokio::select! {
                 res = build => match res {
                     Ok(client::solve::Outcome::Done(response)) => {
-                        let written = spec
-                            .metadata_file
-                            .as_ref()
-                            .map_or(Ok(()), |path| client::metadata::write(path, &response))
-                            .and_then(|()| client::metadata::write_after(&job.after, &response));
-                        match written {
+                        match client::metadata::write_after(&job.after, &response) {
                             Ok(()) => Ended::Code(0),
                             Err(e) => Ended::Failed(e),
                         }
@@ -477,8 +489,27 @@ async fn supervise(plan: Plan, work: Work) -> Result<i32> {
         let buildkitd = plan.buildkitd.clone();
         tokio::task::spawn_blocking(move || doctor::version_of(&buildkitd))
     });
+    let state_dir = plan.paths.state_dir.clone();
+    statelock::create_state_dir(&state_dir)?;
+    let lock_timeout = plan.settings.lock_timeout;
+    let state = tokio::select! {
+        s = StateLock::acquire(&state_dir, lock_timeout, |holder| {
+            crate::say!(
+                "bkrun: state dir {} is in use by {holder}; waiting up to {}s for it (--lock-timeout)",
+                state_dir.display(),
+                lock_timeout.as_secs()
+            );
+        }) => s?,
+        Some(sig) = signals.next() => {
+            handle.close();
+            return Ok(128 + sig);
+        }
+    };
     let started = Instant::now();
-    let mut daemon = Daemon::start(&plan, &reaper, std::sync::Arc::new(RealHost))?;
+    let mut daemon = Daemon::start(&plan, &reaper, std::sync::Arc::new(RealHost), state)?;
+    if !daemon.swept.is_empty() && announce {
+        crate::say!("bkrun: {}", daemon.swept);
+    }
     log(debug, || {
         format!(
             "started {} (pid {})",
@@ -531,6 +562,21 @@ async fn supervise(plan: Plan, work: Work) -> Result<i32> {
     }
 
     let target = Target::unix(&daemon.addr);
+    if let Some(pid) = daemon.unclean_before() {
+        let repaired = async {
+            let channel = connect::connect_target(&target).await?;
+            client::admin::prune_local_sources(channel).await
+        };
+        match repaired.await {
+            Ok((n, size)) if announce => crate::say!(
+                "bkrun: the last run on {} (pid {pid}) did not stop cleanly: removed {n} local-source cache record(s) ({}) it may have left inconsistent, so this build transfers its context afresh",
+                plan.paths.state_dir.display(),
+                crate::gofmt::sizes::bytes(size, crate::gofmt::sizes::Digits::Two)
+            ),
+            Ok(_) => {}
+            Err(e) => crate::say!("bkrun: warning: cannot repair the state dir after an unclean end ({e:#}); if the build fails to compute a cache key, run `bkrun prune --filter type==source.local`"),
+        }
+    }
     let building = matches!(work, Work::Build(_));
     let ended = perform(work, &target, &reaper, &mut signals, grace, daemon.exited()).await;
     handle.close();

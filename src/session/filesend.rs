@@ -22,6 +22,9 @@ use tonic::{Request, Response, Status, Streaming};
 use super::packets::{from_wire, pump_in, to_wire};
 use super::raw::RawCodec;
 use crate::fsutil::{receive, ReceiveOptions};
+use crate::host::RealHost;
+use crate::place::tree::DirTarget;
+use crate::place::{self, FileTarget, Temp};
 use crate::proto::fsutil::types::Packet as WirePacket;
 use crate::proto::moby::filesync::v1::BytesMessage;
 
@@ -38,11 +41,13 @@ pub enum Sink {
     File(Option<PathBuf>),
 }
 
-/// Files being written are kept under a temporary name next to their destination, and only
-/// renamed into place by `commit` once the build succeeded: a failed build leaves no half file.
+/// Outputs being written are kept under a temporary name by their destination, and only put
+/// in place by `commit` once the build succeeded: a failed or interrupted build leaves no half
+/// file or tree. Dropped, they are removed.
 #[derive(Default, Debug)]
 struct Pending {
-    files: Vec<(PathBuf, PathBuf)>,
+    files: Vec<(Temp, PathBuf)>,
+    dirs: Vec<DirTarget>,
 }
 
 /// The exporter targets of one build, by exporter index.
@@ -64,20 +69,21 @@ impl FileSendTargets {
         self.targets.is_empty()
     }
 
-    /// Moves finished files into place (after a successful build).
+    /// Moves finished files and trees into place (after a successful build).
     pub fn commit(&self) -> std::io::Result<()> {
-        let pending = std::mem::take(&mut self.pending.lock().unwrap().files);
-        for (tmp, dest) in pending {
-            std::fs::rename(&tmp, &dest)?;
+        let pending = std::mem::take(&mut *self.pending.lock().unwrap());
+        for (tmp, dest) in pending.files {
+            place::commit_file(tmp, &dest)?;
+        }
+        for dir in pending.dirs {
+            dir.commit()?;
         }
         Ok(())
     }
 
-    /// Removes partial files (after a failed build). Destinations are never touched.
+    /// Removes partial files and trees (after a failed build). Destinations are never touched.
     pub fn discard(&self) {
-        for (tmp, _) in std::mem::take(&mut self.pending.lock().unwrap().files) {
-            let _ = std::fs::remove_file(tmp);
-        }
+        drop(std::mem::take(&mut *self.pending.lock().unwrap()));
     }
 
     async fn diff_copy(&self, request: Request<Streaming<Bytes>>) -> Result<OutStream, Status> {
@@ -93,7 +99,17 @@ impl FileSendTargets {
             .cloned()
             .ok_or_else(|| Status::not_found(format!("exporter {id} has no destination")))?;
         match target {
-            Sink::Dir(dir) => Ok(receive_dir(dir, request.into_inner())),
+            Sink::Dir(dest) => {
+                let dir = DirTarget::prepare(&dest).map_err(|e| {
+                    Status::internal(format!(
+                        "cannot export to {}: {e}: choose a dest in a writable directory",
+                        dest.display()
+                    ))
+                })?;
+                let into = dir.receive_dir().to_path_buf();
+                self.pending.lock().unwrap().dirs.push(dir);
+                Ok(receive_dir(into, request.into_inner()))
+            }
             Sink::File(dest) => {
                 self.receive_file(dest.as_deref(), request.into_inner())
                     .await?;
@@ -120,28 +136,26 @@ impl FileSendTargets {
                 ))
             }
             Some(dest) => {
-                let dir = dest
-                    .parent()
-                    .filter(|p| !p.as_os_str().is_empty())
-                    .unwrap_or(Path::new("."));
-                let name = dest
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                let tmp = tempfile::Builder::new()
-                    .prefix(&format!(".{name}.bkrun-"))
-                    .tempfile_in(dir)
-                    .map_err(|e| {
-                        Status::internal(format!("cannot create {}: {e}", dest.display()))
-                    })?;
-                let (file, tmp_path) = tmp
-                    .keep()
-                    .map_err(|e| Status::internal(format!("cannot keep temp file: {e}")))?;
-                self.pending
-                    .lock()
-                    .unwrap()
-                    .files
-                    .push((tmp_path, dest.to_path_buf()));
+                let failed = |e: std::io::Error| {
+                    Status::internal(format!("cannot write {}: {e}", dest.display()))
+                };
+                let file = match place::classify(dest, &RealHost) {
+                    FileTarget::Fd(fd) => place::dup_fd(fd).map_err(failed)?,
+                    // A device or FIFO is written as it is: /dev/null must stay /dev/null.
+                    FileTarget::Through(p) => place::open_through(&p).await.map_err(failed)?,
+                    FileTarget::Dir(p) => {
+                        return Err(Status::invalid_argument(format!(
+                            "cannot write {}: {} is a directory; give a file path",
+                            dest.display(),
+                            p.display()
+                        )))
+                    }
+                    FileTarget::Replace(p) => {
+                        let (file, tmp) = place::temp_file_beside(&p).map_err(failed)?;
+                        self.pending.lock().unwrap().files.push((tmp, p));
+                        file
+                    }
+                };
                 Box::new(std::io::BufWriter::with_capacity(1 << 20, file))
             }
         };
@@ -182,8 +196,12 @@ fn receive_dir(dir: PathBuf, incoming: Streaming<Bytes>) -> OutStream {
             .and_then(from_wire)
     };
     tokio::spawn(pump_in(incoming, in_tx, decode));
+    let opts = ReceiveOptions {
+        create_dest: false,
+        ..ReceiveOptions::default()
+    };
     tokio::spawn(async move {
-        let _ = receive(dir, ReceiveOptions::default(), out_tx, in_rx).await;
+        let _ = receive(dir, opts, out_tx, in_rx).await;
     });
     Box::pin(
         UnboundedReceiverStream::new(wire_rx).map(|p| Ok(Bytes::from(to_wire(p).encode_to_vec()))),

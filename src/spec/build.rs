@@ -16,7 +16,7 @@ use super::progress::{self, ProgressSpec};
 use super::registry::{self, RegistryAuth};
 use super::secret::{self, Secret};
 use super::ssh::{self, SshAgent};
-use super::{dockerconfig, entitlement, policy};
+use super::{clip, clip_path, clip_quoted, dockerconfig, entitlement, header_safe, policy};
 use crate::cli::BuildArgs;
 use crate::config::Settings;
 use crate::host::Host;
@@ -67,17 +67,34 @@ pub fn resolve(args: &BuildArgs, settings: &Settings, host: &dyn Host) -> Result
     let env = |k: &str| host.env(k);
     let mut locals = BTreeMap::new();
     for l in &args.local {
-        let (name, dir) = l
-            .split_once('=')
-            .with_context(|| format!("--local {l:?} must be NAME=DIR, e.g. --local context=."))?;
+        let (name, dir) = l.split_once('=').with_context(|| {
+            format!(
+                "--local {} must be NAME=DIR, e.g. --local context=.",
+                clip_quoted(l)
+            )
+        })?;
+        local_name(name)?;
+        if dir.is_empty() {
+            bail!(
+                "--local {}= has no directory: write --local {}=DIR (. for the current one)",
+                clip(name),
+                clip(name)
+            );
+        }
         let dir = PathBuf::from(dir);
         if !dir.is_dir() {
             bail!(
-                "--local {name}={}: no such directory; create it or fix the path",
-                dir.display()
+                "--local {}={}: no such directory; create it or fix the path",
+                clip(name),
+                clip_path(&dir)
             );
         }
-        locals.insert(name.to_string(), dir);
+        if locals.insert(name.to_string(), dir).is_some() {
+            bail!(
+                "--local {} is given twice: give each name one directory",
+                clip(name)
+            );
+        }
     }
     let mut oci_layouts = BTreeMap::new();
     for l in &args.oci_layout {
@@ -85,16 +102,27 @@ pub fn resolve(args: &BuildArgs, settings: &Settings, host: &dyn Host) -> Result
             .split_once('=')
             .filter(|(id, _)| !id.is_empty())
             .with_context(|| {
-                format!("--oci-layout {l:?} must be ID=DIR, e.g. --oci-layout base=./base-image")
+                format!(
+                    "--oci-layout {} must be ID=DIR, e.g. --oci-layout base=./base-image",
+                    clip_quoted(l)
+                )
             })?;
+        // The daemon names the store "oci:ID" in a gRPC header when it reads the layout.
+        header_safe("--oci-layout", "id", id)?;
         let dir = PathBuf::from(dir);
         if !dir.join("index.json").is_file() {
             bail!(
-                "--oci-layout {id}={}: not an OCI image layout (no index.json there); export one with --output type=oci,tar=false,dest=DIR",
-                dir.display()
+                "--oci-layout {}={}: not an OCI image layout (no index.json there); export one with --output type=oci,tar=false,dest=DIR",
+                clip(id),
+                clip_path(&dir)
             );
         }
-        oci_layouts.insert(id.to_string(), dir);
+        if oci_layouts.insert(id.to_string(), dir).is_some() {
+            bail!(
+                "--oci-layout {} is given twice: give each id one directory",
+                clip(id)
+            );
+        }
     }
     let mut opts = BTreeMap::new();
     // As buildctl does, SOURCE_DATE_EPOCH in the environment becomes a build arg; --opt wins.
@@ -102,9 +130,10 @@ pub fn resolve(args: &BuildArgs, settings: &Settings, host: &dyn Host) -> Result
         opts.insert("build-arg:SOURCE_DATE_EPOCH".to_string(), v);
     }
     for o in &args.opt {
-        let Some((k, v)) = o.split_once('=') else {
+        let Some((k, v)) = o.split_once('=').filter(|(k, _)| !k.is_empty()) else {
             bail!(
-                "--opt {o:?} must be KEY=VALUE, e.g. --opt build-arg:FOO=bar or --opt target=prod"
+                "--opt {} must be KEY=VALUE, e.g. --opt build-arg:FOO=bar or --opt target=prod",
+                clip_quoted(o)
             );
         };
         opts.insert(k.to_string(), v.to_string());
@@ -164,7 +193,17 @@ pub fn resolve(args: &BuildArgs, settings: &Settings, host: &dyn Host) -> Result
         .secret
         .iter()
         .map(|s| secret::parse(s, &env_raw))
-        .collect::<Result<Vec<_>>>()?;
+        .collect::<Result<Vec<Secret>>>()?;
+    // buildctl keeps the last of two secrets with one id; which file a RUN step gets should
+    // not hang on the order of flags.
+    for (i, a) in secrets.iter().enumerate() {
+        if secrets[..i].iter().any(|b| b.id == a.id) {
+            bail!(
+                "--secret id={} is given twice: give each id once",
+                clip(&a.id)
+            );
+        }
+    }
     let ssh = args
         .ssh
         .iter()
@@ -199,7 +238,7 @@ pub fn resolve(args: &BuildArgs, settings: &Settings, host: &dyn Host) -> Result
         client_tokens: registry::client_tokens_enabled(env("BUILDKIT_NO_CLIENT_TOKEN").as_deref()),
         tls: registry::tls_from(settings.daemon_config.as_ref()),
     };
-    Ok(BuildSpec {
+    let spec = BuildSpec {
         frontend,
         locals,
         oci_layouts,
@@ -216,7 +255,28 @@ pub fn resolve(args: &BuildArgs, settings: &Settings, host: &dyn Host) -> Result
         cache_imports,
         cache_exports,
         registry,
-    })
+    };
+    // Last, so a flag's own mistake is named first; still before any daemon exists.
+    super::dests::check(&spec, host)?;
+    Ok(spec)
+}
+
+/// Checks a `--local` name. It reaches the daemon in the LLB (`local://NAME`) and comes back in
+/// the header of the daemon's file-sync call, where BuildKit URL-encodes non-ASCII but not control
+/// characters, which grpc-go then refuses; an empty name matches no source at all.
+fn local_name(name: &str) -> Result<()> {
+    if name.is_empty() {
+        bail!(
+            "--local: the name before = is empty: write --local NAME=DIR, e.g. --local context=."
+        );
+    }
+    if name.chars().any(char::is_control) {
+        bail!(
+            "--local {}: a name cannot hold control characters: use letters, digits, - and _",
+            clip(name)
+        );
+    }
+    Ok(())
 }
 
 /// The Dockerfile's predefined proxy args, in both spellings.
@@ -371,6 +431,67 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("no such directory"));
+    }
+
+    #[test]
+    fn local_names_and_ids_are_checked() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().display().to_string();
+        let with = |a: BuildArgs| resolve(&a, &settings(""), &FakeHost::user());
+        let e = with(BuildArgs {
+            local: vec![format!("={dir}")],
+            ..build_args()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("--local: the name before = is empty"), "{e}");
+        let e = with(BuildArgs {
+            local: vec!["context=".into()],
+            ..build_args()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("has no directory"), "{e}");
+        let e = with(BuildArgs {
+            local: vec![format!("a\nb={dir}")],
+            ..build_args()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("control characters") && !e.contains('\n'), "{e}");
+        let e = with(BuildArgs {
+            local: vec![format!("context={dir}"), format!("context={dir}")],
+            ..build_args()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("given twice"), "{e}");
+        let e = with(BuildArgs {
+            oci_layout: vec![format!("bäse={dir}")],
+            ..build_args()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("--oci-layout: the id"), "{e}");
+        let e = with(BuildArgs {
+            opt: vec!["=x".into()],
+            ..build_args()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("KEY=VALUE"), "{e}");
+        let f = d.path().join("s");
+        std::fs::write(&f, "pw12").unwrap();
+        let e = with(BuildArgs {
+            secret: vec![
+                format!("id=a,src={}", f.display()),
+                format!("id=a,src={}", f.display()),
+            ],
+            ..build_args()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("--secret id=a is given twice"), "{e}");
     }
 
     #[test]

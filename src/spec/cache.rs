@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use super::csv::{self, parse_bool};
+use super::{clip, clip_quoted, header_safe, reference};
 
 /// A cache the daemon reaches on its own: a registry ref, or the image's inline cache.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,23 +118,38 @@ impl CacheExport {
 fn parse(flag: &str, value: &str) -> Result<(Option<RemoteKind>, BTreeMap<String, String>)> {
     let mut attrs: BTreeMap<String, String> = csv::pairs(value)
         .with_context(|| {
-            format!("{flag} {value:?} is malformed: write it as type=registry,ref=REF")
+            format!(
+                "{flag} {} is malformed: write it as type=registry,ref=REF",
+                clip_quoted(value)
+            )
         })?
         .into_iter()
         .collect();
     let Some(kind) = attrs.remove("type") else {
-        bail!("{flag} {value:?} has no type: add type=registry (or type=inline)");
+        bail!(
+            "{flag} {} has no type: add type=registry (or type=inline)",
+            clip_quoted(value)
+        );
     };
     let kind = match kind.as_str() {
         "registry" => Some(RemoteKind::Registry),
         "inline" => Some(RemoteKind::Inline),
         "local" => None,
         _ => bail!(
-            "{flag} type={kind} is not supported: use type=registry, type=local or type=inline"
+            "{flag} type={} is not supported: use type=registry, type=local or type=inline",
+            clip(&kind)
         ),
     };
-    if kind == Some(RemoteKind::Registry) && attrs.get("ref").is_none_or(|r| r.is_empty()) {
-        bail!("{flag} type=registry needs ref=REGISTRY/REPO:TAG");
+    if kind == Some(RemoteKind::Registry) {
+        let Some(r) = attrs.get("ref").filter(|r| !r.is_empty()) else {
+            bail!("{flag} type=registry needs ref=REGISTRY/REPO:TAG");
+        };
+        if let Some(why) = reference::problem(r) {
+            bail!(
+                "{flag} type=registry,ref={} is not an image reference ({why}): write ref=REGISTRY/REPO:TAG in lower case, e.g. ref=127.0.0.1:5000/app/cache:latest",
+                clip(r)
+            );
+        }
     }
     Ok((kind, attrs))
 }
@@ -151,7 +167,10 @@ pub fn parse_export(value: &str) -> Result<CacheExport> {
     // buildctl's default: only the final result's layers.
     let mode = attrs.entry("mode".into()).or_insert_with(|| "min".into());
     if mode != "min" && mode != "max" {
-        bail!("--export-cache mode={mode} is not a mode: use mode=min or mode=max");
+        bail!(
+            "--export-cache mode={} is not a mode: use mode=min or mode=max",
+            clip(mode)
+        );
     }
     Ok(export)
 }
@@ -160,13 +179,21 @@ fn local_export(attrs: BTreeMap<String, String>) -> Result<LocalExport> {
     let Some(dest) = attrs.get("dest").filter(|d| !d.is_empty()).cloned() else {
         bail!("--export-cache type=local needs dest=DIR (the cache directory; created if missing)");
     };
+    // The daemon names the store "local:DIR" in a gRPC header when it calls back.
+    header_safe("--export-cache type=local", "directory", &dest)?;
     if Path::new(&dest).exists() && !Path::new(&dest).is_dir() {
-        bail!("--export-cache type=local,dest={dest}: that is a file, not a directory: give a directory for the cache");
+        bail!(
+            "--export-cache type=local,dest={}: that is a file, not a directory: give a directory for the cache",
+            clip(&dest)
+        );
     }
     let reset = match attrs.get("reset") {
         None => false,
         Some(r) => parse_bool(r).with_context(|| {
-            format!("--export-cache reset={r} is not a boolean: use reset=true or reset=false")
+            format!(
+                "--export-cache reset={} is not a boolean: use reset=true or reset=false",
+                clip(r)
+            )
         })?,
     };
     let tag = tag("--export-cache", &attrs)?;
@@ -186,6 +213,7 @@ pub fn parse_import(value: &str) -> Result<CacheImport> {
     let Some(src) = attrs.get("src").filter(|s| !s.is_empty()).cloned() else {
         bail!("--import-cache type=local needs src=DIR (a directory an earlier --export-cache type=local,dest=DIR wrote)");
     };
+    header_safe("--import-cache type=local", "directory", &src)?;
     let tag = tag("--import-cache", &attrs)?;
     Ok(CacheImport::Local(LocalImport { src, tag, attrs }))
 }
@@ -278,6 +306,23 @@ mod tests {
                 .attrs()["mode"],
             "max"
         );
+        for bad in [
+            "type=registry,ref=foo/Bar",
+            "type=registry,ref=a b",
+            "type=registry,ref=r/c:",
+        ] {
+            let e = parse_export(bad).unwrap_err().to_string();
+            assert!(e.starts_with("--export-cache type=registry,ref="), "{e}");
+            assert!(parse_import(bad).is_err(), "{bad}");
+        }
+        let e = parse_export("type=local,dest=/tmp/caché")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("--export-cache type=local: the directory"),
+            "{e}"
+        );
+        assert!(parse_import("type=local,src=/tmp/caché").is_err());
         assert!(parse_import("type=s3,bucket=b")
             .unwrap_err()
             .to_string()

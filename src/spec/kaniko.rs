@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use super::{clip, clip_quoted};
 use anyhow::{bail, Context, Result};
 
 use super::docker::{AfterBuild, Normalized};
@@ -66,10 +67,10 @@ pub fn translate(k: &KanikoArgs) -> Result<Translated> {
     };
     let dir = context.strip_prefix("dir://").unwrap_or(context);
     if dir.contains("://") {
-        bail!("--context {context}: bkrun builds from a local directory (dir://DIR or DIR); fetch tar, git, s3 or gcs contexts in a step before");
+        bail!("--context {}: bkrun builds from a local directory (dir://DIR or DIR); fetch tar, git, s3 or gcs contexts in a step before", clip(context));
     }
     if !Path::new(dir).is_dir() {
-        bail!("--context {dir} is not a directory");
+        bail!("--context {} is not a directory", clip(dir));
     }
     let as_given = PathBuf::from(&k.dockerfile);
     let dockerfile = if as_given.is_file() {
@@ -79,8 +80,9 @@ pub fn translate(k: &KanikoArgs) -> Result<Translated> {
     };
     if !dockerfile.is_file() {
         bail!(
-            "--dockerfile {}: no such file, as given or in the context {dir}",
-            k.dockerfile
+            "--dockerfile {}: no such file, as given or in the context {}",
+            clip(&k.dockerfile),
+            clip(dir)
         );
     }
     a.local.push(format!("context={dir}"));
@@ -100,7 +102,7 @@ pub fn translate(k: &KanikoArgs) -> Result<Translated> {
     // Frontend options.
     for b in &k.build_arg {
         if !b.contains('=') {
-            bail!("--build-arg {b:?} must be KEY=VALUE");
+            bail!("--build-arg {} must be KEY=VALUE", clip_quoted(b));
         }
         a.opt.push(format!("build-arg:{b}"));
     }
@@ -112,7 +114,7 @@ pub fn translate(k: &KanikoArgs) -> Result<Translated> {
     }
     for l in &k.label {
         if !l.contains('=') {
-            bail!("--label {l:?} must be KEY=VALUE");
+            bail!("--label {} must be KEY=VALUE", clip_quoted(l));
         }
         a.opt.push(format!("label:{l}"));
     }
@@ -122,7 +124,10 @@ pub fn translate(k: &KanikoArgs) -> Result<Translated> {
     a.progress = match k.verbosity.as_str() {
         "panic" | "fatal" | "error" | "warn" => "quiet".into(),
         "info" | "debug" | "trace" => "plain".into(),
-        v => bail!("--verbosity {v}: use panic, fatal, error, warn, info, debug or trace"),
+        v => bail!(
+            "--verbosity {}: use panic, fatal, error, warn, info, debug or trace",
+            clip(v)
+        ),
     };
 
     // Outputs.
@@ -135,7 +140,7 @@ pub fn translate(k: &KanikoArgs) -> Result<Translated> {
             "gzip" | "zstd" => {
                 image_attrs.push_str(&format!(",compression={c},force-compression=true"))
             }
-            _ => bail!("--compression {c}: use gzip or zstd"),
+            _ => bail!("--compression {}: use gzip or zstd", clip(c)),
         }
     }
     let names = format!("\"name={}\"", k.destination.join(","));
@@ -215,9 +220,18 @@ pub fn translate(k: &KanikoArgs) -> Result<Translated> {
         let (host, file) = rc
             .split_once('=')
             .filter(|(h, f)| !h.is_empty() && !f.is_empty())
-            .with_context(|| format!("--registry-certificate {rc:?} must be HOST=FILE"))?;
+            .with_context(|| {
+                format!(
+                    "--registry-certificate {} must be HOST=FILE",
+                    clip_quoted(rc)
+                )
+            })?;
         if !Path::new(file).is_file() {
-            bail!("--registry-certificate {host}={file}: no such file");
+            bail!(
+                "--registry-certificate {}={}: no such file",
+                clip(host),
+                clip(file)
+            );
         }
         reg(&mut registries, host).ca.push(file.to_string());
     }

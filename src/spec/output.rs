@@ -7,8 +7,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 use super::csv::{self, parse_bool};
+use super::{clip, clip_path, clip_quoted};
 
-/// The exporters buildctl names with `type=`.
+/// The exporters BuildKit's daemon has (v0.32.2's worker knows exactly these five; `cacheonly`
+/// is buildx's, not the daemon's). `type=registry` is read as buildx reads it: an image, pushed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutputKind {
     Local,
@@ -16,19 +18,15 @@ pub enum OutputKind {
     Oci,
     Docker,
     Image,
-    Registry,
-    CacheOnly,
 }
 
 impl OutputKind {
-    const ALL: [OutputKind; 7] = [
+    const ALL: [OutputKind; 5] = [
         OutputKind::Local,
         OutputKind::Tar,
         OutputKind::Oci,
         OutputKind::Docker,
         OutputKind::Image,
-        OutputKind::Registry,
-        OutputKind::CacheOnly,
     ];
 
     /// The exporter's name, as the daemon takes it.
@@ -39,8 +37,6 @@ impl OutputKind {
             OutputKind::Oci => "oci",
             OutputKind::Docker => "docker",
             OutputKind::Image => "image",
-            OutputKind::Registry => "registry",
-            OutputKind::CacheOnly => "cacheonly",
         }
     }
 
@@ -121,25 +117,63 @@ pub enum Destination {
 /// output is a terminal, where no tarball may go.
 pub fn parse(s: &str, stdout_tty: bool) -> Result<Output> {
     let pairs = csv::pairs(s).with_context(|| {
-        format!("--output {s:?} is malformed: write it as type=TYPE,key=value,…")
+        format!(
+            "--output {} is malformed: write it as type=TYPE,key=value,… (quote a field holding commas or quotes whole: \"name=a,b\")",
+            clip_quoted(s)
+        )
     })?;
     let mut attrs: BTreeMap<String, String> = pairs.into_iter().collect();
     let Some(kind) = attrs.remove("type") else {
-        bail!("--output {s:?} has no type: add type=local|tar|oci|docker|image|registry");
-    };
-    let Some(kind) = OutputKind::parse(&kind) else {
-        let all: Vec<&str> = OutputKind::ALL.iter().map(|k| k.as_str()).collect();
         bail!(
-            "--output type={kind} is unknown: use one of {}",
-            all.join(", ")
+            "--output {} has no type: add type=local|tar|oci|docker|image|registry",
+            clip_quoted(s)
         );
     };
+    let kind = match kind.as_str() {
+        // buildx's spelling: the image exporter, pushing unless push= says otherwise. The
+        // daemon has no exporter of that name.
+        "registry" => {
+            attrs.entry("push".into()).or_insert_with(|| "true".into());
+            OutputKind::Image
+        }
+        k => match OutputKind::parse(k) {
+            Some(kind) => kind,
+            None => {
+                let all: Vec<&str> = OutputKind::ALL.iter().map(|k| k.as_str()).collect();
+                bail!(
+                    "--output type={} is unknown: use one of {}, registry",
+                    clip(&kind),
+                    all.join(", ")
+                );
+            }
+        },
+    };
     if let Some(v) = attrs.get("output") {
-        bail!("--output output={v} is not an option: you meant dest={v}");
+        bail!(
+            "--output output={} is not an option: you meant dest={}",
+            clip(v),
+            clip(v)
+        );
     }
     if let Some(t) = attrs.get("tar") {
         if parse_bool(t).is_none() {
-            bail!("--output tar={t} is not a boolean: use tar=true (a tarball) or tar=false (a directory)");
+            bail!(
+                "--output tar={} is not a boolean: use tar=true (a tarball) or tar=false (a directory)",
+                clip(t)
+            );
+        }
+    }
+    // An empty dest would mean the current directory to a local export (BuildKit's client
+    // refuses it too) and nothing sensible to the others.
+    if out_dest_is_empty(&attrs) {
+        bail!("--output type={kind},dest= is empty: give dest=DIR (or dest=FILE, dest=- for stdout, for a tarball)");
+    }
+    if kind == OutputKind::Image {
+        if let Some(d) = attrs.get("dest") {
+            bail!(
+                "--output type=image,dest={}: the image exporter keeps the image in the daemon (or pushes it with push=true) and writes no file: drop dest=, or use type=oci|docker,dest=FILE",
+                clip(d)
+            );
         }
     }
     let out = Output { kind, attrs };
@@ -148,7 +182,10 @@ pub fn parse(s: &str, stdout_tty: bool) -> Result<Output> {
             bail!("--output type={kind},tar=false writes a directory: give dest=DIR, not -");
         }
         if d.exists() && !d.is_dir() {
-            bail!("--output type={kind},tar=false,dest={}: that is a file; give a directory (it is created if missing)", d.display());
+            bail!(
+                "--output type={kind},tar=false,dest={}: that is a file; give a directory (it is created if missing)",
+                clip_path(&d)
+            );
         }
         check_parent(&format!("--output type={kind},tar=false"), &d)?;
         return Ok(out);
@@ -169,13 +206,20 @@ pub fn parse(s: &str, stdout_tty: bool) -> Result<Output> {
         }
         (OutputKind::Tar | OutputKind::Oci | OutputKind::Docker, Some(d)) if d != "-" => {
             if Path::new(d).is_dir() {
-                bail!("--output type={kind},dest={d}: dest is a directory; give a file path");
+                bail!(
+                    "--output type={kind},dest={}: dest is a directory; give a file path",
+                    clip(d)
+                );
             }
             check_parent(&format!("--output type={kind}"), Path::new(d))?
         }
         _ => {}
     }
     Ok(out)
+}
+
+fn out_dest_is_empty(attrs: &BTreeMap<String, String>) -> bool {
+    attrs.get("dest").is_some_and(|d| d.is_empty())
 }
 
 /// The file or directory `p` can be created: its parent directory exists.
@@ -187,8 +231,8 @@ pub fn check_parent(what: &str, p: &Path) -> Result<()> {
     if !parent.is_dir() {
         bail!(
             "{what},dest={}: its parent directory {} does not exist; create it first",
-            p.display(),
-            parent.display()
+            clip_path(p),
+            clip_path(parent)
         );
     }
     Ok(())
@@ -236,12 +280,17 @@ mod tests {
         let e = parse_output("type=zip").unwrap_err().to_string();
         assert_eq!(
             e,
-            "--output type=zip is unknown: use one of local, tar, oci, docker, image, registry, cacheonly"
+            "--output type=zip is unknown: use one of local, tar, oci, docker, image, registry"
         );
+        // The daemon has no cacheonly exporter (that is buildx's), and registry is an image pushed.
+        assert!(parse_output("type=cacheonly").is_err());
+        let r = parse_output("type=registry,name=r/a:1").unwrap();
         assert_eq!(
-            parse_output("type=cacheonly").unwrap().kind,
-            OutputKind::CacheOnly
+            (r.kind, r.attrs["push"].as_str()),
+            (OutputKind::Image, "true")
         );
+        let r = parse_output("type=registry,name=r/a:1,push=false").unwrap();
+        assert_eq!(r.attrs["push"], "false");
         // Only a terminal on stdout refuses a tarball there.
         let e = parse("type=oci", true).unwrap_err().to_string();
         assert!(e.contains("would write a tarball to the terminal"), "{e}");
@@ -249,6 +298,32 @@ mod tests {
             parse("type=oci", false).unwrap().destination(),
             Destination::Stdout
         );
+    }
+
+    #[test]
+    fn empty_or_misplaced_dests_and_quotes_are_refused() {
+        for v in [
+            "type=local,dest=",
+            "type=tar,dest=",
+            "type=oci,tar=false,dest=",
+        ] {
+            let e = parse_output(v).unwrap_err().to_string();
+            assert!(e.contains("dest= is empty"), "{v}: {e}");
+        }
+        let e = parse_output("type=image,name=a,dest=x")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("drop dest="), "{e}");
+        let e = parse_output(r#"type=local,dest="a"b""#).unwrap_err();
+        assert!(e.to_string().starts_with("--output "), "{e}");
+        assert_eq!(
+            e.root_cause().to_string(),
+            "parse error on line 1, column 17: bare \" in non-quoted-field"
+        );
+        assert!(parse_output("type=local,dest=a,dest=b").is_err());
+        let long = format!("type=local,dest={}", "x/".repeat(50_000));
+        let e = parse_output(&long).unwrap_err().to_string();
+        assert!(e.len() < 1000 && e.contains("(100000 bytes)"), "{e}");
     }
 
     #[test]

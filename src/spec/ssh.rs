@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::{bail, Result};
 
 use super::csv::parse_bool;
+use super::{clip, clip_path, clip_quoted, header_safe};
 use crate::sshkey::{AgentKey, KeyFileError};
 
 /// One forwarded agent: the id RUN steps ask for, and what answers behind it.
@@ -32,9 +33,13 @@ pub fn parse(value: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<SshAge
         Some((id, p)) => (id, Some(p)),
         None => (value, None),
     };
+    let shown = clip_quoted(value);
     if id.is_empty() {
-        bail!("--ssh {value:?} has no id: use --ssh default or --ssh ID=SOCKET|KEYFILE");
+        bail!("--ssh {shown} has no id: use --ssh default or --ssh ID=SOCKET|KEYFILE");
     }
+    // The daemon sends the id back in a gRPC header when a RUN step opens the agent.
+    header_safe("--ssh", "id", id)?;
+    let idc = clip(id);
     let mut raw = false;
     let mut paths = Vec::new();
     for item in items.into_iter().flat_map(|p| p.split(',')) {
@@ -42,7 +47,8 @@ pub fn parse(value: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<SshAge
             Some(b) => {
                 raw = parse_bool(b).ok_or_else(|| {
                     anyhow::anyhow!(
-                        "--ssh {value:?}: raw={b} is not a boolean: write raw=true or raw=false"
+                        "--ssh {shown}: raw={} is not a boolean: write raw=true or raw=false",
+                        clip(b)
                     )
                 })?
             }
@@ -50,12 +56,12 @@ pub fn parse(value: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<SshAge
         }
     }
     if raw && paths.len() != 1 {
-        bail!("--ssh {value:?}: raw=true forwards exactly one agent socket: write --ssh {id}=SOCKET,raw=true");
+        bail!("--ssh {shown}: raw=true forwards exactly one agent socket: write --ssh {idc}=SOCKET,raw=true");
     }
     // Like buildctl, an id with no path (or an empty one) means the agent in SSH_AUTH_SOCK.
     if paths.is_empty() || paths == [""] {
         let Some(sock) = env("SSH_AUTH_SOCK") else {
-            bail!("--ssh {id} forwards the agent in SSH_AUTH_SOCK, which is not set: start ssh-agent (eval $(ssh-agent); ssh-add KEY), or give --ssh {id}=SOCKET or --ssh {id}=KEYFILE");
+            bail!("--ssh {idc} forwards the agent in SSH_AUTH_SOCK, which is not set: start ssh-agent (eval $(ssh-agent); ssh-add KEY), or give --ssh {idc}=SOCKET or --ssh {idc}=KEYFILE");
         };
         let socket = PathBuf::from(sock);
         return match std::fs::metadata(&socket) {
@@ -63,8 +69,8 @@ pub fn parse(value: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<SshAge
                 id: id.to_string(),
                 source: SshSource::Socket { path: socket, raw },
             }),
-            Ok(_) => bail!("--ssh {id}: SSH_AUTH_SOCK={} is not a socket: point it at a running ssh-agent, or give --ssh {id}=KEYFILE", socket.display()),
-            Err(e) => bail!("--ssh {id}: cannot use the agent socket {} from SSH_AUTH_SOCK: is ssh-agent running? ({e})", socket.display()),
+            Ok(_) => bail!("--ssh {idc}: SSH_AUTH_SOCK={} is not a socket: point it at a running ssh-agent, or give --ssh {idc}=KEYFILE", clip_path(&socket)),
+            Err(e) => bail!("--ssh {idc}: cannot use the agent socket {} from SSH_AUTH_SOCK: is ssh-agent running? ({e})", clip_path(&socket)),
         };
     }
     let mut sockets = Vec::new();
@@ -75,7 +81,8 @@ pub fn parse(value: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<SshAge
             Ok(m) if m.file_type().is_socket() => sockets.push(path),
             Ok(_) => files.push(path),
             Err(e) => bail!(
-                "--ssh {id}: cannot use {p:?}: give an agent socket or a private key file: {e}"
+                "--ssh {idc}: cannot use {}: give an agent socket or a private key file: {e}",
+                clip_quoted(p)
             ),
         }
     }
@@ -89,10 +96,10 @@ pub fn parse(value: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<SshAge
                 },
             })
         }
-        (0, _) if raw => bail!("--ssh {value:?}: raw=true forwards an agent socket, and {} is a key file: drop raw=true", files[0].display()),
+        (0, _) if raw => bail!("--ssh {shown}: raw=true forwards an agent socket, and {} is a key file: drop raw=true", clip_path(&files[0])),
         (0, _) => {}
-        (1, _) => bail!("--ssh {value:?} mixes an agent socket with key files: give one or the other (ssh-add the keys into the agent to use both)"),
-        _ => bail!("--ssh {value:?}: bkrun forwards one agent socket per id: load the keys into one agent with ssh-add, or give another id"),
+        (1, _) => bail!("--ssh {shown} mixes an agent socket with key files: give one or the other (ssh-add the keys into the agent to use both)"),
+        _ => bail!("--ssh {shown}: bkrun forwards one agent socket per id: load the keys into one agent with ssh-add, or give another id"),
     }
     let keys = files
         .iter()
@@ -105,12 +112,13 @@ pub fn parse(value: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<SshAge
 }
 
 fn key_error(id: &str, file: &Path, e: KeyFileError) -> anyhow::Error {
-    let f = file.display();
+    let idc = clip(id);
+    let f = clip_path(file);
     match e {
-        KeyFileError::Read(_) => anyhow::anyhow!("--ssh {id}: cannot read the key file {f}: check the path and that bkrun's user may read it: {e}"),
-        KeyFileError::Encrypted(_) => anyhow::anyhow!("--ssh {id}: the key file {f} is passphrase-protected and bkrun does not ask for passphrases: load it with ssh-add {f} and pass --ssh {id} (or --ssh {id}=$SSH_AUTH_SOCK): {e}"),
-        KeyFileError::NotAKey(_) | KeyFileError::TooLarge => anyhow::anyhow!("--ssh {id}: {f} is not a private key file: give a private key (e.g. ~/.ssh/id_ed25519, not the .pub) or an agent socket: {e}"),
-        KeyFileError::Unsupported(_) => anyhow::anyhow!("--ssh {id}: {f} is a kind of key bkrun's agent cannot sign with: use an ed25519, RSA or ECDSA P-256/P-384 key (ssh-keygen -p -f FILE rewrites a PEM key in OpenSSH format), or load it with ssh-add and pass --ssh {id}: {e}"),
+        KeyFileError::Read(_) => anyhow::anyhow!("--ssh {idc}: cannot read the key file {f}: check the path and that bkrun's user may read it: {e}"),
+        KeyFileError::Encrypted(_) => anyhow::anyhow!("--ssh {idc}: the key file {f} is passphrase-protected and bkrun does not ask for passphrases: load it with ssh-add {f} and pass --ssh {idc} (or --ssh {idc}=$SSH_AUTH_SOCK): {e}"),
+        KeyFileError::NotAKey(_) | KeyFileError::TooLarge => anyhow::anyhow!("--ssh {idc}: {f} is not a private key file: give a private key (e.g. ~/.ssh/id_ed25519, not the .pub) or an agent socket: {e}"),
+        KeyFileError::Unsupported(_) => anyhow::anyhow!("--ssh {idc}: {f} is a kind of key bkrun's agent cannot sign with: use an ed25519, RSA or ECDSA P-256/P-384 key (ssh-keygen -p -f FILE rewrites a PEM key in OpenSSH format), or load it with ssh-add and pass --ssh {idc}: {e}"),
     }
 }
 

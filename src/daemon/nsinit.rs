@@ -1,0 +1,329 @@
+//! The daemon's init: bkrun re-executed between the daemon and whoever started it, so that when bkrun dies, even by SIGKILL, every build process (and, privileged, every mount) of the run dies with it.
+//!
+//! Where a fresh /proc can be mounted (privileged, and rootless with an unmasked /proc) it makes a
+//! PID and mount namespace: bkrun → `bkrun __nsinit --pidns` (outside, with a parent-death
+//! signal) → init (PID 1 inside) → buildkitd. A PID namespace ends when its PID 1 does, the
+//! kernel SIGKILLing everything left in it (runc's containers, a RUN step's background
+//! processes), and a mount namespace whose last process is gone drops its mounts. The new /proc
+//! matters: runc looks its children up there by the PIDs it sees.
+//!
+//! With a masked /proc (rootless-strict) no procfs can be mounted, so no PID namespace can work;
+//! there it is a watchdog instead: a child subreaper (orphans of the build come back to it) whose
+//! parent-death signal is one it catches, and on which it kills everything below it.
+//!
+//! Both run before any thread exists (main dispatches here first), so fork is safe.
+
+use std::ffi::CString;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use nix::sched::CloneFlags;
+use nix::sys::signal::{kill, SigSet, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{fork, ForkResult, Pid};
+
+/// The hidden first argument that makes `bkrun` this init.
+pub const ARG: &str = "__nsinit";
+const PIDNS: &str = "--pidns";
+
+/// Signals passed on to the daemon: how bkrun (or rootlesskit) asks it to stop.
+const FORWARDED: [Signal; 5] = [
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+];
+/// The watchdog's parent-death signal: one nobody sends, so it can only mean the parent died.
+const PARENT_GONE: Signal = Signal::SIGPWR;
+
+/// `argv` run under the init from `exe` (bkrun itself); `pidns` where a /proc can be mounted.
+pub fn wrap(exe: &Path, pidns: bool, argv: &[String]) -> Vec<String> {
+    let mut v = vec![exe.display().to_string(), ARG.to_string()];
+    if pidns {
+        v.push(PIDNS.to_string());
+    }
+    v.push("--".to_string());
+    v.extend(argv.iter().cloned());
+    v
+}
+
+/// Runs the init; `args` are what follows `__nsinit`. Never returns.
+pub fn main(args: &[String]) -> ! {
+    let Some((pidns, argv)) = parse(args) else {
+        crate::say!("bkrun {ARG}: usage: bkrun {ARG} [{PIDNS}] -- COMMAND [ARG...] (internal: bkrun starts buildkitd this way)");
+        std::process::exit(125);
+    };
+    let mut waited = SigSet::empty();
+    for s in FORWARDED {
+        waited.add(s);
+    }
+    waited.add(Signal::SIGCHLD);
+    waited.add(PARENT_GONE);
+    // Blocked and taken with sigwait: PID 1 of a namespace drops signals it has no handler for,
+    // but a blocked signal is always queued.
+    let _ = waited.thread_block();
+    if !pidns {
+        watchdog(&argv, &waited);
+    }
+    // Set after exec, so a parent that died in the microseconds before this line goes unnoticed;
+    // bkrun's own spawn sets it before exec, where there is no such window.
+    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+    // A masked /proc the mode did not foresee: no namespace, a watchdog. Tried first in a
+    // throwaway namespace, since a process cannot go back to its old PID namespace for its
+    // children once it has left it inside a user namespace.
+    if !proc_mountable() {
+        crate::say!("bkrun: warning: a new PID namespace here cannot have a /proc of its own (is /proc masked?); watching buildkitd's processes instead");
+        watchdog(&argv, &waited);
+    }
+    if let Err(e) = nix::sched::unshare(CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWNS) {
+        crate::say!("bkrun: warning: cannot give buildkitd its own PID namespace ({e}); watching its processes instead");
+        watchdog(&argv, &waited);
+    }
+    // SAFETY: single-threaded (see the module comment); the child only makes syscalls and execs.
+    match unsafe { fork() } {
+        Ok(ForkResult::Child) => init(&argv, &waited),
+        Ok(ForkResult::Parent { child }) => outer(child, &waited),
+        Err(e) => {
+            crate::say!("bkrun {ARG}: cannot fork the namespace's init: {e}");
+            std::process::exit(125);
+        }
+    }
+}
+
+/// Whether a new PID and mount namespace can mount a procfs of its own: tried by a child that
+/// makes them and a grandchild (PID 1 there) that mounts, both gone before this returns.
+fn proc_mountable() -> bool {
+    // SAFETY: single-threaded; the children only make syscalls and exit.
+    match unsafe { fork() } {
+        Ok(ForkResult::Child) => {
+            if nix::sched::unshare(CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWNS).is_err() {
+                // SAFETY: _exit in a forked child, skipping the parent's atexit work.
+                unsafe { libc::_exit(1) }
+            }
+            let code = match unsafe { fork() } {
+                Ok(ForkResult::Child) => {
+                    let ok = mount_private_proc().is_ok();
+                    // SAFETY: as above.
+                    unsafe { libc::_exit(if ok { 0 } else { 1 }) }
+                }
+                Ok(ForkResult::Parent { child }) => match waitpid(child, None) {
+                    Ok(WaitStatus::Exited(_, 0)) => 0,
+                    _ => 1,
+                },
+                Err(_) => 1,
+            };
+            // SAFETY: as above.
+            unsafe { libc::_exit(code) }
+        }
+        Ok(ForkResult::Parent { child }) => {
+            matches!(waitpid(child, None), Ok(WaitStatus::Exited(_, 0)))
+        }
+        Err(_) => false,
+    }
+}
+
+/// In a new mount namespace: stops mounts propagating back out (mounts made outside still
+/// come in), then mounts a /proc of the current PID namespace.
+fn mount_private_proc() -> nix::Result<()> {
+    use nix::mount::{mount, MsFlags};
+    let _ = mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        None::<&str>,
+    );
+    mount(
+        Some("proc"),
+        "/proc",
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+}
+
+fn parse(args: &[String]) -> Option<(bool, Vec<String>)> {
+    let mut pidns = false;
+    let mut it = args.iter();
+    for a in it.by_ref() {
+        match a.as_str() {
+            PIDNS => pidns = true,
+            "--" => break,
+            _ => return None,
+        }
+    }
+    let argv: Vec<String> = it.cloned().collect();
+    (!argv.is_empty()).then_some((pidns, argv))
+}
+
+/// Outside the namespace: passes signals to init and ends as it ended.
+fn outer(init: Pid, waited: &SigSet) -> ! {
+    loop {
+        match waited.wait() {
+            Ok(Signal::SIGCHLD) => {
+                if let Some(code) = reap(init) {
+                    end_as(code);
+                }
+            }
+            Ok(PARENT_GONE) | Err(_) => {}
+            Ok(s) => {
+                let _ = kill(init, s);
+            }
+        }
+    }
+}
+
+/// PID 1 inside: mounts the namespace's /proc, starts the command, reaps every orphan, passes
+/// signals on, and ends when the command does, which ends the namespace.
+fn init(argv: &[String], waited: &SigSet) -> ! {
+    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+    if let Err(e) = mount_private_proc() {
+        // proc_mountable said it could; nothing is started without the /proc runc needs.
+        crate::say!("bkrun {ARG}: cannot mount /proc for buildkitd's PID namespace: {e}");
+        std::process::exit(125);
+    }
+    let daemon = start(argv, waited);
+    loop {
+        match waited.wait() {
+            Ok(Signal::SIGCHLD) => {
+                if let Some(code) = reap(daemon) {
+                    // PID 1 cannot die by its own signal: a signal is passed up as 128+N, and
+                    // `outer` turns it back into that signal.
+                    std::process::exit(code);
+                }
+            }
+            Ok(PARENT_GONE) | Err(_) => {}
+            Ok(s) => {
+                let _ = kill(daemon, s);
+            }
+        }
+    }
+}
+
+/// Without a PID namespace: a subreaper that kills everything below it when its parent dies
+/// or when the command ends.
+fn watchdog(argv: &[String], waited: &SigSet) -> ! {
+    let _ = nix::sys::prctl::set_pdeathsig(PARENT_GONE);
+    let _ = nix::sys::prctl::set_child_subreaper(true);
+    let daemon = start(argv, waited);
+    loop {
+        match waited.wait() {
+            Ok(Signal::SIGCHLD) => {
+                if let Some(code) = reap(daemon) {
+                    kill_below();
+                    end_as(code);
+                }
+            }
+            Ok(PARENT_GONE) => {
+                kill_below();
+                end_as(128 + Signal::SIGKILL as i32);
+            }
+            Ok(s) => {
+                let _ = kill(daemon, s);
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// Forks and execs the command with the signal mask it would have had.
+fn start(argv: &[String], waited: &SigSet) -> Pid {
+    // SAFETY: still single-threaded.
+    match unsafe { fork() } {
+        Ok(ForkResult::Child) => {
+            let _ = waited.thread_unblock();
+            exec(argv);
+        }
+        Ok(ForkResult::Parent { child }) => child,
+        Err(e) => {
+            crate::say!("bkrun {ARG}: cannot fork the daemon: {e}");
+            std::process::exit(125);
+        }
+    }
+}
+
+/// SIGKILLs every descendant, parents first, and reaps them, for at most a few seconds.
+fn kill_below() {
+    let me = nix::unistd::getpid().as_raw();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
+        let left = crate::reaper::descendants(me);
+        if left.is_empty() {
+            return;
+        }
+        for pid in left {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        reap(Pid::from_raw(0));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Reaps every child that has ended; `Some(code)` once `watched` has (a signal as 128+N).
+fn reap(watched: Pid) -> Option<i32> {
+    let mut result = None;
+    loop {
+        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(pid, code)) if pid == watched => result = Some(code),
+            Ok(WaitStatus::Signaled(pid, sig, _)) if pid == watched => {
+                result = Some(128 + sig as i32)
+            }
+            Ok(WaitStatus::StillAlive) | Err(_) => return result,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Exits with `code`, or dies by the signal a code above 128 stands for, so bkrun's report of
+/// the daemon's end ("killed by signal 9") reads the same as without the init.
+fn end_as(code: i32) -> ! {
+    if code > 128 {
+        if let Ok(sig) = Signal::try_from(code - 128) {
+            // SAFETY: restoring the default action; no handler runs.
+            unsafe {
+                let _ = nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigDfl);
+            }
+            let mut only = SigSet::empty();
+            only.add(sig);
+            let _ = only.thread_unblock();
+            let _ = kill(Pid::this(), sig);
+        }
+    }
+    std::process::exit(code)
+}
+
+fn exec(argv: &[String]) -> ! {
+    let c: Result<Vec<CString>, _> = argv.iter().map(|a| CString::new(a.as_bytes())).collect();
+    if let Ok(c) = c {
+        let e = nix::unistd::execvp(&c[0], &c).unwrap_err();
+        crate::say!("bkrun {ARG}: cannot run {}: {e}", argv[0]);
+    }
+    std::process::exit(127)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrap_and_parse_agree() {
+        let argv = vec!["/usr/bin/buildkitd".to_string(), "--debug".to_string()];
+        let w = wrap(Path::new("/usr/local/bin/bkrun"), true, &argv);
+        assert_eq!(
+            w,
+            [
+                "/usr/local/bin/bkrun",
+                ARG,
+                PIDNS,
+                "--",
+                "/usr/bin/buildkitd",
+                "--debug"
+            ]
+        );
+        assert_eq!(parse(&w[2..]), Some((true, argv.clone())));
+        assert_eq!(parse(&w[3..]), Some((false, argv)));
+        assert_eq!(parse(&["--".to_string()]), None);
+        assert_eq!(parse(&["--bogus".to_string()]), None);
+    }
+}
