@@ -446,8 +446,14 @@ mod tests {
                 socket_dir: &sd,
             })
             .unwrap();
+        // After bkrun's own flags, before the user's.
+        let after = argv
+            .iter()
+            .position(|a| a.starts_with("--otel-socket-path"))
+            .unwrap()
+            + 1;
         assert_eq!(
-            argv[4..],
+            argv[after..],
             [
                 "--allow-insecure-entitlement=security.insecure",
                 "--allow-insecure-entitlement",
