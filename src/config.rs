@@ -116,6 +116,9 @@ pub struct Settings {
     pub buildkitd_flags: Vec<String>,
     pub rootlesskit_flags: Vec<String>,
     pub daemon_config: Option<DaemonConfig>,
+    /// Entitlements the daemon bkrun starts grants (`--allow-insecure-entitlement`): those the
+    /// work asks for, set by the run layer; the daemon half knows no builds.
+    pub entitlements: Vec<String>,
     pub config_file: Option<PathBuf>,
     pub debug: bool,
     /// An existing daemon to use instead of starting one, and where its address came from.
@@ -281,6 +284,7 @@ impl Settings {
             buildkitd_flags,
             rootlesskit_flags: file.rootlesskit_flags.unwrap_or_default(),
             daemon_config,
+            entitlements: Vec::new(),
             config_file,
             debug: args.debug,
             remote,

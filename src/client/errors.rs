@@ -150,6 +150,48 @@ pub fn emulation_hint(message: &str) -> Option<String> {
     })
 }
 
+/// For a step that asks for an entitlement the build did not (`RUN --network=host` without
+/// `--allow network.host`): BuildKit says only "network.host is not allowed".
+pub fn allow_hint(message: &str) -> Option<String> {
+    let (run, name) = [
+        ("RUN --network=host", "network.host"),
+        ("RUN --security=insecure", "security.insecure"),
+    ]
+    .into_iter()
+    .find(|(_, name)| {
+        message.contains(&format!("{name} is not allowed"))
+            && !message.contains(&format!("granting entitlement {name}"))
+    })?;
+    Some(format!(
+        "bkrun: a step uses {run}, which the build must allow: add --allow {name} to the build flags\n"
+    ))
+}
+
+/// The entitlement a daemon refused to grant: BuildKit's "granting entitlement X is not allowed
+/// by build daemon configuration", which means it was not started with it.
+pub fn refused_entitlement(message: &str) -> Option<&str> {
+    let rest = message.split("granting entitlement ").nth(1)?;
+    let name = rest.split(" is not allowed").next()?;
+    (!name.is_empty() && name.len() < rest.len()).then_some(name)
+}
+
+/// Whether a call failed because the connection broke rather than by the daemon's answer, and
+/// the lowest cause if so. A daemon killed mid-call shows as Unavailable, or as Unknown
+/// "transport error" with the broken pipe or reset connection underneath.
+pub fn connection_lost(status: &tonic::Status) -> Option<String> {
+    let mut lost = status.code() == tonic::Code::Unavailable;
+    let mut cause = status.message().to_string();
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        if e.is::<tonic::transport::Error>() || e.is::<std::io::Error>() {
+            lost = true;
+        }
+        cause = e.to_string();
+        source = e.source();
+    }
+    lost.then_some(cause)
+}
+
 /// Everything printed for a failed solve, ending with buildctl's `error: failed to solve: …` line.
 pub fn render(status: &tonic::Status) -> String {
     let mut out = String::new();
@@ -162,6 +204,7 @@ pub fn render(status: &tonic::Status) -> String {
         login_hint(status.message()),
         registry_tls_hint(status.message()),
         emulation_hint(status.message()),
+        allow_hint(status.message()),
     ]
     .into_iter()
     .flatten()
@@ -175,6 +218,35 @@ pub fn render(status: &tonic::Status) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_broken_connection_is_told_from_an_answer() {
+        let io = std::io::Error::new(
+            std::io::ErrorKind::BrokenPipe,
+            "stream closed because of a broken pipe",
+        );
+        let mut st = tonic::Status::unknown("transport error");
+        st.set_source(std::sync::Arc::new(io));
+        assert_eq!(
+            connection_lost(&st).as_deref(),
+            Some("stream closed because of a broken pipe")
+        );
+        assert!(connection_lost(&tonic::Status::unavailable("gone")).is_some());
+        assert!(connection_lost(&tonic::Status::unknown("dockerfile parse error")).is_none());
+    }
+
+    #[test]
+    fn entitlement_errors_name_the_flag() {
+        let m = "failed to load LLB: security.insecure is not allowed";
+        assert!(allow_hint(m)
+            .unwrap()
+            .contains("add --allow security.insecure"));
+        let refused =
+            "granting entitlement network.host is not allowed by build daemon configuration";
+        assert_eq!(allow_hint(refused), None);
+        assert_eq!(refused_entitlement(refused), Some("network.host"));
+        assert_eq!(refused_entitlement(m), None);
+    }
     use crate::proto::pb::{Position, Range, SourceInfo};
 
     fn src(data: &str, start: i32, end: i32) -> Source {

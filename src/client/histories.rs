@@ -31,7 +31,10 @@ pub async fn prune(
 ) -> Result<()> {
     let template = format.map(Template::parse).transpose()?;
     let mut stream = control
-        .listen_build_history(BuildHistoryRequest { early_exit: true })
+        .listen_build_history(BuildHistoryRequest {
+            early_exit: true,
+            ..Default::default()
+        })
         .await
         .map_err(super::admin::failed("failed to list build histories"))?
         .into_inner();

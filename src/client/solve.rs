@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use futures::StreamExt;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
@@ -17,7 +18,8 @@ use super::services::{self, Services};
 use crate::progress::{Renderer, Summary};
 use crate::proto::moby::buildkit::v1::control_client::ControlClient;
 use crate::proto::moby::buildkit::v1::{
-    CacheOptions, CacheOptionsEntry, Exporter, SolveRequest, SolveResponse, StatusRequest,
+    BuildHistoryEventType, BuildHistoryRequest, CacheOptions, CacheOptionsEntry, Exporter,
+    SolveRequest, SolveResponse, StatusRequest,
 };
 use crate::session::{Session, SessionError, SessionHandle};
 use crate::spec::build::BuildSpec;
@@ -26,6 +28,34 @@ use crate::spec::secret::{mask_values, short_secret_warnings};
 
 /// Largest message we accept from the daemon (status batches can be big).
 const MAX_MESSAGE: usize = 64 << 20;
+
+/// Once Solve has answered, the Status stream gets this long without a message to end by
+/// itself. A finished build's last progress is already on its way, so a quiet stream means the
+/// daemon will never close it: BuildKit ends a job's progress only once the build is recorded in
+/// its history, and a Solve refused before that (an entitlement the daemon does not grant, a bad
+/// source policy) leaves the stream open forever; a Solve refused before the job exists (a bad
+/// exporter or cache option) leaves it waiting 6 s for a job that never comes.
+const STATUS_IDLE_AFTER_SOLVE: Duration = Duration::from_millis(300);
+
+/// And at most this long in all, however chatty the stream is.
+const STATUS_AFTER_SOLVE: Duration = Duration::from_secs(5);
+
+/// The connection to the daemon broke during the build (the daemon died, or the network went):
+/// the caller, which may know the daemon's fate, can say more.
+#[derive(Debug)]
+pub struct ConnectionLost(pub String);
+
+impl std::fmt::Display for ConnectionLost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "lost the connection to the daemon during the build: {}",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for ConnectionLost {}
 
 /// How a build ended.
 #[derive(Debug)]
@@ -64,14 +94,21 @@ pub async fn build(channel: Channel, spec: &BuildSpec, target: &Target) -> Resul
     let renderer = Renderer::for_stderr(spec.progress.mode, progress);
     let mut control = ControlClient::new(channel).max_decoding_message_size(MAX_MESSAGE);
     let saw_foreign_binary = Arc::new(AtomicBool::new(false));
+    // None while the Solve runs, then whether it succeeded.
+    let (solve_done, solved_rx) = watch::channel(None);
     let status_task = show_status(
         control.clone(),
         reference.clone(),
         renderer,
         saw_foreign_binary.clone(),
+        solved_rx,
     );
+    // Dropping `build` (a signal, the daemon's death) must end the Status call too: a call left
+    // open keeps buildkitd from stopping gracefully.
+    let mut status_task = AbortOnDrop(status_task);
 
     let solved = control.solve(request).await;
+    let _ = solve_done.send(Some(solved.is_ok()));
     if let Some(path) = &spec.ref_file {
         // Written whether the build succeeded or not, as buildctl does: the ref names its history record.
         if let Err(e) =
@@ -83,8 +120,14 @@ pub async fn build(channel: Channel, spec: &BuildSpec, target: &Target) -> Resul
             );
         }
     }
-    // The status stream ends by itself once the daemon closes the job; don't hang on a daemon that doesn't.
-    let summary = tokio::time::timeout(Duration::from_secs(10), status_task).await;
+    // The status stream ends by itself, or once quiet after Solve (show_status); this bound is
+    // only for a renderer that cannot write.
+    let summary = tokio::time::timeout(
+        STATUS_AFTER_SOLVE + Duration::from_secs(1),
+        &mut status_task.0,
+    )
+    .await;
+    drop(status_task);
     let _ = session.close().await;
     services.close();
     if let Ok(Ok(Err(e))) = summary {
@@ -170,19 +213,42 @@ fn solve_request(
     }
 }
 
-/// Renders the build's Status stream until it ends; `foreign` is set when a step's output
+/// A task that is cancelled when its handle goes (tokio's own handle lets it run on).
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Renders the build's Status stream until it ends, or until it has been quiet for
+/// STATUS_IDLE_AFTER_SOLVE once `solve_done` fires; `foreign` is set when a step's output
 /// shows the kernel refusing a binary of another architecture.
 fn show_status(
     mut control: ControlClient<Channel>,
     reference: String,
     renderer: Renderer,
     foreign: Arc<AtomicBool>,
+    solved: watch::Receiver<Option<bool>>,
 ) -> JoinHandle<std::io::Result<Summary>> {
     tokio::spawn(async move {
+        // Asked for only once the job exists: BuildKit answers a Status call for a job not made
+        // yet by waiting 6 s for it, and keeps waiting even after the call is cancelled, which
+        // holds up the daemon's graceful stop; a Solve refused before the job exists never
+        // makes one.
+        if !job_started(&mut control, &reference, solved.clone()).await {
+            return renderer.finish();
+        }
         let stream = match control.status(StatusRequest { r#ref: reference }).await {
             Ok(r) => r.into_inner(),
             Err(_) => return renderer.finish(),
         };
+        let mut done = solved;
+        let done = Box::pin(async move {
+            let _ = done.wait_for(Option::is_some).await;
+        });
+        let stream = until_quiet_after(stream, done, STATUS_IDLE_AFTER_SOLVE, STATUS_AFTER_SOLVE);
         // The stream ends when the build does; an error just ends the display.
         let stream = stream
             .take_while(|r| futures::future::ready(r.is_ok()))
@@ -198,6 +264,100 @@ fn show_status(
                 }
             });
         renderer.run(stream).await
+    })
+}
+
+/// Whether the build's job exists on the daemon (so a Status call for it answers at once):
+/// its history record has started, or the Solve succeeded. False when the Solve failed and no
+/// record started within STATUS_IDLE_AFTER_SOLVE of it: it was refused before the job was made,
+/// and there is no progress to show. A daemon without the history API is assumed to have it.
+async fn job_started(
+    control: &mut ControlClient<Channel>,
+    reference: &str,
+    mut solved: watch::Receiver<Option<bool>>,
+) -> bool {
+    let request = BuildHistoryRequest {
+        active_only: true,
+        r#ref: reference.to_string(),
+        ..Default::default()
+    };
+    let started = async {
+        let Ok(resp) = control.listen_build_history(request).await else {
+            return;
+        };
+        let mut events = resp.into_inner();
+        while let Some(Ok(e)) = events.next().await {
+            if e.r#type() == BuildHistoryEventType::Started {
+                return;
+            }
+        }
+        // Ended or failed without the event: fall back to asking for the status anyway.
+    };
+    tokio::pin!(started);
+    tokio::select! {
+        () = &mut started => return true,
+        r = solved.wait_for(Option::is_some) => {
+            if matches!(r.as_deref(), Ok(Some(true))) {
+                return true;
+            }
+        }
+    }
+    // The Solve failed: its record's event may still be on its way.
+    tokio::time::timeout(STATUS_IDLE_AFTER_SOLVE, started)
+        .await
+        .is_ok()
+}
+
+/// `stream` until it ends, or, once `done` has fired, until no item came for `idle` or `cap`
+/// has passed. Ending it drops the call, which cancels it on the daemon.
+fn until_quiet_after<S, F>(
+    stream: S,
+    done: F,
+    idle: Duration,
+    cap: Duration,
+) -> impl futures::Stream<Item = S::Item>
+where
+    S: futures::Stream + Unpin,
+    F: std::future::Future + Unpin,
+{
+    use tokio::time::Instant;
+    // Before `done`: no deadline. After: the earlier of the idle and the overall deadline.
+    struct State<S, F> {
+        stream: S,
+        done: Option<F>,
+        cap_at: Option<Instant>,
+    }
+    let state = State {
+        stream,
+        done: Some(done),
+        cap_at: None,
+    };
+    futures::stream::unfold(state, move |mut st| async move {
+        loop {
+            let deadline = st.cap_at.map(|cap_at| cap_at.min(Instant::now() + idle));
+            let quiet = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let done = async {
+                match &mut st.done {
+                    Some(f) => {
+                        f.await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                item = st.stream.next() => return item.map(|i| (i, st)),
+                () = done => {
+                    st.done = None;
+                    st.cap_at = Some(Instant::now() + cap);
+                }
+                () = quiet => return None,
+            }
+        }
     })
 }
 
@@ -221,13 +381,13 @@ fn finish(
             if let Some(why) = explain_call(&status, target) {
                 return Err(anyhow!("{why}"));
             }
-            if status.code() == tonic::Code::Unavailable {
-                return Err(anyhow!(
-                    "lost the connection to the daemon during the build: {}",
-                    status.message()
-                ));
+            if let Some(why) = errors::connection_lost(&status) {
+                return Err(ConnectionLost(why).into());
             }
             let mut shown = errors::render(&status);
+            if let Some(name) = errors::refused_entitlement(status.message()) {
+                shown.insert_str(0, &refusal_hint(name, target));
+            }
             if saw_foreign_binary && errors::emulation_hint(status.message()).is_none() {
                 shown.insert_str(
                     0,
@@ -237,6 +397,22 @@ fn finish(
             crate::say_raw!("{}", mask_text(&shown, masks));
             Ok(Outcome::Failed)
         }
+    }
+}
+
+/// What to do about a daemon that was not started with the entitlement `--allow NAME` asks for.
+fn refusal_hint(name: &str, target: &Target) -> String {
+    match &target.origin {
+        // Someone else's daemon: only its operator can grant it.
+        Some(origin) => format!(
+            "bkrun: the daemon at {} (from {origin}) does not grant --allow {name}: ask its operator to start buildkitd with --allow-insecure-entitlement {name} (or insecure-entitlements in its buildkitd.toml), or build without --allow {name}\n",
+            target.addr
+        ),
+        // bkrun's own daemon is started with every entitlement the build asks for, so only the
+        // user's daemon flags or config file can have taken it away.
+        None => format!(
+            "bkrun: buildkitd refused --allow {name} although bkrun started it with --allow-insecure-entitlement={name}: check BUILDKITD_FLAGS and the buildkitd config they name\n"
+        ),
     }
 }
 
@@ -258,5 +434,72 @@ fn cache_entry(kind: &str, attrs: &BTreeMap<String, String>) -> CacheOptionsEntr
     CacheOptionsEntry {
         r#type: kind.to_string(),
         attrs: attrs.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stream that yields an item every `every` for ever: a Status stream the daemon never closes.
+    fn ticking(every: Duration) -> impl futures::Stream<Item = u32> + Unpin {
+        Box::pin(futures::stream::unfold(0u32, move |i| async move {
+            tokio::time::sleep(every).await;
+            Some((i, i + 1))
+        }))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_stream_ends_soon_after_solve() {
+        // The daemon never closes it and sends nothing: a Solve refused after its job was made.
+        let silent = futures::stream::pending::<u32>();
+        let done = tokio::time::sleep(Duration::from_secs(2));
+        let start = tokio::time::Instant::now();
+        let items: Vec<u32> = until_quiet_after(
+            silent,
+            Box::pin(done),
+            STATUS_IDLE_AFTER_SOLVE,
+            STATUS_AFTER_SOLVE,
+        )
+        .collect()
+        .await;
+        assert!(items.is_empty());
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_secs(2) + STATUS_IDLE_AFTER_SOLVE
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn before_solve_ends_a_stream_may_be_quiet_for_long() {
+        // A long RUN step prints nothing for minutes: the display must not end.
+        let slow = ticking(Duration::from_secs(60)).take(3);
+        let done = std::future::pending::<()>();
+        let items: Vec<u32> = until_quiet_after(
+            slow,
+            Box::pin(done),
+            STATUS_IDLE_AFTER_SOLVE,
+            STATUS_AFTER_SOLVE,
+        )
+        .collect()
+        .await;
+        assert_eq!(items, [0, 1, 2]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_chatty_stream_is_cut_at_the_cap() {
+        let chatty = ticking(Duration::from_millis(100));
+        let done = tokio::time::sleep(Duration::from_secs(1));
+        let start = tokio::time::Instant::now();
+        let items: Vec<u32> = until_quiet_after(
+            chatty,
+            Box::pin(done),
+            STATUS_IDLE_AFTER_SOLVE,
+            STATUS_AFTER_SOLVE,
+        )
+        .collect()
+        .await;
+        assert_eq!(start.elapsed(), Duration::from_secs(1) + STATUS_AFTER_SOLVE);
+        assert!(items.len() >= 55, "{}", items.len());
     }
 }

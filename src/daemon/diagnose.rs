@@ -3,6 +3,35 @@
 use super::facts::Facts;
 use super::mode::fix;
 use crate::host::Privilege;
+use crate::reaper::Exit;
+
+/// How buildkitd itself ended, as rootlesskit logs it when its child ends ("[rootlesskit:child ]
+/// error: command [...] exited: signal: killed"): rootlesskit then exits with its own status
+/// (255), which says nothing of buildkitd's.
+pub fn rootless_child_exit(log: &str) -> Option<Exit> {
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("[rootlesskit:child ]") && l.contains("] exited: "))?;
+    let how = line.rsplit("] exited: ").next()?.trim();
+    // Go's ProcessState strings: "exit status N", "signal: NAME" (strsignal's words).
+    if let Some(code) = how.strip_prefix("exit status ") {
+        return code.trim().parse().ok().map(Exit::Code);
+    }
+    let name = how.strip_prefix("signal: ")?;
+    let name = name.split(" (core dumped)").next()?;
+    let sig = match name {
+        "hangup" => 1,
+        "interrupt" => 2,
+        "quit" => 3,
+        "aborted" => 6,
+        "killed" => 9,
+        "segmentation fault" => 11,
+        "terminated" => 15,
+        _ => return None,
+    };
+    Some(Exit::Signal(sig))
+}
 
 /// The cause and the change to make, when the log shows a known one; None otherwise (the
 /// caller then shows the generic message and the log's tail).
@@ -107,6 +136,20 @@ mod tests {
         let log = "[rootlesskit:child ] error: failed to share mount point: /: permission denied\n";
         let why = explain(log, &facts(&FakeHost::pod_user(0))).unwrap();
         assert!(why.contains("appArmorProfile: {type: Unconfined}"), "{why}");
+    }
+
+    #[test]
+    fn buildkitd_exit_under_rootlesskit_is_read_from_its_log() {
+        let log = "time=\"…\" level=warning msg=\"x\"\n[rootlesskit:child ] error: command [/usr/local/bin/buildkitd --addr=unix:///a.sock] exited: signal: killed\n[rootlesskit:parent] error: child exited: exit status 255\n";
+        assert_eq!(rootless_child_exit(log), Some(Exit::Signal(9)));
+        let log = "[rootlesskit:child ] error: command [buildkitd] exited: exit status 2\n";
+        assert_eq!(rootless_child_exit(log), Some(Exit::Code(2)));
+        let log = "[rootlesskit:child ] error: command [buildkitd] exited: signal: segmentation fault (core dumped)\n";
+        assert_eq!(rootless_child_exit(log), Some(Exit::Signal(11)));
+        assert_eq!(
+            rootless_child_exit("[rootlesskit:parent] error: child exited: exit status 255\n"),
+            None
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@ use crate::config::{flag_value, has_flag, Settings};
 use crate::host::Host;
 
 const NO_SANDBOX: &str = "--oci-worker-no-process-sandbox";
+const ENTITLEMENT_FLAG: &str = "--allow-insecure-entitlement";
 
 /// The longest unix socket path the kernel takes (sun_path is 108 bytes with the NUL).
 const MAX_SOCKET_PATH: usize = 107;
@@ -157,11 +158,30 @@ impl Plan {
         {
             argv.push("--oci-worker-no-process-sandbox".into());
         }
+        // It is the user's own daemon, serving this one build: it grants what the build asks for.
+        for e in &self.settings.entitlements {
+            if !self.grants_already(e) {
+                argv.push(format!("{ENTITLEMENT_FLAG}={e}"));
+            }
+        }
         if self.settings.debug && !self.settings.buildkitd_flags.iter().any(|f| f == "--debug") {
             argv.push("--debug".into());
         }
         argv.extend(self.settings.buildkitd_flags.iter().cloned());
         Ok(argv)
+    }
+
+    /// Whether the daemon flags given (BUILDKITD_FLAGS, bkrun.toml) already grant `e`.
+    fn grants_already(&self, e: &str) -> bool {
+        let flags = &self.settings.buildkitd_flags;
+        flags.iter().enumerate().any(|(i, f)| {
+            f.strip_prefix(ENTITLEMENT_FLAG)
+                .and_then(|rest| rest.strip_prefix('='))
+                .map_or(
+                    f == ENTITLEMENT_FLAG && flags.get(i + 1).is_some_and(|v| v == e),
+                    |v| v == e,
+                )
+        })
     }
 
     /// Variables set for the daemon beyond bkrun's own environment.
@@ -405,6 +425,41 @@ mod tests {
         assert_eq!(p.env(&d), std::slice::from_ref(&tmp));
         let root = plan(&FakeHost::root(), None);
         assert_eq!(root.env(&d), [tmp]);
+    }
+
+    #[test]
+    fn entitlements_are_granted_once() {
+        let h = FakeHost {
+            env: vec![(
+                "BUILDKITD_FLAGS",
+                "--allow-insecure-entitlement network.host",
+            )],
+            ..FakeHost::root()
+        };
+        let mut s = Settings::load(&Default::default(), &h).unwrap();
+        s.entitlements = vec!["network.host".into(), "security.insecure".into()];
+        let p = Plan::new(&s, &h, true).unwrap();
+        let (r, sd) = dirs();
+        let argv = p
+            .argv(&RunDirs {
+                run_dir: &r,
+                socket_dir: &sd,
+            })
+            .unwrap();
+        // After bkrun's own flags, before the user's.
+        let after = argv
+            .iter()
+            .position(|a| a.starts_with("--otel-socket-path"))
+            .unwrap()
+            + 1;
+        assert_eq!(
+            argv[after..],
+            [
+                "--allow-insecure-entitlement=security.insecure",
+                "--allow-insecure-entitlement",
+                "network.host"
+            ]
+        );
     }
 
     #[test]

@@ -262,6 +262,9 @@ async fn try_run(cli: Cli) -> Result<i32> {
     if let Some(why) = &settings.buildkit_host_ignored {
         log(settings.debug, || why.clone());
     }
+    if let Work::Build(job) = &work {
+        settings.entitlements = spec::entitlement::daemon_grants(&job.spec.allow);
+    }
     let plan = Plan::new(&settings, &host, matches!(work, Work::Serve(_)))?;
     log(settings.debug, || {
         format!("mode {} ({})", plan.mode(), plan.decision.reason)
@@ -277,6 +280,9 @@ fn buildctl(host: &dyn Host) -> Result<String> {
         None => bail!("cannot find buildctl ({name:?} is not on PATH): install BuildKit's buildctl (scripts/setup does) or set BUILDCTL"),
     }
 }
+
+/// How long a build that lost its connection waits to learn whether the daemon died.
+const DEATH_NOTICE: Duration = Duration::from_secs(1);
 
 /// How the work ended.
 enum Ended {
@@ -320,6 +326,14 @@ async fn perform(
                         }
                     }
                     Ok(client::solve::Outcome::Failed) => Ended::Code(1),
+                    // The daemon's death often reaches the client as a broken connection before
+                    // the reaper sees the exit: wait briefly for it, it is the better cause.
+                    Err(e) if e.is::<client::solve::ConnectionLost>() => {
+                        match tokio::time::timeout(DEATH_NOTICE, &mut daemon_exit).await {
+                            Ok(exit) => Ended::DaemonDied(exit),
+                            Err(_) => Ended::Failed(e),
+                        }
+                    }
                     Err(e) => Ended::Failed(e),
                 },
                 // Dropping the build cancels the Solve call; the daemon then cancels the job.
@@ -447,6 +461,22 @@ async fn report_slow_start(started: Instant, limit: Duration, log: PathBuf) {
     }
 }
 
+/// The one line for a daemon that ended while the work ran (not asked to): how it ended, and
+/// what to look at.
+fn died(exit: Exit, building: bool) -> String {
+    let during = if building {
+        "during the build"
+    } else {
+        "while bkrun was using it"
+    };
+    match exit {
+        // Nothing of bkrun's sends SIGKILL before the work ends; the kernel's OOM killer does.
+        Exit::Signal(9) => format!("buildkitd was killed by SIGKILL {during}: if no one killed it, the kernel's OOM killer did (see dmesg; give the job more memory); its log is below"),
+        Exit::Signal(_) => format!("buildkitd was {exit} {during}: its log is below"),
+        Exit::Code(_) => format!("buildkitd exited with {exit} {during}: its log below says why"),
+    }
+}
+
 async fn supervise(plan: Plan, work: Work) -> Result<i32> {
     let debug = plan.settings.debug;
     let grace = plan.settings.stop_timeout;
@@ -547,6 +577,7 @@ async fn supervise(plan: Plan, work: Work) -> Result<i32> {
             Err(e) => crate::say!("bkrun: warning: cannot repair the state dir after an unclean end ({e:#}); if the build fails to compute a cache key, run `bkrun prune --filter type==source.local`"),
         }
     }
+    let building = matches!(work, Work::Build(_));
     let ended = perform(work, &target, &reaper, &mut signals, grace, daemon.exited()).await;
     handle.close();
     let code = match ended {
@@ -556,9 +587,10 @@ async fn supervise(plan: Plan, work: Work) -> Result<i32> {
             return Err(e);
         }
         Ended::DaemonDied(exit) => {
-            let err = anyhow::anyhow!(
-                "buildkitd died while bkrun was using it ({exit}): read its log below; the work was stopped"
-            );
+            // Under rootlesskit the exit seen is rootlesskit's; buildkitd's own is in the log.
+            let log_text = std::fs::read_to_string(daemon.log_path()).unwrap_or_default();
+            let exit = diagnose::rootless_child_exit(&log_text).unwrap_or(exit);
+            let err = anyhow::anyhow!("{}", died(exit, building));
             return Err(daemon.fail(err).await);
         }
     };

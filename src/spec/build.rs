@@ -16,7 +16,7 @@ use super::progress::{self, ProgressSpec};
 use super::registry::{self, RegistryAuth};
 use super::secret::{self, Secret};
 use super::ssh::{self, SshAgent};
-use super::{clip, clip_path, clip_quoted, dockerconfig, header_safe, policy};
+use super::{clip, clip_path, clip_quoted, dockerconfig, entitlement, header_safe, policy};
 use crate::cli::BuildArgs;
 use crate::config::Settings;
 use crate::host::Host;
@@ -178,6 +178,7 @@ pub fn resolve(args: &BuildArgs, settings: &Settings, host: &dyn Host) -> Result
     if let Some((flag, _)) = unsupported.iter().find(|(_, set)| *set) {
         bail!("{flag} is not supported by bkrun's build client yet: drop it, or run buildctl through `bkrun exec -- buildctl build …`");
     }
+    entitlement::check(&args.allow)?;
     let cache_imports = args
         .import_cache
         .iter()

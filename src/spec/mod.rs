@@ -6,6 +6,7 @@ pub mod csv;
 pub mod dests;
 pub mod docker;
 pub mod dockerconfig;
+pub mod entitlement;
 pub mod kaniko;
 pub mod output;
 pub mod policy;
