@@ -4,7 +4,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -146,35 +146,7 @@ fn a_step_needing_an_entitlement_the_build_did_not_allow_is_named() {
 fn a_remote_daemon_without_the_entitlement_refuses_at_once() {
     // Rootless: the daemon's socket is private to the sandbox, not the host's shared one.
     let sb = Sandbox::new(Mode::Rootless);
-    let mut daemon = sb
-        .bkrun()
-        .arg("daemon")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stop = |daemon: &mut Child| {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(daemon.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let ended = wait_until(Duration::from_secs(30), || {
-            daemon.try_wait().unwrap().is_some()
-        });
-        assert!(ended, "bkrun daemon did not stop on SIGTERM");
-    };
-    let mut line = String::new();
-    let stdout = daemon.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        line
-    });
-    let served = wait_until(Duration::from_secs(60), || reader.is_finished());
-    if !served {
-        stop(&mut daemon);
-        panic!("bkrun daemon did not print its address");
-    }
-    let addr = reader.join().unwrap().trim().to_string();
+    let (mut daemon, addr) = serve(&sb, &[]).expect("bkrun daemon did not print its address");
     let ctx = sb.shell_context("remote", "RUN --network=host true\n");
     let t = Instant::now();
     let out = output_within(
@@ -185,7 +157,7 @@ fn a_remote_daemon_without_the_entitlement_refuses_at_once() {
         Duration::from_secs(30),
     );
     let took = t.elapsed();
-    stop(&mut daemon);
+    stop_with_sigterm(&mut daemon);
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
     let err = stderr(&out);
     assert!(

@@ -3,7 +3,7 @@
 mod common;
 
 use std::fs;
-use std::io::{BufRead, BufReader};
+
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -311,18 +311,7 @@ fn invoked_as_buildctl_daemonless_sh_everything_goes_to_the_build_client() {
 #[test]
 fn daemon_subcommand_serves_until_sigterm() {
     let sb = Sandbox::new(Mode::Rootless);
-    let mut child = sb
-        .bkrun()
-        .arg("daemon")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line.trim().to_string();
+    let (mut child, addr) = serve(&sb, &[]).expect("bkrun daemon did not print its address");
     assert!(
         addr.starts_with("unix://") && addr.ends_with("/buildkitd.sock"),
         "{addr:?}"
@@ -336,12 +325,7 @@ fn daemon_subcommand_serves_until_sigterm() {
         "{}",
         show(&out)
     );
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let status = child.wait().unwrap();
+    let status = stop_with_sigterm(&mut child);
     assert_eq!(status.code(), Some(143), "{status:?} {:?}", status.signal());
     sb.assert_clean();
 }

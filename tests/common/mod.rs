@@ -437,6 +437,46 @@ pub fn show(out: &Output) -> String {
     )
 }
 
+/// `bkrun daemon` (with `extra` flags) in the background, once it has printed its address:
+/// the child and the address, or None if it printed none within a minute (it is then stopped).
+pub fn serve(sb: &Sandbox, extra: &[&str]) -> Option<(std::process::Child, String)> {
+    use std::io::BufRead;
+    let mut child = sb
+        .bkrun()
+        .arg("daemon")
+        .args(extra)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+        line
+    });
+    if !wait_until(Duration::from_secs(60), || reader.is_finished()) {
+        stop_with_sigterm(&mut child);
+        return None;
+    }
+    let addr = reader.join().unwrap().trim().to_string();
+    Some((child, addr))
+}
+
+/// SIGTERM to `child`, then its exit (within 30 s, or the test fails).
+pub fn stop_with_sigterm(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let mut status = None;
+    wait_until(Duration::from_secs(30), || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    status.expect("the child did not stop within 30 s of SIGTERM")
+}
+
 /// Polls `f` until it holds or `timeout` passes (tests only: waiting on outside events).
 pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
