@@ -79,7 +79,8 @@ pub(crate) fn set_times_nofollow(p: &Path, nanos: i64) -> io::Result<()> {
     use nix::sys::stat::{utimensat, UtimensatFlags};
     use nix::sys::time::TimeSpec;
     let ts = TimeSpec::new(
-        nanos.div_euclid(1_000_000_000) as libc::time_t,
+        // `as _`: the field's own type (libc's time_t alias is deprecated on musl).
+        nanos.div_euclid(1_000_000_000) as _,
         nanos.rem_euclid(1_000_000_000) as _,
     );
     let c = cpath(p)?;

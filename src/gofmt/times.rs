@@ -73,7 +73,8 @@ pub fn rfc3339_at(secs: i64, offset: i64) -> String {
 
 /// The local zone's UTC offset at `secs`, from the C library (0 when it cannot tell).
 fn local_offset(secs: i64) -> i64 {
-    let t = secs as libc::time_t;
+    // Typed by localtime_r's parameter (libc's time_t alias is deprecated on musl).
+    let t = secs as _;
     // SAFETY: localtime_r only writes the tm it is given; a zeroed tm is a valid value.
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };
     if unsafe { libc::localtime_r(&t, &mut tm) }.is_null() {
