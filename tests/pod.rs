@@ -54,6 +54,9 @@ buildctl-daemonless.sh build \\
 const HELLO_DOCKERFILE: &str =
     "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\",\"sh\",\"-c\",\"echo hello > /hello\"]\n";
 
+/// Numbers the pods of this test process.
+static NEXT_POD: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// SIGKILL of bkrun mid-RUN, then a second build (tests/pod/sigkill.sh).
 const SIGKILL_SH: &str = include_str!("pod/sigkill.sh");
 
@@ -300,7 +303,13 @@ impl Pod {
             .tempdir()
             .unwrap();
         let pod = Pod {
-            name: format!("bkrun-pod-{}-{}", cfg.name, std::process::id()),
+            // Unique within the run too: two tests may use one configuration at once.
+            name: format!(
+                "bkrun-pod-{}-{}-{}",
+                cfg.name,
+                std::process::id(),
+                NEXT_POD.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ),
             dir,
         };
         // A leftover of an earlier run of this same process id would make `podman run` fail.

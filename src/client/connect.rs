@@ -408,9 +408,12 @@ pub fn explain_call(status: &tonic::Status, t: &Target) -> Option<String> {
     }
     // With TLS 1.3 a server refuses a client certificate only after the handshake, and the alert
     // often reaches us as nothing more than a closed connection.
+    // hyper says "connection was not ready" when the server closed it before the first
+    // request could go out: how a TLS server meets a plaintext client on a busy machine.
     let closed = text.contains("connection closed")
         || text.contains("broken pipe")
-        || text.contains("reset by peer");
+        || text.contains("reset by peer")
+        || text.contains("connection was not ready");
     let alert_missing =
         text.contains("CertificateRequired") || text.contains("certificate required");
     let alert_bad = text.contains("BadCertificate")

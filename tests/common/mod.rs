@@ -394,9 +394,25 @@ fn walk(p: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// Runs `c` to its end. The sandbox's copy of bkrun may be "busy" for an instant: another test
+/// thread that forks while the copy is being written holds a write descriptor to it until its
+/// child execs, and exec then fails with ETXTBSY; a retry finds it free.
+pub fn output(c: &mut Command) -> Output {
+    let mut tries = 0;
+    loop {
+        match c.output() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 20 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(25));
+            }
+            r => return r.unwrap(),
+        }
+    }
+}
+
 /// Runs and checks the exit status, printing the output on failure.
 pub fn run_ok(c: &mut Command) -> Output {
-    let out = c.output().unwrap();
+    let out = output(c);
     assert!(
         out.status.success(),
         "{c:?} failed: {}\n{}",
@@ -408,7 +424,7 @@ pub fn run_ok(c: &mut Command) -> Output {
 
 /// Runs a command that must fail with exit status 1, printing the output otherwise.
 pub fn run_fails(c: &mut Command) -> Output {
-    let out = c.output().unwrap();
+    let out = output(c);
     assert_eq!(out.status.code(), Some(1), "{c:?}: {}", show(&out));
     out
 }
