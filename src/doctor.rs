@@ -1,5 +1,6 @@
 //! `bkrun doctor`: what this machine or container allows, each mode's verdict and the change that would make it work, the versions found; text for people, JSON for tools. It never starts a daemon.
 
+use crate::host::binfmt::{native_platform, Binfmt};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -29,6 +30,7 @@ pub struct Report {
     next: String,
     next_json: Value,
     env: Vec<(&'static str, Option<String>, bool)>,
+    binfmt: Binfmt,
 }
 
 impl Report {
@@ -58,6 +60,7 @@ impl Report {
             next,
             next_json,
             env,
+            binfmt: host.binfmt(),
         }
     }
 
@@ -156,6 +159,22 @@ impl Report {
             };
             let _ = writeln!(out, "  {name:<19} {v}");
         }
+        out.push_str("platforms\n");
+        let _ = writeln!(out, "  {:<19} native", native_platform());
+        match &self.binfmt {
+            Binfmt::Unavailable => {
+                let _ = writeln!(out, "  {:<19} binfmt_misc is not mounted: RUN steps for other platforms fail (a privileged init container can mount it and register QEMU)", "emulation");
+            }
+            Binfmt::Handlers(hs) => {
+                for h in hs.iter().filter(|h| h.platform.is_some()) {
+                    let p = h.platform.unwrap_or_default();
+                    let _ = match h.unusable() {
+                        None => writeln!(out, "  {p:<19} emulated ({}: {})", h.name, h.interpreter),
+                        Some(why) => writeln!(out, "  {p:<19} not usable ({}: {why})", h.name),
+                    };
+                }
+            }
+        }
         out.push_str("modes\n");
         for v in &self.verdicts {
             let verdict = if v.works { "yes" } else { "no" };
@@ -233,6 +252,21 @@ impl Report {
                 "reason": v.reason,
                 "fix": v.fix,
             })).collect::<Vec<_>>(),
+            "platforms": {
+                "native": native_platform(),
+                "binfmt_misc": !matches!(self.binfmt, Binfmt::Unavailable),
+                "emulated": match &self.binfmt {
+                    Binfmt::Unavailable => Vec::new(),
+                    Binfmt::Handlers(hs) => hs.iter().filter(|h| h.platform.is_some()).map(|h| json!({
+                        "platform": h.platform,
+                        "handler": h.name,
+                        "interpreter": h.interpreter,
+                        "flags": h.flags,
+                        "usable": h.unusable().is_none(),
+                        "why_not": h.unusable(),
+                    })).collect(),
+                },
+            },
             "auto": self.auto.as_ref().map(|d| d.mode.to_string()),
             "next": self.next_json,
         })
@@ -417,6 +451,38 @@ mod tests {
     fn report(h: &FakeHost) -> Report {
         let s = Settings::load(&GlobalArgs::default(), h).unwrap();
         Report::gather(&s, h)
+    }
+
+    #[test]
+    fn platforms_are_native_plus_usable_emulators() {
+        use crate::host::binfmt::{parse, Binfmt};
+        let arm = "enabled\ninterpreter /usr/libexec/qemu-binfmt/aarch64-binfmt-P\nflags: POCF\noffset 0\nmagic 7f454c460201010000000000000000000200b700\n";
+        let riscv = "enabled\ninterpreter /usr/bin/qemu-riscv64-static\nflags: OC\noffset 0\nmagic 7f454c460201010000000000000000000200f300\n";
+        let h = FakeHost {
+            binfmt: Binfmt::Handlers(vec![
+                parse("qemu-aarch64", arm),
+                parse("qemu-riscv64", riscv),
+            ]),
+            ..FakeHost::root()
+        };
+        let r = report(&h);
+        let t = r.text();
+        assert!(
+            t.contains("linux/arm64         emulated (qemu-aarch64: /usr/libexec/qemu-binfmt/aarch64-binfmt-P)"),
+            "{t}"
+        );
+        assert!(
+            t.contains("linux/riscv64       not usable (qemu-riscv64: registered without the F"),
+            "{t}"
+        );
+        let j = r.json();
+        assert_eq!(j["platforms"]["binfmt_misc"], true);
+        assert_eq!(j["platforms"]["emulated"][0]["platform"], "linux/arm64");
+        assert_eq!(j["platforms"]["emulated"][0]["usable"], true);
+        assert_eq!(j["platforms"]["emulated"][1]["usable"], false);
+        let none = report(&FakeHost::root());
+        assert!(none.text().contains("binfmt_misc is not mounted"));
+        assert_eq!(none.json()["platforms"]["emulated"], serde_json::json!([]));
     }
 
     #[test]

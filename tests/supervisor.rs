@@ -5,6 +5,7 @@ mod common;
 use std::fs;
 
 use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -432,5 +433,62 @@ fn a_slow_daemon_start_is_reported_and_quiet_stays_quiet() {
             .arg("--progress=quiet"),
     );
     assert_eq!(String::from_utf8_lossy(&out.stderr), "", "{}", show(&out));
+    sb.assert_clean();
+}
+
+/// `bkrun doctor` reads binfmt_misc: a handler registered with the F flag for riscv64 ELF files
+/// (its interpreter a harmless /bin/true, and a platform no other test builds for) is listed as
+/// an emulated platform; once removed, it is not. binfmt_misc is mounted for the test if it was
+/// not, and left as found.
+#[test]
+fn doctor_lists_the_platforms_binfmt_misc_emulates() {
+    const DIR: &str = "/proc/sys/fs/binfmt_misc";
+    let name = format!("bkrun-test-{}", std::process::id());
+    let mounted_here = !Path::new(DIR).join("status").exists();
+    if mounted_here {
+        nix::mount::mount(
+            Some("binfmt_misc"),
+            DIR,
+            Some("binfmt_misc"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .expect("cannot mount binfmt_misc");
+    }
+    let riscv64_elf = r"\x7fELF\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\xf3\x00";
+    let mask = r"\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff";
+    fs::write(
+        Path::new(DIR).join("register"),
+        format!(":{name}:M::{riscv64_elf}:{mask}:/bin/true:F"),
+    )
+    .unwrap();
+    let sb = Sandbox::new(Mode::Privileged);
+    let listed = |out: &std::process::Output| {
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["platforms"]["emulated"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| {
+                e["handler"] == name.as_str()
+                    && e["platform"] == "linux/riscv64"
+                    && e["usable"] == true
+            })
+    };
+    let with = run_ok(sb.bkrun().args(["doctor", "--format", "json"]));
+    let text = run_ok(sb.bkrun().arg("doctor"));
+    fs::write(Path::new(DIR).join(&name), "-1").unwrap();
+    let without = run_ok(sb.bkrun().args(["doctor", "--format", "json"]));
+    if mounted_here {
+        let _ = nix::mount::umount(DIR);
+    }
+    assert!(listed(&with), "{}", show(&with));
+    assert!(
+        String::from_utf8_lossy(&text.stdout)
+            .contains(&format!("linux/riscv64       emulated ({name}: /bin/true)")),
+        "{}",
+        show(&text)
+    );
+    assert!(!listed(&without), "{}", show(&without));
     sb.assert_clean();
 }

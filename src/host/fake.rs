@@ -36,6 +36,7 @@ pub struct FakeHost {
     /// Processes as (pid, parent, comm).
     pub procs: Vec<(i32, i32, &'static str)>,
     pub mount_table: Vec<Mount>,
+    pub binfmt: super::binfmt::Binfmt,
     /// Every effect asked for, in order: `kill PID SIGNAL`, `unmount PATH`.
     pub effects: Arc<Mutex<Vec<String>>>,
 }
@@ -82,6 +83,7 @@ impl FakeHost {
             sockets: vec![],
             procs: vec![],
             mount_table: vec![],
+            binfmt: super::binfmt::Binfmt::Unavailable,
             effects: Arc::default(),
         }
     }
@@ -169,6 +171,9 @@ impl Host for FakeHost {
         self.programs
             .contains(&program)
             .then(|| PathBuf::from("/usr/bin").join(program))
+    }
+    fn binfmt(&self) -> super::binfmt::Binfmt {
+        self.binfmt.clone()
     }
     fn current_exe(&self) -> Option<PathBuf> {
         Some(PathBuf::from("/usr/local/bin/bkrun"))

@@ -1,5 +1,6 @@
 //! The one place bkrun reads facts about the host and the container it runs in (UID, capabilities, seccomp, namespaces, newuidmap's privilege, environment, terminals), behind a trait so mode and path choice are unit-tested without root.
 
+pub mod binfmt;
 mod parse;
 mod real;
 
@@ -55,6 +56,8 @@ pub trait Host: Send + Sync {
     fn has_subid_ranges(&self) -> bool;
     /// Looks a program up on $PATH (or takes it as a path when it has a slash).
     fn which(&self, program: &str) -> Option<PathBuf>;
+    /// The emulators binfmt_misc has registered (QEMU), which run other platforms' binaries.
+    fn binfmt(&self) -> binfmt::Binfmt;
     /// bkrun's own executable, which runs again as the daemon's namespace init.
     fn current_exe(&self) -> Option<PathBuf>;
     /// How an executable gets privilege when run: the setuid bit or file capabilities.

@@ -116,6 +116,10 @@ impl Host for RealHost {
         which(program, self.env("PATH").as_deref())
     }
 
+    fn binfmt(&self) -> super::binfmt::Binfmt {
+        super::binfmt::read(Path::new("/proc/sys/fs/binfmt_misc"))
+    }
+
     fn current_exe(&self) -> Option<PathBuf> {
         std::env::current_exe().ok()
     }
