@@ -502,6 +502,48 @@ fn secrets_reach_run_steps_and_never_the_output() {
     }
 }
 
+/// The masking cases a real build's output must meet: a line of a multi-line secret printed on
+/// its own, the value printed without its trailing newline (and the line after it intact), and
+/// a secret too short to mask, shown in clear after a one-line warning naming it.
+#[test]
+fn each_line_of_a_secret_is_masked_and_a_short_one_is_named() {
+    let sb = Sandbox::new(Mode::Privileged);
+    let multi = sb.write("multi.txt", "first-line-of-key\nsecond-line-of-key\n");
+    let ctx = sb.shell_context(
+        "ctx",
+        "RUN --mount=type=secret,id=multi --mount=type=secret,id=pin sh -c 'sed -n 2p /run/secrets/multi; printf \"%s\" \"$(cat /run/secrets/multi)\"; echo; cat /run/secrets/multi; echo MARK-AFTER; echo \"pin=$(cat /run/secrets/pin)\"'\n",
+    );
+    let out = run_ok(
+        sb.build(&ctx)
+            .env("PIN", "42")
+            .arg(format!("--secret=id=multi,src={}", multi.display()))
+            .arg("--secret=id=pin,env=PIN")
+            .arg("--no-cache"),
+    );
+    let err = stderr(&out);
+    assert!(
+        !err.contains("first-line-of-key") && !err.contains("second-line-of-key"),
+        "a line of the secret leaked:\n{err}"
+    );
+    assert!(err.contains("****"), "{err}");
+    // The step's output line, not its title: the newline the secret ended with still ends it.
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with('#') && l.ends_with(" MARK-AFTER")),
+        "{err}"
+    );
+    let warnings: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("bkrun: warning: --secret id=pin is shorter than"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{err}");
+    assert!(
+        err.contains("pin=42"),
+        "a short secret is left as it is:\n{err}"
+    );
+    sb.assert_clean();
+}
+
 #[test]
 fn a_missing_secret_file_fails_before_a_daemon_starts() {
     let sb = Sandbox::new(Mode::Privileged);
