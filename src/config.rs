@@ -26,6 +26,10 @@ pub struct FileConfig {
     pub stop_timeout: Option<f64>,
     /// Seconds to wait for another run holding the state dir (0: do not wait).
     pub lock_timeout: Option<f64>,
+    /// buildkitd's worker: "oci" or "containerd".
+    pub worker: Option<WorkerArg>,
+    pub containerd_address: Option<PathBuf>,
+    pub containerd_namespace: Option<String>,
     /// The buildkitd binary.
     pub buildkitd_path: Option<String>,
     /// The rootlesskit binary.
@@ -99,6 +103,26 @@ impl DaemonConfig {
     }
 }
 
+/// The worker asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WorkerArg {
+    Oci,
+    Containerd,
+}
+
+/// The containerd worker's defaults: containerd's own socket, and the namespace buildx and
+/// BuildKit's examples use.
+pub const DEFAULT_CONTAINERD_ADDRESS: &str = "/run/containerd/containerd.sock";
+pub const DEFAULT_CONTAINERD_NAMESPACE: &str = "buildkit";
+
+/// Which worker builds: the OCI worker (runc, started by buildkitd), or the node's containerd.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Worker {
+    Oci,
+    Containerd { address: PathBuf, namespace: String },
+}
+
 /// The effective settings for one run: flags over environment over bkrun.toml over defaults.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -111,6 +135,8 @@ pub struct Settings {
     pub stop_timeout: Duration,
     /// How long to wait for another run that holds the state dir; zero: fail at once.
     pub lock_timeout: Duration,
+    /// Which worker buildkitd runs builds with.
+    pub worker: Worker,
     pub buildkitd: String,
     pub rootlesskit: String,
     pub buildkitd_flags: Vec<String>,
@@ -260,6 +286,39 @@ impl Settings {
             (None, Some(s)) => non_negative_secs("lock_timeout in bkrun.toml", s)?,
             (None, None) => DEFAULT_LOCK_TIMEOUT,
         };
+        let worker = match args.worker.or(file.worker) {
+            Some(WorkerArg::Containerd) => {
+                let address = args
+                    .containerd_address
+                    .clone()
+                    .or(file.containerd_address)
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_CONTAINERD_ADDRESS));
+                // buildkitd takes a plain path: with unix:// it exits ("invalid authority").
+                let address = match address.to_str().and_then(|a| a.strip_prefix("unix://")) {
+                    Some(p) => PathBuf::from(p),
+                    None => address,
+                };
+                let namespace = args
+                    .containerd_namespace
+                    .clone()
+                    .or(file.containerd_namespace)
+                    .unwrap_or_else(|| DEFAULT_CONTAINERD_NAMESPACE.into());
+                if namespace.is_empty()
+                    || !namespace
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+                {
+                    bail!("--containerd-namespace {namespace:?} is not a containerd namespace name: use letters, digits, '.', '_' and '-'");
+                }
+                Worker::Containerd { address, namespace }
+            }
+            Some(WorkerArg::Oci) | None => {
+                if args.containerd_address.is_some() || args.containerd_namespace.is_some() {
+                    bail!("--containerd-address and --containerd-namespace need --worker containerd: add it, or drop them");
+                }
+                Worker::Oci
+            }
+        };
         let daemon_config = file.buildkitd;
         let (remote, buildkit_host_ignored) = choose_remote(args, host);
         if daemon_config.is_some() && has_flag(&buildkitd_flags, "--config") {
@@ -273,6 +332,7 @@ impl Settings {
             ready_timeout_source,
             stop_timeout,
             lock_timeout,
+            worker,
             buildkitd: host
                 .env("BUILDKITD")
                 .or(file.buildkitd_path)

@@ -51,6 +51,16 @@ pub struct GlobalArgs {
     /// Seconds to wait while another run uses the same state dir (--root); 0: fail at once.
     #[arg(long, global = true, value_name = "SECONDS")]
     pub lock_timeout: Option<f64>,
+    /// buildkitd's worker: oci (runc, the default) or containerd (the node's containerd runs
+    /// the build containers and keeps the images).
+    #[arg(long, global = true, value_enum)]
+    pub worker: Option<crate::config::WorkerArg>,
+    /// The containerd socket the containerd worker uses (default /run/containerd/containerd.sock).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub containerd_address: Option<PathBuf>,
+    /// The containerd namespace builds and images go to (default buildkit).
+    #[arg(long, global = true, value_name = "NAME")]
+    pub containerd_namespace: Option<String>,
     /// Verbose output from bkrun, and buildkitd --debug.
     #[arg(long, global = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = ArgAction::Set, default_value_t = false)]
     pub debug: bool,

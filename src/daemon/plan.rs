@@ -8,7 +8,7 @@ use anyhow::{bail, Result};
 use super::facts::Facts;
 use super::mode::{self, Decision, Mode, ModeArg};
 use super::paths::{self, Paths, PRIVATE_SOCKET_DIR};
-use crate::config::{flag_value, has_flag, Settings};
+use crate::config::{flag_value, has_flag, Settings, Worker};
 use crate::host::Host;
 
 const NO_SANDBOX: &str = "--oci-worker-no-process-sandbox";
@@ -54,7 +54,27 @@ impl Plan {
             && host.process_status().has_eff(crate::host::CAP_SYS_ADMIN)
             && matches!(settings.mode, ModeArg::Auto | ModeArg::Privileged));
         let facts = Facts::gather(host, &settings.buildkitd, &settings.rootlesskit, probe);
-        let mut decision = mode::decide(settings.mode, &facts)?;
+        let containerd = match &settings.worker {
+            Worker::Containerd { address, .. } => Some(address.clone()),
+            Worker::Oci => None,
+        };
+        let requested = match (settings.mode, &containerd) {
+            // containerd, not buildkitd, starts the build containers: no rootless mode applies.
+            (ModeArg::Auto, Some(_)) => ModeArg::Privileged,
+            (ModeArg::Rootless | ModeArg::RootlessStrict, Some(_)) => bail!(
+                "--worker containerd runs builds through the node's containerd, as root: use --mode privileged (or auto) in a pod with `securityContext.privileged: true`"
+            ),
+            (m, _) => m,
+        };
+        let mut decision = mode::decide(requested, &facts)?;
+        if let Some(address) = &containerd {
+            if !host.socket_answers(address) {
+                bail!(
+                    "containerd does not answer at {}: mount the node's containerd socket there (a hostPath volume of /run/containerd/containerd.sock), with containerd's root (/var/lib/containerd) and /run/containerd at the same paths, or pass --containerd-address",
+                    address.display()
+                );
+            }
+        }
         // The shell wrapper's way to ask for strict mode: BUILDKITD_FLAGS=--oci-worker-no-process-sandbox.
         if decision.mode == Mode::Rootless && has_flag(&settings.buildkitd_flags, NO_SANDBOX) {
             decision = Decision {
@@ -66,7 +86,13 @@ impl Plan {
         // A --root in BUILDKITD_FLAGS is where the cache is, as it was with the shell wrapper.
         let flag_root = flag_value(&settings.buildkitd_flags, "--root").map(PathBuf::from);
         let root = settings.root.clone().or(flag_root);
-        let paths = paths::choose(host, root.as_deref(), settings.socket_dir.as_deref())?;
+        let mut paths = paths::choose(host, root.as_deref(), settings.socket_dir.as_deref())?;
+        if containerd.is_some() {
+            // containerd mounts what buildkitd hands it (snapshots, secrets, ssh sockets, its
+            // temp files) by path, from the node: the run dir, and so the daemon's TMPDIR, lives
+            // in the state dir, the one directory that must be the same path in pod and node.
+            paths.temp_dir = paths.state_dir.clone();
+        }
         let rootlesskit = if decision.mode.is_rootless() {
             host.which(&settings.rootlesskit)
         } else {
@@ -122,8 +148,11 @@ impl Plan {
         }
         if let Some(exe) = &self.init {
             // A PID namespace needs a /proc of its own, which a masked /proc (strict mode's
-            // reason to be) refuses; there the init watches the daemon's processes instead.
-            let pidns = self.mode() != Mode::RootlessStrict;
+            // reason to be) refuses; there the init watches the daemon's processes instead. With
+            // the containerd worker the daemon's mounts must reach containerd, so it gets no
+            // mount namespace (and so no PID namespace, which needs one for its /proc).
+            let containerd = matches!(self.settings.worker, Worker::Containerd { .. });
+            let pidns = self.mode() != Mode::RootlessStrict && !containerd;
             let wrapped = super::nsinit::wrap(exe, pidns, &[]);
             argv.extend(wrapped);
         }
@@ -163,6 +192,12 @@ impl Plan {
             if !self.grants_already(e) {
                 argv.push(format!("{ENTITLEMENT_FLAG}={e}"));
             }
+        }
+        if let Worker::Containerd { address, namespace } = &self.settings.worker {
+            argv.push("--oci-worker=false".into());
+            argv.push("--containerd-worker=true".into());
+            argv.push(format!("--containerd-worker-addr={}", address.display()));
+            argv.push(format!("--containerd-worker-namespace={namespace}"));
         }
         if self.settings.debug && !self.settings.buildkitd_flags.iter().any(|f| f == "--debug") {
             argv.push("--debug".into());
@@ -459,6 +494,46 @@ mod tests {
                 "--allow-insecure-entitlement",
                 "network.host"
             ]
+        );
+    }
+
+    #[test]
+    fn the_containerd_worker_is_privileged_and_shares_its_paths_with_the_node() {
+        let mut h = FakeHost::root();
+        h.sockets = vec!["/run/containerd/containerd.sock"];
+        let mut s = Settings::load(&Default::default(), &h).unwrap();
+        s.worker = Worker::Containerd {
+            address: "/run/containerd/containerd.sock".into(),
+            namespace: "buildkit".into(),
+        };
+        let p = Plan::new(&s, &h, false).unwrap();
+        assert_eq!(p.mode(), Mode::Privileged);
+        assert_eq!(p.paths.temp_dir, p.paths.state_dir);
+        let (r, sd) = dirs();
+        let argv = p
+            .argv(&RunDirs {
+                run_dir: &r,
+                socket_dir: &sd,
+            })
+            .unwrap();
+        assert!(!argv.iter().any(|a| a == "--pidns"), "{argv:?}");
+        for flag in [
+            "--oci-worker=false",
+            "--containerd-worker=true",
+            "--containerd-worker-addr=/run/containerd/containerd.sock",
+            "--containerd-worker-namespace=buildkit",
+        ] {
+            assert!(argv.iter().any(|a| a == flag), "{flag} missing: {argv:?}");
+        }
+        s.mode = ModeArg::Rootless;
+        let e = Plan::new(&s, &h, false).unwrap_err().to_string();
+        assert!(e.contains("--mode privileged"), "{e}");
+        h.sockets = vec![];
+        s.mode = ModeArg::Auto;
+        let e = Plan::new(&s, &h, false).unwrap_err().to_string();
+        assert!(
+            e.starts_with("containerd does not answer at /run/containerd/containerd.sock"),
+            "{e}"
         );
     }
 
