@@ -332,16 +332,20 @@ mod tests {
         )
     }
 
+    /// The plan's argv with the run and socket dirs of `dirs`.
+    fn argv_of(p: &Plan) -> Vec<String> {
+        let (r, s) = dirs();
+        p.argv(&RunDirs {
+            run_dir: &r,
+            socket_dir: &s,
+        })
+        .unwrap()
+    }
+
     #[test]
     fn privileged_argv() {
         let p = plan(&FakeHost::root(), None);
-        let (r, s) = dirs();
-        let argv = p
-            .argv(&RunDirs {
-                run_dir: &r,
-                socket_dir: &s,
-            })
-            .unwrap();
+        let argv = argv_of(&p);
         assert_eq!(
             argv,
             [
@@ -370,13 +374,7 @@ mod tests {
             ..FakeHost::user()
         };
         let p = plan(&h, Some(ModeArg::RootlessStrict));
-        let (r, s) = dirs();
-        let argv = p
-            .argv(&RunDirs {
-                run_dir: &r,
-                socket_dir: &s,
-            })
-            .unwrap();
+        let argv = argv_of(&p);
         assert_eq!(
             argv,
             [
@@ -407,13 +405,7 @@ mod tests {
         };
         let p = plan(&h, None);
         assert_eq!(p.mode(), Mode::RootlessStrict);
-        let (r, s) = dirs();
-        let argv = p
-            .argv(&RunDirs {
-                run_dir: &r,
-                socket_dir: &s,
-            })
-            .unwrap();
+        let argv = argv_of(&p);
         assert_eq!(argv.iter().filter(|a| *a == NO_SANDBOX).count(), 1);
     }
 
@@ -425,13 +417,7 @@ mod tests {
         };
         let p = plan(&h, None);
         assert_eq!(p.paths.state_dir, Path::new("/my cache"));
-        let (r, s) = dirs();
-        let argv = p
-            .argv(&RunDirs {
-                run_dir: &r,
-                socket_dir: &s,
-            })
-            .unwrap();
+        let argv = argv_of(&p);
         assert_eq!(argv.iter().filter(|a| a.starts_with("--root")).count(), 1);
     }
 
@@ -474,13 +460,7 @@ mod tests {
         let mut s = Settings::load(&Default::default(), &h).unwrap();
         s.entitlements = vec!["network.host".into(), "security.insecure".into()];
         let p = Plan::new(&s, &h, true).unwrap();
-        let (r, sd) = dirs();
-        let argv = p
-            .argv(&RunDirs {
-                run_dir: &r,
-                socket_dir: &sd,
-            })
-            .unwrap();
+        let argv = argv_of(&p);
         // After bkrun's own flags, before the user's.
         let after = argv
             .iter()
@@ -509,13 +489,7 @@ mod tests {
         let p = Plan::new(&s, &h, false).unwrap();
         assert_eq!(p.mode(), Mode::Privileged);
         assert_eq!(p.paths.temp_dir, p.paths.state_dir);
-        let (r, sd) = dirs();
-        let argv = p
-            .argv(&RunDirs {
-                run_dir: &r,
-                socket_dir: &sd,
-            })
-            .unwrap();
+        let argv = argv_of(&p);
         assert!(!argv.iter().any(|a| a == "--pidns"), "{argv:?}");
         for flag in [
             "--oci-worker=false",
