@@ -38,6 +38,7 @@ pub mod gofmt;
 pub mod host;
 pub mod mountinfo;
 pub mod ocilayout;
+pub mod ownerlock;
 pub mod place;
 pub mod progress;
 pub mod proto;

@@ -8,13 +8,14 @@
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 
 use crate::host::Host;
+use crate::ownerlock;
 
 const OWNER_LOCK: &str = "owner.lock";
 /// The socket a run dir's daemon serves at, when it is outside the run dir.
@@ -77,12 +78,10 @@ impl std::fmt::Display for Swept {
 /// crossing one), the sockets they record, and dead `bkrun-*.sock` sockets in `socket_dir`.
 pub fn sweep(host: &dyn Host, temp_dir: &Path, socket_dir: Option<&Path>) -> Swept {
     let mut swept = Swept::default();
-    for dir in entries(temp_dir) {
-        let Ok(f) = File::open(dir.join(OWNER_LOCK)) else {
+    for dir in ownerlock::named(temp_dir, PREFIX) {
+        // None: its owner lives (or another sweeper has it), or it is not ours (no lock file).
+        let Some(_held) = ownerlock::try_lock(&dir.join(OWNER_LOCK)) else {
             continue;
-        };
-        let Ok(_held) = Flock::lock(f, FlockArg::LockExclusiveNonblock) else {
-            continue; // its owner lives (or another sweeper has it)
         };
         let socket = fs::read(dir.join(SOCKET_RECORD))
             .ok()
@@ -97,7 +96,7 @@ pub fn sweep(host: &dyn Host, temp_dir: &Path, socket_dir: Option<&Path>) -> Swe
         swept.run_dirs.push(dir);
     }
     if let Some(sd) = socket_dir {
-        for s in entries(sd) {
+        for s in ownerlock::named(sd, PREFIX) {
             let is_socket = s.extension().is_some_and(|e| e == "sock");
             if is_socket && old_enough(&s) && !answers(&s) && fs::remove_file(&s).is_ok() {
                 swept.sockets.push(s);
@@ -105,21 +104,6 @@ pub fn sweep(host: &dyn Host, temp_dir: &Path, socket_dir: Option<&Path>) -> Swe
         }
     }
     swept
-}
-
-/// `bkrun-*` entries of `dir`.
-fn entries(dir: &Path) -> Vec<PathBuf> {
-    let Ok(rd) = fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    rd.flatten()
-        .filter(|e| {
-            e.file_name()
-                .as_encoded_bytes()
-                .starts_with(PREFIX.as_bytes())
-        })
-        .map(|e| e.path())
-        .collect()
 }
 
 /// A daemon accepts on `socket` (anything but a refusal counts as alive).
@@ -134,11 +118,7 @@ fn answers(socket: &Path) -> bool {
 }
 
 fn old_enough(p: &Path) -> bool {
-    fs::symlink_metadata(p)
-        .and_then(|m| m.modified())
-        .ok()
-        .and_then(|t| SystemTime::now().duration_since(t).ok())
-        .is_some_and(|age| age >= SOCKET_MIN_AGE)
+    ownerlock::age(p).is_some_and(|age| age >= SOCKET_MIN_AGE)
 }
 
 #[cfg(test)]

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::Flock;
+
+use crate::ownerlock;
 
 /// Every temporary path still to be renamed into place or removed. A global, because the
 /// signal path unwinds through code that never saw the session's services.
@@ -31,9 +33,7 @@ impl Temp {
     /// Remembers `path`, which the caller has just created, and marks it as this run's.
     pub fn register(path: PathBuf) -> Temp {
         live().insert(path.clone());
-        let owner = File::open(&path)
-            .ok()
-            .and_then(|f| Flock::lock(f, FlockArg::LockExclusiveNonblock).ok());
+        let owner = crate::ownerlock::try_lock(&path);
         Temp {
             path,
             _owner: owner,
@@ -70,27 +70,10 @@ pub const ABANDONED_AFTER: Duration = Duration::from_secs(1);
 /// Removes the temps named PREFIX… in `dir` that no live run holds: what a SIGKILLed run left
 /// beside its destination. Returns how many went.
 pub fn sweep_abandoned(dir: &Path, prefix: &str) -> usize {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
     let mut removed = 0;
-    for e in entries.flatten() {
-        if !e
-            .file_name()
-            .as_encoded_bytes()
-            .starts_with(prefix.as_bytes())
-        {
-            continue;
-        }
-        let path = e.path();
-        let old = std::fs::symlink_metadata(&path)
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| std::time::SystemTime::now().duration_since(t).ok())
-            .is_some_and(|age| age >= ABANDONED_AFTER);
-        let free = File::open(&path)
-            .ok()
-            .and_then(|f| Flock::lock(f, FlockArg::LockExclusiveNonblock).ok());
+    for path in ownerlock::named(dir, prefix) {
+        let old = ownerlock::age(&path).is_some_and(|age| age >= ABANDONED_AFTER);
+        let free = ownerlock::try_lock(&path);
         if old && free.is_some() && remove(&path).is_ok() {
             removed += 1;
         }
