@@ -278,14 +278,10 @@ fn interrupt_export(
             "the export never started"
         );
         if let Some(status) = child.try_wait().unwrap() {
-            let mut err = String::new();
-            child
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut err)
-                .unwrap();
-            panic!("bkrun ended before the export was seen: {status}: {err}");
+            panic!(
+                "bkrun ended before the export was seen: {status}: {}",
+                all_stderr(&mut child)
+            );
         }
         std::thread::sleep(Duration::from_millis(2));
     }
@@ -297,6 +293,11 @@ fn interrupt_export(
         sb.mode,
         t.elapsed().as_secs_f64() * 1e3
     );
+    (status.code(), all_stderr(&mut child))
+}
+
+/// Everything the child wrote to its piped stderr.
+fn all_stderr(child: &mut std::process::Child) -> String {
     let mut err = String::new();
     child
         .stderr
@@ -304,7 +305,7 @@ fn interrupt_export(
         .unwrap()
         .read_to_string(&mut err)
         .unwrap();
-    (status.code(), err)
+    err
 }
 
 /// The first entry named `.…bkrun-…` in `dir` holds data: the export is being received.
