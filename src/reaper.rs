@@ -285,18 +285,29 @@ pub async fn kill_all_descendants(deadline: Duration) -> usize {
         return rounds;
     }
     let mut killed = 0;
-    loop {
-        let left = descendants(me);
-        if left.is_empty() || start.elapsed() > deadline {
-            return killed;
-        }
-        for pid in &left {
-            if kill(Pid::from_raw(*pid), Signal::SIGKILL).is_ok() {
-                killed += 1;
-            }
+    while start.elapsed() <= deadline {
+        match sigkill_descendants(me) {
+            None => break,
+            Some(n) => killed += n,
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    killed
+}
+
+/// SIGKILLs every descendant of `root` once: how many took the signal, or None when none is
+/// left. Callers repeat it until None, reaping in between, as a killed parent's orphans come
+/// back to the subreaper and show up on the next round.
+pub fn sigkill_descendants(root: i32) -> Option<usize> {
+    let left = descendants(root);
+    if left.is_empty() {
+        return None;
+    }
+    Some(
+        left.into_iter()
+            .filter(|pid| kill(Pid::from_raw(*pid), Signal::SIGKILL).is_ok())
+            .count(),
+    )
 }
 
 #[cfg(test)]

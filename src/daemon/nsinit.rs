@@ -248,12 +248,8 @@ fn kill_below() {
     let me = nix::unistd::getpid().as_raw();
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(5) {
-        let left = crate::reaper::descendants(me);
-        if left.is_empty() {
+        if crate::reaper::sigkill_descendants(me).is_none() {
             return;
-        }
-        for pid in left {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
         reap(Pid::from_raw(0));
         std::thread::sleep(Duration::from_millis(10));
