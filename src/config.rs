@@ -30,6 +30,8 @@ pub struct FileConfig {
     pub worker: Option<WorkerArg>,
     pub containerd_address: Option<PathBuf>,
     pub containerd_namespace: Option<String>,
+    /// The directory holding the state dir and the daemon's temp files, at the same path on the node.
+    pub containerd_shared_dir: Option<PathBuf>,
     /// The buildkitd binary.
     pub buildkitd_path: Option<String>,
     /// The rootlesskit binary.
@@ -120,7 +122,12 @@ pub const DEFAULT_CONTAINERD_NAMESPACE: &str = "buildkit";
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Worker {
     Oci,
-    Containerd { address: PathBuf, namespace: String },
+    Containerd {
+        address: PathBuf,
+        namespace: String,
+        /// Where everything buildkitd hands containerd by path lives (None: the state dir).
+        shared_dir: Option<PathBuf>,
+    },
 }
 
 /// The effective settings for one run: flags over environment over bkrun.toml over defaults.
@@ -310,11 +317,25 @@ impl Settings {
                 {
                     bail!("--containerd-namespace {namespace:?} is not a containerd namespace name: use letters, digits, '.', '_' and '-'");
                 }
-                Worker::Containerd { address, namespace }
+                let shared_dir = args
+                    .containerd_shared_dir
+                    .clone()
+                    .or(file.containerd_shared_dir);
+                if let Some(dir) = shared_dir.as_ref().filter(|d| !d.is_absolute()) {
+                    bail!("--containerd-shared-dir {} is not an absolute path: containerd resolves it on the node, so give the full path", dir.display());
+                }
+                Worker::Containerd {
+                    address,
+                    namespace,
+                    shared_dir,
+                }
             }
             Some(WorkerArg::Oci) | None => {
-                if args.containerd_address.is_some() || args.containerd_namespace.is_some() {
-                    bail!("--containerd-address and --containerd-namespace need --worker containerd: add it, or drop them");
+                if args.containerd_address.is_some()
+                    || args.containerd_namespace.is_some()
+                    || args.containerd_shared_dir.is_some()
+                {
+                    bail!("--containerd-address, --containerd-namespace and --containerd-shared-dir need --worker containerd: add it, or drop them");
                 }
                 Worker::Oci
             }

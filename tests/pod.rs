@@ -634,6 +634,35 @@ fn run_configuration(name: &'static str) {
         report.check(false, "doctor --format json", &e, &ran);
     }
 
+    // The containerd worker needs the state dir at its node path: the pod's cache volume (a
+    // bind of a test dir, as an emptyDir is) is refused before anything starts.
+    if let Expect::Builds("privileged") = cfg.expect {
+        let ran = pod.exec(&[
+            "bkrun",
+            "build",
+            "--worker",
+            "containerd",
+            "--frontend",
+            "dockerfile.v0",
+            "--local",
+            "context=.",
+            "--local",
+            "dockerfile=.",
+        ]);
+        let left = pod.leftovers(&ran);
+        report.row("build --worker containerd", &ran, &left);
+        report.check(
+            ran.code != 0
+                && ran.stderr.contains("/var/lib/buildkit is mounted from ")
+                && ran
+                    .stderr
+                    .contains("hostPath.path is /var/lib/buildkit too"),
+            "build --worker containerd",
+            "expected the refusal to name the hostPath rule",
+            &ran,
+        );
+    }
+
     // Last: what a SIGKILL leaves re-parented to the pod's PID 1 stays a zombie (see below).
     if let Expect::Builds(_) = cfg.expect {
         sigkill_mid_run(&pod, &mut report);

@@ -61,6 +61,10 @@ pub struct GlobalArgs {
     /// The containerd namespace builds and images go to (default buildkit).
     #[arg(long, global = true, value_name = "NAME")]
     pub containerd_namespace: Option<String>,
+    /// With --worker containerd: the directory holding the state dir and the daemon's temp
+    /// files, which must be the same path on the node (default: the state dir).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub containerd_shared_dir: Option<PathBuf>,
     /// Verbose output from bkrun, and buildkitd --debug.
     #[arg(long, global = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = ArgAction::Set, default_value_t = false)]
     pub debug: bool,

@@ -3,6 +3,7 @@
 pub mod diagnose;
 pub mod facts;
 pub mod mode;
+pub mod nodepaths;
 pub mod nsinit;
 pub mod paths;
 pub mod plan;

@@ -7,6 +7,7 @@ use anyhow::{bail, Result};
 
 use super::facts::Facts;
 use super::mode::{self, Decision, Mode, ModeArg};
+use super::nodepaths;
 use super::paths::{self, Paths, PRIVATE_SOCKET_DIR};
 use crate::config::{flag_value, has_flag, Settings, Worker};
 use crate::host::Host;
@@ -67,6 +68,20 @@ impl Plan {
             (m, _) => m,
         };
         let mut decision = mode::decide(requested, &facts)?;
+        // A --root in BUILDKITD_FLAGS is where the cache is, as it was with the shell wrapper.
+        let flag_root = flag_value(&settings.buildkitd_flags, "--root").map(PathBuf::from);
+        let root = settings.root.clone().or(flag_root);
+        let mut paths = paths::choose(host, root.as_deref(), settings.socket_dir.as_deref())?;
+        if let Worker::Containerd { shared_dir, .. } = &settings.worker {
+            // containerd mounts what buildkitd hands it (snapshots, secrets, ssh sockets, its
+            // temp files) by path, from the node: the run dir, and so the daemon's TMPDIR, lives
+            // in the shared dir, which holds the state dir and must be the same path on the node.
+            let shared = shared_dir
+                .clone()
+                .unwrap_or_else(|| paths.state_dir.clone());
+            nodepaths::check(host, &shared, &paths.state_dir)?;
+            paths.temp_dir = shared;
+        }
         if let Some(address) = &containerd {
             if !host.socket_answers(address) {
                 bail!(
@@ -82,16 +97,6 @@ impl Plan {
                 reason: format!("the daemon flags include {NO_SANDBOX}"),
                 why: format!("BUILDKITD_FLAGS has {NO_SANDBOX}"),
             };
-        }
-        // A --root in BUILDKITD_FLAGS is where the cache is, as it was with the shell wrapper.
-        let flag_root = flag_value(&settings.buildkitd_flags, "--root").map(PathBuf::from);
-        let root = settings.root.clone().or(flag_root);
-        let mut paths = paths::choose(host, root.as_deref(), settings.socket_dir.as_deref())?;
-        if containerd.is_some() {
-            // containerd mounts what buildkitd hands it (snapshots, secrets, ssh sockets, its
-            // temp files) by path, from the node: the run dir, and so the daemon's TMPDIR, lives
-            // in the state dir, the one directory that must be the same path in pod and node.
-            paths.temp_dir = paths.state_dir.clone();
         }
         let rootlesskit = if decision.mode.is_rootless() {
             host.which(&settings.rootlesskit)
@@ -193,7 +198,10 @@ impl Plan {
                 argv.push(format!("{ENTITLEMENT_FLAG}={e}"));
             }
         }
-        if let Worker::Containerd { address, namespace } = &self.settings.worker {
+        if let Worker::Containerd {
+            address, namespace, ..
+        } = &self.settings.worker
+        {
             argv.push("--oci-worker=false".into());
             argv.push("--containerd-worker=true".into());
             argv.push(format!("--containerd-worker-addr={}", address.display()));
@@ -485,6 +493,7 @@ mod tests {
         s.worker = Worker::Containerd {
             address: "/run/containerd/containerd.sock".into(),
             namespace: "buildkit".into(),
+            shared_dir: None,
         };
         let p = Plan::new(&s, &h, false).unwrap();
         assert_eq!(p.mode(), Mode::Privileged);
@@ -507,6 +516,22 @@ mod tests {
         let e = Plan::new(&s, &h, false).unwrap_err().to_string();
         assert!(
             e.starts_with("containerd does not answer at /run/containerd/containerd.sock"),
+            "{e}"
+        );
+        // A shared dir of its own holds the temp files, and must hold the state dir.
+        h.sockets = vec!["/run/containerd/containerd.sock"];
+        s.root = Some("/srv/shared/buildkit".into());
+        s.worker = Worker::Containerd {
+            address: "/run/containerd/containerd.sock".into(),
+            namespace: "buildkit".into(),
+            shared_dir: Some("/srv/shared".into()),
+        };
+        let p = Plan::new(&s, &h, false).unwrap();
+        assert_eq!(p.paths.temp_dir, Path::new("/srv/shared"));
+        s.root = Some("/var/lib/elsewhere".into());
+        let e = Plan::new(&s, &h, false).unwrap_err().to_string();
+        assert!(
+            e.contains("is not inside --containerd-shared-dir /srv/shared"),
             "{e}"
         );
     }
