@@ -66,6 +66,32 @@ impl Containerd {
             .unwrap()
     }
 
+    /// bkrun with the containerd worker on this containerd.
+    fn bkrun(&self, sb: &Sandbox) -> Command {
+        let mut c = sb.bkrun();
+        c.args(["--worker", "containerd", "--containerd-address"])
+            .arg(&self.socket);
+        c
+    }
+
+    /// No task, container or temporary lease of a build is left in containerd.
+    fn assert_no_build_left(&self) {
+        for what in ["tasks", "containers"] {
+            let out = self.ctr(&["-n", "buildkit", what, "ls", "-q"]);
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout).trim(),
+                "",
+                "{what} left in containerd"
+            );
+        }
+        let leases = self.ctr(&["-n", "buildkit", "leases", "ls"]);
+        let leases = String::from_utf8_lossy(&leases.stdout).into_owned();
+        assert!(
+            !leases.contains("buildkit/lease.temporary"),
+            "a build's temporary lease is left:\n{leases}"
+        );
+    }
+
     /// Stops containerd (SIGTERM, then its exit).
     fn stop(mut self) {
         let _ = stop_with_sigterm(&mut self.child);
@@ -86,16 +112,26 @@ fn containerd_worker_builds_into_containerds_image_store_and_reuses_its_layers()
     let ctr = Containerd::start(&sb);
     let ctx = sb.shell_context("ctx", "RUN echo built-by-containerd > /hello\n");
     let build = |md: &str| {
-        let mut c = sb.bkrun();
-        c.args(["--worker", "containerd", "--containerd-address"])
-            .arg(&ctr.socket);
-        let mut c = sb.build_from(c, &ctx);
-        c.arg("--output=type=image,name=example.test/bkrun/hello:1")
+        let mut c = sb.build_from(ctr.bkrun(&sb), &ctx);
+        c.arg("--output=type=image,name=example.test/bkrun/hello:1,unpack=true")
             .arg(format!("--metadata-file={}", sb.path(md).display()));
         c
     };
     let first = run_ok(&mut build("md1.json"));
     let digest = image_digest(&sb.path("md1.json"));
+    let said = format!(
+        "bkrun: image example.test/bkrun/hello:1 ({digest}) is in containerd's image store at {}, namespace buildkit, unpacked for its snapshotter; not pushed",
+        ctr.socket.display()
+    );
+    assert!(stderr(&first).contains(&said), "{}", show(&first));
+    let check = ctr.ctr(&["-n", "buildkit", "images", "check"]);
+    let check = String::from_utf8_lossy(&check.stdout).into_owned();
+    assert!(
+        check
+            .lines()
+            .any(|l| l.starts_with("example.test/bkrun/hello:1 ") && l.trim_end().ends_with("true")),
+        "the image is not unpacked:\n{check}"
+    );
     let images = ctr.ctr(&["-n", "buildkit", "images", "ls"]);
     let listing = String::from_utf8_lossy(&images.stdout).into_owned();
     assert!(
@@ -112,15 +148,47 @@ fn containerd_worker_builds_into_containerds_image_store_and_reuses_its_layers()
         err.lines().any(|l| l.ends_with(" CACHED")),
         "the second build reuses the first's layers:\n{err}"
     );
-    // No task or container of the builds is left in containerd.
-    for what in ["tasks", "containers"] {
-        let out = ctr.ctr(&["-n", "buildkit", what, "ls", "-q"]);
-        assert_eq!(
-            String::from_utf8_lossy(&out.stdout).trim(),
-            "",
-            "{what} left in containerd"
-        );
-    }
+    ctr.assert_no_build_left();
+    // The cache is leases in containerd's namespace; pruning it through bkrun leaves none.
+    run_ok(ctr.bkrun(&sb).args(["prune", "--all"]));
+    let leases = ctr.ctr(&["-n", "buildkit", "leases", "ls", "-q"]);
+    assert_eq!(
+        String::from_utf8_lossy(&leases.stdout).trim(),
+        "",
+        "leases left after prune --all"
+    );
+    ctr.stop();
+    sb.assert_clean();
+}
+
+/// What buildkitd hands containerd by path (a secret's tmpfs, a part of the context bound with
+/// `source=`, which buildkitd itself mounts in its temp dir) reaches RUN steps that containerd
+/// starts: the shared directory, here the sandbox's state dir, is the same path for both.
+#[test]
+fn secrets_and_the_context_reach_run_steps_through_containerd() {
+    let sb = Sandbox::new(Mode::Privileged);
+    let ctr = Containerd::start(&sb);
+    let ctx = sb.shell_context(
+        "ctx",
+        "RUN --mount=type=secret,id=tok [ \"$(cat /run/secrets/tok)\" = s3cr3t ] && echo secret-ok > /secret\nRUN --mount=type=bind,source=data,target=/d cat /d/note > /from-context\n",
+    );
+    sb.write("ctx/data/note", "from the context\n");
+    let tok = sb.write("tok", "s3cr3t");
+    let out = sb.path("out");
+    run_ok(
+        sb.build_from(ctr.bkrun(&sb), &ctx)
+            .arg(format!("--secret=id=tok,src={}", tok.display()))
+            .arg(format!("--output=type=local,dest={}", out.display())),
+    );
+    assert_eq!(
+        fs::read_to_string(out.join("secret")).unwrap(),
+        "secret-ok\n"
+    );
+    assert_eq!(
+        fs::read_to_string(out.join("from-context")).unwrap(),
+        "from the context\n"
+    );
+    ctr.assert_no_build_left();
     ctr.stop();
     sb.assert_clean();
 }

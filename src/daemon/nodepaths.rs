@@ -63,13 +63,11 @@ pub fn check(host: &dyn Host, shared: &Path, state_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Whether this process runs in a container rather than on the node itself: the runtimes' own
-/// marker files, the variable the kubelet sets in every pod, or a root filesystem that is an
-/// overlay (an image's layers).
+/// Whether this process runs in a container rather than on the node itself: the variable the
+/// kubelet sets in every pod, podman's marker file, or a root filesystem that is an overlay (an
+/// image's layers). Not /.dockerenv: machines made from a Docker image keep it (this one does).
 fn in_container(host: &dyn Host) -> bool {
-    ["/run/.containerenv", "/.dockerenv"]
-        .iter()
-        .any(|p| host.path_kind(Path::new(p)) != PathKind::Missing)
+    host.path_kind(Path::new("/run/.containerenv")) != PathKind::Missing
         || host.env("KUBERNETES_SERVICE_HOST").is_some()
         || host
             .mounts()
@@ -205,7 +203,8 @@ mod tests {
         assert!(!in_container(&h));
         h.paths = vec![("/run/.containerenv", PathKind::File)];
         assert!(in_container(&h));
-        h.paths = vec![];
+        h.paths = vec![("/.dockerenv", PathKind::File)];
+        assert!(!in_container(&h));
         h.env.push(("KUBERNETES_SERVICE_HOST", "10.0.0.1"));
         assert!(in_container(&h));
     }

@@ -23,6 +23,7 @@ use crate::spec::build::BuildSpec;
 use crate::{client, doctor, progress};
 use clap::CommandFactory;
 
+mod landed;
 mod target;
 
 use target::{describe, listener_flags, remote_target};
@@ -46,6 +47,9 @@ struct BuildJob {
     after: spec::docker::AfterBuild,
     /// A context or Dockerfile read from stdin; removed when the job ends.
     _stdin_dir: Option<tempfile::TempDir>,
+    /// The worker of the daemon bkrun starts, to say where unpushed images went (None: a
+    /// remote daemon's, or nothing to say in this progress mode).
+    announce_images: Option<crate::config::Worker>,
 }
 
 /// Any grammar's command line, normalized into buildctl's, checked into a spec.
@@ -63,10 +67,15 @@ fn build_job(
             crate::say!("bkrun: {note}");
         }
     }
+    let quiet = matches!(
+        spec.progress.mode,
+        progress::Mode::Quiet | progress::Mode::RawJson
+    );
     Ok(BuildJob {
         spec,
         after: n.after,
         _stdin_dir: n.stdin_dir,
+        announce_images: (settings.remote.is_none() && !quiet).then(|| settings.worker.clone()),
     })
 }
 
@@ -320,6 +329,11 @@ async fn perform(
             tokio::select! {
                 res = build => match res {
                     Ok(client::solve::Outcome::Done(response)) => {
+                        if let Some(worker) = &job.announce_images {
+                            for line in landed::lines(&spec.outputs, &response, worker) {
+                                crate::say!("{line}");
+                            }
+                        }
                         match client::metadata::write_after(&job.after, &response) {
                             Ok(()) => Ended::Code(0),
                             Err(e) => Ended::Failed(e),
