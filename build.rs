@@ -11,6 +11,7 @@ const PROTOS: &[&str] = &[
     "filesync.proto",
     "fsutil.proto",
     "health.proto",
+    "leases.proto",
     "ops.proto",
     "policy.proto",
     "secrets.proto",

@@ -3,103 +3,10 @@
 mod common;
 
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::path::Path;
 
+use common::containerd::Containerd;
 use common::*;
-
-/// A private containerd: its root, state and sockets in the sandbox.
-struct Containerd {
-    child: Child,
-    socket: PathBuf,
-    /// containerd's shims keep their sockets and FIFOs in /run/containerd whatever the config
-    /// says; made by this test, it is removed after it.
-    made_run_dir: bool,
-}
-
-const RUN_DIR: &str = "/run/containerd";
-
-impl Containerd {
-    fn start(sb: &Sandbox) -> Containerd {
-        let dir = sb.mkdir("containerd");
-        let socket = dir.join("containerd.sock");
-        // CRI is off (no Kubernetes here); the opt plugin's path is set, or containerd 1.6
-        // creates /opt/containerd.
-        let config = format!(
-            "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = \"{s}\"\n[ttrpc]\n  address = \"{s}.ttrpc\"\n[plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"{d}/opt\"\n",
-            d = dir.display(),
-            s = socket.display()
-        );
-        fs::write(dir.join("config.toml"), config).unwrap();
-        let made_run_dir = !Path::new(RUN_DIR).exists();
-        let log = fs::File::create(dir.join("containerd.log")).unwrap();
-        let child = Command::new("containerd")
-            .arg("--config")
-            .arg(dir.join("config.toml"))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let c = Containerd {
-            child,
-            socket,
-            made_run_dir,
-        };
-        let up = wait_until(Duration::from_secs(30), || {
-            c.ctr(&["version"]).status.success()
-        });
-        assert!(
-            up,
-            "containerd did not start: {}",
-            fs::read_to_string(dir.join("containerd.log")).unwrap_or_default()
-        );
-        c
-    }
-
-    fn ctr(&self, args: &[&str]) -> std::process::Output {
-        Command::new("ctr")
-            .arg("--address")
-            .arg(&self.socket)
-            .args(args)
-            .output()
-            .unwrap()
-    }
-
-    /// bkrun with the containerd worker on this containerd.
-    fn bkrun(&self, sb: &Sandbox) -> Command {
-        let mut c = sb.bkrun();
-        c.args(["--worker", "containerd", "--containerd-address"])
-            .arg(&self.socket);
-        c
-    }
-
-    /// No task, container or temporary lease of a build is left in containerd.
-    fn assert_no_build_left(&self) {
-        for what in ["tasks", "containers"] {
-            let out = self.ctr(&["-n", "buildkit", what, "ls", "-q"]);
-            assert_eq!(
-                String::from_utf8_lossy(&out.stdout).trim(),
-                "",
-                "{what} left in containerd"
-            );
-        }
-        let leases = self.ctr(&["-n", "buildkit", "leases", "ls"]);
-        let leases = String::from_utf8_lossy(&leases.stdout).into_owned();
-        assert!(
-            !leases.contains("buildkit/lease.temporary"),
-            "a build's temporary lease is left:\n{leases}"
-        );
-    }
-
-    /// Stops containerd (SIGTERM, then its exit).
-    fn stop(mut self) {
-        let _ = stop_with_sigterm(&mut self.child);
-        if self.made_run_dir {
-            let _ = fs::remove_dir_all(RUN_DIR);
-        }
-    }
-}
 
 fn image_digest(md: &Path) -> String {
     let v: serde_json::Value = serde_json::from_slice(&fs::read(md).unwrap()).unwrap();
@@ -109,10 +16,10 @@ fn image_digest(md: &Path) -> String {
 #[test]
 fn containerd_worker_builds_into_containerds_image_store_and_reuses_its_layers() {
     let sb = Sandbox::new(Mode::Privileged);
-    let ctr = Containerd::start(&sb);
+    let ctr = Containerd::start(&sb.mkdir("containerd"));
     let ctx = sb.shell_context("ctx", "RUN echo built-by-containerd > /hello\n");
     let build = |md: &str| {
-        let mut c = sb.build_from(ctr.bkrun(&sb), &ctx);
+        let mut c = sb.build_from(ctr.bkrun_in(&sb), &ctx);
         c.arg("--output=type=image,name=example.test/bkrun/hello:1,unpack=true")
             .arg(format!("--metadata-file={}", sb.path(md).display()));
         c
@@ -148,9 +55,9 @@ fn containerd_worker_builds_into_containerds_image_store_and_reuses_its_layers()
         err.lines().any(|l| l.ends_with(" CACHED")),
         "the second build reuses the first's layers:\n{err}"
     );
-    ctr.assert_no_build_left();
+    ctr.assert_no_build_left("buildkit");
     // The cache is leases in containerd's namespace; pruning it through bkrun leaves none.
-    run_ok(ctr.bkrun(&sb).args(["prune", "--all"]));
+    run_ok(ctr.bkrun_in(&sb).args(["prune", "--all"]));
     let leases = ctr.ctr(&["-n", "buildkit", "leases", "ls", "-q"]);
     assert_eq!(
         String::from_utf8_lossy(&leases.stdout).trim(),
@@ -167,7 +74,7 @@ fn containerd_worker_builds_into_containerds_image_store_and_reuses_its_layers()
 #[test]
 fn secrets_and_the_context_reach_run_steps_through_containerd() {
     let sb = Sandbox::new(Mode::Privileged);
-    let ctr = Containerd::start(&sb);
+    let ctr = Containerd::start(&sb.mkdir("containerd"));
     let ctx = sb.shell_context(
         "ctx",
         "RUN --mount=type=secret,id=tok [ \"$(cat /run/secrets/tok)\" = s3cr3t ] && echo secret-ok > /secret\nRUN --mount=type=bind,source=data,target=/d cat /d/note > /from-context\n",
@@ -176,7 +83,7 @@ fn secrets_and_the_context_reach_run_steps_through_containerd() {
     let tok = sb.write("tok", "s3cr3t");
     let out = sb.path("out");
     run_ok(
-        sb.build_from(ctr.bkrun(&sb), &ctx)
+        sb.build_from(ctr.bkrun_in(&sb), &ctx)
             .arg(format!("--secret=id=tok,src={}", tok.display()))
             .arg(format!("--output=type=local,dest={}", out.display())),
     );
@@ -188,7 +95,7 @@ fn secrets_and_the_context_reach_run_steps_through_containerd() {
         fs::read_to_string(out.join("from-context")).unwrap(),
         "from the context\n"
     );
-    ctr.assert_no_build_left();
+    ctr.assert_no_build_left("buildkit");
     ctr.stop();
     sb.assert_clean();
 }

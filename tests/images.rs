@@ -18,6 +18,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
+use common::containerd::Containerd;
 use common::{run_ok, show, Mode, Sandbox};
 use kube::{Ended, World};
 use models::Doc;
@@ -235,6 +236,122 @@ fn rootless_strict_pod_and_job_build_and_push() {
 fn user_namespaced_pod_and_job_build_and_push() {
     run_manifest("userns.yaml", "privileged");
     run_manifest("userns-job.yaml", "privileged");
+}
+
+/// images/containerd-worker-job.yaml against a containerd the test runs as the node's: the
+/// test's paths stand for the node's (its containerd's socket and root, and a shared directory
+/// made a shared mount, as a node's /var/lib is under systemd), each mounted at the same path as
+/// the manifest asks. The image lands in containerd's k8s.io namespace with the digest bkrun
+/// names, and no task, container, mount or process of the build is left.
+#[test]
+fn containerd_worker_job_builds_into_the_nodes_containerd() {
+    let file = "containerd-worker-job.yaml";
+    let mut world = World::new("containerd-worker-job");
+    let node = world.path("node");
+    fs::create_dir_all(node.join("containerd")).unwrap();
+    let ctr = Containerd::start(&node.join("containerd"));
+    let shared = SharedMount::new(&node.join("shared"));
+    let mut pod = pod_of(file);
+    let spec = pod.spec.as_mut().unwrap();
+    let image = "example.test/bkrun/app:containerd";
+    assert_eq!(set_env(spec, "IMAGE", image), 1, "{file}: no IMAGE");
+    let containerd_dir = ctr.socket.parent().unwrap().display().to_string();
+    let shared_dir = shared.0.display().to_string();
+    // The node's paths in the manifest become the test's, on both sides of each mount.
+    let moved = [
+        ("/var/lib/containerd", containerd_dir.as_str()),
+        ("/var/lib/bkrun-containerd", shared_dir.as_str()),
+    ];
+    for v in spec.volumes.iter_mut().flatten() {
+        if let Some(h) = &mut v.host_path {
+            if let Some((_, to)) = moved.iter().find(|(from, _)| h.path == *from) {
+                h.path = to.to_string();
+            }
+        }
+    }
+    let c = &mut spec.containers[0];
+    for m in c.volume_mounts.iter_mut().flatten() {
+        if let Some((_, to)) = moved.iter().find(|(from, _)| m.mount_path == *from) {
+            m.mount_path = to.to_string();
+        }
+    }
+    let script = &mut c.args.as_mut().unwrap()[0];
+    assert!(script.contains("--worker containerd"), "{script}");
+    *script = script
+        .replace("/var/lib/bkrun-containerd", &shared_dir)
+        .replace(
+            "--worker containerd",
+            &format!(
+                "--worker containerd --containerd-address {}",
+                ctr.socket.display()
+            ),
+        );
+    let docs = world.wire(spec, Vec::new());
+    let played = world.play(pod, docs);
+    let ended = played.wait("build", BUILD_LIMIT);
+    assert_built(file, &ended, "privileged");
+    let said = ended
+        .logs
+        .lines()
+        .find(|l| l.starts_with(&format!("bkrun: image {image} (sha256:")))
+        .unwrap_or_else(|| panic!("bkrun did not say where the image went:\n{}", ended.logs));
+    assert!(said.contains("namespace k8s.io, unpacked"), "{said}");
+    let digest = said.split(['(', ')']).nth(1).unwrap();
+    let images = ctr.ctr(&["-n", "k8s.io", "images", "ls"]);
+    let listing = String::from_utf8_lossy(&images.stdout).into_owned();
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.starts_with(&format!("{image} ")) && l.contains(digest)),
+        "{image} {digest} is not in containerd:\n{listing}"
+    );
+    world.down(&played);
+    ctr.assert_no_build_left("k8s.io");
+    ctr.stop();
+    shared.assert_nothing_mounted_below();
+    drop(shared);
+    world.finish();
+}
+
+/// A directory bind-mounted on itself and made shared, so mounts made below it in a pod with
+/// Bidirectional propagation reach this (the node's) mount namespace; unmounted when dropped.
+struct SharedMount(PathBuf);
+
+impl SharedMount {
+    fn new(dir: &Path) -> SharedMount {
+        fs::create_dir_all(dir).unwrap();
+        for args in [&["--bind", "X", "X"][..], &["--make-shared", "X"]] {
+            let args: Vec<&str> = args
+                .iter()
+                .map(|a| if *a == "X" { dir.to_str().unwrap() } else { a })
+                .collect();
+            run_ok(Command::new("mount").args(&args));
+        }
+        SharedMount(dir.to_path_buf())
+    }
+
+    fn assert_nothing_mounted_below(&self) {
+        let below: Vec<String> = fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+            .filter(|m| Path::new(m).starts_with(&self.0) && Path::new(m) != self.0)
+            .collect();
+        assert!(
+            below.is_empty(),
+            "mounts left below {}: {below:?}",
+            self.0.display()
+        );
+    }
+}
+
+impl Drop for SharedMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("--recursive")
+            .arg(&self.0)
+            .status();
+    }
 }
 
 fn host_path(name: &str, path: &Path) -> Volume {

@@ -2,6 +2,7 @@
 
 pub mod diagnose;
 pub mod facts;
+pub mod leases;
 pub mod mode;
 pub mod nodepaths;
 pub mod nsinit;

@@ -12,10 +12,12 @@ use anyhow::{anyhow, bail, Context, Result};
 use nix::sys::signal::Signal;
 use tokio::net::UnixDatagram;
 
+use super::leases;
 use super::plan::{Plan, RunDirs};
 use super::ready::{self, ReadyBy};
 use super::statelock::StateLock;
 use super::sweep::{self, Owner, Swept};
+use crate::config::Worker;
 use crate::host::Host;
 use crate::mountinfo;
 use crate::reaper::{self, Child, Exit, Reaper};
@@ -45,6 +47,9 @@ pub struct Daemon {
     served: bool,
     /// What runs that died had left, removed before this one started.
     pub swept: Swept,
+    /// With the containerd worker: its socket and namespace, and when the daemon was spawned,
+    /// for removing the temporary leases it leaves there.
+    containerd: Option<(PathBuf, String, std::time::SystemTime)>,
 }
 
 impl Daemon {
@@ -105,6 +110,16 @@ impl Daemon {
             // Its own process group: a Ctrl-C in the terminal reaches bkrun, which stops it in order.
             .process_group(0);
         let started = Instant::now();
+        let containerd = match &plan.settings.worker {
+            Worker::Containerd {
+                address, namespace, ..
+            } => Some((
+                address.clone(),
+                namespace.clone(),
+                std::time::SystemTime::now(),
+            )),
+            Worker::Oci => None,
+        };
         let child = reaper.spawn(&mut cmd).with_context(|| {
             format!("cannot start {}: check that it exists and is executable (set BUILDKITD or ROOTLESSKIT to override)", argv[0])
         })?;
@@ -123,6 +138,7 @@ impl Daemon {
             _owner: owner,
             served: false,
             swept,
+            containerd,
         })
     }
 
@@ -173,11 +189,26 @@ impl Daemon {
     pub async fn stop(mut self) -> Exit {
         self.kill_build_processes();
         let exit = self.child.terminate(self.stop_timeout).await;
+        self.remove_temporary_leases().await;
         self.cleanup().await;
         // buildkitd exits 1 ("context canceled") after a graceful stop; one that had to be
         // killed may have left records half-written.
         self.release_state(matches!(exit, Exit::Code(_)));
         exit
+    }
+
+    /// With the containerd worker, once the daemon is gone: its temporary leases would pin
+    /// snapshots in the node's containerd after the pod is gone (see leases.rs).
+    async fn remove_temporary_leases(&self) {
+        let Some((socket, namespace, since)) = &self.containerd else {
+            return;
+        };
+        if !self.served {
+            return;
+        }
+        if let Err(e) = leases::remove_temporary(socket, namespace, *since).await {
+            crate::say!("bkrun: warning: the temporary leases buildkitd left in containerd's namespace {namespace} were not removed ({e:#}); they keep their snapshots until a buildkitd starts on that namespace again, or `ctr -n {namespace} leases rm` removes them");
+        }
     }
 
     /// Lets go of the state dir; `clean` (or a daemon that never served, so changed nothing)
@@ -194,6 +225,7 @@ impl Daemon {
     pub async fn fail(mut self, err: anyhow::Error) -> anyhow::Error {
         self.kill_build_processes();
         self.child.terminate(self.stop_timeout).await;
+        self.remove_temporary_leases().await;
         // After it served, a daemon that failed (died mid-build) left the state dir unclean.
         self.release_state(false);
         let kept = kept_log_path();

@@ -1,6 +1,7 @@
 //! Test harness: a private sandbox per test (its own state dir, TMPDIR and user), bkrun invocations in each mode, and the check that nothing is left behind.
 #![allow(dead_code)]
 
+pub mod containerd;
 pub mod podman;
 pub mod registry;
 
