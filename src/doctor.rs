@@ -163,7 +163,7 @@ impl Report {
         let _ = writeln!(out, "  {:<19} native", native_platform());
         match &self.binfmt {
             Binfmt::Unavailable => {
-                let _ = writeln!(out, "  {:<19} binfmt_misc is not mounted: RUN steps for other platforms fail (a privileged init container can mount it and register QEMU)", "emulation");
+                let _ = writeln!(out, "  {:<19} unknown: binfmt_misc is not mounted here, as in most containers; the emulators the kernel has registered (on the node, with the F flag) work all the same: mount binfmt_misc at /proc/sys/fs/binfmt_misc to list them", "emulation");
             }
             Binfmt::Handlers(hs) => {
                 for h in hs.iter().filter(|h| h.platform.is_some()) {
@@ -481,7 +481,9 @@ mod tests {
         assert_eq!(j["platforms"]["emulated"][0]["usable"], true);
         assert_eq!(j["platforms"]["emulated"][1]["usable"], false);
         let none = report(&FakeHost::root());
-        assert!(none.text().contains("binfmt_misc is not mounted"));
+        assert!(none
+            .text()
+            .contains("unknown: binfmt_misc is not mounted here"));
         assert_eq!(none.json()["platforms"]["emulated"], serde_json::json!([]));
     }
 

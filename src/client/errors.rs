@@ -146,7 +146,7 @@ pub fn registry_tls_hint(message: &str) -> Option<String> {
 /// For a step whose binary is for another architecture and nothing emulates it.
 pub fn emulation_hint(message: &str) -> Option<String> {
     message.contains("exec format error").then(|| {
-        "bkrun: a step runs a binary built for another platform and this machine cannot run it: install QEMU's binfmt handlers (Debian: apt-get install qemu-user-static binfmt-support), or build only for this machine's platform\n".to_string()
+        "bkrun: a step runs a binary built for another platform and this machine cannot run it: install QEMU's binfmt handlers with the F flag (Debian: apt-get install qemu-user-static binfmt-support; from a container, on its node), or build only for this machine's platform; bkrun doctor lists the platforms this machine runs\n".to_string()
     })
 }
 

@@ -40,7 +40,8 @@ impl Handler {
 /// What /proc/sys/fs/binfmt_misc says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Binfmt {
-    /// binfmt_misc is not mounted (or not readable): no emulation.
+    /// binfmt_misc is not mounted here (or not readable): what the kernel emulates cannot be
+    /// seen, though its handlers still serve this container (they are the kernel's, not a mount's).
     Unavailable,
     Handlers(Vec<Handler>),
 }
@@ -57,6 +58,58 @@ pub fn native_platform() -> &'static str {
         "s390x" => "linux/s390x",
         _ => "linux/unknown",
     }
+}
+
+/// For each platform a build's `platform` option names (`linux/arm64,linux/amd64`) that this
+/// machine could run only through a registered emulator it cannot use, why its RUN steps will
+/// fail. A platform with no emulator at all is not named: its stages may have no RUN step, and a
+/// step that does fail says "exec format error", which the build explains then.
+pub fn unusable_platforms(option: &str, binfmt: &Binfmt) -> Vec<String> {
+    let Binfmt::Handlers(handlers) = binfmt else {
+        return Vec::new();
+    };
+    let native = os_arch(native_platform());
+    let mut out = Vec::new();
+    for asked in option.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let want = os_arch(asked);
+        if want == native {
+            continue;
+        }
+        let of_it: Vec<&Handler> = handlers
+            .iter()
+            .filter(|h| h.platform.map(os_arch) == Some(want.clone()))
+            .collect();
+        if of_it.iter().any(|h| h.unusable().is_none()) {
+            continue;
+        }
+        if let Some(h) = of_it.first() {
+            out.push(format!(
+                "RUN steps for {asked} will fail: its emulator {} is {}",
+                h.name,
+                h.unusable().unwrap_or_default()
+            ));
+        }
+    }
+    out
+}
+
+/// A platform's OS and architecture as OCI names them, whatever spelling was typed (`arm64`,
+/// `linux/aarch64`, `linux/arm64/v8` are all linux/arm64); the variant is left out.
+fn os_arch(platform: &str) -> (String, String) {
+    let parts: Vec<&str> = platform.split('/').collect();
+    let (os, arch) = match parts.as_slice() {
+        [arch] => ("linux", *arch),
+        [os, arch, ..] => (*os, *arch),
+        [] => ("linux", ""),
+    };
+    let arch = match arch.to_ascii_lowercase().as_str() {
+        "aarch64" => "arm64".to_string(),
+        "x86_64" | "x86-64" => "amd64".to_string(),
+        "i386" | "i686" => "386".to_string(),
+        "armhf" | "armel" => "arm".to_string(),
+        other => other.to_string(),
+    };
+    (os.to_ascii_lowercase(), arch)
 }
 
 /// Reads every handler from `dir` (normally /proc/sys/fs/binfmt_misc).
@@ -178,6 +231,24 @@ mod tests {
         assert_eq!(parse("jar", jar).platform, None);
         let shifted = AARCH64.replace("offset 0", "offset 2");
         assert_eq!(parse("odd", &shifted).platform, None);
+    }
+
+    #[test]
+    fn only_platforms_whose_emulator_is_unusable_are_named() {
+        let without_f = AARCH64.replace("flags: POCF", "flags: PO");
+        let arm = |text: &str| Binfmt::Handlers(vec![parse("qemu-aarch64", text)]);
+        let named = unusable_platforms("linux/amd64, linux/arm64/v8", &arm(&without_f));
+        assert_eq!(named.len(), 1, "{named:?}");
+        assert!(
+            named[0].starts_with("RUN steps for linux/arm64/v8 will fail: its emulator qemu-aarch64 is registered without the F (fix-binary) flag"),
+            "{named:?}"
+        );
+        assert_eq!(unusable_platforms("aarch64", &arm(&without_f)).len(), 1);
+        // Usable, native, or not emulated at all: nothing to say before the build.
+        assert!(unusable_platforms("linux/arm64", &arm(AARCH64)).is_empty());
+        assert!(unusable_platforms(native_platform(), &arm(&without_f)).is_empty());
+        assert!(unusable_platforms("linux/s390x", &arm(&without_f)).is_empty());
+        assert!(unusable_platforms("linux/arm64", &Binfmt::Unavailable).is_empty());
     }
 
     #[test]

@@ -273,6 +273,13 @@ async fn try_run(cli: Cli) -> Result<i32> {
     }
     if let Work::Build(job) = &work {
         settings.entitlements = spec::entitlement::daemon_grants(&job.spec.allow);
+        // The daemon runs here, so this machine's emulators are the build's. A handler without
+        // the F flag fails in build containers with a misleading "no such file or directory".
+        if let Some(platforms) = job.spec.opts.get("platform") {
+            for why in crate::host::binfmt::unusable_platforms(platforms, &host.binfmt()) {
+                crate::say!("bkrun: warning: {why}");
+            }
+        }
     }
     let plan = Plan::new(&settings, &host, matches!(work, Work::Serve(_)))?;
     log(settings.debug, || {

@@ -83,6 +83,25 @@ impl Registry {
         )
     }
 
+    /// A blob's bytes (a layer, a config), by digest.
+    pub fn blob(&self, repo: &str, digest: &str) -> Vec<u8> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        write!(
+            s,
+            "GET /v2/{repo}/blobs/{digest} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut resp = Vec::new();
+        s.read_to_end(&mut resp).unwrap();
+        let end = resp
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("no end of headers");
+        let head = String::from_utf8_lossy(&resp[..end]);
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        resp.split_off(end + 4)
+    }
+
     /// The manifest behind a tag, as JSON.
     pub fn manifest(&self, repo: &str, tag: &str) -> serde_json::Value {
         let resp = self.manifest_request("GET", repo, tag);
