@@ -578,6 +578,18 @@ impl Report {
 
 /// The guide's command, `bkrun build` with a local output, and `bkrun doctor` in both formats,
 /// each checked for its outcome and for what it left in the pod.
+/// `bkrun build` of the workspace's Dockerfile, as the guide's pods run it.
+const BUILD: &[&str] = &[
+    "bkrun",
+    "build",
+    "--frontend",
+    "dockerfile.v0",
+    "--local",
+    "context=.",
+    "--local",
+    "dockerfile=.",
+];
+
 fn run_configuration(name: &'static str) {
     let cfg = config(name);
     let pod = Pod::start(&cfg, HELLO_DOCKERFILE, &[], &["sleep", "infinity"]);
@@ -588,18 +600,7 @@ fn run_configuration(name: &'static str) {
     report.row("guide", &ran, &left);
     report.build_outcome("guide", cfg.expect, &ran);
 
-    let ran = pod.exec(&[
-        "bkrun",
-        "build",
-        "--frontend",
-        "dockerfile.v0",
-        "--local",
-        "context=.",
-        "--local",
-        "dockerfile=.",
-        "--output",
-        "type=local,dest=/tmp/out",
-    ]);
+    let ran = pod.exec(&[BUILD, &["--output", "type=local,dest=/tmp/out"]].concat());
     let left = pod.leftovers(&ran);
     report.row("build", &ran, &left);
     report.build_outcome("build", cfg.expect, &ran);
@@ -637,18 +638,7 @@ fn run_configuration(name: &'static str) {
     // The containerd worker needs the state dir at its node path: the pod's cache volume (a
     // bind of a test dir, as an emptyDir is) is refused before anything starts.
     if let Expect::Builds("privileged") = cfg.expect {
-        let ran = pod.exec(&[
-            "bkrun",
-            "build",
-            "--worker",
-            "containerd",
-            "--frontend",
-            "dockerfile.v0",
-            "--local",
-            "context=.",
-            "--local",
-            "dockerfile=.",
-        ]);
+        let ran = pod.exec(&[BUILD, &["--worker", "containerd"]].concat());
         let left = pod.leftovers(&ran);
         report.row("build --worker containerd", &ran, &left);
         report.check(
