@@ -36,6 +36,7 @@ pub mod doctor;
 pub mod fsutil;
 pub mod gofmt;
 pub mod host;
+pub mod kube;
 pub mod mountinfo;
 pub mod ocilayout;
 pub mod ownerlock;

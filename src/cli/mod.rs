@@ -7,11 +7,13 @@ use clap::{ArgAction, Args, Parser, Subcommand};
 mod argv;
 mod build;
 mod kaniko;
+mod kube;
 
 pub use crate::daemon::mode::ModeArg;
 pub use argv::{daemonless_sh_argv, go_style_flags};
 pub use build::BuildArgs;
 pub use kaniko::KanikoArgs;
+pub use kube::{KubeArgs, KubeKind};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -172,6 +174,10 @@ pub enum Command {
     /// kaniko's executor command line (also what bkrun does when invoked as `executor`, e.g. a
     /// symlink at /kaniko/executor): build the context and push to each --destination.
     Kaniko(Box<KanikoArgs>),
+    /// Print the Kubernetes objects (YAML) of a pool of bkrun daemons serving builds over mutual
+    /// TLS: ConfigMaps, a Service, and a Deployment or a StatefulSet. Also uses the global
+    /// --buildkitd-flags (the daemons' buildkitd flags) and --insecure-plaintext (serve without TLS).
+    Kube(Box<KubeArgs>),
     /// Print a shell completion script, e.g. `bkrun completion bash > /etc/bash_completion.d/bkrun`.
     Completion {
         #[arg(value_enum)]

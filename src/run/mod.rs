@@ -106,6 +106,16 @@ pub async fn run(cli: Cli) -> i32 {
                 }
             };
         }
+        // Prints objects for a cluster: no settings, host facts or daemon of this machine.
+        Command::Kube(k) => {
+            return match kube(k, &cli.global) {
+                Ok(()) => 0,
+                Err(e) => {
+                    print_error(&e, cli.global.log_format);
+                    1
+                }
+            };
+        }
         _ => {}
     }
     let format = cli.global.log_format;
@@ -125,6 +135,32 @@ pub async fn run(cli: Cli) -> i32 {
         );
     }
     code
+}
+
+/// `bkrun kube`: the objects on stdout, and on stderr where clients connect and what the server
+/// certificate must name.
+fn kube(args: &crate::cli::KubeArgs, global: &crate::cli::GlobalArgs) -> Result<()> {
+    let options = crate::kube::Options::from_args(args, global)?;
+    let text = crate::kube::yaml::render(&crate::kube::pool(&options))?;
+    write_stdout(&text);
+    let addrs = crate::kube::client_addresses(&options);
+    if let Some(secret) = &options.tls_secret {
+        let hosts: Vec<&str> = addrs
+            .iter()
+            .filter_map(|a| a.strip_prefix("tcp://")?.rsplit_once(':').map(|(h, _)| h))
+            .collect();
+        crate::say!(
+            "bkrun: clients connect to {} with --tlsdir holding a client certificate signed by the CA in Secret {secret} (ca.crt), whose tls.crt must name {}",
+            addrs.join(", "),
+            hosts.join(", ")
+        );
+    } else {
+        crate::say!(
+            "bkrun: clients connect to {} with --insecure-plaintext: any pod that reaches the Service can run builds",
+            addrs.join(", ")
+        );
+    }
+    Ok(())
 }
 
 /// One line that says what failed and what to do, then the detail, indented; with
@@ -177,7 +213,9 @@ async fn try_run(cli: Cli) -> Result<i32> {
             write_stdout(&describe(&settings, &host, &cli.global)?);
             return Ok(0);
         }
-        Command::Completion { .. } | Command::Man => unreachable!("answered in run()"),
+        Command::Completion { .. } | Command::Man | Command::Kube(_) => {
+            unreachable!("answered in run()")
+        }
         Command::Doctor { format } => {
             // Never starts a daemon: facts, verdicts and versions only.
             let report = doctor::Report::gather(&settings, &host);

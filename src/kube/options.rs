@@ -1,0 +1,346 @@
+//! `bkrun kube`'s flags (and the files they name) checked and settled into typed options: every refusal happens here, naming its flag, before any object is built.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use k8s_openapi::api::core::v1::Toleration;
+
+use super::meta::{self, MapKind};
+use super::quantity::{self, Quantity};
+use crate::cli::{GlobalArgs, KubeArgs, KubeKind};
+use crate::config::{self, FileConfig};
+use crate::daemon::mode::ModeArg;
+
+/// Where the files go in the pod, and what the daemon is told.
+pub const BKRUN_CONFIG_DIR: &str = "/etc/bkrun";
+pub const BUILDKITD_CONFIG_DIR: &str = "/etc/buildkit";
+pub const CERTS_DIR: &str = "/certs";
+
+/// A privileged pod runs the daemon as root; a rootless one as the images' user 1000.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PodMode {
+    Privileged,
+    Rootless,
+}
+
+/// The user the rootless images run as (BuildKit's rootless image's `user`).
+pub const ROOTLESS_UID: i64 = 1000;
+
+impl PodMode {
+    /// BuildKit's state dir (the cache) as bkrun picks it for the pod's user in our images.
+    pub fn state_dir(self) -> &'static str {
+        match self {
+            PodMode::Privileged => "/var/lib/buildkit",
+            PodMode::Rootless => "/home/user/.local/share/buildkit",
+        }
+    }
+
+    /// Where `bkrun daemon` puts its unix socket: root's /run/buildkit, or the rootless image's
+    /// XDG_RUNTIME_DIR.
+    pub fn socket_dir(self) -> &'static str {
+        match self {
+            PodMode::Privileged => "/run/buildkit",
+            PodMode::Rootless => "/run/user/1000/buildkit",
+        }
+    }
+}
+
+/// A container resource with its quantity.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Resources {
+    /// Keyed by the resource's name in the API (`cpu`, `memory`, `ephemeral-storage`).
+    pub requests: BTreeMap<&'static str, Quantity>,
+    pub limits: BTreeMap<&'static str, Quantity>,
+}
+
+/// Everything the objects are made from, checked.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Options {
+    pub name: String,
+    pub namespace: Option<String>,
+    pub kind: KubeKind,
+    pub image: String,
+    pub replicas: i32,
+    pub mode: PodMode,
+    pub service_account: Option<String>,
+    pub scheduler_name: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    pub node_selector: BTreeMap<String, String>,
+    pub tolerations: Vec<Toleration>,
+    pub resources: Resources,
+    /// The binfmt installer image, when emulators are installed.
+    pub qemu_image: Option<String>,
+    pub platforms: Vec<String>,
+    /// buildkitd's flags as given (--buildkitd-flags), without the ones the generator adds.
+    pub buildkitd_flags: Vec<String>,
+    /// The files' texts, shipped in ConfigMaps.
+    pub bkrun_toml: Option<String>,
+    pub buildkitd_toml: Option<String>,
+    /// The TLS Secret's name; None serves plaintext (--insecure-plaintext).
+    pub tls_secret: Option<String>,
+    pub port: u16,
+    /// StatefulSet only: each daemon's claim size and class.
+    pub storage: Option<(Quantity, Option<String>)>,
+    /// Where the daemon keeps its state and socket (the images' defaults, or bkrun.toml's).
+    pub state_dir: String,
+    pub socket_dir: String,
+}
+
+impl Options {
+    /// Checks every flag and reads the files they name.
+    pub fn from_args(a: &KubeArgs, g: &GlobalArgs) -> Result<Options> {
+        if g.config.is_some() {
+            bail!("--config names the bkrun.toml this bkrun reads: to ship one to the daemons, give --bkrun-config FILE");
+        }
+        let limit = if a.kind == KubeKind::Statefulset {
+            // A StatefulSet's pods carry a controller-revision-hash label of NAME-<10 characters>,
+            // and a label value is at most 63 characters.
+            52
+        } else {
+            63
+        };
+        if !meta::dns_label(&a.name) || a.name.len() > limit {
+            bail!("--name {:?} is not a valid name: at most {limit} lowercase letters, digits and '-', starting and ending with a letter or digit", a.name);
+        }
+        if let Some(ns) = &a.namespace {
+            if !meta::dns_label(ns) {
+                bail!("--namespace {ns:?} is not a valid namespace: at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit");
+            }
+        }
+        for (flag, v) in [
+            ("--serviceaccount", &a.service_account),
+            ("--schedulername", &a.scheduler_name),
+            ("--tls-secret", &a.tls_secret),
+            ("--storage-class", &a.storage_class),
+        ] {
+            if let Some(v) = v {
+                if !meta::dns_subdomain(v) {
+                    bail!("{flag} {v:?} is not a valid object name: lowercase letters, digits, '-' and '.'");
+                }
+            }
+        }
+        let mode = if a.rootless {
+            PodMode::Rootless
+        } else {
+            PodMode::Privileged
+        };
+        let image = a.image.clone().unwrap_or_else(|| {
+            match mode {
+                PodMode::Privileged => "bkrun:privileged",
+                PodMode::Rootless => "bkrun:rootless",
+            }
+            .to_string()
+        });
+        for (flag, v) in [("--image", &image), ("--qemu-image", &a.qemu_image)] {
+            if v.is_empty() || v.chars().any(char::is_whitespace) {
+                bail!("{flag} {v:?} is not an image reference");
+            }
+        }
+
+        let labels = meta::key_values("--label", MapKind::Label, &a.labels)?;
+        let annotations = meta::key_values("--annotation", MapKind::Annotation, &a.annotations)?;
+        let node_selector =
+            meta::key_values("--nodeselector", MapKind::NodeSelector, &a.node_selector)?;
+        let tolerations = meta::tolerations("--tolerations", &a.tolerations)?;
+        let resources = resources(a)?;
+        let platforms = platforms(&a.platforms)?;
+
+        let buildkitd_flags = match &g.buildkitd_flags {
+            Some(s) => shell_words::split(s).with_context(|| {
+                format!(
+                    "--buildkitd-flags {s:?} cannot be split as a shell would: check its quotes"
+                )
+            })?,
+            None => Vec::new(),
+        };
+        for f in &buildkitd_flags {
+            let name = f.split('=').next().unwrap_or(f);
+            if matches!(
+                name,
+                "--addr" | "--root" | "--tlscert" | "--tlskey" | "--tlscacert"
+            ) {
+                bail!("--buildkitd-flags: {name} is set by bkrun kube (the listener, TLS and state dir come from --port, --tls-secret and the image): drop it");
+            }
+        }
+        let bkrun_toml = read(a.bkrun_config.as_deref(), "--bkrun-config")?;
+        let file_config = match &bkrun_toml {
+            Some(text) => Some(config::parse_config(text).with_context(|| {
+                format!(
+                    "--bkrun-config {} is not a valid bkrun.toml: fix it and retry",
+                    a.bkrun_config.as_deref().unwrap_or(Path::new("")).display()
+                )
+            })?),
+            None => None,
+        };
+        let buildkitd_toml = read(a.buildkitd_config.as_deref(), "--buildkitd-config")?;
+        if let Some(text) = &buildkitd_toml {
+            text.parse::<toml::Table>().with_context(|| {
+                format!(
+                    "--buildkitd-config {} is not valid TOML: fix it and retry",
+                    a.buildkitd_config
+                        .as_deref()
+                        .unwrap_or(Path::new(""))
+                        .display()
+                )
+            })?;
+            if config::flag_value(&buildkitd_flags, "--config").is_some() {
+                bail!("both --buildkitd-config and a --config in --buildkitd-flags name buildkitd's configuration: keep one of them");
+            }
+        }
+        let (state_dir, socket_dir) = match &file_config {
+            Some(fc) => check_file_config(
+                fc,
+                mode,
+                buildkitd_toml.is_some()
+                    || config::flag_value(&buildkitd_flags, "--config").is_some(),
+            )?,
+            None => (None, None),
+        };
+
+        let tls_secret = if g.insecure_plaintext {
+            if a.tls_secret.is_some() {
+                bail!("--tls-secret and --insecure-plaintext contradict each other: the daemons serve either mutual TLS or plaintext");
+            }
+            None
+        } else {
+            Some(
+                a.tls_secret
+                    .clone()
+                    .unwrap_or_else(|| format!("{}-tls", a.name)),
+            )
+        };
+
+        let storage = match &a.storage {
+            Some(size) => {
+                if a.kind != KubeKind::Statefulset {
+                    bail!("--storage gives each daemon a claim of its own, which only a StatefulSet has: add --kind statefulset, or drop --storage (a Deployment's daemons keep their cache in an emptyDir)");
+                }
+                let q = quantity::resource("--storage", size)?;
+                if q.value <= 0.0 {
+                    bail!("--storage {size:?} is empty: give a size such as 50Gi");
+                }
+                Some((q, a.storage_class.clone()))
+            }
+            None => None,
+        };
+
+        Ok(Options {
+            name: a.name.clone(),
+            namespace: a.namespace.clone(),
+            kind: a.kind,
+            image,
+            replicas: a.replicas,
+            mode,
+            service_account: a.service_account.clone(),
+            scheduler_name: a.scheduler_name.clone(),
+            labels,
+            annotations,
+            node_selector,
+            tolerations,
+            resources,
+            qemu_image: a.qemu_install.then(|| a.qemu_image.clone()),
+            platforms,
+            buildkitd_flags,
+            bkrun_toml,
+            buildkitd_toml,
+            tls_secret,
+            port: a.port,
+            storage,
+            state_dir: state_dir.unwrap_or_else(|| mode.state_dir().to_string()),
+            socket_dir: socket_dir.unwrap_or_else(|| mode.socket_dir().to_string()),
+        })
+    }
+}
+
+fn read(path: Option<&Path>, flag: &str) -> Result<Option<String>> {
+    path.map(|p| {
+        std::fs::read_to_string(p)
+            .with_context(|| format!("cannot read {flag} {}: check the path", p.display()))
+    })
+    .transpose()
+}
+
+/// What the shipped bkrun.toml says that the objects must agree with: its mode against the
+/// pod's, its [buildkitd] table against --buildkitd-config, and its state and socket dirs, which
+/// the volume and the readiness probe follow.
+fn check_file_config(
+    fc: &FileConfig,
+    mode: PodMode,
+    buildkitd_configured: bool,
+) -> Result<(Option<String>, Option<String>)> {
+    match (fc.mode, mode) {
+        (Some(ModeArg::Privileged), PodMode::Rootless) => {
+            bail!("--bkrun-config sets mode = \"privileged\" but --rootless pods run as uid 1000: drop one of them")
+        }
+        (Some(ModeArg::Rootless | ModeArg::RootlessStrict), PodMode::Privileged) => {
+            bail!("--bkrun-config sets a rootless mode but the pods are privileged: add --rootless, or drop the mode from the file")
+        }
+        _ => {}
+    }
+    if fc.buildkitd.is_some() && buildkitd_configured {
+        bail!("both --bkrun-config's [buildkitd] table and --buildkitd-config (or a --config in --buildkitd-flags) configure buildkitd: keep one of them");
+    }
+    let dir = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+    Ok((dir(&fc.root), dir(&fc.socket_dir)))
+}
+
+fn resources(a: &KubeArgs) -> Result<Resources> {
+    let mut requests = BTreeMap::new();
+    let mut limits = BTreeMap::new();
+    for (name, req, lim) in [
+        ("cpu", &a.requests_cpu, &a.limits_cpu),
+        ("memory", &a.requests_memory, &a.limits_memory),
+        (
+            "ephemeral-storage",
+            &a.requests_ephemeral_storage,
+            &a.limits_ephemeral_storage,
+        ),
+    ] {
+        let req_flag = format!("--requests-{name}");
+        let lim_flag = format!("--limits-{name}");
+        let r = req
+            .as_deref()
+            .map(|v| quantity::resource(&req_flag, v))
+            .transpose()?;
+        let l = lim
+            .as_deref()
+            .map(|v| quantity::resource(&lim_flag, v))
+            .transpose()?;
+        if let (Some(r), Some(l)) = (&r, &l) {
+            // The API server refuses a request above its limit; a hair of float error is not one.
+            if r.value > l.value * (1.0 + 1e-12) {
+                bail!(
+                    "{req_flag} {:?} is more than {lim_flag} {:?}: a request may not exceed its limit",
+                    r.text,
+                    l.text
+                );
+            }
+        }
+        requests.extend(r.map(|q| (name, q)));
+        limits.extend(l.map(|q| (name, q)));
+    }
+    Ok(Resources { requests, limits })
+}
+
+/// `os/arch[/variant]`, comma-separated or repeated; duplicates dropped, order kept.
+fn platforms(values: &[String]) -> Result<Vec<String>> {
+    let mut out: Vec<String> = Vec::new();
+    for p in values.iter().flat_map(|v| v.split(',')) {
+        let parts: Vec<&str> = p.split('/').collect();
+        let ok = (2..=3).contains(&parts.len())
+            && parts.iter().all(|s| {
+                !s.is_empty()
+                    && s.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+            });
+        if !ok {
+            bail!("--platform {p:?} is not a platform: give os/arch[/variant], e.g. linux/arm64 or linux/arm/v7");
+        }
+        if !out.iter().any(|o| o == p) {
+            out.push(p.to_string());
+        }
+    }
+    Ok(out)
+}
