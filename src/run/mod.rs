@@ -144,21 +144,30 @@ fn kube(args: &crate::cli::KubeArgs, global: &crate::cli::GlobalArgs) -> Result<
     let text = crate::kube::yaml::render(&crate::kube::pool(&options))?;
     write_stdout(&text);
     let addrs = crate::kube::client_addresses(&options);
-    if let Some(secret) = &options.tls_secret {
-        let hosts: Vec<&str> = addrs
-            .iter()
-            .filter_map(|a| a.strip_prefix("tcp://")?.rsplit_once(':').map(|(h, _)| h))
-            .collect();
-        crate::say!(
-            "bkrun: clients connect to {} with --tlsdir holding a client certificate signed by the CA in Secret {secret} (ca.crt), whose tls.crt must name {}",
-            addrs.join(", "),
-            hosts.join(", ")
-        );
-    } else {
-        crate::say!(
-            "bkrun: clients connect to {} with --insecure-plaintext: any pod that reaches the Service can run builds",
-            addrs.join(", ")
-        );
+    let hosts: Vec<&str> = addrs
+        .iter()
+        .filter_map(|a| a.strip_prefix("tcp://")?.rsplit_once(':').map(|(h, _)| h))
+        .collect();
+    // A large StatefulSet's names follow one pattern: the first and the last say it.
+    let span = |v: &[&str]| match v {
+        [first, .., last] if v.len() > 3 => format!("{first} … {last}"),
+        _ => v.join(", "),
+    };
+    let addrs: Vec<&str> = addrs.iter().map(String::as_str).collect();
+    if addrs.is_empty() {
+        // A StatefulSet of no replicas: nothing to connect to yet.
+        return Ok(());
+    }
+    match &options.tls_secret {
+        Some(secret) => crate::say!(
+            "bkrun: clients connect to {} with --tlsdir holding a client certificate signed by the CA (ca.crt) of Secret {secret}, whose tls.crt must name {} (or the name clients give as --tlsservername)",
+            span(&addrs),
+            span(&hosts)
+        ),
+        None => crate::say!(
+            "bkrun: clients connect to {} with --insecure-plaintext: any pod that reaches them can run builds",
+            span(&addrs)
+        ),
     }
     Ok(())
 }
