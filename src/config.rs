@@ -42,6 +42,26 @@ pub struct FileConfig {
     pub rootlesskit_flags: Option<Vec<String>>,
     /// The `[buildkitd]` table, written out as the daemon's buildkitd.toml.
     pub buildkitd: Option<DaemonConfig>,
+    /// Existing daemons to use instead of starting one: an address, or a list (each entry may be
+    /// a comma list or a `{A..B}` pattern); below --addr, BKRUN_ADDR and BUILDKIT_HOST.
+    pub addr: Option<AddrList>,
+}
+
+/// `addr = "tcp://…"` or `addr = ["tcp://…", …]` in bkrun.toml.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum AddrList {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl AddrList {
+    fn values(&self) -> Vec<String> {
+        match self {
+            AddrList::One(a) => vec![a.clone()],
+            AddrList::Many(v) => v.clone(),
+        }
+    }
 }
 
 /// The subset of buildkitd.toml pipelines set: registries and garbage collection.
@@ -166,6 +186,7 @@ pub enum AddrSource {
     Flag,
     BkrunAddr,
     BuildkitHost,
+    ConfigFile,
 }
 
 impl std::fmt::Display for AddrSource {
@@ -174,66 +195,93 @@ impl std::fmt::Display for AddrSource {
             AddrSource::Flag => "--addr",
             AddrSource::BkrunAddr => "BKRUN_ADDR",
             AddrSource::BuildkitHost => "BUILDKIT_HOST",
+            AddrSource::ConfigFile => "addr in bkrun.toml",
         })
     }
 }
 
+/// The daemons to use: one address, or a pool that a route key orders (src/pool).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Remote {
-    pub addr: String,
+    /// Expanded from the lists and `{A..B}` patterns given; never empty.
+    pub addrs: Vec<String>,
     pub source: AddrSource,
 }
 
-/// The rule for using an existing daemon: `--addr` or `BKRUN_ADDR` always; BUILDKIT_HOST
-/// unless invoked as buildctl-daemonless.sh (the script never reads it) or it names this
-/// user's default socket (what BuildKit's images set for buildctl: `/run/user/UID/buildkit/
-/// buildkitd.sock`, `$XDG_RUNTIME_DIR/buildkit/buildkitd.sock`, `/run/buildkit/buildkitd.sock`
-/// for root) and no daemon answers there. Returns the remote daemon, if any, and why a
-/// BUILDKIT_HOST was not used.
-pub fn choose_remote(args: &GlobalArgs, host: &dyn Host) -> (Option<Remote>, Option<String>) {
-    if let Some(addr) = args.addr.clone().filter(|a| !a.is_empty()) {
-        let r = Remote {
-            addr,
-            source: AddrSource::Flag,
-        };
-        return (Some(r), None);
+impl Remote {
+    /// The address, or the pool's addresses, for messages.
+    pub fn shown(&self) -> String {
+        match self.addrs.as_slice() {
+            [one] => one.clone(),
+            many => format!("a pool of {} ({})", many.len(), many.join(", ")),
+        }
+    }
+
+    pub fn is_pool(&self) -> bool {
+        self.addrs.len() > 1
+    }
+}
+
+fn remote(values: &[String], source: AddrSource) -> Result<Remote> {
+    let addrs = crate::pool::expand(values).map_err(|e| anyhow::anyhow!("{e} (from {source})"))?;
+    if addrs.is_empty() {
+        bail!("{source} names no daemon: give an address such as tcp://HOST:PORT");
+    }
+    Ok(Remote { addrs, source })
+}
+
+/// The rule for using existing daemons: `--addr` (repeatable) or `BKRUN_ADDR` always;
+/// BUILDKIT_HOST unless invoked as buildctl-daemonless.sh (the script never reads it) or it
+/// names this user's default socket (what BuildKit's images set for buildctl: `/run/user/UID/
+/// buildkit/buildkitd.sock`, `$XDG_RUNTIME_DIR/buildkit/buildkitd.sock`, `/run/buildkit/
+/// buildkitd.sock` for root) and no daemon answers there; then bkrun.toml's `addr`. Each may be
+/// a list or a pattern (src/pool/pattern.rs). Returns the daemons, if any, and why a
+/// BUILDKIT_HOST was not used; fails on a list that does not parse.
+pub fn choose_remote(
+    args: &GlobalArgs,
+    host: &dyn Host,
+    file: Option<&AddrList>,
+) -> Result<(Option<Remote>, Option<String>)> {
+    let flags: Vec<String> = args
+        .addr
+        .iter()
+        .filter(|a| !a.is_empty())
+        .cloned()
+        .collect();
+    if !flags.is_empty() {
+        return Ok((Some(remote(&flags, AddrSource::Flag)?), None));
     }
     if let Some(addr) = host.env("BKRUN_ADDR") {
-        let r = Remote {
-            addr,
-            source: AddrSource::BkrunAddr,
-        };
-        return (Some(r), None);
+        return Ok((Some(remote(&[addr], AddrSource::BkrunAddr)?), None));
     }
+    let from_file = || -> Result<Option<Remote>> {
+        file.map(|f| remote(&f.values(), AddrSource::ConfigFile))
+            .transpose()
+    };
     let Some(addr) = host.env("BUILDKIT_HOST") else {
-        return (None, None);
+        return Ok((from_file()?, None));
     };
     if args.as_daemonless_sh {
-        return (
+        return Ok((
             None,
             Some(format!(
                 "BUILDKIT_HOST={addr} is not read when bkrun runs as buildctl-daemonless.sh, as the script does not"
             )),
-        );
+        ));
     }
     let default_socket = addr
         .strip_prefix("unix://")
         .filter(|p| is_default_socket(Path::new(p), host));
     if let Some(path) = default_socket {
         if !host.socket_answers(Path::new(path)) {
-            return (
-                None,
-                Some(format!(
-                    "BUILDKIT_HOST={addr} is this user's default socket (BuildKit's images set it) and no daemon answers there, so bkrun starts its own; use --addr or BKRUN_ADDR to insist on that address"
-                )),
+            let why = format!(
+                "BUILDKIT_HOST={addr} is this user's default socket (BuildKit's images set it) and no daemon answers there, so bkrun {}; use --addr or BKRUN_ADDR to insist on that address",
+                if file.is_some() { "uses addr in bkrun.toml" } else { "starts its own" }
             );
+            return Ok((from_file()?, Some(why)));
         }
     }
-    let r = Remote {
-        addr,
-        source: AddrSource::BuildkitHost,
-    };
-    (Some(r), None)
+    Ok((Some(remote(&[addr], AddrSource::BuildkitHost)?), None))
 }
 
 fn is_default_socket(path: &Path, host: &dyn Host) -> bool {
@@ -341,7 +389,7 @@ impl Settings {
             }
         };
         let daemon_config = file.buildkitd;
-        let (remote, buildkit_host_ignored) = choose_remote(args, host);
+        let (remote, buildkit_host_ignored) = choose_remote(args, host, file.addr.as_ref())?;
         if daemon_config.is_some() && has_flag(&buildkitd_flags, "--config") {
             bail!("both bkrun.toml's [buildkitd] table and a buildkitd --config flag are set: keep one of them");
         }
@@ -509,7 +557,7 @@ mod tests {
             sockets: answering,
             ..FakeHost::user()
         };
-        choose_remote(&args, &h)
+        choose_remote(&args, &h, None).unwrap()
     }
 
     const IMAGE_HOST: &str = "unix:///run/user/1000/buildkit/buildkitd.sock";
@@ -550,7 +598,7 @@ mod tests {
         assert_eq!(
             r,
             Some(Remote {
-                addr: "tcp://buildkitd:1234".into(),
+                addrs: vec!["tcp://buildkitd:1234".into()],
                 source: AddrSource::BuildkitHost
             })
         );
@@ -568,7 +616,7 @@ mod tests {
         );
         assert_eq!(r.unwrap().source, AddrSource::BkrunAddr);
         let flag = GlobalArgs {
-            addr: Some(IMAGE_HOST.into()),
+            addr: vec![IMAGE_HOST.into()],
             ..Default::default()
         };
         let (r, _) = remote_of(flag, vec![], vec![]);
@@ -576,6 +624,61 @@ mod tests {
         // An emptied BUILDKIT_HOST (a pod can't unset an image's variable) is unset.
         let (r, why) = remote_of(GlobalArgs::default(), vec![("BUILDKIT_HOST", "")], vec![]);
         assert_eq!((r, why), (None, None));
+    }
+
+    #[test]
+    fn lists_and_patterns_name_a_pool_wherever_an_address_goes() {
+        let flags = GlobalArgs {
+            addr: vec!["tcp://a:1,tcp://b:1".into(), "tcp://c-{0..1}:1".into()],
+            ..Default::default()
+        };
+        let (r, _) = remote_of(flags, vec![("BKRUN_ADDR", "tcp://x:1")], vec![]);
+        let r = r.unwrap();
+        assert_eq!(
+            r.addrs,
+            ["tcp://a:1", "tcp://b:1", "tcp://c-0:1", "tcp://c-1:1"]
+        );
+        assert!(r.is_pool() && r.shown().starts_with("a pool of 4 (tcp://a:1, "));
+        let (r, _) = remote_of(
+            GlobalArgs::default(),
+            vec![("BUILDKIT_HOST", "tcp://b-{0..2}.b:1234")],
+            vec![],
+        );
+        assert_eq!(r.unwrap().addrs.len(), 3);
+        // A list that does not parse fails, naming where it came from.
+        let h = FakeHost {
+            env: vec![("BKRUN_ADDR", "tcp://b-{0,1}:1")],
+            ..FakeHost::user()
+        };
+        let e = choose_remote(&GlobalArgs::default(), &h, None).unwrap_err();
+        assert!(e.to_string().contains("BKRUN_ADDR"), "{e}");
+    }
+
+    #[test]
+    fn bkrun_toml_addr_comes_last() {
+        let c = parse_config("addr = [\"tcp://b-{0..1}:1\", \"tcp://c:1\"]").unwrap();
+        let file = c.addr.unwrap();
+        let h = |env| FakeHost {
+            env,
+            ..FakeHost::user()
+        };
+        let (r, _) = choose_remote(&GlobalArgs::default(), &h(vec![]), Some(&file)).unwrap();
+        let r = r.unwrap();
+        assert_eq!(r.addrs, ["tcp://b-0:1", "tcp://b-1:1", "tcp://c:1"]);
+        assert_eq!(r.source.to_string(), "addr in bkrun.toml");
+        let env = vec![("BUILDKIT_HOST", "tcp://x:1")];
+        let (r, _) = choose_remote(&GlobalArgs::default(), &h(env), Some(&file)).unwrap();
+        assert_eq!(r.unwrap().source, AddrSource::BuildkitHost);
+        // The image's default socket with no daemon there gives way to the file, and says so.
+        let env = vec![
+            ("BUILDKIT_HOST", IMAGE_HOST),
+            ("XDG_RUNTIME_DIR", "/run/user/1000"),
+        ];
+        let (r, why) = choose_remote(&GlobalArgs::default(), &h(env), Some(&file)).unwrap();
+        assert_eq!(r.unwrap().source, AddrSource::ConfigFile);
+        assert!(why.unwrap().contains("uses addr in bkrun.toml"));
+        let one = parse_config("addr = \"tcp://b:1\"").unwrap();
+        assert_eq!(one.addr, Some(AddrList::One("tcp://b:1".into())));
     }
 
     #[test]

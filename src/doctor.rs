@@ -342,9 +342,10 @@ fn next_command(settings: &Settings, facts: &Facts) -> (String, Value) {
         return (
             format!(
                 "connects to {} (from {}); starts no daemon",
-                r.addr, r.source
+                r.shown(),
+                r.source
             ),
-            json!({"action": "connect", "address": r.addr, "source": r.source.to_string()}),
+            json!({"action": "connect", "address": r.shown(), "addresses": r.addrs, "source": r.source.to_string()}),
         );
     }
     let ignored = settings

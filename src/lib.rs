@@ -41,6 +41,7 @@ pub mod mountinfo;
 pub mod ocilayout;
 pub mod ownerlock;
 pub mod place;
+pub mod pool;
 pub mod progress;
 pub mod proto;
 pub mod reaper;

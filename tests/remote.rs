@@ -4,86 +4,12 @@ mod common;
 
 use std::fs;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::tls::*;
 use common::*;
-
-/// A CA, a server certificate for DNS name buildkitd.test only (no IP SAN), a client
-/// certificate, and a second CA with its own client certificate.
-fn make_certs(dir: &Path) {
-    let sh = |script: &str| sh_in(dir, script);
-    fs::write(
-        dir.join("server.ext"),
-        "subjectAltName=DNS:buildkitd.test\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
-    sh("for ca in ca ca2; do
-          openssl req -x509 -newkey rsa:2048 -nodes -keyout $ca-key.pem -out $ca.pem -days 2 -subj /CN=bkrun-test-$ca 2>/dev/null
-        done
-        openssl req -newkey rsa:2048 -nodes -keyout server-key.pem -out server.csr -subj /CN=buildkitd.test 2>/dev/null
-        openssl x509 -req -in server.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -out server.pem -days 2 -extfile server.ext 2>/dev/null
-        for who in client:ca client2:ca2; do
-          name=${who%%:*}; ca=${who##*:}
-          openssl req -newkey rsa:2048 -nodes -keyout $name-key.pem -out $name.csr -subj /CN=$name 2>/dev/null
-          openssl x509 -req -in $name.csr -CA $ca.pem -CAkey $ca-key.pem -CAcreateserial -out $name.pem -days 2 -extfile client.ext 2>/dev/null
-        done
-        mkdir tlsdir && cp ca.pem tlsdir/ca.pem && cp client.pem tlsdir/cert.pem && cp client-key.pem tlsdir/key.pem");
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// `bkrun daemon` with its socket in the sandbox: as root it would otherwise take
-/// /run/buildkit/buildkitd.sock, which parallel tests (and a real daemon) share.
-fn bkrun_daemon(sb: &Sandbox) -> Command {
-    let cfg = sb.write(
-        "daemon.toml",
-        &format!("socket_dir = \"{}\"\n", sb.path("run").display()),
-    );
-    let mut c = sb.bkrun();
-    c.arg("--config").arg(cfg).arg("daemon");
-    c
-}
-
-/// `bkrun daemon` with a TLS listener on 127.0.0.1:port; returns it and its unix address.
-fn tls_daemon(sb: &Sandbox, certs: &Path, port: u16) -> (Child, String) {
-    let mut child = bkrun_daemon(sb)
-        .arg(format!("--listen=tcp://127.0.0.1:{port}"))
-        .arg("--tls-server-cert")
-        .arg(certs.join("server.pem"))
-        .arg("--tls-server-key")
-        .arg(certs.join("server-key.pem"))
-        .arg("--tls-client-ca")
-        .arg(certs.join("ca.pem"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let unix = lines.next().unwrap().unwrap();
-    assert_eq!(
-        lines.next().unwrap().unwrap(),
-        format!("tcp://127.0.0.1:{port}")
-    );
-    (child, unix)
-}
-
-fn stop(mut child: Child) {
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    assert_eq!(child.wait().unwrap().code(), Some(143));
-}
 
 struct Client<'a> {
     sb: &'a Sandbox,
@@ -136,7 +62,7 @@ fn mutual_tls_daemon_serves_bkrun_and_buildctl_and_refusals_are_explained() {
     let certs = sb.mkdir("certs");
     make_certs(&certs);
     let port = free_port();
-    let (daemon, unix) = tls_daemon(&sb, &certs, port);
+    let (daemon, unix) = tls_daemon(&sb, "state", &certs, port);
     let cl = Client {
         sb: &sb,
         certs: certs.clone(),
@@ -251,7 +177,7 @@ fn mutual_tls_daemon_serves_bkrun_and_buildctl_and_refusals_are_explained() {
         "if the daemon serves TLS, pass --tlscacert",
     );
 
-    stop(daemon);
+    stop_daemon(daemon);
     sb.assert_clean();
 }
 
@@ -310,7 +236,7 @@ fn a_briefly_unavailable_daemon_is_retried() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(1500));
-    let mut daemon = bkrun_daemon(&sb)
+    let mut daemon = bkrun_daemon(&sb, "state")
         .arg(format!("--listen={addr}"))
         .stdout(Stdio::piped())
         .spawn()
@@ -324,6 +250,6 @@ fn a_briefly_unavailable_daemon_is_retried() {
         "{}",
         show(&out)
     );
-    stop(daemon);
+    stop_daemon(daemon);
     sb.assert_clean();
 }

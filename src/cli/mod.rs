@@ -80,9 +80,12 @@ pub struct GlobalArgs {
     /// How bkrun's own error lines are written: text, or json (one logrus-style object a line).
     #[arg(long, global = true, value_enum, default_value = "text")]
     pub log_format: LogFormat,
-    /// Use this existing daemon (unix:///path or tcp://host:port) and start none (also $BKRUN_ADDR; see README for BUILDKIT_HOST).
-    #[arg(long, global = true, value_name = "ADDR")]
-    pub addr: Option<String>,
+    /// Use this existing daemon (unix:///path or tcp://host:port) and start none (also $BKRUN_ADDR; see README for BUILDKIT_HOST). Repeat it, or give a comma list or a pattern such as tcp://bkrun-{0..2}.bkrun:1234, for a pool: each build goes to the daemon its route key picks.
+    #[arg(long, global = true, value_name = "ADDR", action = ArgAction::Append)]
+    pub addr: Vec<String>,
+    /// With a pool of daemons: route by this key instead of the build's context dir and platforms (also $BKRUN_ROUTE_KEY).
+    #[arg(long, global = true, value_name = "KEY", env = "BKRUN_ROUTE_KEY")]
+    pub route_key: Option<String>,
     /// CA certificate that signed the daemon's certificate (tcp:// addresses).
     #[arg(long, global = true, value_name = "FILE")]
     pub tlscacert: Option<PathBuf>,

@@ -240,10 +240,37 @@ pub async fn connect(addr: &str) -> Result<Channel> {
     connect_target(&Target::unix(addr)).await
 }
 
-struct Failure {
-    retryable: bool,
-    explained: String,
+/// One attempt at `t`, no retry: a pool moves on to its next daemon instead of waiting.
+pub async fn try_once(t: &Target) -> Result<Channel, Failure> {
+    let fail = |e: anyhow::Error| Failure {
+        retryable: false,
+        explained: format!("{e:#}"),
+    };
+    let addr = parse_addr(&t.addr).map_err(fail)?;
+    let tls = match (&addr, &t.tls) {
+        (Address::Tcp { .. }, Some(files)) if !files.is_empty() => {
+            Some((Arc::new(client_config(files).map_err(fail)?), files.clone()))
+        }
+        _ => None,
+    };
+    dial(&addr, tls, &t.addr).await
 }
+
+/// Why a connection failed, in one line, and whether trying again later may help (refused,
+/// timed out, no socket yet) or not (TLS, names, bad files).
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub retryable: bool,
+    pub explained: String,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.explained)
+    }
+}
+
+impl std::error::Error for Failure {}
 
 type Io = Box<dyn IoStream>;
 trait IoStream: AsyncRead + AsyncWrite + Unpin + Send {}

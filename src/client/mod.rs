@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod connect;
 pub mod errors;
+pub mod failover;
 pub mod histories;
 pub mod layouts;
 pub mod localcache;

@@ -23,7 +23,11 @@ struct ListWorkersResponse {
 
 /// Asks the daemon at `addr` for its workers; Ok(n) once it serves.
 pub async fn list_workers_count(addr: &str) -> Result<usize> {
-    let channel = connect(addr).await?;
+    workers_on(connect(addr).await?).await
+}
+
+/// Asks the daemon on `channel` for its workers; Ok(n) once it serves.
+pub async fn workers_on(channel: tonic::transport::Channel) -> Result<usize> {
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.context("daemon not ready")?;
     let path = PathAndQuery::from_static("/moby.buildkit.v1.Control/ListWorkers");

@@ -24,9 +24,10 @@ use crate::{client, doctor, progress};
 use clap::CommandFactory;
 
 mod landed;
+mod routekey;
 mod target;
 
-use target::{describe, listener_flags, remote_target};
+use target::{describe, listener_flags, remote_targets};
 
 /// The work to do once the daemon serves.
 enum Work {
@@ -219,7 +220,16 @@ async fn try_run(cli: Cli) -> Result<i32> {
     let mut settings = Settings::load(&cli.global, &host)?;
     let work = match &cli.command {
         Command::Config => {
-            write_stdout(&describe(&settings, &host, &cli.global)?);
+            let key = || {
+                match given_route_key(&cli.global) {
+                Some(k) => (k, "--route-key".to_string()),
+                None => (
+                    routekey::for_dir(&cwd()),
+                    "the current directory's; a build routes by its context and platforms, --route-key overrides".to_string(),
+                ),
+            }
+            };
+            write_stdout(&describe(&settings, &host, &cli.global, key)?);
             return Ok(0);
         }
         Command::Completion { .. } | Command::Man | Command::Kube(_) => {
@@ -254,7 +264,7 @@ async fn try_run(cli: Cli) -> Result<i32> {
             let t = spec::kaniko::translate(k)?;
             if !t.registries.is_empty() {
                 if let Some(r) = &settings.remote {
-                    bail!("kaniko's registry flags (--insecure, --insecure-registry, --skip-tls-verify, --registry-mirror, --registry-certificate) configure the daemon bkrun starts; the daemon at {} (from {}) has its own configuration: drop them, or configure that daemon", r.addr, r.source);
+                    bail!("kaniko's registry flags (--insecure, --insecure-registry, --skip-tls-verify, --registry-mirror, --registry-certificate) configure the daemon bkrun starts; the daemon at {} (from {}) has its own configuration: drop them, or configure that daemon", r.shown(), r.source);
                 }
                 let dc = settings.daemon_config.get_or_insert_with(Default::default);
                 for (host, over) in t.registries {
@@ -298,20 +308,42 @@ async fn try_run(cli: Cli) -> Result<i32> {
         }
     };
     match (&settings.remote, &work) {
-        // `bkrun daemon` in BuildKit's rootless image serves at the image's BUILDKIT_HOST.
-        (Some(r), Work::Serve(_)) if r.source == AddrSource::BuildkitHost => {}
+        // `bkrun daemon` in BuildKit's rootless image serves at the image's BUILDKIT_HOST; a
+        // bkrun.toml shared by clients and daemons names the pool the daemon is part of.
+        (Some(r), Work::Serve(_))
+            if matches!(r.source, AddrSource::BuildkitHost | AddrSource::ConfigFile) => {}
         (Some(r), Work::Serve(_)) => {
             bail!("bkrun daemon starts its own daemon: drop {}", r.source)
         }
         (Some(r), _) => {
-            let target = remote_target(&cli.global, r)?;
-            if let Some(warning) = connect::validate(&target)? {
-                crate::say!("bkrun: {warning}");
+            let targets = remote_targets(&cli.global, r)?;
+            // Every address is checked before any is dialled: a typo in the third fails now.
+            let mut warnings = Vec::new();
+            for t in &targets {
+                if let Some(w) = connect::validate(t)? {
+                    warnings.push(w);
+                }
+            }
+            for w in warnings {
+                crate::say!("bkrun: {w}");
             }
             log(settings.debug, || {
-                format!("using the daemon at {} (from {})", r.addr, r.source)
+                format!("using the daemon at {} (from {})", r.shown(), r.source)
             });
-            return remote(target, work, settings.stop_timeout).await;
+            let pick = if r.is_pool() {
+                let key = given_route_key(&cli.global).unwrap_or_else(|| match &work {
+                    Work::Build(job) => routekey::for_build(&job.spec, &cwd()),
+                    _ => routekey::for_dir(&cwd()),
+                });
+                let ordered = crate::pool::order(&key, &r.addrs)
+                    .into_iter()
+                    .map(|i| targets[i].clone())
+                    .collect();
+                Pick::Pool { ordered, key }
+            } else {
+                Pick::One(targets.into_iter().next().expect("a remote has an address"))
+            };
+            return remote(pick, work, settings.stop_timeout).await;
         }
         (None, _) => {}
     }
@@ -333,6 +365,22 @@ async fn try_run(cli: Cli) -> Result<i32> {
         format!("mode {} ({})", plan.mode(), plan.decision.reason)
     });
     supervise(plan, work).await
+}
+
+/// --route-key or BKRUN_ROUTE_KEY, unless empty.
+fn given_route_key(g: &crate::cli::GlobalArgs) -> Option<String> {
+    g.route_key.clone().filter(|k| !k.is_empty())
+}
+
+/// The directory bkrun runs in, from which relative contexts and the default route key are read.
+fn cwd() -> PathBuf {
+    std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."))
+}
+
+/// The existing daemon to use: one, or a pool in the route key's order.
+enum Pick {
+    One(Target),
+    Pool { ordered: Vec<Target>, key: String },
 }
 
 /// buildctl runs the `debug` subcommands bkrun does not answer itself.
@@ -360,6 +408,7 @@ enum Ended {
 async fn perform(
     work: Work,
     target: &Target,
+    opened: Option<tonic::transport::Channel>,
     reaper: &Reaper,
     signals: &mut Signals,
     grace: Duration,
@@ -370,7 +419,10 @@ async fn perform(
         Work::Build(job) => {
             let spec = &job.spec;
             let build = async {
-                let channel = connect::connect_target(target).await?;
+                let channel = match opened {
+                    Some(c) => c,
+                    None => connect::connect_target(target).await?,
+                };
                 let outcome = client::solve::build(channel, spec, target).await?;
                 // Inside the select, so a signal still ends a write to a FIFO nobody reads.
                 if let (client::solve::Outcome::Done(response), Some(path)) =
@@ -411,7 +463,10 @@ async fn perform(
         }
         Work::Admin(req) => {
             let answer = async {
-                let channel = connect::connect_target(target).await?;
+                let channel = match opened {
+                    Some(c) => c,
+                    None => connect::connect_target(target).await?,
+                };
                 client::admin::run(channel, &req, &mut std::io::stdout()).await
             };
             tokio::select! {
@@ -475,13 +530,54 @@ fn install_signals() -> Result<Signals> {
     Signals::new([SIGINT, SIGTERM, SIGHUP]).context("cannot install signal handlers")
 }
 
-/// Work against an existing daemon: nothing to start or stop.
-async fn remote(target: Target, work: Work, grace: Duration) -> Result<i32> {
+/// Work against an existing daemon: nothing to start or stop. Of a pool, the first daemon in
+/// the route key's order that serves, named in one line.
+async fn remote(pick: Pick, work: Work, grace: Duration) -> Result<i32> {
     let reaper = Reaper::start().context("cannot become a child subreaper")?;
     let mut signals = install_signals()?;
+    let (target, opened) = match pick {
+        Pick::One(t) => (t, None),
+        Pick::Pool { ordered, key } => {
+            let chosen = tokio::select! {
+                c = client::failover::first_serving(&ordered) => c,
+                Some(sig) = signals.next() => {
+                    signals.handle().close();
+                    return Ok(128 + sig);
+                }
+            };
+            let chosen = match chosen {
+                Ok(c) => c,
+                Err(e) => {
+                    signals.handle().close();
+                    return Err(e);
+                }
+            };
+            if announces(&work) {
+                let passed = chosen
+                    .passed
+                    .iter()
+                    .map(|(a, why)| format!("{a} ({why})"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let passed = if passed.is_empty() {
+                    passed
+                } else {
+                    format!("; passed over {passed}")
+                };
+                crate::say!(
+                    "bkrun: using {}, choice {} of {} for route key {key:?}{passed}",
+                    ordered[chosen.index].addr,
+                    chosen.index + 1,
+                    ordered.len()
+                );
+            }
+            (ordered[chosen.index].clone(), Some(chosen.channel))
+        }
+    };
     let ended = perform(
         work,
         &target,
+        opened,
         &reaper,
         &mut signals,
         grace,
@@ -646,7 +742,16 @@ async fn supervise(plan: Plan, work: Work) -> Result<i32> {
         }
     }
     let building = matches!(work, Work::Build(_));
-    let ended = perform(work, &target, &reaper, &mut signals, grace, daemon.exited()).await;
+    let ended = perform(
+        work,
+        &target,
+        None,
+        &reaper,
+        &mut signals,
+        grace,
+        daemon.exited(),
+    )
+    .await;
     handle.close();
     let code = match ended {
         Ended::Code(c) => c,

@@ -12,10 +12,17 @@ use crate::daemon::Plan;
 use crate::host::Host;
 
 /// What `bkrun config` prints: what the next command will do (start a daemon, and how, or
-/// connect, and where the address came from), then the settings.
-pub(super) fn describe(settings: &Settings, host: &dyn Host, g: &GlobalArgs) -> Result<String> {
+/// connect, and where the address came from; for a pool, which daemon the route key picks),
+/// then the settings. `key` is the route key and what it was made from.
+pub(super) fn describe(
+    settings: &Settings,
+    host: &dyn Host,
+    g: &GlobalArgs,
+    key: impl FnOnce() -> (String, String),
+) -> Result<String> {
     if let Some(r) = &settings.remote {
-        let target = remote_target(g, r)?;
+        let targets = remote_targets(g, r)?;
+        let target = &targets[0];
         let tls = match &target.tls {
             Some(t) => format!(
                 "ca {}, cert {}, key {}",
@@ -25,9 +32,26 @@ pub(super) fn describe(settings: &Settings, host: &dyn Host, g: &GlobalArgs) -> 
             ),
             None => "none".into(),
         };
+        let tail = format!(
+            "tls:             {tls}\nconnect retry:   {:?}\n",
+            target.retry_for
+        );
+        if !r.is_pool() {
+            return Ok(format!(
+                "daemon:          connect to {} (from {}); no daemon is started\n{tail}",
+                r.addrs[0], r.source
+            ));
+        }
+        let (key, made_from) = key();
+        let order = crate::pool::order(&key, &r.addrs);
+        let then: Vec<&str> = order[1..].iter().map(|&i| r.addrs[i].as_str()).collect();
         return Ok(format!(
-            "daemon:          connect to {} (from {}); no daemon is started\ntls:             {tls}\nconnect retry:   {:?}\n",
-            r.addr, r.source, target.retry_for
+            "daemon:          connect to one of a pool of {} (from {}); no daemon is started\npool:            {}\nroute key:       {key:?} ({made_from})\npicks:           {} (then {}, if it does not serve)\n{tail}",
+            r.addrs.len(),
+            r.source,
+            r.addrs.join(", "),
+            r.addrs[order[0]],
+            then.join(", "),
         ));
     }
     let plan = Plan::new(settings, host, false)?;
@@ -48,9 +72,9 @@ fn shown(p: &Option<PathBuf>) -> String {
         .map_or("none".into(), |p| p.display().to_string())
 }
 
-/// The remote daemon of --addr, BKRUN_ADDR or BUILDKIT_HOST with buildctl's TLS flags.
-pub(super) fn remote_target(g: &GlobalArgs, remote: &Remote) -> Result<Target> {
-    let addr = &remote.addr;
+/// The remote daemons of --addr, BKRUN_ADDR, BUILDKIT_HOST or bkrun.toml, in the order given,
+/// each with buildctl's TLS flags (a pool shares one client identity).
+pub(super) fn remote_targets(g: &GlobalArgs, remote: &Remote) -> Result<Vec<Target>> {
     let mut tls = TlsFiles {
         ca: g.tlscacert.clone(),
         cert: g.tlscert.clone(),
@@ -73,13 +97,17 @@ pub(super) fn remote_target(g: &GlobalArgs, remote: &Remote) -> Result<Target> {
     if !(retry.is_finite() && retry >= 0.0) {
         bail!("--connect-retry must be a number of seconds, not {retry}");
     }
-    Ok(Target {
-        addr: addr.to_string(),
-        tls: (!tls.is_empty()).then_some(tls),
-        insecure_plaintext: g.insecure_plaintext,
-        retry_for: Duration::from_secs_f64(retry),
-        origin: Some(remote.source.to_string()),
-    })
+    Ok(remote
+        .addrs
+        .iter()
+        .map(|addr| Target {
+            addr: addr.clone(),
+            tls: (!tls.is_empty()).then(|| tls.clone()),
+            insecure_plaintext: g.insecure_plaintext,
+            retry_for: Duration::from_secs_f64(retry),
+            origin: Some(remote.source.to_string()),
+        })
+        .collect())
 }
 
 /// How long a remote daemon may be away (a rolling restart) before the build fails.
@@ -132,9 +160,13 @@ mod tests {
 
     fn remote(addr: &str) -> Remote {
         Remote {
-            addr: addr.into(),
+            addrs: vec![addr.into()],
             source: AddrSource::BuildkitHost,
         }
+    }
+
+    fn remote_target(g: &GlobalArgs, r: &Remote) -> Result<Target> {
+        Ok(remote_targets(g, r)?.remove(0))
     }
 
     #[test]
@@ -161,6 +193,36 @@ mod tests {
             ..Default::default()
         };
         assert!(remote_target(&bad, &remote("tcp://b:1")).is_err());
+    }
+
+    #[test]
+    fn config_shows_the_pool_and_which_daemon_the_key_picks() {
+        let h = crate::host::fake::FakeHost::user();
+        let mut settings = Settings::load(&GlobalArgs::default(), &h).unwrap();
+        settings.remote = Some(Remote {
+            addrs: vec![
+                "tcp://a:1234".into(),
+                "tcp://b:1234".into(),
+                "tcp://c:1234".into(),
+            ],
+            source: AddrSource::Flag,
+        });
+        let key = || ("/src/app".to_string(), "--route-key".to_string());
+        let s = describe(&settings, &h, &GlobalArgs::default(), key).unwrap();
+        assert!(s.contains("one of a pool of 3 (from --addr)"), "{s}");
+        assert!(
+            s.contains("pool:            tcp://a:1234, tcp://b:1234, tcp://c:1234\n"),
+            "{s}"
+        );
+        assert!(
+            s.contains("route key:       \"/src/app\" (--route-key)"),
+            "{s}"
+        );
+        // The order crate::pool::rendezvous pins for this key.
+        assert!(
+            s.contains("picks:           tcp://b:1234 (then tcp://a:1234, tcp://c:1234, if"),
+            "{s}"
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 pub mod containerd;
 pub mod podman;
 pub mod registry;
+pub mod tls;
 
 use std::fs;
 use std::os::unix::fs::{chown, PermissionsExt};
