@@ -220,3 +220,30 @@ fn bad_pools_fail_before_any_connection() {
     assert!(t.elapsed().as_secs() < 5);
     sb.assert_clean();
 }
+
+#[test]
+fn one_daemon_never_gives_a_project_anothers_files() {
+    // Two projects whose files share names, sizes and mtimes (one checkout tick, an archive's
+    // stamps) but not contents, built one after the other on one state dir.
+    let sb = Sandbox::new(Mode::Privileged);
+    let stamp = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::new(1_700_000_000, 123);
+    let mut outs = Vec::new();
+    for p in ["one", "two"] {
+        let ctx = sb.context(p, "FROM scratch\nCOPY . /\n");
+        let f = ctx.join("same.txt");
+        std::fs::write(&f, format!("project {p}\n")).unwrap();
+        for name in ["same.txt", "Dockerfile"] {
+            std::fs::File::options()
+                .write(true)
+                .open(ctx.join(name))
+                .unwrap()
+                .set_modified(stamp)
+                .unwrap();
+        }
+        let dest = sb.path(&format!("out-{p}"));
+        run_ok(sb.build(&ctx).arg(local_output(&dest)));
+        outs.push(std::fs::read_to_string(dest.join("same.txt")).unwrap());
+    }
+    assert_eq!(outs, ["project one\n", "project two\n"]);
+    sb.assert_clean();
+}

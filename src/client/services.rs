@@ -53,6 +53,29 @@ impl Services {
     }
 }
 
+/// The session's shared key: which local dirs these are, from their names and canonical paths.
+///
+/// A daemon keeps a snapshot of each local source per (name, shared key) and brings it up to
+/// date by file name, size and mtime. With no key (as buildctl sends) every project's `context`
+/// is one snapshot: a build of another project with files of the same names, sizes and mtimes
+/// (one checkout tick, an archive's stamps) would get the first project's contents, and a
+/// daemon shared by many projects re-sends each context whole whenever the project changes.
+/// buildx keys by the context's name for the same reason; the canonical paths keep two
+/// projects that share a directory name apart.
+fn shared_key(locals: &std::collections::BTreeMap<String, std::path::PathBuf>) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for (name, dir) in locals {
+        let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone());
+        h.update(name.as_bytes());
+        h.update([0]);
+        h.update(dir.as_os_str().as_encoded_bytes());
+        h.update([0]);
+    }
+    let d = h.finalize();
+    d[..12].iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// The session for `spec`, not yet started, and what it serves. Cache and layout directories
 /// are created here; local cache imports are resolved to their manifests (`warn` hears which
 /// are skipped).
@@ -78,8 +101,9 @@ pub fn build(spec: &BuildSpec, warn: &mut dyn FnMut(String)) -> Result<(Session,
     let mut cache_imports = spec.cache_imports.clone();
     let local_caches = LocalCaches::prepare(&mut cache_imports, &spec.cache_exports, warn)?;
     let layouts = Layouts::prepare(&spec.oci_layouts, spec.layout_output().as_deref())?;
-    let mut session =
-        Session::new("bkrun").add_service(FileSyncProvider::new(locals).into_server());
+    let mut session = Session::new("bkrun")
+        .with_shared_key(shared_key(&spec.locals))
+        .add_service(FileSyncProvider::new(locals).into_server());
     let stores: HashMap<_, _> = local_caches
         .stores()
         .chain(layouts.stores())
@@ -159,4 +183,32 @@ fn ssh_sources(agents: &[SshAgent]) -> HashMap<String, SshSource> {
             (a.id.clone(), source)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod shared_key_tests {
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
+
+    #[test]
+    fn the_shared_key_tells_local_dir_sets_apart() {
+        let t = tempfile::tempdir().unwrap();
+        let (a, b) = (t.path().join("a"), t.path().join("b"));
+        std::fs::create_dir_all(&a).unwrap();
+        std::fs::create_dir_all(&b).unwrap();
+        let set = |dirs: &[(&str, PathBuf)]| -> BTreeMap<String, PathBuf> {
+            dirs.iter()
+                .map(|(n, d)| (n.to_string(), d.clone()))
+                .collect()
+        };
+        let k = super::shared_key(&set(&[("context", a.clone())]));
+        assert_eq!(k.len(), 24);
+        assert_eq!(k, super::shared_key(&set(&[("context", a.join("../a"))])));
+        assert_ne!(k, super::shared_key(&set(&[("context", b.clone())])));
+        assert_ne!(k, super::shared_key(&set(&[("src", a.clone())])));
+        assert_ne!(
+            k,
+            super::shared_key(&set(&[("context", a.clone()), ("dockerfile", b)]))
+        );
+    }
 }
