@@ -6,6 +6,7 @@
 //! leaves BENCHMARKS.md alone.
 //!
 //! The modules: `world` (contexts, dirs, the three ways to build), `cases` (what is measured),
+//! `pool` (a pool of daemons, sticky routing beside random),
 //! `procs` (children, waited for with a pidfd and reaped with their rusage), `cleanup` (the guard
 //! and clearing dirs, mounts included), `parse` (what the tools print), `stats` (medians) and
 //! `report` (the Markdown).
@@ -13,6 +14,7 @@
 mod cases;
 mod cleanup;
 mod parse;
+mod pool;
 mod procs;
 mod report;
 mod stats;
@@ -95,16 +97,22 @@ fn run() -> Result<()> {
     .context("cannot mount a tmpfs for the state dirs")?;
     guard.mounted = Some(w.fast.clone());
 
-    eprintln!("compare: generating contexts in {}", work.display());
-    w.generate()?;
-    // Written back now, not as disk traffic during the first measured runs.
-    nix::unistd::sync();
-    eprintln!("compare: warming the cache");
-    for ctx in [&w.tiny, &w.small, &w.big] {
-        w.bkrun_build(&w.warm, &w.args(ctx, None), false)?;
-        stopped()?;
+    // The big contexts and the warm cache serve the daemonless and client cases only.
+    if ["cached", "ready", "cold", "export", "client"]
+        .iter()
+        .any(|c| want(c))
+    {
+        eprintln!("compare: generating contexts in {}", work.display());
+        w.generate()?;
+        // Written back now, not as disk traffic during the first measured runs.
+        nix::unistd::sync();
+        eprintln!("compare: warming the cache");
+        for ctx in [&w.tiny, &w.small, &w.big] {
+            w.bkrun_build(&w.warm, &w.args(ctx, None), false)?;
+            stopped()?;
+        }
+        w.anchor(&w.warm, &w.args(&w.tiny, None))?;
     }
-    w.anchor(&w.warm, &w.args(&w.tiny, None))?;
 
     let mut rows = Vec::new();
     if want("cached") {
@@ -129,6 +137,9 @@ fn run() -> Result<()> {
         eprintln!("compare: clients against one warm daemon");
         rows.extend(case_client(&w, rounds, big_rounds)?);
     }
+    if want("pool") {
+        rows.extend(pool::case_pool(&w)?);
+    }
     if want("size") {
         rows.push(case_size()?);
     }
@@ -151,7 +162,7 @@ fn run() -> Result<()> {
     Ok(())
 }
 
-/// Whether BENCH_CASES (a comma-separated subset of cached,ready,cold,export,client,size; all when
+/// Whether BENCH_CASES (a comma-separated subset of cached,ready,cold,export,client,pool,size; all when
 /// unset) asks for `case`: for working on one case without waiting for the others.
 fn want(case: &str) -> bool {
     std::env::var("BENCH_CASES").map_or(true, |v| v.split(',').any(|c| c.trim() == case))

@@ -177,7 +177,13 @@ pub fn document(table: &str, rounds: usize, big_rounds: usize, took: Duration) -
          (\"k of n failed\", \"k of n hung\") and left out of the medians: buildctl's local export of many \
          files can deadlock (moby/buildkit#2950).\n\
          - Client RSS and CPU time come from wait4's rusage of the client process alone, against one \
-         `bkrun daemon`; the context's mtimes are touched before every run so it is transferred again.\n",
+         `bkrun daemon`; the context's mtimes are touched before every run so it is transferred again.\n\
+         - **pool**: three `bkrun daemon`s on fresh state dirs (plaintext loopback listeners), six small \
+         projects built four times each in turn, one build at a time, through one `--addr` list. Sticky: \
+         bkrun's own route key (the project's context); random: a seeded random `--route-key` per build, \
+         the same path through bkrun with another daemon choice. Each pass starts on cold daemons. A step \
+         counts as a hit when plain progress prints `#N CACHED` for it; the slow step is a `RUN` of 1 s \
+         after the project's files are copied in.\n",
     );
     Ok(s)
 }
