@@ -2,9 +2,10 @@
 //!
 //! buildkitd marks leases it holds only while a ref is in use (a mounted view, an export) with
 //! the label `buildkit/lease.temporary` and deletes them all when its worker next starts; an
-//! ephemeral daemon never starts again on that node, so bkrun does it. Only leases created since
-//! this daemon started are touched: an older one may belong to another buildkitd on the
-//! namespace. (buildkitd's own start-up sweep is wider than this.)
+//! ephemeral daemon never starts again on that node, so bkrun does it. Only this daemon's leases
+//! are touched, since another buildkitd on the namespace may be using its own: one created since
+//! this daemon started whose cache record (the ID before `-view`) is in this state dir's
+//! metadata database. (buildkitd's own start-up sweep removes every temporary lease.)
 
 use std::path::Path;
 use std::time::{Duration, SystemTime};
@@ -23,9 +24,16 @@ const TEMPORARY: &str = "buildkit/lease.temporary";
 /// How long teardown gives containerd: it answers in milliseconds when it is there at all.
 const LIMIT: Duration = Duration::from_secs(5);
 
-/// Deletes the temporary leases in `namespace` created at or after `since`; returns how many.
-pub async fn remove_temporary(socket: &Path, namespace: &str, since: SystemTime) -> Result<usize> {
-    tokio::time::timeout(LIMIT, remove(socket, namespace, since))
+/// Deletes this daemon's temporary leases in `namespace`: created at or after `since`, for a
+/// record of the state dir `state_dir`. Returns how many.
+pub async fn remove_temporary(
+    socket: &Path,
+    namespace: &str,
+    since: SystemTime,
+    state_dir: &Path,
+) -> Result<usize> {
+    let records = metadata_bytes(state_dir);
+    tokio::time::timeout(LIMIT, remove(socket, namespace, since, &records))
         .await
         .with_context(|| {
             format!(
@@ -35,7 +43,30 @@ pub async fn remove_temporary(socket: &Path, namespace: &str, since: SystemTime)
         })?
 }
 
-async fn remove(socket: &Path, namespace: &str, since: SystemTime) -> Result<usize> {
+/// The bytes of the containerd worker's metadata databases (`containerd-SNAPSHOTTER/
+/// metadata_v2.db`): a bolt file whose bucket names are the record IDs.
+fn metadata_bytes(state_dir: &Path) -> Vec<u8> {
+    let mut all = Vec::new();
+    for entry in std::fs::read_dir(state_dir).into_iter().flatten().flatten() {
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with("containerd-")
+        {
+            if let Ok(b) = std::fs::read(entry.path().join("metadata_v2.db")) {
+                all.extend(b);
+            }
+        }
+    }
+    all
+}
+
+async fn remove(
+    socket: &Path,
+    namespace: &str,
+    since: SystemTime,
+    records: &[u8],
+) -> Result<usize> {
     let path = socket.to_path_buf();
     let channel = Endpoint::from_static("http://containerd.invalid")
         .connect_with_connector(tower::service_fn(move |_: Uri| {
@@ -61,7 +92,7 @@ async fn remove(socket: &Path, namespace: &str, since: SystemTime) -> Result<usi
         .into_inner()
         .leases;
     let mut removed = 0;
-    for lease in listed.iter().filter(|l| is_ours(l, since)) {
+    for lease in listed.iter().filter(|l| is_ours(l, since, records)) {
         client
             .delete(in_namespace(
                 namespace,
@@ -86,15 +117,21 @@ fn in_namespace<T>(namespace: &str, msg: T) -> tonic::Request<T> {
     r
 }
 
-/// A temporary lease made since `since` (the filter already asked for the label; checked
-/// again so a containerd that ignores filters cannot make bkrun delete the cache).
-fn is_ours(lease: &Lease, since: SystemTime) -> bool {
+/// A temporary lease made since `since` for a record in `records` (the filter already asked for
+/// the label; checked again so a containerd that ignores filters cannot make bkrun delete the
+/// cache).
+fn is_ours(lease: &Lease, since: SystemTime, records: &[u8]) -> bool {
+    let record = lease.id.strip_suffix("-view").unwrap_or(&lease.id);
+    let known = !record.is_empty()
+        && records
+            .windows(record.len())
+            .any(|w| w == record.as_bytes());
     let created = lease.created_at.as_ref().and_then(|t| {
         let secs = u64::try_from(t.seconds).ok()?;
         let nanos = u32::try_from(t.nanos).ok()?;
         Some(SystemTime::UNIX_EPOCH + Duration::new(secs, nanos))
     });
-    lease.labels.contains_key(TEMPORARY) && created.is_some_and(|c| c >= since)
+    known && lease.labels.contains_key(TEMPORARY) && created.is_some_and(|c| c >= since)
 }
 
 #[cfg(test)]
@@ -119,12 +156,20 @@ mod tests {
     #[test]
     fn only_temporary_leases_made_since_the_daemon_started_are_ours() {
         let since = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
-        assert!(is_ours(&lease(true, 1000), since));
-        assert!(is_ours(&lease(true, 2000), since));
-        assert!(!is_ours(&lease(true, 999), since), "another daemon's");
-        assert!(!is_ours(&lease(false, 2000), since), "the cache");
+        let db = b"..bucket l1 ..";
+        assert!(is_ours(&lease(true, 1000), since, db));
+        assert!(is_ours(&lease(true, 2000), since, db));
+        assert!(
+            !is_ours(&lease(true, 999), since, db),
+            "older: another daemon's"
+        );
+        assert!(
+            !is_ours(&lease(true, 2000), since, b"..bucket l2 .."),
+            "not a record of this state dir"
+        );
+        assert!(!is_ours(&lease(false, 2000), since, db), "the cache");
         let mut no_time = lease(true, 2000);
         no_time.created_at = None;
-        assert!(!is_ours(&no_time, since));
+        assert!(!is_ours(&no_time, since, db));
     }
 }

@@ -49,7 +49,7 @@ pub struct Daemon {
     pub swept: Swept,
     /// With the containerd worker: its socket and namespace, and when the daemon was spawned,
     /// for removing the temporary leases it leaves there.
-    containerd: Option<(PathBuf, String, std::time::SystemTime)>,
+    containerd: Option<(PathBuf, String, std::time::SystemTime, PathBuf)>,
 }
 
 impl Daemon {
@@ -117,6 +117,7 @@ impl Daemon {
                 address.clone(),
                 namespace.clone(),
                 std::time::SystemTime::now(),
+                plan.paths.state_dir.clone(),
             )),
             Worker::Oci => None,
         };
@@ -200,13 +201,13 @@ impl Daemon {
     /// With the containerd worker, once the daemon is gone: its temporary leases would pin
     /// snapshots in the node's containerd after the pod is gone (see leases.rs).
     async fn remove_temporary_leases(&self) {
-        let Some((socket, namespace, since)) = &self.containerd else {
+        let Some((socket, namespace, since, state_dir)) = &self.containerd else {
             return;
         };
         if !self.served {
             return;
         }
-        if let Err(e) = leases::remove_temporary(socket, namespace, *since).await {
+        if let Err(e) = leases::remove_temporary(socket, namespace, *since, state_dir).await {
             crate::say!("bkrun: warning: the temporary leases buildkitd left in containerd's namespace {namespace} were not removed ({e:#}); they keep their snapshots until a buildkitd starts on that namespace again, or `ctr -n {namespace} leases rm` removes them");
         }
     }
