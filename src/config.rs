@@ -385,6 +385,13 @@ impl Settings {
                 {
                     bail!("--containerd-address, --containerd-namespace and --containerd-shared-dir need --worker containerd: add it, or drop them");
                 }
+                // The file's own keys contradict it unless a flag chose the worker for this run.
+                let in_file = file.containerd_address.is_some()
+                    || file.containerd_namespace.is_some()
+                    || file.containerd_shared_dir.is_some();
+                if in_file && args.worker.is_none() {
+                    bail!("bkrun.toml sets containerd_address, containerd_namespace or containerd_shared_dir, but its worker is oci: add worker = \"containerd\" to it, or drop those keys");
+                }
                 Worker::Oci
             }
         };
@@ -679,6 +686,35 @@ mod tests {
         assert!(why.unwrap().contains("uses addr in bkrun.toml"));
         let one = parse_config("addr = \"tcp://b:1\"").unwrap();
         assert_eq!(one.addr, Some(AddrList::One("tcp://b:1".into())));
+    }
+
+    #[test]
+    fn containerd_keys_in_a_file_whose_worker_is_oci_are_refused_unless_a_flag_chose() {
+        let dir = tempfile::tempdir().unwrap();
+        let load = |text: &str, worker| {
+            let path = dir.path().join("bkrun.toml");
+            std::fs::write(&path, text).unwrap();
+            let args = GlobalArgs {
+                config: Some(path),
+                worker,
+                ..Default::default()
+            };
+            Settings::load(&args, &FakeHost::root()).map(|s| s.worker)
+        };
+        let e = load("containerd_shared_dir = \"/srv/x\"\n", None).unwrap_err();
+        assert!(e.to_string().contains("add worker = \"containerd\""), "{e}");
+        assert_eq!(
+            load("containerd_shared_dir = \"/srv/x\"\n", Some(WorkerArg::Oci)).unwrap(),
+            Worker::Oci
+        );
+        let w = load(
+            "worker = \"containerd\"\ncontainerd_shared_dir = \"/srv/x\"\n",
+            None,
+        )
+        .unwrap();
+        assert!(
+            matches!(w, Worker::Containerd { shared_dir: Some(d), .. } if d == Path::new("/srv/x"))
+        );
     }
 
     #[test]

@@ -130,9 +130,9 @@ impl Daemons {
 /// step has its own cache key; busybox as a named context gives the RUN steps a shell.
 ///
 /// The file names carry the project: a daemon keeps one snapshot of the local source `context`
-/// for a session's shared key, which buildctl (and bkrun) leave empty, and brings it up to date
-/// by name, size and mtime; files written within one clock tick under the same names and sizes
-/// would look unchanged, and a build of one project would get another's files.
+/// per session shared key, which buildctl leaves empty (bkrun now derives one from the context's
+/// path), and brings it up to date by name, size and mtime; files written within one clock tick
+/// under the same names and sizes would look unchanged to a buildctl-driven comparison.
 fn projects(w: &World) -> Result<(Vec<PathBuf>, PathBuf)> {
     let root = w.work.join("pool");
     let bb = root.join("busybox");

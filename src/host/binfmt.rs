@@ -26,11 +26,14 @@ impl Handler {
     }
 
     /// Why a build cannot use it, or None when it can.
-    pub fn unusable(&self) -> Option<&'static str> {
+    pub fn unusable(&self) -> Option<String> {
         if !self.enabled {
-            Some("disabled")
+            Some(format!(
+                "disabled: enable it on the node with `echo 1 > /proc/sys/fs/binfmt_misc/{}`",
+                self.name
+            ))
         } else if !self.fix_binary() {
-            Some("registered without the F (fix-binary) flag, so its interpreter would have to exist inside every build container; register it again with F")
+            Some("registered without the F (fix-binary) flag, so its interpreter would have to exist inside every build container; register it again with F".into())
         } else {
             None
         }
@@ -222,7 +225,7 @@ mod tests {
         let s390x = "disabled\ninterpreter /usr/bin/qemu-s390x-static\nflags: F\noffset 0\nmagic 7f454c46020201000000000000000000000200160000\n";
         let h = parse("qemu-s390x", s390x);
         assert_eq!(h.platform, Some("linux/s390x"));
-        assert_eq!(h.unusable(), Some("disabled"));
+        assert!(h.unusable().unwrap().starts_with("disabled: enable it"));
     }
 
     #[test]
@@ -233,6 +236,8 @@ mod tests {
         assert_eq!(parse("odd", &shifted).platform, None);
     }
 
+    // linux/arm64 is a foreign platform only on an x86_64 machine, the one bkrun is built for.
+    #[cfg(target_arch = "x86_64")]
     #[test]
     fn only_platforms_whose_emulator_is_unusable_are_named() {
         let without_f = AARCH64.replace("flags: POCF", "flags: PO");

@@ -93,6 +93,11 @@ fn expand_one(item: &str) -> Result<Vec<String>> {
         0
     };
     let tails = expand_one(rest)?;
+    // Checked before the product is built: ranges in a row multiply.
+    let total = (hi - lo + 1) as usize * tails.len();
+    if total > MAX_ADDRESSES {
+        bail!("the address {item:?} names {total} daemons: more than {MAX_ADDRESSES}; check the ranges");
+    }
     let mut out = Vec::new();
     for n in lo..=hi {
         for tail in &tails {
@@ -112,6 +117,12 @@ mod tests {
 
     fn err(values: &[&str]) -> String {
         format!("{:#}", expand(values).unwrap_err())
+    }
+
+    #[test]
+    fn ranges_in_a_row_are_bounded_before_they_are_built() {
+        let e = err(&["tcp://h{0..255}{0..255}{0..255}{0..255}:1"]);
+        assert!(e.contains("more than 256"), "{e}");
     }
 
     #[test]
