@@ -88,12 +88,43 @@ pub struct Options {
     pub socket_dir: String,
 }
 
+/// The global flags that say how this machine runs or reaches a daemon mean nothing for the
+/// pods `bkrun kube` prints: refused by name rather than dropped, with what to use instead.
+fn refuse_local_globals(g: &GlobalArgs) -> Result<()> {
+    if matches!(g.mode, Some(m) if m != crate::daemon::mode::ModeArg::Auto) {
+        bail!("--mode (or BKRUN_MODE) chooses this machine's daemon mode, not the pods': use --rootless for rootless daemons, or unset BKRUN_MODE");
+    }
+    let set = [
+        ("--root", g.root.is_some()),
+        ("--ready-timeout", g.ready_timeout.is_some()),
+        ("--lock-timeout", g.lock_timeout.is_some()),
+        ("--worker", g.worker.is_some()),
+        ("--containerd-address", g.containerd_address.is_some()),
+        ("--containerd-namespace", g.containerd_namespace.is_some()),
+        ("--containerd-shared-dir", g.containerd_shared_dir.is_some()),
+        ("--addr", !g.addr.is_empty()),
+        ("--tlscacert", g.tlscacert.is_some()),
+        ("--tlscert", g.tlscert.is_some()),
+        ("--tlskey", g.tlskey.is_some()),
+        ("--tlsservername", g.tlsservername.is_some()),
+        ("--tlsdir", g.tlsdir.is_some()),
+        ("--timeout", g.timeout.is_some()),
+        ("--wait", g.wait),
+        ("--connect-retry", g.connect_retry.is_some()),
+    ];
+    if let Some((flag, _)) = set.iter().find(|(_, on)| *on) {
+        bail!("{flag} is about this machine's daemon or connection, not the pool's pods: drop it (the daemons' settings go in --bkrun-config FILE and --buildkitd-flags; their TLS comes from --tls-secret)");
+    }
+    Ok(())
+}
+
 impl Options {
     /// Checks every flag and reads the files they name.
     pub fn from_args(a: &KubeArgs, g: &GlobalArgs) -> Result<Options> {
         if g.config.is_some() {
             bail!("--config names the bkrun.toml this bkrun reads: to ship one to the daemons, give --bkrun-config FILE");
         }
+        refuse_local_globals(g)?;
         let limit = if a.kind == KubeKind::Statefulset {
             // A StatefulSet's pods carry a controller-revision-hash label of NAME-<10 characters>,
             // and a label value is at most 63 characters.

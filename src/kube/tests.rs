@@ -757,3 +757,24 @@ fn reserved_and_malformed_keys_are_refused_by_name() {
     assert!(Cli::try_parse_from(["bkrun", "kube", "--kind", "daemonset"]).is_err());
     assert!(Cli::try_parse_from(["bkrun", "kube", "--storage-class", "x"]).is_err());
 }
+
+#[test]
+fn flags_about_this_machines_daemon_are_refused_by_name() {
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+    for (argv, flag) in [
+        (
+            &["bkrun", "--root", "/x", "kube"][..],
+            "--root is about this machine's daemon",
+        ),
+        (&["bkrun", "kube", "--addr", "tcp://b:1"], "--addr is about"),
+        (&["bkrun", "kube", "--mode", "rootless"], "use --rootless"),
+    ] {
+        let cli = Cli::try_parse_from(argv).unwrap();
+        let Command::Kube(k) = &cli.command else {
+            panic!("{argv:?}")
+        };
+        let e = Options::from_args(k, &cli.global).unwrap_err().to_string();
+        assert!(e.contains(flag), "{argv:?}: {e}");
+    }
+}
