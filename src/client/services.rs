@@ -61,8 +61,12 @@ impl Services {
 /// (one checkout tick, an archive's stamps) would get the first project's contents, and a
 /// daemon shared by many projects re-sends each context whole whenever the project changes.
 /// buildx keys by the context's name for the same reason; the canonical paths keep two
-/// projects that share a directory name apart.
-fn shared_key(locals: &std::collections::BTreeMap<String, std::path::PathBuf>) -> String {
+/// projects that share a directory name apart, and the project names (`projects`, the git
+/// origin) two that share a path (every Tekton workspace is /workspace/source).
+fn shared_key(
+    locals: &std::collections::BTreeMap<String, std::path::PathBuf>,
+    projects: &std::collections::BTreeMap<String, String>,
+) -> String {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     for (name, dir) in locals {
@@ -70,6 +74,8 @@ fn shared_key(locals: &std::collections::BTreeMap<String, std::path::PathBuf>) -
         h.update(name.as_bytes());
         h.update([0]);
         h.update(dir.as_os_str().as_encoded_bytes());
+        h.update([0]);
+        h.update(projects.get(name).map_or(&[][..], |p| p.as_bytes()));
         h.update([0]);
     }
     let d = h.finalize();
@@ -102,7 +108,7 @@ pub fn build(spec: &BuildSpec, warn: &mut dyn FnMut(String)) -> Result<(Session,
     let local_caches = LocalCaches::prepare(&mut cache_imports, &spec.cache_exports, warn)?;
     let layouts = Layouts::prepare(&spec.oci_layouts, spec.layout_output().as_deref())?;
     let mut session = Session::new("bkrun")
-        .with_shared_key(shared_key(&spec.locals))
+        .with_shared_key(shared_key(&spec.locals, &spec.local_projects))
         .add_service(FileSyncProvider::new(locals).into_server());
     let stores: HashMap<_, _> = local_caches
         .stores()
@@ -201,14 +207,23 @@ mod shared_key_tests {
                 .map(|(n, d)| (n.to_string(), d.clone()))
                 .collect()
         };
-        let k = super::shared_key(&set(&[("context", a.clone())]));
+        let none = BTreeMap::new();
+        let k = super::shared_key(&set(&[("context", a.clone())]), &none);
         assert_eq!(k.len(), 24);
-        assert_eq!(k, super::shared_key(&set(&[("context", a.join("../a"))])));
-        assert_ne!(k, super::shared_key(&set(&[("context", b.clone())])));
-        assert_ne!(k, super::shared_key(&set(&[("src", a.clone())])));
+        assert_eq!(
+            k,
+            super::shared_key(&set(&[("context", a.join("../a"))]), &none)
+        );
+        assert_ne!(k, super::shared_key(&set(&[("context", b.clone())]), &none));
+        assert_ne!(k, super::shared_key(&set(&[("src", a.clone())]), &none));
         assert_ne!(
             k,
-            super::shared_key(&set(&[("context", a.clone()), ("dockerfile", b)]))
+            super::shared_key(&set(&[("context", a.clone()), ("dockerfile", b)]), &none)
         );
+        // One path (every Tekton workspace is /workspace/source), two projects: two keys.
+        let of = |p: &str| BTreeMap::from([("context".to_string(), p.to_string())]);
+        let one = super::shared_key(&set(&[("context", a.clone())]), &of("github.com/o/app"));
+        let two = super::shared_key(&set(&[("context", a.clone())]), &of("github.com/o/web"));
+        assert_ne!(one, two);
     }
 }

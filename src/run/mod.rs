@@ -68,6 +68,12 @@ fn build_job(
             crate::say!("bkrun: {note}");
         }
     }
+    let mut spec = spec;
+    spec.local_projects = spec
+        .locals
+        .iter()
+        .map(|(name, dir)| (name.clone(), routekey::for_dir(&cwd().join(dir))))
+        .collect();
     let quiet = matches!(
         spec.progress.mode,
         progress::Mode::Quiet | progress::Mode::RawJson

@@ -47,6 +47,9 @@ pub struct BuildSpec {
     pub cache_exports: Vec<CacheExport>,
     /// Registry logins, client-side tokens and their TLS trust.
     pub registry: RegistryAuth,
+    /// Which project each local dir is (its git origin and path inside it, as the route key
+    /// names it), filled in by the run layer; enters the session's shared key beside the path.
+    pub local_projects: BTreeMap<String, String>,
 }
 
 impl BuildSpec {
@@ -255,6 +258,7 @@ pub fn resolve(args: &BuildArgs, settings: &Settings, host: &dyn Host) -> Result
         cache_imports,
         cache_exports,
         registry,
+        local_projects: BTreeMap::new(),
     };
     // Last, so a flag's own mistake is named first; still before any daemon exists.
     super::dests::check(&spec, host)?;
