@@ -18,6 +18,7 @@ use crate::mountinfo::Mount;
 /// fields to change. `state_dir` must lie inside `shared` (buildkitd's RUN root filesystems are
 /// mounted below the state dir).
 pub fn check(host: &dyn Host, shared: &Path, state_dir: &Path) -> Result<()> {
+    let (shared, state_dir) = (&lexical(shared), &lexical(state_dir));
     if !state_dir.starts_with(shared) {
         bail!(
             "the state dir {} is not inside --containerd-shared-dir {}: buildkitd mounts the build's root filesystems below the state dir, so containerd must see it too; put the state dir (--root) inside the shared directory",
@@ -29,11 +30,21 @@ pub fn check(host: &dyn Host, shared: &Path, state_dir: &Path) -> Result<()> {
         return Ok(());
     }
     let mounts = host.mounts();
-    let Some(mount) = containing_mount(&mounts, shared) else {
-        return Ok(());
-    };
+    // The state dir may sit on a mount of its own inside the shared dir (an emptyDir at --root):
+    // both must pass.
+    for dir in [shared, state_dir] {
+        if let Some(mount) = containing_mount(&mounts, dir) {
+            check_mount(mount, shared)?;
+        }
+    }
+    Ok(())
+}
+
+/// One mount that holds part of the shared dir, in a container: from the node, at the same
+/// path, shared back to the node.
+fn check_mount(mount: &Mount, shared: &Path) -> Result<()> {
     let fix = format!(
-        "mount a hostPath volume at {0} whose hostPath.path is {0} too, with mountPropagation: Bidirectional (or choose such a directory with --containerd-shared-dir)",
+        "mount a hostPath volume at {0} whose hostPath.path is {0} too, with mountPropagation: Bidirectional, and nothing else below it (or choose such a directory with --containerd-shared-dir)",
         shared.display()
     );
     if mount.mount_point == Path::new("/") {
@@ -61,6 +72,23 @@ pub fn check(host: &dyn Host, shared: &Path, state_dir: &Path) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `p` with `.` and `..` resolved by name (the directories may not exist yet), so
+/// `/srv/x/../shared` is judged as `/srv/shared`.
+fn lexical(p: &Path) -> std::path::PathBuf {
+    use std::path::Component;
+    let mut out = std::path::PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 /// Whether this process runs in a container rather than on the node itself: the variable the
@@ -194,6 +222,36 @@ mod tests {
             mount(STATE, STATE, &[], "ext4"),
         ]);
         assert!(err(&h, STATE, STATE).contains("is not a shared mount"));
+    }
+
+    #[test]
+    fn an_emptydir_at_the_state_dir_inside_a_good_shared_dir_is_refused() {
+        let shared = "/var/lib/bkrun-containerd";
+        let state = "/var/lib/bkrun-containerd/buildkit";
+        let h = pod(vec![
+            mount(shared, shared, &["shared:7"], "ext4"),
+            mount(
+                "/var/lib/kubelet/pods/u1/volumes/kubernetes.io~empty-dir/c",
+                state,
+                &[],
+                "ext4",
+            ),
+        ]);
+        let e = err(&h, shared, state);
+        assert!(
+            e.starts_with("/var/lib/bkrun-containerd/buildkit is mounted from /var/lib/kubelet"),
+            "{e}"
+        );
+        // Dots are resolved by name before anything is compared.
+        let h = pod(vec![mount(shared, shared, &["shared:7"], "ext4")]);
+        check(
+            &h,
+            Path::new("/var/lib/x/../bkrun-containerd"),
+            Path::new(state),
+        )
+        .unwrap();
+        let e = err(&h, shared, "/var/lib/bkrun-containerd/../buildkit");
+        assert!(e.contains("is not inside --containerd-shared-dir"), "{e}");
     }
 
     #[test]

@@ -101,10 +101,18 @@ impl Containerd {
         );
     }
 
-    /// Stops containerd (SIGTERM, then its exit).
-    pub fn stop(mut self) {
+    /// Stops containerd (SIGTERM, then its exit); dropping it does the same, so a failed
+    /// assertion leaves no containerd behind.
+    pub fn stop(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
         let _ = stop_with_sigterm(&mut self.child);
-        let mut users = RUN_DIR_USERS.lock().unwrap();
+        // Poisoned by another test's panic is still a count.
+        let mut users = RUN_DIR_USERS.lock().unwrap_or_else(|e| e.into_inner());
         users.0 -= 1;
         if users.0 == 0 && users.1 {
             let _ = fs::remove_dir_all(RUN_DIR);
