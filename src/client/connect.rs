@@ -199,13 +199,7 @@ fn client_config(files: &TlsFiles) -> Result<ClientConfig> {
 
 /// Connects to `t`, retrying refused and timed-out connections until `t.retry_for` has passed.
 pub async fn connect_target(t: &Target) -> Result<Channel> {
-    let addr = parse_addr(&t.addr)?;
-    let tls = match (&addr, &t.tls) {
-        (Address::Tcp { .. }, Some(files)) if !files.is_empty() => {
-            Some((Arc::new(client_config(files)?), files.clone()))
-        }
-        _ => None,
-    };
+    let (addr, tls) = prepare(t)?;
     let started = Instant::now();
     let mut delay = Duration::from_millis(100);
     loop {
@@ -246,14 +240,23 @@ pub async fn try_once(t: &Target) -> Result<Channel, Failure> {
         retryable: false,
         explained: format!("{e:#}"),
     };
-    let addr = parse_addr(&t.addr).map_err(fail)?;
+    let (addr, tls) = prepare(t).map_err(fail)?;
+    dial(&addr, tls, &t.addr).await
+}
+
+/// A TLS client configuration and the files it was read from (named in errors).
+type Tls = (Arc<ClientConfig>, TlsFiles);
+
+/// `t`'s address parsed, and its TLS configuration read (tcp:// with TLS files only).
+fn prepare(t: &Target) -> Result<(Address, Option<Tls>)> {
+    let addr = parse_addr(&t.addr)?;
     let tls = match (&addr, &t.tls) {
         (Address::Tcp { .. }, Some(files)) if !files.is_empty() => {
-            Some((Arc::new(client_config(files).map_err(fail)?), files.clone()))
+            Some((Arc::new(client_config(files)?), files.clone()))
         }
         _ => None,
     };
-    dial(&addr, tls, &t.addr).await
+    Ok((addr, tls))
 }
 
 /// Why a connection failed, in one line, and whether trying again later may help (refused,
