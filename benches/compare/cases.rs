@@ -8,10 +8,10 @@ use anyhow::{bail, Context, Result};
 use nix::sys::signal::Signal;
 
 use crate::cleanup::clear;
-use crate::parse::{debug_ms, ms, rate};
+use crate::parse::{debug_ms, ms, rate, took};
 use crate::procs::{run_logged, signal, spawn, wait_for_line};
 use crate::report::{ratio_row, Row};
-use crate::stats::{fmt, Series, Unit};
+use crate::stats::{bootstrap_ratio, fmt, median, Series, Unit};
 use crate::world::World;
 use crate::{stopped, which, BKRUN};
 
@@ -36,7 +36,8 @@ fn interleave(
 const ANCHOR: &str = "anchor (buildctl-daemonless.sh algorithm)";
 
 /// A trivial, fully cached build, end to end, on one warm state dir.
-pub fn case_cached(w: &World, rounds: usize) -> Result<Vec<Row>> {
+/// Also returns the anchor's median, for the floor's share of it.
+pub fn case_cached(w: &World, rounds: usize) -> Result<(Vec<Row>, Option<f64>)> {
     let args = w.args(&w.tiny, None);
     let (mut ours, mut theirs, mut linger) =
         (Series::default(), Series::default(), Series::default());
@@ -59,15 +60,20 @@ pub fn case_cached(w: &World, rounds: usize) -> Result<Vec<Row>> {
         )?;
     }
     let n = rounds;
-    Ok(vec![
-        ratio_row(
-            format!("cached trivial build, daemonless, wall (n={n})"),
-            &ours,
-            ANCHOR,
-            &theirs,
-            Unit::Ms,
-            Some(("≤ 0.5×", |r| r <= 0.5)),
-        ),
+    let mut headline = ratio_row(
+        format!("cached trivial build, daemonless, wall (n={n})"),
+        &ours,
+        ANCHOR,
+        &theirs,
+        Unit::Ms,
+        Some(("≤ 0.5×", |r| r <= 0.5)),
+    );
+    headline.bkrun = format!("{} {}", headline.bkrun, ours.iqr());
+    headline.other = format!("{} {}", headline.other, theirs.iqr());
+    headline.ratio = format!("{} {}", headline.ratio, stability(&ours, &theirs));
+    let anchor = theirs.median();
+    let rows = vec![
+        headline,
         Row {
             measure: format!("… the anchor's killed buildkitd lingers after its exit (n={n})"),
             bkrun: "0 (waits)".into(),
@@ -77,7 +83,30 @@ pub fn case_cached(w: &World, rounds: usize) -> Result<Vec<Row>> {
             target: String::new(),
             met: String::new(),
         },
-    ])
+    ];
+    Ok((rows, anchor))
+}
+
+/// How stable a ratio of medians is: its 95% bootstrap interval, and the ratio of each half of
+/// the rounds on its own (two shorter runs of the same bench, taken side by side).
+fn stability(ours: &Series, theirs: &Series) -> String {
+    let (a, b) = (ours.values(), theirs.values());
+    let ci = bootstrap_ratio(a, b)
+        .map(|(lo, hi)| format!("95% CI {lo:.2}–{hi:.2}"))
+        .unwrap_or_default();
+    let half = |lo: usize, hi: usize| -> Option<f64> {
+        let (a, b) = (
+            &a[lo.min(a.len())..hi.min(a.len())],
+            &b[lo.min(b.len())..hi.min(b.len())],
+        );
+        Some(median(a)? / median(b)?)
+    };
+    let n = a.len().max(b.len());
+    match (half(0, n / 2), half(n / 2, n)) {
+        (Some(x), Some(y)) => format!("({ci}; halves {x:.2}× / {y:.2}×)"),
+        _ if !ci.is_empty() => format!("({ci})"),
+        _ => String::new(),
+    }
 }
 
 /// Spawn→ready three ways, and teardown after the build's result.
@@ -255,11 +284,15 @@ pub fn case_export(w: &World, ctx: &Path, label: &str, rounds: usize) -> Result<
     ])
 }
 
-/// Sets every file's mtime under `dir` to `t`, so the daemon sees changed files and re-transfers them.
+/// Sets every file's mtime under `dir` to `t`, so the daemon sees changed files and re-transfers
+/// them; node_modules, which the monorepo's .dockerignore excludes, is left alone.
 fn touch_tree(dir: &Path, t: SystemTime) -> Result<()> {
     for e in fs::read_dir(dir)? {
         let e = e?;
         let p = e.path();
+        if e.file_name() == "node_modules" {
+            continue;
+        }
         if e.file_type()?.is_dir() {
             touch_tree(&p, t)?;
         } else {
@@ -269,98 +302,15 @@ fn touch_tree(dir: &Path, t: SystemTime) -> Result<()> {
     Ok(())
 }
 
-/// The client side alone: bkrun --addr vs buildctl --addr against one warm `bkrun daemon`, each run
-/// after a fresh touch of the context; peak RSS and CPU time from wait4's rusage.
-pub fn case_client(w: &World, rounds: usize, big_rounds: usize) -> Result<Vec<Row>> {
+/// Runs `f` against one warm `bkrun daemon` on the warm state dir, then stops it.
+fn with_daemon(w: &World, f: impl FnOnce(&str) -> Result<Vec<Row>>) -> Result<Vec<Row>> {
     let mut d = w.bkrun();
     d.arg("--root").arg(&w.warm).arg("daemon");
     let stdout = File::create(w.work.join("daemon.out"))?;
     d.stdout(stdout)
         .stderr(File::create(w.work.join("daemon.err"))?);
     let daemon = spawn(&mut d)?;
-    let result: Result<Vec<Row>> = (|| {
-        let addr = wait_for_line(&w.work.join("daemon.out"), &daemon)?;
-        let mut rows = Vec::new();
-        let mut stamp = SystemTime::now();
-        for (ctx, label, n) in [
-            (&w.small, "20,000 × 4 KiB", rounds),
-            (&w.big, "1 GiB file", big_rounds),
-        ] {
-            let args = w.args(ctx, None);
-            let mut s: [Series; 8] = Default::default();
-            let [o_rss, o_cpu, o_wall, o_rate, b_rss, b_cpu, b_wall, b_rate] = &mut s;
-            let mut client = |bkrun: bool| -> Result<()> {
-                stamp += Duration::from_secs(1);
-                touch_tree(ctx, stamp)?;
-                let mut c = if bkrun {
-                    let mut c = w.bkrun();
-                    c.arg(format!("--addr={addr}")).arg("build");
-                    c
-                } else {
-                    let mut c = w.command("buildctl");
-                    c.arg(format!("--addr={addr}")).arg("build");
-                    c
-                };
-                c.args(&args);
-                let (rss, cpu, wall, rt) = if bkrun {
-                    (&mut *o_rss, &mut *o_cpu, &mut *o_wall, &mut *o_rate)
-                } else {
-                    (&mut *b_rss, &mut *b_cpu, &mut *b_wall, &mut *b_rate)
-                };
-                let Some(run) = rss.survive(run_logged(&mut c, &w.work.join("client.log")))? else {
-                    return Ok(());
-                };
-                rss.push(run.exit.maxrss_kib / 1024.0);
-                cpu.push(ms(run.exit.cpu));
-                wall.push(run.wall.as_secs_f64());
-                rt.push_opt(rate(&run.stderr, "transferring context"));
-                Ok(())
-            };
-            for r in 0..n {
-                stopped()?;
-                if r % 2 == 0 {
-                    client(true)?;
-                    client(false)?;
-                } else {
-                    client(false)?;
-                    client(true)?;
-                }
-            }
-            rows.push(ratio_row(
-                format!("client peak RSS, {label} context, warm daemon (n={n})"),
-                o_rss,
-                "buildctl (warm daemon)",
-                b_rss,
-                Unit::MiB,
-                Some(("≤ 0.33×", |r| r <= 1.0 / 3.0)),
-            ));
-            rows.push(ratio_row(
-                format!("client CPU time (user+sys), {label}"),
-                o_cpu,
-                "buildctl (warm daemon)",
-                b_cpu,
-                Unit::Ms,
-                None,
-            ));
-            rows.push(ratio_row(
-                format!("client build wall, {label}"),
-                o_wall,
-                "buildctl (warm daemon)",
-                b_wall,
-                Unit::S,
-                None,
-            ));
-            rows.push(ratio_row(
-                format!("… context transfer rate, {label}, warm daemon"),
-                o_rate,
-                "buildctl (warm daemon)",
-                b_rate,
-                Unit::MBps,
-                None,
-            ));
-        }
-        Ok(rows)
-    })();
+    let result = wait_for_line(&w.work.join("daemon.out"), &daemon).and_then(|addr| f(&addr));
     signal(daemon.pid, Signal::SIGTERM);
     let exit = daemon.wait()?;
     let rows = result?;
@@ -369,6 +319,182 @@ pub fn case_client(w: &World, rounds: usize, big_rounds: usize) -> Result<Vec<Ro
         eprintln!("compare: bkrun daemon ended with {}", exit.describe());
     }
     Ok(rows)
+}
+
+/// A context for the client case: what is sent, the part of it touched between runs, its label,
+/// and whether the RSS target applies.
+struct ClientCtx<'a> {
+    ctx: &'a Path,
+    touched: &'a Path,
+    label: &'a str,
+    rss_target: bool,
+}
+
+/// One context's client runs, bkrun --addr and buildctl --addr alternating, each after a fresh
+/// touch of `touched` (the part of the context that is sent): peak RSS, CPU, wall, transfer.
+fn client_rows(
+    w: &World,
+    addr: &str,
+    c: &ClientCtx,
+    n: usize,
+    stamp: &mut SystemTime,
+) -> Result<Vec<Row>> {
+    let ClientCtx {
+        ctx,
+        touched,
+        label,
+        rss_target,
+    } = *c;
+    let args = w.args(ctx, None);
+    let mut s: [Series; 10] = Default::default();
+    let [o_rss, o_cpu, o_wall, o_rate, o_secs, b_rss, b_cpu, b_wall, b_rate, b_secs] = &mut s;
+    let mut client = |bkrun: bool| -> Result<()> {
+        *stamp += Duration::from_secs(1);
+        touch_tree(touched, *stamp)?;
+        let mut c = if bkrun {
+            let mut c = w.bkrun();
+            c.arg(format!("--addr={addr}")).arg("build");
+            c
+        } else {
+            let mut c = w.command("buildctl");
+            c.arg(format!("--addr={addr}")).arg("build");
+            c
+        };
+        c.args(&args);
+        let (rss, cpu, wall, rt, secs) = if bkrun {
+            (
+                &mut *o_rss,
+                &mut *o_cpu,
+                &mut *o_wall,
+                &mut *o_rate,
+                &mut *o_secs,
+            )
+        } else {
+            (
+                &mut *b_rss,
+                &mut *b_cpu,
+                &mut *b_wall,
+                &mut *b_rate,
+                &mut *b_secs,
+            )
+        };
+        let Some(run) = rss.survive(run_logged(&mut c, &w.work.join("client.log")))? else {
+            return Ok(());
+        };
+        rss.push(run.exit.maxrss_kib / 1024.0);
+        cpu.push(ms(run.exit.cpu));
+        wall.push(run.wall.as_secs_f64());
+        rt.push_opt(rate(&run.stderr, "transferring context"));
+        secs.push_opt(took(&run.stderr, "transferring context"));
+        Ok(())
+    };
+    for r in 0..n {
+        stopped()?;
+        if r % 2 == 0 {
+            client(true)?;
+            client(false)?;
+        } else {
+            client(false)?;
+            client(true)?;
+        }
+    }
+    let other = "buildctl (warm daemon)";
+    let mut rows = vec![
+        ratio_row(
+            format!("client peak RSS, {label} context, warm daemon (n={n})"),
+            o_rss,
+            other,
+            b_rss,
+            Unit::MiB,
+            rss_target.then_some(("≤ 0.33×", |r| r <= 1.0 / 3.0)),
+        ),
+        ratio_row(
+            format!("client CPU time (user+sys), {label}"),
+            o_cpu,
+            other,
+            b_cpu,
+            Unit::Ms,
+            None,
+        ),
+        ratio_row(
+            format!("client build wall, {label}"),
+            o_wall,
+            other,
+            b_wall,
+            Unit::S,
+            None,
+        ),
+    ];
+    // A large context's rate; a small one's time, walk included (0.1 s resolution).
+    if rss_target {
+        rows.push(ratio_row(
+            format!("… context transfer rate, {label}, warm daemon"),
+            o_rate,
+            other,
+            b_rate,
+            Unit::MBps,
+            None,
+        ));
+    } else {
+        rows.push(ratio_row(
+            format!("… `transferring context` time (walk and send), {label}, warm daemon"),
+            o_secs,
+            other,
+            b_secs,
+            Unit::S,
+            None,
+        ));
+    }
+    Ok(rows)
+}
+
+/// The client side alone: bkrun --addr vs buildctl --addr against one warm `bkrun daemon`, each run
+/// after a fresh touch of the context; peak RSS and CPU time from wait4's rusage.
+pub fn case_client(w: &World, rounds: usize, big_rounds: usize) -> Result<Vec<Row>> {
+    with_daemon(w, |addr| {
+        let mut rows = Vec::new();
+        let mut stamp = SystemTime::now();
+        for (ctx, label, n) in [
+            (&w.small, "20,000 × 4 KiB", rounds),
+            (&w.big, "1 GiB file", big_rounds),
+        ] {
+            let c = ClientCtx {
+                ctx,
+                touched: ctx,
+                label,
+                rss_target: true,
+            };
+            rows.extend(client_rows(w, addr, &c, n, &mut stamp)?);
+        }
+        Ok(rows)
+    })
+}
+
+/// The monorepo: 100,000 files in deep directories, most of them in node_modules, which its
+/// .dockerignore excludes; only what is sent is touched between runs.
+pub fn case_mono(w: &World, rounds: usize) -> Result<Vec<Row>> {
+    with_daemon(w, |addr| {
+        let mut stamp = SystemTime::now();
+        let label = "monorepo, 100,000 files, .dockerignore keeps 2,000";
+        // The cache warmed for this context first, as the other client cases' are.
+        let mut c = w.bkrun();
+        c.arg(format!("--addr={addr}"))
+            .arg("build")
+            .args(w.args(&w.mono, None));
+        run_logged(&mut c, &w.work.join("client.log"))?;
+        client_rows(
+            w,
+            addr,
+            &ClientCtx {
+                ctx: &w.mono,
+                touched: &w.mono_kept,
+                label,
+                rss_target: false,
+            },
+            rounds,
+            &mut stamp,
+        )
+    })
 }
 
 /// Whether an ELF file still has a symbol table (SHT_SYMTAB), i.e. is not stripped.

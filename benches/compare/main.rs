@@ -2,17 +2,20 @@
 //!
 //! Needs root (it mounts a tmpfs and runs a privileged buildkitd) and what scripts/setup installs.
 //! BENCH_ROUNDS (default 5) sets the rounds per case; BENCH_ROUNDS_BIG (default min(3, rounds))
-//! the rounds of the 1 GiB cases; BENCH_CASES (e.g. `cold,client`) runs only some cases and then
-//! leaves BENCHMARKS.md alone.
+//! the rounds of the 1 GiB cases, BENCH_ROUNDS_CACHED (default 16 × rounds) those of the cached
+//! trivial build and BENCH_ROUNDS_FLOOR (default 8 × rounds) those of each mode's floor;
+//! BENCH_CASES (e.g. `cold,client`) runs only some cases and then leaves BENCHMARKS.md alone.
 //!
 //! The modules: `world` (contexts, dirs, the three ways to build), `cases` (what is measured),
 //! `pool` (a pool of daemons, sticky routing beside random),
+//! `floor` (buildkitd's own start, build and stop per mode, and bkrun's overhead over them),
 //! `procs` (children, waited for with a pidfd and reaped with their rusage), `cleanup` (the guard
 //! and clearing dirs, mounts included), `parse` (what the tools print), `stats` (medians) and
 //! `report` (the Markdown).
 
 mod cases;
 mod cleanup;
+mod floor;
 mod parse;
 mod pool;
 mod procs;
@@ -21,6 +24,7 @@ mod stats;
 mod world;
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -73,6 +77,9 @@ fn run() -> Result<()> {
     }
     let rounds = env_usize("BENCH_ROUNDS", 5)?.max(1);
     let big_rounds = env_usize("BENCH_ROUNDS_BIG", rounds.min(3))?.max(1);
+    // The headline ratio's rounds are short: enough of them that two runs agree to ±0.05.
+    let cached_rounds = env_usize("BENCH_ROUNDS_CACHED", (rounds * 16).max(10))?.max(2);
+    let floor_rounds = env_usize("BENCH_ROUNDS_FLOOR", (rounds * 8).max(5))?.max(1);
     let started = Instant::now();
 
     // Everything lives under one dir in cargo's target tmp dir; the guard removes it, whatever happens.
@@ -80,6 +87,8 @@ fn run() -> Result<()> {
         .prefix("compare-")
         .tempdir_in(env!("CARGO_TARGET_TMPDIR"))?
         .keep();
+    // The rootless modes' user reads the contexts and runs bkrun from here.
+    fs::set_permissions(&work, fs::Permissions::from_mode(0o755))?;
     let mut guard = Guard {
         work: work.clone(),
         mounted: None,
@@ -97,13 +106,18 @@ fn run() -> Result<()> {
     .context("cannot mount a tmpfs for the state dirs")?;
     guard.mounted = Some(w.fast.clone());
 
-    // The big contexts and the warm cache serve the daemonless and client cases only.
-    if ["cached", "ready", "cold", "export", "client"]
-        .iter()
-        .any(|c| want(c))
+    // The contexts and the warm cache serve the daemonless, floor and client cases only.
+    if [
+        "cached", "ready", "floor", "cold", "export", "client", "mono",
+    ]
+    .iter()
+    .any(|c| want(c))
     {
         eprintln!("compare: generating contexts in {}", work.display());
         w.generate()?;
+        if want("mono") {
+            w.generate_mono()?;
+        }
         // Written back now, not as disk traffic during the first measured runs.
         nix::unistd::sync();
         eprintln!("compare: warming the cache");
@@ -115,13 +129,22 @@ fn run() -> Result<()> {
     }
 
     let mut rows = Vec::new();
+    let mut anchor = None;
     if want("cached") {
-        eprintln!("compare: cached daemonless build ({rounds} rounds)");
-        rows.extend(case_cached(&w, rounds)?);
+        eprintln!("compare: cached daemonless build ({cached_rounds} rounds)");
+        let (r, a) = case_cached(&w, cached_rounds)?;
+        rows.extend(r);
+        anchor = a;
     }
     if want("ready") {
         eprintln!("compare: spawn to ready and teardown ({rounds} rounds)");
         rows.extend(case_ready(&w, rounds)?);
+    }
+    if want("floor") {
+        eprintln!(
+            "compare: buildkitd's floor and bkrun's overhead per mode ({floor_rounds} rounds)"
+        );
+        rows.extend(floor::case_floor(&w, floor_rounds, anchor)?);
     }
     if want("cold") {
         eprintln!("compare: cold builds");
@@ -136,6 +159,10 @@ fn run() -> Result<()> {
     if want("client") {
         eprintln!("compare: clients against one warm daemon");
         rows.extend(case_client(&w, rounds, big_rounds)?);
+    }
+    if want("mono") {
+        eprintln!("compare: the 100,000-file monorepo against one warm daemon");
+        rows.extend(cases::case_mono(&w, rounds)?);
     }
     if want("pool") {
         rows.extend(pool::case_pool(&w)?);
@@ -162,7 +189,7 @@ fn run() -> Result<()> {
     Ok(())
 }
 
-/// Whether BENCH_CASES (a comma-separated subset of cached,ready,cold,export,client,pool,size; all when
+/// Whether BENCH_CASES (a comma-separated subset of cached,ready,floor,cold,export,client,mono,pool,size; all when
 /// unset) asks for `case`: for working on one case without waiting for the others.
 fn want(case: &str) -> bool {
     std::env::var("BENCH_CASES").map_or(true, |v| v.split(',').any(|c| c.trim() == case))

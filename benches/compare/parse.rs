@@ -50,3 +50,8 @@ pub fn rate(stderr: &str, what: &str) -> Option<f64> {
     let (bytes, secs) = status_line(stderr, what)?;
     secs.filter(|s| *s > 0.0).map(|s| bytes / s / 1e6)
 }
+
+/// Seconds from a status line; None when the line is missing or took too little to show any.
+pub fn took(stderr: &str, what: &str) -> Option<f64> {
+    status_line(stderr, what)?.1
+}

@@ -178,6 +178,18 @@ pub fn document(table: &str, rounds: usize, big_rounds: usize, took: Duration) -
          files can deadlock (moby/buildkit#2950).\n\
          - Client RSS and CPU time come from wait4's rusage of the client process alone, against one \
          `bkrun daemon`; the context's mtimes are touched before every run so it is transferred again.\n\
+         - The headline ratio's stability: a 95% bootstrap interval of the ratio of medians (2,000 \
+         resamples of both series), and the ratio of each half of the rounds taken alone, i.e. two \
+         shorter runs side by side.\n\
+         - buildkitd's floor, per mode: a bare buildkitd started with the argv `bkrun config` prints for \
+         that mode (rootlesskit and its flags included; bkrun's own `__nsinit` init taken out), timed from \
+         spawn to its READY=1, then the same cached build on it with `bkrun --addr`, then SIGTERM → exit. \
+         Rootless modes run as the unprivileged user scripts/setup creates. bkrun's overhead is, round by \
+         round, its daemonless wall minus the three parts of a bare daemon run in the same round; the \
+         table shows the median of those differences and their IQR.\n\
+         - The monorepo: 20 packages of 100 sources each, four directories deep, beside a node_modules \
+         of 49 modules × 100 files each (100,000 files in all); its .dockerignore excludes \
+         `**/node_modules`. Only the kept sources are touched between runs.\n\
          - **pool**: three `bkrun daemon`s on fresh state dirs (plaintext loopback listeners), six small \
          projects built four times each in turn, one build at a time, through one `--addr` list. Sticky: \
          bkrun's own route key (the project's context); random: a seeded random `--route-key` per build, \

@@ -61,18 +61,72 @@ impl Series {
         m
     }
     pub fn median(&self) -> Option<f64> {
-        if self.v.is_empty() {
-            return None;
-        }
-        let mut v = self.v.clone();
-        v.sort_by(f64::total_cmp);
-        let n = v.len();
-        Some(if n % 2 == 1 {
-            v[n / 2]
-        } else {
-            (v[n / 2 - 1] + v[n / 2]) / 2.0
-        })
+        median(&self.v)
     }
+    pub fn values(&self) -> &[f64] {
+        &self.v
+    }
+    /// "(IQR lo–hi)": the middle half of the samples, less swayed by one slow run than min–max.
+    pub fn iqr(&self) -> String {
+        match (quantile(&self.v, 0.25), quantile(&self.v, 0.75)) {
+            (Some(lo), Some(hi)) => format!("(IQR {lo:.1}–{hi:.1})"),
+            _ => String::new(),
+        }
+    }
+}
+
+pub fn median(v: &[f64]) -> Option<f64> {
+    quantile(v, 0.5)
+}
+
+/// The `q` quantile, interpolated between the two nearest samples.
+pub fn quantile(v: &[f64], q: f64) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    let pos = q * (v.len() - 1) as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    Some(v[lo] + (v[hi] - v[lo]) * (pos - lo as f64))
+}
+
+/// A 95% bootstrap interval of the median of `v` (2,000 resamples, a fixed seed).
+pub fn bootstrap_median(v: &[f64]) -> Option<(f64, f64)> {
+    let ones = vec![1.0; v.len()];
+    bootstrap_ratio(v, &ones)
+}
+
+/// A 95% bootstrap interval of median(a) ÷ median(b): both resampled with replacement 2,000
+/// times (a fixed seed, so a run is reproducible from its samples), the 2.5th and 97.5th
+/// percentiles of the ratios. Says how far another run of the same length may land.
+pub fn bootstrap_ratio(a: &[f64], b: &[f64]) -> Option<(f64, f64)> {
+    if a.len() < 2 || b.len() < 2 {
+        return None;
+    }
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut next = |n: usize| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        (rng % n as u64) as usize
+    };
+    let mut ratios = Vec::with_capacity(2000);
+    let (mut ra, mut rb) = (vec![0.0; a.len()], vec![0.0; b.len()]);
+    for _ in 0..2000 {
+        for x in ra.iter_mut() {
+            *x = a[next(a.len())];
+        }
+        for x in rb.iter_mut() {
+            *x = b[next(b.len())];
+        }
+        if let (Some(ma), Some(mb)) = (median(&ra), median(&rb)) {
+            if mb > 0.0 {
+                ratios.push(ma / mb);
+            }
+        }
+    }
+    Some((quantile(&ratios, 0.025)?, quantile(&ratios, 0.975)?))
 }
 
 pub enum Unit {

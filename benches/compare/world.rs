@@ -30,6 +30,9 @@ pub struct World {
     pub tiny: PathBuf,
     pub small: PathBuf,
     pub big: PathBuf,
+    /// The monorepo context, and the part of it its .dockerignore keeps.
+    pub mono: PathBuf,
+    pub mono_kept: PathBuf,
     pub tmp: PathBuf,
 }
 
@@ -54,6 +57,8 @@ impl World {
             tiny: work.join("ctx-tiny"),
             small: work.join("ctx-20k"),
             big: work.join("ctx-1g"),
+            mono: work.join("ctx-mono"),
+            mono_kept: work.join("ctx-mono/packages"),
             tmp: work.join("tmp"),
         };
         fs::create_dir_all(&w.tmp)?;
@@ -105,6 +110,32 @@ impl World {
             std::io::Write::write_all(&mut out, &chunk)?;
         }
         std::io::Write::flush(&mut out)?;
+        Ok(())
+    }
+
+    /// A monorepo of 100,000 files: 20 packages, each with 100 sources four directories deep and
+    /// a node_modules of 49 modules × 100 files, which `**/node_modules` in .dockerignore
+    /// excludes (98% of the files).
+    pub fn generate_mono(&self) -> Result<()> {
+        fs::create_dir_all(&self.mono)?;
+        fs::write(self.mono.join(".dockerignore"), "**/node_modules\n")?;
+        let src = vec![b'x'; 1024];
+        let module = vec![b'y'; 512];
+        for p in 0..20 {
+            let pkg = self.mono_kept.join(format!("p{p:02}"));
+            let dir = pkg.join("src/a/b/c");
+            fs::create_dir_all(&dir)?;
+            for f in 0..100 {
+                fs::write(dir.join(format!("f{f:03}.ts")), &src)?;
+            }
+            for m in 0..49 {
+                let dir = pkg.join(format!("node_modules/m{m:02}/lib/x/y"));
+                fs::create_dir_all(&dir)?;
+                for f in 0..100 {
+                    fs::write(dir.join(format!("f{f:03}.js")), &module)?;
+                }
+            }
+        }
         Ok(())
     }
 

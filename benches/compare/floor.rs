@@ -1,0 +1,305 @@
+//! buildkitd's own floor in each mode (spawn → READY=1, a build on the warm daemon, SIGTERM → exit) and bkrun's daemonless build over it: the overhead bkrun adds.
+//!
+//! The bare daemon is started with the argv `bkrun config` prints for the mode, less bkrun's own
+//! init (`bkrun __nsinit … --`), which is part of what bkrun adds; rootless modes run as the
+//! unprivileged user scripts/setup creates, under rootlesskit, as bkrun runs them.
+
+use std::fs::{self, File};
+use std::os::unix::fs::{chown, PermissionsExt};
+use std::os::unix::net::UnixDatagram;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use nix::sys::signal::Signal;
+
+use crate::cleanup::clear;
+use crate::parse::ms;
+use crate::procs::{run_logged, signal, spawn};
+use crate::report::Row;
+use crate::stats::{bootstrap_median, fmt, median, quantile, Series, Unit};
+use crate::world::World;
+use crate::{stopped, BKRUN};
+
+/// The unprivileged user of the rootless modes (scripts/setup makes it; the tests use it too).
+const USER: &str = "bkrun-test";
+/// What `bkrun config` prints in place of the run dir it makes at run time.
+const RUN_DIR_PLACEHOLDER: &str = "$TMPDIR/bkrun-XXXXXX";
+
+/// One mode's corner of the world: its user, state dir, temp dir and config.
+struct ModeWorld {
+    mode: &'static str,
+    /// uid and gid for the rootless modes; None runs as root.
+    user: Option<(u32, u32)>,
+    home: PathBuf,
+    state: PathBuf,
+    tmp: PathBuf,
+    config: PathBuf,
+}
+
+impl ModeWorld {
+    fn new(w: &World, mode: &'static str) -> Result<Option<ModeWorld>> {
+        let user = if mode == "privileged" {
+            None
+        } else {
+            match nix::unistd::User::from_name(USER)? {
+                Some(u) => Some((u.uid.as_raw(), u.gid.as_raw())),
+                None => {
+                    eprintln!("compare: no user {USER} (scripts/setup makes it): {mode} skipped");
+                    return Ok(None);
+                }
+            }
+        };
+        let base = w.fast.join(format!("floor-{mode}"));
+        let mw = ModeWorld {
+            mode,
+            user,
+            home: base.join("home"),
+            state: base.join("state"),
+            tmp: base.join("tmp"),
+            config: base.join("bkrun.toml"),
+        };
+        for d in [&base, &mw.home, &mw.state, &mw.tmp, &base.join("run")] {
+            fs::create_dir_all(d)?;
+            fs::set_permissions(d, fs::Permissions::from_mode(0o755))?;
+            mw.own(d)?;
+        }
+        fs::write(
+            &mw.config,
+            format!(
+                "socket_dir = {:?}\n",
+                base.join("run").display().to_string()
+            ),
+        )?;
+        Ok(Some(mw))
+    }
+
+    fn own(&self, p: &Path) -> Result<()> {
+        if let Some((uid, gid)) = self.user {
+            chown(p, Some(uid), Some(gid))?;
+        }
+        Ok(())
+    }
+
+    /// A program as this mode's user, with the environment a pod gives it (no XDG_RUNTIME_DIR).
+    fn command(&self, w: &World, program: &str) -> Command {
+        let mut c = w.command(program);
+        if let Some((uid, gid)) = self.user {
+            c.env_clear()
+                .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+                .env("HOME", &self.home)
+                .env("USER", USER)
+                .env("TMPDIR", &self.tmp)
+                .current_dir(&self.home)
+                .uid(uid)
+                .gid(gid);
+        }
+        c
+    }
+
+    fn bkrun(&self, w: &World) -> Command {
+        let mut c = self.command(w, BKRUN);
+        c.arg("--config")
+            .arg(&self.config)
+            .arg("--mode")
+            .arg(self.mode)
+            .arg("--root")
+            .arg(&self.state);
+        c
+    }
+
+    /// The daemon argv bkrun would run, from `bkrun config`, with bkrun's init taken out and the
+    /// run dir filled in with `run_dir`.
+    fn bare_argv(&self, w: &World, run_dir: &Path) -> Result<Vec<String>> {
+        let mut c = self.bkrun(w);
+        c.arg("config");
+        let out = c.output().context("cannot run bkrun config")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let Some(line) = text.lines().find_map(|l| l.strip_prefix("daemon argv:")) else {
+            bail!(
+                "bkrun config ({}) printed no daemon argv:\n{text}{}",
+                self.mode,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let run_dir = run_dir.display().to_string();
+        let mut argv: Vec<String> = shell_words::split(line.trim())?
+            .into_iter()
+            .map(|a| a.replace(RUN_DIR_PLACEHOLDER, &run_dir))
+            .collect();
+        if let Some(i) = argv.iter().position(|a| a == "__nsinit") {
+            let end = argv[i..]
+                .iter()
+                .position(|a| a == "--")
+                .context("no -- after __nsinit")?;
+            argv.drain(i - 1..=i + end);
+        }
+        Ok(argv)
+    }
+}
+
+/// One bare daemon's floor: spawn → READY=1, the build on it once ready, SIGTERM → exit.
+struct Floor {
+    ready: f64,
+    build: f64,
+    stop: f64,
+}
+
+fn bare_round(w: &World, mw: &ModeWorld, args: &[String]) -> Result<Floor> {
+    let run_dir = mw.tmp.join("bare");
+    clear(&run_dir)?;
+    fs::create_dir_all(run_dir.join("tmp"))?;
+    mw.own(&run_dir)?;
+    mw.own(&run_dir.join("tmp"))?;
+    let argv = mw.bare_argv(w, &run_dir)?;
+    let notify = run_dir.join("notify.sock");
+    let sock = UnixDatagram::bind(&notify)?;
+    mw.own(&notify)?;
+    sock.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut d = mw.command(w, &argv[0]);
+    d.args(&argv[1..])
+        .env("TMPDIR", run_dir.join("tmp"))
+        .env("NOTIFY_SOCKET", &notify);
+    if mw.user.is_some() {
+        d.env("XDG_RUNTIME_DIR", &run_dir);
+    }
+    let log = File::create(w.work.join(format!("bare-{}.log", mw.mode)))?;
+    d.stdout(log.try_clone()?).stderr(log);
+    let daemon = spawn(&mut d)?;
+    let result = (|| -> Result<(f64, f64)> {
+        let mut buf = [0u8; 4096];
+        let ready = loop {
+            let n = sock
+                .recv(&mut buf)
+                .with_context(|| format!("no READY=1 from the bare {} daemon", mw.mode))?;
+            if buf[..n].split(|b| *b == b'\n').any(|l| l == b"READY=1") {
+                break daemon.started.elapsed();
+            }
+        };
+        let addr = argv
+            .iter()
+            .find_map(|a| a.strip_prefix("--addr="))
+            .context("no --addr in the daemon argv")?;
+        let mut c = mw.command(w, BKRUN);
+        c.arg(format!("--addr={addr}")).arg("build").args(args);
+        let run = run_logged(&mut c, &w.work.join("bare-client.log"))?;
+        Ok((ms(ready), ms(run.wall)))
+    })();
+    signal(daemon.pid, Signal::SIGTERM);
+    let killed = Instant::now();
+    let exit = match daemon.wait_timeout(Duration::from_secs(30))? {
+        Some(e) => e,
+        None => {
+            signal(daemon.pid, Signal::SIGKILL);
+            daemon.wait()?
+        }
+    };
+    drop(sock);
+    clear(&run_dir)?;
+    let (ready, build) = result?;
+    Ok(Floor {
+        ready,
+        build,
+        stop: ms(exit.at - killed),
+    })
+}
+
+/// Per mode, rounds of bkrun's daemonless build beside the bare daemon's three parts, each round
+/// alternating which goes first; the overhead is the median of the rounds' differences.
+/// `anchor`: the anchor's median from the cached case, if it ran: the floor's share of it is the
+/// lowest ratio any supervisor of this buildkitd could reach.
+pub fn case_floor(w: &World, rounds: usize, anchor: Option<f64>) -> Result<Vec<Row>> {
+    let args = w.args(&w.tiny, None);
+    let mut rows = Vec::new();
+    for mode in ["privileged", "rootless", "rootless-strict"] {
+        let Some(mw) = ModeWorld::new(w, mode)? else {
+            continue;
+        };
+        // The state dir warmed: the same cached build as in the daemonless rounds.
+        run_logged(
+            mw.bkrun(w).arg("build").args(&args),
+            &w.work.join("floor.log"),
+        )
+        .with_context(|| format!("the {mode} warm-up build failed"))?;
+        let mut s: [Series; 4] = Default::default();
+        let [total, ready, build, stop] = &mut s;
+        let mut overhead = Vec::new();
+        for r in 0..rounds {
+            stopped()?;
+            let mut ours = None;
+            let mut bare = None;
+            for k in 0..2 {
+                if (r + k) % 2 == 0 {
+                    ours = total.survive(run_logged(
+                        mw.bkrun(w).arg("build").args(&args),
+                        &w.work.join("floor.log"),
+                    ))?;
+                } else {
+                    bare = Some(bare_round(w, &mw, &args)?);
+                }
+            }
+            let bare = bare.expect("ran");
+            ready.push(bare.ready);
+            build.push(bare.build);
+            stop.push(bare.stop);
+            if let Some(run) = ours {
+                total.push(ms(run.wall));
+                overhead.push(ms(run.wall) - (bare.ready + bare.build + bare.stop));
+            }
+        }
+        let floor_sum = median(ready.values()).unwrap_or(0.0)
+            + median(build.values()).unwrap_or(0.0)
+            + median(stop.values()).unwrap_or(0.0);
+        let part = |what: &str, s: &Series| Row {
+            measure: format!("… {mode}: {what} (n={rounds})"),
+            bkrun: String::new(),
+            other_name: "buildkitd alone".into(),
+            other: format!("{} {}", s.cell(&Unit::Ms), s.iqr()),
+            ratio: String::new(),
+            target: String::new(),
+            met: String::new(),
+        };
+        let o = median(&overhead);
+        rows.push(Row {
+            measure: format!("bkrun's overhead over buildkitd's floor, {mode}: cached trivial daemonless build minus (spawn → READY=1 + build on the ready daemon + SIGTERM → exit), median of the rounds' differences (n={rounds})"),
+            bkrun: format!("{} {}", total.cell(&Unit::Ms), total.iqr()),
+            other_name: "buildkitd's floor (sum of the medians below)".into(),
+            other: fmt(Some(floor_sum), &Unit::Ms),
+            ratio: match (o, quantile(&overhead, 0.25), quantile(&overhead, 0.75)) {
+                (Some(o), Some(lo), Some(hi)) => format!(
+                    "{o:+.1} ms (IQR {lo:+.1} – {hi:+.1}{})",
+                    bootstrap_median(&overhead)
+                        .map(|(a, b)| format!("; median's 95% CI {a:+.1} – {b:+.1}"))
+                        .unwrap_or_default()
+                ),
+                _ => "n/a".into(),
+            },
+            target: "≤ +15 ms".into(),
+            met: match o {
+                Some(o) if o <= 15.0 => "met".into(),
+                Some(_) => "**not met**".into(),
+                None => "n/a".into(),
+            },
+        });
+        rows.push(part("bare buildkitd spawn → READY=1", ready));
+        rows.push(part(
+            "the same build on the ready bare daemon (`bkrun --addr`)",
+            build,
+        ));
+        rows.push(part("bare buildkitd SIGTERM → exit", stop));
+        if let (Some(a), "privileged") = (anchor, mode) {
+            rows.push(Row {
+                measure: "… buildkitd's floor (privileged) ÷ the anchor's cached build: the lowest ratio a supervisor of this buildkitd can reach".into(),
+                bkrun: String::new(),
+                other_name: "anchor (buildctl-daemonless.sh algorithm)".into(),
+                other: fmt(Some(a), &Unit::Ms),
+                ratio: format!("{:.2}×", floor_sum / a),
+                target: String::new(),
+                met: String::new(),
+            });
+        }
+    }
+    Ok(rows)
+}
