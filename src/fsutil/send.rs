@@ -15,20 +15,41 @@ use super::mode::can_request_data;
 use super::{Error, Packet, Result, Source};
 
 /// Bytes per DATA packet. Upstream reads files through a 32 KiB buffer; bigger packets mean far
-/// fewer messages, but every queued packet is memory: at 128 KiB the 64-packet send queue holds
-/// 8 MiB at most (1 MiB packets made a 1 GiB transfer peak at 84 MiB of RSS, 2.4x buildctl's).
+/// fewer messages, but every queued packet is memory (1 MiB packets made a 1 GiB transfer peak at
+/// 84 MiB of RSS, 2.4x buildctl's).
 pub const DEFAULT_CHUNK_SIZE: usize = 128 << 10;
+
+/// File contents read but not yet taken by the transport, at most. The packet queue alone (64
+/// packets) would let 8 MiB of 128 KiB chunks wait, most of a large file's transfer peak RSS;
+/// past this much, h2's flow control is what paces the transfer anyway.
+pub const DEFAULT_MAX_QUEUED_DATA: usize = 1 << 20;
 
 #[derive(Debug, Clone)]
 pub struct SendOptions {
     pub chunk_size: usize,
+    /// Bytes of file contents allowed to wait between the file reader and the transport.
+    pub max_queued_data: usize,
 }
 
 impl Default for SendOptions {
     fn default() -> Self {
         SendOptions {
             chunk_size: DEFAULT_CHUNK_SIZE,
+            max_queued_data: DEFAULT_MAX_QUEUED_DATA,
         }
+    }
+}
+
+/// A chunk's buffer and its share of the queued-data budget, given back when the last reference
+/// to the chunk's bytes is dropped (the transport copied or sent them).
+struct Budgeted {
+    buf: Vec<u8>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl AsRef<[u8]> for Budgeted {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
     }
 }
 
@@ -60,8 +81,10 @@ pub async fn send(
     let mut data = tokio::task::spawn_blocking({
         let (stop, tx) = (stop.clone(), tx.clone());
         let chunk = opts.chunk_size.max(1);
+        // Never below one chunk, or a chunk could wait for permits that do not exist.
+        let budget = Arc::new(tokio::sync::Semaphore::new(opts.max_queued_data.max(chunk)));
         move || {
-            let res = send_contents(&source, req_rx, chunk, &stop, &tx);
+            let res = send_contents(&source, req_rx, chunk, &budget, &stop, &tx);
             if let Err(e) = &res {
                 if !matches!(e, Error::Closed) {
                     let _ = tx.blocking_send(Packet::Err(e.to_string()));
@@ -143,6 +166,7 @@ fn send_contents(
     source: &Source,
     reqs: std::sync::mpsc::Receiver<(u32, String)>,
     chunk: usize,
+    budget: &Arc<tokio::sync::Semaphore>,
     stop: &AtomicBool,
     tx: &mpsc::Sender<Packet>,
 ) -> Result<()> {
@@ -159,6 +183,10 @@ fn send_contents(
             let mut left = f.metadata().map(|m| m.len() as usize).unwrap_or(chunk);
             loop {
                 let want = chunk.min(left.saturating_add(1));
+                // Taken before the buffer exists, so waiting chunks cost no memory.
+                let permit =
+                    futures::executor::block_on(budget.clone().acquire_many_owned(want as u32))
+                        .map_err(|_| Error::Closed)?;
                 let mut buf = vec![0u8; want];
                 let mut n = 0;
                 while n < want {
@@ -174,11 +202,12 @@ fn send_contents(
                 }
                 buf.truncate(n);
                 left = if n > left { chunk } else { left - n };
-                tx.blocking_send(Packet::Data {
-                    id,
-                    data: buf.into(),
-                })
-                .map_err(|_| Error::Closed)?;
+                let data = bytes::Bytes::from_owner(Budgeted {
+                    buf,
+                    _permit: permit,
+                });
+                tx.blocking_send(Packet::Data { id, data })
+                    .map_err(|_| Error::Closed)?;
                 if n < want {
                     break;
                 }

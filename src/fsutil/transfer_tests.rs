@@ -16,6 +16,8 @@ async fn transfer(src: &Path, walk: WalkOptions, dst: &Path, owner: OwnerPolicy)
     let opts = SendOptions {
         // Small enough that the 3 MB file spans many packets.
         chunk_size: 64 * 1024,
+        // Less than the 3 MB file: the reader must wait for the receiver to take chunks.
+        max_queued_data: 256 * 1024,
     };
     let sender = tokio::spawn(send(source, opts, to_recv, from_recv));
     let received = receive(
@@ -158,6 +160,7 @@ async fn sender_protocol() {
         source,
         SendOptions {
             chunk_size: 100_000,
+            ..SendOptions::default()
         },
         tx,
         rx,
