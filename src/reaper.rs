@@ -228,11 +228,52 @@ fn proc_is_ours() -> bool {
     stat.split(' ').next().and_then(|p| p.parse::<u32>().ok()) == Some(std::process::id())
 }
 
-/// Every live descendant of `root`, found through /proc's parent links (none when /proc is not ours).
+/// Every live descendant of `root`, parents before their children (none when /proc is not ours).
 pub fn descendants(root: i32) -> Vec<i32> {
     if !proc_is_ours() {
         return Vec::new();
     }
+    descendants_by_children(root).unwrap_or_else(|| descendants_by_scan(root))
+}
+
+/// Through each task's `children` list: only the subtree is read, where a scan reads every
+/// process on the machine (teardown asks twice, on a busy node 2 ms of the stop). None when the
+/// kernel has no such lists (CONFIG_PROC_CHILDREN) or `root` is gone.
+fn descendants_by_children(root: i32) -> Option<Vec<i32>> {
+    let mut found = vec![root];
+    let mut i = 0;
+    while i < found.len() {
+        let p = found[i];
+        match children(p) {
+            Some(kids) => found.extend(kids),
+            // The root's lists must be there; a descendant that exited meanwhile has no children.
+            None if i == 0 => return None,
+            None => {}
+        }
+        i += 1;
+    }
+    found.remove(0);
+    Some(found)
+}
+
+/// The children of every thread of `pid` (a child belongs to the thread that forked it).
+fn children(pid: i32) -> Option<Vec<i32>> {
+    let mut kids = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
+        let list = std::fs::read_to_string(t.path().join("children")).ok()?;
+        kids.extend(
+            list.split_whitespace()
+                .filter_map(|c| c.parse::<i32>().ok()),
+        );
+    }
+    Some(kids)
+}
+
+/// Through /proc's parent links, reading every process's stat.
+fn descendants_by_scan(root: i32) -> Vec<i32> {
     let mut parent_of = Vec::new();
     if let Ok(dir) = std::fs::read_dir("/proc") {
         for e in dir.flatten() {
@@ -313,6 +354,37 @@ pub fn sigkill_descendants(root: i32) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn children_lists_and_the_scan_find_the_same_tree() {
+        // sh → sleep, sh → sh → sleep: a tree two levels deep.
+        let mut c = std::process::Command::new("sh")
+            .args(["-c", "sleep 5 & sh -c 'sleep 5 & wait' & wait"])
+            .spawn()
+            .unwrap();
+        let root = c.id() as i32;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let tree = loop {
+            let t = descendants_by_scan(root);
+            if t.len() >= 3 || Instant::now() > deadline {
+                break t;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let by_children = descendants_by_children(root);
+        let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGKILL);
+        for p in &tree {
+            let _ = kill(Pid::from_raw(*p), Signal::SIGKILL);
+        }
+        let _ = c.wait();
+        let Some(mut by_children) = by_children else {
+            return; // a kernel without /proc/PID/task/TID/children
+        };
+        let mut tree = tree;
+        tree.sort_unstable();
+        by_children.sort_unstable();
+        assert_eq!(by_children, tree);
+    }
 
     #[test]
     fn exit_codes_follow_the_shell() {
