@@ -237,18 +237,19 @@ pub fn descendants(root: i32) -> Vec<i32> {
 }
 
 /// Through each task's `children` list: only the subtree is read, where a scan reads every
-/// process on the machine (teardown asks twice, on a busy node 2 ms of the stop). None when the
-/// kernel has no such lists (CONFIG_PROC_CHILDREN) or `root` is gone.
+/// process on the machine (teardown asks twice, on a busy node 2 ms of the stop). None when a
+/// list cannot be read but its process is there (a kernel without CONFIG_PROC_CHILDREN, or a
+/// process of another user, which ptrace rules hide the lists of): the scan then finds them all.
 fn descendants_by_children(root: i32) -> Option<Vec<i32>> {
     let mut found = vec![root];
     let mut i = 0;
     while i < found.len() {
         let p = found[i];
         match children(p) {
-            Some(kids) => found.extend(kids),
-            // The root's lists must be there; a descendant that exited meanwhile has no children.
-            None if i == 0 => return None,
-            None => {}
+            Ok(kids) => found.extend(kids),
+            // Exited meanwhile: it has no children left, and its orphans show up on the next round.
+            Err(e) if e.kind() == io::ErrorKind::NotFound && i > 0 => {}
+            Err(_) => return None,
         }
         i += 1;
     }
@@ -257,19 +258,26 @@ fn descendants_by_children(root: i32) -> Option<Vec<i32>> {
 }
 
 /// The children of every thread of `pid` (a child belongs to the thread that forked it).
-fn children(pid: i32) -> Option<Vec<i32>> {
+fn children(pid: i32) -> io::Result<Vec<i32>> {
     let mut kids = Vec::new();
-    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
-        .ok()?
-        .flatten()
-    {
-        let list = std::fs::read_to_string(t.path().join("children")).ok()?;
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let task = t?.path();
+        let list = match std::fs::read_to_string(task.join("children")) {
+            Ok(l) => l,
+            // A thread that ended between the listing and the read; a live one without the
+            // file is a kernel without the lists, which the caller answers with a scan.
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !task.exists() => continue,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(io::Error::new(io::ErrorKind::Unsupported, e))
+            }
+            Err(e) => return Err(e),
+        };
         kids.extend(
             list.split_whitespace()
                 .filter_map(|c| c.parse::<i32>().ok()),
         );
     }
-    Some(kids)
+    Ok(kids)
 }
 
 /// Through /proc's parent links, reading every process's stat.
