@@ -3,7 +3,7 @@
 //! Needs root (it mounts a tmpfs and runs a privileged buildkitd) and what scripts/setup installs.
 //! BENCH_ROUNDS (default 5) sets the rounds per case; BENCH_ROUNDS_BIG (default min(3, rounds))
 //! the rounds of the 1 GiB cases, BENCH_ROUNDS_CACHED (default 16 × rounds) those of the cached
-//! trivial build and BENCH_ROUNDS_FLOOR (default 8 × rounds) those of each mode's floor;
+//! trivial build and BENCH_ROUNDS_FLOOR (default 12 × rounds) those of each mode's floor;
 //! BENCH_CASES (e.g. `cold,client`) runs only some cases and then leaves BENCHMARKS.md alone.
 //!
 //! The modules: `world` (contexts, dirs, the three ways to build), `cases` (what is measured),
@@ -79,7 +79,7 @@ fn run() -> Result<()> {
     let big_rounds = env_usize("BENCH_ROUNDS_BIG", rounds.min(3))?.max(1);
     // The headline ratio's rounds are short: enough of them that two runs agree to ±0.05.
     let cached_rounds = env_usize("BENCH_ROUNDS_CACHED", (rounds * 16).max(10))?.max(2);
-    let floor_rounds = env_usize("BENCH_ROUNDS_FLOOR", (rounds * 8).max(5))?.max(1);
+    let floor_rounds = env_usize("BENCH_ROUNDS_FLOOR", (rounds * 12).max(4))?.max(1);
     let started = Instant::now();
 
     // Everything lives under one dir in cargo's target tmp dir; the guard removes it, whatever happens.

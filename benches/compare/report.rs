@@ -184,9 +184,11 @@ pub fn document(table: &str, rounds: usize, big_rounds: usize, took: Duration) -
          - buildkitd's floor, per mode: a bare buildkitd started with the argv `bkrun config` prints for \
          that mode (rootlesskit and its flags included; bkrun's own `__nsinit` init taken out), timed from \
          spawn to its READY=1, then the same cached build on it with `bkrun --addr`, then SIGTERM → exit. \
-         Rootless modes run as the unprivileged user scripts/setup creates. bkrun's overhead is, round by \
-         round, its daemonless wall minus the three parts of a bare daemon run in the same round; the \
-         table shows the median of those differences and their IQR.\n\
+         Every other bare daemon gets its build 300 ms after READY=1 (a warm daemon: the floor's build), \
+         the rest at once (a just-started one, as a supervisor builds); the two show what a just-started \
+         daemon costs the first build. Rootless modes run as the unprivileged user scripts/setup creates. \
+         bkrun's overhead is its daemonless median minus the sum of the floor's three medians, with a 95% \
+         bootstrap interval (each series resampled on its own).\n\
          - The monorepo: 20 packages of 100 sources each, four directories deep, beside a node_modules \
          of 49 modules × 100 files each (100,000 files in all); its .dockerignore excludes \
          `**/node_modules`. Only the kept sources are touched between runs.\n\

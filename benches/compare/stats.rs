@@ -91,12 +91,6 @@ pub fn quantile(v: &[f64], q: f64) -> Option<f64> {
     Some(v[lo] + (v[hi] - v[lo]) * (pos - lo as f64))
 }
 
-/// A 95% bootstrap interval of the median of `v` (2,000 resamples, a fixed seed).
-pub fn bootstrap_median(v: &[f64]) -> Option<(f64, f64)> {
-    let ones = vec![1.0; v.len()];
-    bootstrap_ratio(v, &ones)
-}
-
 /// A 95% bootstrap interval of median(a) ÷ median(b): both resampled with replacement 2,000
 /// times (a fixed seed, so a run is reproducible from its samples), the 2.5th and 97.5th
 /// percentiles of the ratios. Says how far another run of the same length may land.
