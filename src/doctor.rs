@@ -414,6 +414,48 @@ pub fn version_of(program: &Path) -> Option<String> {
     parse_version(&String::from_utf8_lossy(&out))
 }
 
+/// The file in the state dir that remembers buildkitd's version (see `version_cached`).
+pub const VERSION_CACHE: &str = "bkrun.buildkitd-version";
+
+/// `version_of`, remembered in `cache` for this very file: its path, device, inode, size,
+/// mtime and ctime, so a replaced or rebuilt binary is asked again. Written to a temporary
+/// name and renamed, so a run reading it beside another never sees half a line.
+pub fn version_cached(program: &Path, cache: &Path) -> Option<String> {
+    let key = file_identity(program)?;
+    if let Ok(text) = std::fs::read_to_string(cache) {
+        if let Some((k, v)) = text.trim_end().split_once('\t') {
+            if k == key && !v.is_empty() {
+                return Some(v.to_string());
+            }
+        }
+    }
+    let v = version_of(program)?;
+    let tmp = cache.with_extension(format!("tmp-{}", std::process::id()));
+    if std::fs::write(&tmp, format!("{key}\t{v}\n")).is_ok()
+        && std::fs::rename(&tmp, cache).is_err()
+    {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    Some(v)
+}
+
+fn file_identity(program: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let path = std::fs::canonicalize(program).ok()?;
+    let m = std::fs::metadata(&path).ok()?;
+    Some(format!(
+        "{} {} {} {}.{} {}.{} {}",
+        m.dev(),
+        m.ino(),
+        m.size(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ctime(),
+        m.ctime_nsec(),
+        path.display()
+    ))
+}
+
 /// `buildkitd github.com/moby/buildkit v0.32.2 abc`, `rootlesskit version 1.1.0`,
 /// `runc version 1.1.5+ds1`: the first word that starts with a digit or v and a digit.
 pub fn parse_version(text: &str) -> Option<String> {
@@ -431,6 +473,42 @@ mod tests {
     use super::*;
     use crate::cli::GlobalArgs;
     use crate::host::fake::FakeHost;
+
+    #[test]
+    fn a_version_is_asked_once_per_binary_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let prog = d.path().join("buildkitd");
+        let asked = d.path().join("asked");
+        let script = |v: &str| {
+            format!(
+                "#!/bin/sh\necho x >> {}\necho 'buildkitd github.com/moby/buildkit {v} abc'\n",
+                asked.display()
+            )
+        };
+        std::fs::write(&prog, script("v1.0.0")).unwrap();
+        std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let cache = d.path().join(VERSION_CACHE);
+        let count = || {
+            std::fs::read_to_string(&asked)
+                .unwrap_or_default()
+                .lines()
+                .count()
+        };
+        assert_eq!(version_cached(&prog, &cache).as_deref(), Some("v1.0.0"));
+        assert_eq!(version_cached(&prog, &cache).as_deref(), Some("v1.0.0"));
+        assert_eq!(count(), 1, "the second answer came from the cache");
+        // A new binary in its place (another inode, size and times) is asked again.
+        let new = d.path().join("new");
+        std::fs::write(&new, script("v2.0.0-longer")).unwrap();
+        std::fs::set_permissions(&new, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::rename(&new, &prog).unwrap();
+        assert_eq!(
+            version_cached(&prog, &cache).as_deref(),
+            Some("v2.0.0-longer")
+        );
+        assert_eq!(count(), 2);
+    }
 
     #[test]
     fn versions_from_each_program_s_wording() {
