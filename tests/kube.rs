@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, HostPathVolumeSource, Service};
 use serde::Deserialize;
 use serde_json::Value;
 
-use common::podman::podman;
+use common::podman::{self, podman};
 use common::{run_ok, sh_in, show, wait_until, Mode, Sandbox};
 
 /// A CA, a server certificate for the Service's name (the name clients verify, whichever pod
@@ -67,33 +67,12 @@ fn lines(out: &Output) -> Vec<String> {
 /// What podman still has or runs of the pool named `name`: containers, pods, volumes, secrets,
 /// and host processes naming it (conmon names its container on its command line).
 fn leftovers(name: &str, volumes: &[String]) -> Vec<String> {
-    let mut left = Vec::new();
-    let lists: [(&str, &[&str]); 4] = [
-        ("container", &["ps", "--all", "--format", "{{.Names}}"]),
-        ("pod", &["pod", "ps", "--format", "{{.Name}}"]),
-        ("secret", &["secret", "ls", "--format", "{{.Name}}"]),
-        ("volume", &["volume", "ls", "--format", "{{.Name}}"]),
-    ];
-    for (kind, args) in lists {
-        for l in lines(&podman_out(args)) {
-            if l.contains(name) || (kind == "volume" && volumes.contains(&l)) {
-                left.push(format!("{kind} {l}"));
-            }
-        }
-    }
-    let me = std::process::id().to_string();
-    for e in fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(cmdline) = fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if cmdline.contains(name) && e.file_name().to_str() != Some(me.as_str()) {
-            left.push(format!(
-                "process {}: {cmdline}",
-                e.file_name().to_string_lossy()
-            ));
-        }
-    }
+    let mut left: Vec<String> = podman::objects()
+        .into_iter()
+        .filter(|(kind, l)| l.contains(name) || (*kind == "volume" && volumes.contains(l)))
+        .map(|(kind, l)| format!("{kind} {l}"))
+        .collect();
+    left.extend(podman::processes_naming(name));
     left
 }
 

@@ -576,8 +576,6 @@ impl Report {
     }
 }
 
-/// The guide's command, `bkrun build` with a local output, and `bkrun doctor` in both formats,
-/// each checked for its outcome and for what it left in the pod.
 /// `bkrun build` of the workspace's Dockerfile, as the guide's pods run it.
 const BUILD: &[&str] = &[
     "bkrun",
@@ -590,6 +588,8 @@ const BUILD: &[&str] = &[
     "dockerfile=.",
 ];
 
+/// The guide's command, `bkrun build` with a local output, and `bkrun doctor` in both formats,
+/// each checked for its outcome and for what it left in the pod.
 fn run_configuration(name: &'static str) {
     let cfg = config(name);
     let pod = Pod::start(&cfg, HELLO_DOCKERFILE, &[], &["sleep", "infinity"]);
@@ -848,17 +848,7 @@ fn sigterm_to_bkrun_as_pid_1_mid_run_exits_143_and_leaves_nothing() {
         &cfg,
         &dockerfile,
         &[("localtmp", "/home/user/.local/tmp")],
-        &[
-            "bkrun",
-            "build",
-            "--frontend",
-            "dockerfile.v0",
-            "--local",
-            "context=.",
-            "--local",
-            "dockerfile=.",
-            "--progress=plain",
-        ],
+        &[BUILD, &["--progress=plain"]].concat(),
     );
     let logs = || {
         let out = podman().args(["logs", &pod.name]).output().unwrap();

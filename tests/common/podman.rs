@@ -78,3 +78,53 @@ pub fn podman() -> Command {
     c.env("CONTAINERS_CONF", containers_conf());
     c
 }
+
+/// Every container, pod, secret and volume podman has, as (kind, name): what a test's leftover
+/// check filters by the names it gave.
+pub fn objects() -> Vec<(&'static str, String)> {
+    let lists: [(&str, &[&str]); 4] = [
+        ("container", &["ps", "--all", "--format", "{{.Names}}"]),
+        ("pod", &["pod", "ps", "--format", "{{.Name}}"]),
+        ("secret", &["secret", "ls", "--format", "{{.Name}}"]),
+        ("volume", &["volume", "ls", "--format", "{{.Name}}"]),
+    ];
+    let mut all = Vec::new();
+    for (kind, args) in lists {
+        let out = podman()
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run podman ({e}): run scripts/setup"));
+        assert!(
+            out.status.success(),
+            "podman {args:?} failed\n{}",
+            super::show(&out)
+        );
+        for l in String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.is_empty())
+        {
+            all.push((kind, l.to_string()));
+        }
+    }
+    all
+}
+
+/// Host processes (not this one) whose command line names `name`, as `process PID: CMDLINE`:
+/// conmon names its container on its command line.
+pub fn processes_naming(name: &str) -> Vec<String> {
+    let me = std::process::id().to_string();
+    let mut found = Vec::new();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmdline) = fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(name) && e.file_name().to_str() != Some(me.as_str()) {
+            found.push(format!(
+                "process {}: {cmdline}",
+                e.file_name().to_string_lossy()
+            ));
+        }
+    }
+    found
+}

@@ -543,34 +543,12 @@ impl World {
                 _ => {}
             }
         }
-        let mut left = Vec::new();
-        let lists: [(&str, &[&str]); 4] = [
-            ("container", &["ps", "--all", "--format", "{{.Names}}"]),
-            ("pod", &["pod", "ps", "--format", "{{.Name}}"]),
-            ("secret", &["secret", "ls", "--format", "{{.Name}}"]),
-            ("volume", &["volume", "ls", "--format", "{{.Name}}"]),
-        ];
-        for (kind, args) in lists {
-            for l in lines(&podman_ok(args)) {
-                if l.contains(&self.suffix) {
-                    left.push(format!("{kind} {l}"));
-                }
-            }
-        }
-        for e in fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(cmdline) = fs::read(e.path().join("cmdline")) else {
-                continue;
-            };
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            if cmdline.contains(&self.suffix)
-                && e.file_name().to_str() != Some(&std::process::id().to_string())
-            {
-                left.push(format!(
-                    "process {}: {cmdline}",
-                    e.file_name().to_string_lossy()
-                ));
-            }
-        }
+        let mut left: Vec<String> = super::common::podman::objects()
+            .into_iter()
+            .filter(|(_, l)| l.contains(&self.suffix))
+            .map(|(kind, l)| format!("{kind} {l}"))
+            .collect();
+        left.extend(super::common::podman::processes_naming(&self.suffix));
         left
     }
 
