@@ -10,14 +10,13 @@ use std::os::unix::net::UnixDatagram;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use nix::sys::signal::Signal;
 
 use crate::cleanup::clear;
 use crate::parse::ms;
-use crate::procs::{run_logged, signal, spawn};
+use crate::procs::{run_logged, spawn};
 use crate::report::Row;
 use crate::stats::{fmt, median, quantile, Series, Unit};
 use crate::world::World;
@@ -225,15 +224,7 @@ fn bare_round(w: &World, mw: &ModeWorld, args: &[String], pause: Duration) -> Re
         let run = run_logged(&mut c, &w.work.join("bare-client.log"))?;
         Ok((ms(ready), ms(run.wall)))
     })();
-    signal(daemon.pid, Signal::SIGTERM);
-    let killed = Instant::now();
-    let exit = match daemon.wait_timeout(Duration::from_secs(30))? {
-        Some(e) => e,
-        None => {
-            signal(daemon.pid, Signal::SIGKILL);
-            daemon.wait()?
-        }
-    };
+    let (exit, killed) = daemon.terminate()?;
     drop(sock);
     clear(&run_dir)?;
     let (ready, build) = result?;

@@ -113,6 +113,21 @@ impl Proc {
     }
 
     /// Waits for the exit; a run stuck for 10 minutes is killed and reported.
+    /// SIGTERM, then up to 30 s for the exit before SIGKILL: the exit, and when SIGTERM went
+    /// (a daemon's time to stop is `exit.at` minus it).
+    pub fn terminate(&self) -> Result<(Exit, Instant)> {
+        signal(self.pid, Signal::SIGTERM);
+        let sent = Instant::now();
+        let exit = match self.wait_timeout(Duration::from_secs(30))? {
+            Some(e) => e,
+            None => {
+                signal(self.pid, Signal::SIGKILL);
+                self.wait()?
+            }
+        };
+        Ok((exit, sent))
+    }
+
     pub fn wait(&self) -> Result<Exit> {
         if let Some(e) = self.wait_timeout(Duration::from_secs(600))? {
             return Ok(e);

@@ -197,15 +197,7 @@ impl World {
         let daemon = spawn(&mut d)?;
         let result = self.anchor_drive(&addr, args, t0);
         // The script's `kill`: SIGTERM and move on.
-        signal(daemon.pid, Signal::SIGTERM);
-        let killed = Instant::now();
-        let exit = match daemon.wait_timeout(Duration::from_secs(30))? {
-            Some(e) => e,
-            None => {
-                signal(daemon.pid, Signal::SIGKILL);
-                daemon.wait()?
-            }
-        };
+        let (exit, killed) = daemon.terminate()?;
         let (ready, stderr) = result?;
         Ok(AnchorRun {
             wall: killed - t0,

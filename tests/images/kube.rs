@@ -95,13 +95,7 @@ pub fn load_images() {
     });
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use super::common::tls::free_port;
 
 /// A plain-HTTP docker-registry on 127.0.0.1 that wants htpasswd credentials; stopped when dropped.
 pub struct Registry {
