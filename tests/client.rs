@@ -182,8 +182,7 @@ fn a_local_export_of_20000_files_completes() {
         .arg("build")
         .args(dockerfile_args(&ctx))
         .args(["--progress=quiet".into(), local_output(&out)])
-        .spawn()
-        .unwrap();
+        .spawn_ok();
     let mut status = None;
     let done = wait_until(Duration::from_secs(120), || {
         status = child.try_wait().unwrap();
@@ -212,8 +211,7 @@ fn tar_to_stdout_through_a_pipe() {
         .args(["--progress=quiet", "--output=type=tar,dest=-"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .spawn_ok();
     let listing = Command::new("tar")
         .arg("-tf")
         .arg("-")
@@ -387,8 +385,7 @@ fn sigint_mid_build_cancels_and_leaves_nothing() {
             .build(&ctx)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+            .spawn_ok();
         let running = || {
             fs::read_dir("/proc").unwrap().flatten().any(|e| {
                 fs::read(e.path().join("cmdline"))
@@ -659,8 +656,7 @@ fn ssh_agent_keys_reach_run_steps() {
             .arg("-a")
             .arg(&sock)
             .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
+            .spawn_ok();
         assert!(wait_until(Duration::from_secs(10), || sock.exists()));
         run_ok(sb.command("ssh-add").arg(&key).env("SSH_AUTH_SOCK", &sock));
 

@@ -13,11 +13,7 @@ use common::*;
 /// Runs `c` to its end, failing the test (and killing it) if it takes longer than `limit`:
 /// whatever these tests break must not hang CI.
 fn output_within(c: &mut Command, limit: Duration) -> Output {
-    let child = c
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn_ok();
     wait_within(child, limit)
 }
 
@@ -219,8 +215,7 @@ fn a_daemon_killed_mid_build_is_named_with_its_log() {
             .build(&ctx)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+            .spawn_ok();
         let bkrun = child.id();
         let running = wait_until(Duration::from_secs(60), || {
             descendants(bkrun).iter().any(|(pid, _)| {

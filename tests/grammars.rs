@@ -255,7 +255,7 @@ fn docker_style_tag_push_target_args_and_a_named_context() {
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
-    let mut child = c.spawn().unwrap();
+    let mut child = c.spawn_ok();
     std::io::Write::write_all(
         child.stdin.as_mut().unwrap(),
         b"FROM scratch\nCOPY --from=tools busybox /bb\n",

@@ -19,7 +19,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use common::containerd::Containerd;
-use common::{run_ok, show, Mode, Sandbox};
+use common::{run_ok, show, Mode, Sandbox, SpawnOk};
 use kube::{Ended, World};
 use models::Doc;
 
@@ -1024,8 +1024,7 @@ fn static_binary_runs_with_no_libc_and_resolves_names_itself() {
         .bkrun()
         .args(["daemon", "--listen", &format!("tcp://127.0.0.1:{port}")])
         .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+        .spawn_ok();
     let addr = format!("tcp://builder.bkrun.test:{port}");
     let ok = common::wait_until(Duration::from_secs(60), || {
         Command::new("chroot")

@@ -29,11 +29,7 @@ struct Row {
 
 /// Starts `c` with stderr read line by line into a channel (and kept for failure messages).
 fn spawn_watched(mut c: std::process::Command) -> (Child, mpsc::Receiver<String>) {
-    let mut child = c
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = c.stdout(Stdio::null()).stderr(Stdio::piped()).spawn_ok();
     let err = child.stderr.take().unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {

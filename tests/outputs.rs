@@ -37,8 +37,7 @@ fn tar_names(tar: &[u8]) -> Vec<String> {
         .args(["-tf", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .spawn_ok();
     let mut stdin = child.stdin.take().unwrap();
     let data = tar.to_vec();
     let writer = std::thread::spawn(move || {
@@ -269,8 +268,7 @@ fn interrupt_export(
         .arg(output)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .spawn_ok();
     let start = Instant::now();
     while !exporting() {
         assert!(

@@ -465,8 +465,7 @@ fn serve_token(mut conn: TcpStream, x5c: &str, key: &Path) -> Option<TokenCall> 
             .arg(key)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
+            .spawn_ok();
         sign.stdin
             .take()
             .unwrap()

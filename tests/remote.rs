@@ -233,14 +233,12 @@ fn a_briefly_unavailable_daemon_is_retried() {
         .args(["--connect-retry", "60", "debug", "workers"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .spawn_ok();
     std::thread::sleep(Duration::from_millis(1500));
     let mut daemon = bkrun_daemon(&sb, "state")
         .arg(format!("--listen={addr}"))
         .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .spawn_ok();
     let mut lines = BufReader::new(daemon.stdout.take().unwrap()).lines();
     lines.next();
     let out = client.wait_with_output().unwrap();

@@ -57,8 +57,7 @@ fn sigterm_during_a_long_run_step_exits_143_and_leaves_nothing() {
             .args(sb.build_args(&ctx))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+            .spawn_ok();
         let running = wait_until(Duration::from_secs(60), || {
             fs::read_dir("/proc").unwrap().flatten().any(|e| {
                 fs::read(e.path().join("cmdline"))
@@ -344,8 +343,7 @@ fn as_pid_1_it_handles_sigterm_and_reaps() {
     let mut child = c
         .args(["exec", "--", "sh", "-c", "sleep 0.2 & sleep 300"])
         .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .spawn_ok();
     // The bkrun inside is unshare's child; wait until its work runs, then SIGTERM it.
     let bkrun = || {
         fs::read_to_string(format!("/proc/{}/task/{}/children", child.id(), child.id()))

@@ -400,15 +400,31 @@ fn walk(p: &Path) -> Vec<PathBuf> {
 /// thread that forks while the copy is being written holds a write descriptor to it until its
 /// child execs, and exec then fails with ETXTBSY; a retry finds it free.
 pub fn output(c: &mut Command) -> Output {
+    unless_busy(|| c.output())
+}
+
+/// `f` (an exec of the sandbox's bkrun), tried again while the file is busy (see `output`).
+fn unless_busy<T>(mut f: impl FnMut() -> std::io::Result<T>) -> T {
     let mut tries = 0;
     loop {
-        match c.output() {
+        match f() {
             Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 20 => {
                 tries += 1;
                 std::thread::sleep(Duration::from_millis(25));
             }
             r => return r.unwrap(),
         }
+    }
+}
+
+/// `Command::spawn` for tests: retried while the sandbox's copy of bkrun is busy, as `output`.
+pub trait SpawnOk {
+    fn spawn_ok(&mut self) -> std::process::Child;
+}
+
+impl SpawnOk for Command {
+    fn spawn_ok(&mut self) -> std::process::Child {
+        unless_busy(|| self.spawn())
     }
 }
 
