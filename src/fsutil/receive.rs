@@ -2,21 +2,31 @@
 //!
 //! Existing content is merged into, like the local exporter does: entries are replaced one by
 //! one (built under a temporary name, then renamed over), nothing else is deleted. Directory
-//! modes and times are applied last, so read-only directories can still be filled and child
-//! writes don't disturb parent times.
+//! modes, owners and times are applied last, so read-only directories can still be filled,
+//! child writes don't disturb parent times, and nobody else owns a directory while we fill it.
+//!
+//! We run as root in directories others may write to, and the sender (a build) may be hostile:
+//! every call is relative to a descriptor of the directory it acts in, reached from the
+//! destination's descriptor one component at a time, never following a symlink; each entry's
+//! inode is remembered when it is made and checked whenever it is looked up again, so an
+//! entry swapped behind our back fails the transfer instead of being written through. Files
+//! are made 0600 and get their owner, then their mode (setuid and all) only once their data
+//! is complete.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
+use nix::fcntl::OFlag;
 use tokio::sync::mpsc;
 
 use super::mode::{
     self, MODE_CHAR_DEVICE, MODE_DEVICE, MODE_IRREGULAR, MODE_NAMED_PIPE, MODE_SOCKET,
 };
 use super::pattern::clean;
+use super::sys::FileId;
 use super::walk::compare_paths;
 use super::{sys, Error, Packet, Result, StatEntry};
 
@@ -59,6 +69,7 @@ impl Default for ReceiveOptions {
 
 /// Receive a tree into `dest` (created if missing): `tx` carries our packets to the sender,
 /// `rx` brings its packets. Returns after the FIN exchange, once the sender closed its side.
+/// `dest` itself must not be a symlink.
 pub async fn receive(
     dest: PathBuf,
     opts: ReceiveOptions,
@@ -71,7 +82,8 @@ pub async fn receive(
             create_dest: opts.create_dest,
             owner: opts.owner,
             order: OrderCheck::default(),
-            files: HashSet::new(),
+            files: HashMap::new(),
+            nodes: HashSet::new(),
             pending: HashMap::new(),
             dirs: Vec::new(),
             next_id: 0,
@@ -93,9 +105,148 @@ pub async fn receive(
 
 /// A requested file whose data is still coming.
 struct Incoming {
-    path: PathBuf,
+    path: String,
+    id: FileId,
     stat: StatEntry,
     file: Option<File>,
+}
+
+/// What an entry becomes on disk.
+enum Kind {
+    Dir,
+    Symlink,
+    /// A second name for a regular file received earlier in this transfer.
+    Link,
+    /// Device node or FIFO, with its `S_IFMT` type. One sent as a hardlink is made as a node
+    /// of its own, as before: we link only to regular files.
+    Node(u32),
+    /// A regular file; `wants_data` unless it stands in for a socket or an irregular file.
+    File {
+        wants_data: bool,
+    },
+}
+
+impl Kind {
+    /// What making one is called in an error.
+    fn verb(&self) -> &'static str {
+        match self {
+            Kind::Dir => "mkdir",
+            Kind::Symlink => "symlink",
+            Kind::Node(_) => "mknod",
+            Kind::Link => "link",
+            Kind::File { .. } => "create",
+        }
+    }
+
+    fn of(st: &StatEntry) -> Kind {
+        let kind = st.mode & mode::MODE_TYPE;
+        if st.is_dir() {
+            Kind::Dir
+        } else if st.is_symlink() {
+            Kind::Symlink
+        } else if kind & (MODE_DEVICE | MODE_NAMED_PIPE) != 0 {
+            Kind::Node(if st.mode & MODE_CHAR_DEVICE != 0 {
+                mode::S_IFCHR
+            } else if st.mode & MODE_NAMED_PIPE != 0 {
+                mode::S_IFIFO
+            } else {
+                mode::S_IFBLK
+            })
+        } else if !st.linkname.is_empty() {
+            Kind::Link
+        } else {
+            // Only what both ends agree is a plain file is asked for; anything odd stays empty.
+            Kind::File {
+                wants_data: kind & (MODE_SOCKET | MODE_IRREGULAR) == 0,
+            }
+        }
+    }
+}
+
+/// One open directory on the way down from the root.
+struct Level {
+    name: String,
+    fd: OwnedFd,
+    id: FileId,
+}
+
+/// The destination as descriptors: the root, the directories of this transfer by path (with
+/// the inode each one is), and the chain of open directories to the one last used, which
+/// walker order keeps mostly right.
+struct Tree {
+    dest: PathBuf,
+    root: OwnedFd,
+    known: HashMap<String, FileId>,
+    chain: Vec<Level>,
+}
+
+impl Tree {
+    fn shown(&self, rel: &str) -> PathBuf {
+        if rel.is_empty() {
+            self.dest.clone()
+        } else {
+            self.dest.join(rel)
+        }
+    }
+
+    /// The directory `path` (relative, "" for the root), which must be one this transfer made
+    /// or merged into. Every component kept open from before is looked up again in its parent
+    /// and must still be the same inode: one renamed away (even out of the tree) and replaced,
+    /// by a symlink or anything else, fails the transfer instead of receiving its writes.
+    fn dir(&mut self, path: &str) -> Result<BorrowedFd<'_>> {
+        let comps: Vec<&str> = if path.is_empty() {
+            Vec::new()
+        } else {
+            path.split('/').collect()
+        };
+        let keep = self
+            .chain
+            .iter()
+            .zip(&comps)
+            .take_while(|(l, c)| l.name == **c)
+            .count();
+        self.chain.truncate(keep);
+        for i in 0..keep {
+            let parent = match i {
+                0 => self.root.as_fd(),
+                _ => self.chain[i - 1].fd.as_fd(),
+            };
+            sys::check_at(parent, &self.chain[i].name, self.chain[i].id)
+                .map_err(|e| Error::io("check", self.shown(&comps[..=i].join("/")), e))?;
+        }
+        for i in keep..comps.len() {
+            let prefix = comps[..=i].join("/");
+            let Some(&want) = self.known.get(&prefix) else {
+                return protocol(format!("{prefix:?} is not a directory of this transfer"));
+            };
+            let parent = match i {
+                0 => self.root.as_fd(),
+                _ => self.chain[i - 1].fd.as_fd(),
+            };
+            let (fd, id) = sys::open_dir_path(parent, comps[i])
+                .map_err(|e| Error::io("open", self.shown(&prefix), e))?;
+            if id != want {
+                return Err(Error::io("open", self.shown(&prefix), sys::replaced()));
+            }
+            self.chain.push(Level {
+                name: comps[i].to_string(),
+                fd,
+                id,
+            });
+        }
+        Ok(self
+            .chain
+            .last()
+            .map_or(self.root.as_fd(), |l| l.fd.as_fd()))
+    }
+
+    /// Like [`Tree::dir`], as a descriptor of its own (for a second directory at once).
+    fn dir_owned(&mut self, path: &str) -> Result<OwnedFd> {
+        let shown = self.shown(path);
+        self.dir(path)?
+            .try_clone_to_owned()
+            .map_err(|e| Error::io("dup", shown, e))
+    }
 }
 
 struct Receiver {
@@ -103,11 +254,14 @@ struct Receiver {
     create_dest: bool,
     owner: OwnerPolicy,
     order: OrderCheck,
-    /// Regular files received so far: the only valid hardlink sources.
-    files: HashSet<String>,
+    /// Regular files received so far, and which inode each is: the only valid hardlink
+    /// sources.
+    files: HashMap<String, FileId>,
+    /// Devices and FIFOs received so far, which later entries may name as their link.
+    nodes: HashSet<String>,
     pending: HashMap<u32, Incoming>,
-    /// Directories whose mode and times are applied at the end.
-    dirs: Vec<(PathBuf, StatEntry)>,
+    /// Directories whose owner, mode and times are applied at the end.
+    dirs: Vec<(String, FileId, StatEntry)>,
     next_id: u32,
     tmp_seq: u64,
     tx: mpsc::Sender<Packet>,
@@ -118,17 +272,26 @@ fn protocol<T>(msg: String) -> Result<T> {
     Err(Error::Protocol(msg))
 }
 
+/// Parent directory and last component of a checked relative path.
+fn split(path: &str) -> (&str, &str) {
+    match path.rfind('/') {
+        Some(i) => (&path[..i], &path[i + 1..]),
+        None => ("", path),
+    }
+}
+
 impl Receiver {
     fn run(&mut self) -> Result<()> {
         if self.create_dest {
             std::fs::create_dir_all(&self.dest).map_err(|e| Error::io("mkdir", &self.dest, e))?;
-        } else if !self.dest.is_dir() {
-            return Err(Error::io(
-                "open",
-                &self.dest,
-                io::Error::from(io::ErrorKind::NotFound),
-            ));
         }
+        let (root, _) = sys::open_root(&self.dest).map_err(|e| Error::io("open", &self.dest, e))?;
+        let mut tree = Tree {
+            dest: self.dest.clone(),
+            root,
+            known: HashMap::new(),
+            chain: Vec::new(),
+        };
         let mut stats_done = false;
         while !(stats_done && self.pending.is_empty()) {
             match self.rx.blocking_recv() {
@@ -141,16 +304,21 @@ impl Receiver {
                     }
                     let id = self.next_id;
                     self.next_id += 1;
-                    self.add(id, st)?;
+                    self.add(&mut tree, id, st)?;
                 }
-                Some(Packet::Data { id, data }) => self.data(id, &data)?,
+                Some(Packet::Data { id, data }) => self.data(&mut tree, id, &data)?,
                 Some(Packet::Fin) => return protocol("sender finished before the transfer".into()),
                 // Requests are not for us; upstream ignores them too.
                 Some(Packet::Req { .. }) => {}
             }
         }
-        for (path, st) in self.dirs.iter().rev() {
-            finish_metadata(path, st)?;
+        // Deepest first: a directory's final mode may shut us out of what is below it.
+        for (path, id, st) in self.dirs.iter().rev() {
+            let (parent, name) = split(path);
+            let shown = tree.shown(path);
+            let dir = tree.dir(parent)?;
+            let d = sys::open_dir_read(dir, name, *id).map_err(|e| Error::io("open", &shown, e))?;
+            finish_fd(&d, st, &shown)?;
         }
         self.tx
             .blocking_send(Packet::Fin)
@@ -164,197 +332,236 @@ impl Receiver {
         Ok(())
     }
 
-    fn add(&mut self, id: u32, mut st: StatEntry) -> Result<()> {
+    fn add(&mut self, tree: &mut Tree, id: u32, mut st: StatEntry) -> Result<()> {
         check_path(&st.path)?;
         self.order.check(&st.path, st.is_dir())?;
         if let OwnerPolicy::Fixed { uid, gid } = self.owner {
             st.uid = uid;
             st.gid = gid;
         }
-        let hardlink = !st.is_dir() && !st.is_symlink() && !st.linkname.is_empty();
-        if hardlink {
-            if !self.files.contains(&st.linkname) {
+        let kind = Kind::of(&st);
+        // A hardlink's source: a regular file of this transfer, by name and by inode, in its
+        // own directory's descriptor.
+        let link_src = match kind {
+            Kind::Link => {
+                let Some(&src_id) = self.files.get(&st.linkname) else {
+                    return protocol(format!(
+                        "invalid link {:?} to unknown path {:?}",
+                        st.path, st.linkname
+                    ));
+                };
+                let (src_parent, _) = split(&st.linkname);
+                Some((tree.dir_owned(src_parent)?, src_id))
+            }
+            Kind::Node(_) if !st.linkname.is_empty() && !self.nodes.contains(&st.linkname) => {
                 return protocol(format!(
                     "invalid link {:?} to unknown path {:?}",
                     st.path, st.linkname
                 ));
             }
-        } else if !st.is_dir() && !st.is_symlink() {
-            self.files.insert(st.path.clone());
-        }
-
-        let target = self.dest.join(&st.path);
-        let existing = match std::fs::symlink_metadata(&target) {
-            Ok(md) => Some(md),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => return Err(Error::io("lstat", target, e)),
-        };
-        if st.is_dir() && existing.as_ref().is_some_and(|m| m.is_dir()) {
-            apply_owner_and_xattrs(&target, &st)?;
-            self.dirs.push((target, st));
-            return Ok(());
-        }
-        let build_at = if existing.is_some() {
-            self.tmp_name(&target)?
-        } else {
-            target.clone()
+            _ => None,
         };
 
-        let kind = st.mode & mode::MODE_TYPE;
-        let mut wants_data = false;
-        if st.is_dir() {
-            // Owner-writable until the end, whatever the final mode.
-            std::fs::DirBuilder::new()
-                .mode(0o700)
-                .create(&build_at)
-                .map_err(|e| Error::io("mkdir", &build_at, e))?;
-        } else if st.is_symlink() {
-            std::os::unix::fs::symlink(&st.linkname, &build_at)
-                .map_err(|e| Error::io("symlink", &build_at, e))?;
-        } else if kind & (MODE_DEVICE | MODE_NAMED_PIPE) != 0 {
-            let t = if st.mode & MODE_CHAR_DEVICE != 0 {
-                mode::S_IFCHR
-            } else if st.mode & MODE_NAMED_PIPE != 0 {
-                mode::S_IFIFO
-            } else {
-                mode::S_IFBLK
-            };
-            sys::mknod(
-                &build_at,
-                t | (st.mode & mode::MODE_PERM),
-                sys::makedev(st.devmajor, st.devminor),
-            )
-            .map_err(|e| Error::io("mknod", &build_at, e))?;
-        } else if hardlink {
-            let src = self.dest.join(&st.linkname);
-            std::fs::hard_link(&src, &build_at).map_err(|e| Error::io("link", &build_at, e))?;
-        } else {
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&build_at)
-                .map_err(|e| Error::io("create", &build_at, e))?;
-            // Only what both ends agree is a plain file is asked for; anything odd stays empty.
-            wants_data = kind & (MODE_SOCKET | MODE_IRREGULAR) == 0;
+        let (parent, name) = split(&st.path);
+        let shown = tree.shown(&st.path);
+        let dir = tree.dir(parent)?;
+        let existing = sys::stat_at(dir, name).map_err(|e| Error::io("lstat", &shown, e))?;
+        if let (Kind::Dir, Some(old)) = (&kind, existing) {
+            if old.is_dir() {
+                // Merged into as it is; checked again whenever it is entered.
+                set_dir_xattrs(dir, name, old, &st);
+                self.dirs.push((st.path.clone(), old, st.clone()));
+                tree.known.insert(st.path, old);
+                return Ok(());
+            }
         }
 
-        apply_owner_and_xattrs(&build_at, &st)?;
-        if !st.is_dir() && !wants_data {
-            finish_metadata(&build_at, &st)?;
+        let build = |build_name: &str| -> io::Result<(FileId, Option<File>)> {
+            match &kind {
+                Kind::Dir => {
+                    let fid = sys::create_dir(dir, build_name)?;
+                    // Inherited default ACLs and the like are there before the children.
+                    set_dir_xattrs(dir, build_name, fid, &st);
+                    Ok((fid, None))
+                }
+                Kind::Symlink => Ok((sys::create_symlink(dir, build_name, &st.linkname)?, None)),
+                Kind::Node(t) => {
+                    let dev = sys::makedev(st.devmajor, st.devminor);
+                    Ok((sys::create_node(dir, build_name, *t, dev)?, None))
+                }
+                Kind::Link => {
+                    let (src_dir, src_id) = link_src.as_ref().unwrap_or_else(|| unreachable!());
+                    let (_, src_name) = split(&st.linkname);
+                    sys::create_link(src_dir.as_fd(), src_name, *src_id, dir, build_name)?;
+                    Ok((*src_id, None))
+                }
+                Kind::File { .. } => {
+                    let (f, fid) = sys::create_file(dir, build_name)?;
+                    set_xattrs_fd(f.as_fd(), &st);
+                    Ok((fid, Some(f)))
+                }
+            }
+        };
+        // Something already there is replaced by a rename once the new entry is complete.
+        let mut build_name = name.to_string();
+        let mut tries = 0;
+        let made = loop {
+            if existing.is_some() {
+                build_name = self.tmp_name();
+            }
+            match build(&build_name) {
+                // Our temporary name was taken (a leftover, or planted): pick the next.
+                Err(e)
+                    if existing.is_some()
+                        && e.raw_os_error() == Some(libc::EEXIST)
+                        && tries < 100 =>
+                {
+                    tries += 1
+                }
+                r => break r,
+            }
+        };
+        let shown_build = shown.with_file_name(&build_name);
+        let (fid, file) = made.map_err(|e| Error::io(kind.verb(), &shown_build, e))?;
+
+        // Entries without data are complete now; a hardlink's inode is its source's, whose
+        // metadata comes with the source's last data packet, so it is left alone here.
+        match (&kind, file) {
+            (Kind::Symlink | Kind::Node(_), _) => {
+                finish_node(dir, &build_name, fid, &st, &shown_build)?
+            }
+            (Kind::File { wants_data: false }, Some(f)) => finish_fd(&f, &st, &shown_build)?,
+            // Closed until the data comes: a tree has more files than we may keep open.
+            _ => {}
         }
 
         if let Some(old) = existing {
             // A rename can replace a file with a file, but not across the dir/non-dir line.
-            if old.is_dir() != st.is_dir() {
-                let r = if old.is_dir() {
-                    std::fs::remove_dir_all(&target)
-                } else {
-                    std::fs::remove_file(&target)
-                };
-                r.map_err(|e| Error::io("remove", &target, e))?;
+            if old.is_dir() != matches!(kind, Kind::Dir) {
+                sys::remove_tree_at(dir, name).map_err(|e| Error::io("remove", &shown, e))?;
             }
-            std::fs::rename(&build_at, &target).map_err(|e| Error::io("rename", &build_at, e))?;
+            sys::rename_in(dir, &build_name, name)
+                .map_err(|e| Error::io("rename", &shown_build, e))?;
         }
 
-        if st.is_dir() {
-            self.dirs.push((target, st));
-        } else if wants_data {
-            self.pending.insert(
-                id,
-                Incoming {
-                    path: target,
-                    stat: st,
-                    file: None,
-                },
-            );
-            self.tx
-                .blocking_send(Packet::Req { id })
-                .map_err(|_| Error::Closed)?;
+        match kind {
+            Kind::Dir => {
+                self.dirs.push((st.path.clone(), fid, st.clone()));
+                tree.known.insert(st.path, fid);
+            }
+            Kind::File { wants_data: true } => {
+                self.files.insert(st.path.clone(), fid);
+                self.pending.insert(
+                    id,
+                    Incoming {
+                        path: st.path.clone(),
+                        id: fid,
+                        stat: st,
+                        file: None,
+                    },
+                );
+                self.tx
+                    .blocking_send(Packet::Req { id })
+                    .map_err(|_| Error::Closed)?;
+            }
+            Kind::File { wants_data: false } => {
+                self.files.insert(st.path.clone(), fid);
+            }
+            Kind::Node(_) if st.linkname.is_empty() => {
+                self.nodes.insert(st.path);
+            }
+            _ => {}
         }
         Ok(())
     }
 
-    fn data(&mut self, id: u32, data: &[u8]) -> Result<()> {
+    fn data(&mut self, tree: &mut Tree, id: u32, data: &[u8]) -> Result<()> {
         let Some(inc) = self.pending.get_mut(&id) else {
             return protocol(format!("invalid file request {id}"));
         };
-        if data.is_empty() {
-            let inc = self.pending.remove(&id).unwrap_or_else(|| unreachable!());
-            if let Some(f) = inc.file {
-                drop(f);
-            }
-            return finish_metadata(&inc.path, &inc.stat);
-        }
+        let shown = tree.shown(&inc.path);
         if inc.file.is_none() {
-            inc.file = Some(open_for_data(&inc.path)?);
+            let (parent, name) = split(&inc.path);
+            let dir = tree.dir(parent)?;
+            // Nothing to write for an empty file: read access is enough to set its metadata.
+            let flags = if data.is_empty() {
+                OFlag::O_RDONLY
+            } else {
+                OFlag::O_WRONLY
+            };
+            inc.file = Some(
+                sys::reopen_file(dir, name, inc.id, flags)
+                    .map_err(|e| Error::io("open", &shown, e))?,
+            );
         }
-        if let Some(f) = inc.file.as_mut() {
-            f.write_all(data)
-                .map_err(|e| Error::io("write", &inc.path, e))?;
+        let Some(f) = inc.file.as_mut() else {
+            unreachable!()
+        };
+        if !data.is_empty() {
+            return f.write_all(data).map_err(|e| Error::io("write", &shown, e));
+        }
+        let inc = self.pending.remove(&id).unwrap_or_else(|| unreachable!());
+        if let Some(f) = &inc.file {
+            finish_fd(f, &inc.stat, &shown)?;
         }
         Ok(())
     }
 
-    /// A free temporary name next to `target`.
-    fn tmp_name(&mut self, target: &Path) -> Result<PathBuf> {
-        let dir = target.parent().unwrap_or(&self.dest).to_path_buf();
-        loop {
-            self.tmp_seq += 1;
-            let p = dir.join(format!(
-                ".tmp.bkrun.{}.{}",
-                std::process::id(),
-                self.tmp_seq
-            ));
-            match std::fs::symlink_metadata(&p) {
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(p),
-                Err(e) => return Err(Error::io("lstat", p, e)),
-                Ok(_) => {}
-            }
-        }
+    /// The next temporary name to build a replacement under.
+    fn tmp_name(&mut self) -> String {
+        self.tmp_seq += 1;
+        format!(".tmp.bkrun.{}.{}", std::process::id(), self.tmp_seq)
     }
 }
 
-/// Open a received file for writing; a hardlink may already have given it a read-only mode.
-fn open_for_data(path: &Path) -> Result<File> {
-    let open = || {
-        std::fs::OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(path)
-    };
-    match open() {
-        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
-            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
-            open()
-        }
-        r => r,
-    }
-    .map_err(|e| Error::io("open", path, e))
-}
-
-/// Ownership and xattrs; done before content so that nothing written is briefly exposed under
-/// other ids.
-fn apply_owner_and_xattrs(path: &Path, st: &StatEntry) -> Result<()> {
+/// Extended attributes, best effort as upstream: the local filesystem may not take them.
+fn set_xattrs_fd(fd: BorrowedFd, st: &StatEntry) {
     for (k, v) in &st.xattrs {
-        // Best effort, as upstream: the local filesystem may not take them.
-        let _ = sys::lsetxattr(path, k, v);
+        let _ = sys::fsetxattr(fd, k, v);
     }
-    std::os::unix::fs::lchown(path, Some(st.uid), Some(st.gid))
-        .map_err(|e| Error::io("lchown", path, e))
 }
 
-/// Mode (after the chown, which clears setuid/setgid) and times.
-fn finish_metadata(path: &Path, st: &StatEntry) -> Result<()> {
-    if !st.is_symlink() {
-        std::fs::set_permissions(
-            path,
-            std::fs::Permissions::from_mode(mode::chmod_bits(st.mode)),
-        )
-        .map_err(|e| Error::io("chmod", path, e))?;
+/// Extended attributes of a directory, which takes them only through a descriptor open for
+/// reading (a path-only one is refused).
+fn set_dir_xattrs(dir: BorrowedFd, name: &str, id: FileId, st: &StatEntry) {
+    if st.xattrs.is_empty() {
+        return;
     }
-    sys::set_times_nofollow(path, st.mod_time).map_err(|e| Error::io("chtimes", path, e))
+    if let Ok(d) = sys::open_dir_read(dir, name, id) {
+        set_xattrs_fd(d.as_fd(), st);
+    }
+}
+
+/// Owner, then mode, then times of a file or directory we hold open. The owner comes first
+/// because chown clears setuid/setgid (and file capabilities); for a file this runs once its
+/// data is complete, so those bits never sit on a file still being written.
+fn finish_fd(f: &File, st: &StatEntry, shown: &Path) -> Result<()> {
+    sys::set_owner(f.as_fd(), st.uid, st.gid).map_err(|e| Error::io("chown", shown, e))?;
+    sys::set_mode(f.as_fd(), mode::chmod_bits(st.mode))
+        .map_err(|e| Error::io("chmod", shown, e))?;
+    sys::set_times(f.as_fd(), st.mod_time).map_err(|e| Error::io("chtimes", shown, e))
+}
+
+/// The same for a symlink, device or FIFO `name` in `dir`, which is never opened for I/O: a
+/// path-only descriptor checked to be the inode we made carries the owner (and the mode,
+/// except for a symlink, which has none of its own); times go by name without following.
+fn finish_node(
+    dir: BorrowedFd,
+    name: &str,
+    id: FileId,
+    st: &StatEntry,
+    shown: &Path,
+) -> Result<()> {
+    let node = sys::open_node(dir, name, id).map_err(|e| Error::io("open", shown, e))?;
+    for (k, v) in &st.xattrs {
+        let _ = sys::lsetxattr_at(dir, name, k, v);
+    }
+    sys::set_owner_node(node.as_fd(), st.uid, st.gid).map_err(|e| Error::io("chown", shown, e))?;
+    if !st.is_symlink() {
+        sys::set_mode_node(node.as_fd(), dir, name, id, mode::chmod_bits(st.mode))
+            .map_err(|e| Error::io("chmod", shown, e))?;
+    }
+    sys::set_times_at(dir, name, st.mod_time).map_err(|e| Error::io("chtimes", shown, e))
 }
 
 /// Paths must be clean, relative and stay inside the destination.
