@@ -310,16 +310,39 @@ impl Settings {
             Some(path) => (read_config(&path)?, Some(path)),
             None => (FileConfig::default(), None),
         };
-        let mut buildkitd_flags = file.buildkitd_flags.unwrap_or_default();
-        let env_flags = args
-            .buildkitd_flags
-            .clone()
-            .or_else(|| host.env("BUILDKITD_FLAGS"));
-        if let Some(f) = env_flags {
-            buildkitd_flags.extend(shell_words::split(&f).with_context(|| {
+        let file_flags = file.buildkitd_flags.unwrap_or_default();
+        let (env_flags, env_source) = match &args.buildkitd_flags {
+            Some(f) => (Some(f.clone()), "--buildkitd-flags"),
+            None => (host.env("BUILDKITD_FLAGS"), "BUILDKITD_FLAGS"),
+        };
+        let env_flags = match env_flags {
+            Some(f) => shell_words::split(&f).with_context(|| {
                 format!("BUILDKITD_FLAGS/--buildkitd-flags has unbalanced quotes: fix the quoting in {f:?}")
-            })?);
-        }
+            })?,
+            None => Vec::new(),
+        };
+        // Settled here, before anything starts: an address off loopback without mutual TLS is
+        // refused whichever of these named it (src/listen.rs).
+        let file_source = match &config_file {
+            Some(p) => format!("buildkitd_flags in {}", p.display()),
+            None => "buildkitd_flags in bkrun.toml".into(),
+        };
+        crate::listen::check_daemon_flags(
+            &[
+                crate::listen::FlagSource {
+                    name: file_source,
+                    flags: &file_flags,
+                },
+                crate::listen::FlagSource {
+                    name: env_source.into(),
+                    flags: &env_flags,
+                },
+            ],
+            host.env("BUILDKITD_DEBUGADDR").as_deref(),
+            args.insecure_plaintext,
+        )?;
+        let mut buildkitd_flags = file_flags;
+        buildkitd_flags.extend(env_flags);
         let (ready_timeout, ready_timeout_source) = if let Some(s) = args.ready_timeout {
             (secs("--ready-timeout", s)?, "--ready-timeout")
         } else if let Some(n) = host.env("BUILDCTL_CONNECT_RETRIES_MAX") {
@@ -715,6 +738,79 @@ mod tests {
         assert!(
             matches!(w, Worker::Containerd { shared_dir: Some(d), .. } if d == Path::new("/srv/x"))
         );
+    }
+
+    #[test]
+    fn an_address_off_loopback_is_refused_whichever_source_names_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bkrun.toml");
+        let load = |file: &str, flag: Option<&str>, env: Vec<(&'static str, &'static str)>| {
+            std::fs::write(&path, file).unwrap();
+            let args = GlobalArgs {
+                config: Some(path.clone()),
+                buildkitd_flags: flag.map(String::from),
+                ..Default::default()
+            };
+            let h = FakeHost {
+                env,
+                ..FakeHost::root()
+            };
+            Settings::load(&args, &h).map(|s| s.buildkitd_flags)
+        };
+        let open = "--addr tcp://0.0.0.0:1234";
+        let e = load("", None, vec![("BUILDKITD_FLAGS", open)]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "BUILDKITD_FLAGS --addr tcp://0.0.0.0:1234 is reachable from other hosts: give --tlscert, --tlskey and --tlscacert among the daemon's flags for mutual TLS, or pass --insecure-plaintext"
+        );
+        let e = load("", Some(open), vec![]).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("--buildkitd-flags --addr tcp://0.0.0.0:1234 is reachable"),
+            "{e}"
+        );
+        let e = load(
+            "buildkitd_flags = [\"--addr=tcp://[::]:1234\"]\n",
+            None,
+            vec![],
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string().split(" is reachable").next().unwrap(),
+            format!(
+                "buildkitd_flags in {} --addr tcp://[::]:1234",
+                path.display()
+            )
+        );
+        // Loopback and unix sockets are this host's alone; mutual TLS makes the rest fine.
+        assert!(load("", Some("--addr tcp://127.0.0.1:1234"), vec![]).is_ok());
+        assert!(load("", None, vec![("BUILDKITD_FLAGS", "--addr=unix:///b.sock")]).is_ok());
+        let flags = load(
+            "buildkitd_flags = [\"--tlscert=/c\", \"--tlskey=/k\", \"--tlscacert=/ca\"]\n",
+            None,
+            vec![("BUILDKITD_FLAGS", open)],
+        )
+        .unwrap();
+        assert!(flags.iter().any(|f| f == "tcp://0.0.0.0:1234"), "{flags:?}");
+        // --insecure-plaintext is the explicit way out.
+        std::fs::write(&path, "").unwrap();
+        let args = GlobalArgs {
+            config: Some(path.clone()),
+            buildkitd_flags: Some(open.into()),
+            insecure_plaintext: true,
+            ..Default::default()
+        };
+        assert!(Settings::load(&args, &FakeHost::root()).is_ok());
+    }
+
+    #[test]
+    fn the_buildkitd_table_cannot_name_a_listener() {
+        // The daemon's buildkitd.toml is rendered from this table only, which has no [grpc]: an
+        // address (or TLS) there is refused as an unknown key, never passed on. (Its grpc.address
+        // would be ignored anyway: buildkitd takes --addr over the file's, and bkrun always
+        // passes one.)
+        let e = parse_config("[buildkitd.grpc]\naddress = [\"tcp://0.0.0.0:1234\"]\n").unwrap_err();
+        assert!(format!("{e:#}").contains("grpc"), "{e:#}");
     }
 
     #[test]

@@ -37,6 +37,7 @@ pub mod fsutil;
 pub mod gofmt;
 pub mod host;
 pub mod kube;
+pub mod listen;
 pub mod mountinfo;
 pub mod ocilayout;
 pub mod ownerlock;

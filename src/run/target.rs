@@ -118,21 +118,22 @@ const DEFAULT_CONNECT_RETRY_SECS: f64 = 15.0;
 pub(super) fn listener_flags(d: &DaemonArgs, insecure_plaintext: bool) -> Result<Vec<String>> {
     let mut flags = Vec::new();
     for l in &d.listen {
-        let Some(hp) = l.strip_prefix("tcp://") else {
+        if !l.starts_with("tcp://") {
             bail!("--listen {l:?} must be tcp://HOST:PORT (the unix socket is always there)");
-        };
-        let host = hp
-            .rsplit_once(':')
-            .map(|(h, _)| h.trim_matches(['[', ']']))
-            .unwrap_or("");
-        let loopback = host == "localhost"
-            || host
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback());
-        let mutual = d.tls_server_cert.is_some() && d.tls_client_ca.is_some();
-        if !loopback && !mutual && !insecure_plaintext {
-            bail!("--listen {l} is reachable from other hosts: give --tls-server-cert, --tls-server-key and --tls-client-ca for mutual TLS, or pass --insecure-plaintext");
         }
+        // The same rule as every other address the daemon is given (src/listen.rs).
+        let tls = crate::listen::ServerTls {
+            cert: d.tls_server_cert.is_some(),
+            key: d.tls_server_key.is_some(),
+            ca: d.tls_client_ca.is_some(),
+        };
+        crate::listen::check_grpc(
+            "--listen",
+            l,
+            tls,
+            "give --tls-server-cert, --tls-server-key and --tls-client-ca",
+            insecure_plaintext,
+        )?;
         flags.push(format!("--addr={l}"));
     }
     for (flag, file) in [
