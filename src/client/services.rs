@@ -152,6 +152,7 @@ fn auth(registry: &RegistryAuth) -> Result<AuthProvider> {
             let tls = RegistryTls {
                 ca: t.ca.clone(),
                 insecure: t.insecure,
+                http: t.http,
             };
             (host.clone(), tls)
         })

@@ -46,12 +46,46 @@ pub struct Token {
 }
 
 /// Extra trust for one registry host's token requests: bkrun.toml's `[buildkitd.registry."HOST"]`
-/// `ca` and `insecure`, which the daemon applied to its own token requests for that host.
+/// `ca` and `insecure`, which the daemon applied to its own token requests for that host, and
+/// `http`, which says whether the daemon reaches the registry itself over plain http.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RegistryTls {
     pub ca: Vec<PathBuf>,
     pub insecure: bool,
+    pub http: Option<bool>,
 }
+
+/// Whether the daemon talks to registry `host` over plain http, as BuildKit decides it: `http`
+/// in its registry table, else plain http for localhost and loopback addresses only. Every other
+/// registry is https, so its challenge (and the realm in it) came over TLS.
+fn plain_http_registry(host: &str, tls: Option<&RegistryTls>) -> bool {
+    if let Some(http) = tls.and_then(|t| t.http) {
+        return http;
+    }
+    let name = match host.rsplit_once(':') {
+        // `[::1]:5000`, `localhost:5000`; a bare `::1` has colons but no port.
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with(':') => h,
+        _ => host,
+    };
+    let name = name
+        .strip_prefix('[')
+        .and_then(|n| n.strip_suffix(']'))
+        .unwrap_or(name);
+    name == "localhost"
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// scheme, host and port: where a credential may go is the realm's origin and nothing else.
+fn same_origin(a: &reqwest::Url, b: &reqwest::Url) -> bool {
+    a.scheme() == b.scheme()
+        && a.host_str() == b.host_str()
+        && a.port_or_known_default() == b.port_or_known_default()
+}
+
+/// How many redirects inside the realm's origin are followed (reqwest's own default).
+const MAX_REDIRECTS: usize = 10;
 
 /// Why a token could not be had; `message` is the one line shown to the user.
 #[derive(Debug)]
@@ -88,12 +122,18 @@ enum Attempt {
     },
     Transport(String, ErrorKind),
     BadAnswer(String),
+    /// A redirect not followed: to another origin than the realm's, with credentials on board.
+    Redirected {
+        code: u16,
+        to: String,
+    },
 }
 
-/// Fetches tokens; one HTTP client per registry host that has its own TLS settings.
+/// Fetches tokens; one HTTP client per registry host that has its own TLS settings, and per
+/// kind of request: with credentials or without (their redirect rules differ).
 pub struct TokenClient {
     tls: BTreeMap<String, RegistryTls>,
-    clients: Mutex<HashMap<String, reqwest::Client>>,
+    clients: Mutex<HashMap<(String, bool), reqwest::Client>>,
 }
 
 impl TokenClient {
@@ -116,16 +156,31 @@ impl TokenClient {
         let realm_ok = reqwest::Url::parse(&req.realm)
             .map_err(|e| e.to_string())
             .and_then(|u| match u.scheme() {
-                "http" | "https" => Ok(()),
+                "http" | "https" => Ok(u),
                 other => Err(format!("{other}: is not http or https")),
             });
-        if let Err(e) = realm_ok {
-            return Err(TokenError {
+        let realm = match realm_ok {
+            Ok(u) => u,
+            Err(e) => {
+                return Err(TokenError {
                 kind: ErrorKind::Failed,
                 message: format!("cannot get a registry token for {}: the registry's challenge names the realm {:?}, which is not an http(s) URL: check the registry's token auth settings: {e}", req.host, req.realm),
             });
+            }
+        };
+        // The challenge of an https registry came over TLS; a password sent to a plain-http
+        // realm would not. (Anonymous requests carry nothing to protect.)
+        if creds.is_some()
+            && realm.scheme() == "http"
+            && !plain_http_registry(&req.host, self.tls.get(&req.host))
+        {
+            let host = &req.host;
+            return Err(TokenError {
+                kind: ErrorKind::Failed,
+                message: format!("cannot get a registry token for {host} from {}: the registry is reached over https but its token realm is plain http, so bkrun will not send it the credentials for {host}: have the registry name an https realm, or, if {host} itself serves plain http, set http = true in bkrun.toml's [buildkitd.registry.\"{host}\"]", realm_for_humans(&req.realm)),
+            });
         }
-        let client = self.client(&req.host)?;
+        let client = self.client(&req.host, creds.is_some())?;
         let result = match creds {
             Some(c) => {
                 // Like BuildKit's client: the OAuth2 POST first; registries without it answer 404
@@ -147,29 +202,49 @@ impl TokenClient {
         result.map_err(|a| explain(req, creds, a))
     }
 
-    fn client(&self, host: &str) -> Result<reqwest::Client, TokenError> {
+    fn client(&self, host: &str, credentials: bool) -> Result<reqwest::Client, TokenError> {
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         let tls = self.tls.get(host);
-        let key = if tls.is_some() { host } else { "" };
-        if let Some(c) = clients.get(key) {
+        let key = (
+            if tls.is_some() { host } else { "" }.to_string(),
+            credentials,
+        );
+        if let Some(c) = clients.get(&key) {
             return Ok(c.clone());
         }
-        let c = build_client(tls).map_err(|message| TokenError {
+        let c = build_client(tls, credentials).map_err(|message| TokenError {
             kind: ErrorKind::Failed,
             message: format!("cannot set up TLS for the token server of {host}: {message}"),
         })?;
-        clients.insert(key.to_string(), c.clone());
+        clients.insert(key, c.clone());
         Ok(c)
     }
 }
 
 /// An HTTP client with the system's CAs plus the registry's own; proxies from the environment
 /// (HTTPS_PROXY, NO_PROXY…), as the daemon honoured them for its token requests.
-fn build_client(tls: Option<&RegistryTls>) -> Result<reqwest::Client, String> {
+///
+/// With `credentials`, redirects are followed only inside the realm's origin. reqwest's default
+/// (0.12) follows any redirect: it drops the Authorization header only when the host or port
+/// changes (not on https → http), and re-sends a 307/308's body — the form holding the password
+/// or refresh token — wherever the Location points.
+fn build_client(tls: Option<&RegistryTls>, credentials: bool) -> Result<reqwest::Client, String> {
     let mut b = reqwest::Client::builder()
         .user_agent(USER_AGENT)
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(REQUEST_TIMEOUT);
+    if credentials {
+        b = b.redirect(reqwest::redirect::Policy::custom(|a| {
+            let realm = &a.previous()[0];
+            if !same_origin(realm, a.url()) {
+                a.stop()
+            } else if a.previous().len() > MAX_REDIRECTS {
+                a.error(format!("more than {MAX_REDIRECTS} redirects"))
+            } else {
+                a.follow()
+            }
+        }));
+    }
     for der in crate::tlsroots::system_roots().map_err(|e| format!("{e:#}"))? {
         if let Ok(c) = reqwest::Certificate::from_der(&der) {
             b = b.add_root_certificate(c);
@@ -315,6 +390,15 @@ struct Answer {
 
 async fn parse_answer(mut resp: reqwest::Response, flavour: Flavour) -> Result<Token, Attempt> {
     let status = resp.status();
+    // Resolved against the URL asked, so the message names a whole origin.
+    let resp_location = resp
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .and_then(|l| l.to_str().ok())
+        .map(|l| match resp.url().join(l) {
+            Ok(u) => realm_for_humans(u.as_str()),
+            Err(_) => format!("{l:?}"),
+        });
     let mut body = Vec::new();
     while let Some(chunk) = resp.chunk().await.map_err(transport)? {
         if body.len() + chunk.len() > MAX_BODY {
@@ -323,6 +407,14 @@ async fn parse_answer(mut resp: reqwest::Response, flavour: Flavour) -> Result<T
             )));
         }
         body.extend_from_slice(&chunk);
+    }
+    // A redirect comes back only when the policy stopped it: it left the realm's origin.
+    if status.is_redirection() {
+        let to = resp_location.unwrap_or_else(|| "no Location".into());
+        return Err(Attempt::Redirected {
+            code: status.as_u16(),
+            to,
+        });
     }
     // Go's client (and so the daemon) takes any status below 400 as an answer.
     if status.as_u16() < 200 || status.as_u16() >= 400 {
@@ -412,6 +504,11 @@ fn explain(req: &TokenRequest, creds: Option<&Credentials>, a: Attempt) -> Token
             ErrorKind::Failed,
             format!("{what}: the token server's answer is unusable: check the registry's token server, {off}: {detail}"),
         ),
+        // Not the daemon either: it would follow the redirect with the same credentials.
+        Attempt::Redirected { code, to } => (
+            ErrorKind::Failed,
+            format!("{what}: the token server redirected (HTTP {code}) to {to}, outside the realm the registry named, and bkrun sends the credentials for {host} only to that realm: have the registry name the server that answers as its token realm"),
+        ),
     };
     TokenError { kind, message }
 }
@@ -457,13 +554,25 @@ mod tests {
     /// A token server on 127.0.0.1 that answers each connection with the next canned answer and
     /// hands back the raw requests it got; it stops after the last answer or 10 s.
     fn fake(answers: Vec<(u16, &'static str)>) -> (u16, std::thread::JoinHandle<Vec<String>>) {
+        fake_with(
+            answers
+                .into_iter()
+                .map(|(c, b)| (c, b, String::new()))
+                .collect(),
+        )
+    }
+
+    /// `fake` whose answers also carry header lines (each ending in CRLF), e.g. a Location.
+    fn fake_with(
+        answers: Vec<(u16, &'static str, String)>,
+    ) -> (u16, std::thread::JoinHandle<Vec<String>>) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         l.set_nonblocking(true).unwrap();
         let h = std::thread::spawn(move || {
             let deadline = Instant::now() + Duration::from_secs(10);
             let mut seen = Vec::new();
-            for (code, body) in answers {
+            for (code, body, headers) in answers {
                 let mut s = loop {
                     match l.accept() {
                         Ok((s, _)) => break s,
@@ -477,7 +586,7 @@ mod tests {
                 seen.push(read_request(&mut s));
                 let _ = write!(
                     s,
-                    "HTTP/1.1 {code} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    "HTTP/1.1 {code} X\r\n{headers}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                     body.len()
                 );
             }
@@ -529,8 +638,320 @@ mod tests {
         }
     }
 
+    /// The client of a plain-http registry (`http = true`), whose plain-http realm may have
+    /// its credentials.
     fn client() -> TokenClient {
-        TokenClient::new(BTreeMap::new())
+        let plain = RegistryTls {
+            http: Some(true),
+            ..Default::default()
+        };
+        TokenClient::new(BTreeMap::from([("reg.example:5000".to_string(), plain)]))
+    }
+
+    /// A port where a connection would be noticed: after the fetch, `nobody_came` says whether
+    /// one arrived.
+    fn watched_port() -> (u16, TcpListener) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        (l.local_addr().unwrap().port(), l)
+    }
+
+    /// True when no client connected: a connect completes in the kernel's backlog, so one the
+    /// fetch made is there to accept by the time the fetch returned.
+    fn nobody_came(l: &TcpListener) -> bool {
+        matches!(l.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+
+    #[tokio::test]
+    async fn a_redirect_to_another_origin_carries_no_credentials() {
+        for code in [301u16, 302, 303, 307, 308] {
+            for c in [creds("builder", "pw-123"), creds("", "refresh-123")] {
+                let (other, watch) = watched_port();
+                let to = format!("Location: http://127.0.0.1:{other}/token\r\n");
+                let (port, server) = fake_with(vec![(code, "", to)]);
+                let e = client()
+                    .fetch(&request(port, ""), Some(&c))
+                    .await
+                    .unwrap_err();
+                server.join().unwrap();
+                assert!(
+                    nobody_came(&watch),
+                    "HTTP {code}: the redirect was followed"
+                );
+                assert_eq!(e.kind, ErrorKind::Failed);
+                assert_eq!(
+                    e.message,
+                    format!("cannot get a registry token for reg.example:5000 from http://127.0.0.1:{port}/token: the token server redirected (HTTP {code}) to http://127.0.0.1:{other}/token, outside the realm the registry named, and bkrun sends the credentials for reg.example:5000 only to that realm: have the registry name the server that answers as its token realm")
+                );
+            }
+        }
+        // The GET with basic auth (after a POST the server does not take) is held the same way.
+        let (other, watch) = watched_port();
+        let to = format!("Location: http://127.0.0.1:{other}/token\r\n");
+        let (port, server) = fake_with(vec![(404, "", String::new()), (307, "", to)]);
+        let e = client()
+            .fetch(&request(port, ""), Some(&creds("builder", "pw")))
+            .await
+            .unwrap_err();
+        let seen = server.join().unwrap();
+        assert!(seen[1].starts_with("GET /token?"), "{seen:?}");
+        assert!(nobody_came(&watch));
+        assert!(e.message.contains("redirected (HTTP 307)"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn redirects_inside_the_realm_are_followed() {
+        let (port, server) = fake_with(vec![
+            (307, "", "Location: /token/v2\r\n".into()),
+            (200, r#"{"access_token":"moved"}"#, String::new()),
+        ]);
+        let t = client()
+            .fetch(&request(port, ""), Some(&creds("builder", "pw")))
+            .await
+            .unwrap();
+        assert_eq!(t.token, "moved");
+        let seen = server.join().unwrap();
+        assert!(seen[1].starts_with("POST /token/v2 HTTP/1.1"), "{seen:?}");
+        assert!(seen[1].ends_with("&password=pw"), "{seen:?}");
+        // Without credentials there is nothing to keep in: reqwest's own rules apply.
+        let (other, other_server) = fake(vec![(200, r#"{"token":"elsewhere"}"#)]);
+        let to = format!("Location: http://127.0.0.1:{other}/token\r\n");
+        let (port, server) = fake_with(vec![(302, "", to)]);
+        let t = client().fetch(&request(port, ""), None).await.unwrap();
+        assert_eq!(t.token, "elsewhere");
+        server.join().unwrap();
+        other_server.join().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_plain_http_realm_of_an_https_registry_gets_no_credentials() {
+        let (port, watch) = watched_port();
+        // No bkrun.toml entry: reg.example:5000 is https, as the daemon reaches it.
+        let https_registry = TokenClient::new(BTreeMap::new());
+        for c in [creds("builder", "pw"), creds("", "refresh")] {
+            let e = https_registry
+                .fetch(&request(port, ""), Some(&c))
+                .await
+                .unwrap_err();
+            assert_eq!(e.kind, ErrorKind::Failed);
+            assert_eq!(
+                e.message,
+                format!("cannot get a registry token for reg.example:5000 from http://127.0.0.1:{port}/token: the registry is reached over https but its token realm is plain http, so bkrun will not send it the credentials for reg.example:5000: have the registry name an https realm, or, if reg.example:5000 itself serves plain http, set http = true in bkrun.toml's [buildkitd.registry.\"reg.example:5000\"]")
+            );
+        }
+        assert!(nobody_came(&watch));
+        drop(watch);
+        // Anonymous requests carry nothing, and go.
+        let (port, server) = fake(vec![(200, r#"{"token":"anon"}"#)]);
+        let t = https_registry
+            .fetch(&request(port, ""), None)
+            .await
+            .unwrap();
+        assert_eq!(t.token, "anon");
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn plain_http_registries_are_those_buildkit_reaches_over_http() {
+        let http = |v| RegistryTls {
+            http: Some(v),
+            ..Default::default()
+        };
+        for host in [
+            "localhost:5000",
+            "127.0.0.1:5000",
+            "[::1]:5000",
+            "localhost",
+            "::1",
+        ] {
+            assert!(plain_http_registry(host, None), "{host}");
+            assert!(!plain_http_registry(host, Some(&http(false))), "{host}");
+        }
+        for host in ["reg.example:5000", "docker.io", "10.0.0.1:5000"] {
+            assert!(!plain_http_registry(host, None), "{host}");
+            assert!(plain_http_registry(host, Some(&http(true))), "{host}");
+        }
+        let u = |s: &str| reqwest::Url::parse(s).unwrap();
+        assert!(same_origin(
+            &u("https://a.example/t"),
+            &u("https://a.example:443/x?y")
+        ));
+        assert!(!same_origin(
+            &u("https://a.example/t"),
+            &u("http://a.example/t")
+        ));
+        assert!(!same_origin(
+            &u("https://a.example/t"),
+            &u("https://a.example:8443/t")
+        ));
+        assert!(!same_origin(
+            &u("https://a.example/t"),
+            &u("https://b.example/t")
+        ));
+    }
+
+    /// An https token server on 127.0.0.1 (certificate from a CA made with openssl) that answers
+    /// each TLS connection with the next canned answer. The same port also records any request
+    /// that arrives in plaintext, which is what an https → http redirect to it would send.
+    /// Returns the port, the CA file, a stop switch and (TLS requests, plaintext requests).
+    #[allow(clippy::type_complexity)]
+    fn tls_fake(
+        dir: &std::path::Path,
+        answers: impl FnOnce(u16) -> Vec<(u16, String)>,
+    ) -> (
+        u16,
+        PathBuf,
+        std::sync::Arc<std::sync::atomic::AtomicBool>,
+        std::thread::JoinHandle<(Vec<String>, Vec<String>)>,
+    ) {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use tokio_rustls::rustls;
+        std::fs::write(dir.join("ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+        let ok = std::process::Command::new("sh")
+            .arg("-ec")
+            .arg("openssl req -x509 -newkey rsa:2048 -nodes -keyout ca-key.pem -out ca.pem -days 1 -subj /CN=bkrun-token-test-ca 2>/dev/null
+                  openssl req -newkey rsa:2048 -nodes -keyout key.pem -out req.csr -subj /CN=127.0.0.1 2>/dev/null
+                  openssl x509 -req -in req.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -out cert.pem -days 1 -extfile ext 2>/dev/null")
+            .current_dir(dir)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "openssl could not make the test certificates");
+        let chain = CertificateDer::pem_file_iter(dir.join("cert.pem"))
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_file(dir.join("key.pem")).unwrap();
+        let config = std::sync::Arc::new(
+            rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap(),
+        );
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        l.set_nonblocking(true).unwrap();
+        let answers = answers(port);
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let h = std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut answers = answers.into_iter();
+            let (mut tls, mut plain) = (Vec::new(), Vec::new());
+            loop {
+                let mut s = match l.accept() {
+                    Ok((s, _)) => s,
+                    Err(_) if stopped.load(Ordering::SeqCst) || Instant::now() > deadline => {
+                        return (tls, plain)
+                    }
+                    Err(_) => {
+                        std::thread::sleep(Duration::from_millis(5));
+                        continue;
+                    }
+                };
+                s.set_nonblocking(false).unwrap();
+                let mut first = [0u8; 1];
+                if s.peek(&mut first).unwrap_or(0) == 0 {
+                    continue;
+                }
+                // 0x16: a TLS handshake record; anything else is plaintext HTTP.
+                if first[0] != 0x16 {
+                    plain.push(read_request(&mut s));
+                    let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Length: 17\r\nConnection: close\r\n\r\n{{\"token\":\"leak\"}}");
+                    continue;
+                }
+                let conn = rustls::ServerConnection::new(config.clone()).unwrap();
+                let mut t = rustls::StreamOwned::new(conn, s);
+                let req = read_tls_request(&mut t);
+                tls.push(req);
+                let (code, headers) = answers.next().unwrap_or((500, String::new()));
+                let _ = write!(
+                    t,
+                    "HTTP/1.1 {code} X\r\n{headers}Content-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+                let _ = t.flush();
+                t.conn.send_close_notify();
+                let _ = t.flush();
+            }
+        });
+        (port, dir.join("ca.pem"), stop, h)
+    }
+
+    fn read_tls_request(s: &mut impl Read) -> String {
+        let mut buf = Vec::new();
+        let mut byte = [0u8; 1];
+        while !buf.ends_with(b"\r\n\r\n") {
+            match s.read(&mut byte) {
+                Ok(1) => buf.push(byte[0]),
+                _ => break,
+            }
+        }
+        let head = String::from_utf8_lossy(&buf).into_owned();
+        let len = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length: ")
+                    .map(|v| v.trim().parse::<usize>().unwrap())
+            })
+            .unwrap_or(0);
+        let mut body = vec![0u8; len];
+        let _ = s.read_exact(&mut body);
+        head + &String::from_utf8_lossy(&body)
+    }
+
+    #[tokio::test]
+    async fn an_https_realm_redirecting_to_http_keeps_the_credentials() {
+        // Same host, same port, only the scheme changes: reqwest's default keeps the
+        // Authorization header there and re-sends a 307's form.
+        for (answers, c, asked) in [
+            (vec![307u16], creds("builder", "pw-post"), "POST"),
+            (vec![308], creds("", "refresh-post"), "POST"),
+            (vec![404, 302], creds("builder", "pw-get"), "GET"),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            // The Location names this very port, over http.
+            let (port, ca, stop, server) = tls_fake(dir.path(), |port| {
+                answers
+                    .iter()
+                    .map(|&code| {
+                        let h = if code == 404 {
+                            String::new()
+                        } else {
+                            format!("Location: http://127.0.0.1:{port}/token\r\n")
+                        };
+                        (code, h)
+                    })
+                    .collect()
+            });
+            let tls = RegistryTls {
+                ca: vec![ca],
+                ..Default::default()
+            };
+            let tokens = TokenClient::new(BTreeMap::from([("reg.example:5000".to_string(), tls)]));
+            let mut req = request(port, "");
+            req.realm = format!("https://127.0.0.1:{port}/token");
+            let e = tokens.fetch(&req, Some(&c)).await.unwrap_err();
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            let (over_tls, in_plaintext) = server.join().unwrap();
+            assert!(in_plaintext.is_empty(), "{asked}: leaked: {in_plaintext:?}");
+            assert!(over_tls.last().unwrap().starts_with(asked), "{over_tls:?}");
+            assert!(
+                e.message.contains(&format!(
+                    "to http://127.0.0.1:{port}/token, outside the realm the registry named"
+                )),
+                "{e}"
+            );
+            assert!(
+                !e.message.contains("pw-") && !e.message.contains("refresh-"),
+                "{e}"
+            );
+        }
     }
 
     #[tokio::test]

@@ -18,11 +18,13 @@ pub struct RegistryAuth {
     pub tls: BTreeMap<String, RegistryTls>,
 }
 
-/// bkrun.toml's `[buildkitd.registry."HOST"]` `ca` and `insecure`.
+/// bkrun.toml's `[buildkitd.registry."HOST"]` `ca`, `insecure` and `http`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RegistryTls {
     pub ca: Vec<PathBuf>,
     pub insecure: bool,
+    /// Whether the daemon reaches the registry over plain http (None: BuildKit's default).
+    pub http: Option<bool>,
 }
 
 /// True unless BUILDKIT_NO_CLIENT_TOKEN is a true value in Go's spelling (buildctl reads it with
@@ -32,18 +34,20 @@ pub fn client_tokens_enabled(no_client_token: Option<&str>) -> bool {
 }
 
 /// bkrun.toml's registry CAs and `insecure`: the daemon applies them to its own token requests
-/// for those hosts, so bkrun's token requests for them trust the same.
+/// for those hosts, so bkrun's token requests for them trust the same. `http` says which
+/// registries are plain http, whose token realms may be too.
 pub fn tls_from(daemon_config: Option<&DaemonConfig>) -> BTreeMap<String, RegistryTls> {
     let Some(d) = daemon_config else {
         return BTreeMap::new();
     };
     d.registry
         .iter()
-        .filter(|(_, r)| !r.ca.is_empty() || r.insecure == Some(true))
+        .filter(|(_, r)| !r.ca.is_empty() || r.insecure == Some(true) || r.http.is_some())
         .map(|(host, r)| {
             let tls = RegistryTls {
                 ca: r.ca.iter().map(PathBuf::from).collect(),
                 insecure: r.insecure == Some(true),
+                http: r.http,
             };
             (host.clone(), tls)
         })
@@ -79,8 +83,10 @@ insecure = true
         let tls = tls_from(file.buildkitd.as_ref());
         assert_eq!(
             tls.keys().collect::<Vec<_>>(),
-            ["reg.example:5000", "self-signed.example"]
+            ["plain.example", "reg.example:5000", "self-signed.example"]
         );
+        assert_eq!(tls["plain.example"].http, Some(true));
+        assert_eq!(tls["reg.example:5000"].http, None);
         assert_eq!(
             tls["reg.example:5000"].ca,
             [PathBuf::from("/etc/reg-ca.pem")]
