@@ -31,26 +31,21 @@ pub fn document(response: &HashMap<String, String>) -> Value {
     Value::Object(out)
 }
 
-/// Writes the document to `path`: atomically over a regular file (a partial file is never
-/// seen; a symlink's target is replaced and the link kept), through a device, FIFO or
-/// `/dev/stdout`.
+/// Writes the document to `path` through the one writer (src/place): atomically over a
+/// regular file (a symlink's target is replaced and the link kept), through a device, FIFO or
+/// `/dev/stdout`, and never where the kernel's protection for shared directories would refuse.
 pub async fn write(path: &Path, response: &HashMap<String, String>) -> Result<()> {
     let text = serde_json::to_string_pretty(&document(response))?;
-    crate::place::write_file(path, text.as_bytes(), &crate::host::RealHost)
+    crate::place::write_file(path, text.as_bytes())
         .await
-        .with_context(|| {
-            format!(
-                "cannot write the --metadata-file {}: check that {} is writable",
-                path.display(),
-                crate::place::parent_of(path).display()
-            )
-        })
+        .with_context(|| format!("cannot write the --metadata-file {}", path.display()))
 }
 
 /// The files buildx's --iidfile and kaniko's digest flags ask for, and `-q`'s image ID on
 /// stdout, from the exporter's response. The image ID is the config digest, as docker means
-/// it (the manifest digest when there is none); kaniko's files hold the manifest digest.
-pub fn write_after(after: &AfterBuild, response: &HashMap<String, String>) -> Result<()> {
+/// it (the manifest digest when there is none); kaniko's files hold the manifest digest. Every
+/// value is found before any file is written, and each file is written as `write` writes.
+pub async fn write_after(after: &AfterBuild, response: &HashMap<String, String>) -> Result<()> {
     let manifest = response.get("containerimage.digest");
     let id = response.get("containerimage.config.digest").or(manifest);
     let need = |what: &str, v: Option<&String>| -> Result<String> {
@@ -58,19 +53,6 @@ pub fn write_after(after: &AfterBuild, response: &HashMap<String, String>) -> Re
             format!("{what} was asked for, but the build exported no image: give it an image output (--push or --output type=image|docker|oci)")
         })
     };
-    let put = |path: &Path, text: String| -> Result<()> {
-        std::fs::write(path, text)
-            .with_context(|| format!("cannot write {}: check the path", path.display()))
-    };
-    if let Some(f) = &after.iidfile {
-        put(f, need("--iidfile", id)?)?;
-    }
-    if after.print_id {
-        crate::say_out!("{}", need("--quiet", id)?);
-    }
-    if let Some(f) = &after.digest_file {
-        put(f, need("--digest-file", manifest)?)?;
-    }
     let lines = |with_tag: bool, digest: &str| {
         after
             .names
@@ -81,17 +63,32 @@ pub fn write_after(after: &AfterBuild, response: &HashMap<String, String>) -> Re
             })
             .collect::<String>()
     };
+    let mut files: Vec<(&Path, &str, String)> = Vec::new();
+    if let Some(f) = &after.iidfile {
+        files.push((f, "--iidfile", need("--iidfile", id)?));
+    }
+    let print_id = match after.print_id {
+        true => Some(need("--quiet", id)?),
+        false => None,
+    };
+    if let Some(f) = &after.digest_file {
+        files.push((f, "--digest-file", need("--digest-file", manifest)?));
+    }
     if let Some(f) = &after.name_with_digest_file {
-        put(
-            f,
-            lines(false, &need("--image-name-with-digest-file", manifest)?),
-        )?;
+        let flag = "--image-name-with-digest-file";
+        files.push((f, flag, lines(false, &need(flag, manifest)?)));
     }
     if let Some(f) = &after.name_tag_with_digest_file {
-        put(
-            f,
-            lines(true, &need("--image-name-tag-with-digest-file", manifest)?),
-        )?;
+        let flag = "--image-name-tag-with-digest-file";
+        files.push((f, flag, lines(true, &need(flag, manifest)?)));
+    }
+    for (path, flag, text) in files {
+        crate::place::write_file(path, text.as_bytes())
+            .await
+            .with_context(|| format!("cannot write the {flag} file {}", path.display()))?;
+    }
+    if let Some(id) = print_id {
+        crate::say_out!("{id}");
     }
     Ok(())
 }
@@ -100,8 +97,8 @@ pub fn write_after(after: &AfterBuild, response: &HashMap<String, String>) -> Re
 mod tests {
     use super::*;
 
-    #[test]
-    fn kaniko_digest_files_and_the_image_id() {
+    #[tokio::test]
+    async fn kaniko_digest_files_and_the_image_id() {
         let d = tempfile::tempdir().unwrap();
         let p = |n: &str| d.path().join(n);
         let after = AfterBuild {
@@ -122,7 +119,7 @@ mod tests {
                 "sha256:c".to_string(),
             ),
         ]);
-        write_after(&after, &resp).unwrap();
+        write_after(&after, &resp).await.unwrap();
         let read = |n: &str| std::fs::read_to_string(p(n)).unwrap();
         assert_eq!(read("iid"), "sha256:c");
         assert_eq!(read("digest"), "sha256:m");
@@ -134,7 +131,7 @@ mod tests {
             read("tags"),
             "127.0.0.1:5000/app:1@sha256:m\n127.0.0.1:5000/app:latest@sha256:m\n"
         );
-        let e = write_after(&after, &HashMap::new()).unwrap_err();
+        let e = write_after(&after, &HashMap::new()).await.unwrap_err();
         assert!(e.to_string().contains("--iidfile was asked for"), "{e}");
     }
 

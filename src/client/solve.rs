@@ -1,7 +1,6 @@
 //! One build over the Control API: open the session the spec's services need, Solve, render the Status stream as progress, then finish the outputs.
 
 use std::collections::{BTreeMap, HashMap};
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,6 +70,8 @@ pub enum Outcome {
 pub async fn build(channel: Channel, spec: &BuildSpec, target: &Target) -> Result<Outcome> {
     // Secret values never reach the terminal or the CI log, whatever a step prints.
     let masks = mask_values(&spec.secrets);
+    // And not in bkrun's own error lines either (a daemon log's tail, a step's error).
+    crate::progress::mask::mask_in_errors(&masks);
     for w in short_secret_warnings(&spec.secrets) {
         crate::say!("bkrun: {w}");
     }
@@ -82,12 +83,10 @@ pub async fn build(channel: Channel, spec: &BuildSpec, target: &Target) -> Resul
     let mut progress = spec.progress.options();
     progress.secrets.extend(masks.iter().cloned());
     if let Some(path) = &spec.trace {
-        // Appended to, as buildctl does: one file can hold the traces of several builds.
-        let file = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(0o600)
-            .open(path)
+        // Appended to, as buildctl does: one file can hold the traces of several builds; made
+        // private (0600) when new, through the one writer's rules for shared directories.
+        let file = crate::place::open_append(path, 0o600)
+            .await
             .with_context(|| format!("cannot open the --trace file {}", path.display()))?;
         progress.trace = Some(Box::new(std::io::BufWriter::new(file)));
     }
@@ -111,9 +110,7 @@ pub async fn build(channel: Channel, spec: &BuildSpec, target: &Target) -> Resul
     let _ = solve_done.send(Some(solved.is_ok()));
     if let Some(path) = &spec.ref_file {
         // Written whether the build succeeded or not, as buildctl does: the ref names its history record.
-        if let Err(e) =
-            crate::place::write_file(path, reference.as_bytes(), &crate::host::RealHost).await
-        {
+        if let Err(e) = crate::place::write_file(path, reference.as_bytes()).await {
             crate::say!(
                 "bkrun: cannot write the --ref-file {}: {e:#}",
                 path.display()

@@ -72,6 +72,29 @@ impl Plan {
         let flag_root = flag_value(&settings.buildkitd_flags, "--root").map(PathBuf::from);
         let root = settings.root.clone().or(flag_root);
         let mut paths = paths::choose(host, root.as_deref(), settings.socket_dir.as_deref())?;
+        // buildkitd and rootlesskit take these by path: a directory someone else can write to
+        // lets them swap what is in it for links while the daemon (maybe root) works there.
+        let given = [
+            (
+                "the state dir",
+                root.as_deref(),
+                "--root (or root in bkrun.toml)",
+            ),
+            (
+                "the socket dir",
+                settings.socket_dir.as_deref(),
+                "socket_dir in bkrun.toml",
+            ),
+        ];
+        for (what, dir, flag) in given {
+            if let Some(why) = dir.and_then(|d| host.others_can_write(d)) {
+                bail!(
+                    "{what} {} is not private: {why}; give {flag} a directory only uid {} can write to (a missing one is created 0700)",
+                    dir.unwrap_or(Path::new("")).display(),
+                    host.euid()
+                );
+            }
+        }
         if let Worker::Containerd { shared_dir, .. } = &settings.worker {
             // containerd mounts what buildkitd hands it (snapshots, secrets, ssh sockets, its
             // temp files) by path, from the node: the run dir, and so the daemon's TMPDIR, lives

@@ -1,7 +1,7 @@
 //! Starting one buildkitd (directly or under rootlesskit), waiting until it serves, and tearing it down without leaving anything behind.
 
-use std::fs::{self, File};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::fs;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -19,7 +19,6 @@ use super::statelock::StateLock;
 use super::sweep::{self, Owner, Swept};
 use crate::config::Worker;
 use crate::host::Host;
-use crate::mountinfo;
 use crate::reaper::{self, Child, Exit, Reaper};
 
 /// Lines of the daemon log shown when it fails.
@@ -99,7 +98,13 @@ impl Daemon {
         let notify =
             ready::bind_notify_socket(&notify_path).context("cannot bind the notify socket")?;
         let log_path = run_dir.path().join("buildkitd.log");
-        let log = File::create(&log_path).context("cannot create the daemon log")?;
+        // Private: it can hold what a build printed.
+        let log = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&log_path)
+            .context("cannot create the daemon log")?;
         let mut cmd = Command::new(&argv[0]);
         cmd.args(&argv[1..])
             .envs(plan.env(&dirs))
@@ -229,15 +234,10 @@ impl Daemon {
         self.remove_temporary_leases().await;
         // After it served, a daemon that failed (died mid-build) left the state dir unclean.
         self.release_state(false);
-        let kept = kept_log_path();
-        let kept = match fs::rename(&self.log_path, &kept)
-            .or_else(|_| fs::copy(&self.log_path, &kept).map(|_| ()))
-        {
-            Ok(()) => kept,
-            Err(_) => self.log_path.clone(),
-        };
-        self.cleanup().await;
+        let kept = keep_log(&self.log_path);
+        // Read before cleanup, which removes the log if it could not be kept.
         let tail = log_tail(&kept, LOG_TAIL_LINES);
+        self.cleanup().await;
         // The headline stays first; the log is the detail under it.
         anyhow!(
             "daemon log (kept at {}), last lines:\n{tail}",
@@ -256,7 +256,7 @@ impl Daemon {
     async fn cleanup(&mut self) {
         reaper::kill_all_descendants(Duration::from_secs(10)).await;
         if let Some(d) = self.run_dir.take() {
-            remove_run_files(self.host.as_ref(), &self.socket, &d.keep());
+            sweep::remove_run_files(self.host.as_ref(), &self.socket, &d.keep());
         }
     }
 }
@@ -273,54 +273,6 @@ fn kill_build_processes(host: &dyn Host, root: i32) {
             let _ = host.kill(pid, Signal::SIGKILL);
         }
     }
-}
-
-/// The socket, then the run dir. The daemon's TMPDIR is in the run dir, and a daemon killed
-/// mid-export leaves its snapshot mounts there: they are detached first, and removal never
-/// crosses a mount point, or removing the run dir would delete cache contents through it.
-pub(super) fn remove_run_files(host: &dyn Host, socket: &Path, run_dir: &Path) {
-    let _ = fs::remove_file(socket);
-    unmount_below(host, run_dir);
-    remove_same_device(run_dir);
-}
-
-/// Lazily unmounts every mount point below `dir`, deepest first (best effort: rootless
-/// daemons mount in their own namespace, where nothing is visible from here).
-fn unmount_below(host: &dyn Host, dir: &Path) {
-    let mounts = host.mounts();
-    let inside = mounts.iter().filter(|m| m.is_inside(dir));
-    for mp in mountinfo::deepest_first(inside.map(|m| m.mount_point.as_path())) {
-        let _ = host.unmount(mp);
-    }
-}
-
-/// Removes `dir` and what is in it, but does not descend into anything on another device (a
-/// mount that is still there), which stays.
-fn remove_same_device(dir: &Path) {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(root) = fs::symlink_metadata(dir) else {
-        return;
-    };
-    fn walk(p: &Path, dev: u64) {
-        let Ok(entries) = fs::read_dir(p) else { return };
-        for e in entries.flatten() {
-            let path = e.path();
-            match fs::symlink_metadata(&path) {
-                Ok(m) if m.is_dir() && m.dev() == dev => {
-                    walk(&path, dev);
-                    // rootlesskit may leave files owned by a subordinate id; what can't go stays.
-                    let _ = fs::remove_dir(&path);
-                }
-                Ok(m) if m.is_dir() => {}
-                Ok(_) => {
-                    let _ = fs::remove_file(&path);
-                }
-                Err(_) => {}
-            }
-        }
-    }
-    walk(dir, root.dev());
-    let _ = fs::remove_dir(dir);
 }
 
 /// Why waiting for the daemon ended without it serving.
@@ -345,15 +297,27 @@ impl NotReady {
     }
 }
 
-fn kept_log_path() -> PathBuf {
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    std::env::temp_dir().join(format!(
-        "bkrun-buildkitd-{stamp}-{}.log",
-        std::process::id()
-    ))
+/// Moves the daemon log out of the run dir before that goes, into a new private directory of
+/// this user's beside it (`bkrun-log-XXXXXX`, 0700, random: no one can guess or pre-plant the
+/// name in a shared /tmp). The sweep leaves it: it holds no owner lock.
+fn keep_log(log: &Path) -> PathBuf {
+    let Some(temp_dir) = log.parent().and_then(Path::parent) else {
+        return log.to_path_buf();
+    };
+    let kept = tempfile::Builder::new()
+        .prefix("bkrun-log-")
+        .tempdir_in(temp_dir)
+        .map(|d| d.keep().join("buildkitd.log"));
+    match kept {
+        Ok(k) if fs::rename(log, &k).is_ok() => k,
+        Ok(k) => {
+            if let Some(d) = k.parent() {
+                let _ = fs::remove_dir(d);
+            }
+            log.to_path_buf()
+        }
+        Err(_) => log.to_path_buf(),
+    }
 }
 
 /// The last `n` lines of a log file (or why it can't be read).
@@ -434,74 +398,6 @@ mod tests {
     }
 
     #[test]
-    fn removal_never_crosses_a_mount() {
-        let d = tempfile::tempdir().unwrap();
-        let run = d.path().join("run");
-        fs::create_dir_all(run.join("a/b")).unwrap();
-        fs::write(run.join("a/b/f"), "x").unwrap();
-        // As root, a tmpfs inside the run dir stands in for a snapshot a killed daemon left mounted.
-        let mnt = run.join("tmp/buildkit-mount1");
-        fs::create_dir_all(&mnt).unwrap();
-        let mounted = nix::unistd::geteuid().is_root()
-            && nix::mount::mount(
-                Some("tmpfs"),
-                &mnt,
-                Some("tmpfs"),
-                nix::mount::MsFlags::empty(),
-                None::<&str>,
-            )
-            .is_ok();
-        if mounted {
-            fs::write(mnt.join("cache-file"), "keep").unwrap();
-        }
-        remove_same_device(&run);
-        assert!(!run.join("a").exists());
-        if mounted {
-            assert_eq!(fs::read_to_string(mnt.join("cache-file")).unwrap(), "keep");
-            unmount_below(&crate::host::RealHost, &run);
-            assert!(
-                !mnt.join("cache-file").exists(),
-                "unmount_below detaches mounts under the dir"
-            );
-            remove_same_device(&run);
-            assert!(!run.exists());
-        }
-    }
-
-    #[test]
-    fn mounts_below_a_dir_with_a_space_are_detached() {
-        // mountinfo writes the space as `\040`; a TMPDIR like "/home/a b/tmp" must still be found.
-        if !nix::unistd::geteuid().is_root() {
-            return;
-        }
-        let d = tempfile::tempdir().unwrap();
-        let run = d.path().join("run dir\twith\\odd");
-        let mnt = run.join("tmp/buildkit mount1");
-        fs::create_dir_all(&mnt).unwrap();
-        nix::mount::mount(
-            Some("tmpfs"),
-            &mnt,
-            Some("tmpfs"),
-            nix::mount::MsFlags::empty(),
-            None::<&str>,
-        )
-        .unwrap();
-        fs::write(mnt.join("cache-file"), "keep").unwrap();
-        unmount_below(&crate::host::RealHost, &run);
-        assert!(!mnt.join("cache-file").exists(), "the mount is detached");
-        remove_same_device(&run);
-        assert!(!run.exists());
-    }
-
-    fn mount_at(p: &Path) -> crate::mountinfo::Mount {
-        let line = format!(
-            "40 1 0:50 / {} rw - overlay overlay rw",
-            p.display().to_string().replace(' ', "\\040")
-        );
-        crate::mountinfo::parse_line(line.as_bytes()).unwrap()
-    }
-
-    #[test]
     fn teardown_kills_only_what_buildkitd_started_parents_first() {
         use crate::host::fake::FakeHost;
         // rootlesskit (10) → buildkitd (11) → runc (12) → RUN step (13) → its child (14);
@@ -521,35 +417,6 @@ mod tests {
             h.effects(),
             ["kill 12 SIGKILL", "kill 13 SIGKILL", "kill 14 SIGKILL"]
         );
-    }
-
-    #[test]
-    fn teardown_detaches_mounts_deepest_first_then_removes_the_run_dir() {
-        use crate::host::fake::FakeHost;
-        let d = tempfile::tempdir().unwrap();
-        let run = d.path().join("bkrun-x y");
-        fs::create_dir_all(run.join("tmp/snap/inner")).unwrap();
-        fs::write(run.join("tmp/snap/inner/f"), "x").unwrap();
-        let socket = d.path().join("bkrun.sock");
-        fs::write(&socket, "").unwrap();
-        let outside = d.path().join("elsewhere");
-        let h = FakeHost {
-            mount_table: vec![
-                mount_at(&run.join("tmp/snap")),
-                mount_at(&run.join("tmp/snap/inner")),
-                mount_at(&outside),
-            ],
-            ..FakeHost::user()
-        };
-        remove_run_files(&h, &socket, &run);
-        assert_eq!(
-            h.effects(),
-            [
-                format!("unmount {}", run.join("tmp/snap/inner").display()),
-                format!("unmount {}", run.join("tmp/snap").display()),
-            ]
-        );
-        assert!(!run.exists() && !socket.exists());
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub struct FakeHost {
     pub writable: Vec<&'static str>,
     /// Unix sockets something answers on.
     pub sockets: Vec<&'static str>,
+    /// Directories other users can write to, with why.
+    pub shared_dirs: Vec<(&'static str, &'static str)>,
     /// Processes as (pid, parent, comm).
     pub procs: Vec<(i32, i32, &'static str)>,
     pub mount_table: Vec<Mount>,
@@ -81,6 +83,7 @@ impl FakeHost {
             links: vec![],
             writable: vec![],
             sockets: vec![],
+            shared_dirs: vec![],
             procs: vec![],
             mount_table: vec![],
             binfmt: super::binfmt::Binfmt::Unavailable,
@@ -187,6 +190,12 @@ impl Host for FakeHost {
     }
     fn socket_answers(&self, path: &Path) -> bool {
         self.sockets.iter().any(|s| Path::new(s) == path)
+    }
+    fn others_can_write(&self, dir: &Path) -> Option<String> {
+        self.shared_dirs
+            .iter()
+            .find(|(d, _)| Path::new(d) == dir)
+            .map(|(_, why)| why.to_string())
     }
     fn dir_usable(&self, dir: &Path) -> bool {
         self.usable_dirs.iter().any(|d| Path::new(d) == dir)

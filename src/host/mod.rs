@@ -70,6 +70,10 @@ pub trait Host: Send + Sync {
     fn read_link(&self, path: &Path) -> Option<PathBuf>;
     /// This process may open `path` for writing (access W_OK).
     fn writable(&self, path: &Path) -> bool;
+    /// Why users other than this one (and root) can write to the existing directory `dir`
+    /// (world-writable, another uid's, a group's it is not in); None when only it can, or `dir`
+    /// does not exist.
+    fn others_can_write(&self, dir: &Path) -> Option<String>;
     /// Something accepts connections on this unix socket now.
     fn socket_answers(&self, path: &Path) -> bool;
 

@@ -185,6 +185,12 @@ impl Host for RealHost {
     fn writable(&self, path: &Path) -> bool {
         nix::unistd::access(path, nix::unistd::AccessFlags::W_OK).is_ok()
     }
+
+    fn others_can_write(&self, dir: &Path) -> Option<String> {
+        let st = crate::safefs::Dir::open(dir).ok()?.stat().ok()?;
+        let (euid, groups) = crate::safefs::effective_ids();
+        crate::safefs::protect::others_can_write(&st, euid, &groups)
+    }
 }
 
 /// `which`, without a crate: the first executable file named `program` on `path`.

@@ -1,90 +1,130 @@
-//! Putting outputs in place: a file is written beside its destination and renamed over it only once complete, a device, FIFO or one of bkrun's own descriptors is written through, and temporaries never outlive bkrun.
+//! The one writer of every file bkrun puts anywhere (outputs, metadata, ref, iid and digest files, the trace): whole files written beside their destination and renamed over it once complete, a device, FIFO or one of bkrun's own descriptors written through, and never a link followed or a file opened where the kernel's protected_* rules would refuse.
 //!
 //! Bad input never loses data: a symlink stays a link (its target is replaced), `/dev/null`
-//! stays a device, and a half-written file is never seen under the real name.
+//! stays a device, and a half-written file is never seen under the real name. The destination
+//! is walked by descriptor (src/safefs), so what was judged is what is written.
 
 pub mod temps;
 pub mod tree;
 
+use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, Write as _};
-use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd};
-use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::os::fd::{AsFd as _, FromRawFd as _, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::host::{Host, PathKind};
+use crate::safefs::protect::{may_use_existing, refusal};
+use crate::safefs::resolve::{resolve, Resolved, WalkError};
+use crate::safefs::{self, Dir, Kind, Stat};
 
 pub use temps::Temp;
 
 /// How a file destination is written.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum FileTarget {
     /// One of bkrun's own descriptors (`/dev/stdout`, `/dev/fd/N`, `/proc/self/fd/N`), written
     /// as `dest=-` writes stdout.
     Fd(RawFd),
-    /// A device, FIFO or socket: opened and written as it is, never truncated or replaced.
-    Through(PathBuf),
-    /// A regular file, or nothing yet: written beside this path (a symlink's final target, so
-    /// the link stays a link) and renamed over it.
-    Replace(PathBuf),
-    /// A directory: no file can go there.
-    Dir(PathBuf),
+    /// A device or FIFO: opened and written as it is, never truncated or replaced.
+    Through(Existing),
+    /// A regular file, or nothing yet: written beside it (a symlink's final target, so the
+    /// link stays a link) and renamed over it.
+    Replace(Beside),
 }
 
-/// What `dest` is, as far as writing a file to it goes.
-pub fn classify(dest: &Path, host: &dyn Host) -> FileTarget {
-    let mut p = dest.to_path_buf();
-    // The kernel's own limit on a chain of links; past it the kernel refuses the path anyway.
-    for _ in 0..40 {
-        if let Some(fd) = fd_alias(&p) {
-            return FileTarget::Fd(fd);
+/// A device or FIFO the destination leads to.
+#[derive(Debug)]
+pub struct Existing {
+    dir: Dir,
+    name: OsString,
+    node: Stat,
+    pub path: PathBuf,
+}
+
+/// Where a whole file goes: a name in an open directory.
+#[derive(Debug)]
+pub struct Beside {
+    dir: Arc<Dir>,
+    dir_path: PathBuf,
+    name: OsString,
+    /// The regular file there now, if any.
+    existing: Option<Stat>,
+    pub path: PathBuf,
+}
+
+fn err(kind: io::ErrorKind, msg: String) -> io::Error {
+    io::Error::new(kind, msg)
+}
+
+impl From<WalkError> for io::Error {
+    fn from(e: WalkError) -> io::Error {
+        match e {
+            WalkError::Refused(r) => err(io::ErrorKind::PermissionDenied, r.to_string()),
+            WalkError::Io(p, e) => err(e.kind(), format!("{}: {e}", p.display())),
         }
-        match host.read_link(&p) {
-            Some(t) => {
-                p = match p.parent() {
-                    Some(dir) => dir.join(t),
-                    None => t,
-                }
-            }
-            None => break,
+    }
+}
+
+/// What `dest` is, as far as writing a whole file to it goes. Refused (PermissionDenied, in
+/// one line naming the path, its owner and what to do) where the kernel's protection would
+/// refuse; a directory, a socket or a missing parent directory are errors too.
+pub fn file_target(dest: &Path) -> io::Result<FileTarget> {
+    let euid = nix::unistd::geteuid().as_raw();
+    let place = match resolve(dest, euid, true)? {
+        Resolved::Fd(fd) => return Ok(FileTarget::Fd(fd)),
+        Resolved::At(p) => p,
+    };
+    let path = place.path();
+    let Some(name) = place.name.clone() else {
+        return Err(err(
+            io::ErrorKind::IsADirectory,
+            format!("{} is a directory: give a file path", path.display()),
+        ));
+    };
+    if let Some(first) = place.missing.first() {
+        return Err(err(
+            io::ErrorKind::NotFound,
+            format!(
+                "the directory {} does not exist: create it first",
+                place.dir_path.join(first).display()
+            ),
+        ));
+    }
+    if let Some(node) = &place.node {
+        if node.kind == Kind::Dir {
+            return Err(err(
+                io::ErrorKind::IsADirectory,
+                format!("{} is a directory: give a file path", path.display()),
+            ));
+        }
+        if node.kind == Kind::Socket {
+            return Err(err(
+                io::ErrorKind::InvalidInput,
+                format!("{} is a socket: give a file path", path.display()),
+            ));
+        }
+        if !may_use_existing(&place.dir_stat, node, euid) {
+            let r = refusal(&path, node, &place.dir_path, &place.dir_stat);
+            return Err(err(io::ErrorKind::PermissionDenied, r.to_string()));
+        }
+        if matches!(node.kind, Kind::Fifo | Kind::Device) {
+            return Ok(FileTarget::Through(Existing {
+                dir: place.dir,
+                name,
+                node: *node,
+                path,
+            }));
         }
     }
-    match host.path_kind(&p) {
-        PathKind::Missing | PathKind::File => FileTarget::Replace(p),
-        PathKind::Dir => FileTarget::Dir(p),
-        PathKind::Special => FileTarget::Through(p),
-    }
-}
-
-/// The descriptor a path names, when it names one of this process's own: these links lead
-/// to a pipe or socket that no other path reaches (`pipe:[1234]`).
-fn fd_alias(p: &Path) -> Option<RawFd> {
-    let s = p.to_str()?;
-    match s {
-        "/dev/stdin" => return Some(0),
-        "/dev/stdout" => return Some(1),
-        "/dev/stderr" => return Some(2),
-        _ => {}
-    }
-    let pid = std::process::id().to_string();
-    let rest = s
-        .strip_prefix("/dev/fd/")
-        .or_else(|| s.strip_prefix("/proc/self/fd/"))
-        .or_else(|| s.strip_prefix("/proc/thread-self/fd/"))
-        .or_else(|| {
-            s.strip_prefix("/proc/")
-                .and_then(|r| r.strip_prefix(pid.as_str()))
-                .and_then(|r| r.strip_prefix("/fd/"))
-        })?;
-    rest.parse().ok()
-}
-
-/// The directory `p` is in (`.` for a bare name).
-pub fn parent_of(p: &Path) -> &Path {
-    p.parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
+    Ok(FileTarget::Replace(Beside {
+        dir: Arc::new(place.dir),
+        dir_path: place.dir_path,
+        name,
+        existing: place.node,
+        path,
+    }))
 }
 
 /// A writable copy of descriptor `fd`, so closing ours leaves the original open.
@@ -98,182 +138,178 @@ pub fn dup_fd(fd: RawFd) -> io::Result<File> {
     Ok(File::from(unsafe { OwnedFd::from_raw_fd(new) }))
 }
 
-/// Opens a device, FIFO or socket for writing without truncating or replacing it. A FIFO with
-/// no reader yet is waited for without blocking a thread, so a signal still ends bkrun.
-pub async fn open_through(path: &Path) -> io::Result<File> {
-    loop {
-        let opened = std::fs::OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-            .open(path);
-        match opened {
-            Ok(f) => {
-                // Writes may block like any file's; only the open had to be non-blocking.
-                let fd = f.as_raw_fd();
-                // SAFETY: F_GETFL/F_SETFL on a descriptor we own.
-                unsafe {
-                    let flags = libc::fcntl(fd, libc::F_GETFL);
-                    if flags >= 0 {
-                        libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK);
+impl Existing {
+    /// Opens the device or FIFO for writing (appending, when `append`), without truncating
+    /// it. A FIFO with no reader yet is waited for without blocking a thread, so a signal
+    /// still ends bkrun; what opens must be the node that was judged.
+    pub async fn open(&self, append: bool) -> io::Result<File> {
+        let flags = libc::O_WRONLY | if append { libc::O_APPEND } else { 0 };
+        loop {
+            match self.dir.open_at(&self.name, flags, 0) {
+                Ok(f) => {
+                    let st = safefs::fstat(f.as_fd())?;
+                    if !st.same_node(&self.node) {
+                        return Err(err(
+                            io::ErrorKind::PermissionDenied,
+                            format!(
+                                "{} was replaced while bkrun was about to write to it; nothing was written",
+                                self.path.display()
+                            ),
+                        ));
                     }
+                    return Ok(f);
                 }
-                return Ok(f);
+                // ENXIO: a FIFO nobody reads yet.
+                Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => return Err(e),
             }
-            // ENXIO: a FIFO nobody reads yet.
-            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(e) => return Err(e),
         }
     }
-}
 
-/// A new empty file beside `dest` (`.NAME.bkrun-XXXXXX`), created as the destination itself
-/// would be: with the umask's mode, or the mode of the file it replaces.
-pub fn temp_file_beside(dest: &Path) -> io::Result<(File, Temp)> {
-    let name = dest
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let keep_mode = std::fs::metadata(dest)
-        .ok()
-        .filter(|m| m.is_file())
-        .map(|m| m.permissions().mode() & 0o7777);
-    let prefix = format!(".{name}.bkrun-");
-    temps::sweep_abandoned(parent_of(dest), &prefix);
-    let tmp = tempfile::Builder::new()
-        .prefix(&prefix)
-        .make_in(parent_of(dest), |p| {
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o666)
-                .custom_flags(libc::O_CLOEXEC)
-                .open(p)
-        })?;
-    let (file, path) = tmp.keep().map_err(|e| e.error)?;
-    let temp = Temp::register(path);
-    if let Some(mode) = keep_mode {
-        file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+    /// This process may write to it (checked with the effective ids, never by opening it: a
+    /// device's open can have effects).
+    pub fn writable(&self) -> bool {
+        let Ok(c) = std::ffi::CString::new(self.name.as_encoded_bytes()) else {
+            return false;
+        };
+        // SAFETY: a valid descriptor and C string. The name is not a symlink (it was judged
+        // by lstat), so faccessat needs no no-follow flag.
+        unsafe { libc::faccessat(self.dir.raw(), c.as_ptr(), libc::W_OK, libc::AT_EACCESS) == 0 }
     }
-    Ok((file, temp))
 }
 
-/// Renames a finished temporary file over its destination.
-pub fn commit_file(temp: Temp, dest: &Path) -> io::Result<()> {
-    std::fs::rename(temp.path(), dest)?;
-    temp.keep();
-    Ok(())
+/// A temporary file being written beside its destination, renamed over it by `commit`.
+#[derive(Debug)]
+pub struct NewFile {
+    temp: Temp,
+    /// A second handle, to set the final mode once the content is complete.
+    handle: File,
+    to: Beside,
+}
+
+impl Beside {
+    /// A new empty file beside the destination (`.NAME.bkrun-XXXXXX`, mode 0600 until it is
+    /// put in place), and the handle to fill it through.
+    pub fn create(self) -> io::Result<(File, NewFile)> {
+        let prefix = format!(".{}.bkrun-", self.name.to_string_lossy());
+        let (file, temp) = Temp::new_file(&self.dir, &self.dir_path, &prefix)?;
+        let handle = file.try_clone()?;
+        Ok((
+            file,
+            NewFile {
+                temp,
+                handle,
+                to: self,
+            },
+        ))
+    }
+
+    /// Proves a file can be made here, by making one and removing it (access(2) says yes to
+    /// root in /sys, where nothing can be created).
+    pub fn probe(&self) -> io::Result<()> {
+        let prefix = format!(".{}.bkrun-", self.name.to_string_lossy());
+        Temp::new_file(&self.dir, &self.dir_path, &prefix).map(drop)
+    }
+
+    /// Proves the destination can be appended to: the file there opens for appending (nothing
+    /// is written), or a new one can be made beside it.
+    pub fn probe_append(&self) -> io::Result<()> {
+        match self.existing {
+            Some(_) => self.open_append(0o600).map(drop),
+            None => self.probe(),
+        }
+    }
+
+    /// Opens the destination for appending: the regular file there (the one judged), or a
+    /// new one made with `mode` (less the umask).
+    pub fn open_append(&self, mode: u32) -> io::Result<File> {
+        let flags = libc::O_WRONLY | libc::O_APPEND;
+        let f = match self.existing {
+            Some(_) => self.dir.open_at(&self.name, flags, 0)?,
+            None => match self
+                .dir
+                .open_at(&self.name, flags | libc::O_CREAT | libc::O_EXCL, mode)
+            {
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    return Err(err(
+                        io::ErrorKind::AlreadyExists,
+                        format!(
+                            "{} appeared while bkrun was about to create it; nothing was written",
+                            self.path.display()
+                        ),
+                    ))
+                }
+                r => r?,
+            },
+        };
+        let st = safefs::fstat(f.as_fd())?;
+        if self.existing.is_some_and(|e| !e.same_node(&st)) || st.kind != Kind::File {
+            return Err(err(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "{} was replaced while bkrun was about to write to it; nothing was written",
+                    self.path.display()
+                ),
+            ));
+        }
+        Ok(f)
+    }
+}
+
+impl NewFile {
+    pub fn path(&self) -> &Path {
+        &self.to.path
+    }
+
+    /// Renames the finished file over its destination, with the mode of the file it replaces
+    /// (less setuid, setgid and sticky: a new file never inherits privilege) or the umask's.
+    pub fn commit(self) -> io::Result<()> {
+        let mode = match self.to.existing {
+            Some(old) => old.mode & 0o777,
+            None => 0o666 & !safefs::umask(),
+        };
+        safefs::fchmod(self.handle.as_fd(), mode)?;
+        drop(self.handle);
+        let dir = self.temp.dir().clone();
+        dir.rename_at(self.temp.name(), &self.to.dir, &self.to.name)?;
+        self.temp.keep();
+        Ok(())
+    }
 }
 
 /// Writes `data` to `dest` by what it is: through a device, FIFO or descriptor; into a new
 /// file renamed over a regular one (a symlink's target, the link kept).
-pub async fn write_file(dest: &Path, data: &[u8], host: &dyn Host) -> io::Result<()> {
-    match classify(dest, host) {
+pub async fn write_file(dest: &Path, data: &[u8]) -> io::Result<()> {
+    match file_target(dest)? {
         FileTarget::Fd(fd) => dup_fd(fd)?.write_all(data),
-        FileTarget::Through(p) => open_through(&p).await?.write_all(data),
-        FileTarget::Dir(p) => Err(io::Error::new(
-            io::ErrorKind::IsADirectory,
-            format!("{} is a directory", p.display()),
-        )),
-        FileTarget::Replace(p) => {
-            let (mut file, temp) = temp_file_beside(&p)?;
+        FileTarget::Through(e) => e.open(false).await?.write_all(data),
+        FileTarget::Replace(b) => {
+            let (mut file, new) = b.create()?;
             file.write_all(data)?;
             drop(file);
-            commit_file(temp, &p)
+            new.commit()
         }
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::host::fake::FakeHost;
-    use crate::host::RealHost;
-    use std::os::unix::fs::FileTypeExt as _;
-
-    #[test]
-    fn destinations_are_classified_by_what_they_name() {
-        let mut h = FakeHost::user();
-        h.links = vec![
-            ("/w/link.tar", "real/x.tar"),
-            ("/w/dangling", "/w/gone.tar"),
-            ("/w/out", "/dev/stdout"),
-            ("/dev/stdout", "/proc/self/fd/1"),
-            ("/w/null", "/dev/null"),
-        ];
-        h.paths = vec![
-            ("/w/real/x.tar", PathKind::File),
-            ("/dev/null", PathKind::Special),
-            ("/w/d", PathKind::Dir),
-        ];
-        let c = |p: &str| classify(Path::new(p), &h);
-        assert_eq!(
-            c("/w/link.tar"),
-            FileTarget::Replace("/w/real/x.tar".into())
-        );
-        assert_eq!(c("/w/dangling"), FileTarget::Replace("/w/gone.tar".into()));
-        assert_eq!(c("/w/new.tar"), FileTarget::Replace("/w/new.tar".into()));
-        assert_eq!(c("/w/out"), FileTarget::Fd(1));
-        assert_eq!(c("/dev/stdout"), FileTarget::Fd(1));
-        assert_eq!(c("/dev/fd/7"), FileTarget::Fd(7));
-        assert_eq!(
-            c(&format!("/proc/{}/fd/2", std::process::id())),
-            FileTarget::Fd(2)
-        );
-        assert_eq!(
-            c("/proc/1/fd/2"),
-            FileTarget::Replace("/proc/1/fd/2".into())
-        );
-        assert_eq!(c("/w/null"), FileTarget::Through("/dev/null".into()));
-        assert_eq!(c("/w/d"), FileTarget::Dir("/w/d".into()));
-    }
-
-    #[tokio::test]
-    async fn a_symlink_stays_a_link_and_a_device_stays_a_device() {
-        let d = tempfile::tempdir().unwrap();
-        std::fs::create_dir(d.path().join("real")).unwrap();
-        std::fs::write(d.path().join("real/m.json"), "old").unwrap();
-        std::fs::set_permissions(
-            d.path().join("real/m.json"),
-            std::fs::Permissions::from_mode(0o640),
-        )
-        .unwrap();
-        let link = d.path().join("m.json");
-        std::os::unix::fs::symlink("real/m.json", &link).unwrap();
-        write_file(&link, b"new", &RealHost).await.unwrap();
-        assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
-        assert_eq!(std::fs::read_to_string(&link).unwrap(), "new");
-        let mode = std::fs::metadata(&link).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o640);
-        assert_eq!(std::fs::read_dir(d.path().join("real")).unwrap().count(), 1);
-
-        write_file(Path::new("/dev/null"), b"x", &RealHost)
-            .await
-            .unwrap();
-        assert!(std::fs::metadata("/dev/null")
-            .unwrap()
-            .file_type()
-            .is_char_device());
-    }
-
-    #[tokio::test]
-    async fn a_fifo_is_written_through_once_a_reader_comes() {
-        let d = tempfile::tempdir().unwrap();
-        let fifo = d.path().join("f");
-        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-        let reader = {
-            let fifo = fifo.clone();
-            std::thread::spawn(move || {
-                std::thread::sleep(Duration::from_millis(100));
-                std::fs::read(&fifo).unwrap()
-            })
-        };
-        write_file(&fifo, b"through", &RealHost).await.unwrap();
-        assert_eq!(reader.join().unwrap(), b"through");
-        assert!(std::fs::symlink_metadata(&fifo)
-            .unwrap()
-            .file_type()
-            .is_fifo());
+/// Opens `dest` for appending (the trace), under the same rules as `write_file`; a new file
+/// gets `mode` (less the umask).
+pub async fn open_append(dest: &Path, mode: u32) -> io::Result<File> {
+    match file_target(dest)? {
+        FileTarget::Fd(fd) => dup_fd(fd),
+        FileTarget::Through(e) => e.open(true).await,
+        FileTarget::Replace(b) => b.open_append(mode),
     }
 }
+
+/// The directory `p` is in (`.` for a bare name).
+pub fn parent_of(p: &Path) -> &Path {
+    p.parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+#[cfg(test)]
+mod tests;

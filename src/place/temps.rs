@@ -1,21 +1,24 @@
-//! Temporary paths beside outputs, remembered until they are put in place: whatever way bkrun ends (an error, a failed build, a signal, a dropped session), what is left is removed.
+//! Temporary files and dirs beside outputs, created private (0600/0700) by descriptor and remembered until they are put in place: whatever way bkrun ends (an error, a failed build, a signal, a dropped session), what is left is removed.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
+use std::hash::{BuildHasher as _, Hasher as _};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use nix::fcntl::Flock;
+use nix::fcntl::{Flock, FlockArg};
 
-use crate::ownerlock;
+use crate::safefs::{self, remove::remove_at, Dir, Kind};
 
-/// Every temporary path still to be renamed into place or removed. A global, because the
-/// signal path unwinds through code that never saw the session's services.
-static LIVE: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
+/// Every temporary entry still to be renamed into place or removed, by its path (for
+/// messages), with the directory it is in. A global, because the signal path unwinds through
+/// code that never saw the session's services.
+static LIVE: Mutex<BTreeMap<PathBuf, (Arc<Dir>, OsString)>> = Mutex::new(BTreeMap::new());
 
-fn live() -> std::sync::MutexGuard<'static, BTreeSet<PathBuf>> {
+fn live() -> std::sync::MutexGuard<'static, BTreeMap<PathBuf, (Arc<Dir>, OsString)>> {
     // A panic while holding the lock leaves the set as good as it was.
     LIVE.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -23,18 +26,90 @@ fn live() -> std::sync::MutexGuard<'static, BTreeSet<PathBuf>> {
 /// A temporary file or directory that is removed when dropped, unless it was put in place.
 #[derive(Debug)]
 pub struct Temp {
+    dir: Arc<Dir>,
+    name: OsString,
     path: PathBuf,
-    /// A flock on the path itself while this run may still use it: the kernel drops it when
-    /// bkrun dies, even by SIGKILL, which is how a later run knows the path is abandoned.
+    /// A flock on the entry itself while this run may still use it: the kernel drops it when
+    /// bkrun dies, even by SIGKILL, which is how a later run knows the entry is abandoned.
     _owner: Option<Flock<File>>,
 }
 
+/// A fresh random name: PREFIX + 12 letters and digits.
+fn random_name(prefix: &str) -> OsString {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    // RandomState is seeded from the OS's randomness once per process and per instance.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    let mut n = h.finish();
+    let mut s = String::from(prefix);
+    for _ in 0..12 {
+        s.push(ALPHABET[(n % ALPHABET.len() as u64) as usize] as char);
+        n /= ALPHABET.len() as u64;
+        if n == 0 {
+            n = std::collections::hash_map::RandomState::new()
+                .build_hasher()
+                .finish();
+        }
+    }
+    s.into()
+}
+
 impl Temp {
-    /// Remembers `path`, which the caller has just created, and marks it as this run's.
-    pub fn register(path: PathBuf) -> Temp {
-        live().insert(path.clone());
-        let owner = crate::ownerlock::try_lock(&path);
+    /// A new empty file PREFIX… in `dir` (at `dir_path`), mode 0600: nobody else can open it
+    /// while it fills.
+    pub fn new_file(dir: &Arc<Dir>, dir_path: &Path, prefix: &str) -> io::Result<(File, Temp)> {
+        sweep_abandoned(dir, prefix);
+        for _ in 0..100 {
+            let name = random_name(prefix);
+            match dir.create_new(&name, 0o600) {
+                Ok(f) => {
+                    let owner = f.try_clone().ok().and_then(lock);
+                    return Ok((f, Temp::remember(dir, dir_path, name, owner)));
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(cannot_create(dir_path, e)),
+            }
+        }
+        Err(io::Error::other("no free temporary name"))
+    }
+
+    /// A new empty directory PREFIX… in `dir`, mode 0700, and a descriptor on it.
+    pub fn new_dir(dir: &Arc<Dir>, dir_path: &Path, prefix: &str) -> io::Result<(Dir, Temp)> {
+        sweep_abandoned(dir, prefix);
+        for _ in 0..100 {
+            let name = random_name(prefix);
+            match dir.mkdir_at(&name, 0o700) {
+                Ok(()) => {
+                    let sub = dir.sub(&name)?;
+                    let owner = sub
+                        .try_clone()
+                        .ok()
+                        .and_then(|d| lock(File::from(d.into_fd())));
+                    return Ok((sub, Temp::remember(dir, dir_path, name, owner)));
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(cannot_create(dir_path, e)),
+            }
+        }
+        Err(io::Error::other("no free temporary name"))
+    }
+
+    fn remember(
+        dir: &Arc<Dir>,
+        dir_path: &Path,
+        name: OsString,
+        owner: Option<Flock<File>>,
+    ) -> Temp {
+        let path = dir_path.join(&name);
+        live().insert(path.clone(), (dir.clone(), name.clone()));
         Temp {
+            dir: dir.clone(),
+            name,
             path,
             _owner: owner,
         }
@@ -44,7 +119,15 @@ impl Temp {
         &self.path
     }
 
-    /// The path is in place now (renamed or emptied into its destination): forget it.
+    pub fn name(&self) -> &OsStr {
+        &self.name
+    }
+
+    pub fn dir(&self) -> &Arc<Dir> {
+        &self.dir
+    }
+
+    /// The entry is in place now (renamed or emptied into its destination): forget it.
     pub fn keep(self) -> PathBuf {
         live().remove(&self.path);
         let path = self.path.clone();
@@ -56,11 +139,28 @@ impl Temp {
 impl Drop for Temp {
     fn drop(&mut self) {
         // A transfer still writing into the tree can make this fail (a directory it just filled
-        // is not empty): the path then stays remembered, for `sweep` once the transfer is over.
-        if remove(&self.path).is_ok() {
+        // is not empty): the entry then stays remembered, for `sweep` once the transfer is over.
+        if remove_at(&self.dir, &self.name, None).is_ok() {
             live().remove(&self.path);
         }
     }
+}
+
+/// Why nothing can be made in `dir`, in one line with what to do.
+fn cannot_create(dir: &Path, e: io::Error) -> io::Error {
+    io::Error::new(
+        e.kind(),
+        format!(
+            "cannot create files in {} (uid {} may not write there: {e}): choose a writable directory or fix its permissions",
+            dir.display(),
+            nix::unistd::geteuid()
+        ),
+    )
+}
+
+/// An exclusive flock on an open file or directory, unless someone holds one.
+pub fn lock(f: File) -> Option<Flock<File>> {
+    Flock::lock(f, FlockArg::LockExclusiveNonblock).ok()
 }
 
 /// A temp is only taken for abandoned once it is this old: its creator locks it microseconds
@@ -68,20 +168,36 @@ impl Drop for Temp {
 pub const ABANDONED_AFTER: Duration = Duration::from_secs(1);
 
 /// Removes the temps named PREFIX… in `dir` that no live run holds: what a SIGKILLed run left
-/// beside its destination. Returns how many went.
-pub fn sweep_abandoned(dir: &Path, prefix: &str) -> usize {
+/// beside its destination. Only this user's own files and directories are judged (a name
+/// another user planted, a symlink, a FIFO, is not ours to touch). Returns how many went.
+pub fn sweep_abandoned(dir: &Dir, prefix: &str) -> usize {
+    let euid = nix::unistd::geteuid().as_raw();
+    let Ok(names) = dir.names() else { return 0 };
     let mut removed = 0;
-    for path in ownerlock::named(dir, prefix) {
-        let old = ownerlock::age(&path).is_some_and(|age| age >= ABANDONED_AFTER);
-        let free = ownerlock::try_lock(&path);
-        if old && free.is_some() && remove(&path).is_ok() {
+    for name in names {
+        if !name.as_encoded_bytes().starts_with(prefix.as_bytes()) {
+            continue;
+        }
+        // O_NOFOLLOW|O_NONBLOCK: a symlink fails, a FIFO opens without waiting.
+        let Ok(f) = dir.open_at(&name, libc::O_RDONLY, 0) else {
+            continue;
+        };
+        let Ok(st) = safefs::fstat(std::os::fd::AsFd::as_fd(&f)) else {
+            continue;
+        };
+        let ours = st.uid == euid && matches!(st.kind, Kind::File | Kind::Dir);
+        if !ours || st.age() < ABANDONED_AFTER {
+            continue;
+        }
+        let Some(_free) = lock(f) else { continue };
+        if remove_at(dir, &name, Some(&st)).is_ok() {
             removed += 1;
         }
     }
     removed
 }
 
-/// Removes every temporary path still remembered; returns those that could not be removed.
+/// Removes every temporary entry still remembered; returns those that could not be removed.
 /// Called as bkrun ends, after the daemon is gone: a transfer still writing into a tree is
 /// met by a few retries, and once a tree's top is gone nothing can be created in it.
 pub fn sweep() -> Vec<(PathBuf, io::Error)> {
@@ -90,30 +206,29 @@ pub fn sweep() -> Vec<(PathBuf, io::Error)> {
 
 /// `sweep` of the paths under `root` only (tests share the process, and so the set).
 fn sweep_under(root: Option<&Path>) -> Vec<(PathBuf, io::Error)> {
-    let paths: Vec<PathBuf> = {
+    let entries: Vec<(PathBuf, (Arc<Dir>, OsString))> = {
         let mut set = live();
         let mine: Vec<PathBuf> = set
-            .iter()
+            .keys()
             .filter(|p| root.is_none_or(|r| p.starts_with(r)))
             .cloned()
             .collect();
-        for p in &mine {
-            set.remove(p);
-        }
-        mine
+        mine.into_iter()
+            .filter_map(|p| set.remove(&p).map(|e| (p, e)))
+            .collect()
     };
     let mut failed = Vec::new();
-    for p in paths {
+    for (path, (dir, name)) in entries {
         let mut tries = 0;
         loop {
-            match remove(&p) {
+            match remove_at(&dir, &name, None) {
                 Ok(()) => break,
                 Err(_) if tries < 20 => {
                     tries += 1;
                     std::thread::sleep(Duration::from_millis(10));
                 }
                 Err(e) => {
-                    failed.push((p, e));
+                    failed.push((path, e));
                     break;
                 }
             }
@@ -122,55 +237,25 @@ fn sweep_under(root: Option<&Path>) -> Vec<(PathBuf, io::Error)> {
     failed
 }
 
-/// Removes a file or a whole tree; a path already gone is fine.
-pub fn remove(p: &Path) -> io::Result<()> {
-    let r = match std::fs::symlink_metadata(p) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-        Ok(m) if m.is_dir() => {
-            make_writable(p);
-            std::fs::remove_dir_all(p)
-        }
-        Ok(_) => std::fs::remove_file(p),
-    };
-    match r {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        r => r,
-    }
-}
-
-/// A received tree may hold read-only directories, which would stop a non-root owner from
-/// emptying them.
-fn make_writable(dir: &Path) {
-    use std::os::unix::fs::PermissionsExt as _;
-    let Ok(m) = std::fs::symlink_metadata(dir) else {
-        return;
-    };
-    if !m.is_dir() {
-        return;
-    }
-    if m.permissions().mode() & 0o700 != 0o700 {
-        let mode = m.permissions().mode() | 0o700;
-        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode));
-    }
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                make_writable(&e.path());
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    fn open(p: &Path) -> Arc<Dir> {
+        Arc::new(Dir::open(p).unwrap())
+    }
 
     #[test]
-    fn only_abandoned_temps_are_swept() {
+    fn only_abandoned_temps_of_this_user_are_swept() {
         let d = tempfile::tempdir().unwrap();
         let long_ago = std::time::SystemTime::now() - Duration::from_secs(60);
         let age = |p: &Path| File::open(p).unwrap().set_modified(long_ago).unwrap();
+        // A live run's (made first: making a temp sweeps its prefix).
+        let dir = open(d.path());
+        let (_, held) = Temp::new_dir(&dir, d.path(), ".out.bkrun-").unwrap();
+        let live_path = held.path().to_path_buf();
+        age(&live_path);
         // A SIGKILLed run's tree and file: nobody holds them.
         let dead_dir = d.path().join(".out.bkrun-dead");
         std::fs::create_dir_all(dead_dir.join("sub")).unwrap();
@@ -178,43 +263,57 @@ mod tests {
         let dead_file = d.path().join(".out.bkrun-file");
         std::fs::write(&dead_file, "partial").unwrap();
         age(&dead_file);
-        // A live run's, and one just made whose owner may not have locked it yet.
-        let live = d.path().join(".out.bkrun-live");
-        std::fs::create_dir(&live).unwrap();
-        let held = Temp::register(live.clone());
-        age(&live);
+        // One just made whose owner may not have locked it yet.
         let young = d.path().join(".out.bkrun-young");
         std::fs::create_dir(&young).unwrap();
         let other = d.path().join("out");
         std::fs::create_dir(&other).unwrap();
         age(&other);
-        assert_eq!(sweep_abandoned(d.path(), ".out.bkrun-"), 2);
+        // Planted names: a symlink to something of value and a FIFO; neither is followed,
+        // opened for long, or removed.
+        let victim = d.path().join("victim");
+        std::fs::create_dir(&victim).unwrap();
+        std::fs::write(victim.join("f"), "x").unwrap();
+        std::os::unix::fs::symlink(&victim, d.path().join(".out.bkrun-link")).unwrap();
+        nix::unistd::mkfifo(
+            &d.path().join(".out.bkrun-fifo"),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .unwrap();
+        assert_eq!(sweep_abandoned(&dir, ".out.bkrun-"), 2);
         assert!(!dead_dir.exists() && !dead_file.exists());
-        assert!(live.exists() && young.exists() && other.exists());
+        assert!(live_path.exists() && young.exists() && other.exists());
+        assert!(victim.join("f").exists());
+        assert!(std::fs::symlink_metadata(d.path().join(".out.bkrun-fifo")).is_ok());
         drop(held);
-        assert!(!live.exists());
+        assert!(!live_path.exists());
     }
 
     #[test]
-    fn dropped_and_swept_paths_are_removed_kept_ones_stay() {
+    fn temps_are_private_and_dropped_or_swept_ones_are_removed() {
         let d = tempfile::tempdir().unwrap();
-        let a = d.path().join("a");
-        std::fs::write(&a, "x").unwrap();
-        drop(Temp::register(a.clone()));
-        assert!(!a.exists());
+        let dir = open(d.path());
+        let (_, a) = Temp::new_file(&dir, d.path(), "a-").unwrap();
+        let mode = std::fs::metadata(a.path()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let a_path = a.path().to_path_buf();
+        drop(a);
+        assert!(!a_path.exists());
 
-        let b = d.path().join("b");
-        std::fs::create_dir_all(b.join("ro/deep")).unwrap();
-        std::fs::write(b.join("ro/deep/f"), "x").unwrap();
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(b.join("ro"), std::fs::Permissions::from_mode(0o500)).unwrap();
-        let t = Temp::register(b.clone());
-        std::mem::forget(t);
-        let c = d.path().join("c");
-        std::fs::write(&c, "x").unwrap();
-        let kept = Temp::register(c.clone()).keep();
+        let (sub, b) = Temp::new_dir(&dir, d.path(), "b-").unwrap();
+        let mode = std::fs::metadata(b.path()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        sub.mkdir_at(OsStr::new("ro"), 0o700).unwrap();
+        let b_path = b.path().to_path_buf();
+        std::fs::create_dir(b_path.join("ro/deep")).unwrap();
+        std::fs::write(b_path.join("ro/deep/f"), "x").unwrap();
+        std::fs::set_permissions(b_path.join("ro"), std::fs::Permissions::from_mode(0o500))
+            .unwrap();
+        std::mem::forget(b);
+        let (_, c) = Temp::new_file(&dir, d.path(), "c-").unwrap();
+        let kept = c.keep();
         assert!(sweep_under(Some(d.path())).is_empty());
-        assert!(!b.exists());
+        assert!(!b_path.exists());
         assert!(kept.exists());
     }
 }

@@ -1,175 +1,234 @@
-//! A `type=local` export's tree: received into a temporary directory and put in place only once the build succeeded, merged into an existing destination so none of the user's other files is lost.
+//! A `type=local` export's tree: received into a private temporary directory and put in place only once the build succeeded, merged into an existing destination so none of the user's other files is lost.
 //!
 //! A missing destination gets the whole tree by one rename. An existing directory is merged
 //! into, as buildctl's exporter writes into it: each received entry replaces the entry of the
 //! same name, and nothing else there is deleted. The tree is received beside the destination,
 //! so even a SIGKILL (which no cleanup survives) leaves the destination as it was; where that
 //! is impossible (the destination is a mount point, or its parent is read-only) it is received
-//! inside, which is on the same filesystem and writable whenever the destination is.
+//! inside, which is on the same filesystem and writable whenever the destination is. Every
+//! step is by descriptor: the destination is walked once (src/safefs) and merged with
+//! renameat, so no link planted during the build redirects a write.
 
+use std::ffi::OsString;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use super::parent_of;
 use super::temps::Temp;
+use crate::safefs::protect::{may_use_existing, refusal};
+use crate::safefs::resolve::{resolve, Resolved};
+use crate::safefs::{self, Dir, Kind};
 
 /// Where one local export is being received, and how it goes in place.
 #[derive(Debug)]
 pub struct DirTarget {
-    dest: PathBuf,
     temp: Temp,
-    merge: bool,
+    /// The received tree's top, open.
+    received: Dir,
+    into: Into,
+    /// Where the tree goes, as walked (for messages).
+    dest_path: PathBuf,
+}
+
+#[derive(Debug)]
+enum Into {
+    /// An existing directory, merged into.
+    Merge { dest: Dir },
+    /// Nothing yet: the missing parents are made in `dir`, then the tree renamed to `name`.
+    New {
+        dir: Arc<Dir>,
+        missing: Vec<OsString>,
+        name: OsString,
+    },
+}
+
+fn refused(what: String) -> io::Error {
+    io::Error::new(io::ErrorKind::PermissionDenied, what)
 }
 
 impl DirTarget {
     /// Makes the temporary directory for an export to `dest`.
     pub fn prepare(dest: &Path) -> io::Result<DirTarget> {
-        match std::fs::metadata(dest) {
-            Ok(m) if m.is_dir() => {
-                // Followed to where it leads, so a link to a directory stays a link.
-                let real = std::fs::canonicalize(dest)?;
-                let beside = real.parent().filter(|p| {
-                    // A rename cannot cross into another filesystem (a volume mounted at dest).
-                    std::fs::metadata(p).is_ok_and(|pm| pm.dev() == m.dev())
-                });
-                let name = real
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                let temp = match beside.map(|p| make_dir_in(p, &format!(".{name}.bkrun-"))) {
-                    Some(Ok(t)) => t,
+        let euid = nix::unistd::geteuid().as_raw();
+        let place = match resolve(dest, euid, true)? {
+            Resolved::Fd(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotADirectory,
+                    format!("{} is not a directory", dest.display()),
+                ))
+            }
+            Resolved::At(p) => p,
+        };
+        let dir = Arc::new(place.dir.try_clone()?);
+        let Some(name) = place.name.clone() else {
+            // The path names the directory itself (`.`): received inside it.
+            let (received, temp) = Temp::new_dir(&dir, &place.dir_path, ".bkrun-export-")?;
+            return Ok(DirTarget {
+                temp,
+                received,
+                into: Into::Merge { dest: place.dir },
+                dest_path: place.dir_path,
+            });
+        };
+        let prefix = format!(".{}.bkrun-", name.to_string_lossy());
+        match place.node {
+            Some(node) if node.kind == Kind::Dir => {
+                if !may_use_existing(&place.dir_stat, &node, euid) {
+                    let r = refusal(&place.path(), &node, &place.dir_path, &place.dir_stat);
+                    return Err(refused(r.to_string()));
+                }
+                let dest_dir = place.dir.sub(&name)?;
+                let opened = dest_dir.stat()?;
+                if !opened.same_node(&node) {
+                    return Err(refused(format!(
+                        "{} was replaced while bkrun was opening it; nothing was written",
+                        place.path().display()
+                    )));
+                }
+                // A rename cannot cross into another filesystem (a volume mounted at dest).
+                let beside = (opened.dev == place.dir_stat.dev)
+                    .then(|| Temp::new_dir(&dir, &place.dir_path, &prefix).ok())
+                    .flatten();
+                let path = place.path();
+                let (received, temp) = match beside {
+                    Some(t) => t,
                     // Not allowed to write beside it: inside, where writing is what was asked.
-                    _ => make_dir_in(&real, ".bkrun-export-")?,
+                    None => {
+                        let inside = Arc::new(dest_dir.try_clone()?);
+                        Temp::new_dir(&inside, &path, ".bkrun-export-")?
+                    }
                 };
                 Ok(DirTarget {
-                    dest: real,
                     temp,
-                    merge: true,
+                    received,
+                    into: Into::Merge { dest: dest_dir },
+                    dest_path: path,
                 })
             }
-            Ok(_) => Err(io::Error::new(
+            Some(_) => Err(io::Error::new(
                 io::ErrorKind::NotADirectory,
-                format!("{} exists and is not a directory", dest.display()),
+                format!("{} exists and is not a directory", place.path().display()),
             )),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                if std::fs::symlink_metadata(dest).is_ok() {
+            None => {
+                if dangling(dest, euid) {
                     return Err(io::Error::new(
                         io::ErrorKind::NotFound,
                         format!("{} is a symlink to nothing", dest.display()),
                     ));
                 }
-                let name = dest
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                let temp = make_dir_in(&nearest_existing(dest), &format!(".{name}.bkrun-"))?;
+                let (received, temp) = Temp::new_dir(&dir, &place.dir_path, &prefix)?;
+                let dest_path = place.path();
                 Ok(DirTarget {
-                    dest: dest.to_path_buf(),
                     temp,
-                    merge: false,
+                    received,
+                    dest_path,
+                    into: Into::New {
+                        dir,
+                        missing: place.missing,
+                        name,
+                    },
                 })
             }
-            Err(e) => Err(e),
         }
     }
 
-    /// The directory the tree is received into.
+    /// Proves an export to `dest` can be received: prepares its temporary directory (and
+    /// removes it), so a destination where nothing can be made fails before any daemon starts.
+    pub fn probe(dest: &Path) -> io::Result<()> {
+        DirTarget::prepare(dest).map(drop)
+    }
+
+    /// The directory the tree is received into (private: 0700, this user's).
     pub fn receive_dir(&self) -> &Path {
         self.temp.path()
     }
 
     /// Puts the received tree in place (after a successful build).
     pub fn commit(self) -> io::Result<()> {
-        if !self.merge {
-            std::fs::create_dir_all(parent_of(&self.dest))?;
-            match std::fs::rename(self.temp.path(), &self.dest) {
-                Ok(()) => {
-                    self.temp.keep();
-                    return Ok(());
+        match &self.into {
+            Into::New { dir, missing, name } => {
+                let mut parent = dir.try_clone()?;
+                for m in missing {
+                    match parent.mkdir_at(m, 0o777) {
+                        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+                        _ => {}
+                    }
+                    parent = parent.sub(m)?;
                 }
-                // Someone made the directory while the build ran: merge into it instead.
-                Err(e) if std::fs::metadata(&self.dest).is_ok_and(|m| m.is_dir()) => {
-                    let _ = e;
+                // The tree was private while it filled; in place it has the mode a mkdir gives.
+                self.received.chmod(0o777 & !safefs::umask())?;
+                match self.temp.dir().rename_at(self.temp.name(), &parent, name) {
+                    Ok(()) => {
+                        self.temp.keep();
+                        Ok(())
+                    }
+                    // Someone made the directory while the build ran: merge into it instead.
+                    Err(e) => match parent.sub(name) {
+                        Ok(dest) => merge(&self.received, &dest, &self.dest_path),
+                        Err(_) => Err(e),
+                    },
                 }
-                Err(e) => return Err(e),
             }
+            Into::Merge { dest, .. } => merge(&self.received, dest, &self.dest_path),
         }
-        merge(self.temp.path(), &self.dest)
         // Dropping the temp removes what is left of it: empty directories.
     }
 }
 
-/// The closest ancestor of `p` that exists (the destination's missing parents are made only
-/// when it is put in place).
-fn nearest_existing(p: &Path) -> PathBuf {
-    let mut d = parent_of(p);
-    while std::fs::symlink_metadata(d).is_err() {
-        d = parent_of(d);
-        if d == Path::new(".") || d == Path::new("/") {
-            break;
-        }
-    }
-    d.to_path_buf()
-}
-
-/// A new directory in `dir` named PREFIX + random, with the mode a plain mkdir would give.
-fn make_dir_in(dir: &Path, prefix: &str) -> io::Result<Temp> {
-    super::temps::sweep_abandoned(dir, prefix);
-    let made = tempfile::Builder::new()
-        .prefix(prefix)
-        .make_in(dir, |p| std::fs::DirBuilder::new().mode(0o777).create(p))?;
-    let path = made.into_temp_path().keep().map_err(|e| e.error)?;
-    Ok(Temp::register(path))
+/// `dest` is a symlink whose target does not exist (an export must not create it).
+fn dangling(dest: &Path, euid: u32) -> bool {
+    matches!(
+        resolve(dest, euid, false),
+        Ok(Resolved::At(p)) if p.node.is_some_and(|n| n.kind == Kind::Symlink)
+    )
 }
 
 /// Moves every entry of `src` into `dst`, replacing entries of the same name; directories on
 /// both sides are merged, and take the received directory's mode and times.
-fn merge(src: &Path, dst: &Path) -> io::Result<()> {
-    for entry in std::fs::read_dir(src)? {
-        let entry = entry?;
-        let from = entry.path();
-        let to = dst.join(entry.file_name());
-        let new = std::fs::symlink_metadata(&from)?;
-        let old = match std::fs::symlink_metadata(&to) {
-            Ok(m) => Some(m),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => return Err(e),
+fn merge(src: &Dir, dst: &Dir, dst_path: &Path) -> io::Result<()> {
+    for name in src.names()? {
+        let Some(new) = src.stat_at(&name)? else {
+            continue;
         };
+        let old = dst.stat_at(&name)?;
         match old {
-            Some(old) if old.is_dir() && new.is_dir() => {
+            Some(old) if old.kind == Kind::Dir && new.kind == Kind::Dir => {
+                let from = src.sub(&name)?;
+                let to = dst.sub(&name)?;
                 // Emptied first, so it must be writable until then; its own mode comes back after.
-                let mode = new.permissions().mode();
-                std::fs::set_permissions(&from, std::fs::Permissions::from_mode(mode | 0o700))?;
-                merge(&from, &to)?;
-                std::fs::set_permissions(&to, std::fs::Permissions::from_mode(mode & 0o7777))?;
-                let nanos = new.mtime() * 1_000_000_000 + new.mtime_nsec();
-                crate::fsutil::sys::set_times_nofollow(&to, nanos)?;
+                from.chmod(new.mode | 0o700)?;
+                merge(&from, &to, &dst_path.join(&name))?;
+                to.chmod(new.mode)?;
+                to.set_times(new.mtime * 1_000_000_000 + new.mtime_nsec)?;
             }
             // A rename replaces a file with a file, or a directory with nothing, atomically.
-            None => std::fs::rename(&from, &to)?,
-            Some(old) if !old.is_dir() && !new.is_dir() => std::fs::rename(&from, &to)?,
+            None => src.rename_at(&name, dst, &name)?,
+            Some(old) if old.kind != Kind::Dir && new.kind != Kind::Dir => {
+                src.rename_at(&name, dst, &name)?
+            }
             // Across the directory line no rename replaces: the old entry is moved aside first,
             // and back if the new one cannot go in, so it is never lost.
             Some(_) => {
-                let aside = make_dir_in(dst, ".bkrun-old-")?;
-                let moved = aside.path().join(entry.file_name());
-                std::fs::rename(&to, &moved)?;
-                if let Err(e) = std::fs::rename(&from, &to) {
-                    let back = std::fs::rename(&moved, &to);
+                let dst_arc = Arc::new(dst.try_clone()?);
+                let (aside_dir, aside) = Temp::new_dir(&dst_arc, dst_path, ".bkrun-old-")?;
+                dst.rename_at(&name, &aside_dir, &name)?;
+                if let Err(e) = src.rename_at(&name, dst, &name) {
+                    let back = aside_dir.rename_at(&name, dst, &name);
                     // Kept either way: emptied, or holding the only copy of the old entry.
-                    let aside = aside.keep();
+                    let kept = aside.keep();
                     if back.is_err() {
                         return Err(io::Error::new(
                             e.kind(),
                             format!(
                                 "{e}; the old {} is kept in {}",
-                                to.display(),
-                                aside.display()
+                                name.to_string_lossy(),
+                                kept.display()
                             ),
                         ));
                     }
-                    let _ = std::fs::remove_dir(aside);
+                    if let Some(n) = kept.file_name() {
+                        let _ = dst.unlink_at(n, true);
+                    }
                     return Err(e);
                 }
                 // Dropping `aside` removes the old entry with it.
@@ -182,6 +241,7 @@ fn merge(src: &Path, dst: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
 
     fn names(d: &Path) -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(d)
@@ -199,6 +259,11 @@ mod tests {
         let dest = d.path().join("a/b/out");
         let t = DirTarget::prepare(&dest).unwrap();
         assert_eq!(t.receive_dir().parent().unwrap(), d.path());
+        let mode = std::fs::metadata(t.receive_dir())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700, "private while it fills");
         std::fs::write(t.receive_dir().join("f"), "x").unwrap();
         assert!(!dest.exists());
         t.commit().unwrap();
@@ -268,5 +333,52 @@ mod tests {
 
         std::fs::write(d.path().join("file"), "x").unwrap();
         assert!(DirTarget::prepare(&d.path().join("file")).is_err());
+        std::os::unix::fs::symlink("gone", d.path().join("dangling")).unwrap();
+        let e = DirTarget::prepare(&d.path().join("dangling")).unwrap_err();
+        assert!(e.to_string().ends_with("is a symlink to nothing"), "{e}");
+    }
+
+    #[test]
+    fn a_link_planted_inside_the_destination_during_the_build_is_replaced_not_followed() {
+        let d = tempfile::tempdir().unwrap();
+        let outside = d.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("keep"), "x").unwrap();
+        let dest = d.path().join("out");
+        std::fs::create_dir(&dest).unwrap();
+        let t = DirTarget::prepare(&dest).unwrap();
+        std::fs::create_dir(t.receive_dir().join("sub")).unwrap();
+        std::fs::write(t.receive_dir().join("sub/f"), "build").unwrap();
+        // Planted while the build ran: `sub` as a link to a directory elsewhere.
+        std::os::unix::fs::symlink(&outside, dest.join("sub")).unwrap();
+        t.commit().unwrap();
+        assert_eq!(names(&outside), ["keep"]);
+        assert!(dest.join("sub").symlink_metadata().unwrap().is_dir());
+        assert_eq!(
+            std::fs::read_to_string(dest.join("sub/f")).unwrap(),
+            "build"
+        );
+    }
+
+    #[test]
+    fn another_users_directory_in_a_shared_dir_is_refused() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: planting another user's directory needs root (CI runs as root)");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let tmp = d.path().join("tmp");
+        std::fs::create_dir(&tmp).unwrap();
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let planted = tmp.join("out");
+        std::fs::create_dir(&planted).unwrap();
+        std::os::unix::fs::chown(&planted, Some(65534), Some(65534)).unwrap();
+        let e = DirTarget::prepare(&planted).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::PermissionDenied);
+        assert!(
+            e.to_string().contains("is a directory owned by uid 65534"),
+            "{e}"
+        );
+        assert!(names(&planted).is_empty());
     }
 }

@@ -7,6 +7,26 @@ use crate::proto::moby::buildkit::v1::{StatusResponse, VertexLog};
 /// What a secret is replaced with.
 pub const MASK: &[u8] = b"****";
 
+/// Secrets to mask in bkrun's own error lines, for the rest of the process: a daemon log's
+/// tail or a step's error may hold a value the build was given.
+static IN_ERRORS: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+
+/// Masks `secrets` in every error line printed from now on.
+pub fn mask_in_errors(secrets: &[Vec<u8>]) {
+    let mut all = IN_ERRORS.lock().unwrap_or_else(|e| e.into_inner());
+    all.extend(secrets.iter().cloned());
+}
+
+/// `line` with every secret given to `mask_in_errors` replaced.
+pub fn masked_error_line(line: &str) -> String {
+    let all = IN_ERRORS.lock().unwrap_or_else(|e| e.into_inner());
+    if all.is_empty() {
+        return line.to_string();
+    }
+    let m = Masker::new(all.iter().cloned());
+    String::from_utf8_lossy(&m.mask(line.as_bytes())).into_owned()
+}
+
 /// Masks secrets in status messages.
 ///
 /// Names, errors, status ids and warnings arrive whole, so they are masked

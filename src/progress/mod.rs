@@ -8,7 +8,7 @@
 //! (`spec::progress` reads the flag, the environment and the terminal); nothing
 //! here reads the environment.
 
-mod mask;
+pub mod mask;
 mod plain;
 mod rawjson;
 mod term;

@@ -182,10 +182,12 @@ fn kube(args: &crate::cli::KubeArgs, global: &crate::cli::GlobalArgs) -> Result<
 /// One line that says what failed and what to do, then the detail, indented; with
 /// `--log-format json`, one object a line as buildctl's logrus writes them.
 pub fn print_error(e: &anyhow::Error, format: LogFormat) {
+    // Secrets stay out of error lines as they stay out of the progress (a log tail can hold one).
+    let masked = crate::progress::mask::masked_error_line;
     if format == LogFormat::Json {
         let msg = e
             .chain()
-            .map(|c| c.to_string())
+            .map(|c| masked(&c.to_string()))
             .collect::<Vec<_>>()
             .join("\n");
         let line = serde_json::json!({
@@ -201,10 +203,10 @@ pub fn print_error(e: &anyhow::Error, format: LogFormat) {
         crate::say!("{line}");
         return;
     }
-    crate::say!("bkrun: {e}");
+    crate::say!("bkrun: {}", masked(&e.to_string()));
     for cause in e.chain().skip(1) {
         for line in cause.to_string().lines() {
-            crate::say!("  {line}");
+            crate::say!("  {}", masked(line));
         }
     }
 }
@@ -446,7 +448,7 @@ async fn perform(
                                 crate::say!("{line}");
                             }
                         }
-                        match client::metadata::write_after(&job.after, &response) {
+                        match client::metadata::write_after(&job.after, &response).await {
                             Ok(()) => Ended::Code(0),
                             Err(e) => Ended::Failed(e),
                         }

@@ -22,9 +22,8 @@ use tonic::{Request, Response, Status, Streaming};
 use super::packets::{from_wire, pump_in, to_wire};
 use super::raw::RawCodec;
 use crate::fsutil::{receive, ReceiveOptions};
-use crate::host::RealHost;
 use crate::place::tree::DirTarget;
-use crate::place::{self, FileTarget, Temp};
+use crate::place::{self, FileTarget, NewFile};
 use crate::proto::fsutil::types::Packet as WirePacket;
 use crate::proto::moby::filesync::v1::BytesMessage;
 
@@ -46,7 +45,7 @@ pub enum Sink {
 /// file or tree. Dropped, they are removed.
 #[derive(Default, Debug)]
 struct Pending {
-    files: Vec<(Temp, PathBuf)>,
+    files: Vec<NewFile>,
     dirs: Vec<DirTarget>,
 }
 
@@ -72,8 +71,8 @@ impl FileSendTargets {
     /// Moves finished files and trees into place (after a successful build).
     pub fn commit(&self) -> std::io::Result<()> {
         let pending = std::mem::take(&mut *self.pending.lock().unwrap());
-        for (tmp, dest) in pending.files {
-            place::commit_file(tmp, &dest)?;
+        for file in pending.files {
+            file.commit()?;
         }
         for dir in pending.dirs {
             dir.commit()?;
@@ -101,10 +100,7 @@ impl FileSendTargets {
         match target {
             Sink::Dir(dest) => {
                 let dir = DirTarget::prepare(&dest).map_err(|e| {
-                    Status::internal(format!(
-                        "cannot export to {}: {e}: choose a dest in a writable directory",
-                        dest.display()
-                    ))
+                    Status::internal(format!("cannot export to {}: {e}", dest.display()))
                 })?;
                 let into = dir.receive_dir().to_path_buf();
                 self.pending.lock().unwrap().dirs.push(dir);
@@ -139,20 +135,13 @@ impl FileSendTargets {
                 let failed = |e: std::io::Error| {
                     Status::internal(format!("cannot write {}: {e}", dest.display()))
                 };
-                let file = match place::classify(dest, &RealHost) {
+                let file = match place::file_target(dest).map_err(failed)? {
                     FileTarget::Fd(fd) => place::dup_fd(fd).map_err(failed)?,
                     // A device or FIFO is written as it is: /dev/null must stay /dev/null.
-                    FileTarget::Through(p) => place::open_through(&p).await.map_err(failed)?,
-                    FileTarget::Dir(p) => {
-                        return Err(Status::invalid_argument(format!(
-                            "cannot write {}: {} is a directory; give a file path",
-                            dest.display(),
-                            p.display()
-                        )))
-                    }
-                    FileTarget::Replace(p) => {
-                        let (file, tmp) = place::temp_file_beside(&p).map_err(failed)?;
-                        self.pending.lock().unwrap().files.push((tmp, p));
+                    FileTarget::Through(e) => e.open(false).await.map_err(failed)?,
+                    FileTarget::Replace(b) => {
+                        let (file, new) = b.create().map_err(failed)?;
+                        self.pending.lock().unwrap().files.push(new);
                         file
                     }
                 };

@@ -1,4 +1,4 @@
-//! Destinations checked before any daemon starts: every file and directory a build will write must be writable by bkrun's user, so a wrong path fails in milliseconds, not after the build.
+//! Destinations checked before any daemon starts: every file and directory a build will write is proved writable by making (and removing) a temporary beside it, under the same rules for shared directories the writer applies, so a wrong path fails in milliseconds, not after the build.
 
 use std::path::Path;
 
@@ -6,8 +6,9 @@ use anyhow::{bail, Result};
 
 use super::build::BuildSpec;
 use super::output::{Destination, Output};
-use crate::host::{Host, PathKind};
-use crate::place::{classify, parent_of, FileTarget};
+use crate::host::Host;
+use crate::place::tree::DirTarget;
+use crate::place::{file_target, FileTarget};
 
 /// Checks the outputs, `--metadata-file`, `--ref-file` and `--trace` of `spec`.
 pub fn check(spec: &BuildSpec, host: &dyn Host) -> Result<()> {
@@ -24,17 +25,12 @@ fn check_outputs(outputs: &[Output], host: &dyn Host) -> Result<()> {
     for out in outputs {
         let what = |d: &Path| format!("--output type={},dest={}", out.kind, d.display());
         match out.destination() {
-            Destination::Dir(d) | Destination::Layout(d) => check_dir(&what(&d), &d, host)?,
-            Destination::File(f) => {
-                // The same refusal `dest=-` meets in output.rs: no tarball on a terminal.
-                if classify(&f, host) == FileTarget::Fd(1) && host.stdout_is_terminal() {
-                    bail!(
-                        "{}: would write a tarball to the terminal: give dest=FILE, or redirect stdout",
-                        what(&f)
-                    );
+            Destination::Dir(d) | Destination::Layout(d) => {
+                if let Err(e) = DirTarget::probe(&d) {
+                    bail!("{}: {e}", what(&d));
                 }
-                check_file(&what(&f), &f, host)?
             }
+            Destination::File(f) => check_file(&what(&f), &f, host, false)?,
             Destination::Stdout | Destination::Daemon => {}
         }
     }
@@ -49,91 +45,56 @@ fn check_files(
 ) -> Result<()> {
     for (flag, file) in [("--metadata-file", metadata), ("--ref-file", ref_file)] {
         if let Some(f) = file {
-            check_file(&format!("{flag} {}", f.display()), f, host)?;
+            check_file(&format!("{flag} {}", f.display()), f, host, true)?;
         }
     }
     if let Some(f) = trace {
         // Appended to where it is: an existing file only has to be writable itself.
-        let what = format!("--trace {}", f.display());
-        match host.path_kind(f) {
-            PathKind::File | PathKind::Special if !host.writable(f) => bail!(
-                "{what}: {} is not writable by uid {}: fix its permissions or choose another file",
-                f.display(),
-                host.euid()
-            ),
-            PathKind::File | PathKind::Special => {}
-            _ => check_file(&what, f, host)?,
-        }
+        check_append(&format!("--trace {}", f.display()), f)?;
     }
     Ok(())
 }
 
-/// A directory output: an existing directory must be writable; a missing one is made in its
-/// closest existing ancestor, which must be.
-fn check_dir(what: &str, d: &Path, host: &dyn Host) -> Result<()> {
-    match host.path_kind(d) {
-        PathKind::Dir if host.dir_usable(d) => Ok(()),
-        PathKind::Dir => unwritable(what, d, host),
-        PathKind::File | PathKind::Special => bail!(
-            "{what}: {} is not a directory: give a directory (it is created if missing)",
-            d.display()
+/// A whole file: written through a device, FIFO or descriptor, which must be writable, or made
+/// beside the file it replaces (a symlink's target), where a file must be makeable. `text`:
+/// a report, fine on a terminal (a tarball is not).
+fn check_file(what: &str, f: &Path, host: &dyn Host, text: bool) -> Result<()> {
+    match file_target(f) {
+        // The same refusal `dest=-` meets in output.rs: no tarball on a terminal.
+        Ok(FileTarget::Fd(1)) if !text && host.stdout_is_terminal() => bail!(
+            "{what}: would write a tarball to the terminal: give dest=FILE, or redirect stdout"
         ),
-        PathKind::Missing if host.read_link(d).is_some() => bail!(
-            "{what}: {} is a symlink to nothing: remove it or give another directory",
-            d.display()
-        ),
-        PathKind::Missing => {
-            let mut a = parent_of(d);
-            while host.path_kind(a) == PathKind::Missing
-                && a != Path::new(".")
-                && a != Path::new("/")
-            {
-                a = parent_of(a);
-            }
-            match host.path_kind(a) {
-                PathKind::Dir if host.dir_usable(a) => Ok(()),
-                PathKind::Dir | PathKind::Missing => unwritable(what, a, host),
-                _ => bail!(
-                    "{what}: {} is not a directory: give a path under a directory",
-                    a.display()
-                ),
-            }
-        }
-    }
-}
-
-/// A file output: written through a device, FIFO or descriptor, which must be writable, or
-/// made beside the file it replaces (a symlink's target), whose directory must be.
-fn check_file(what: &str, f: &Path, host: &dyn Host) -> Result<()> {
-    match classify(f, host) {
-        FileTarget::Fd(_) => Ok(()),
-        FileTarget::Through(p) if host.writable(&p) => Ok(()),
-        FileTarget::Through(p) => bail!(
+        Ok(FileTarget::Fd(_)) => Ok(()),
+        Ok(FileTarget::Through(e)) if e.writable() => Ok(()),
+        Ok(FileTarget::Through(e)) => bail!(
             "{what}: {} is not writable by uid {}: fix its permissions or choose another file",
-            p.display(),
+            e.path.display(),
             host.euid()
         ),
-        FileTarget::Dir(p) => bail!("{what}: {} is a directory: give a file path", p.display()),
-        FileTarget::Replace(p) => {
-            let dir = parent_of(&p);
-            match host.path_kind(dir) {
-                PathKind::Dir if host.dir_usable(dir) => Ok(()),
-                PathKind::Missing => bail!(
-                    "{what}: the directory {} does not exist: create it first",
-                    dir.display()
-                ),
-                _ => unwritable(what, dir, host),
-            }
-        }
+        Ok(FileTarget::Replace(b)) => match b.probe() {
+            Ok(()) => Ok(()),
+            Err(e) => bail!("{what}: {e}"),
+        },
+        Err(e) => bail!("{what}: {e}"),
     }
 }
 
-fn unwritable(what: &str, dir: &Path, host: &dyn Host) -> Result<()> {
-    bail!(
-        "{what}: cannot create files in {} (uid {} may not write there): choose a writable directory or fix its permissions",
-        dir.display(),
-        host.euid()
-    )
+/// A file appended to: the one there must open for appending, or one must be makeable.
+fn check_append(what: &str, f: &Path) -> Result<()> {
+    match file_target(f) {
+        Ok(FileTarget::Fd(_)) => Ok(()),
+        Ok(FileTarget::Through(e)) if e.writable() => Ok(()),
+        Ok(FileTarget::Through(e)) => bail!(
+            "{what}: {} is not writable by uid {}: fix its permissions or choose another file",
+            e.path.display(),
+            nix::unistd::geteuid()
+        ),
+        Ok(FileTarget::Replace(b)) => match b.probe_append() {
+            Ok(()) => Ok(()),
+            Err(e) => bail!("{what}: {e}"),
+        },
+        Err(e) => bail!("{what}: {e}"),
+    }
 }
 
 #[cfg(test)]
@@ -161,45 +122,40 @@ mod tests {
         Output { kind, attrs }
     }
 
-    fn host() -> FakeHost {
-        let mut h = FakeHost::user();
-        h.usable_dirs = vec!["/w", "/w/out"];
-        h.paths = vec![
-            ("/ro", PathKind::Dir),
-            ("/dev/null", PathKind::Special),
-            ("/dev/full", PathKind::Special),
-            ("/ro/real.tar", PathKind::File),
-            ("/w/file", PathKind::File),
-        ];
-        h.links = vec![
-            ("/dev/stdout", "/proc/self/fd/1"),
-            ("/w/link.tar", "/ro/real.tar"),
-        ];
-        h.writable = vec!["/dev/null"];
-        h
-    }
-
-    fn run(outputs: &[&str], metadata: Option<&str>) -> Result<()> {
+    fn run(outputs: &[String], metadata: Option<String>) -> Result<()> {
         let outs: Vec<Output> = outputs.iter().map(|o| out(o)).collect();
-        check_outputs(&outs, &host())?;
-        check_files(metadata.map(Path::new), None, None, &host())
+        let h = FakeHost::user();
+        check_outputs(&outs, &h)?;
+        check_files(metadata.as_deref().map(Path::new), None, None, &h)
     }
 
-    fn err(outputs: &[&str], metadata: Option<&str>) -> String {
-        run(outputs, metadata).unwrap_err().to_string()
+    fn names(d: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
     }
 
     #[test]
-    fn writable_destinations_pass() {
-        let ok = |outs: &[&str], m| run(outs, m).unwrap();
-        ok(&["tar,/w/x.tar"], Some("/w/m.json"));
-        ok(&["tar,/dev/stdout"], Some("/dev/null"));
-        ok(&["local,/w/out"], None);
-        ok(&["local,/w/new/deeper"], None);
-        ok(&["oci,-"], None);
-        ok(&["image"], None);
-        let mut tty = host();
-        tty.tty = true;
+    fn writable_destinations_pass_and_leave_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let w = d.path().display().to_string();
+        std::fs::create_dir(d.path().join("out")).unwrap();
+        let ok = |outs: &[String], m: Option<String>| run(outs, m).unwrap();
+        ok(&[format!("tar,{w}/x.tar")], Some(format!("{w}/m.json")));
+        ok(&["tar,/dev/stdout".into()], Some("/dev/null".into()));
+        ok(&[format!("local,{w}/out")], None);
+        ok(&[format!("local,{w}/new/deeper")], None);
+        ok(&["oci,-".into()], None);
+        ok(&["image".into()], None);
+        assert_eq!(names(d.path()), ["out"]);
+        let tty = FakeHost {
+            tty: true,
+            ..FakeHost::user()
+        };
         let outs = [out("tar,/dev/stdout")];
         let e = check_outputs(&outs, &tty).unwrap_err().to_string();
         assert!(e.contains("would write a tarball to the terminal"), "{e}");
@@ -207,20 +163,48 @@ mod tests {
 
     #[test]
     fn unwritable_destinations_name_the_flag_and_the_path() {
-        assert_eq!(
-            err(&["tar,/ro/x.tar"], None),
-            "--output type=tar,dest=/ro/x.tar: cannot create files in /ro (uid 1000 may not write there): choose a writable directory or fix its permissions"
+        // Nothing can be created in sysfs, even by root, whatever access(2) says.
+        let e = run(&["tar,/sys/x.tar".into()], None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("--output type=tar,dest=/sys/x.tar: cannot create files in /sys (uid "),
+            "{e}"
         );
-        // A link is followed to the file it replaces.
-        assert!(err(&["tar,/w/link.tar"], None).contains("cannot create files in /ro"));
-        assert!(err(&["local,/ro/out"], None).contains("cannot create files in /ro "));
-        assert!(err(&["local,/w/file"], None).contains("/w/file is not a directory"));
-        assert!(err(&["docker,/w/out"], None).contains("/w/out is a directory"));
-        assert_eq!(
-            err(&[], Some("/ro/m.json")),
-            "--metadata-file /ro/m.json: cannot create files in /ro (uid 1000 may not write there): choose a writable directory or fix its permissions"
+        assert!(
+            e.ends_with("choose a writable directory or fix its permissions"),
+            "{e}"
         );
-        assert!(err(&[], Some("/dev/full")).contains("/dev/full is not writable by uid 1000"));
-        assert!(err(&[], Some("/nope/m.json")).contains("the directory /nope does not exist"));
+        let e = run(&["local,/sys/out".into()], None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cannot create files in /sys "), "{e}");
+        let d = tempfile::tempdir().unwrap();
+        let w = d.path().display();
+        std::fs::write(d.path().join("file"), "x").unwrap();
+        std::fs::create_dir(d.path().join("dir")).unwrap();
+        let e = run(&[format!("local,{w}/file")], None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("file exists and is not a directory"), "{e}");
+        let e = run(&[format!("docker,{w}/dir")], None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("dir is a directory"), "{e}");
+        let e = run(&[], Some("/sys/m.json".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("--metadata-file /sys/m.json: cannot create files in /sys"),
+            "{e}"
+        );
+        let e = run(&[], Some("/nope/m.json".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("the directory /nope does not exist"), "{e}");
+        let e = check_append("--trace /sys/t", Path::new("/sys/t"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cannot create files in /sys"), "{e}");
     }
 }
