@@ -253,14 +253,7 @@ fn a_daemon_killed_mid_build_is_named_with_its_log() {
         // Well before the step would have ended by itself.
         assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
         // The log is kept (and named); nothing else is.
-        let kept: Vec<_> = fs::read_dir(sb.path("tmp"))
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .collect();
-        assert_eq!(kept.len(), 1, "{kept:?}");
-        assert!(err.contains(&kept[0].display().to_string()), "{err}");
-        fs::remove_file(&kept[0]).unwrap();
+        sb.take_kept_log(&err);
         let left = wait_until(Duration::from_secs(5), || sb.live_processes().is_empty());
         assert!(left, "{mode:?}: {:?}", sb.live_processes());
         sb.assert_clean();

@@ -63,6 +63,11 @@ const SIGKILL_SH: &str = include_str!("pod/sigkill.sh");
 /// Lists what a command left in its container (tests/pod/leftovers.sh).
 const LEFTOVERS_SH: &str = include_str!("pod/leftovers.sh");
 
+/// What another uid of the pod plants in /tmp (tests/pod/hostile-plant.sh), and root's runs
+/// beside it (tests/pod/hostile.sh).
+const HOSTILE_PLANT_SH: &str = include_str!("pod/hostile-plant.sh");
+const HOSTILE_SH: &str = include_str!("pod/hostile.sh");
+
 /// What a configuration must do.
 #[derive(Clone, Copy, Debug)]
 enum Expect {
@@ -392,6 +397,22 @@ impl Pod {
         self.dir.path().join(rel)
     }
 
+    /// `podman exec` in the workspace as `user` (UID:GID), with the container's environment.
+    fn exec_as(&self, user: &str, args: &[&str]) -> Ran {
+        let start = Instant::now();
+        let out = podman()
+            .args(["exec", "--user", user, "--workdir", "/tmp", &self.name])
+            .args(args)
+            .output()
+            .unwrap();
+        Ran {
+            code: out.status.code().unwrap_or(-1),
+            secs: start.elapsed().as_secs_f64(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
     /// `podman exec` in the workspace, as the container's user and with its environment.
     fn exec(&self, args: &[&str]) -> Ran {
         let start = Instant::now();
@@ -408,16 +429,17 @@ impl Pod {
         }
     }
 
-    /// What `ran` left in the container. A daemon log bkrun kept and named on stderr is by
-    /// design, not a leftover; it is removed so the next command starts clean.
+    /// What `ran` left in the container. A daemon log bkrun kept (in its private dir) and named
+    /// on stderr is by design, not a leftover; it is removed so the next command starts clean.
     fn leftovers(&self, ran: &Ran) -> Vec<String> {
         let check = self.exec(&["sh", "-c", LEFTOVERS_SH]);
         assert_eq!(check.code, 0, "the leftover check failed: {}", check.show());
         let mut left = Vec::new();
         for line in check.stdout.lines() {
             match line.strip_prefix("temp ") {
-                Some(path) if path.ends_with(".log") && ran.stderr.contains(path) => {
-                    self.exec(&["rm", "-f", path]);
+                // A private bkrun-log-* dir holding buildkitd.log.
+                Some(path) if path.contains("/bkrun-log-") && ran.stderr.contains(path) => {
+                    self.exec(&["rm", "-rf", path]);
                 }
                 _ => left.push(line.to_string()),
             }
@@ -653,6 +675,13 @@ fn run_configuration(name: &'static str) {
         );
     }
 
+    // Root in the pod, against what any other uid of the pod can plant in the shared /tmp.
+    if cfg.uid == 0 {
+        if let Expect::Builds(_) = cfg.expect {
+            hostile_user(&pod, &mut report);
+        }
+    }
+
     // Last: what a SIGKILL leaves re-parented to the pod's PID 1 stays a zombie (see below).
     if let Expect::Builds(_) = cfg.expect {
         sigkill_mid_run(&pod, &mut report);
@@ -662,6 +691,38 @@ fn run_configuration(name: &'static str) {
         report.problems.push(e);
     }
     report.finish();
+}
+
+/// What nobody (uid 65534) plants in the pod's shared /tmp, then root's bkrun runs with
+/// TMPDIR=/tmp (tests/pod/hostile.sh): the planted run dirs and socket records are left alone
+/// and a build succeeds, a tar output and a metadata file through nobody's symlink and FIFO
+/// are refused in one line, and root's files are untouched.
+fn hostile_user(pod: &Pod, report: &mut Report) {
+    let plant = pod.exec(&["sh", "-c", "printf precious > /root/victim; chmod 600 /root/victim; mkdir -p /root/victim-dir; printf precious > /root/victim-dir/f"]);
+    report.check(plant.code == 0, "hostile: victims", "expected exit 0", &plant);
+    let plant = pod.exec_as("65534:65534", &["sh", "-c", HOSTILE_PLANT_SH]);
+    report.check(plant.code == 0, "hostile: plant as nobody", "expected exit 0", &plant);
+    let ran = pod.exec(&["sh", "-c", HOSTILE_SH]);
+    report.row("hostile", &ran, &[]);
+    let lines: Vec<&str> = ran.stdout.lines().collect();
+    let want = [
+        "build 0",
+        "tar 1 lines 1 refused symlink",
+        "metadata 1 lines 1 refused fifo",
+        "victim precious",
+        "victim-dir precious",
+        "planted bkrun-fifo bkrun-huge bkrun-link bkrun-x img.tar m.json",
+    ];
+    report.check(
+        lines == want,
+        "hostile",
+        &format!("expected {want:?}, got {lines:?}"),
+        &ran,
+    );
+    let clean = pod.exec(&["sh", "-c", "cd /tmp && rm -rf bkrun-x bkrun-fifo bkrun-link bkrun-huge img.tar m.json out-hostile"]);
+    report.check(clean.code == 0, "hostile: clean up", "expected exit 0", &clean);
+    let left = pod.leftovers(&ran);
+    report.row("hostile (after)", &ran, &left);
 }
 
 /// bkrun SIGKILLed while a RUN step with a background process runs: nothing of the run survives

@@ -175,14 +175,7 @@ fn a_daemon_with_a_bad_flag_fails_with_its_log() {
         );
         assert!(t.elapsed() < Duration::from_secs(20));
         // The log is kept (and named) on failure; nothing else is.
-        let kept: Vec<_> = fs::read_dir(sb.path("tmp"))
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .collect();
-        assert_eq!(kept.len(), 1, "{kept:?}");
-        assert!(err.contains(&kept[0].display().to_string()), "{err}");
-        fs::remove_file(&kept[0]).unwrap();
+        sb.take_kept_log(&err);
         sb.assert_clean();
     }
 }

@@ -60,6 +60,7 @@ fn build_job(
     host: &dyn Host,
 ) -> Result<BuildJob> {
     let spec = spec::build::resolve(&n.args, settings, host)?;
+    spec::dests::check_after(&n.after, host)?;
     if !matches!(
         spec.progress.mode,
         progress::Mode::Quiet | progress::Mode::RawJson

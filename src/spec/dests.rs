@@ -5,6 +5,7 @@ use std::path::Path;
 use anyhow::{bail, Result};
 
 use super::build::BuildSpec;
+use super::docker::AfterBuild;
 use super::output::{Destination, Output};
 use crate::host::Host;
 use crate::place::tree::DirTarget;
@@ -19,6 +20,29 @@ pub fn check(spec: &BuildSpec, host: &dyn Host) -> Result<()> {
         spec.trace.as_deref(),
         host,
     )
+}
+
+/// Checks the files written after the build (buildx's --iidfile, kaniko's digest files) as
+/// `check` checks the others.
+pub fn check_after(after: &AfterBuild, host: &dyn Host) -> Result<()> {
+    let files = [
+        ("--iidfile", &after.iidfile),
+        ("--digest-file", &after.digest_file),
+        (
+            "--image-name-with-digest-file",
+            &after.name_with_digest_file,
+        ),
+        (
+            "--image-name-tag-with-digest-file",
+            &after.name_tag_with_digest_file,
+        ),
+    ];
+    for (flag, file) in files {
+        if let Some(f) = file {
+            check_file(&format!("{flag} {}", f.display()), f, host, true)?;
+        }
+    }
+    Ok(())
 }
 
 fn check_outputs(outputs: &[Output], host: &dyn Host) -> Result<()> {

@@ -313,6 +313,38 @@ impl Sandbox {
         found
     }
 
+    /// The daemon log a failed run kept, named in `err`: the only thing in the sandbox's TMPDIR,
+    /// private (a 0600 file in a 0700 `bkrun-log-*` dir of the run's user, so no other user can
+    /// read it or guess its name beforehand); removed, so the sandbox can be checked clean.
+    pub fn take_kept_log(&self, err: &str) {
+        use std::os::unix::fs::MetadataExt as _;
+        let kept: Vec<_> = fs::read_dir(self.path("tmp"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        assert_eq!(kept.len(), 1, "{kept:?}");
+        let dir = &kept[0];
+        let log = dir.join("buildkitd.log");
+        assert!(err.contains(&log.display().to_string()), "{err}");
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(name.starts_with("bkrun-log-") && name.len() > 12, "{name}");
+        let (d, f) = (fs::metadata(dir).unwrap(), fs::metadata(&log).unwrap());
+        assert_eq!(
+            (d.mode() & 0o777, d.uid()),
+            (0o700, self.uid),
+            "{}",
+            dir.display()
+        );
+        assert_eq!(
+            (f.mode() & 0o777, f.uid()),
+            (0o600, self.uid),
+            "{}",
+            log.display()
+        );
+        fs::remove_dir_all(dir).unwrap();
+    }
+
     /// Nothing of the run survives: no process, nothing in its TMPDIR, no socket of a dead bkrun.
     pub fn assert_clean(&self) {
         let procs = self.live_processes();

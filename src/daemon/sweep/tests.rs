@@ -20,11 +20,25 @@ fn private_dir(p: &Path) {
 
 /// An hour old (a socket cannot be opened to set its times, so they are set by path).
 fn old(p: &Path) {
+    use std::os::unix::ffi::OsStrExt as _;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap();
-    let nanos = (now.as_secs() as i64 - 3600) * 1_000_000_000;
-    crate::fsutil::sys::set_times_nofollow(p, nanos).unwrap();
+    let ts = libc::timespec {
+        tv_sec: (now.as_secs() - 3600) as _,
+        tv_nsec: 0,
+    };
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+    // SAFETY: a valid C string and a two-element array.
+    let r = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            [ts, ts].as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
 }
 
 #[test]
