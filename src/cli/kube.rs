@@ -114,6 +114,10 @@ pub struct KubeArgs {
     /// The port the daemons listen on, and the Service's.
     #[arg(long, value_name = "PORT", default_value_t = 1234, value_parser = clap::value_parser!(u16).range(1..))]
     pub port: u16,
+    /// Admit connections to the daemons' port only from namespaces with this label, KEY=VALUE
+    /// (repeatable: a namespace must have them all): adds a NetworkPolicy; default none.
+    #[arg(long = "allow-from-namespace", value_name = "KEY=VALUE")]
+    pub allow_from_namespace: Vec<String>,
     /// StatefulSet only: keep each daemon's cache on a PersistentVolumeClaim of this size (e.g.
     /// 50Gi), so it outlives the pod; default an emptyDir, which goes with it.
     #[arg(long, value_name = "QUANTITY")]

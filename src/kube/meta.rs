@@ -63,6 +63,8 @@ pub enum MapKind {
     Label,
     Annotation,
     NodeSelector,
+    /// A namespace label the NetworkPolicy admits clients from.
+    NamespaceSelector,
 }
 
 impl MapKind {
@@ -71,6 +73,7 @@ impl MapKind {
             MapKind::Label => "label",
             MapKind::Annotation => "annotation",
             MapKind::NodeSelector => "node selector",
+            MapKind::NamespaceSelector => "namespace label",
         }
     }
 }
@@ -95,8 +98,14 @@ pub fn key_values(
             if kind != MapKind::Annotation && !label_value(v) {
                 bail!("{flag} {item:?}: {v:?} is not a valid {} value: at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit", kind.what());
             }
-            if kind != MapKind::NodeSelector {
+            if !matches!(kind, MapKind::NodeSelector | MapKind::NamespaceSelector) {
                 refuse_reserved(flag, kind, k)?;
+            }
+            // The policy's pairs must all match: two values for one key would admit nobody.
+            if let Some(before) = out.get(k).filter(|b| *b != v) {
+                if kind == MapKind::NamespaceSelector {
+                    bail!("{flag} gives {k:?} two values ({before:?} and {v:?}), which no namespace has at once: keep one");
+                }
             }
             out.insert(k.to_string(), v.to_string());
         }

@@ -1,4 +1,4 @@
-//! `bkrun kube`: the Kubernetes objects of a pool of `bkrun daemon`s (ConfigMaps, a Service, a Deployment or a StatefulSet), built from the API's own types out of checked options; options.rs checks the flags, yaml.rs prints the objects.
+//! `bkrun kube`: the Kubernetes objects of a pool of `bkrun daemon`s (ConfigMaps, a Service, a NetworkPolicy when asked, a Deployment or a StatefulSet), built from the API's own types out of checked options; options.rs checks the flags, yaml.rs prints the objects.
 
 use std::collections::BTreeMap;
 
@@ -10,6 +10,10 @@ use k8s_openapi::api::core::v1::{
     ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Service,
     ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
     WeightedPodAffinityTerm,
+};
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -38,6 +42,8 @@ const APP: &str = "bkrun";
 pub struct Pool {
     pub config_maps: Vec<ConfigMap>,
     pub service: Service,
+    /// --allow-from-namespace's: applied before the workload, so no daemon serves unfenced.
+    pub network_policy: Option<NetworkPolicy>,
     pub workload: Workload,
 }
 
@@ -105,6 +111,34 @@ pub fn pool(o: &Options) -> Pool {
         ..Default::default()
     };
 
+    // Once a policy selects the daemons' pods for ingress, only what it admits reaches them: the
+    // port, from pods in namespaces with all the given labels. (The readiness probe is exec.)
+    let network_policy = (!o.allow_from_namespace.is_empty()).then(|| NetworkPolicy {
+        metadata: object_meta(o.name.clone()),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(selector.clone()),
+                ..Default::default()
+            }),
+            policy_types: Some(vec!["Ingress".into()]),
+            ingress: Some(vec![NetworkPolicyIngressRule {
+                from: Some(vec![NetworkPolicyPeer {
+                    namespace_selector: Some(LabelSelector {
+                        match_labels: Some(o.allow_from_namespace.clone()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }]),
+                ports: Some(vec![NetworkPolicyPort {
+                    port: Some(IntOrString::Int(o.port.into())),
+                    protocol: Some("TCP".into()),
+                    ..Default::default()
+                }]),
+            }]),
+            ..Default::default()
+        }),
+    });
+
     let mut pod_annotations = o.annotations.clone();
     if !config_maps.is_empty() {
         pod_annotations.insert(meta::CONFIG_ANNOTATION.into(), config_digest(&config_maps));
@@ -170,6 +204,7 @@ pub fn pool(o: &Options) -> Pool {
     Pool {
         config_maps,
         service,
+        network_policy,
         workload,
     }
 }
@@ -378,6 +413,9 @@ fn pod_spec(o: &Options, selector: &BTreeMap<String, String>) -> PodSpec {
         }]
     });
     PodSpec {
+        // The daemons never call the Kubernetes API: no token of the ServiceAccount's in their
+        // pods, for a build step or a compromised daemon to use against the cluster.
+        automount_service_account_token: Some(false),
         init_containers,
         containers: vec![daemon],
         volumes: Some(volumes),

@@ -81,6 +81,8 @@ pub struct Options {
     /// The TLS Secret's name; None serves plaintext (--insecure-plaintext).
     pub tls_secret: Option<String>,
     pub port: u16,
+    /// Namespace labels a NetworkPolicy admits clients from (all must match); empty: no policy.
+    pub allow_from_namespace: BTreeMap<String, String>,
     /// StatefulSet only: each daemon's claim size and class.
     pub storage: Option<(Quantity, Option<String>)>,
     /// Where the daemon keeps its state and socket (the images' defaults, or bkrun.toml's).
@@ -175,6 +177,11 @@ impl Options {
         let node_selector =
             meta::key_values("--nodeselector", MapKind::NodeSelector, &a.node_selector)?;
         let tolerations = meta::tolerations("--tolerations", &a.tolerations)?;
+        let allow_from_namespace = meta::key_values(
+            "--allow-from-namespace",
+            MapKind::NamespaceSelector,
+            &a.allow_from_namespace,
+        )?;
         let resources = resources(a)?;
         let platforms = platforms(&a.platforms)?;
 
@@ -278,6 +285,7 @@ impl Options {
             buildkitd_toml,
             tls_secret,
             port: a.port,
+            allow_from_namespace,
             storage,
             state_dir: state_dir.unwrap_or_else(|| mode.state_dir().to_string()),
             socket_dir: socket_dir.unwrap_or_else(|| mode.socket_dir().to_string()),

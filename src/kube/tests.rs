@@ -6,6 +6,7 @@ use std::path::Path;
 use clap::Parser;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Container, PodSpec, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -74,7 +75,8 @@ fn round_trip(args: &[&str]) -> (Options, Pool) {
     let text = yaml::render(&p).unwrap();
     assert!(text.starts_with("# A pool of bkrun daemons"), "{text}");
     let docs = documents(&text);
-    assert_eq!(docs.len(), p.config_maps.len() + 2, "{text}");
+    let policies = usize::from(p.network_policy.is_some());
+    assert_eq!(docs.len(), p.config_maps.len() + 2 + policies, "{text}");
     let mut back_maps = Vec::new();
     for d in &docs[..p.config_maps.len()] {
         assert_eq!(
@@ -88,7 +90,15 @@ fn round_trip(args: &[&str]) -> (Options, Pool) {
         (svc["apiVersion"].as_str(), svc["kind"].as_str()),
         (Some("v1"), Some("Service"))
     );
-    let w = &docs[p.config_maps.len() + 1];
+    let network_policy = (policies == 1).then(|| {
+        let d = &docs[p.config_maps.len() + 1];
+        assert_eq!(
+            (d["apiVersion"].as_str(), d["kind"].as_str()),
+            (Some("networking.k8s.io/v1"), Some("NetworkPolicy"))
+        );
+        typed::<NetworkPolicy>(d)
+    });
+    let w = &docs[p.config_maps.len() + 1 + policies];
     let workload = match (w["apiVersion"].as_str(), w["kind"].as_str()) {
         (Some("apps/v1"), Some("Deployment")) => Workload::Deployment(typed::<Deployment>(w)),
         (Some("apps/v1"), Some("StatefulSet")) => Workload::StatefulSet(typed::<StatefulSet>(w)),
@@ -97,6 +107,7 @@ fn round_trip(args: &[&str]) -> (Options, Pool) {
     let back = Pool {
         config_maps: back_maps,
         service: typed::<Service>(svc),
+        network_policy,
         workload,
     };
     assert_eq!(back, p);
@@ -184,6 +195,102 @@ fn defaults_a_privileged_deployment_serving_mutual_tls_from_name_tls() {
         sp.selector.clone()
     );
     assert_eq!(client_addresses(&o), ["tcp://bkrun-builder:1234"]);
+    // No ServiceAccount token in the daemons' pods, and no NetworkPolicy unless asked for.
+    assert_eq!(pod(&p).automount_service_account_token, Some(false));
+    assert!(p.network_policy.is_none());
+}
+
+#[test]
+fn allow_from_namespace_fences_the_port_with_a_network_policy() {
+    for kind in ["deployment", "statefulset"] {
+        let (o, p) = round_trip(&[
+            "kube",
+            "--kind",
+            kind,
+            "--namespace",
+            "builds",
+            "--port",
+            "4321",
+            "--label",
+            "team=ci",
+            "--allow-from-namespace",
+            "kubernetes.io/metadata.name=ci",
+            "--allow-from-namespace",
+            "tier=build",
+        ]);
+        let np = p.network_policy.as_ref().unwrap();
+        assert_eq!(np.metadata.name.as_deref(), Some("bkrun-builder"));
+        assert_eq!(np.metadata.namespace.as_deref(), Some("builds"));
+        let spec = np.spec.as_ref().unwrap();
+        // The pods the Service sends to, by the same labels.
+        let service_selector = p.service.spec.as_ref().unwrap().selector.clone();
+        assert_eq!(
+            spec.pod_selector.as_ref().unwrap().match_labels,
+            service_selector
+        );
+        assert_eq!(
+            spec.policy_types.as_deref(),
+            Some(&["Ingress".to_string()][..])
+        );
+        let rules = spec.ingress.as_ref().unwrap();
+        assert_eq!(rules.len(), 1);
+        // One peer whose namespace must carry every pair: the pairs are ANDed.
+        let from = rules[0].from.as_ref().unwrap();
+        assert_eq!(from.len(), 1);
+        assert!(from[0].pod_selector.is_none() && from[0].ip_block.is_none());
+        assert_eq!(
+            from[0].namespace_selector.as_ref().unwrap().match_labels,
+            Some(BTreeMap::from([
+                ("kubernetes.io/metadata.name".to_string(), "ci".to_string()),
+                ("tier".to_string(), "build".to_string()),
+            ]))
+        );
+        let ports = rules[0].ports.as_ref().unwrap();
+        assert_eq!(ports.len(), 1);
+        assert_eq!(ports[0].port, Some(IntOrString::Int(4321)));
+        assert_eq!(ports[0].protocol.as_deref(), Some("TCP"));
+        assert_eq!(o.allow_from_namespace.len(), 2);
+        // It comes before the workload in the stream, so no daemon serves before it applies.
+        let text = yaml::render(&p).unwrap();
+        let policy_at = text.find("kind: NetworkPolicy").unwrap();
+        let workload_at = text
+            .find("kind: Deployment")
+            .or_else(|| text.find("kind: StatefulSet"))
+            .unwrap();
+        assert!(policy_at < workload_at, "{text}");
+    }
+}
+
+#[test]
+fn allow_from_namespace_takes_label_grammar_only() {
+    for bad in [
+        "team",
+        "=ci",
+        "Team Name=ci",
+        "team=c i",
+        "team=-ci",
+        "example.com/=ci",
+        "-team=ci",
+    ] {
+        let e = refused(&["kube", &format!("--allow-from-namespace={bad}")]);
+        assert!(e.starts_with("--allow-from-namespace "), "{bad}: {e}");
+        assert!(!e.contains('\n'), "{e}");
+    }
+    let long = format!("team={}", "x".repeat(64));
+    assert!(refused(&["kube", "--allow-from-namespace", &long])
+        .contains("not a valid namespace label value"));
+    let e = refused(&[
+        "kube",
+        "--allow-from-namespace",
+        "team=a",
+        "--allow-from-namespace",
+        "team=b",
+    ]);
+    assert_eq!(e, "--allow-from-namespace gives \"team\" two values (\"a\" and \"b\"), which no namespace has at once: keep one");
+    // An empty value is a label value too (a namespace labelled `team=`).
+    assert!(
+        ok(&["kube", "--allow-from-namespace", "team="]).allow_from_namespace["team"].is_empty()
+    );
 }
 
 #[test]

@@ -15,6 +15,9 @@ pub fn render(pool: &Pool) -> Result<String> {
         document(&mut out, m)?;
     }
     document(&mut out, &pool.service)?;
+    if let Some(p) = &pool.network_policy {
+        document(&mut out, p)?;
+    }
     match &pool.workload {
         Workload::Deployment(d) => document(&mut out, d)?,
         Workload::StatefulSet(s) => document(&mut out, s)?,
