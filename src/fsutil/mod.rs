@@ -9,6 +9,8 @@ mod gore;
 pub mod mode;
 pub mod pattern;
 pub mod receive;
+#[cfg(test)]
+mod receive_tests;
 pub mod send;
 pub(crate) mod sys;
 #[cfg(test)]

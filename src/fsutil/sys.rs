@@ -307,10 +307,14 @@ pub(crate) fn create_link(
     if !want.is_file() {
         return Err(io::Error::from_raw_os_error(libc::EINVAL));
     }
-    check_at(src_dir, src, want)?;
+    let swapped = || io::Error::other(format!("source {src:?} replaced during the transfer"));
+    check_at(src_dir, src, want).map_err(|e| match e.kind() {
+        io::ErrorKind::Other => swapped(),
+        _ => e,
+    })?;
     nix::unistd::linkat(src_dir, src, dir, name, AtFlags::empty())?;
     // The source could have been swapped between the check and the link.
-    check_at(dir, name, want)
+    check_at(dir, name, want).map_err(|_| swapped())
 }
 
 /// Renames `from` over `to` within `dir`.
