@@ -416,8 +416,15 @@ async fn fifos_and_devices_get_their_modes_without_being_opened() {
     let sb = Sandbox::new();
     let peer = Peer::start(&sb.recv());
     let root = nix::unistd::geteuid().is_root();
-    peer.stat("n", MODE_DEVICE | MODE_CHAR_DEVICE | 0o620, "")
-        .await;
+    // /dev/null's numbers: 0:0 would pass unprivileged (overlayfs whiteouts).
+    peer.send(Packet::Stat(Some(StatEntry {
+        path: "n".into(),
+        mode: MODE_DEVICE | MODE_CHAR_DEVICE | 0o620,
+        devmajor: 1,
+        devminor: 3,
+        ..Default::default()
+    })))
+    .await;
     peer.stat("p", MODE_NAMED_PIPE | MODE_SETGID | 0o640, "")
         .await;
     // A second name for the FIFO is a FIFO of its own, never a link.
@@ -434,7 +441,7 @@ async fn fifos_and_devices_get_their_modes_without_being_opened() {
     peer.finish().await.unwrap();
     let md = |n: &str| std::fs::symlink_metadata(sb.recv().join(n)).unwrap();
     assert_eq!(md("n").mode(), libc::S_IFCHR | 0o620);
-    assert_eq!(md("n").rdev(), libc::makedev(0, 0));
+    assert_eq!(md("n").rdev(), libc::makedev(1, 3));
     assert_eq!(md("p").mode(), libc::S_IFIFO | 0o2640);
     assert_eq!(md("q").mode(), libc::S_IFIFO | 0o640);
     assert_ne!(md("p").ino(), md("q").ino());
