@@ -87,7 +87,9 @@ fn timespec(nanos: i64) -> nix::sys::time::TimeSpec {
     )
 }
 
-/// Set atime and mtime of `p` itself to `nanos` since the epoch.
+/// Set atime and mtime of `p` itself to `nanos` since the epoch. Only test trees are touched
+/// by path now; the receiver uses [`set_times`] and [`set_times_at`].
+#[cfg(test)]
 pub(crate) fn set_times_nofollow(p: &Path, nanos: i64) -> io::Result<()> {
     use nix::sys::stat::{utimensat, UtimensatFlags};
     let ts = timespec(nanos);
