@@ -699,16 +699,26 @@ fn run_configuration(name: &'static str) {
 /// are refused in one line, and root's files are untouched.
 fn hostile_user(pod: &Pod, report: &mut Report) {
     let plant = pod.exec(&["sh", "-c", "printf precious > /root/victim; chmod 600 /root/victim; mkdir -p /root/victim-dir; printf precious > /root/victim-dir/f"]);
-    report.check(plant.code == 0, "hostile: victims", "expected exit 0", &plant);
+    report.check(
+        plant.code == 0,
+        "hostile: victims",
+        "expected exit 0",
+        &plant,
+    );
     let plant = pod.exec_as("65534:65534", &["sh", "-c", HOSTILE_PLANT_SH]);
-    report.check(plant.code == 0, "hostile: plant as nobody", "expected exit 0", &plant);
+    report.check(
+        plant.code == 0,
+        "hostile: plant as nobody",
+        "expected exit 0",
+        &plant,
+    );
     let ran = pod.exec(&["sh", "-c", HOSTILE_SH]);
     report.row("hostile", &ran, &[]);
     let lines: Vec<&str> = ran.stdout.lines().collect();
     let want = [
         "build 0",
         "tar 1 lines 1 refused symlink",
-        "metadata 1 lines 1 refused fifo",
+        "metadata 1 lines 1 refused FIFO",
         "victim precious",
         "victim-dir precious",
         "planted bkrun-fifo bkrun-huge bkrun-link bkrun-x img.tar m.json",
@@ -719,8 +729,17 @@ fn hostile_user(pod: &Pod, report: &mut Report) {
         &format!("expected {want:?}, got {lines:?}"),
         &ran,
     );
-    let clean = pod.exec(&["sh", "-c", "cd /tmp && rm -rf bkrun-x bkrun-fifo bkrun-link bkrun-huge img.tar m.json out-hostile"]);
-    report.check(clean.code == 0, "hostile: clean up", "expected exit 0", &clean);
+    let clean = pod.exec(&[
+        "sh",
+        "-c",
+        "cd /tmp && rm -rf bkrun-x bkrun-fifo bkrun-link bkrun-huge img.tar m.json out-hostile",
+    ]);
+    report.check(
+        clean.code == 0,
+        "hostile: clean up",
+        "expected exit 0",
+        &clean,
+    );
     let left = pod.leftovers(&ran);
     report.row("hostile (after)", &ran, &left);
 }

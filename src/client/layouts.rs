@@ -35,16 +35,15 @@ impl Layouts {
                 Arc::new(LocalStore::new(dir)),
             );
         }
-        if let Some(dir) = output {
-            std::fs::create_dir_all(dir).with_context(|| {
-                format!(
-                    "cannot create the OCI layout directory {}: check the path and its permissions",
-                    dir.display()
-                )
+        if let Some(asked) = output {
+            // Walked once by descriptor (no link another user planted is followed), and used
+            // by the path as walked from then on.
+            let dir = crate::place::tree::layout_dir(asked).with_context(|| {
+                format!("cannot use the OCI layout directory {}", asked.display())
             })?;
             l.stores
-                .insert(EXPORT_STORE_ID.to_string(), Arc::new(LocalStore::new(dir)));
-            l.export = Some(dir.to_path_buf());
+                .insert(EXPORT_STORE_ID.to_string(), Arc::new(LocalStore::new(&dir)));
+            l.export = Some(dir);
         }
         Ok(l)
     }

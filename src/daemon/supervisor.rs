@@ -65,8 +65,11 @@ impl Daemon {
             &plan.paths.temp_dir,
             plan.paths.socket_dir.as_deref(),
         );
+        // Private (0700; tempfile's default is the umask's): it holds the daemon's log and
+        // temp files, and the sweep judges only run dirs of this mode.
         let run_dir = tempfile::Builder::new()
             .prefix("bkrun-")
+            .permissions(fs::Permissions::from_mode(0o700))
             .tempdir_in(&plan.paths.temp_dir)
             .with_context(|| {
                 format!(
@@ -306,6 +309,7 @@ fn keep_log(log: &Path) -> PathBuf {
     };
     let kept = tempfile::Builder::new()
         .prefix("bkrun-log-")
+        .permissions(fs::Permissions::from_mode(0o700))
         .tempdir_in(temp_dir)
         .map(|d| d.keep().join("buildkitd.log"));
     match kept {

@@ -157,7 +157,11 @@ impl Host for RealHost {
     }
 
     fn unmount(&self, path: &Path) -> nix::Result<()> {
-        nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH)
+        // A path in a shared temp dir: a link swapped in for a mount point is not followed.
+        nix::mount::umount2(
+            path,
+            nix::mount::MntFlags::MNT_DETACH | nix::mount::MntFlags::UMOUNT_NOFOLLOW,
+        )
     }
 
     fn socket_answers(&self, path: &Path) -> bool {

@@ -74,7 +74,7 @@ pub fn file_target(dest: &Path) -> io::Result<FileTarget> {
     let euid = nix::unistd::geteuid().as_raw();
     let place = match resolve(dest, euid, true)? {
         Resolved::Fd(fd) => return Ok(FileTarget::Fd(fd)),
-        Resolved::At(p) => p,
+        Resolved::At(p) => *p,
     };
     let path = place.path();
     let Some(name) = place.name.clone() else {

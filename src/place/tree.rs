@@ -57,7 +57,7 @@ impl DirTarget {
                     format!("{} is not a directory", dest.display()),
                 ))
             }
-            Resolved::At(p) => p,
+            Resolved::At(p) => *p,
         };
         let dir = Arc::new(place.dir.try_clone()?);
         let Some(name) = place.name.clone() else {
@@ -172,6 +172,52 @@ impl DirTarget {
             Into::Merge { dest, .. } => merge(&self.received, dest, &self.dest_path),
         }
         // Dropping the temp removes what is left of it: empty directories.
+    }
+}
+
+/// The directory an OCI image layout is written into, made if missing (mode 0777 less the
+/// umask), under the same rules as an export's destination; returned as walked (links
+/// replaced by where they lead), so the store's later paths go through no link at all.
+pub fn layout_dir(dest: &Path) -> io::Result<PathBuf> {
+    let euid = nix::unistd::geteuid().as_raw();
+    let place = match resolve(dest, euid, true)? {
+        Resolved::Fd(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::NotADirectory,
+                format!("{} is not a directory", dest.display()),
+            ))
+        }
+        Resolved::At(p) => *p,
+    };
+    let path = place.path();
+    let Some(name) = &place.name else {
+        return Ok(path);
+    };
+    match place.node {
+        Some(node) if node.kind != Kind::Dir => Err(io::Error::new(
+            io::ErrorKind::NotADirectory,
+            format!("{} exists and is not a directory", path.display()),
+        )),
+        Some(node) if !may_use_existing(&place.dir_stat, &node, euid) => {
+            let r = refusal(&path, &node, &place.dir_path, &place.dir_stat);
+            Err(refused(r.to_string()))
+        }
+        Some(_) => Ok(path),
+        None if dangling(dest, euid) => Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{} is a symlink to nothing", dest.display()),
+        )),
+        None => {
+            let mut parent = place.dir.try_clone()?;
+            for m in place.missing.iter().chain(std::iter::once(name)) {
+                match parent.mkdir_at(m, 0o777) {
+                    Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+                    _ => {}
+                }
+                parent = parent.sub(m)?;
+            }
+            Ok(path)
+        }
     }
 }
 
@@ -361,6 +407,22 @@ mod tests {
     }
 
     #[test]
+    fn a_layout_dir_is_made_and_named_as_walked() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("real")).unwrap();
+        std::os::unix::fs::symlink("real", d.path().join("link")).unwrap();
+        let made = layout_dir(&d.path().join("link/a/layout")).unwrap();
+        assert_eq!(made, d.path().join("real/a/layout"));
+        assert!(made.is_dir());
+        assert_eq!(
+            layout_dir(&d.path().join("link")).unwrap(),
+            d.path().join("real")
+        );
+        std::fs::write(d.path().join("file"), "x").unwrap();
+        assert!(layout_dir(&d.path().join("file")).is_err());
+    }
+
+    #[test]
     fn another_users_directory_in_a_shared_dir_is_refused() {
         if !nix::unistd::geteuid().is_root() {
             eprintln!("skipped: planting another user's directory needs root (CI runs as root)");
@@ -374,6 +436,8 @@ mod tests {
         std::fs::create_dir(&planted).unwrap();
         std::os::unix::fs::chown(&planted, Some(65534), Some(65534)).unwrap();
         let e = DirTarget::prepare(&planted).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::PermissionDenied);
+        let e = layout_dir(&planted).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::PermissionDenied);
         assert!(
             e.to_string().contains("is a directory owned by uid 65534"),

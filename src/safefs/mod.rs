@@ -266,10 +266,11 @@ impl Dir {
         Ok(PathBuf::from(OsString::from_vec(buf)))
     }
 
-    /// The names in this directory (not `.` or `..`), read from a copy of the descriptor.
+    /// The names in this directory (not `.` or `..`), read through a fresh open of it: a
+    /// dup'd descriptor would share the read position, and a second listing would be empty.
     pub fn names(&self) -> io::Result<Vec<OsString>> {
-        let dup = self.fd.try_clone()?;
-        let mut d = nix::dir::Dir::from_fd(dup).map_err(io::Error::from)?;
+        let fresh = self.sub(OsStr::new("."))?;
+        let mut d = nix::dir::Dir::from_fd(fresh.fd).map_err(io::Error::from)?;
         let mut out = Vec::new();
         for e in d.iter() {
             let e = e.map_err(io::Error::from)?;
@@ -385,6 +386,11 @@ mod tests {
         let mut names = dir.names().unwrap();
         names.sort();
         assert_eq!(names, ["flink", "link", "real"]);
+        assert_eq!(
+            dir.names().unwrap().len(),
+            3,
+            "a second listing sees them all too"
+        );
     }
 
     #[test]

@@ -18,7 +18,7 @@ pub enum Resolved {
     /// One of bkrun's own descriptors (`/dev/stdout`, `/dev/fd/N`, `/proc/self/fd/N`): these
     /// lead to a pipe or socket no other path reaches (`pipe:[1234]`).
     Fd(RawFd),
-    At(Place),
+    At(Box<Place>),
 }
 
 /// The deepest existing directory on the way to an entry, and the rest of the way.
@@ -182,14 +182,14 @@ pub fn resolve(path: &Path, euid: u32, follow_last: bool) -> Result<Resolved, Wa
             }
         }
     }
-    Ok(Resolved::At(Place {
+    Ok(Resolved::At(Box::new(Place {
         dir,
         dir_stat,
         dir_path,
         missing,
         name,
         node,
-    }))
+    })))
 }
 
 /// The path's components as names, `/` dropped (an absolute path starts at the root anyway).
@@ -233,7 +233,7 @@ mod tests {
 
     fn at(p: &Path, follow: bool) -> Place {
         match resolve(p, 0, follow).unwrap() {
-            Resolved::At(place) => place,
+            Resolved::At(place) => *place,
             Resolved::Fd(fd) => panic!("fd {fd}"),
         }
     }

@@ -287,8 +287,11 @@ fn docker_style(
 }
 
 fn tempdir() -> Result<tempfile::TempDir> {
+    // Private: what stdin held is the user's source.
+    use std::os::unix::fs::PermissionsExt as _;
     tempfile::Builder::new()
         .prefix("bkrun-stdin-")
+        .permissions(std::fs::Permissions::from_mode(0o700))
         .tempdir()
         .context("cannot make a temp dir for what stdin holds: make TMPDIR writable")
 }

@@ -73,7 +73,12 @@ impl Sandbox {
         // The binary is copied in so the test user can run it wherever the checkout lives.
         let bin = dir.join("bin/bkrun");
         fs::create_dir_all(dir.join("bin")).unwrap();
-        fs::copy(env!("CARGO_BIN_EXE_bkrun"), &bin).unwrap();
+        // BKRUN_TEST_BIN runs a test against another build (an older one, to show the test
+        // fails without the fix it proves).
+        let built = std::env::var_os("BKRUN_TEST_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_bkrun")));
+        fs::copy(built, &bin).unwrap();
         let sb = Sandbox {
             dir,
             mode,

@@ -19,7 +19,7 @@ refusal() {
   echo "$what $code lines $lines $said"
 }
 refusal tar symlink --output type=tar,dest=/tmp/img.tar
-refusal metadata fifo --metadata-file /tmp/m.json
+refusal metadata FIFO --metadata-file /tmp/m.json
 echo "victim $(cat /root/victim)"
 echo "victim-dir $(cat /root/victim-dir/f)"
 cd /tmp && echo "planted" $(ls -d bkrun-fifo bkrun-huge bkrun-link bkrun-x img.tar m.json 2>/dev/null)
