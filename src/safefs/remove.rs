@@ -113,5 +113,11 @@ mod tests {
         std::fs::rename(d.path().join("other"), d.path().join("judged")).unwrap();
         assert!(remove_at(&dir, OsStr::new("judged"), Some(&judged)).is_err());
         assert!(d.path().join("judged/f").exists());
+        // Swapped for a symlink to a directory of value: the link goes, never what it names.
+        std::fs::rename(d.path().join("judged"), d.path().join("valuable")).unwrap();
+        std::os::unix::fs::symlink("valuable", d.path().join("judged")).unwrap();
+        remove_at(&dir, OsStr::new("judged"), Some(&judged)).unwrap();
+        assert!(d.path().join("valuable/f").exists());
+        assert!(std::fs::symlink_metadata(d.path().join("judged")).is_err());
     }
 }
