@@ -725,7 +725,7 @@ fn ssh_key_files_are_served_without_an_agent() {
             ("key: bkrun-rsa-key\n".to_string(), 1),
             // Each signature was checked inside RUN against the listed public key.
             (format!("verified: {ed} ssh-ed25519\n"), 2),
-            // SHA-1 ssh-rsa is refused: ring signs RSA only with SHA-2 (README).
+            // SHA-1 ssh-rsa is refused: ring signs RSA only with SHA-2 (docs/builds.md).
             ("verified: bkrun-rsa-key ssh-rsa\n".to_string(), 0),
             ("refused: bkrun-rsa-key ssh-rsa\n".to_string(), 1),
             ("verified: bkrun-rsa-key rsa-sha2-256\n".to_string(), 1),
