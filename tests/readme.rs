@@ -175,6 +175,20 @@ fn every_front_page_command_is_run_by_a_test() {
     );
 
     // The set-up is exactly the two commands, and CI runs the second.
+    // Commands cannot hide in other blocks: the front page's are all ```sh.
+    let front = read("README.md");
+    let fences: Vec<&str> = front
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("```"))
+        .step_by(2)
+        .filter(|open| *open != "```sh")
+        .collect();
+    assert!(
+        fences.is_empty(),
+        "README.md has blocks other than ```sh: {fences:?}"
+    );
+
     let setup = read("README.md");
     let setup = setup
         .split("## Start here")
