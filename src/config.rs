@@ -327,13 +327,13 @@ impl Settings {
             Some(p) => format!("buildkitd_flags in {}", p.display()),
             None => "buildkitd_flags in bkrun.toml".into(),
         };
-        crate::listen::check_daemon_flags(
+        crate::daemon::listen::check_daemon_flags(
             &[
-                crate::listen::FlagSource {
+                crate::daemon::listen::FlagSource {
                     name: file_source,
                     flags: &file_flags,
                 },
-                crate::listen::FlagSource {
+                crate::daemon::listen::FlagSource {
                     name: env_source.into(),
                     flags: &env_flags,
                 },

@@ -64,9 +64,10 @@ fn main() {
 /// glibc gives each thread that allocates an arena of its own, and memory freed by another thread
 /// goes back to the arena it came from and stays mapped there: file chunks are read on a blocking
 /// thread and freed on a tokio worker. bkrun's threads seldom allocate at once, so one arena costs
-/// no measurable time and keeps the peak RSS of a large transfer about 1 MiB lower (1 GiB
-/// context: 14.0 → 12.9 MiB; 20,000 files: 14.4 → 13.7 MiB). MALLOC_ARENA_MAX, when set, wins.
-/// musl (the static build) has no arenas.
+/// no measurable time and lowers the peak RSS of a large transfer (BENCHMARKS.md has the figures).
+/// MALLOC_ARENA_MAX, when set, wins. musl (the static build) has no arenas. The environment is
+/// read here directly, not through host/: this runs before the runtime and any thread exist,
+/// which is the only time mallopt may be called.
 fn one_malloc_arena() {
     #[cfg(target_env = "gnu")]
     if std::env::var_os("MALLOC_ARENA_MAX").is_none() {

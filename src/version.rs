@@ -17,7 +17,7 @@ pub fn long() -> &'static str {
     let host = RealHost;
     let name = host.env("BUILDKITD").unwrap_or_else(|| "buildkitd".into());
     let daemon = match host.which(&name) {
-        Some(path) => match crate::doctor::version_of(&path) {
+        Some(path) => match crate::daemon::doctor::version_of(&path) {
             Some(v) => format!("buildkitd {v} ({})", path.display()),
             None => format!("buildkitd of unknown version ({})", path.display()),
         },

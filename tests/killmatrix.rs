@@ -235,7 +235,7 @@ fn sigkill_during_local_export(sb: &Sandbox) -> Row {
             .count()
     };
     assert_eq!(beside(), 1, "the killed export's temp dir");
-    std::thread::sleep(bkrun::place::temps::ABANDONED_AFTER);
+    std::thread::sleep(bkrun::outputs::temps::ABANDONED_AFTER);
     let mut again = build(sb, &ctx);
     again.arg(local_output(&dest));
     run_ok(&mut again);

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use bkrun::mountinfo;
+use bkrun::host::mountinfo;
 
 use crate::procs;
 

@@ -192,7 +192,7 @@ pub enum Command {
     Doctor {
         /// text, or json for tools.
         #[arg(long, value_enum, default_value = "text")]
-        format: crate::doctor::Format,
+        format: crate::daemon::doctor::Format,
     },
 }
 
@@ -223,7 +223,7 @@ pub struct ListArgs {
 #[derive(Debug, Args, Clone, Default)]
 pub struct PruneArgs {
     /// Keep records used more recently than this, e.g. 48h or 90m.
-    #[arg(long, value_name = "DURATION", value_parser = crate::gofmt::durations::parse_go_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = crate::gocompat::durations::parse_go_duration)]
     pub keep_duration: Option<i64>,
     /// Keep the cache below this many MB (the same limit as --max-used-space).
     #[arg(long, value_name = "MB", conflicts_with = "max_used_space")]
@@ -235,13 +235,13 @@ pub struct PruneArgs {
     #[arg(long, value_name = "MB", conflicts_with = "min_free_space")]
     pub free_storage: Option<f64>,
     /// Cache that is never pruned, e.g. 10GB or 2GiB.
-    #[arg(long, value_name = "SIZE", value_parser = crate::gofmt::sizes::parse_size)]
+    #[arg(long, value_name = "SIZE", value_parser = crate::gocompat::sizes::parse_size)]
     pub reserved_space: Option<i64>,
     /// The most the cache may use, e.g. 50GB.
-    #[arg(long, value_name = "SIZE", value_parser = crate::gofmt::sizes::parse_size)]
+    #[arg(long, value_name = "SIZE", value_parser = crate::gocompat::sizes::parse_size)]
     pub max_used_space: Option<i64>,
     /// Free disk space to keep, e.g. 20GB.
-    #[arg(long, value_name = "SIZE", value_parser = crate::gofmt::sizes::parse_size)]
+    #[arg(long, value_name = "SIZE", value_parser = crate::gocompat::sizes::parse_size)]
     pub min_free_space: Option<i64>,
     /// Also remove internal and frontend records.
     #[arg(long)]

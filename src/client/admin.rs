@@ -9,10 +9,10 @@ use std::io::Write;
 use anyhow::Result;
 use tonic::transport::Channel;
 
-use crate::gofmt::durations::go_duration;
-use crate::gofmt::sizes::{bytes, Digits};
-use crate::gofmt::tabwriter::{align, SPACES, TABS};
-use crate::gofmt::times::go_time;
+use crate::gocompat::durations::go_duration;
+use crate::gocompat::sizes::{bytes, Digits};
+use crate::gocompat::tabwriter::{align, SPACES, TABS};
+use crate::gocompat::times::go_time;
 use crate::proto::moby::buildkit::v1::control_client::ControlClient;
 use crate::proto::moby::buildkit::v1::types::{BuildkitVersion, WorkerRecord};
 use crate::proto::moby::buildkit::v1::{

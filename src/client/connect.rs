@@ -155,7 +155,7 @@ fn client_config(files: &TlsFiles) -> Result<ClientConfig> {
             }
         }
         None => {
-            for cert in crate::tlsroots::system_roots()? {
+            for cert in crate::session::tlsroots::system_roots()? {
                 let _ = roots.add(cert);
             }
         }

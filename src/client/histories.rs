@@ -11,9 +11,9 @@ use anyhow::{bail, Result};
 use prost_types::Timestamp;
 use tonic::transport::Channel;
 
-use crate::gofmt::tabwriter::{align, TABS};
-use crate::gofmt::template::{Field, Template, Value};
-use crate::gofmt::times::rfc3339_local;
+use crate::gocompat::tabwriter::{align, TABS};
+use crate::gocompat::template::{Field, Template, Value};
+use crate::gocompat::times::rfc3339_local;
 use crate::proto::google::rpc::Status;
 use crate::proto::moby::buildkit::v1::control_client::ControlClient;
 use crate::proto::moby::buildkit::v1::{

@@ -38,7 +38,7 @@ impl Layouts {
         if let Some(asked) = output {
             // Walked once by descriptor (no link another user planted is followed), and used
             // by the path as walked from then on.
-            let dir = crate::place::tree::layout_dir(asked).with_context(|| {
+            let dir = crate::outputs::tree::layout_dir(asked).with_context(|| {
                 format!("cannot use the OCI layout directory {}", asked.display())
             })?;
             l.stores

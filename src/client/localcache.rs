@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::ocilayout::index::Name;
 use crate::ocilayout::{Digest, Index, LocalStore};
-use crate::spec::cache::{CacheExport, CacheImport, LocalImport};
+use crate::request::cache::{CacheExport, CacheImport, LocalImport};
 
 /// The exporter-response key holding the cache manifest's descriptor (JSON).
 const RESPONSE_CACHE_MANIFEST: &str = "cache.manifest";
@@ -162,7 +162,7 @@ fn manifest_digest(dir: &Path, e: &LocalImport) -> std::result::Result<Digest, S
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::cache::{parse_export, parse_import};
+    use crate::request::cache::{parse_export, parse_import};
 
     #[test]
     fn imports_without_a_cache_are_skipped_with_a_reason() {

@@ -7,8 +7,8 @@ use anyhow::{Context, Result};
 use base64::Engine as _;
 use serde_json::{Map, Value};
 
-use crate::spec::docker::AfterBuild;
-use crate::spec::kaniko::repository;
+use crate::request::docker::AfterBuild;
+use crate::request::kaniko::repository;
 
 /// The document buildctl writes for an exporter response.
 pub fn document(response: &HashMap<String, String>) -> Value {
@@ -36,7 +36,7 @@ pub fn document(response: &HashMap<String, String>) -> Value {
 /// `/dev/stdout`, and never where the kernel's protection for shared directories would refuse.
 pub async fn write(path: &Path, response: &HashMap<String, String>) -> Result<()> {
     let text = serde_json::to_string_pretty(&document(response))?;
-    crate::place::write_file(path, text.as_bytes())
+    crate::outputs::write_file(path, text.as_bytes())
         .await
         .with_context(|| format!("cannot write the --metadata-file {}", path.display()))
 }
@@ -83,7 +83,7 @@ pub async fn write_after(after: &AfterBuild, response: &HashMap<String, String>)
         files.push((f, flag, lines(true, &need(flag, manifest)?)));
     }
     for (path, flag, text) in files {
-        crate::place::write_file(path, text.as_bytes())
+        crate::outputs::write_file(path, text.as_bytes())
             .await
             .with_context(|| format!("cannot write the {flag} file {}", path.display()))?;
     }

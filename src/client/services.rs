@@ -7,6 +7,12 @@ use anyhow::Result;
 
 use super::layouts::Layouts;
 use super::localcache::LocalCaches;
+use crate::request::build::BuildSpec;
+use crate::request::cache::CacheImport;
+use crate::request::dockerconfig::DockerConfig;
+use crate::request::output::Destination;
+use crate::request::registry::RegistryAuth;
+use crate::request::ssh::{self, SshAgent};
 use crate::session::auth::AuthProvider;
 use crate::session::content::ContentStores;
 use crate::session::credentials::{CredentialSource, Credentials};
@@ -16,12 +22,6 @@ use crate::session::secrets::SecretsProvider;
 use crate::session::ssh::{SshForwarder, SshSource};
 use crate::session::token::RegistryTls;
 use crate::session::Session;
-use crate::spec::build::BuildSpec;
-use crate::spec::cache::CacheImport;
-use crate::spec::dockerconfig::DockerConfig;
-use crate::spec::output::Destination;
-use crate::spec::registry::RegistryAuth;
-use crate::spec::ssh::{self, SshAgent};
 
 /// What a build's session serves besides the session itself, kept to finish the build with.
 pub struct Services {

@@ -20,10 +20,10 @@ use crate::proto::moby::buildkit::v1::{
     BuildHistoryEventType, BuildHistoryRequest, CacheOptions, CacheOptionsEntry, Exporter,
     SolveRequest, SolveResponse, StatusRequest,
 };
+use crate::request::build::BuildSpec;
+use crate::request::cache::imports_attr;
+use crate::request::secret::{mask_values, short_secret_warnings};
 use crate::session::{Session, SessionError, SessionHandle};
-use crate::spec::build::BuildSpec;
-use crate::spec::cache::imports_attr;
-use crate::spec::secret::{mask_values, short_secret_warnings};
 
 /// Largest message we accept from the daemon (status batches can be big).
 const MAX_MESSAGE: usize = 64 << 20;
@@ -85,7 +85,7 @@ pub async fn build(channel: Channel, spec: &BuildSpec, target: &Target) -> Resul
     if let Some(path) = &spec.trace {
         // Appended to, as buildctl does: one file can hold the traces of several builds; made
         // private (0600) when new, through the one writer's rules for shared directories.
-        let file = crate::place::open_append(path, 0o600)
+        let file = crate::outputs::open_append(path, 0o600)
             .await
             .with_context(|| format!("cannot open the --trace file {}", path.display()))?;
         progress.trace = Some(Box::new(std::io::BufWriter::new(file)));
@@ -110,7 +110,7 @@ pub async fn build(channel: Channel, spec: &BuildSpec, target: &Target) -> Resul
     let _ = solve_done.send(Some(solved.is_ok()));
     if let Some(path) = &spec.ref_file {
         // Written whether the build succeeded or not, as buildctl does: the ref names its history record.
-        if let Err(e) = crate::place::write_file(path, reference.as_bytes()).await {
+        if let Err(e) = crate::outputs::write_file(path, reference.as_bytes()).await {
             crate::say!(
                 "bkrun: cannot write the --ref-file {}: {e:#}",
                 path.display()

@@ -2,8 +2,8 @@
 
 use super::facts::Facts;
 use super::mode::fix;
+use crate::host::reaper::Exit;
 use crate::host::Privilege;
-use crate::reaper::Exit;
 
 /// How buildkitd itself ended, as rootlesskit logs it when its child ends ("[rootlesskit:child ]
 /// error: command [...] exited: signal: killed"): rootlesskit then exits with its own status

@@ -1,8 +1,10 @@
 //! The ephemeral buildkitd: mode, paths, argv, start, readiness and teardown. It knows nothing of builds.
 
 pub mod diagnose;
+pub mod doctor;
 pub mod facts;
 pub mod leases;
+pub mod listen;
 pub mod mode;
 pub mod nodepaths;
 pub mod nsinit;

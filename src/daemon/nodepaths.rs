@@ -11,8 +11,8 @@ use std::path::Path;
 
 use anyhow::{bail, Result};
 
+use crate::host::mountinfo::Mount;
 use crate::host::{Host, PathKind};
-use crate::mountinfo::Mount;
 
 /// Refuses a shared directory containerd cannot see at the same path, naming the pod-spec
 /// fields to change. `state_dir` must lie inside `shared` (buildkitd's RUN root filesystems are

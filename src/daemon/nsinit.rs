@@ -248,7 +248,7 @@ fn kill_below() {
     let me = nix::unistd::getpid().as_raw();
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(5) {
-        if crate::reaper::sigkill_descendants(me).is_none() {
+        if crate::host::reaper::sigkill_descendants(me).is_none() {
             return;
         }
         reap(Pid::from_raw(0));

@@ -18,8 +18,8 @@ use super::ready::{self, ReadyBy};
 use super::statelock::StateLock;
 use super::sweep::{self, Owner, Swept};
 use crate::config::Worker;
+use crate::host::reaper::{self, Child, Exit, Reaper};
 use crate::host::Host;
-use crate::reaper::{self, Child, Exit, Reaper};
 
 /// Lines of the daemon log shown when it fails.
 const LOG_TAIL_LINES: usize = 25;

@@ -24,9 +24,9 @@ use anyhow::{Context, Result};
 use nix::errno::Errno;
 use nix::fcntl::Flock;
 
+use crate::host::mountinfo;
 use crate::host::Host;
-use crate::mountinfo;
-use crate::place::temps::lock;
+use crate::outputs::temps::lock;
 use crate::safefs::{self, remove::remove_at, Dir, Kind, Stat};
 
 const OWNER_LOCK: &str = "owner.lock";

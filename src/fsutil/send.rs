@@ -15,8 +15,8 @@ use super::mode::can_request_data;
 use super::{Error, Packet, Result, Source};
 
 /// Bytes per DATA packet. Upstream reads files through a 32 KiB buffer; bigger packets mean far
-/// fewer messages, but every queued packet is memory (1 MiB packets made a 1 GiB transfer peak at
-/// 84 MiB of RSS, 2.4x buildctl's).
+/// fewer messages, but every queued packet is memory (1 MiB packets made a large transfer's peak
+/// RSS a multiple of buildctl's; BENCHMARKS.md).
 pub const DEFAULT_CHUNK_SIZE: usize = 128 << 10;
 
 /// File contents read but not yet taken by the transport, at most. The packet queue alone (64

@@ -87,9 +87,9 @@ fn timespec(nanos: i64) -> nix::sys::time::TimeSpec {
     )
 }
 
-/// Set atime and mtime of `p` itself to `nanos` since the epoch. Only test trees are touched
-/// by path now; the receiver uses [`set_times`] and [`set_times_at`].
-#[cfg(test)]
+/// Set atime and mtime of `p` itself to `nanos` since the epoch. Only test trees (and
+/// examples/fsutil_walk.rs) are touched by path now; the receiver uses [`set_times`] and
+/// [`set_times_at`].
 pub(crate) fn set_times_nofollow(p: &Path, nanos: i64) -> io::Result<()> {
     use nix::sys::stat::{utimensat, UtimensatFlags};
     let ts = timespec(nanos);
@@ -106,7 +106,6 @@ pub(crate) fn set_times_nofollow(p: &Path, nanos: i64) -> io::Result<()> {
 
 /// Makes a device node or FIFO by path; `mode` holds both the file type and the permission bits.
 /// Only test trees are built by path now; the receiver uses [`create_node`].
-#[cfg(test)]
 pub(crate) fn mknod(p: &Path, mode: u32, dev: u64) -> io::Result<()> {
     use nix::sys::stat::{Mode, SFlag};
     let c = cpath(p)?;

@@ -352,9 +352,10 @@ pub fn compare_paths(a: &str, b: &str) -> std::cmp::Ordering {
     a.bytes().map(key).cmp(b.bytes().map(key))
 }
 
-/// A tree with every awkward kind of entry, shared by the walk and transfer tests.
-#[cfg(test)]
-pub(crate) mod testtree {
+/// A tree with every awkward kind of entry, shared by the walk and transfer tests and by
+/// examples/fsutil_walk.rs (which prints our walk of it, to diff against Go's fsutil by hand).
+#[doc(hidden)]
+pub mod testtree {
     use std::os::unix::fs::{symlink, PermissionsExt};
     use std::path::Path;
 
@@ -637,12 +638,35 @@ mod tests {
         );
     }
 
+    /// Runs `f` on this thread without the capabilities that let root read any directory
+    /// (capabilities are per thread), so root sees permissions as an unprivileged user does.
+    fn without_dac_override<T>(f: impl FnOnce() -> T) -> T {
+        use caps::{CapSet, Capability};
+        let dac = [
+            Capability::CAP_DAC_OVERRIDE,
+            Capability::CAP_DAC_READ_SEARCH,
+        ];
+        let had: Vec<Capability> = dac
+            .into_iter()
+            .filter(|c| caps::has_cap(None, CapSet::Effective, *c).unwrap_or(false))
+            .collect();
+        for c in &had {
+            caps::drop(None, CapSet::Effective, *c).unwrap();
+        }
+        let out = f();
+        for c in had {
+            caps::raise(None, CapSet::Effective, c).unwrap();
+        }
+        out
+    }
+
     #[test]
     fn unreadable_dirs() {
-        if nix::unistd::geteuid().is_root() {
-            // Root reads everything; nothing to test.
-            return;
-        }
+        // As root (CI) too: the walk runs without root's power to read every directory.
+        without_dac_override(unreadable_dirs_refused)
+    }
+
+    fn unreadable_dirs_refused() {
         let d = tempfile::tempdir().unwrap();
         std::fs::create_dir(d.path().join("locked")).unwrap();
         std::fs::set_permissions(
@@ -690,33 +714,5 @@ mod tests {
         assert_eq!(compare_paths("a-b", "a.txt"), Less);
         assert_eq!(compare_paths("B", "a"), Less);
         assert_eq!(compare_paths("a", "a"), Equal);
-    }
-
-    /// Not a test: writes the shared tree to $FSUTIL_TREE and prints our walk of it, to diff
-    /// against the Go implementation by hand.
-    #[test]
-    #[ignore]
-    fn dump_tree_for_comparison() {
-        let Ok(dir) = std::env::var("FSUTIL_TREE") else {
-            return;
-        };
-        let r = Path::new(&dir);
-        std::fs::create_dir_all(r).unwrap();
-        testtree::build(r);
-        for s in walk_collect(r, &WalkOptions::default()).unwrap() {
-            println!(
-                "{:?} {:o} {} {} {} {} {:?} {} {} {:?}",
-                s.path,
-                s.mode,
-                s.uid,
-                s.gid,
-                s.size,
-                s.mod_time,
-                s.linkname,
-                s.devmajor,
-                s.devminor,
-                s.xattrs
-            );
-        }
     }
 }

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use nix::sys::signal::Signal;
 
 use super::{Host, NsProbe, PathKind, Privilege, ProcStatus, Sysctls};
-use crate::mountinfo::Mount;
+use crate::host::mountinfo::Mount;
 
 /// Every fact a test may want to set; `root()` and `user()` are the usual starting points.
 #[derive(Clone, Debug)]

@@ -1,8 +1,10 @@
 //! The one place bkrun reads facts about the host and the container it runs in (UID, capabilities, seccomp, namespaces, newuidmap's privilege, environment, terminals), behind a trait so mode and path choice are unit-tested without root.
 
 pub mod binfmt;
+pub mod mountinfo;
 mod parse;
 mod real;
+pub mod reaper;
 
 #[cfg(test)]
 pub mod fake;
@@ -12,7 +14,7 @@ use std::path::{Path, PathBuf};
 use nix::errno::Errno;
 use nix::sys::signal::Signal;
 
-use crate::mountinfo::Mount;
+use crate::host::mountinfo::Mount;
 
 pub use parse::{cap_names as parse_cap_names, has_subid_entry, masked_proc_paths};
 pub use real::{which, RealHost};

@@ -30,7 +30,7 @@ pub fn is_identity_map(map: &str) -> bool {
 /// Mount points below /proc in a mountinfo text: what a runtime masked or made read-only.
 pub fn masked_proc_paths(mountinfo: &[u8]) -> Vec<String> {
     let proc = std::path::Path::new("/proc");
-    crate::mountinfo::parse(mountinfo)
+    crate::host::mountinfo::parse(mountinfo)
         .into_iter()
         .filter(|m| m.is_inside(proc))
         .map(|m| m.mount_point.display().to_string())

@@ -10,7 +10,7 @@ use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
 
 use super::{parse, Host, NsProbe, PathKind, Privilege, ProcStatus, Sysctls, CAP_SYS_ADMIN};
-use crate::mountinfo::Mount;
+use crate::host::mountinfo::Mount;
 
 /// The real machine.
 pub struct RealHost;
@@ -141,11 +141,11 @@ impl Host for RealHost {
     }
 
     fn descendants(&self, pid: i32) -> Vec<i32> {
-        crate::reaper::descendants(pid)
+        crate::host::reaper::descendants(pid)
     }
 
     fn comm(&self, pid: i32) -> Option<String> {
-        crate::reaper::comm(pid)
+        crate::host::reaper::comm(pid)
     }
 
     fn kill(&self, pid: i32, signal: Signal) -> nix::Result<()> {
@@ -153,7 +153,7 @@ impl Host for RealHost {
     }
 
     fn mounts(&self) -> Vec<Mount> {
-        crate::mountinfo::read_self().unwrap_or_default()
+        crate::host::mountinfo::read_self().unwrap_or_default()
     }
 
     fn unmount(&self, path: &Path) -> nix::Result<()> {

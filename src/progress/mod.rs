@@ -5,7 +5,7 @@
 //! [`Renderer::update`]/[`Renderer::tick`]/[`Renderer::finish`] or hand it the
 //! whole stream with [`Renderer::run`]. Secret values given in [`Options`]
 //! are masked before anything is shown. The mode and look arrive settled
-//! (`spec::progress` reads the flag, the environment and the terminal); nothing
+//! (`request::progress` reads the flag, the environment and the terminal); nothing
 //! here reads the environment.
 
 pub mod mask;
@@ -25,7 +25,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::{Stream, StreamExt};
 
-pub use crate::gofmt::times::Nanos;
+pub use crate::gocompat::times::Nanos;
 pub use mask::{Masker, MASK};
 pub use plain::PlainPrinter;
 pub use rawjson::{encode as encode_rawjson, RawJsonPrinter};
@@ -275,7 +275,7 @@ impl Renderer {
         }
     }
 
-    /// A renderer on standard error in a settled mode (spec::progress decides it from the flag,
+    /// A renderer on standard error in a settled mode (request::progress decides it from the flag,
     /// the environment and the terminal); the tty view follows the terminal's size.
     pub fn for_stderr(mode: Mode, mut opts: Options) -> Self {
         if opts.size.is_none() {

@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use super::trace::{merge_intervals, Trace};
 use super::{Clock, Limiter};
-use crate::gofmt::durations::secs;
-use crate::gofmt::sizes::{bytes, Digits};
-use crate::gofmt::times::Nanos;
+use crate::gocompat::durations::secs;
+use crate::gocompat::sizes::{bytes, Digits};
+use crate::gocompat::times::Nanos;
 use crate::proto::moby::buildkit::v1::StatusResponse;
 
 /// A vertex that started talking steals the screen from the current one only

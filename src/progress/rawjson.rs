@@ -5,7 +5,7 @@ use std::io::{self, Write};
 
 use base64::Engine as _;
 
-use crate::gofmt::times::{rfc3339_nano, ts_nanos};
+use crate::gocompat::times::{rfc3339_nano, ts_nanos};
 use crate::proto::moby::buildkit::v1::{
     StatusResponse, Vertex, VertexLog, VertexStatus, VertexWarning,
 };

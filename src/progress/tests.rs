@@ -8,7 +8,7 @@ use base64::Engine as _;
 use serde_json::Value;
 
 use super::*;
-use crate::gofmt::times::{parse_rfc3339, ts_nanos};
+use crate::gocompat::times::{parse_rfc3339, ts_nanos};
 use crate::proto::moby::buildkit::v1::{Vertex, VertexLog, VertexStatus};
 use crate::proto::pb;
 

@@ -3,8 +3,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::term::Tail;
-use crate::gofmt::durations::log_offset;
-use crate::gofmt::times::{opt_nanos, ts_nanos, Nanos};
+use crate::gocompat::durations::log_offset;
+use crate::gocompat::times::{opt_nanos, ts_nanos, Nanos};
 use crate::proto::moby::buildkit::v1::{StatusResponse, Vertex, VertexWarning};
 use crate::proto::pb::ProgressGroup;
 

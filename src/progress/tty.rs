@@ -6,9 +6,9 @@ use std::sync::Arc;
 use super::plain::write_error_logs;
 use super::trace::{merge_intervals, Interval, Trace, Vtx};
 use super::{Clock, Limiter};
-use crate::gofmt::durations::secs;
-use crate::gofmt::sizes::{bytes, Digits};
-use crate::gofmt::times::Nanos;
+use crate::gocompat::durations::secs;
+use crate::gocompat::sizes::{bytes, Digits};
+use crate::gocompat::times::Nanos;
 use crate::proto::moby::buildkit::v1::StatusResponse;
 
 /// Columns the log tails give up to their " => => # " prefix.

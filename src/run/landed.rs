@@ -3,8 +3,8 @@
 use std::collections::HashMap;
 
 use crate::config::Worker;
-use crate::spec::csv::parse_bool;
-use crate::spec::output::{Output, OutputKind};
+use crate::request::csv::parse_bool;
+use crate::request::output::{Output, OutputKind};
 
 /// The lines to print for `outputs` once the daemon answered with `response` (its exporter
 /// response: `containerimage.digest`, …). Pushed images say nothing here: the progress shows
@@ -52,7 +52,7 @@ pub fn lines(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::output::parse;
+    use crate::request::output::parse;
 
     fn parse_output(s: &str) -> anyhow::Result<Output> {
         parse(s, false)

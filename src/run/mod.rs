@@ -14,13 +14,14 @@ use crate::cli::{Cli, Command, DebugCommand, LogFormat};
 use crate::client::admin::Request;
 use crate::client::connect::{self, Target};
 use crate::config::{AddrSource, Settings};
+use crate::daemon::doctor;
 use crate::daemon::statelock::{self, StateLock};
 use crate::daemon::{diagnose, Daemon, Plan};
+use crate::host::reaper::{self, Exit, Reaper};
 use crate::host::{which, Host, RealHost};
-use crate::reaper::{self, Exit, Reaper};
-use crate::spec;
-use crate::spec::build::BuildSpec;
-use crate::{client, doctor, progress};
+use crate::request;
+use crate::request::build::BuildSpec;
+use crate::{client, progress};
 use clap::CommandFactory;
 
 mod landed;
@@ -45,7 +46,7 @@ enum Work {
 struct BuildJob {
     spec: BuildSpec,
     /// Files written from the exporter's response once the build succeeded.
-    after: spec::docker::AfterBuild,
+    after: request::docker::AfterBuild,
     /// A context or Dockerfile read from stdin; removed when the job ends.
     _stdin_dir: Option<tempfile::TempDir>,
     /// The worker of the daemon bkrun starts, to say where unpushed images went (None: a
@@ -55,12 +56,12 @@ struct BuildJob {
 
 /// Any grammar's command line, normalized into buildctl's, checked into a spec.
 fn build_job(
-    n: spec::docker::Normalized,
+    n: request::docker::Normalized,
     settings: &Settings,
     host: &dyn Host,
 ) -> Result<BuildJob> {
-    let spec = spec::build::resolve(&n.args, settings, host)?;
-    spec::dests::check_after(&n.after, host)?;
+    let spec = request::build::resolve(&n.args, settings, host)?;
+    request::dests::check_after(&n.after, host)?;
     if !matches!(
         spec.progress.mode,
         progress::Mode::Quiet | progress::Mode::RawJson
@@ -136,7 +137,7 @@ pub async fn run(cli: Cli) -> i32 {
     };
     // However the work ended (success, error, failed build, signal), the daemon is gone by
     // now and no temporary output may outlive bkrun.
-    for (path, e) in crate::place::temps::sweep() {
+    for (path, e) in crate::outputs::temps::sweep() {
         crate::say!(
             "bkrun: cannot remove the temporary output {}: {e}: remove it by hand",
             path.display()
@@ -195,7 +196,7 @@ pub fn print_error(e: &anyhow::Error, format: LogFormat) {
             "level": "error",
             "msg": msg,
             // logrus's JSON time: RFC 3339 to the second.
-            "time": crate::gofmt::times::rfc3339_nano(
+            "time": crate::gocompat::times::rfc3339_nano(
                 std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs() as i64 * 1_000_000_000)
@@ -266,11 +267,11 @@ async fn try_run(cli: Cli) -> Result<i32> {
         }
         Command::Build(args) => {
             // Settled here, before a daemon exists: a bad --output fails in milliseconds.
-            let n = spec::docker::normalize(args, &mut std::io::stdin().lock())?;
+            let n = request::docker::normalize(args, &mut std::io::stdin().lock())?;
             Work::Build(Box::new(build_job(n, &settings, &host)?))
         }
         Command::Kaniko(k) => {
-            let t = spec::kaniko::translate(k)?;
+            let t = request::kaniko::translate(k)?;
             if !t.registries.is_empty() {
                 if let Some(r) = &settings.remote {
                     bail!("kaniko's registry flags (--insecure, --insecure-registry, --skip-tls-verify, --registry-mirror, --registry-certificate) configure the daemon bkrun starts; the daemon at {} (from {}) has its own configuration: drop them, or configure that daemon", r.shown(), r.source);
@@ -360,7 +361,7 @@ async fn try_run(cli: Cli) -> Result<i32> {
         log(settings.debug, || why.clone());
     }
     if let Work::Build(job) = &work {
-        settings.entitlements = spec::entitlement::daemon_grants(&job.spec.allow);
+        settings.entitlements = request::entitlement::daemon_grants(&job.spec.allow);
         // The daemon runs here, so this machine's emulators are the build's. A handler without
         // the F flag fails in build containers with a misleading "no such file or directory".
         if let Some(platforms) = job.spec.opts.get("platform") {
@@ -660,7 +661,7 @@ async fn supervise(plan: Plan, work: Work) -> Result<i32> {
     let state_dir = plan.paths.state_dir.clone();
     statelock::create_state_dir(&state_dir)?;
     // Remembered in the state dir for this buildkitd file: `buildkitd --version` run beside the
-    // daemon's own start slows that start by ~45 ms on two CPUs. Only a first run asks.
+    // daemon's own start slows that start (BENCHMARKS.md). Only a first run asks.
     let version = announce.then(|| {
         let buildkitd = plan.buildkitd.clone();
         let cache = state_dir.join(doctor::VERSION_CACHE);
@@ -746,7 +747,7 @@ async fn supervise(plan: Plan, work: Work) -> Result<i32> {
             Ok((n, size)) if announce => crate::say!(
                 "bkrun: the last run on {} (pid {pid}) did not stop cleanly: removed {n} local-source cache record(s) ({}) it may have left inconsistent, so this build transfers its context afresh",
                 plan.paths.state_dir.display(),
-                crate::gofmt::sizes::bytes(size, crate::gofmt::sizes::Digits::Two)
+                crate::gocompat::sizes::bytes(size, crate::gocompat::sizes::Digits::Two)
             ),
             Ok(_) => {}
             Err(e) => crate::say!("bkrun: warning: cannot repair the state dir after an unclean end ({e:#}); if the build fails to compute a cache key, run `bkrun prune --filter type==source.local`"),

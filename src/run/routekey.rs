@@ -12,7 +12,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use crate::spec::build::BuildSpec;
+use crate::request::build::BuildSpec;
 
 /// The default key of a build: its main local context (else a URL context, else its Dockerfile
 /// dir, else `cwd`) and its `platform` option, sorted.
@@ -173,7 +173,7 @@ mod tests {
         )
         .unwrap();
         let mut s =
-            crate::spec::build::resolve(&args, &settings, &crate::host::fake::FakeHost::user())
+            crate::request::build::resolve(&args, &settings, &crate::host::fake::FakeHost::user())
                 .unwrap();
         s.locals = locals
             .iter()

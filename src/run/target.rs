@@ -122,12 +122,12 @@ pub(super) fn listener_flags(d: &DaemonArgs, insecure_plaintext: bool) -> Result
             bail!("--listen {l:?} must be tcp://HOST:PORT (the unix socket is always there)");
         }
         // The same rule as every other address the daemon is given (src/listen.rs).
-        let tls = crate::listen::ServerTls {
+        let tls = crate::daemon::listen::ServerTls {
             cert: d.tls_server_cert.is_some(),
             key: d.tls_server_key.is_some(),
             ca: d.tls_client_ca.is_some(),
         };
-        crate::listen::check_grpc(
+        crate::daemon::listen::check_grpc(
             "--listen",
             l,
             tls,

@@ -22,8 +22,8 @@ use tonic::{Request, Response, Status, Streaming};
 use super::packets::{from_wire, pump_in, to_wire};
 use super::raw::RawCodec;
 use crate::fsutil::{receive, ReceiveOptions};
-use crate::place::tree::DirTarget;
-use crate::place::{self, FileTarget, NewFile};
+use crate::outputs::tree::DirTarget;
+use crate::outputs::{self, FileTarget, NewFile};
 use crate::proto::fsutil::types::Packet as WirePacket;
 use crate::proto::moby::filesync::v1::BytesMessage;
 
@@ -135,8 +135,8 @@ impl FileSendTargets {
                 let failed = |e: std::io::Error| {
                     Status::internal(format!("cannot write {}: {e}", dest.display()))
                 };
-                let file = match place::file_target(dest).map_err(failed)? {
-                    FileTarget::Fd(fd) => place::dup_fd(fd).map_err(failed)?,
+                let file = match outputs::file_target(dest).map_err(failed)? {
+                    FileTarget::Fd(fd) => outputs::dup_fd(fd).map_err(failed)?,
                     // A device or FIFO is written as it is: /dev/null must stay /dev/null.
                     FileTarget::Through(e) => e.open(false).await.map_err(failed)?,
                     FileTarget::Replace(b) => {

@@ -18,6 +18,8 @@ mod raw;
 pub mod secrets;
 pub mod ssh;
 pub mod ssh_agent;
+pub mod sshkey;
+pub mod tlsroots;
 pub mod token;
 mod tunnel;
 

@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::proto::moby::sshforward::v1::ssh_server::{Ssh, SshServer};
 use crate::proto::moby::sshforward::v1::{BytesMessage, CheckAgentRequest, CheckAgentResponse};
 use crate::session::ssh_agent::{self, AgentConn};
-use crate::sshkey::AgentKey;
+use crate::session::sshkey::AgentKey;
 
 /// Metadata key naming which agent a forwarded connection is for.
 const KEY_SSH_ID: &str = "buildkit.ssh.id";

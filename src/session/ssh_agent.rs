@@ -1,4 +1,4 @@
-//! An SSH agent inside bkrun: answers the agent protocol (list keys, sign) on a forwarded byte stream with the keys `--ssh ID=KEYFILE` read (crate::sshkey).
+//! An SSH agent inside bkrun: answers the agent protocol (list keys, sign) on a forwarded byte stream with the keys `--ssh ID=KEYFILE` read (crate::session::sshkey).
 //!
 //! Only what a client of a forwarded agent needs is served: listing identities and signing.
 //! Every other request (adding or removing keys, locking, extensions) is answered with
@@ -9,7 +9,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::sshkey::{put_string, take_string, take_u32, AgentKey};
+use crate::session::sshkey::{put_string, take_string, take_u32, AgentKey};
 
 const SSH_AGENT_FAILURE: u8 = 5;
 const SSH_AGENTC_REQUEST_IDENTITIES: u8 = 11;
@@ -133,8 +133,8 @@ pub fn failure_frame() -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sshkey::tests::{keygen, pub_blob};
-    use crate::sshkey::{RSA_SHA2_256, RSA_SHA2_512};
+    use crate::session::sshkey::tests::{keygen, pub_blob};
+    use crate::session::sshkey::{RSA_SHA2_256, RSA_SHA2_512};
     use signature::Verifier;
     use std::path::{Path, PathBuf};
 

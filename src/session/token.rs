@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::credentials::Credentials;
-use crate::gofmt::times::parse_rfc3339;
+use crate::gocompat::times::parse_rfc3339;
 
 /// Token servers and registries see who asked: bkrun, not the daemon.
 pub const USER_AGENT: &str = concat!("bkrun/", env!("CARGO_PKG_VERSION"));
@@ -245,7 +245,7 @@ fn build_client(tls: Option<&RegistryTls>, credentials: bool) -> Result<reqwest:
             }
         }));
     }
-    for der in crate::tlsroots::system_roots().map_err(|e| format!("{e:#}"))? {
+    for der in crate::session::tlsroots::system_roots().map_err(|e| format!("{e:#}"))? {
         if let Ok(c) = reqwest::Certificate::from_der(&der) {
             b = b.add_root_certificate(c);
         }

@@ -265,12 +265,12 @@ fn mounts_below_a_dir_with_a_space_are_detached() {
     assert!(!run.exists(), "the mount is detached and the dir removed");
 }
 
-fn mount_at(p: &Path) -> crate::mountinfo::Mount {
+fn mount_at(p: &Path) -> crate::host::mountinfo::Mount {
     let line = format!(
         "40 1 0:50 / {} rw - overlay overlay rw",
         p.display().to_string().replace(' ', "\\040")
     );
-    crate::mountinfo::parse_line(line.as_bytes()).unwrap()
+    crate::host::mountinfo::parse_line(line.as_bytes()).unwrap()
 }
 
 #[test]

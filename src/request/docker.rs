@@ -91,7 +91,8 @@ pub fn normalize(args: &BuildArgs, stdin: &mut dyn Read) -> Result<Normalized> {
     Ok(n)
 }
 
-/// `K=V`, checked; a bare `K` takes its value from the environment, as docker does.
+/// `K=V`, checked; a bare `K` is refused (docker would take its value from the environment,
+/// which a CI log could not show).
 fn key_value(flag: &str, kv: &str) -> Result<String> {
     match kv.split_once('=') {
         Some((k, _)) if !k.is_empty() => Ok(kv.to_string()),

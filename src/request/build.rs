@@ -1,6 +1,6 @@
 //! The resolving step of `bkrun build`: flags, bkrun.toml, the environment and the Docker config's location → one checked build spec, before a daemon exists.
 //!
-//! As ripgrep splits low- and high-level arguments: clap (cli.rs) only parses, with no I/O;
+//! As ripgrep splits low- and high-level arguments: clap (src/cli/) only parses, with no I/O;
 //! [`resolve`] is then the one place a build consults its flags, bkrun.toml's settings and the
 //! host (environment, terminals, the files and directories flags name). Everything after it
 //! reads the typed [`BuildSpec`].

@@ -8,7 +8,7 @@ use anyhow::{bail, Result};
 
 use super::csv::parse_bool;
 use super::{clip, clip_path, clip_quoted, header_safe};
-use crate::sshkey::{AgentKey, KeyFileError};
+use crate::session::sshkey::{AgentKey, KeyFileError};
 
 /// One forwarded agent: the id RUN steps ask for, and what answers behind it.
 #[derive(Debug, Clone)]

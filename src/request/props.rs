@@ -1,4 +1,4 @@
-//! Property tests of every flag parser in spec/: generated values never panic, every refusal is one line that names its flag, and no value is echoed whole.
+//! Property tests of every flag parser in request/: generated values never panic, every refusal is one line that names its flag, and no value is echoed whole.
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence};

@@ -155,9 +155,9 @@ fn run_helper(name: &str, server: &str) -> Result<Option<Login>> {
         secret: String,
     }
     let program = format!("docker-credential-{name}");
-    let (exit, stdout, stderr) = crate::reaper::output(Command::new(&program).arg("get"), server.as_bytes())
+    let (exit, stdout, stderr) = crate::host::reaper::output(Command::new(&program).arg("get"), server.as_bytes())
         .with_context(|| format!("the Docker config names the credential helper {program}, which cannot be run: install it or fix credsStore/credHelpers"))?;
-    if exit != crate::reaper::Exit::Code(0) {
+    if exit != crate::host::reaper::Exit::Code(0) {
         let said = String::from_utf8_lossy(&stdout).trim().to_string()
             + String::from_utf8_lossy(&stderr).trim();
         // Helpers answer "credentials not found" for servers they don't know: that's no credentials.

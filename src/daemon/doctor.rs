@@ -407,7 +407,8 @@ fn versions(
 
 /// Runs `program --version` and takes the version out of its first line.
 pub fn version_of(program: &Path) -> Option<String> {
-    let (exit, out, _) = crate::reaper::output(Command::new(program).arg("--version"), b"").ok()?;
+    let (exit, out, _) =
+        crate::host::reaper::output(Command::new(program).arg("--version"), b"").ok()?;
     if exit.code() != 0 {
         return None;
     }

@@ -8,8 +8,8 @@ use super::build::BuildSpec;
 use super::docker::AfterBuild;
 use super::output::{Destination, Output};
 use crate::host::Host;
-use crate::place::tree::DirTarget;
-use crate::place::{file_target, FileTarget};
+use crate::outputs::tree::DirTarget;
+use crate::outputs::{file_target, FileTarget};
 
 /// Checks the outputs, `--metadata-file`, `--ref-file` and `--trace` of `spec`.
 pub fn check(spec: &BuildSpec, host: &dyn Host) -> Result<()> {
@@ -125,7 +125,7 @@ fn check_append(what: &str, f: &Path) -> Result<()> {
 mod tests {
     use super::*;
     use crate::host::fake::FakeHost;
-    use crate::spec::output::OutputKind;
+    use crate::request::output::OutputKind;
 
     fn out(s: &str) -> Output {
         let (kind, dest) = match s.split_once(',') {
