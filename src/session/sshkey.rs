@@ -1,6 +1,6 @@
 //! Private key files for bkrun's own SSH agent: OpenSSH or PEM keys read and checked (before a daemon starts), then signing in SSH's signature encoding; no bkrun imports.
 //!
-//! `--ssh ID=KEYFILE` parsing reads the keys here (spec), and the session's agent
+//! `--ssh ID=KEYFILE` parsing reads the keys here (request), and the session's agent
 //! (session::ssh_agent) lists and signs with them. Facts from OpenSSH's PROTOCOL.key
 //! and PROTOCOL.agent: strings are a big-endian u32 length and the bytes.
 
