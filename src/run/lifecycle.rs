@@ -1,0 +1,325 @@
+//! The life of one settled invocation, as tini's main reads: become the subreaper and take the signals, then start a daemon (or pick an existing one), wait until it serves, do the work, and finish. Cleanup is owned by guards, so no exit path repeats it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use futures::StreamExt;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook_tokio::{Handle, Signals};
+
+use super::log;
+use super::perform::{died, perform, Against, Ended};
+use super::settle::{Invocation, Pick, Place, Work};
+use crate::client;
+use crate::client::connect::{self, Target};
+use crate::daemon::statelock::{self, StateLock};
+use crate::daemon::{diagnose, doctor, Daemon, Plan};
+use crate::host::reaper::{self, Reaper};
+use crate::host::RealHost;
+
+/// First report after this long without the daemon serving, then every REPEAT.
+const SLOW_START: Duration = Duration::from_secs(3);
+const SLOW_START_REPEAT: Duration = Duration::from_secs(10);
+
+/// Runs `inv` to its end: the work's exit code, or why it could not run.
+pub(super) async fn run(inv: Invocation) -> Result<i32> {
+    let reaper = Reaper::start().context("cannot become a child subreaper")?;
+    let mut signals = SignalGuard::install()?;
+    match inv.place {
+        Place::Remote(pick) => {
+            let code = remote(pick, inv.work, &reaper, &mut signals, inv.grace).await;
+            // Whatever the work started (an exec'd program's children) goes with it.
+            reaper::kill_all_descendants(Duration::from_secs(10)).await;
+            code
+        }
+        Place::Supervised(plan) => supervised(*plan, inv.work, &reaper, &mut signals).await,
+    }
+}
+
+/// The signal handlers for SIGINT, SIGTERM and SIGHUP, closed however the run ends.
+struct SignalGuard {
+    signals: Signals,
+    handle: Handle,
+}
+
+impl SignalGuard {
+    fn install() -> Result<SignalGuard> {
+        let signals =
+            Signals::new([SIGINT, SIGTERM, SIGHUP]).context("cannot install signal handlers")?;
+        let handle = signals.handle();
+        Ok(SignalGuard { signals, handle })
+    }
+
+    /// The next signal: its number.
+    async fn next(&mut self) -> Option<i32> {
+        self.signals.next().await
+    }
+}
+
+impl Drop for SignalGuard {
+    fn drop(&mut self) {
+        self.handle.close();
+    }
+}
+
+/// Work against an existing daemon: nothing to start or stop. Of a pool, the first daemon in
+/// the route key's order that serves, named in one line.
+async fn remote(
+    pick: Pick,
+    work: Work,
+    reaper: &Reaper,
+    signals: &mut SignalGuard,
+    grace: Duration,
+) -> Result<i32> {
+    let (target, opened) = match pick {
+        Pick::One(t) => (t, None),
+        Pick::Pool { ordered, key } => {
+            let chosen = tokio::select! {
+                c = client::failover::first_serving(&ordered) => c?,
+                Some(sig) = signals.next() => return Ok(128 + sig),
+            };
+            if work.announces() {
+                announce_choice(&ordered, &chosen, &key);
+            }
+            (ordered[chosen.index].clone(), Some(chosen.channel))
+        }
+    };
+    let on = Against {
+        target: &target,
+        opened,
+        reaper,
+        signals: &mut signals.signals,
+        grace,
+    };
+    match perform(work, on, std::future::pending()).await {
+        Ended::Code(c) => Ok(c),
+        Ended::Failed(e) => Err(e),
+        Ended::DaemonDied(_) => unreachable!("a remote daemon is not watched"),
+    }
+}
+
+/// `bkrun: using ADDR, choice N of M for route key …; passed over …`.
+fn announce_choice(ordered: &[Target], chosen: &client::failover::Chosen, key: &str) {
+    let passed = chosen
+        .passed
+        .iter()
+        .map(|(a, why)| format!("{a} ({why})"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let passed = if passed.is_empty() {
+        passed
+    } else {
+        format!("; passed over {passed}")
+    };
+    crate::say!(
+        "bkrun: using {}, choice {} of {} for route key {key:?}{passed}",
+        ordered[chosen.index].addr,
+        chosen.index + 1,
+        ordered.len()
+    );
+}
+
+/// Work on a daemon bkrun starts: lock the state dir, start, wait until it serves, repair what
+/// an unclean end left, do the work, stop. The daemon is stopped (or failed, its log kept) on
+/// every path that started it.
+async fn supervised(
+    plan: Plan,
+    work: Work,
+    reaper: &Reaper,
+    signals: &mut SignalGuard,
+) -> Result<i32> {
+    let announce = work.announces();
+    statelock::create_state_dir(&plan.paths.state_dir)?;
+    // Remembered in the state dir for this buildkitd file: `buildkitd --version` run beside the
+    // daemon's own start slows that start (BENCHMARKS.md). Only a first run asks.
+    let version = announce.then(|| {
+        let buildkitd = plan.buildkitd.clone();
+        let cache = plan.paths.state_dir.join(doctor::VERSION_CACHE);
+        tokio::task::spawn_blocking(move || doctor::version_cached(&buildkitd, &cache))
+    });
+    let state = tokio::select! {
+        s = lock_state(&plan) => s?,
+        Some(sig) = signals.next() => return Ok(128 + sig),
+    };
+    let started = Instant::now();
+    let daemon = Daemon::start(&plan, reaper, Arc::new(RealHost), state)?;
+    say_started(&plan, &daemon, announce, version).await;
+    let daemon = match wait_ready(&plan, daemon, started, announce, signals).await? {
+        Readiness::Serving(d) => d,
+        Readiness::Signalled(d, code) => {
+            d.stop().await;
+            return Ok(code);
+        }
+    };
+    let target = Target::unix(&daemon.addr);
+    repair_if_unclean(&plan, &daemon, &target, announce).await;
+    let building = matches!(work, Work::Build(_));
+    let on = Against {
+        target: &target,
+        opened: None,
+        reaper,
+        signals: &mut signals.signals,
+        grace: plan.settings.stop_timeout,
+    };
+    let ended = perform(work, on, daemon.exited()).await;
+    finish(&plan, daemon, ended, building).await
+}
+
+/// The state dir's lock, waiting (and saying so) while another run holds it.
+async fn lock_state(plan: &Plan) -> Result<StateLock> {
+    let (dir, timeout) = (&plan.paths.state_dir, plan.settings.lock_timeout);
+    StateLock::acquire(dir, timeout, |holder| {
+        crate::say!(
+            "bkrun: state dir {} is in use by {holder}; waiting up to {}s for it (--lock-timeout)",
+            dir.display(),
+            timeout.as_secs()
+        );
+    })
+    .await
+}
+
+/// The start-up lines: runs swept, the argv (`--debug`), and which daemon starts and why.
+async fn say_started(
+    plan: &Plan,
+    daemon: &Daemon,
+    announce: bool,
+    version: Option<tokio::task::JoinHandle<Option<String>>>,
+) {
+    if !daemon.swept.is_empty() && announce {
+        crate::say!("bkrun: {}", daemon.swept);
+    }
+    log(plan.settings.debug, || {
+        format!(
+            "started {} (pid {})",
+            shell_words::join(daemon.argv()),
+            daemon.pid()
+        )
+    });
+    if let Some(version) = version {
+        let v = match tokio::time::timeout(Duration::from_secs(2), version).await {
+            Ok(Ok(Some(v))) => format!("buildkitd {v}"),
+            _ => "buildkitd".into(),
+        };
+        crate::say!(
+            "bkrun: starting {v}, {} ({})",
+            plan.mode(),
+            plan.decision.why
+        );
+    }
+}
+
+/// How waiting for the daemon ended, when it did not fail.
+enum Readiness {
+    Serving(Daemon),
+    /// A signal came first: its exit code (the caller stops the daemon).
+    Signalled(Daemon, i32),
+}
+
+/// Waits until the daemon serves. An error: it never served, and has been stopped with its log
+/// kept.
+async fn wait_ready(
+    plan: &Plan,
+    mut daemon: Daemon,
+    started: Instant,
+    announce: bool,
+    signals: &mut SignalGuard,
+) -> Result<Readiness> {
+    let limit = plan.settings.ready_timeout;
+    let log_path = daemon.log_path().to_path_buf();
+    let probe = client::probe::until_serving(daemon.addr.clone());
+    let ready = tokio::select! {
+        r = daemon.wait_ready(limit, probe) => r,
+        _ = report_slow_start(started, limit, log_path.clone()), if announce => unreachable!("never resolves"),
+        Some(sig) = signals.next() => return Ok(Readiness::Signalled(daemon, 128 + sig)),
+    };
+    match ready {
+        Ok((took, by)) => {
+            log(plan.settings.debug, || {
+                format!(
+                    "daemon ready after {:.1} ms ({by}) at {}",
+                    took.as_secs_f64() * 1e3,
+                    daemon.addr
+                )
+            });
+            Ok(Readiness::Serving(daemon))
+        }
+        Err(not_ready) => {
+            // A daemon that could not start in this container usually says why in its log:
+            // name the pod-spec change first.
+            let log_text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let err = match diagnose::explain(&log_text, &plan.facts) {
+                Some(why) => anyhow::anyhow!("buildkitd exited before it was ready: {why}"),
+                None => not_ready.into_error(daemon.argv()),
+            };
+            Err(daemon.fail(err).await)
+        }
+    }
+}
+
+/// Says, while the daemon is not serving yet, how long it has taken, so a slow node is not
+/// mistaken for a hang. Never resolves.
+async fn report_slow_start(started: Instant, limit: Duration, log: PathBuf) {
+    let mut next = SLOW_START;
+    loop {
+        tokio::time::sleep_until((started + next).into()).await;
+        crate::say!(
+            "bkrun: waiting for buildkitd to serve: {}s so far, giving up after {}s (--ready-timeout); its log: {}",
+            next.as_secs(),
+            limit.as_secs(),
+            log.display()
+        );
+        next += SLOW_START_REPEAT;
+    }
+}
+
+/// After an unclean end of the last run on this state dir, the local-source records it may
+/// have left half-updated are pruned, so this build transfers its context afresh.
+async fn repair_if_unclean(plan: &Plan, daemon: &Daemon, target: &Target, announce: bool) {
+    let Some(pid) = daemon.unclean_before() else {
+        return;
+    };
+    let repaired = async {
+        let channel = connect::connect_target(target).await?;
+        client::admin::prune_local_sources(channel).await
+    };
+    match repaired.await {
+        Ok((n, size)) if announce => crate::say!(
+            "bkrun: the last run on {} (pid {pid}) did not stop cleanly: removed {n} local-source cache record(s) ({}) it may have left inconsistent, so this build transfers its context afresh",
+            plan.paths.state_dir.display(),
+            crate::gocompat::sizes::bytes(size, crate::gocompat::sizes::Digits::Two)
+        ),
+        Ok(_) => {}
+        Err(e) => crate::say!("bkrun: warning: cannot repair the state dir after an unclean end ({e:#}); if the build fails to compute a cache key, run `bkrun prune --filter type==source.local`"),
+    }
+}
+
+/// Stops the daemon after the work: the work's code; its error; or, when the daemon died
+/// under it, how (with its log kept).
+async fn finish(plan: &Plan, daemon: Daemon, ended: Ended, building: bool) -> Result<i32> {
+    match ended {
+        Ended::Code(code) => {
+            let t = Instant::now();
+            let exit = daemon.stop().await;
+            log(plan.settings.debug, || {
+                format!(
+                    "daemon stopped ({exit}) in {:.1} ms",
+                    t.elapsed().as_secs_f64() * 1e3
+                )
+            });
+            Ok(code)
+        }
+        Ended::Failed(e) => {
+            daemon.stop().await;
+            Err(e)
+        }
+        Ended::DaemonDied(exit) => {
+            // Under rootlesskit the exit seen is rootlesskit's; buildkitd's own is in the log.
+            let log_text = std::fs::read_to_string(daemon.log_path()).unwrap_or_default();
+            let exit = diagnose::rootless_child_exit(&log_text).unwrap_or(exit);
+            let err = anyhow::anyhow!("{}", died(exit, building));
+            Err(daemon.fail(err).await)
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! Running the work against a daemon that serves, until it ends, a signal arrives (the work is stopped: a build cancelled, a program given the signal), or the supervised daemon dies.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::process::{Command as Proc, Stdio};
+use std::time::Duration;
+
+use futures::StreamExt;
+use nix::sys::signal::Signal;
+use signal_hook_tokio::Signals;
+use tonic::transport::Channel;
+
+use super::landed;
+use super::settle::{BuildJob, Work};
+use crate::client;
+use crate::client::admin::Request;
+use crate::client::connect::{self, Target};
+use crate::host::reaper::{Exit, Reaper};
+
+/// How long a build that lost its connection waits to learn whether the daemon died.
+const DEATH_NOTICE: Duration = Duration::from_secs(1);
+
+/// How the work ended.
+pub(super) enum Ended {
+    Code(i32),
+    Failed(anyhow::Error),
+    /// The supervised daemon exited while the work ran.
+    DaemonDied(Exit),
+}
+
+/// What the work runs against and may be stopped by.
+pub(super) struct Against<'a> {
+    pub target: &'a Target,
+    /// A connection already open (a pool's choice), else one is made.
+    pub opened: Option<Channel>,
+    pub reaper: &'a Reaper,
+    pub signals: &'a mut Signals,
+    pub grace: Duration,
+}
+
+type DaemonExit<'a> = Pin<&'a mut dyn Future<Output = Exit>>;
+
+/// Runs `work` until it ends, a signal arrives, or `daemon_exit` resolves (never, for a daemon
+/// bkrun does not supervise).
+pub(super) async fn perform(
+    work: Work,
+    on: Against<'_>,
+    daemon_exit: impl Future<Output = Exit>,
+) -> Ended {
+    tokio::pin!(daemon_exit);
+    let daemon_exit: DaemonExit = daemon_exit;
+    match work {
+        Work::Build(job) => build(&job, on, daemon_exit).await,
+        Work::Admin(req) => admin(&req, on, daemon_exit).await,
+        Work::Exec(argv) => exec(&argv, on, daemon_exit).await,
+        Work::Serve(listen) => {
+            crate::say_out!("{}", on.target.addr);
+            for l in listen {
+                crate::say_out!("{l}");
+            }
+            tokio::select! {
+                Some(sig) = on.signals.next() => Ended::Code(128 + sig),
+                exit = daemon_exit => Ended::DaemonDied(exit),
+            }
+        }
+    }
+}
+
+async fn channel(on_target: &Target, opened: Option<Channel>) -> anyhow::Result<Channel> {
+    match opened {
+        Some(c) => Ok(c),
+        None => connect::connect_target(on_target).await,
+    }
+}
+
+/// A build, then what is written from its result (metadata, iid and digest files).
+async fn build(job: &BuildJob, on: Against<'_>, mut daemon_exit: DaemonExit<'_>) -> Ended {
+    let spec = &job.spec;
+    let build = async {
+        let channel = channel(on.target, on.opened).await?;
+        let outcome = client::solve::build(channel, spec, on.target).await?;
+        // Inside the select, so a signal still ends a write to a FIFO nobody reads.
+        if let (client::solve::Outcome::Done(response), Some(path)) =
+            (&outcome, &spec.metadata_file)
+        {
+            client::metadata::write(path, response).await?;
+        }
+        anyhow::Ok(outcome)
+    };
+    tokio::select! {
+        res = build => match res {
+            Ok(client::solve::Outcome::Done(response)) => {
+                if let Some(worker) = &job.announce_images {
+                    for line in landed::lines(&spec.outputs, &response, worker) {
+                        crate::say!("{line}");
+                    }
+                }
+                match client::metadata::write_after(&job.after, &response).await {
+                    Ok(()) => Ended::Code(0),
+                    Err(e) => Ended::Failed(e),
+                }
+            }
+            Ok(client::solve::Outcome::Failed) => Ended::Code(1),
+            // The daemon's death often reaches the client as a broken connection before
+            // the reaper sees the exit: wait briefly for it, it is the better cause.
+            Err(e) if e.is::<client::solve::ConnectionLost>() => {
+                match tokio::time::timeout(DEATH_NOTICE, &mut daemon_exit).await {
+                    Ok(exit) => Ended::DaemonDied(exit),
+                    Err(_) => Ended::Failed(e),
+                }
+            }
+            Err(e) => Ended::Failed(e),
+        },
+        // Dropping the build cancels the Solve call; the daemon then cancels the job.
+        Some(sig) = on.signals.next() => Ended::Code(128 + sig),
+        exit = &mut daemon_exit => Ended::DaemonDied(exit),
+    }
+}
+
+/// A question to the daemon (workers, du, prune, …), answered on stdout.
+async fn admin(req: &Request, on: Against<'_>, daemon_exit: DaemonExit<'_>) -> Ended {
+    let target = on.target;
+    let answer = async {
+        let channel = channel(target, on.opened).await?;
+        client::admin::run(channel, req, &mut std::io::stdout()).await
+    };
+    tokio::select! {
+        res = answer => match res {
+            Ok(()) => Ended::Code(0),
+            Err(e) => match connect::explain_error(&e, target) {
+                Some(why) => Ended::Failed(anyhow::anyhow!("{why}")),
+                None => Ended::Failed(e),
+            },
+        },
+        // Dropping the call cancels it; a prune stops where it is.
+        Some(sig) = on.signals.next() => Ended::Code(128 + sig),
+        exit = daemon_exit => Ended::DaemonDied(exit),
+    }
+}
+
+/// A program run with BUILDKIT_HOST set; a signal is passed on to it, then insisted on.
+async fn exec(argv: &[String], on: Against<'_>, daemon_exit: DaemonExit<'_>) -> Ended {
+    let mut cmd = Proc::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .env("BUILDKIT_HOST", &on.target.addr)
+        .stdin(Stdio::inherit());
+    let mut child = match on.reaper.spawn(&mut cmd) {
+        Ok(c) => c,
+        Err(e) => {
+            return Ended::Failed(anyhow::anyhow!(
+                "cannot run {:?}: {e}; check the command and PATH",
+                argv[0]
+            ))
+        }
+    };
+    let grace = on.grace;
+    tokio::select! {
+        exit = child.wait() => Ended::Code(exit.code()),
+        Some(sig) = on.signals.next() => {
+            // Pass the signal on so the work can stop cleanly (buildctl cancels the build), then insist.
+            child.signal(Signal::try_from(sig).unwrap_or(Signal::SIGTERM));
+            if tokio::time::timeout(grace, child.wait()).await.is_err() {
+                child.signal(Signal::SIGKILL);
+                child.wait().await;
+            }
+            Ended::Code(128 + sig)
+        }
+        exit = daemon_exit => {
+            child.terminate(grace).await;
+            Ended::DaemonDied(exit)
+        }
+    }
+}
+
+/// The one line for a daemon that ended while the work ran (not asked to): how it ended, and
+/// what to look at.
+pub(super) fn died(exit: Exit, building: bool) -> String {
+    let during = if building {
+        "during the build"
+    } else {
+        "while bkrun was using it"
+    };
+    match exit {
+        // Nothing of bkrun's sends SIGKILL before the work ends; the kernel's OOM killer does.
+        Exit::Signal(9) => format!("buildkitd was killed by SIGKILL {during}: if no one killed it, the kernel's OOM killer did (see dmesg; give the job more memory); its log is below"),
+        Exit::Signal(_) => format!("buildkitd was {exit} {during}: its log is below"),
+        Exit::Code(_) => format!("buildkitd exited with {exit} {during}: its log below says why"),
+    }
+}

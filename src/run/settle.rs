@@ -1,0 +1,331 @@
+//! Settling an invocation once: the command line, bkrun.toml, the environment and the host read into one immutable value (the work, where it runs: a daemon bkrun supervises or an existing daemon or pool, the settings and paths) before anything starts. Nothing after this reads a flag again or patches the settings.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+
+use super::routekey;
+use super::target::{describe, listener_flags, remote_targets};
+use super::{log, write_stdout};
+use crate::cli::{Cli, Command, DebugCommand, GlobalArgs};
+use crate::client::admin::Request;
+use crate::client::connect::{self, Target};
+use crate::config::{AddrSource, Remote, Settings};
+use crate::daemon::{doctor, Plan};
+use crate::host::{which, Host};
+use crate::request::build::BuildSpec;
+use crate::{client, progress, request};
+
+/// What settling found.
+pub(super) enum Settled {
+    /// Answered while settling (`config`, `doctor`, a command not found): the exit code.
+    Answered(i32),
+    Run(Box<Invocation>),
+}
+
+/// A whole invocation, settled: what to do and where.
+pub(super) struct Invocation {
+    pub work: Work,
+    pub place: Place,
+    /// How long work and daemon get to stop after SIGTERM.
+    pub grace: Duration,
+}
+
+/// Where the work runs.
+pub(super) enum Place {
+    /// A daemon bkrun starts and supervises, as planned (its settings and paths).
+    Supervised(Box<Plan>),
+    /// An existing daemon: one, or a pool in the route key's order.
+    Remote(Pick),
+}
+
+/// The existing daemon to use: one, or a pool in the route key's order.
+pub(super) enum Pick {
+    One(Target),
+    Pool { ordered: Vec<Target>, key: String },
+}
+
+/// The work to do once the daemon serves.
+pub(super) enum Work {
+    /// A build driven by bkrun's own client.
+    Build(Box<BuildJob>),
+    /// Run a program with BUILDKIT_HOST set.
+    Exec(Vec<String>),
+    /// Ask the daemon about its workers, version or cache, or prune the cache.
+    Admin(Request),
+    /// Keep the daemon up until a signal; also listening on these addresses.
+    Serve(Vec<String>),
+}
+
+impl Work {
+    /// Whether the work's output leaves room for bkrun's own start-up lines on stderr: not
+    /// when the user asked for quiet, nor for rawjson, which tools read line by line.
+    pub fn announces(&self) -> bool {
+        match self {
+            Work::Build(job) => !job.quiet(),
+            _ => true,
+        }
+    }
+}
+
+/// A build and what comes with it from the grammar it was typed in.
+pub(super) struct BuildJob {
+    pub spec: BuildSpec,
+    /// Files written from the exporter's response once the build succeeded.
+    pub after: request::docker::AfterBuild,
+    /// A context or Dockerfile read from stdin; removed when the job ends.
+    _stdin_dir: Option<tempfile::TempDir>,
+    /// The worker of the daemon bkrun starts, to say where unpushed images went (None: a
+    /// remote daemon's, or nothing to say in this progress mode).
+    pub announce_images: Option<crate::config::Worker>,
+}
+
+impl BuildJob {
+    fn quiet(&self) -> bool {
+        matches!(
+            self.spec.progress.mode,
+            progress::Mode::Quiet | progress::Mode::RawJson
+        )
+    }
+}
+
+/// Reads `cli`, bkrun.toml and the host into the invocation to run.
+pub(super) fn settle(cli: &Cli, host: &dyn Host) -> Result<Settled> {
+    let mut settings = Settings::load(&cli.global, host)?;
+    let work = match work(cli, &mut settings, host)? {
+        Step::Answered(code) => return Ok(Settled::Answered(code)),
+        Step::Work(w) => w,
+    };
+    let grace = settings.stop_timeout;
+    let place = match existing_daemon(&cli.global, &settings, &work)? {
+        Some(pick) => Place::Remote(pick),
+        None => Place::Supervised(Box::new(plan(settings, &work, host)?)),
+    };
+    Ok(Settled::Run(Box::new(Invocation { work, place, grace })))
+}
+
+enum Step {
+    Answered(i32),
+    Work(Work),
+}
+
+/// The work the command asks for, with the settings it changes (kaniko's registry flags,
+/// `bkrun daemon`'s listeners) folded in; `config` and `doctor` are answered here.
+fn work(cli: &Cli, settings: &mut Settings, host: &dyn Host) -> Result<Step> {
+    let work = match &cli.command {
+        Command::Config => return config(cli, settings, host),
+        Command::Doctor { format } => {
+            // Never starts a daemon: facts, verdicts and versions only.
+            let report = doctor::Report::gather(settings, host);
+            let text = match format {
+                doctor::Format::Text => report.text(),
+                doctor::Format::Json => format!("{:#}\n", report.json()),
+            };
+            write_stdout(&text);
+            return Ok(Step::Answered(report.exit_code()));
+        }
+        Command::Completion { .. } | Command::Man | Command::Kube(_) => {
+            unreachable!("answered from the command line alone (run/meta.rs)")
+        }
+        Command::Exec { command } => {
+            if which(&command[0], host.env("PATH").as_deref()).is_none() {
+                crate::say!(
+                    "bkrun: cannot run {:?}: command not found; check PATH or give its full path",
+                    command[0]
+                );
+                return Ok(Step::Answered(127));
+            }
+            Work::Exec(command.clone())
+        }
+        Command::Build(args) => {
+            // Settled here, before a daemon exists: a bad --output fails in milliseconds.
+            let n = request::docker::normalize(args, &mut std::io::stdin().lock())?;
+            Work::Build(Box::new(build_job(n, settings, host)?))
+        }
+        Command::Kaniko(k) => kaniko(k, settings, host)?,
+        Command::Debug { command } => debug(command, host)?,
+        Command::Du(l) => Work::Admin(Request::DiskUsage {
+            filters: l.filter.clone(),
+            verbose: l.verbose,
+        }),
+        Command::Prune(p) => Work::Admin(Request::Prune(p.to_request())),
+        Command::PruneHistories { format } => Work::Admin(Request::PruneHistories {
+            // Checked here, so a template bkrun cannot run fails before any daemon starts.
+            format: format
+                .as_deref()
+                .map(client::histories::parse_format)
+                .transpose()?,
+        }),
+        Command::Daemon(d) => {
+            let listen = listener_flags(d, cli.global.insecure_plaintext)?;
+            settings.buildkitd_flags.extend(listen);
+            Work::Serve(d.listen.clone())
+        }
+    };
+    Ok(Step::Work(work))
+}
+
+/// `bkrun config`: what the next command would do.
+fn config(cli: &Cli, settings: &Settings, host: &dyn Host) -> Result<Step> {
+    let key = || {
+        match given_route_key(&cli.global) {
+        Some(k) => (k, "--route-key".to_string()),
+        None => (
+            routekey::for_dir(&cwd()),
+            "the current directory's; a build routes by its context and platforms, --route-key overrides".to_string(),
+        ),
+    }
+    };
+    write_stdout(&describe(settings, host, &cli.global, key)?);
+    Ok(Step::Answered(0))
+}
+
+/// kaniko's executor: its build, and its registry flags as the started daemon's configuration.
+fn kaniko(k: &crate::cli::KanikoArgs, settings: &mut Settings, host: &dyn Host) -> Result<Work> {
+    let t = request::kaniko::translate(k)?;
+    if !t.registries.is_empty() {
+        if let Some(r) = &settings.remote {
+            bail!("kaniko's registry flags (--insecure, --insecure-registry, --skip-tls-verify, --registry-mirror, --registry-certificate) configure the daemon bkrun starts; the daemon at {} (from {}) has its own configuration: drop them, or configure that daemon", r.shown(), r.source);
+        }
+        let dc = settings.daemon_config.get_or_insert_with(Default::default);
+        for (host, over) in t.registries {
+            let r = dc.registry.entry(host).or_default();
+            r.http = over.http.or(r.http);
+            r.insecure = over.insecure.or(r.insecure);
+            r.mirrors.extend(over.mirrors);
+            r.ca.extend(over.ca);
+        }
+    }
+    Ok(Work::Build(Box::new(build_job(t.build, settings, host)?)))
+}
+
+fn debug(command: &DebugCommand, host: &dyn Host) -> Result<Work> {
+    Ok(match command {
+        DebugCommand::Workers(l) => Work::Admin(Request::Workers {
+            filters: l.filter.clone(),
+            verbose: l.verbose,
+        }),
+        DebugCommand::Info => Work::Admin(Request::Info),
+        DebugCommand::Buildctl(args) => {
+            let mut argv = vec![buildctl(host)?, "debug".into()];
+            argv.extend(args.iter().cloned());
+            Work::Exec(argv)
+        }
+    })
+}
+
+/// Any grammar's command line, normalized into buildctl's, checked into a spec.
+fn build_job(
+    n: request::docker::Normalized,
+    settings: &Settings,
+    host: &dyn Host,
+) -> Result<BuildJob> {
+    let mut spec = request::build::resolve(&n.args, settings, host)?;
+    request::dests::check_after(&n.after, host)?;
+    spec.local_projects = spec
+        .locals
+        .iter()
+        .map(|(name, dir)| (name.clone(), routekey::for_dir(&cwd().join(dir))))
+        .collect();
+    let mut job = BuildJob {
+        spec,
+        after: n.after,
+        _stdin_dir: n.stdin_dir,
+        announce_images: None,
+    };
+    if !job.quiet() {
+        for note in &n.notes {
+            crate::say!("bkrun: {note}");
+        }
+        job.announce_images = settings.remote.is_none().then(|| settings.worker.clone());
+    }
+    Ok(job)
+}
+
+/// The existing daemon (or pool) to use, when the settings name one; every address is checked
+/// before any is dialled, so a typo in the third fails now.
+fn existing_daemon(g: &GlobalArgs, settings: &Settings, work: &Work) -> Result<Option<Pick>> {
+    let Some(r) = &settings.remote else {
+        return Ok(None);
+    };
+    if let Work::Serve(_) = work {
+        // `bkrun daemon` in BuildKit's rootless image serves at the image's BUILDKIT_HOST; a
+        // bkrun.toml shared by clients and daemons names the pool the daemon is part of.
+        if matches!(r.source, AddrSource::BuildkitHost | AddrSource::ConfigFile) {
+            return Ok(None);
+        }
+        bail!("bkrun daemon starts its own daemon: drop {}", r.source)
+    }
+    let targets = remote_targets(g, r)?;
+    let mut warnings = Vec::new();
+    for t in &targets {
+        if let Some(w) = connect::validate(t)? {
+            warnings.push(w);
+        }
+    }
+    for w in warnings {
+        crate::say!("bkrun: {w}");
+    }
+    log(settings.debug, || {
+        format!("using the daemon at {} (from {})", r.shown(), r.source)
+    });
+    Ok(Some(pick(g, r, targets, work)))
+}
+
+/// One daemon, or a pool ordered by the route key.
+fn pick(g: &GlobalArgs, r: &Remote, targets: Vec<Target>, work: &Work) -> Pick {
+    if !r.is_pool() {
+        return Pick::One(targets.into_iter().next().expect("a remote has an address"));
+    }
+    let key = given_route_key(g).unwrap_or_else(|| match work {
+        Work::Build(job) => routekey::for_build(&job.spec, &cwd()),
+        _ => routekey::for_dir(&cwd()),
+    });
+    let ordered = crate::pool::order(&key, &r.addrs)
+        .into_iter()
+        .map(|i| targets[i].clone())
+        .collect();
+    Pick::Pool { ordered, key }
+}
+
+/// The daemon bkrun starts for `work`: the settings the build grants it, and the plan.
+fn plan(mut settings: Settings, work: &Work, host: &dyn Host) -> Result<Plan> {
+    if let Some(why) = &settings.buildkit_host_ignored {
+        log(settings.debug, || why.clone());
+    }
+    if let Work::Build(job) = work {
+        settings.entitlements = request::entitlement::daemon_grants(&job.spec.allow);
+        // The daemon runs here, so this machine's emulators are the build's. A handler without
+        // the F flag fails in build containers with a misleading "no such file or directory".
+        if let Some(platforms) = job.spec.opts.get("platform") {
+            for why in crate::host::binfmt::unusable_platforms(platforms, &host.binfmt()) {
+                crate::say!("bkrun: warning: {why}");
+            }
+        }
+    }
+    let plan = Plan::new(&settings, host, matches!(work, Work::Serve(_)))?;
+    log(settings.debug, || {
+        format!("mode {} ({})", plan.mode(), plan.decision.reason)
+    });
+    Ok(plan)
+}
+
+/// --route-key or BKRUN_ROUTE_KEY, unless empty.
+fn given_route_key(g: &GlobalArgs) -> Option<String> {
+    g.route_key.clone().filter(|k| !k.is_empty())
+}
+
+/// The directory bkrun runs in, from which relative contexts and the default route key are read.
+fn cwd() -> PathBuf {
+    std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."))
+}
+
+/// buildctl runs the `debug` subcommands bkrun does not answer itself.
+fn buildctl(host: &dyn Host) -> Result<String> {
+    let name = host.env("BUILDCTL").unwrap_or_else(|| "buildctl".into());
+    match host.which(&name) {
+        Some(p) => Ok(p.display().to_string()),
+        None => bail!("cannot find buildctl ({name:?} is not on PATH): install BuildKit's buildctl (scripts/setup does) or set BUILDCTL"),
+    }
+}
