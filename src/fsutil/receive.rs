@@ -25,10 +25,14 @@ use tokio::sync::mpsc;
 use super::mode::{
     self, MODE_CHAR_DEVICE, MODE_DEVICE, MODE_IRREGULAR, MODE_NAMED_PIPE, MODE_SOCKET,
 };
-use super::pattern::clean;
 use super::sys::FileId;
-use super::walk::compare_paths;
 use super::{sys, Error, Packet, Result, StatEntry};
+
+mod order;
+mod tree;
+
+use order::{check_path, OrderCheck};
+use tree::Tree;
 
 /// Who should own what we write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,92 +167,6 @@ impl Kind {
     }
 }
 
-/// One open directory on the way down from the root.
-struct Level {
-    name: String,
-    fd: OwnedFd,
-    id: FileId,
-}
-
-/// The destination as descriptors: the root, the directories of this transfer by path (with
-/// the inode each one is), and the chain of open directories to the one last used, which
-/// walker order keeps mostly right.
-struct Tree {
-    dest: PathBuf,
-    root: OwnedFd,
-    known: HashMap<String, FileId>,
-    chain: Vec<Level>,
-}
-
-impl Tree {
-    fn shown(&self, rel: &str) -> PathBuf {
-        if rel.is_empty() {
-            self.dest.clone()
-        } else {
-            self.dest.join(rel)
-        }
-    }
-
-    /// The directory `path` (relative, "" for the root), which must be one this transfer made
-    /// or merged into. Every component kept open from before is looked up again in its parent
-    /// and must still be the same inode: one renamed away (even out of the tree) and replaced,
-    /// by a symlink or anything else, fails the transfer instead of receiving its writes.
-    fn dir(&mut self, path: &str) -> Result<BorrowedFd<'_>> {
-        let comps: Vec<&str> = if path.is_empty() {
-            Vec::new()
-        } else {
-            path.split('/').collect()
-        };
-        let keep = self
-            .chain
-            .iter()
-            .zip(&comps)
-            .take_while(|(l, c)| l.name == **c)
-            .count();
-        self.chain.truncate(keep);
-        for i in 0..keep {
-            let parent = match i {
-                0 => self.root.as_fd(),
-                _ => self.chain[i - 1].fd.as_fd(),
-            };
-            sys::check_at(parent, &self.chain[i].name, self.chain[i].id)
-                .map_err(|e| Error::io("check", self.shown(&comps[..=i].join("/")), e))?;
-        }
-        for i in keep..comps.len() {
-            let prefix = comps[..=i].join("/");
-            let Some(&want) = self.known.get(&prefix) else {
-                return protocol(format!("{prefix:?} is not a directory of this transfer"));
-            };
-            let parent = match i {
-                0 => self.root.as_fd(),
-                _ => self.chain[i - 1].fd.as_fd(),
-            };
-            let (fd, id) = sys::open_dir_path(parent, comps[i])
-                .map_err(|e| Error::io("open", self.shown(&prefix), e))?;
-            if id != want {
-                return Err(Error::io("open", self.shown(&prefix), sys::replaced()));
-            }
-            self.chain.push(Level {
-                name: comps[i].to_string(),
-                fd,
-                id,
-            });
-        }
-        Ok(self
-            .chain
-            .last()
-            .map_or(self.root.as_fd(), |l| l.fd.as_fd()))
-    }
-
-    /// Like [`Tree::dir`], as a descriptor of its own (for a second directory at once).
-    fn dir_owned(&mut self, path: &str) -> Result<OwnedFd> {
-        let shown = self.shown(path);
-        self.dir(path)?
-            .try_clone_to_owned()
-            .map_err(|e| Error::io("dup", shown, e))
-    }
-}
-
 struct Receiver {
     dest: PathBuf,
     create_dest: bool,
@@ -340,27 +258,7 @@ impl Receiver {
             st.gid = gid;
         }
         let kind = Kind::of(&st);
-        // A hardlink's source: a regular file of this transfer, by name and by inode, in its
-        // own directory's descriptor.
-        let link_src = match kind {
-            Kind::Link => {
-                let Some(&src_id) = self.files.get(&st.linkname) else {
-                    return protocol(format!(
-                        "invalid link {:?} to unknown path {:?}",
-                        st.path, st.linkname
-                    ));
-                };
-                let (src_parent, _) = split(&st.linkname);
-                Some((tree.dir_owned(src_parent)?, src_id))
-            }
-            Kind::Node(_) if !st.linkname.is_empty() && !self.nodes.contains(&st.linkname) => {
-                return protocol(format!(
-                    "invalid link {:?} to unknown path {:?}",
-                    st.path, st.linkname
-                ));
-            }
-            _ => None,
-        };
+        let link_src = self.link_source(tree, &kind, &st)?;
 
         let (parent, name) = split(&st.path);
         let shown = tree.shown(&st.path);
@@ -376,32 +274,6 @@ impl Receiver {
             }
         }
 
-        let build = |build_name: &str| -> io::Result<(FileId, Option<File>)> {
-            match &kind {
-                Kind::Dir => {
-                    let fid = sys::create_dir(dir, build_name)?;
-                    // Inherited default ACLs and the like are there before the children.
-                    set_dir_xattrs(dir, build_name, fid, &st);
-                    Ok((fid, None))
-                }
-                Kind::Symlink => Ok((sys::create_symlink(dir, build_name, &st.linkname)?, None)),
-                Kind::Node(t) => {
-                    let dev = sys::makedev(st.devmajor, st.devminor);
-                    Ok((sys::create_node(dir, build_name, *t, dev)?, None))
-                }
-                Kind::Link => {
-                    let (src_dir, src_id) = link_src.as_ref().unwrap_or_else(|| unreachable!());
-                    let (_, src_name) = split(&st.linkname);
-                    sys::create_link(src_dir.as_fd(), src_name, *src_id, dir, build_name)?;
-                    Ok((*src_id, None))
-                }
-                Kind::File { .. } => {
-                    let (f, fid) = sys::create_file(dir, build_name)?;
-                    set_xattrs_fd(f.as_fd(), &st);
-                    Ok((fid, Some(f)))
-                }
-            }
-        };
         // Something already there is replaced by a rename once the new entry is complete.
         let mut build_name = name.to_string();
         let mut tries = 0;
@@ -409,7 +281,7 @@ impl Receiver {
             if existing.is_some() {
                 build_name = self.tmp_name();
             }
-            match build(&build_name) {
+            match build_entry(dir, &build_name, &kind, &st, link_src.as_ref()) {
                 // Our temporary name was taken (a leftover, or planted): pick the next.
                 Err(e)
                     if existing.is_some()
@@ -443,7 +315,49 @@ impl Receiver {
             sys::rename_in(dir, &build_name, name)
                 .map_err(|e| Error::io("rename", &shown_build, e))?;
         }
+        self.remember(tree, id, kind, st, fid)
+    }
 
+    /// A hardlink's source: a regular file of this transfer, by name and by inode, in its own
+    /// directory's descriptor. A device or FIFO "linked" to another is made anew, but only
+    /// after one of this transfer's nodes of that name.
+    fn link_source(
+        &self,
+        tree: &mut Tree,
+        kind: &Kind,
+        st: &StatEntry,
+    ) -> Result<Option<(OwnedFd, FileId)>> {
+        let unknown = || {
+            protocol(format!(
+                "invalid link {:?} to unknown path {:?}",
+                st.path, st.linkname
+            ))
+        };
+        match kind {
+            Kind::Link => {
+                let Some(&src_id) = self.files.get(&st.linkname) else {
+                    return unknown();
+                };
+                let (src_parent, _) = split(&st.linkname);
+                Ok(Some((tree.dir_owned(src_parent)?, src_id)))
+            }
+            Kind::Node(_) if !st.linkname.is_empty() && !self.nodes.contains(&st.linkname) => {
+                unknown()
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Records what was made: directories for their final metadata, files for their data (asked
+    /// for now) and as hardlink sources, nodes as sources of node "links".
+    fn remember(
+        &mut self,
+        tree: &mut Tree,
+        id: u32,
+        kind: Kind,
+        st: StatEntry,
+        fid: FileId,
+    ) -> Result<()> {
         match kind {
             Kind::Dir => {
                 self.dirs.push((st.path.clone(), fid, st.clone()));
@@ -514,6 +428,41 @@ impl Receiver {
     }
 }
 
+/// Makes the entry `st` describes as `name` in `dir`: a private directory, file (0600) or
+/// node, a symlink, or a hardlink to `link_src`. Its inode, and the file when data follows.
+fn build_entry(
+    dir: BorrowedFd,
+    name: &str,
+    kind: &Kind,
+    st: &StatEntry,
+    link_src: Option<&(OwnedFd, FileId)>,
+) -> io::Result<(FileId, Option<File>)> {
+    match kind {
+        Kind::Dir => {
+            let fid = sys::create_dir(dir, name)?;
+            // Inherited default ACLs and the like are there before the children.
+            set_dir_xattrs(dir, name, fid, st);
+            Ok((fid, None))
+        }
+        Kind::Symlink => Ok((sys::create_symlink(dir, name, &st.linkname)?, None)),
+        Kind::Node(t) => {
+            let dev = sys::makedev(st.devmajor, st.devminor);
+            Ok((sys::create_node(dir, name, *t, dev)?, None))
+        }
+        Kind::Link => {
+            let (src_dir, src_id) = link_src.unwrap_or_else(|| unreachable!());
+            let (_, src_name) = split(&st.linkname);
+            sys::create_link(src_dir.as_fd(), src_name, *src_id, dir, name)?;
+            Ok((*src_id, None))
+        }
+        Kind::File { .. } => {
+            let (f, fid) = sys::create_file(dir, name)?;
+            set_xattrs_fd(f.as_fd(), st);
+            Ok((fid, Some(f)))
+        }
+    }
+}
+
 /// Extended attributes, best effort as upstream: the local filesystem may not take them.
 fn set_xattrs_fd(fd: BorrowedFd, st: &StatEntry) {
     for (k, v) in &st.xattrs {
@@ -562,127 +511,4 @@ fn finish_node(
             .map_err(|e| Error::io("chmod", shown, e))?;
     }
     sys::set_times_at(dir, name, st.mod_time).map_err(|e| Error::io("chtimes", shown, e))
-}
-
-/// Paths must be clean, relative and stay inside the destination.
-fn check_path(p: &str) -> Result<()> {
-    if p.is_empty() || p == "." || p.contains('\0') {
-        return protocol(format!("invalid path {p:?}"));
-    }
-    if clean(p) != p {
-        return protocol(format!("unclean path {p:?}"));
-    }
-    if p.starts_with('/') {
-        return protocol(format!("absolute path {p:?}"));
-    }
-    if p == ".." || p.starts_with("../") {
-        return protocol(format!("path escapes destination {p:?}"));
-    }
-    Ok(())
-}
-
-/// The receiver's order check: every entry's parent directory came before it, and names within
-/// a directory strictly increase bytewise.
-#[derive(Debug)]
-struct OrderCheck {
-    /// (directory, last name seen in it), from the root down to the current directory.
-    stack: Vec<(String, String)>,
-}
-
-impl Default for OrderCheck {
-    fn default() -> Self {
-        OrderCheck {
-            stack: vec![(String::new(), String::new())],
-        }
-    }
-}
-
-impl OrderCheck {
-    fn check(&mut self, path: &str, is_dir: bool) -> Result<()> {
-        let (dir, base) = match path.rfind('/') {
-            Some(i) => (&path[..i], &path[i + 1..]),
-            None => ("", path),
-        };
-        // Leave directories that sort after this entry's parent: their subtrees are done.
-        while self.stack.len() > 1
-            && self
-                .stack
-                .last()
-                .is_some_and(|(d, _)| compare_paths(d, dir) == std::cmp::Ordering::Greater)
-        {
-            self.stack.pop();
-        }
-        let Some((top, last)) = self.stack.last_mut() else {
-            return protocol("order check lost its root".into());
-        };
-        if top != dir || last.as_str() >= base {
-            return protocol(format!(
-                "changes out of order: {path:?} after {:?}",
-                if top.is_empty() {
-                    last.clone()
-                } else {
-                    format!("{top}/{last}")
-                }
-            ));
-        }
-        *last = base.to_string();
-        if is_dir {
-            self.stack.push((path.to_string(), String::new()));
-        }
-        Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn order_check() {
-        let mut c = OrderCheck::default();
-        for (p, d) in [
-            ("a", true),
-            ("a/b", true),
-            ("a/b/c", false),
-            ("a/d", false),
-            ("a-b", false),
-            ("a.txt", false),
-            ("b", true),
-            ("b/x", false),
-            ("c", false),
-        ] {
-            c.check(p, d).unwrap_or_else(|e| panic!("{p}: {e}"));
-        }
-        let fails = |seq: &[(&str, bool)]| {
-            let mut c = OrderCheck::default();
-            seq.iter().any(|(p, d)| c.check(p, *d).is_err())
-        };
-        assert!(fails(&[("b", false), ("a", false)]));
-        assert!(fails(&[("a", false), ("a", false)]));
-        assert!(fails(&[("a/b", false)]));
-        assert!(
-            fails(&[("a", false), ("a/b", false)]),
-            "parent must be a dir"
-        );
-        assert!(fails(&[("a-b", false), ("a", true), ("a/x", false)]));
-        assert!(fails(&[("a", true), ("b", true), ("a/x", false)]));
-        assert!(!fails(&[
-            ("a", true),
-            ("a/x", true),
-            ("a/x/y", false),
-            ("a/z", false)
-        ]));
-    }
-
-    #[test]
-    fn paths_are_checked() {
-        for bad in [
-            "", ".", "/a", "a/", "a//b", "./a", "a/./b", "..", "../a", "a/../b", "a\0b",
-        ] {
-            assert!(check_path(bad).is_err(), "{bad:?}");
-        }
-        for good in ["a", "a/b", "..a", "a..", "a/..b", "é ☺"] {
-            check_path(good).unwrap();
-        }
-    }
 }

@@ -16,8 +16,8 @@ use std::sync::Arc;
 
 use super::temps::Temp;
 use crate::safefs::protect::{may_use_existing, refusal};
-use crate::safefs::resolve::{resolve, Resolved};
-use crate::safefs::{self, Dir, Kind};
+use crate::safefs::resolve::{resolve, Place, Resolved};
+use crate::safefs::{self, Dir, Kind, Stat};
 
 /// Where one local export is being received, and how it goes in place.
 #[derive(Debug)]
@@ -73,37 +73,7 @@ impl DirTarget {
         let prefix = format!(".{}.bkrun-", name.to_string_lossy());
         match place.node {
             Some(node) if node.kind == Kind::Dir => {
-                if !may_use_existing(&place.dir_stat, &node, euid) {
-                    let r = refusal(&place.path(), &node, &place.dir_path, &place.dir_stat);
-                    return Err(refused(r.to_string()));
-                }
-                let dest_dir = place.dir.sub(&name)?;
-                let opened = dest_dir.stat()?;
-                if !opened.same_node(&node) {
-                    return Err(refused(format!(
-                        "{} was replaced while bkrun was opening it; nothing was written",
-                        place.path().display()
-                    )));
-                }
-                // A rename cannot cross into another filesystem (a volume mounted at dest).
-                let beside = (opened.dev == place.dir_stat.dev)
-                    .then(|| Temp::new_dir(&dir, &place.dir_path, &prefix).ok())
-                    .flatten();
-                let path = place.path();
-                let (received, temp) = match beside {
-                    Some(t) => t,
-                    // Not allowed to write beside it: inside, where writing is what was asked.
-                    None => {
-                        let inside = Arc::new(dest_dir.try_clone()?);
-                        Temp::new_dir(&inside, &path, ".bkrun-export-")?
-                    }
-                };
-                Ok(DirTarget {
-                    temp,
-                    received,
-                    into: Into::Merge { dest: dest_dir },
-                    dest_path: path,
-                })
+                merge_into_existing(place, name, node, dir, &prefix, euid)
             }
             Some(_) => Err(io::Error::new(
                 io::ErrorKind::NotADirectory,
@@ -173,6 +143,49 @@ impl DirTarget {
         }
         // Dropping the temp removes what is left of it: empty directories.
     }
+}
+
+/// A local export into the existing directory `name` (facts `node`) in `place.dir`: received
+/// beside it when the same filesystem allows, else inside it, then merged in.
+fn merge_into_existing(
+    place: Place,
+    name: OsString,
+    node: Stat,
+    dir: Arc<Dir>,
+    prefix: &str,
+    euid: u32,
+) -> io::Result<DirTarget> {
+    if !may_use_existing(&place.dir_stat, &node, euid) {
+        let r = refusal(&place.path(), &node, &place.dir_path, &place.dir_stat);
+        return Err(refused(r.to_string()));
+    }
+    let dest_dir = place.dir.sub(&name)?;
+    let opened = dest_dir.stat()?;
+    if !opened.same_node(&node) {
+        return Err(refused(format!(
+            "{} was replaced while bkrun was opening it; nothing was written",
+            place.path().display()
+        )));
+    }
+    // A rename cannot cross into another filesystem (a volume mounted at dest).
+    let beside = (opened.dev == place.dir_stat.dev)
+        .then(|| Temp::new_dir(&dir, &place.dir_path, prefix).ok())
+        .flatten();
+    let path = place.path();
+    let (received, temp) = match beside {
+        Some(t) => t,
+        // Not allowed to write beside it: inside, where writing is what was asked.
+        None => {
+            let inside = Arc::new(dest_dir.try_clone()?);
+            Temp::new_dir(&inside, &path, ".bkrun-export-")?
+        }
+    };
+    Ok(DirTarget {
+        temp,
+        received,
+        into: Into::Merge { dest: dest_dir },
+        dest_path: path,
+    })
 }
 
 /// The directory an OCI image layout is written into, made if missing (mode 0777 less the

@@ -75,105 +75,39 @@ pub fn resolve(path: &Path, euid: u32, follow_last: bool) -> Result<Resolved, Wa
     if let Some(fd) = fd_alias(path) {
         return Ok(Resolved::Fd(fd));
     }
-    let io_at = |p: &Path| {
-        let p = p.to_path_buf();
-        move |e: io::Error| WalkError::Io(p, e)
-    };
-    let (mut dir, mut dir_path) = if path.is_absolute() {
-        (Dir::root().map_err(io_at(path))?, PathBuf::from("/"))
-    } else {
-        (
-            Dir::open(Path::new(".")).map_err(io_at(path))?,
-            PathBuf::new(),
-        )
-    };
-    let mut dir_stat = dir.stat().map_err(io_at(&dir_path))?;
-    let mut queue: VecDeque<OsString> = components(path);
-    let mut missing: Vec<OsString> = Vec::new();
-    let mut name = None;
-    let mut node = None;
-    let mut links = 0;
-    while let Some(c) = queue.pop_front() {
-        let last = queue.is_empty();
+    let mut w = Walk::start(path, euid)?;
+    while let Some(c) = w.queue.pop_front() {
+        let last = w.queue.is_empty();
         if c == "." {
             continue;
         }
         if c == ".." {
-            if !missing.is_empty() {
-                let mut p = dir_path.clone();
-                p.extend(&missing);
-                return Err(WalkError::Io(p, io::Error::from_raw_os_error(libc::ENOENT)));
-            }
-            dir = dir.sub(OsStr::new("..")).map_err(io_at(&dir_path))?;
-            dir_stat = dir.stat().map_err(io_at(&dir_path))?;
-            match dir_path.file_name() {
-                Some(_) => {
-                    dir_path.pop();
-                }
-                None if dir_path.as_os_str().is_empty() || dir_path.ends_with("..") => {
-                    dir_path.push("..")
-                }
-                None => {}
-            }
+            w.up()?;
             continue;
         }
-        if !missing.is_empty() {
+        if !w.missing.is_empty() {
+            // Below a missing directory everything is missing too.
             if last {
-                name = Some(c);
+                w.name = Some(c);
             } else {
-                missing.push(c);
+                w.missing.push(c);
             }
             continue;
         }
-        let here = dir_path.join(&c);
-        match dir.stat_at(&c).map_err(io_at(&here))? {
-            None if last => name = Some(c),
-            None => missing.push(c),
+        let here = w.dir_path.join(&c);
+        match w.dir.stat_at(&c).map_err(io_at(&here))? {
+            None if last => w.name = Some(c),
+            None => w.missing.push(c),
             Some(st) if st.kind == Kind::Symlink && (!last || follow_last) => {
-                if !may_follow(&dir_stat, &st, euid) {
-                    return Err(WalkError::Refused(refusal(
-                        &here, &st, &dir_path, &dir_stat,
-                    )));
-                }
-                links += 1;
-                if links > MAX_LINKS {
-                    return Err(WalkError::Io(
-                        path.to_path_buf(),
-                        io::Error::from_raw_os_error(libc::ELOOP),
-                    ));
-                }
-                let target = dir.read_link_at(&c).map_err(io_at(&here))?;
-                if last {
-                    if let Some(fd) = fd_alias(&target) {
-                        return Ok(Resolved::Fd(fd));
-                    }
-                }
-                if target.is_absolute() {
-                    dir = Dir::root().map_err(io_at(&target))?;
-                    dir_stat = dir.stat().map_err(io_at(&target))?;
-                    dir_path = PathBuf::from("/");
-                }
-                for t in components(&target).into_iter().rev() {
-                    queue.push_front(t);
+                if let Some(fd) = w.follow(&c, &st, last)? {
+                    return Ok(Resolved::Fd(fd));
                 }
             }
             Some(st) if last => {
-                name = Some(c);
-                node = Some(st);
+                w.name = Some(c);
+                w.node = Some(st);
             }
-            Some(st) if st.kind == Kind::Dir => {
-                let sub = dir.sub(&c).map_err(io_at(&here))?;
-                let opened = sub.stat().map_err(io_at(&here))?;
-                if !opened.same_node(&st) {
-                    return Err(WalkError::Io(
-                        here,
-                        io::Error::other("changed while it was being opened"),
-                    ));
-                }
-                dir = sub;
-                dir_stat = opened;
-                dir_path = here;
-            }
+            Some(st) if st.kind == Kind::Dir => w.enter(&c, &st)?,
             Some(_) => {
                 return Err(WalkError::Io(
                     here,
@@ -183,13 +117,137 @@ pub fn resolve(path: &Path, euid: u32, follow_last: bool) -> Result<Resolved, Wa
         }
     }
     Ok(Resolved::At(Box::new(Place {
-        dir,
-        dir_stat,
-        dir_path,
-        missing,
-        name,
-        node,
+        dir: w.dir,
+        dir_stat: w.dir_stat,
+        dir_path: w.dir_path,
+        missing: w.missing,
+        name: w.name,
+        node: w.node,
     })))
+}
+
+/// An I/O error at `p`.
+fn io_at(p: &Path) -> impl Fn(io::Error) -> WalkError {
+    let p = p.to_path_buf();
+    move |e| WalkError::Io(p.clone(), e)
+}
+
+/// A walk in progress: where it is, what is left of the path, and what it found.
+struct Walk {
+    path: PathBuf,
+    euid: u32,
+    dir: Dir,
+    dir_stat: Stat,
+    dir_path: PathBuf,
+    queue: VecDeque<OsString>,
+    missing: Vec<OsString>,
+    name: Option<OsString>,
+    node: Option<Stat>,
+    links: u32,
+}
+
+impl Walk {
+    /// At the root for an absolute path, at the working directory for a relative one.
+    fn start(path: &Path, euid: u32) -> Result<Walk, WalkError> {
+        let (dir, dir_path) = if path.is_absolute() {
+            (Dir::root().map_err(io_at(path))?, PathBuf::from("/"))
+        } else {
+            (
+                Dir::open(Path::new(".")).map_err(io_at(path))?,
+                PathBuf::new(),
+            )
+        };
+        let dir_stat = dir.stat().map_err(io_at(&dir_path))?;
+        Ok(Walk {
+            path: path.to_path_buf(),
+            euid,
+            dir,
+            dir_stat,
+            dir_path,
+            queue: components(path),
+            missing: Vec::new(),
+            name: None,
+            node: None,
+            links: 0,
+        })
+    }
+
+    /// `..`: the parent of the directory reached (the kernel's, not the path's).
+    fn up(&mut self) -> Result<(), WalkError> {
+        if !self.missing.is_empty() {
+            let mut p = self.dir_path.clone();
+            p.extend(&self.missing);
+            return Err(WalkError::Io(p, io::Error::from_raw_os_error(libc::ENOENT)));
+        }
+        self.dir = self
+            .dir
+            .sub(OsStr::new(".."))
+            .map_err(io_at(&self.dir_path))?;
+        self.dir_stat = self.dir.stat().map_err(io_at(&self.dir_path))?;
+        match self.dir_path.file_name() {
+            Some(_) => {
+                self.dir_path.pop();
+            }
+            None if self.dir_path.as_os_str().is_empty() || self.dir_path.ends_with("..") => {
+                self.dir_path.push("..")
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// Follows the symlink `name` (facts `st`) where the rule allows: its target's components
+    /// go first in the queue. Some(fd) when the last link leads to one of bkrun's descriptors.
+    fn follow(&mut self, name: &OsStr, st: &Stat, last: bool) -> Result<Option<RawFd>, WalkError> {
+        let here = self.dir_path.join(name);
+        if !may_follow(&self.dir_stat, st, self.euid) {
+            return Err(WalkError::Refused(refusal(
+                &here,
+                st,
+                &self.dir_path,
+                &self.dir_stat,
+            )));
+        }
+        self.links += 1;
+        if self.links > MAX_LINKS {
+            return Err(WalkError::Io(
+                self.path.clone(),
+                io::Error::from_raw_os_error(libc::ELOOP),
+            ));
+        }
+        let target = self.dir.read_link_at(name).map_err(io_at(&here))?;
+        if last {
+            if let Some(fd) = fd_alias(&target) {
+                return Ok(Some(fd));
+            }
+        }
+        if target.is_absolute() {
+            self.dir = Dir::root().map_err(io_at(&target))?;
+            self.dir_stat = self.dir.stat().map_err(io_at(&target))?;
+            self.dir_path = PathBuf::from("/");
+        }
+        for t in components(&target).into_iter().rev() {
+            self.queue.push_front(t);
+        }
+        Ok(None)
+    }
+
+    /// Steps into the directory `name` (facts `st`), which must still be that inode.
+    fn enter(&mut self, name: &OsStr, st: &Stat) -> Result<(), WalkError> {
+        let here = self.dir_path.join(name);
+        let sub = self.dir.sub(name).map_err(io_at(&here))?;
+        let opened = sub.stat().map_err(io_at(&here))?;
+        if !opened.same_node(st) {
+            return Err(WalkError::Io(
+                here,
+                io::Error::other("changed while it was being opened"),
+            ));
+        }
+        self.dir = sub;
+        self.dir_stat = opened;
+        self.dir_path = here;
+        Ok(())
+    }
 }
 
 /// The path's components as names, `/` dropped (an absolute path starts at the root anyway).
