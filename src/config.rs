@@ -361,8 +361,8 @@ impl Settings {
     }
 }
 
-/// buildkitd's flags: bkrun.toml's `file_flags`, then --buildkitd-flags (or BUILDKITD_FLAGS),
-/// which wins where buildkitd takes the last of a repeated flag.
+/// buildkitd's flags: bkrun.toml's `file_flags`, then those of --buildkitd-flags (or else
+/// BUILDKITD_FLAGS), each source checked by name for a listener it may not open.
 fn buildkitd_flags(
     args: &GlobalArgs,
     host: &dyn Host,
