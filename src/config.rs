@@ -310,51 +310,13 @@ impl Settings {
             Some(path) => (read_config(&path)?, Some(path)),
             None => (FileConfig::default(), None),
         };
-        let file_flags = file.buildkitd_flags.unwrap_or_default();
-        let (env_flags, env_source) = match &args.buildkitd_flags {
-            Some(f) => (Some(f.clone()), "--buildkitd-flags"),
-            None => (host.env("BUILDKITD_FLAGS"), "BUILDKITD_FLAGS"),
-        };
-        let env_flags = match env_flags {
-            Some(f) => shell_words::split(&f).with_context(|| {
-                format!("BUILDKITD_FLAGS/--buildkitd-flags has unbalanced quotes: fix the quoting in {f:?}")
-            })?,
-            None => Vec::new(),
-        };
-        // Settled here, before anything starts: an address off loopback without mutual TLS is
-        // refused whichever of these named it (src/listen.rs).
-        let file_source = match &config_file {
-            Some(p) => format!("buildkitd_flags in {}", p.display()),
-            None => "buildkitd_flags in bkrun.toml".into(),
-        };
-        crate::daemon::listen::check_daemon_flags(
-            &[
-                crate::daemon::listen::FlagSource {
-                    name: file_source,
-                    flags: &file_flags,
-                },
-                crate::daemon::listen::FlagSource {
-                    name: env_source.into(),
-                    flags: &env_flags,
-                },
-            ],
-            host.env("BUILDKITD_DEBUGADDR").as_deref(),
-            args.insecure_plaintext,
+        let buildkitd_flags = buildkitd_flags(
+            args,
+            host,
+            file.buildkitd_flags.clone().unwrap_or_default(),
+            config_file.as_deref(),
         )?;
-        let mut buildkitd_flags = file_flags;
-        buildkitd_flags.extend(env_flags);
-        let (ready_timeout, ready_timeout_source) = if let Some(s) = args.ready_timeout {
-            (secs("--ready-timeout", s)?, "--ready-timeout")
-        } else if let Some(n) = host.env("BUILDCTL_CONNECT_RETRIES_MAX") {
-            let n: u64 = n.parse().with_context(|| {
-                format!("BUILDCTL_CONNECT_RETRIES_MAX must be a whole number, not {n:?}")
-            })?;
-            (script_budget(n), "BUILDCTL_CONNECT_RETRIES_MAX")
-        } else if let Some(s) = file.ready_timeout {
-            (secs("ready_timeout in bkrun.toml", s)?, "bkrun.toml")
-        } else {
-            (DEFAULT_READY_TIMEOUT, "default")
-        };
+        let (ready_timeout, ready_timeout_source) = ready_timeout(args, host, file.ready_timeout)?;
         let stop_timeout = match file.stop_timeout {
             Some(s) => secs("stop_timeout in bkrun.toml", s)?,
             None => DEFAULT_STOP_TIMEOUT,
@@ -364,60 +326,7 @@ impl Settings {
             (None, Some(s)) => non_negative_secs("lock_timeout in bkrun.toml", s)?,
             (None, None) => DEFAULT_LOCK_TIMEOUT,
         };
-        let worker = match args.worker.or(file.worker) {
-            Some(WorkerArg::Containerd) => {
-                let address = args
-                    .containerd_address
-                    .clone()
-                    .or(file.containerd_address)
-                    .unwrap_or_else(|| PathBuf::from(DEFAULT_CONTAINERD_ADDRESS));
-                // buildkitd takes a plain path: with unix:// it exits ("invalid authority").
-                let address = match address.to_str().and_then(|a| a.strip_prefix("unix://")) {
-                    Some(p) => PathBuf::from(p),
-                    None => address,
-                };
-                let namespace = args
-                    .containerd_namespace
-                    .clone()
-                    .or(file.containerd_namespace)
-                    .unwrap_or_else(|| DEFAULT_CONTAINERD_NAMESPACE.into());
-                if namespace.is_empty()
-                    || !namespace
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
-                {
-                    bail!("--containerd-namespace {namespace:?} is not a containerd namespace name: use letters, digits, '.', '_' and '-'");
-                }
-                let shared_dir = args
-                    .containerd_shared_dir
-                    .clone()
-                    .or(file.containerd_shared_dir);
-                if let Some(dir) = shared_dir.as_ref().filter(|d| !d.is_absolute()) {
-                    bail!("--containerd-shared-dir {} is not an absolute path: containerd resolves it on the node, so give the full path", dir.display());
-                }
-                Worker::Containerd {
-                    address,
-                    namespace,
-                    shared_dir,
-                }
-            }
-            Some(WorkerArg::Oci) | None => {
-                if args.containerd_address.is_some()
-                    || args.containerd_namespace.is_some()
-                    || args.containerd_shared_dir.is_some()
-                {
-                    bail!("--containerd-address, --containerd-namespace and --containerd-shared-dir need --worker containerd: add it, or drop them");
-                }
-                // The file's own keys contradict it unless a flag chose the worker for this run.
-                let in_file = file.containerd_address.is_some()
-                    || file.containerd_namespace.is_some()
-                    || file.containerd_shared_dir.is_some();
-                if in_file && args.worker.is_none() {
-                    bail!("bkrun.toml sets containerd_address, containerd_namespace or containerd_shared_dir, but its worker is oci: add worker = \"containerd\" to it, or drop those keys");
-                }
-                Worker::Oci
-            }
-        };
+        let worker = worker(args, &file)?;
         let daemon_config = file.buildkitd;
         let (remote, buildkit_host_ignored) = choose_remote(args, host, file.addr.as_ref())?;
         if daemon_config.is_some() && has_flag(&buildkitd_flags, "--config") {
@@ -450,6 +359,134 @@ impl Settings {
             buildkit_host_ignored,
         })
     }
+}
+
+/// buildkitd's flags: bkrun.toml's `file_flags`, then those of --buildkitd-flags (or else
+/// BUILDKITD_FLAGS), each source checked by name for a listener it may not open.
+fn buildkitd_flags(
+    args: &GlobalArgs,
+    host: &dyn Host,
+    file_flags: Vec<String>,
+    config_file: Option<&Path>,
+) -> Result<Vec<String>> {
+    let (env_flags, env_source) = match &args.buildkitd_flags {
+        Some(f) => (Some(f.clone()), "--buildkitd-flags"),
+        None => (host.env("BUILDKITD_FLAGS"), "BUILDKITD_FLAGS"),
+    };
+    let env_flags = match env_flags {
+        Some(f) => shell_words::split(&f).with_context(|| {
+            format!(
+                "BUILDKITD_FLAGS/--buildkitd-flags has unbalanced quotes: fix the quoting in {f:?}"
+            )
+        })?,
+        None => Vec::new(),
+    };
+    // Settled here, before anything starts: an address off loopback without mutual TLS is
+    // refused whichever of these named it (src/daemon/listen.rs).
+    let file_source = match config_file {
+        Some(p) => format!("buildkitd_flags in {}", p.display()),
+        None => "buildkitd_flags in bkrun.toml".into(),
+    };
+    crate::daemon::listen::check_daemon_flags(
+        &[
+            crate::daemon::listen::FlagSource {
+                name: file_source,
+                flags: &file_flags,
+            },
+            crate::daemon::listen::FlagSource {
+                name: env_source.into(),
+                flags: &env_flags,
+            },
+        ],
+        host.env("BUILDKITD_DEBUGADDR").as_deref(),
+        args.insecure_plaintext,
+    )?;
+    let mut buildkitd_flags = file_flags;
+    buildkitd_flags.extend(env_flags);
+    Ok(buildkitd_flags)
+}
+
+/// How long to wait for the daemon to serve, and which setting said so: --ready-timeout, then
+/// the shell wrapper's BUILDCTL_CONNECT_RETRIES_MAX, then bkrun.toml's `file_value`.
+fn ready_timeout(
+    args: &GlobalArgs,
+    host: &dyn Host,
+    file_value: Option<f64>,
+) -> Result<(Duration, &'static str)> {
+    Ok(if let Some(s) = args.ready_timeout {
+        (secs("--ready-timeout", s)?, "--ready-timeout")
+    } else if let Some(n) = host.env("BUILDCTL_CONNECT_RETRIES_MAX") {
+        let n: u64 = n.parse().with_context(|| {
+            format!("BUILDCTL_CONNECT_RETRIES_MAX must be a whole number, not {n:?}")
+        })?;
+        (script_budget(n), "BUILDCTL_CONNECT_RETRIES_MAX")
+    } else if let Some(s) = file_value {
+        (secs("ready_timeout in bkrun.toml", s)?, "bkrun.toml")
+    } else {
+        (DEFAULT_READY_TIMEOUT, "default")
+    })
+}
+
+/// The worker (--worker, else bkrun.toml's), with containerd's settings checked; the containerd
+/// settings without that worker are refused rather than ignored.
+fn worker(args: &GlobalArgs, file: &FileConfig) -> Result<Worker> {
+    match args.worker.or(file.worker) {
+        Some(WorkerArg::Containerd) => containerd_worker(args, file),
+        Some(WorkerArg::Oci) | None => {
+            if args.containerd_address.is_some()
+                || args.containerd_namespace.is_some()
+                || args.containerd_shared_dir.is_some()
+            {
+                bail!("--containerd-address, --containerd-namespace and --containerd-shared-dir need --worker containerd: add it, or drop them");
+            }
+            // The file's own keys contradict it unless a flag chose the worker for this run.
+            let in_file = file.containerd_address.is_some()
+                || file.containerd_namespace.is_some()
+                || file.containerd_shared_dir.is_some();
+            if in_file && args.worker.is_none() {
+                bail!("bkrun.toml sets containerd_address, containerd_namespace or containerd_shared_dir, but its worker is oci: add worker = \"containerd\" to it, or drop those keys");
+            }
+            Ok(Worker::Oci)
+        }
+    }
+}
+
+/// The containerd worker's socket, namespace and shared dir: each flag over bkrun.toml's key.
+fn containerd_worker(args: &GlobalArgs, file: &FileConfig) -> Result<Worker> {
+    let address = args
+        .containerd_address
+        .clone()
+        .or_else(|| file.containerd_address.clone())
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONTAINERD_ADDRESS));
+    // buildkitd takes a plain path: with unix:// it exits ("invalid authority").
+    let address = match address.to_str().and_then(|a| a.strip_prefix("unix://")) {
+        Some(p) => PathBuf::from(p),
+        None => address,
+    };
+    let namespace = args
+        .containerd_namespace
+        .clone()
+        .or_else(|| file.containerd_namespace.clone())
+        .unwrap_or_else(|| DEFAULT_CONTAINERD_NAMESPACE.into());
+    if namespace.is_empty()
+        || !namespace
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+    {
+        bail!("--containerd-namespace {namespace:?} is not a containerd namespace name: use letters, digits, '.', '_' and '-'");
+    }
+    let shared_dir = args
+        .containerd_shared_dir
+        .clone()
+        .or_else(|| file.containerd_shared_dir.clone());
+    if let Some(dir) = shared_dir.as_ref().filter(|d| !d.is_absolute()) {
+        bail!("--containerd-shared-dir {} is not an absolute path: containerd resolves it on the node, so give the full path", dir.display());
+    }
+    Ok(Worker::Containerd {
+        address,
+        namespace,
+        shared_dir,
+    })
 }
 
 /// How long buildctl-daemonless.sh waits for N retries: sleeps of 100 ms + 20 ms per try, tries 0..=N.

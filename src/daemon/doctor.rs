@@ -74,12 +74,23 @@ impl Report {
     }
 
     pub fn text(&self) -> String {
-        let f = &self.facts;
         let mut out = String::from("facts\n");
-        let mut add = |k: &str, v: String| {
-            let _ = writeln!(out, "  {k:<19} {v}");
-        };
-        add(
+        self.facts_text(&mut out);
+        self.ids_and_dirs_text(&mut out);
+        out.push_str("versions\n");
+        self.versions_text(&mut out);
+        out.push_str("platforms\n");
+        self.platforms_text(&mut out);
+        out.push_str("modes\n");
+        self.modes_text(&mut out);
+        out
+    }
+
+    /// The process's privileges and what the kernel lets it do.
+    fn facts_text(&self, out: &mut String) {
+        let f = &self.facts;
+        row(
+            out,
             "uid",
             format!(
                 "{}{}",
@@ -87,7 +98,8 @@ impl Report {
                 f.user.as_ref().map_or(String::new(), |u| format!(" ({u})"))
             ),
         );
-        add(
+        row(
+            out,
             "user namespace",
             if f.user_namespace {
                 "yes (hostUsers: false, or nested)".into()
@@ -95,8 +107,9 @@ impl Report {
                 "no (the initial one)".into()
             },
         );
-        add("seccomp", seccomp_name(f.status.seccomp).into());
-        add(
+        row(out, "seccomp", seccomp_name(f.status.seccomp).into());
+        row(
+            out,
             "no_new_privs",
             if f.status.no_new_privs {
                 "yes (allowPrivilegeEscalation: false)".into()
@@ -104,17 +117,20 @@ impl Report {
                 "no".into()
             },
         );
-        add(
+        row(
+            out,
             "capabilities",
             caps_line(f.status.cap_eff, f.status.cap_bnd),
         );
-        add(
+        row(
+            out,
             "apparmor",
             f.apparmor.clone().unwrap_or_else(|| "off".into()),
         );
-        add("namespaces", probe_line(f.probe.as_ref()));
-        add("node sysctls", sysctl_line(f));
-        add(
+        row(out, "namespaces", probe_line(f.probe.as_ref()));
+        row(out, "node sysctls", sysctl_line(f));
+        row(
+            out,
             "/proc masked",
             if f.masked.is_empty() {
                 "nothing".into()
@@ -122,8 +138,15 @@ impl Report {
                 format!("{} ({} paths)", f.masked_summary(), f.masked.len())
             },
         );
+    }
+
+    /// The rest of the facts section: the id-map helpers and subordinate ids rootless modes
+    /// need, and the dirs the environment names.
+    fn ids_and_dirs_text(&self, out: &mut String) {
+        let f = &self.facts;
         for t in &f.id_maps {
-            add(
+            row(
+                out,
                 t.name,
                 match &t.path {
                     Some(p) => format!("{}, {}", p.display(), privilege_name(t.privilege)),
@@ -131,7 +154,8 @@ impl Report {
                 },
             );
         }
-        add(
+        row(
+            out,
             "subordinate ids",
             if f.subids {
                 "yes"
@@ -141,7 +165,8 @@ impl Report {
             .into(),
         );
         for (k, v, usable) in &self.env {
-            add(
+            row(
+                out,
                 k,
                 match v {
                     Some(v) if *usable => format!("{v} (usable)"),
@@ -150,16 +175,21 @@ impl Report {
                 },
             );
         }
-        out.push_str("versions\n");
+    }
+
+    fn versions_text(&self, out: &mut String) {
         for (name, path, version) in &self.versions {
             let v = match (path, version) {
                 (Some(p), Some(v)) => format!("{v} ({})", p.display()),
                 (Some(p), None) => format!("unknown ({} did not say)", p.display()),
                 (None, _) => "not found".into(),
             };
-            let _ = writeln!(out, "  {name:<19} {v}");
+            row(out, name, v);
         }
-        out.push_str("platforms\n");
+    }
+
+    /// The native platform, then each registered emulator with whether a build can use it.
+    fn platforms_text(&self, out: &mut String) {
         let _ = writeln!(out, "  {:<19} native", native_platform());
         match &self.binfmt {
             Binfmt::Unavailable => {
@@ -175,7 +205,10 @@ impl Report {
                 }
             }
         }
-        out.push_str("modes\n");
+    }
+
+    /// Each mode's verdict and fix, then what auto picks and the command to run next.
+    fn modes_text(&self, out: &mut String) {
         for v in &self.verdicts {
             let verdict = if v.works { "yes" } else { "no" };
             let _ = writeln!(out, "  {:<19} {verdict}: {}", v.mode.to_string(), v.reason);
@@ -189,7 +222,6 @@ impl Report {
         };
         let _ = writeln!(out, "{:<21} {auto}", "auto picks");
         let _ = writeln!(out, "{:<21} {}", "next command", self.next);
-        out
     }
 
     pub fn json(&self) -> Value {
@@ -271,6 +303,11 @@ impl Report {
             "next": self.next_json,
         })
     }
+}
+
+/// One indented `key value` line of the text report, keys in a column of 19.
+fn row(out: &mut String, k: &str, v: String) {
+    let _ = writeln!(out, "  {k:<19} {v}");
 }
 
 fn seccomp_name(mode: u8) -> &'static str {

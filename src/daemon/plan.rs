@@ -51,6 +51,8 @@ impl Plan {
                 settings.buildkitd
             );
         };
+        // Root with CAP_SYS_ADMIN asking for auto or privileged runs privileged anyway: the
+        // namespace probe is skipped there.
         let probe = !(host.euid() == 0
             && host.process_status().has_eff(crate::host::CAP_SYS_ADMIN)
             && matches!(settings.mode, ModeArg::Auto | ModeArg::Privileged));
@@ -59,52 +61,8 @@ impl Plan {
             Worker::Containerd { address, .. } => Some(address.clone()),
             Worker::Oci => None,
         };
-        let requested = match (settings.mode, &containerd) {
-            // containerd, not buildkitd, starts the build containers: no rootless mode applies.
-            (ModeArg::Auto, Some(_)) => ModeArg::Privileged,
-            (ModeArg::Rootless | ModeArg::RootlessStrict, Some(_)) => bail!(
-                "--worker containerd runs builds through the node's containerd, as root: use --mode privileged (or auto) in a pod with `securityContext.privileged: true`"
-            ),
-            (m, _) => m,
-        };
-        let mut decision = mode::decide(requested, &facts)?;
-        // A --root in BUILDKITD_FLAGS is where the cache is, as it was with the shell wrapper.
-        let flag_root = flag_value(&settings.buildkitd_flags, "--root").map(PathBuf::from);
-        let root = settings.root.clone().or(flag_root);
-        let mut paths = paths::choose(host, root.as_deref(), settings.socket_dir.as_deref())?;
-        // buildkitd and rootlesskit take these by path: a directory someone else can write to
-        // lets them swap what is in it for links while the daemon (maybe root) works there.
-        let given = [
-            (
-                "the state dir",
-                root.as_deref(),
-                "--root (or root in bkrun.toml)",
-            ),
-            (
-                "the socket dir",
-                settings.socket_dir.as_deref(),
-                "socket_dir in bkrun.toml",
-            ),
-        ];
-        for (what, dir, flag) in given {
-            if let Some(why) = dir.and_then(|d| host.others_can_write(d)) {
-                bail!(
-                    "{what} {} is not private: {why}; give {flag} a directory only uid {} can write to (a missing one is created 0700)",
-                    dir.unwrap_or(Path::new("")).display(),
-                    host.euid()
-                );
-            }
-        }
-        if let Worker::Containerd { shared_dir, .. } = &settings.worker {
-            // containerd mounts what buildkitd hands it (snapshots, secrets, ssh sockets, its
-            // temp files) by path, from the node: the run dir, and so the daemon's TMPDIR, lives
-            // in the shared dir, which holds the state dir and must be the same path on the node.
-            let shared = shared_dir
-                .clone()
-                .unwrap_or_else(|| paths.state_dir.clone());
-            nodepaths::check(host, &shared, &paths.state_dir)?;
-            paths.temp_dir = shared;
-        }
+        let decision = mode::decide(requested_mode(settings.mode, containerd.is_some())?, &facts)?;
+        let paths = choose_paths(settings, host)?;
         if let Some(address) = &containerd {
             if !host.socket_answers(address) {
                 bail!(
@@ -113,33 +71,17 @@ impl Plan {
                 );
             }
         }
-        // The shell wrapper's way to ask for strict mode: BUILDKITD_FLAGS=--oci-worker-no-process-sandbox.
-        if decision.mode == Mode::Rootless && has_flag(&settings.buildkitd_flags, NO_SANDBOX) {
-            decision = Decision {
-                mode: Mode::RootlessStrict,
-                reason: format!("the daemon flags include {NO_SANDBOX}"),
-                why: format!("BUILDKITD_FLAGS has {NO_SANDBOX}"),
-            };
-        }
+        let decision = strict_by_flags(decision, &settings.buildkitd_flags);
         let rootlesskit = if decision.mode.is_rootless() {
             host.which(&settings.rootlesskit)
         } else {
             None
         };
-        let socket_name = if stable_socket {
-            "buildkitd.sock".to_string()
-        } else {
-            // The PID alone is not unique: every PID-namespaced bkrun is PID 1.
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.subsec_nanos());
-            format!("bkrun-{}-{nanos:08x}.sock", std::process::id())
-        };
         Ok(Plan {
             decision,
             facts,
             paths,
-            socket_name,
+            socket_name: socket_name(stable_socket),
             settings: settings.clone(),
             buildkitd,
             rootlesskit,
@@ -339,6 +281,85 @@ impl Plan {
         }
         s
     }
+}
+
+/// The mode asked for, as the worker allows it: containerd, not buildkitd, starts the build
+/// containers, so auto means privileged there and no rootless mode applies.
+fn requested_mode(mode: ModeArg, containerd: bool) -> Result<ModeArg> {
+    Ok(match (mode, containerd) {
+        (ModeArg::Auto, true) => ModeArg::Privileged,
+        (ModeArg::Rootless | ModeArg::RootlessStrict, true) => bail!(
+            "--worker containerd runs builds through the node's containerd, as root: use --mode privileged (or auto) in a pod with `securityContext.privileged: true`"
+        ),
+        (m, _) => m,
+    })
+}
+
+/// The state, socket and temp dirs, with the ones the user gave checked private, and a
+/// containerd worker's temp dir moved into the dir shared with the node.
+fn choose_paths(settings: &Settings, host: &dyn Host) -> Result<Paths> {
+    // A --root in BUILDKITD_FLAGS is where the cache is, as it was with the shell wrapper.
+    let flag_root = flag_value(&settings.buildkitd_flags, "--root").map(PathBuf::from);
+    let root = settings.root.clone().or(flag_root);
+    let mut paths = paths::choose(host, root.as_deref(), settings.socket_dir.as_deref())?;
+    // buildkitd and rootlesskit take these by path: a directory someone else can write to
+    // lets them swap what is in it for links while the daemon (maybe root) works there.
+    let given = [
+        (
+            "the state dir",
+            root.as_deref(),
+            "--root (or root in bkrun.toml)",
+        ),
+        (
+            "the socket dir",
+            settings.socket_dir.as_deref(),
+            "socket_dir in bkrun.toml",
+        ),
+    ];
+    for (what, dir, flag) in given {
+        if let Some(why) = dir.and_then(|d| host.others_can_write(d)) {
+            bail!(
+                "{what} {} is not private: {why}; give {flag} a directory only uid {} can write to (a missing one is created 0700)",
+                dir.unwrap_or(Path::new("")).display(),
+                host.euid()
+            );
+        }
+    }
+    if let Worker::Containerd { shared_dir, .. } = &settings.worker {
+        // containerd mounts what buildkitd hands it (snapshots, secrets, ssh sockets, its
+        // temp files) by path, from the node: the run dir, and so the daemon's TMPDIR, lives
+        // in the shared dir, which holds the state dir and must be the same path on the node.
+        let shared = shared_dir
+            .clone()
+            .unwrap_or_else(|| paths.state_dir.clone());
+        nodepaths::check(host, &shared, &paths.state_dir)?;
+        paths.temp_dir = shared;
+    }
+    Ok(paths)
+}
+
+/// The shell wrapper's way to ask for strict mode: BUILDKITD_FLAGS=--oci-worker-no-process-sandbox.
+fn strict_by_flags(decision: Decision, buildkitd_flags: &[String]) -> Decision {
+    if decision.mode == Mode::Rootless && has_flag(buildkitd_flags, NO_SANDBOX) {
+        return Decision {
+            mode: Mode::RootlessStrict,
+            reason: format!("the daemon flags include {NO_SANDBOX}"),
+            why: format!("BUILDKITD_FLAGS has {NO_SANDBOX}"),
+        };
+    }
+    decision
+}
+
+/// `stable_socket`: `buildkitd.sock`; otherwise a name no other bkrun picks at the same time.
+fn socket_name(stable_socket: bool) -> String {
+    if stable_socket {
+        return "buildkitd.sock".to_string();
+    }
+    // The PID alone is not unique: every PID-namespaced bkrun is PID 1.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("bkrun-{}-{nanos:08x}.sock", std::process::id())
 }
 
 #[cfg(test)]

@@ -65,18 +65,7 @@ impl Daemon {
             &plan.paths.temp_dir,
             plan.paths.socket_dir.as_deref(),
         );
-        // Private (0700; tempfile's default is the umask's): it holds the daemon's log and
-        // temp files, and the sweep judges only run dirs of this mode.
-        let run_dir = tempfile::Builder::new()
-            .prefix("bkrun-")
-            .permissions(fs::Permissions::from_mode(0o700))
-            .tempdir_in(&plan.paths.temp_dir)
-            .with_context(|| {
-                format!(
-                    "cannot create bkrun's run dir in {}: make TMPDIR (or /tmp) writable, e.g. an emptyDir volume at /tmp",
-                    plan.paths.temp_dir.display()
-                )
-            })?;
+        let run_dir = create_run_dir(&plan.paths.temp_dir)?;
         let socket_dir = plan
             .paths
             .socket_dir
@@ -91,44 +80,14 @@ impl Daemon {
             socket_dir: &socket_dir,
         };
         let argv = plan.argv(&dirs)?;
-        if let Some(dc) = &plan.settings.daemon_config {
-            fs::write(run_dir.path().join("buildkitd.toml"), dc.to_toml()?)
-                .context("cannot write buildkitd.toml into the run dir")?;
-        }
-        fs::create_dir(run_dir.path().join("tmp"))
-            .context("cannot create the daemon's temp dir")?;
+        fill_run_dir(plan, run_dir.path())?;
         let notify_path = run_dir.path().join("notify.sock");
         let notify =
             ready::bind_notify_socket(&notify_path).context("cannot bind the notify socket")?;
         let log_path = run_dir.path().join("buildkitd.log");
-        // Private: it can hold what a build printed.
-        let log = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&log_path)
-            .context("cannot create the daemon log")?;
-        let mut cmd = Command::new(&argv[0]);
-        cmd.args(&argv[1..])
-            .envs(plan.env(&dirs))
-            .env("NOTIFY_SOCKET", &notify_path)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            // Its own process group: a Ctrl-C in the terminal reaches bkrun, which stops it in order.
-            .process_group(0);
+        let mut cmd = daemon_command(&argv, plan.env(&dirs), &notify_path, &log_path)?;
         let started = Instant::now();
-        let containerd = match &plan.settings.worker {
-            Worker::Containerd {
-                address, namespace, ..
-            } => Some((
-                address.clone(),
-                namespace.clone(),
-                std::time::SystemTime::now(),
-                plan.paths.state_dir.clone(),
-            )),
-            Worker::Oci => None,
-        };
+        let containerd = containerd_leases(plan);
         let child = reaper.spawn(&mut cmd).with_context(|| {
             format!("cannot start {}: check that it exists and is executable (set BUILDKITD or ROOTLESSKIT to override)", argv[0])
         })?;
@@ -261,6 +220,74 @@ impl Daemon {
         if let Some(d) = self.run_dir.take() {
             sweep::remove_run_files(self.host.as_ref(), &self.socket, &d.keep());
         }
+    }
+}
+
+/// This run's dir in `temp_dir`. Private (0700; tempfile's default is the umask's): it holds
+/// the daemon's log and temp files, and the sweep judges only run dirs of this mode.
+fn create_run_dir(temp_dir: &Path) -> Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix("bkrun-")
+        .permissions(fs::Permissions::from_mode(0o700))
+        .tempdir_in(temp_dir)
+        .with_context(|| {
+            format!(
+                "cannot create bkrun's run dir in {}: make TMPDIR (or /tmp) writable, e.g. an emptyDir volume at /tmp",
+                temp_dir.display()
+            )
+        })
+}
+
+/// What the daemon finds in the run dir before it starts: bkrun.toml's [buildkitd] table as
+/// buildkitd.toml, and its temp dir.
+fn fill_run_dir(plan: &Plan, run_dir: &Path) -> Result<()> {
+    if let Some(dc) = &plan.settings.daemon_config {
+        fs::write(run_dir.join("buildkitd.toml"), dc.to_toml()?)
+            .context("cannot write buildkitd.toml into the run dir")?;
+    }
+    fs::create_dir(run_dir.join("tmp")).context("cannot create the daemon's temp dir")?;
+    Ok(())
+}
+
+/// The daemon's command: its output to a new log at `log_path`, readiness to `notify_path`.
+fn daemon_command(
+    argv: &[String],
+    env: Vec<(String, String)>,
+    notify_path: &Path,
+    log_path: &Path,
+) -> Result<Command> {
+    // Private: it can hold what a build printed.
+    let log = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(log_path)
+        .context("cannot create the daemon log")?;
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .envs(env)
+        .env("NOTIFY_SOCKET", notify_path)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        // Its own process group: a Ctrl-C in the terminal reaches bkrun, which stops it in order.
+        .process_group(0);
+    Ok(cmd)
+}
+
+/// With the containerd worker: where to remove the temporary leases the daemon leaves, and
+/// from when (taken just before the spawn, so every lease of this daemon's is younger).
+fn containerd_leases(plan: &Plan) -> Option<(PathBuf, String, std::time::SystemTime, PathBuf)> {
+    match &plan.settings.worker {
+        Worker::Containerd {
+            address, namespace, ..
+        } => Some((
+            address.clone(),
+            namespace.clone(),
+            std::time::SystemTime::now(),
+            plan.paths.state_dir.clone(),
+        )),
+        Worker::Oci => None,
     }
 }
 

@@ -281,10 +281,26 @@ fn probe_namespaces() -> NsProbe {
     }
 }
 
-/// The steps, run in the probe child; each code is 0, NOT_TRIED or an errno.
+/// The steps, run in the probe child; each code is 0, NOT_TRIED or an errno. The first is tried
+/// on its own; each of the others needs the one before it, so the first that fails ends the
+/// probe and the rest stay NOT_TRIED.
 fn probe_steps() -> [i32; 4] {
-    let errno = || Errno::last_raw();
     let mut codes = [NOT_TRIED; 4];
+    codes[0] = clone_userns();
+    codes[1] = unshare_userns();
+    if codes[1] != 0 {
+        return codes;
+    }
+    codes[2] = mount_tmpfs();
+    if codes[2] != 0 {
+        return codes;
+    }
+    codes[3] = mount_proc();
+    codes
+}
+
+/// A child in a new user namespace, as rootlesskit makes one.
+fn clone_userns() -> i32 {
     // clone with a null stack behaves as fork: the grandchild exits at once.
     // SAFETY: raw clone without CLONE_VM; the grandchild only calls _exit.
     let pid = unsafe {
@@ -301,22 +317,29 @@ fn probe_steps() -> [i32; 4] {
         // SAFETY: the grandchild ends here.
         unsafe { libc::_exit(0) }
     }
-    codes[0] = if pid < 0 {
-        errno()
+    if pid < 0 {
+        Errno::last_raw()
     } else {
         let _ = waitpid(Pid::from_raw(pid as i32), None);
         0
-    };
+    }
+}
+
+/// This process moved into a new user namespace, where the next steps run.
+fn unshare_userns() -> i32 {
+    // SAFETY: unshare takes no pointers.
+    if unsafe { libc::unshare(libc::CLONE_NEWUSER) } != 0 {
+        return Errno::last_raw();
+    }
+    0
+}
+
+/// A mount namespace of its own, and a tmpfs mounted in it.
+fn mount_tmpfs() -> i32 {
     // SAFETY: unshare and mount take no pointers but the C strings below, which outlive the calls.
     unsafe {
-        if libc::unshare(libc::CLONE_NEWUSER) != 0 {
-            codes[1] = errno();
-            return codes;
-        }
-        codes[1] = 0;
         if libc::unshare(libc::CLONE_NEWNS) != 0 {
-            codes[2] = errno();
-            return codes;
+            return Errno::last_raw();
         }
         let none = c"none".as_ptr();
         let tmpfs = c"tmpfs".as_ptr();
@@ -328,21 +351,24 @@ fn probe_steps() -> [i32; 4] {
             libc::MS_REC | libc::MS_PRIVATE,
             std::ptr::null(),
         );
-        codes[2] = if libc::mount(none, c"/tmp".as_ptr(), tmpfs, 0, std::ptr::null()) == 0
+        if libc::mount(none, c"/tmp".as_ptr(), tmpfs, 0, std::ptr::null()) == 0
             || libc::mount(none, c"/".as_ptr(), tmpfs, 0, std::ptr::null()) == 0
         {
             0
         } else {
-            errno()
-        };
-        if codes[2] != 0 {
-            return codes;
+            Errno::last_raw()
         }
+    }
+}
+
+/// A new PID namespace whose first child mounts a fresh procfs, as runc does.
+fn mount_proc() -> i32 {
+    // SAFETY: unshare and mount take no pointers but the C strings below, which outlive the
+    // calls; the raw clone is without CLONE_VM, and the child only mounts and calls _exit.
+    unsafe {
         if libc::unshare(libc::CLONE_NEWPID) != 0 {
-            codes[3] = errno();
-            return codes;
+            return Errno::last_raw();
         }
-        // The first child in the new PID namespace mounts a fresh procfs, as runc does.
         let pid = libc::syscall(
             libc::SYS_clone,
             libc::SIGCHLD,
@@ -359,18 +385,21 @@ fn probe_steps() -> [i32; 4] {
                 0,
                 std::ptr::null(),
             );
-            libc::_exit(if r == 0 { 0 } else { errno().clamp(1, 255) });
+            libc::_exit(if r == 0 {
+                0
+            } else {
+                Errno::last_raw().clamp(1, 255)
+            });
         }
-        codes[3] = if pid < 0 {
-            errno()
+        if pid < 0 {
+            Errno::last_raw()
         } else {
             match waitpid(Pid::from_raw(pid as i32), None) {
                 Ok(WaitStatus::Exited(_, c)) => c,
                 _ => Errno::ECHILD as i32,
             }
-        };
+        }
     }
-    codes
 }
 
 #[cfg(test)]

@@ -64,20 +64,40 @@ impl Workload {
 
 /// Builds the pool's objects from checked options.
 pub fn pool(o: &Options) -> Pool {
+    // The selector finds the pool's pods; every object also carries --label's labels.
     let selector: BTreeMap<String, String> = BTreeMap::from([
         (meta::NAME_LABEL.to_string(), APP.to_string()),
         (meta::INSTANCE_LABEL.to_string(), o.name.clone()),
     ]);
     let mut labels = o.labels.clone();
     labels.extend(selector.clone());
-    let object_meta = |name: String| ObjectMeta {
+
+    let config_maps = config_maps(o, &labels);
+    let service = service(o, &labels, &selector);
+    let network_policy = network_policy(o, &labels, &selector);
+    let template = pod_template(o, &labels, &selector, &config_maps);
+    let workload = workload(o, &labels, selector, template);
+    Pool {
+        config_maps,
+        service,
+        network_policy,
+        workload,
+    }
+}
+
+/// A top-level object's metadata: its name, the pool's namespace, labels and annotations.
+fn object_meta(o: &Options, labels: &BTreeMap<String, String>, name: String) -> ObjectMeta {
+    ObjectMeta {
         name: Some(name),
         namespace: o.namespace.clone(),
         labels: Some(labels.clone()),
         annotations: (!o.annotations.is_empty()).then(|| o.annotations.clone()),
         ..Default::default()
-    };
+    }
+}
 
+/// One ConfigMap per file shipped (bkrun.toml, buildkitd.toml), named NAME-<volume>.
+fn config_maps(o: &Options, labels: &BTreeMap<String, String>) -> Vec<ConfigMap> {
     let mut config_maps = Vec::new();
     for (suffix, key, text) in [
         ("bkrun-config", "bkrun.toml", &o.bkrun_toml),
@@ -85,16 +105,23 @@ pub fn pool(o: &Options) -> Pool {
     ] {
         if let Some(text) = text {
             config_maps.push(ConfigMap {
-                metadata: object_meta(format!("{}-{suffix}", o.name)),
+                metadata: object_meta(o, labels, format!("{}-{suffix}", o.name)),
                 data: Some(BTreeMap::from([(key.to_string(), text.clone())])),
                 ..Default::default()
             });
         }
     }
+    config_maps
+}
 
+fn service(
+    o: &Options,
+    labels: &BTreeMap<String, String>,
+    selector: &BTreeMap<String, String>,
+) -> Service {
     let headless = o.kind == KubeKind::Statefulset;
-    let service = Service {
-        metadata: object_meta(o.name.clone()),
+    Service {
+        metadata: object_meta(o, labels, o.name.clone()),
         spec: Some(ServiceSpec {
             // A StatefulSet's headless Service gives each daemon its own DNS name,
             // NAME-i.NAME.NAMESPACE.svc, which clients that pick a daemon by key connect to.
@@ -109,12 +136,18 @@ pub fn pool(o: &Options) -> Pool {
             ..Default::default()
         }),
         ..Default::default()
-    };
+    }
+}
 
-    // Once a policy selects the daemons' pods for ingress, only what it admits reaches them: the
-    // port, from pods in namespaces with all the given labels. (The readiness probe is exec.)
-    let network_policy = (!o.allow_from_namespace.is_empty()).then(|| NetworkPolicy {
-        metadata: object_meta(o.name.clone()),
+/// Once a policy selects the daemons' pods for ingress, only what it admits reaches them: the
+/// port, from pods in namespaces with all the given labels. (The readiness probe is exec.)
+fn network_policy(
+    o: &Options,
+    labels: &BTreeMap<String, String>,
+    selector: &BTreeMap<String, String>,
+) -> Option<NetworkPolicy> {
+    (!o.allow_from_namespace.is_empty()).then(|| NetworkPolicy {
+        metadata: object_meta(o, labels, o.name.clone()),
         spec: Some(NetworkPolicySpec {
             pod_selector: Some(LabelSelector {
                 match_labels: Some(selector.clone()),
@@ -137,27 +170,45 @@ pub fn pool(o: &Options) -> Pool {
             }]),
             ..Default::default()
         }),
-    });
+    })
+}
 
+/// The pods' template; the ConfigMaps' digest in its annotations rolls the pods when a shipped
+/// file changes.
+fn pod_template(
+    o: &Options,
+    labels: &BTreeMap<String, String>,
+    selector: &BTreeMap<String, String>,
+    config_maps: &[ConfigMap],
+) -> PodTemplateSpec {
     let mut pod_annotations = o.annotations.clone();
     if !config_maps.is_empty() {
-        pod_annotations.insert(meta::CONFIG_ANNOTATION.into(), config_digest(&config_maps));
+        pod_annotations.insert(meta::CONFIG_ANNOTATION.into(), config_digest(config_maps));
     }
-    let template = PodTemplateSpec {
+    PodTemplateSpec {
         metadata: Some(ObjectMeta {
             labels: Some(labels.clone()),
             annotations: (!pod_annotations.is_empty()).then_some(pod_annotations),
             ..Default::default()
         }),
-        spec: Some(pod_spec(o, &selector)),
-    };
+        spec: Some(pod_spec(o, selector)),
+    }
+}
+
+/// The Deployment or StatefulSet (--kind) that runs the template's pods.
+fn workload(
+    o: &Options,
+    labels: &BTreeMap<String, String>,
+    selector: BTreeMap<String, String>,
+    template: PodTemplateSpec,
+) -> Workload {
     let label_selector = LabelSelector {
         match_labels: Some(selector),
         ..Default::default()
     };
-    let workload = match o.kind {
+    match o.kind {
         KubeKind::Deployment => Workload::Deployment(Deployment {
-            metadata: object_meta(o.name.clone()),
+            metadata: object_meta(o, labels, o.name.clone()),
             spec: Some(DeploymentSpec {
                 replicas: Some(o.replicas),
                 selector: label_selector,
@@ -167,7 +218,7 @@ pub fn pool(o: &Options) -> Pool {
             ..Default::default()
         }),
         KubeKind::Statefulset => Workload::StatefulSet(StatefulSet {
-            metadata: object_meta(o.name.clone()),
+            metadata: object_meta(o, labels, o.name.clone()),
             spec: Some(StatefulSetSpec {
                 replicas: Some(o.replicas),
                 selector: label_selector,
@@ -175,38 +226,37 @@ pub fn pool(o: &Options) -> Pool {
                 // The daemons are independent: start and replace them all at once, not in order.
                 pod_management_policy: Some("Parallel".into()),
                 template,
-                volume_claim_templates: o.storage.as_ref().map(|(size, class)| {
-                    vec![PersistentVolumeClaim {
-                        metadata: ObjectMeta {
-                            name: Some(STATE_VOLUME.into()),
-                            ..Default::default()
-                        },
-                        spec: Some(PersistentVolumeClaimSpec {
-                            access_modes: Some(vec!["ReadWriteOnce".into()]),
-                            storage_class_name: class.clone(),
-                            resources: Some(VolumeResourceRequirements {
-                                requests: Some(BTreeMap::from([(
-                                    "storage".to_string(),
-                                    Quantity(size.text.clone()),
-                                )])),
-                                ..Default::default()
-                            }),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    }]
-                }),
+                volume_claim_templates: volume_claim_templates(o),
                 ..Default::default()
             }),
             ..Default::default()
         }),
-    };
-    Pool {
-        config_maps,
-        service,
-        network_policy,
-        workload,
     }
+}
+
+/// --storage's claim, one per StatefulSet pod, mounted as the state volume.
+fn volume_claim_templates(o: &Options) -> Option<Vec<PersistentVolumeClaim>> {
+    o.storage.as_ref().map(|(size, class)| {
+        vec![PersistentVolumeClaim {
+            metadata: ObjectMeta {
+                name: Some(STATE_VOLUME.into()),
+                ..Default::default()
+            },
+            spec: Some(PersistentVolumeClaimSpec {
+                access_modes: Some(vec!["ReadWriteOnce".into()]),
+                storage_class_name: class.clone(),
+                resources: Some(VolumeResourceRequirements {
+                    requests: Some(BTreeMap::from([(
+                        "storage".to_string(),
+                        Quantity(size.text.clone()),
+                    )])),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }]
+    })
 }
 
 const STATE_VOLUME: &str = "buildkit-state";
@@ -288,6 +338,37 @@ pub fn readiness_command(o: &Options) -> Vec<String> {
 }
 
 fn pod_spec(o: &Options, selector: &BTreeMap<String, String>) -> PodSpec {
+    let (mounts, volumes) = volumes(o);
+    // A claim arrives owned by root: let uid 1000's group own it, checked only at its root so a
+    // large cache is not walked at every start.
+    let pod_security_context =
+        (o.mode == PodMode::Rootless && o.storage.is_some()).then(|| PodSecurityContext {
+            fs_group: Some(ROOTLESS_UID),
+            fs_group_change_policy: Some("OnRootMismatch".into()),
+            ..Default::default()
+        });
+    PodSpec {
+        // The daemons never call the Kubernetes API: no token of the ServiceAccount's in their
+        // pods, for a build step or a compromised daemon to use against the cluster.
+        automount_service_account_token: Some(false),
+        init_containers: qemu_init_containers(o),
+        containers: vec![daemon_container(o, mounts)],
+        volumes: Some(volumes),
+        security_context: pod_security_context,
+        service_account_name: o.service_account.clone(),
+        scheduler_name: o.scheduler_name.clone(),
+        node_selector: (!o.node_selector.is_empty()).then(|| o.node_selector.clone()),
+        tolerations: (!o.tolerations.is_empty()).then(|| o.tolerations.clone()),
+        affinity: Some(spread_over_nodes(selector)),
+        // bkrun stops the builds' processes and the daemon on SIGTERM; give it the time to.
+        termination_grace_period_seconds: Some(30),
+        ..Default::default()
+    }
+}
+
+/// The daemon's mounts and the pod's volumes: state (an emptyDir unless --storage's claim),
+/// the TLS Secret, and the shipped files' ConfigMaps.
+fn volumes(o: &Options) -> (Vec<VolumeMount>, Vec<Volume>) {
     let mut mounts = vec![mount(STATE_VOLUME, &o.state_dir, false)];
     let mut volumes = Vec::new();
     if o.storage.is_none() {
@@ -326,7 +407,38 @@ fn pod_spec(o: &Options, selector: &BTreeMap<String, String>) -> PodSpec {
             });
         }
     }
+    (mounts, volumes)
+}
 
+/// The daemon's container: bkrun daemon on the port, ready once it answers on its socket.
+fn daemon_container(o: &Options, mounts: Vec<VolumeMount>) -> Container {
+    Container {
+        name: CONTAINER.into(),
+        image: Some(o.image.clone()),
+        args: Some(daemon_args(o)),
+        ports: Some(vec![ContainerPort {
+            name: Some(PORT_NAME.into()),
+            container_port: o.port.into(),
+            ..Default::default()
+        }]),
+        readiness_probe: Some(Probe {
+            exec: Some(ExecAction {
+                command: Some(readiness_command(o)),
+            }),
+            initial_delay_seconds: Some(2),
+            period_seconds: Some(5),
+            timeout_seconds: Some(5),
+            ..Default::default()
+        }),
+        resources: resources(o),
+        security_context: Some(security_context(o.mode)),
+        volume_mounts: Some(mounts),
+        ..Default::default()
+    }
+}
+
+/// The --requests-* and --limits-* quantities; None when none is given.
+fn resources(o: &Options) -> Option<ResourceRequirements> {
     let quantities = |m: &BTreeMap<&'static str, quantity::Quantity>| {
         (!m.is_empty()).then(|| {
             m.iter()
@@ -334,16 +446,18 @@ fn pod_spec(o: &Options, selector: &BTreeMap<String, String>) -> PodSpec {
                 .collect::<BTreeMap<_, _>>()
         })
     };
-    let resources =
-        (!o.resources.requests.is_empty() || !o.resources.limits.is_empty()).then(|| {
-            ResourceRequirements {
-                requests: quantities(&o.resources.requests),
-                limits: quantities(&o.resources.limits),
-                ..Default::default()
-            }
-        });
+    (!o.resources.requests.is_empty() || !o.resources.limits.is_empty()).then(|| {
+        ResourceRequirements {
+            requests: quantities(&o.resources.requests),
+            limits: quantities(&o.resources.limits),
+            ..Default::default()
+        }
+    })
+}
 
-    let security_context = match o.mode {
+/// The daemon container's privileges for the pod's mode.
+fn security_context(mode: PodMode) -> SecurityContext {
+    match mode {
         PodMode::Privileged => SecurityContext {
             privileged: Some(true),
             ..Default::default()
@@ -365,42 +479,14 @@ fn pod_spec(o: &Options, selector: &BTreeMap<String, String>) -> PodSpec {
             }),
             ..Default::default()
         },
-    };
-    // A claim arrives owned by root: let uid 1000's group own it, checked only at its root so a
-    // large cache is not walked at every start.
-    let pod_security_context =
-        (o.mode == PodMode::Rootless && o.storage.is_some()).then(|| PodSecurityContext {
-            fs_group: Some(ROOTLESS_UID),
-            fs_group_change_policy: Some("OnRootMismatch".into()),
-            ..Default::default()
-        });
+    }
+}
 
-    let daemon = Container {
-        name: CONTAINER.into(),
-        image: Some(o.image.clone()),
-        args: Some(daemon_args(o)),
-        ports: Some(vec![ContainerPort {
-            name: Some(PORT_NAME.into()),
-            container_port: o.port.into(),
-            ..Default::default()
-        }]),
-        readiness_probe: Some(Probe {
-            exec: Some(ExecAction {
-                command: Some(readiness_command(o)),
-            }),
-            initial_delay_seconds: Some(2),
-            period_seconds: Some(5),
-            timeout_seconds: Some(5),
-            ..Default::default()
-        }),
-        resources,
-        security_context: Some(security_context),
-        volume_mounts: Some(mounts),
-        ..Default::default()
-    };
-    // binfmt_misc is the node kernel's: registering emulators there takes privileges, even for a
-    // rootless pool, and lasts until the node reboots.
-    let init_containers = o.qemu_image.as_ref().map(|image| {
+/// The binfmt installer, when --qemu-install asks for emulators. binfmt_misc is the node
+/// kernel's: registering emulators there takes privileges, even for a rootless pool, and lasts
+/// until the node reboots.
+fn qemu_init_containers(o: &Options) -> Option<Vec<Container>> {
+    o.qemu_image.as_ref().map(|image| {
         vec![Container {
             name: "qemu".into(),
             image: Some(image.clone()),
@@ -411,41 +497,28 @@ fn pod_spec(o: &Options, selector: &BTreeMap<String, String>) -> PodSpec {
             }),
             ..Default::default()
         }]
-    });
-    PodSpec {
-        // The daemons never call the Kubernetes API: no token of the ServiceAccount's in their
-        // pods, for a build step or a compromised daemon to use against the cluster.
-        automount_service_account_token: Some(false),
-        init_containers,
-        containers: vec![daemon],
-        volumes: Some(volumes),
-        security_context: pod_security_context,
-        service_account_name: o.service_account.clone(),
-        scheduler_name: o.scheduler_name.clone(),
-        node_selector: (!o.node_selector.is_empty()).then(|| o.node_selector.clone()),
-        tolerations: (!o.tolerations.is_empty()).then(|| o.tolerations.clone()),
-        // Spread over nodes when the cluster can: daemons on one node share its disk and CPU.
-        affinity: Some(Affinity {
-            pod_anti_affinity: Some(PodAntiAffinity {
-                preferred_during_scheduling_ignored_during_execution: Some(vec![
-                    WeightedPodAffinityTerm {
-                        weight: 100,
-                        pod_affinity_term: PodAffinityTerm {
-                            label_selector: Some(LabelSelector {
-                                match_labels: Some(selector.clone()),
-                                ..Default::default()
-                            }),
-                            topology_key: "kubernetes.io/hostname".into(),
+    })
+}
+
+/// Spread over nodes when the cluster can: daemons on one node share its disk and CPU.
+fn spread_over_nodes(selector: &BTreeMap<String, String>) -> Affinity {
+    Affinity {
+        pod_anti_affinity: Some(PodAntiAffinity {
+            preferred_during_scheduling_ignored_during_execution: Some(vec![
+                WeightedPodAffinityTerm {
+                    weight: 100,
+                    pod_affinity_term: PodAffinityTerm {
+                        label_selector: Some(LabelSelector {
+                            match_labels: Some(selector.clone()),
                             ..Default::default()
-                        },
+                        }),
+                        topology_key: "kubernetes.io/hostname".into(),
+                        ..Default::default()
                     },
-                ]),
-                ..Default::default()
-            }),
+                },
+            ]),
             ..Default::default()
         }),
-        // bkrun stops the builds' processes and the daemon on SIGTERM; give it the time to.
-        termination_grace_period_seconds: Some(30),
         ..Default::default()
     }
 }

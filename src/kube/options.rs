@@ -121,56 +121,20 @@ fn refuse_local_globals(g: &GlobalArgs) -> Result<()> {
 }
 
 impl Options {
-    /// Checks every flag and reads the files they name.
+    /// Checks every flag and reads the files they name. The checks run in the order the flags
+    /// are described to the user, so the first refusal is the one a reader expects.
     pub fn from_args(a: &KubeArgs, g: &GlobalArgs) -> Result<Options> {
         if g.config.is_some() {
             bail!("--config names the bkrun.toml this bkrun reads: to ship one to the daemons, give --bkrun-config FILE");
         }
         refuse_local_globals(g)?;
-        let limit = if a.kind == KubeKind::Statefulset {
-            // A StatefulSet's pods carry a controller-revision-hash label of NAME-<10 characters>,
-            // and a label value is at most 63 characters.
-            52
-        } else {
-            63
-        };
-        if !meta::dns_label(&a.name) || a.name.len() > limit {
-            bail!("--name {:?} is not a valid name: at most {limit} lowercase letters, digits and '-', starting and ending with a letter or digit", a.name);
-        }
-        if let Some(ns) = &a.namespace {
-            if !meta::dns_label(ns) {
-                bail!("--namespace {ns:?} is not a valid namespace: at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit");
-            }
-        }
-        for (flag, v) in [
-            ("--serviceaccount", &a.service_account),
-            ("--schedulername", &a.scheduler_name),
-            ("--tls-secret", &a.tls_secret),
-            ("--storage-class", &a.storage_class),
-        ] {
-            if let Some(v) = v {
-                if !meta::dns_subdomain(v) {
-                    bail!("{flag} {v:?} is not a valid object name: lowercase letters, digits, '-' and '.'");
-                }
-            }
-        }
+        check_names(a)?;
         let mode = if a.rootless {
             PodMode::Rootless
         } else {
             PodMode::Privileged
         };
-        let image = a.image.clone().unwrap_or_else(|| {
-            match mode {
-                PodMode::Privileged => "bkrun:privileged",
-                PodMode::Rootless => "bkrun:rootless",
-            }
-            .to_string()
-        });
-        for (flag, v) in [("--image", &image), ("--qemu-image", &a.qemu_image)] {
-            if v.is_empty() || v.chars().any(char::is_whitespace) {
-                bail!("{flag} {v:?} is not an image reference");
-            }
-        }
+        let image = image(a, mode)?;
 
         let labels = meta::key_values("--label", MapKind::Label, &a.labels)?;
         let annotations = meta::key_values("--annotation", MapKind::Annotation, &a.annotations)?;
@@ -185,23 +149,126 @@ impl Options {
         let resources = resources(a)?;
         let platforms = platforms(&a.platforms)?;
 
-        let buildkitd_flags = match &g.buildkitd_flags {
-            Some(s) => shell_words::split(s).with_context(|| {
-                format!(
-                    "--buildkitd-flags {s:?} cannot be split as a shell would: check its quotes"
-                )
-            })?,
-            None => Vec::new(),
-        };
-        for f in &buildkitd_flags {
-            let name = f.split('=').next().unwrap_or(f);
-            if matches!(
-                name,
-                "--addr" | "--root" | "--tlscert" | "--tlskey" | "--tlscacert"
-            ) {
-                bail!("--buildkitd-flags: {name} is set by bkrun kube (the listener, TLS and state dir come from --port, --tls-secret and the image): drop it");
+        let buildkitd_flags = buildkitd_flags(g)?;
+        let files = DaemonFiles::read(a, mode, &buildkitd_flags)?;
+        let tls_secret = tls_secret(a, g)?;
+        let storage = storage(a)?;
+
+        Ok(Options {
+            name: a.name.clone(),
+            namespace: a.namespace.clone(),
+            kind: a.kind,
+            image,
+            replicas: a.replicas,
+            mode,
+            service_account: a.service_account.clone(),
+            scheduler_name: a.scheduler_name.clone(),
+            labels,
+            annotations,
+            node_selector,
+            tolerations,
+            resources,
+            qemu_image: a.qemu_install.then(|| a.qemu_image.clone()),
+            platforms,
+            buildkitd_flags,
+            bkrun_toml: files.bkrun_toml,
+            buildkitd_toml: files.buildkitd_toml,
+            tls_secret,
+            port: a.port,
+            allow_from_namespace,
+            storage,
+            state_dir: files
+                .state_dir
+                .unwrap_or_else(|| mode.state_dir().to_string()),
+            socket_dir: files
+                .socket_dir
+                .unwrap_or_else(|| mode.socket_dir().to_string()),
+        })
+    }
+}
+
+/// --name, --namespace and the flags that name other objects: each must be a name the API
+/// server accepts, refused here rather than by kubectl apply.
+fn check_names(a: &KubeArgs) -> Result<()> {
+    let limit = if a.kind == KubeKind::Statefulset {
+        // A StatefulSet's pods carry a controller-revision-hash label of NAME-<10 characters>,
+        // and a label value is at most 63 characters.
+        52
+    } else {
+        63
+    };
+    if !meta::dns_label(&a.name) || a.name.len() > limit {
+        bail!("--name {:?} is not a valid name: at most {limit} lowercase letters, digits and '-', starting and ending with a letter or digit", a.name);
+    }
+    if let Some(ns) = &a.namespace {
+        if !meta::dns_label(ns) {
+            bail!("--namespace {ns:?} is not a valid namespace: at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit");
+        }
+    }
+    for (flag, v) in [
+        ("--serviceaccount", &a.service_account),
+        ("--schedulername", &a.scheduler_name),
+        ("--tls-secret", &a.tls_secret),
+        ("--storage-class", &a.storage_class),
+    ] {
+        if let Some(v) = v {
+            if !meta::dns_subdomain(v) {
+                bail!("{flag} {v:?} is not a valid object name: lowercase letters, digits, '-' and '.'");
             }
         }
+    }
+    Ok(())
+}
+
+/// The daemon's image (our image for the mode unless --image names one); --qemu-image is
+/// checked here too, even when emulators are not installed, so a typo never waits for later.
+fn image(a: &KubeArgs, mode: PodMode) -> Result<String> {
+    let image = a.image.clone().unwrap_or_else(|| {
+        match mode {
+            PodMode::Privileged => "bkrun:privileged",
+            PodMode::Rootless => "bkrun:rootless",
+        }
+        .to_string()
+    });
+    for (flag, v) in [("--image", &image), ("--qemu-image", &a.qemu_image)] {
+        if v.is_empty() || v.chars().any(char::is_whitespace) {
+            bail!("{flag} {v:?} is not an image reference");
+        }
+    }
+    Ok(image)
+}
+
+/// --buildkitd-flags split as a shell would, refusing the flags the generator sets itself.
+fn buildkitd_flags(g: &GlobalArgs) -> Result<Vec<String>> {
+    let flags = match &g.buildkitd_flags {
+        Some(s) => shell_words::split(s).with_context(|| {
+            format!("--buildkitd-flags {s:?} cannot be split as a shell would: check its quotes")
+        })?,
+        None => Vec::new(),
+    };
+    for f in &flags {
+        let name = f.split('=').next().unwrap_or(f);
+        if matches!(
+            name,
+            "--addr" | "--root" | "--tlscert" | "--tlskey" | "--tlscacert"
+        ) {
+            bail!("--buildkitd-flags: {name} is set by bkrun kube (the listener, TLS and state dir come from --port, --tls-secret and the image): drop it");
+        }
+    }
+    Ok(flags)
+}
+
+/// The files shipped to the daemons (--bkrun-config, --buildkitd-config), read and checked,
+/// with the state and socket dirs the shipped bkrun.toml sets (None: the image's defaults).
+struct DaemonFiles {
+    bkrun_toml: Option<String>,
+    buildkitd_toml: Option<String>,
+    state_dir: Option<String>,
+    socket_dir: Option<String>,
+}
+
+impl DaemonFiles {
+    fn read(a: &KubeArgs, mode: PodMode, buildkitd_flags: &[String]) -> Result<DaemonFiles> {
         let bkrun_toml = read(a.bkrun_config.as_deref(), "--bkrun-config")?;
         let file_config = match &bkrun_toml {
             Some(text) => Some(config::parse_config(text).with_context(|| {
@@ -223,7 +290,7 @@ impl Options {
                         .display()
                 )
             })?;
-            if config::flag_value(&buildkitd_flags, "--config").is_some() {
+            if config::flag_value(buildkitd_flags, "--config").is_some() {
                 bail!("both --buildkitd-config and a --config in --buildkitd-flags name buildkitd's configuration: keep one of them");
             }
         }
@@ -232,65 +299,47 @@ impl Options {
                 fc,
                 mode,
                 buildkitd_toml.is_some()
-                    || config::flag_value(&buildkitd_flags, "--config").is_some(),
+                    || config::flag_value(buildkitd_flags, "--config").is_some(),
             )?,
             None => (None, None),
         };
-
-        let tls_secret = if g.insecure_plaintext {
-            if a.tls_secret.is_some() {
-                bail!("--tls-secret and --insecure-plaintext contradict each other: the daemons serve either mutual TLS or plaintext");
-            }
-            None
-        } else {
-            Some(
-                a.tls_secret
-                    .clone()
-                    .unwrap_or_else(|| format!("{}-tls", a.name)),
-            )
-        };
-
-        let storage = match &a.storage {
-            Some(size) => {
-                if a.kind != KubeKind::Statefulset {
-                    bail!("--storage gives each daemon a claim of its own, which only a StatefulSet has: add --kind statefulset, or drop --storage (a Deployment's daemons keep their cache in an emptyDir)");
-                }
-                let q = quantity::resource("--storage", size)?;
-                if q.value <= 0.0 {
-                    bail!("--storage {size:?} is empty: give a size such as 50Gi");
-                }
-                Some((q, a.storage_class.clone()))
-            }
-            None => None,
-        };
-
-        Ok(Options {
-            name: a.name.clone(),
-            namespace: a.namespace.clone(),
-            kind: a.kind,
-            image,
-            replicas: a.replicas,
-            mode,
-            service_account: a.service_account.clone(),
-            scheduler_name: a.scheduler_name.clone(),
-            labels,
-            annotations,
-            node_selector,
-            tolerations,
-            resources,
-            qemu_image: a.qemu_install.then(|| a.qemu_image.clone()),
-            platforms,
-            buildkitd_flags,
+        Ok(DaemonFiles {
             bkrun_toml,
             buildkitd_toml,
-            tls_secret,
-            port: a.port,
-            allow_from_namespace,
-            storage,
-            state_dir: state_dir.unwrap_or_else(|| mode.state_dir().to_string()),
-            socket_dir: socket_dir.unwrap_or_else(|| mode.socket_dir().to_string()),
+            state_dir,
+            socket_dir,
         })
     }
+}
+
+/// The TLS Secret the daemons mount: --tls-secret, or NAME-tls; None with --insecure-plaintext.
+fn tls_secret(a: &KubeArgs, g: &GlobalArgs) -> Result<Option<String>> {
+    if g.insecure_plaintext {
+        if a.tls_secret.is_some() {
+            bail!("--tls-secret and --insecure-plaintext contradict each other: the daemons serve either mutual TLS or plaintext");
+        }
+        return Ok(None);
+    }
+    Ok(Some(
+        a.tls_secret
+            .clone()
+            .unwrap_or_else(|| format!("{}-tls", a.name)),
+    ))
+}
+
+/// --storage's claim size and class, which only a StatefulSet can give each daemon.
+fn storage(a: &KubeArgs) -> Result<Option<(Quantity, Option<String>)>> {
+    let Some(size) = &a.storage else {
+        return Ok(None);
+    };
+    if a.kind != KubeKind::Statefulset {
+        bail!("--storage gives each daemon a claim of its own, which only a StatefulSet has: add --kind statefulset, or drop --storage (a Deployment's daemons keep their cache in an emptyDir)");
+    }
+    let q = quantity::resource("--storage", size)?;
+    if q.value <= 0.0 {
+        bail!("--storage {size:?} is empty: give a size such as 50Gi");
+    }
+    Ok(Some((q, a.storage_class.clone())))
 }
 
 fn read(path: Option<&Path>, flag: &str) -> Result<Option<String>> {

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::ocilayout::store::{BlobInfo, IngestStatus, StoreError};
+use crate::ocilayout::store::{BlobInfo, IngestStatus, StoreError, Writer};
 use crate::ocilayout::{Digest, LocalStore};
 use crate::proto::containerd::services::content::v1 as api;
 use api::content_server::{Content, ContentServer};
@@ -282,74 +282,24 @@ async fn write(
             "first message must have a reference",
         ));
     }
-    let fail = |e| status_of(&store, e);
+    // Opened by the first request and kept across the stream, so STAT, WRITE and COMMIT all act
+    // on the one ingest.
     let mut writer = None;
     let mut expected: Option<Digest> = None;
     loop {
         if !req.expected.is_empty() {
-            let d = digest(&req.expected)?;
-            // A blob already here need not be sent again: the daemon takes AlreadyExists as done.
-            if store.info(&d).is_ok() {
-                drop(writer.take());
-                let _ = store.abort(&reference);
-                return Err(Status::already_exists(format!(
-                    "blob with expected digest {d} exists"
-                )));
-            }
-            expected = Some(d);
+            expected = Some(not_here_yet(
+                &store,
+                &reference,
+                &req.expected,
+                &mut writer,
+            )?);
         }
-        let w = match writer.as_mut() {
-            Some(w) => w,
-            None => writer.insert(
-                store
-                    .writer(&reference, req.total.max(0) as u64, &req.expected)
-                    .await
-                    .map_err(fail)?,
-            ),
-        };
-        if req.total > 0 {
-            w.set_total(req.total as u64);
-        }
-        let action = api::WriteAction::try_from(req.action).map_err(|_| {
-            Status::invalid_argument(format!("unknown write action {}", req.action))
-        })?;
-        let before = w.status();
-        let mut resp = api::WriteContentResponse {
-            action: req.action,
-            offset: before.offset as i64,
-            ..Default::default()
-        };
-        match action {
-            api::WriteAction::Stat => {
-                resp.digest = w.digest().to_string();
-                resp.started_at = Some(before.started.into());
-                resp.updated_at = Some(before.updated.into());
-                resp.total = before.total as i64;
-            }
-            api::WriteAction::Write | api::WriteAction::Commit => {
-                if req.offset > 0 && req.offset as u64 != before.offset {
-                    return Err(Status::out_of_range(format!(
-                        "write @{} must occur at current offset {}",
-                        req.offset, before.offset
-                    )));
-                }
-                if req.offset == 0 && before.offset > 0 {
-                    w.truncate().await.map_err(fail)?;
-                }
-                if !req.data.is_empty() {
-                    w.write(&req.data).await.map_err(fail)?;
-                }
-                resp.offset = w.status().offset as i64;
-                if action == api::WriteAction::Commit {
-                    let w = writer.take().expect("writer is open");
-                    let total = w.status().total;
-                    let committed = w.commit(total, expected.as_ref()).await.map_err(fail)?;
-                    resp.digest = committed.to_string();
-                    let _ = tx.send(Ok(resp)).await;
-                    return Ok(());
-                }
-                resp.digest = w.digest().to_string();
-            }
+        let (resp, committed) =
+            answer(&store, &mut writer, &reference, &req, expected.as_ref()).await?;
+        if committed {
+            let _ = tx.send(Ok(resp)).await;
+            return Ok(());
         }
         if tx.send(Ok(resp)).await.is_err() {
             return Ok(());
@@ -359,6 +309,101 @@ async fn write(
             None => return Ok(()),
         }
     }
+}
+
+/// One request of a Write stream acted on, on the ingest `writer` holds (opened here by the
+/// first request): its answer, and whether it was a COMMIT that ended the ingest.
+async fn answer(
+    store: &Arc<LocalStore>,
+    writer: &mut Option<Writer>,
+    reference: &str,
+    req: &api::WriteContentRequest,
+    expected: Option<&Digest>,
+) -> Result<(api::WriteContentResponse, bool), Status> {
+    let fail = |e| status_of(store, e);
+    let w = match writer.as_mut() {
+        Some(w) => w,
+        None => writer.insert(
+            store
+                .writer(reference, req.total.max(0) as u64, &req.expected)
+                .await
+                .map_err(fail)?,
+        ),
+    };
+    if req.total > 0 {
+        w.set_total(req.total as u64);
+    }
+    let action = api::WriteAction::try_from(req.action)
+        .map_err(|_| Status::invalid_argument(format!("unknown write action {}", req.action)))?;
+    let before = w.status();
+    let mut resp = api::WriteContentResponse {
+        action: req.action,
+        offset: before.offset as i64,
+        ..Default::default()
+    };
+    match action {
+        api::WriteAction::Stat => {
+            resp.digest = w.digest().to_string();
+            resp.started_at = Some(before.started.into());
+            resp.updated_at = Some(before.updated.into());
+            resp.total = before.total as i64;
+        }
+        api::WriteAction::Write | api::WriteAction::Commit => {
+            resp.offset = append(store, w, req, before.offset).await? as i64;
+            if action == api::WriteAction::Commit {
+                let w = writer.take().expect("writer is open");
+                let total = w.status().total;
+                let committed = w.commit(total, expected).await.map_err(fail)?;
+                resp.digest = committed.to_string();
+                return Ok((resp, true));
+            }
+            resp.digest = w.digest().to_string();
+        }
+    }
+    Ok((resp, false))
+}
+
+/// The digest a request expects, parsed. A blob already here need not be sent again: the ingest
+/// is dropped and AlreadyExists returned, which the daemon takes as done.
+fn not_here_yet(
+    store: &LocalStore,
+    reference: &str,
+    expected: &str,
+    writer: &mut Option<Writer>,
+) -> Result<Digest, Status> {
+    let d = digest(expected)?;
+    if store.info(&d).is_ok() {
+        drop(writer.take());
+        let _ = store.abort(reference);
+        return Err(Status::already_exists(format!(
+            "blob with expected digest {d} exists"
+        )));
+    }
+    Ok(d)
+}
+
+/// A WRITE's (or COMMIT's) data appended at the ingest's offset `at`; an offset of 0 on a
+/// started ingest starts it over. Returns the offset after.
+async fn append(
+    store: &LocalStore,
+    w: &mut Writer,
+    req: &api::WriteContentRequest,
+    at: u64,
+) -> Result<u64, Status> {
+    let fail = |e| status_of(store, e);
+    if req.offset > 0 && req.offset as u64 != at {
+        return Err(Status::out_of_range(format!(
+            "write @{} must occur at current offset {}",
+            req.offset, at
+        )));
+    }
+    if req.offset == 0 && at > 0 {
+        w.truncate().await.map_err(fail)?;
+    }
+    if !req.data.is_empty() {
+        w.write(&req.data).await.map_err(fail)?;
+    }
+    Ok(w.status().offset)
 }
 
 #[cfg(test)]
