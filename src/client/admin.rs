@@ -9,6 +9,7 @@ use std::io::Write;
 use anyhow::Result;
 use tonic::transport::Channel;
 
+use super::errors::failed;
 use crate::gocompat::durations::go_duration;
 use crate::gocompat::sizes::{bytes, Digits};
 use crate::gocompat::tabwriter::{align, SPACES, TABS};
@@ -152,12 +153,6 @@ pub async fn run(channel: Channel, req: &Request, out: &mut impl Write) -> Resul
     }
     out.flush()?;
     Ok(())
-}
-
-/// Turns a gRPC error into one line in buildctl's words: what failed, then the daemon's reason.
-pub(super) fn failed(what: &'static str) -> impl FnOnce(tonic::Status) -> anyhow::Error {
-    // The status stays in the chain, so the caller can explain connection problems.
-    move |status| anyhow::Error::new(status).context(what)
 }
 
 /// `debug workers`: one line per worker, its ID and platforms.
