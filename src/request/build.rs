@@ -261,7 +261,13 @@ pub fn resolve(args: &BuildArgs, settings: &Settings, host: &dyn Host) -> Result
         local_projects: BTreeMap::new(),
     };
     // Last, so a flag's own mistake is named first; still before any daemon exists.
-    super::dests::check(&spec, host)?;
+    super::dests::check_outputs(&spec.outputs, host)?;
+    super::dests::check_files(
+        spec.metadata_file.as_deref(),
+        spec.ref_file.as_deref(),
+        spec.trace.as_deref(),
+        host,
+    )?;
     Ok(spec)
 }
 
