@@ -11,6 +11,8 @@ use crate::cli::GlobalArgs;
 use crate::daemon::mode::ModeArg;
 use crate::host::Host;
 
+pub mod listen;
+
 /// What a bkrun.toml may say. Unknown keys are refused so a typo never silently does nothing.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -322,18 +324,18 @@ impl Settings {
             None => Vec::new(),
         };
         // Settled here, before anything starts: an address off loopback without mutual TLS is
-        // refused whichever of these named it (src/listen.rs).
+        // refused whichever of these named it (src/config/listen.rs).
         let file_source = match &config_file {
             Some(p) => format!("buildkitd_flags in {}", p.display()),
             None => "buildkitd_flags in bkrun.toml".into(),
         };
-        crate::daemon::listen::check_daemon_flags(
+        listen::check_daemon_flags(
             &[
-                crate::daemon::listen::FlagSource {
+                listen::FlagSource {
                     name: file_source,
                     flags: &file_flags,
                 },
-                crate::daemon::listen::FlagSource {
+                listen::FlagSource {
                     name: env_source.into(),
                     flags: &env_flags,
                 },
