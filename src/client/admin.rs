@@ -52,6 +52,40 @@ pub struct Prune {
     pub verbose: bool,
 }
 
+/// `prune`'s limits as given, in buildctl's flags (src/cli/ maps them here): MB for the old
+/// names (--keep-storage, --keep-storage-min, --free-storage), bytes and nanoseconds for the
+/// new ones.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PruneFlags {
+    pub filters: Vec<String>,
+    pub all: bool,
+    pub verbose: bool,
+    pub keep_duration: Option<i64>,
+    pub keep_storage: Option<f64>,
+    pub keep_storage_min: Option<f64>,
+    pub free_storage: Option<f64>,
+    pub reserved_space: Option<i64>,
+    pub max_used_space: Option<i64>,
+    pub min_free_space: Option<i64>,
+}
+
+impl From<&PruneFlags> for Prune {
+    /// The request in the daemon's units: bytes and nanoseconds, 0 for "no limit".
+    fn from(f: &PruneFlags) -> Prune {
+        // buildctl truncates MB × 10⁶ to whole bytes.
+        let mb = |v: Option<f64>| v.map(|v| (v * 1e6) as i64);
+        Prune {
+            filters: f.filters.clone(),
+            all: f.all,
+            keep_duration: f.keep_duration.unwrap_or(0),
+            reserved_space: mb(f.keep_storage_min).or(f.reserved_space).unwrap_or(0),
+            max_used_space: mb(f.keep_storage).or(f.max_used_space).unwrap_or(0),
+            min_free_space: mb(f.free_storage).or(f.min_free_space).unwrap_or(0),
+            verbose: f.verbose,
+        }
+    }
+}
+
 /// Removes the daemon's local-source records, the snapshots of `--local` dirs it updates in place
 /// from one build to the next. A transfer cut off by SIGKILL leaves one with files and checksums
 /// that disagree, and every later build of that context fails to compute its cache key; dropped,

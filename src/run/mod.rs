@@ -303,7 +303,9 @@ async fn try_run(cli: Cli) -> Result<i32> {
             filters: l.filter.clone(),
             verbose: l.verbose,
         }),
-        Command::Prune(p) => Work::Admin(Request::Prune(p.to_request())),
+        Command::Prune(p) => {
+            Work::Admin(Request::Prune((&client::admin::PruneFlags::from(p)).into()))
+        }
         Command::PruneHistories { format } => Work::Admin(Request::PruneHistories {
             // Checked here, so a template bkrun cannot run fails before any daemon starts.
             format: format
