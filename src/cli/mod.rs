@@ -8,12 +8,13 @@ mod argv;
 mod build;
 mod kaniko;
 mod kube;
+mod plain;
 
-pub use crate::daemon::mode::ModeArg;
 pub use argv::{daemonless_sh_argv, go_style_flags};
 pub use build::BuildArgs;
 pub use kaniko::KanikoArgs;
 pub use kube::{KubeArgs, KubeKind};
+pub use plain::{parse, parse_build, parse_kaniko, parse_kube, DoctorFormat, ModeArg, WorkerArg};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -56,7 +57,7 @@ pub struct GlobalArgs {
     /// buildkitd's worker: oci (runc, the default) or containerd (the node's containerd runs
     /// the build containers and keeps the images).
     #[arg(long, global = true, value_enum)]
-    pub worker: Option<crate::config::WorkerArg>,
+    pub worker: Option<WorkerArg>,
     /// The containerd socket the containerd worker uses (default /run/containerd/containerd.sock).
     #[arg(long, global = true, value_name = "PATH")]
     pub containerd_address: Option<PathBuf>,
@@ -192,7 +193,7 @@ pub enum Command {
     Doctor {
         /// text, or json for tools.
         #[arg(long, value_enum, default_value = "text")]
-        format: crate::daemon::doctor::Format,
+        format: DoctorFormat,
     },
 }
 

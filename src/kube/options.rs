@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use k8s_openapi::api::core::v1::Toleration;
 
+use super::flags::{KubeFlags, KubeKind};
 use super::meta::{self, MapKind};
 use super::quantity::{self, Quantity};
-use crate::cli::{GlobalArgs, KubeArgs, KubeKind};
-use crate::config::{self, FileConfig};
+use crate::config::{self, FileConfig, GlobalFlags};
 use crate::daemon::mode::ModeArg;
 
 /// Where the files go in the pod, and what the daemon is told.
@@ -92,7 +92,7 @@ pub struct Options {
 
 /// The global flags that say how this machine runs or reaches a daemon mean nothing for the
 /// pods `bkrun kube` prints: refused by name rather than dropped, with what to use instead.
-fn refuse_local_globals(g: &GlobalArgs) -> Result<()> {
+fn refuse_local_globals(g: &GlobalFlags) -> Result<()> {
     if matches!(g.mode, Some(m) if m != crate::daemon::mode::ModeArg::Auto) {
         bail!("--mode (or BKRUN_MODE) chooses this machine's daemon mode, not the pods': use --rootless for rootless daemons, or unset BKRUN_MODE");
     }
@@ -122,7 +122,7 @@ fn refuse_local_globals(g: &GlobalArgs) -> Result<()> {
 
 impl Options {
     /// Checks every flag and reads the files they name.
-    pub fn from_args(a: &KubeArgs, g: &GlobalArgs) -> Result<Options> {
+    pub fn from_args(a: &KubeFlags, g: &GlobalFlags) -> Result<Options> {
         if g.config.is_some() {
             bail!("--config names the bkrun.toml this bkrun reads: to ship one to the daemons, give --bkrun-config FILE");
         }
@@ -325,7 +325,7 @@ fn check_file_config(
     Ok((dir(&fc.root), dir(&fc.socket_dir)))
 }
 
-fn resources(a: &KubeArgs) -> Result<Resources> {
+fn resources(a: &KubeFlags) -> Result<Resources> {
     let mut requests = BTreeMap::new();
     let mut limits = BTreeMap::new();
     for (name, req, lim) in [

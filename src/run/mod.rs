@@ -149,7 +149,7 @@ pub async fn run(cli: Cli) -> i32 {
 /// `bkrun kube`: the objects on stdout, and on stderr where clients connect and what the server
 /// certificate must name.
 fn kube(args: &crate::cli::KubeArgs, global: &crate::cli::GlobalArgs) -> Result<()> {
-    let options = crate::kube::Options::from_args(args, global)?;
+    let options = crate::kube::Options::from_args(&args.into(), &global.into())?;
     let text = crate::kube::yaml::render(&crate::kube::pool(&options))?;
     write_stdout(&text);
     let addrs = crate::kube::client_addresses(&options);
@@ -227,7 +227,7 @@ fn log(debug: bool, msg: impl FnOnce() -> String) {
 
 async fn try_run(cli: Cli) -> Result<i32> {
     let host = RealHost;
-    let mut settings = Settings::load(&cli.global, &host)?;
+    let mut settings = Settings::load(&(&cli.global).into(), &host)?;
     let work = match &cli.command {
         Command::Config => {
             let key = || {
@@ -248,7 +248,7 @@ async fn try_run(cli: Cli) -> Result<i32> {
         Command::Doctor { format } => {
             // Never starts a daemon: facts, verdicts and versions only.
             let report = doctor::Report::gather(&settings, &host);
-            let text = match format {
+            let text = match doctor::Format::from(*format) {
                 doctor::Format::Text => report.text(),
                 doctor::Format::Json => format!("{:#}\n", report.json()),
             };
@@ -267,11 +267,11 @@ async fn try_run(cli: Cli) -> Result<i32> {
         }
         Command::Build(args) => {
             // Settled here, before a daemon exists: a bad --output fails in milliseconds.
-            let n = request::docker::normalize(args, &mut std::io::stdin().lock())?;
+            let n = request::docker::normalize(&(&**args).into(), &mut std::io::stdin().lock())?;
             Work::Build(Box::new(build_job(n, &settings, &host)?))
         }
         Command::Kaniko(k) => {
-            let t = request::kaniko::translate(k)?;
+            let t = request::kaniko::translate(&(&**k).into())?;
             if !t.registries.is_empty() {
                 if let Some(r) = &settings.remote {
                     bail!("kaniko's registry flags (--insecure, --insecure-registry, --skip-tls-verify, --registry-mirror, --registry-certificate) configure the daemon bkrun starts; the daemon at {} (from {}) has its own configuration: drop them, or configure that daemon", r.shown(), r.source);

@@ -199,7 +199,7 @@ mod tests {
     #[test]
     fn config_shows_the_pool_and_which_daemon_the_key_picks() {
         let h = crate::host::fake::FakeHost::user();
-        let mut settings = Settings::load(&GlobalArgs::default(), &h).unwrap();
+        let mut settings = Settings::load(&Default::default(), &h).unwrap();
         settings.remote = Some(Remote {
             addrs: vec![
                 "tcp://a:1234".into(),
