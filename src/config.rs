@@ -7,9 +7,9 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::cli::GlobalArgs;
-use crate::daemon::mode::ModeArg;
 use crate::host::Host;
+
+pub mod listen;
 
 /// What a bkrun.toml may say. Unknown keys are refused so a typo never silently does nothing.
 #[derive(Debug, Default, Deserialize)]
@@ -125,8 +125,20 @@ impl DaemonConfig {
     }
 }
 
+/// The mode asked for: on the command line, in $BKRUN_MODE or in bkrun.toml (daemon::mode
+/// judges it against the host).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ModeArg {
+    #[default]
+    Auto,
+    Privileged,
+    Rootless,
+    RootlessStrict,
+}
+
 /// The worker asked for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum WorkerArg {
     Oci,
@@ -148,6 +160,36 @@ pub enum Worker {
         /// Where everything buildkitd hands containerd by path lives (None: the state dir).
         shared_dir: Option<PathBuf>,
     },
+}
+
+/// The global flags as plain values (src/cli/ maps its parsed flags into this): what
+/// [`Settings::load`] and the other commands read of the command line.
+#[derive(Debug, Clone, Default)]
+pub struct GlobalFlags {
+    pub mode: Option<ModeArg>,
+    pub root: Option<PathBuf>,
+    pub config: Option<PathBuf>,
+    pub buildkitd_flags: Option<String>,
+    pub ready_timeout: Option<f64>,
+    pub lock_timeout: Option<f64>,
+    pub worker: Option<WorkerArg>,
+    pub containerd_address: Option<PathBuf>,
+    pub containerd_namespace: Option<String>,
+    pub containerd_shared_dir: Option<PathBuf>,
+    pub debug: bool,
+    pub timeout: Option<f64>,
+    pub wait: bool,
+    pub addr: Vec<String>,
+    pub route_key: Option<String>,
+    pub tlscacert: Option<PathBuf>,
+    pub tlscert: Option<PathBuf>,
+    pub tlskey: Option<PathBuf>,
+    pub tlsservername: Option<String>,
+    pub tlsdir: Option<PathBuf>,
+    pub insecure_plaintext: bool,
+    pub connect_retry: Option<f64>,
+    /// Invoked as buildctl-daemonless.sh, which never reads BUILDKIT_HOST.
+    pub as_daemonless_sh: bool,
 }
 
 /// The effective settings for one run: flags over environment over bkrun.toml over defaults.
@@ -238,7 +280,7 @@ fn remote(values: &[String], source: AddrSource) -> Result<Remote> {
 /// a list or a pattern (src/pool/pattern.rs). Returns the daemons, if any, and why a
 /// BUILDKIT_HOST was not used; fails on a list that does not parse.
 pub fn choose_remote(
-    args: &GlobalArgs,
+    args: &GlobalFlags,
     host: &dyn Host,
     file: Option<&AddrList>,
 ) -> Result<(Option<Remote>, Option<String>)> {
@@ -305,7 +347,7 @@ pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(300);
 
 impl Settings {
-    pub fn load(args: &GlobalArgs, host: &dyn Host) -> Result<Settings> {
+    pub fn load(args: &GlobalFlags, host: &dyn Host) -> Result<Settings> {
         let (file, config_file) = match find_config(args, host) {
             Some(path) => (read_config(&path)?, Some(path)),
             None => (FileConfig::default(), None),
@@ -364,7 +406,7 @@ impl Settings {
 /// buildkitd's flags: bkrun.toml's `file_flags`, then those of --buildkitd-flags (or else
 /// BUILDKITD_FLAGS), each source checked by name for a listener it may not open.
 fn buildkitd_flags(
-    args: &GlobalArgs,
+    args: &GlobalFlags,
     host: &dyn Host,
     file_flags: Vec<String>,
     config_file: Option<&Path>,
@@ -387,13 +429,13 @@ fn buildkitd_flags(
         Some(p) => format!("buildkitd_flags in {}", p.display()),
         None => "buildkitd_flags in bkrun.toml".into(),
     };
-    crate::daemon::listen::check_daemon_flags(
+    listen::check_daemon_flags(
         &[
-            crate::daemon::listen::FlagSource {
+            listen::FlagSource {
                 name: file_source,
                 flags: &file_flags,
             },
-            crate::daemon::listen::FlagSource {
+            listen::FlagSource {
                 name: env_source.into(),
                 flags: &env_flags,
             },
@@ -409,7 +451,7 @@ fn buildkitd_flags(
 /// How long to wait for the daemon to serve, and which setting said so: --ready-timeout, then
 /// the shell wrapper's BUILDCTL_CONNECT_RETRIES_MAX, then bkrun.toml's `file_value`.
 fn ready_timeout(
-    args: &GlobalArgs,
+    args: &GlobalFlags,
     host: &dyn Host,
     file_value: Option<f64>,
 ) -> Result<(Duration, &'static str)> {
@@ -429,7 +471,7 @@ fn ready_timeout(
 
 /// The worker (--worker, else bkrun.toml's), with containerd's settings checked; the containerd
 /// settings without that worker are refused rather than ignored.
-fn worker(args: &GlobalArgs, file: &FileConfig) -> Result<Worker> {
+fn worker(args: &GlobalFlags, file: &FileConfig) -> Result<Worker> {
     match args.worker.or(file.worker) {
         Some(WorkerArg::Containerd) => containerd_worker(args, file),
         Some(WorkerArg::Oci) | None => {
@@ -452,7 +494,7 @@ fn worker(args: &GlobalArgs, file: &FileConfig) -> Result<Worker> {
 }
 
 /// The containerd worker's socket, namespace and shared dir: each flag over bkrun.toml's key.
-fn containerd_worker(args: &GlobalArgs, file: &FileConfig) -> Result<Worker> {
+fn containerd_worker(args: &GlobalFlags, file: &FileConfig) -> Result<Worker> {
     let address = args
         .containerd_address
         .clone()
@@ -528,7 +570,7 @@ pub fn flag_value(flags: &[String], name: &str) -> Option<String> {
     found
 }
 
-fn find_config(args: &GlobalArgs, host: &dyn Host) -> Option<PathBuf> {
+fn find_config(args: &GlobalFlags, host: &dyn Host) -> Option<PathBuf> {
     if let Some(p) = &args.config {
         return Some(p.clone());
     }
@@ -615,7 +657,7 @@ mod tests {
     }
 
     fn remote_of(
-        args: GlobalArgs,
+        args: GlobalFlags,
         env: Vec<(&'static str, &'static str)>,
         answering: Vec<&'static str>,
     ) -> (Option<Remote>, Option<String>) {
@@ -635,18 +677,18 @@ mod tests {
             ("BUILDKIT_HOST", IMAGE_HOST),
             ("XDG_RUNTIME_DIR", "/run/user/1000"),
         ];
-        let (r, why) = remote_of(GlobalArgs::default(), env.clone(), vec![]);
+        let (r, why) = remote_of(GlobalFlags::default(), env.clone(), vec![]);
         assert_eq!(r, None);
         assert!(why.unwrap().contains("no daemon answers there"));
         // A daemon serving there (a sidecar, `bkrun daemon`) is used.
         let (r, _) = remote_of(
-            GlobalArgs::default(),
+            GlobalFlags::default(),
             env.clone(),
             vec!["/run/user/1000/buildkit/buildkitd.sock"],
         );
         assert_eq!(r.unwrap().source, AddrSource::BuildkitHost);
         // As buildctl-daemonless.sh it is never read.
-        let script = GlobalArgs {
+        let script = GlobalFlags {
             as_daemonless_sh: true,
             ..Default::default()
         };
@@ -658,7 +700,7 @@ mod tests {
     #[test]
     fn other_addresses_mean_a_remote_daemon() {
         let (r, _) = remote_of(
-            GlobalArgs::default(),
+            GlobalFlags::default(),
             vec![("BUILDKIT_HOST", "tcp://buildkitd:1234")],
             vec![],
         );
@@ -670,32 +712,32 @@ mod tests {
             })
         );
         let (r, _) = remote_of(
-            GlobalArgs::default(),
+            GlobalFlags::default(),
             vec![("BUILDKIT_HOST", "unix:///shared/buildkitd.sock")],
             vec![],
         );
         assert_eq!(r.unwrap().source, AddrSource::BuildkitHost);
         // bkrun's own variable and the flag always win, even over the image's default.
         let (r, _) = remote_of(
-            GlobalArgs::default(),
+            GlobalFlags::default(),
             vec![("BKRUN_ADDR", IMAGE_HOST), ("BUILDKIT_HOST", "tcp://x:1")],
             vec![],
         );
         assert_eq!(r.unwrap().source, AddrSource::BkrunAddr);
-        let flag = GlobalArgs {
+        let flag = GlobalFlags {
             addr: vec![IMAGE_HOST.into()],
             ..Default::default()
         };
         let (r, _) = remote_of(flag, vec![], vec![]);
         assert_eq!(r.unwrap().source, AddrSource::Flag);
         // An emptied BUILDKIT_HOST (a pod can't unset an image's variable) is unset.
-        let (r, why) = remote_of(GlobalArgs::default(), vec![("BUILDKIT_HOST", "")], vec![]);
+        let (r, why) = remote_of(GlobalFlags::default(), vec![("BUILDKIT_HOST", "")], vec![]);
         assert_eq!((r, why), (None, None));
     }
 
     #[test]
     fn lists_and_patterns_name_a_pool_wherever_an_address_goes() {
-        let flags = GlobalArgs {
+        let flags = GlobalFlags {
             addr: vec!["tcp://a:1,tcp://b:1".into(), "tcp://c-{0..1}:1".into()],
             ..Default::default()
         };
@@ -707,7 +749,7 @@ mod tests {
         );
         assert!(r.is_pool() && r.shown().starts_with("a pool of 4 (tcp://a:1, "));
         let (r, _) = remote_of(
-            GlobalArgs::default(),
+            GlobalFlags::default(),
             vec![("BUILDKIT_HOST", "tcp://b-{0..2}.b:1234")],
             vec![],
         );
@@ -717,7 +759,7 @@ mod tests {
             env: vec![("BKRUN_ADDR", "tcp://b-{0,1}:1")],
             ..FakeHost::user()
         };
-        let e = choose_remote(&GlobalArgs::default(), &h, None).unwrap_err();
+        let e = choose_remote(&GlobalFlags::default(), &h, None).unwrap_err();
         assert!(e.to_string().contains("BKRUN_ADDR"), "{e}");
     }
 
@@ -729,19 +771,19 @@ mod tests {
             env,
             ..FakeHost::user()
         };
-        let (r, _) = choose_remote(&GlobalArgs::default(), &h(vec![]), Some(&file)).unwrap();
+        let (r, _) = choose_remote(&GlobalFlags::default(), &h(vec![]), Some(&file)).unwrap();
         let r = r.unwrap();
         assert_eq!(r.addrs, ["tcp://b-0:1", "tcp://b-1:1", "tcp://c:1"]);
         assert_eq!(r.source.to_string(), "addr in bkrun.toml");
         let env = vec![("BUILDKIT_HOST", "tcp://x:1")];
-        let (r, _) = choose_remote(&GlobalArgs::default(), &h(env), Some(&file)).unwrap();
+        let (r, _) = choose_remote(&GlobalFlags::default(), &h(env), Some(&file)).unwrap();
         assert_eq!(r.unwrap().source, AddrSource::BuildkitHost);
         // The image's default socket with no daemon there gives way to the file, and says so.
         let env = vec![
             ("BUILDKIT_HOST", IMAGE_HOST),
             ("XDG_RUNTIME_DIR", "/run/user/1000"),
         ];
-        let (r, why) = choose_remote(&GlobalArgs::default(), &h(env), Some(&file)).unwrap();
+        let (r, why) = choose_remote(&GlobalFlags::default(), &h(env), Some(&file)).unwrap();
         assert_eq!(r.unwrap().source, AddrSource::ConfigFile);
         assert!(why.unwrap().contains("uses addr in bkrun.toml"));
         let one = parse_config("addr = \"tcp://b:1\"").unwrap();
@@ -754,7 +796,7 @@ mod tests {
         let load = |text: &str, worker| {
             let path = dir.path().join("bkrun.toml");
             std::fs::write(&path, text).unwrap();
-            let args = GlobalArgs {
+            let args = GlobalFlags {
                 config: Some(path),
                 worker,
                 ..Default::default()
@@ -783,7 +825,7 @@ mod tests {
         let path = dir.path().join("bkrun.toml");
         let load = |file: &str, flag: Option<&str>, env: Vec<(&'static str, &'static str)>| {
             std::fs::write(&path, file).unwrap();
-            let args = GlobalArgs {
+            let args = GlobalFlags {
                 config: Some(path.clone()),
                 buildkitd_flags: flag.map(String::from),
                 ..Default::default()
@@ -831,7 +873,7 @@ mod tests {
         assert!(flags.iter().any(|f| f == "tcp://0.0.0.0:1234"), "{flags:?}");
         // --insecure-plaintext is the explicit way out.
         std::fs::write(&path, "").unwrap();
-        let args = GlobalArgs {
+        let args = GlobalFlags {
             config: Some(path.clone()),
             buildkitd_flags: Some(open.into()),
             insecure_plaintext: true,

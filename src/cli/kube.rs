@@ -126,3 +126,77 @@ pub struct KubeArgs {
     #[arg(long, value_name = "CLASS", requires = "storage")]
     pub storage_class: Option<String>,
 }
+
+impl From<KubeKind> for crate::kube::KubeKind {
+    fn from(k: KubeKind) -> Self {
+        match k {
+            KubeKind::Deployment => Self::Deployment,
+            KubeKind::Statefulset => Self::Statefulset,
+        }
+    }
+}
+
+impl From<&KubeArgs> for crate::kube::KubeFlags {
+    fn from(a: &KubeArgs) -> Self {
+        let KubeArgs {
+            name,
+            namespace,
+            kind,
+            image,
+            replicas,
+            rootless,
+            service_account,
+            scheduler_name,
+            labels,
+            annotations,
+            node_selector,
+            tolerations,
+            requests_cpu,
+            requests_memory,
+            requests_ephemeral_storage,
+            limits_cpu,
+            limits_memory,
+            limits_ephemeral_storage,
+            qemu_install,
+            qemu_image,
+            platforms,
+            bkrun_config,
+            buildkitd_config,
+            tls_secret,
+            port,
+            allow_from_namespace,
+            storage,
+            storage_class,
+        } = a.clone();
+        crate::kube::KubeFlags {
+            name,
+            namespace,
+            kind: kind.into(),
+            image,
+            replicas,
+            rootless,
+            service_account,
+            scheduler_name,
+            labels,
+            annotations,
+            node_selector,
+            tolerations,
+            requests_cpu,
+            requests_memory,
+            requests_ephemeral_storage,
+            limits_cpu,
+            limits_memory,
+            limits_ephemeral_storage,
+            qemu_install,
+            qemu_image,
+            platforms,
+            bkrun_config,
+            buildkitd_config,
+            tls_secret,
+            port,
+            allow_from_namespace,
+            storage,
+            storage_class,
+        }
+    }
+}

@@ -8,12 +8,13 @@ mod argv;
 mod build;
 mod kaniko;
 mod kube;
+mod plain;
 
-pub use crate::daemon::mode::ModeArg;
 pub use argv::{daemonless_sh_argv, go_style_flags};
 pub use build::BuildArgs;
 pub use kaniko::KanikoArgs;
 pub use kube::{KubeArgs, KubeKind};
+pub use plain::{parse, parse_build, parse_kaniko, parse_kube, DoctorFormat, ModeArg, WorkerArg};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -56,7 +57,7 @@ pub struct GlobalArgs {
     /// buildkitd's worker: oci (runc, the default) or containerd (the node's containerd runs
     /// the build containers and keeps the images).
     #[arg(long, global = true, value_enum)]
-    pub worker: Option<crate::config::WorkerArg>,
+    pub worker: Option<WorkerArg>,
     /// The containerd socket the containerd worker uses (default /run/containerd/containerd.sock).
     #[arg(long, global = true, value_name = "PATH")]
     pub containerd_address: Option<PathBuf>,
@@ -192,7 +193,7 @@ pub enum Command {
     Doctor {
         /// text, or json for tools.
         #[arg(long, value_enum, default_value = "text")]
-        format: crate::daemon::doctor::Format,
+        format: DoctorFormat,
     },
 }
 
@@ -250,21 +251,19 @@ pub struct PruneArgs {
     pub list: ListArgs,
 }
 
-impl PruneArgs {
-    /// The request in the daemon's units: bytes and nanoseconds, 0 for "no limit".
-    pub fn to_request(&self) -> crate::client::admin::Prune {
-        // buildctl truncates MB × 10⁶ to whole bytes.
-        let mb = |v: Option<f64>| v.map(|v| (v * 1e6) as i64);
-        crate::client::admin::Prune {
-            filters: self.list.filter.clone(),
-            all: self.all,
-            keep_duration: self.keep_duration.unwrap_or(0),
-            reserved_space: mb(self.keep_storage_min)
-                .or(self.reserved_space)
-                .unwrap_or(0),
-            max_used_space: mb(self.keep_storage).or(self.max_used_space).unwrap_or(0),
-            min_free_space: mb(self.free_storage).or(self.min_free_space).unwrap_or(0),
-            verbose: self.list.verbose,
+impl From<&PruneArgs> for crate::client::admin::PruneFlags {
+    fn from(p: &PruneArgs) -> Self {
+        crate::client::admin::PruneFlags {
+            filters: p.list.filter.clone(),
+            all: p.all,
+            verbose: p.list.verbose,
+            keep_duration: p.keep_duration,
+            keep_storage: p.keep_storage,
+            keep_storage_min: p.keep_storage_min,
+            free_storage: p.free_storage,
+            reserved_space: p.reserved_space,
+            max_used_space: p.max_used_space,
+            min_free_space: p.min_free_space,
         }
     }
 }
@@ -399,7 +398,7 @@ mod tests {
             panic!()
         };
         assert_eq!(
-            p.to_request(),
+            crate::client::admin::Prune::from(&crate::client::admin::PruneFlags::from(&p)),
             crate::client::admin::Prune {
                 filters: vec!["type==regular".into()],
                 all: true,

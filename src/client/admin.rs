@@ -9,6 +9,7 @@ use std::io::Write;
 use anyhow::Result;
 use tonic::transport::Channel;
 
+use super::errors::failed;
 use crate::gocompat::durations::go_duration;
 use crate::gocompat::sizes::{bytes, Digits};
 use crate::gocompat::tabwriter::{align, SPACES, TABS};
@@ -49,6 +50,40 @@ pub struct Prune {
     pub max_used_space: i64,
     pub min_free_space: i64,
     pub verbose: bool,
+}
+
+/// `prune`'s limits as given, in buildctl's flags (src/cli/ maps them here): MB for the old
+/// names (--keep-storage, --keep-storage-min, --free-storage), bytes and nanoseconds for the
+/// new ones.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PruneFlags {
+    pub filters: Vec<String>,
+    pub all: bool,
+    pub verbose: bool,
+    pub keep_duration: Option<i64>,
+    pub keep_storage: Option<f64>,
+    pub keep_storage_min: Option<f64>,
+    pub free_storage: Option<f64>,
+    pub reserved_space: Option<i64>,
+    pub max_used_space: Option<i64>,
+    pub min_free_space: Option<i64>,
+}
+
+impl From<&PruneFlags> for Prune {
+    /// The request in the daemon's units: bytes and nanoseconds, 0 for "no limit".
+    fn from(f: &PruneFlags) -> Prune {
+        // buildctl truncates MB × 10⁶ to whole bytes.
+        let mb = |v: Option<f64>| v.map(|v| (v * 1e6) as i64);
+        Prune {
+            filters: f.filters.clone(),
+            all: f.all,
+            keep_duration: f.keep_duration.unwrap_or(0),
+            reserved_space: mb(f.keep_storage_min).or(f.reserved_space).unwrap_or(0),
+            max_used_space: mb(f.keep_storage).or(f.max_used_space).unwrap_or(0),
+            min_free_space: mb(f.free_storage).or(f.min_free_space).unwrap_or(0),
+            verbose: f.verbose,
+        }
+    }
 }
 
 /// Removes the daemon's local-source records, the snapshots of `--local` dirs it updates in place
@@ -152,12 +187,6 @@ pub async fn run(channel: Channel, req: &Request, out: &mut impl Write) -> Resul
     }
     out.flush()?;
     Ok(())
-}
-
-/// Turns a gRPC error into one line in buildctl's words: what failed, then the daemon's reason.
-pub(super) fn failed(what: &'static str) -> impl FnOnce(tonic::Status) -> anyhow::Error {
-    // The status stays in the chain, so the caller can explain connection problems.
-    move |status| anyhow::Error::new(status).context(what)
 }
 
 /// `debug workers`: one line per worker, its ID and platforms.

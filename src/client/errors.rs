@@ -8,6 +8,12 @@ use crate::proto::errdefs::Source;
 use crate::proto::google::rpc::Status as RpcStatus;
 use crate::proto::{decode_json_detail, DETAIL_SOURCE};
 
+/// Turns a gRPC error into one line in buildctl's words: what failed, then the daemon's reason.
+pub(super) fn failed(what: &'static str) -> impl FnOnce(tonic::Status) -> anyhow::Error {
+    // The status stays in the chain, so the caller can explain connection problems.
+    move |status| anyhow::Error::new(status).context(what)
+}
+
 /// The source locations attached to an error, outermost last (as buildctl prints them).
 pub fn sources(status: &tonic::Status) -> Vec<Source> {
     let Ok(rpc) = RpcStatus::decode(status.details()) else {

@@ -11,6 +11,7 @@ use anyhow::{bail, Result};
 use prost_types::Timestamp;
 use tonic::transport::Channel;
 
+use super::errors::failed;
 use crate::gocompat::tabwriter::{align, TABS};
 use crate::gocompat::template::{Field, Template, Value};
 use crate::gocompat::times::rfc3339_local;
@@ -36,14 +37,14 @@ pub async fn prune(
             ..Default::default()
         })
         .await
-        .map_err(super::admin::failed("failed to list build histories"))?
+        .map_err(failed("failed to list build histories"))?
         .into_inner();
     let mut header = Some(HEADER);
     let mut errors = Vec::new();
     while let Some(ev) = stream
         .message()
         .await
-        .map_err(super::admin::failed("listing build histories stopped"))?
+        .map_err(failed("listing build histories stopped"))?
     {
         let Some(r) = ev.record.as_ref().filter(|r| !r.pinned) else {
             continue;

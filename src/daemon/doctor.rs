@@ -14,7 +14,7 @@ use crate::daemon::mode::{self, ModeArg, Verdict};
 use crate::host::{parse_cap_names, Host, NsProbe, Privilege};
 
 /// Output format of `bkrun doctor`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Format {
     #[default]
     Text,
@@ -509,7 +509,7 @@ pub fn parse_version(text: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::GlobalArgs;
+    use crate::config::GlobalFlags;
     use crate::host::fake::FakeHost;
 
     #[test]
@@ -566,7 +566,7 @@ mod tests {
     }
 
     fn report(h: &FakeHost) -> Report {
-        let s = Settings::load(&GlobalArgs::default(), h).unwrap();
+        let s = Settings::load(&GlobalFlags::default(), h).unwrap();
         Report::gather(&s, h)
     }
 

@@ -4,7 +4,6 @@ pub mod diagnose;
 pub mod doctor;
 pub mod facts;
 pub mod leases;
-pub mod listen;
 pub mod mode;
 pub mod nodepaths;
 pub mod nsinit;

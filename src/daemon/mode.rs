@@ -8,16 +8,8 @@ use nix::errno::Errno;
 use super::facts::{Facts, IdMapTool};
 use crate::host::{Privilege, CAP_SYS_ADMIN};
 
-/// The mode asked for: on the command line, in $BKRUN_MODE or in bkrun.toml.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ModeArg {
-    #[default]
-    Auto,
-    Privileged,
-    Rootless,
-    RootlessStrict,
-}
+/// The mode asked for, a setting (config.rs), judged here.
+pub use crate::config::ModeArg;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {

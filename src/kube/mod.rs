@@ -20,13 +20,13 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use sha2::{Digest, Sha256};
 
-use crate::cli::KubeKind;
-
+pub mod flags;
 pub mod meta;
 pub mod options;
 pub mod quantity;
 pub mod yaml;
 
+pub use flags::{KubeFlags, KubeKind};
 pub use options::{Options, PodMode};
 
 use options::{BKRUN_CONFIG_DIR, BUILDKITD_CONFIG_DIR, CERTS_DIR, ROOTLESS_UID};

@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use k8s_openapi::api::core::v1::Toleration;
 
+use super::flags::{KubeFlags, KubeKind};
 use super::meta::{self, MapKind};
 use super::quantity::{self, Quantity};
-use crate::cli::{GlobalArgs, KubeArgs, KubeKind};
-use crate::config::{self, FileConfig};
+use crate::config::{self, FileConfig, GlobalFlags};
 use crate::daemon::mode::ModeArg;
 
 /// Where the files go in the pod, and what the daemon is told.
@@ -92,7 +92,7 @@ pub struct Options {
 
 /// The global flags that say how this machine runs or reaches a daemon mean nothing for the
 /// pods `bkrun kube` prints: refused by name rather than dropped, with what to use instead.
-fn refuse_local_globals(g: &GlobalArgs) -> Result<()> {
+fn refuse_local_globals(g: &GlobalFlags) -> Result<()> {
     if matches!(g.mode, Some(m) if m != crate::daemon::mode::ModeArg::Auto) {
         bail!("--mode (or BKRUN_MODE) chooses this machine's daemon mode, not the pods': use --rootless for rootless daemons, or unset BKRUN_MODE");
     }
@@ -123,7 +123,7 @@ fn refuse_local_globals(g: &GlobalArgs) -> Result<()> {
 impl Options {
     /// Checks every flag and reads the files they name. The checks run in the order the flags
     /// are described to the user, so the first refusal is the one a reader expects.
-    pub fn from_args(a: &KubeArgs, g: &GlobalArgs) -> Result<Options> {
+    pub fn from_args(a: &KubeFlags, g: &GlobalFlags) -> Result<Options> {
         if g.config.is_some() {
             bail!("--config names the bkrun.toml this bkrun reads: to ship one to the daemons, give --bkrun-config FILE");
         }
@@ -189,7 +189,7 @@ impl Options {
 
 /// --name, --namespace and the flags that name other objects: each must be a name the API
 /// server accepts, refused here rather than by kubectl apply.
-fn check_names(a: &KubeArgs) -> Result<()> {
+fn check_names(a: &KubeFlags) -> Result<()> {
     let limit = if a.kind == KubeKind::Statefulset {
         // A StatefulSet's pods carry a controller-revision-hash label of NAME-<10 characters>,
         // and a label value is at most 63 characters.
@@ -222,7 +222,7 @@ fn check_names(a: &KubeArgs) -> Result<()> {
 
 /// The daemon's image (our image for the mode unless --image names one); --qemu-image is
 /// checked here too, even when emulators are not installed, so a typo never waits for later.
-fn image(a: &KubeArgs, mode: PodMode) -> Result<String> {
+fn image(a: &KubeFlags, mode: PodMode) -> Result<String> {
     let image = a.image.clone().unwrap_or_else(|| {
         match mode {
             PodMode::Privileged => "bkrun:privileged",
@@ -239,7 +239,7 @@ fn image(a: &KubeArgs, mode: PodMode) -> Result<String> {
 }
 
 /// --buildkitd-flags split as a shell would, refusing the flags the generator sets itself.
-fn buildkitd_flags(g: &GlobalArgs) -> Result<Vec<String>> {
+fn buildkitd_flags(g: &GlobalFlags) -> Result<Vec<String>> {
     let flags = match &g.buildkitd_flags {
         Some(s) => shell_words::split(s).with_context(|| {
             format!("--buildkitd-flags {s:?} cannot be split as a shell would: check its quotes")
@@ -268,7 +268,7 @@ struct DaemonFiles {
 }
 
 impl DaemonFiles {
-    fn read(a: &KubeArgs, mode: PodMode, buildkitd_flags: &[String]) -> Result<DaemonFiles> {
+    fn read(a: &KubeFlags, mode: PodMode, buildkitd_flags: &[String]) -> Result<DaemonFiles> {
         let bkrun_toml = read(a.bkrun_config.as_deref(), "--bkrun-config")?;
         let file_config = match &bkrun_toml {
             Some(text) => Some(config::parse_config(text).with_context(|| {
@@ -313,7 +313,7 @@ impl DaemonFiles {
 }
 
 /// The TLS Secret the daemons mount: --tls-secret, or NAME-tls; None with --insecure-plaintext.
-fn tls_secret(a: &KubeArgs, g: &GlobalArgs) -> Result<Option<String>> {
+fn tls_secret(a: &KubeFlags, g: &GlobalFlags) -> Result<Option<String>> {
     if g.insecure_plaintext {
         if a.tls_secret.is_some() {
             bail!("--tls-secret and --insecure-plaintext contradict each other: the daemons serve either mutual TLS or plaintext");
@@ -328,7 +328,7 @@ fn tls_secret(a: &KubeArgs, g: &GlobalArgs) -> Result<Option<String>> {
 }
 
 /// --storage's claim size and class, which only a StatefulSet can give each daemon.
-fn storage(a: &KubeArgs) -> Result<Option<(Quantity, Option<String>)>> {
+fn storage(a: &KubeFlags) -> Result<Option<(Quantity, Option<String>)>> {
     let Some(size) = &a.storage else {
         return Ok(None);
     };
@@ -374,7 +374,7 @@ fn check_file_config(
     Ok((dir(&fc.root), dir(&fc.socket_dir)))
 }
 
-fn resources(a: &KubeArgs) -> Result<Resources> {
+fn resources(a: &KubeFlags) -> Result<Resources> {
     let mut requests = BTreeMap::new();
     let mut limits = BTreeMap::new();
     for (name, req, lim) in [

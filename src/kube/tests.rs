@@ -3,7 +3,6 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use clap::Parser;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Container, PodSpec, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -12,20 +11,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::*;
-use crate::cli::{Cli, Command};
-
-fn cli(args: &[&str]) -> Cli {
-    let mut argv = vec!["bkrun"];
-    argv.extend(args);
-    Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{args:?}: {e}"))
-}
+use crate::cli::Command;
 
 fn options(args: &[&str]) -> anyhow::Result<Options> {
-    let c = cli(args);
-    let Command::Kube(k) = &c.command else {
-        panic!("not kube: {args:?}")
-    };
-    Options::from_args(k, &c.global)
+    let mut argv = vec!["bkrun"];
+    argv.extend(args);
+    let (k, g) = crate::cli::parse_kube(argv).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    Options::from_args(&k, &g)
 }
 
 fn ok(args: &[&str]) -> Options {
@@ -315,7 +307,7 @@ fn the_daemons_command_line_is_one_bkrun_accepts() {
     let args = daemon(&p).args.clone().unwrap();
     let mut argv = vec!["bkrun".to_string()];
     argv.extend(args);
-    let c = Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+    let c = crate::cli::parse(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
     let Command::Daemon(d) = c.command else {
         panic!("{argv:?}")
     };
@@ -340,7 +332,7 @@ fn the_daemons_command_line_is_one_bkrun_accepts() {
     assert_eq!(o.platforms, ["linux/amd64", "linux/arm64"]);
     // The probe is a bkrun command line too, asking the daemon's own socket.
     let probe = readiness_command(&o);
-    let c = Cli::try_parse_from(&probe).unwrap();
+    let c = crate::cli::parse(&probe).unwrap();
     assert_eq!(c.global.addr, ["unix:///run/buildkit/buildkitd.sock"]);
     assert!(matches!(c.command, Command::Debug { .. }));
     assert_eq!(
@@ -859,16 +851,14 @@ fn reserved_and_malformed_keys_are_refused_by_name() {
     assert!(e.contains("--addr is set by bkrun kube"), "{e}");
     let e = refused(&["kube", "--buildkitd-flags", "--debug 'x"]);
     assert!(e.contains("cannot be split"), "{e}");
-    assert!(Cli::try_parse_from(["bkrun", "kube", "--replicas", "-1"]).is_err());
-    assert!(Cli::try_parse_from(["bkrun", "kube", "--port", "0"]).is_err());
-    assert!(Cli::try_parse_from(["bkrun", "kube", "--kind", "daemonset"]).is_err());
-    assert!(Cli::try_parse_from(["bkrun", "kube", "--storage-class", "x"]).is_err());
+    assert!(crate::cli::parse(["bkrun", "kube", "--replicas", "-1"]).is_err());
+    assert!(crate::cli::parse(["bkrun", "kube", "--port", "0"]).is_err());
+    assert!(crate::cli::parse(["bkrun", "kube", "--kind", "daemonset"]).is_err());
+    assert!(crate::cli::parse(["bkrun", "kube", "--storage-class", "x"]).is_err());
 }
 
 #[test]
 fn flags_about_this_machines_daemon_are_refused_by_name() {
-    use crate::cli::{Cli, Command};
-    use clap::Parser;
     for (argv, flag) in [
         (
             &["bkrun", "--root", "/x", "kube"][..],
@@ -877,11 +867,8 @@ fn flags_about_this_machines_daemon_are_refused_by_name() {
         (&["bkrun", "kube", "--addr", "tcp://b:1"], "--addr is about"),
         (&["bkrun", "kube", "--mode", "rootless"], "use --rootless"),
     ] {
-        let cli = Cli::try_parse_from(argv).unwrap();
-        let Command::Kube(k) = &cli.command else {
-            panic!("{argv:?}")
-        };
-        let e = Options::from_args(k, &cli.global).unwrap_err().to_string();
+        let (k, g) = crate::cli::parse_kube(argv).unwrap();
+        let e = Options::from_args(&k, &g).unwrap_err().to_string();
         assert!(e.contains(flag), "{argv:?}: {e}");
     }
 }

@@ -11,13 +11,13 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 
 use super::cache::{self, CacheExport, CacheImport};
+use super::flags::BuildFlags;
 use super::output::{self, check_parent, Destination, Output};
 use super::progress::{self, ProgressSpec};
 use super::registry::{self, RegistryAuth};
 use super::secret::{self, Secret};
 use super::ssh::{self, SshAgent};
 use super::{clip, clip_path, clip_quoted, dockerconfig, entitlement, header_safe, policy};
-use crate::cli::BuildArgs;
 use crate::config::Settings;
 use crate::host::Host;
 use crate::proto::moby::buildkit::v1::sourcepolicy::Policy;
@@ -64,7 +64,7 @@ impl BuildSpec {
 
 /// Settles a build from its flags, bkrun.toml's `settings` and the `host`: every check that can
 /// fail does so here, in milliseconds, before a daemon exists.
-pub fn resolve(args: &BuildArgs, settings: &Settings, host: &dyn Host) -> Result<BuildSpec> {
+pub fn resolve(args: &BuildFlags, settings: &Settings, host: &dyn Host) -> Result<BuildSpec> {
     // buildctl reads these with os.LookupEnv, where an empty value is still a value.
     let env_raw = |k: &str| host.env_raw(k);
     let env = |k: &str| host.env(k);
@@ -261,7 +261,13 @@ pub fn resolve(args: &BuildArgs, settings: &Settings, host: &dyn Host) -> Result
         local_projects: BTreeMap::new(),
     };
     // Last, so a flag's own mistake is named first; still before any daemon exists.
-    super::dests::check(&spec, host)?;
+    super::dests::check_outputs(&spec.outputs, host)?;
+    super::dests::check_files(
+        spec.metadata_file.as_deref(),
+        spec.ref_file.as_deref(),
+        spec.trace.as_deref(),
+        host,
+    )?;
     Ok(spec)
 }
 
@@ -359,19 +365,19 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("bkrun.toml");
         std::fs::write(&path, toml).unwrap();
-        let args = crate::cli::GlobalArgs {
+        let args = crate::config::GlobalFlags {
             config: Some(path),
             ..Default::default()
         };
         Settings::load(&args, &FakeHost::user()).unwrap()
     }
 
-    fn parse(args: &BuildArgs) -> Result<BuildSpec> {
+    fn parse(args: &BuildFlags) -> Result<BuildSpec> {
         resolve(args, &settings(""), &FakeHost::user())
     }
 
-    fn build_args() -> BuildArgs {
-        BuildArgs {
+    fn build_args() -> BuildFlags {
+        BuildFlags {
             frontend: Some("dockerfile.v0".into()),
             progress: "auto".into(),
             ..Default::default()
@@ -380,7 +386,7 @@ mod tests {
 
     #[test]
     fn unsupported_flags_are_refused_not_ignored() {
-        let args = BuildArgs {
+        let args = BuildFlags {
             proxy_network: true,
             frontend: Some("x".into()),
             progress: "auto".into(),
@@ -415,7 +421,7 @@ mod tests {
 
     #[test]
     fn opts_need_a_value() {
-        let args = BuildArgs {
+        let args = BuildFlags {
             opt: vec!["target".into()],
             frontend: Some("x".into()),
             progress: "auto".into(),
@@ -426,7 +432,7 @@ mod tests {
 
     #[test]
     fn locals_must_exist() {
-        let args = BuildArgs {
+        let args = BuildFlags {
             local: vec!["context=/no/such/dir".into()],
             progress: "auto".into(),
             ..Default::default()
@@ -441,43 +447,43 @@ mod tests {
     fn local_names_and_ids_are_checked() {
         let d = tempfile::tempdir().unwrap();
         let dir = d.path().display().to_string();
-        let with = |a: BuildArgs| resolve(&a, &settings(""), &FakeHost::user());
-        let e = with(BuildArgs {
+        let with = |a: BuildFlags| resolve(&a, &settings(""), &FakeHost::user());
+        let e = with(BuildFlags {
             local: vec![format!("={dir}")],
             ..build_args()
         })
         .unwrap_err()
         .to_string();
         assert!(e.starts_with("--local: the name before = is empty"), "{e}");
-        let e = with(BuildArgs {
+        let e = with(BuildFlags {
             local: vec!["context=".into()],
             ..build_args()
         })
         .unwrap_err()
         .to_string();
         assert!(e.contains("has no directory"), "{e}");
-        let e = with(BuildArgs {
+        let e = with(BuildFlags {
             local: vec![format!("a\nb={dir}")],
             ..build_args()
         })
         .unwrap_err()
         .to_string();
         assert!(e.contains("control characters") && !e.contains('\n'), "{e}");
-        let e = with(BuildArgs {
+        let e = with(BuildFlags {
             local: vec![format!("context={dir}"), format!("context={dir}")],
             ..build_args()
         })
         .unwrap_err()
         .to_string();
         assert!(e.contains("given twice"), "{e}");
-        let e = with(BuildArgs {
+        let e = with(BuildFlags {
             oci_layout: vec![format!("bäse={dir}")],
             ..build_args()
         })
         .unwrap_err()
         .to_string();
         assert!(e.starts_with("--oci-layout: the id"), "{e}");
-        let e = with(BuildArgs {
+        let e = with(BuildFlags {
             opt: vec!["=x".into()],
             ..build_args()
         })
@@ -486,7 +492,7 @@ mod tests {
         assert!(e.contains("KEY=VALUE"), "{e}");
         let f = d.path().join("s");
         std::fs::write(&f, "pw12").unwrap();
-        let e = with(BuildArgs {
+        let e = with(BuildFlags {
             secret: vec![
                 format!("id=a,src={}", f.display()),
                 format!("id=a,src={}", f.display()),
@@ -500,7 +506,7 @@ mod tests {
 
     #[test]
     fn progress_modes() {
-        let args = BuildArgs {
+        let args = BuildFlags {
             progress: "fancy".into(),
             ..Default::default()
         };
@@ -556,7 +562,7 @@ mod tests {
             tty: true,
             ..FakeHost::user()
         };
-        let args = BuildArgs {
+        let args = BuildFlags {
             output: vec!["type=tar".into()],
             ..build_args()
         };
@@ -564,7 +570,7 @@ mod tests {
         assert!(e.contains("would write a tarball to the terminal"), "{e}");
         let spec = resolve(&build_args(), &settings(""), &tty).unwrap();
         assert_eq!(spec.progress.mode, crate::progress::Mode::Tty);
-        let args = BuildArgs {
+        let args = BuildFlags {
             progress: "tty".into(),
             ..build_args()
         };

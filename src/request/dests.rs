@@ -4,26 +4,14 @@ use std::path::Path;
 
 use anyhow::{bail, Result};
 
-use super::build::BuildSpec;
 use super::docker::AfterBuild;
 use super::output::{Destination, Output};
 use crate::host::Host;
 use crate::outputs::tree::DirTarget;
 use crate::outputs::{file_target, FileTarget};
 
-/// Checks the outputs, `--metadata-file`, `--ref-file` and `--trace` of `spec`.
-pub fn check(spec: &BuildSpec, host: &dyn Host) -> Result<()> {
-    check_outputs(&spec.outputs, host)?;
-    check_files(
-        spec.metadata_file.as_deref(),
-        spec.ref_file.as_deref(),
-        spec.trace.as_deref(),
-        host,
-    )
-}
-
 /// Checks the files written after the build (buildx's --iidfile, kaniko's digest files) as
-/// `check` checks the others.
+/// [`check_files`] checks the others.
 pub fn check_after(after: &AfterBuild, host: &dyn Host) -> Result<()> {
     let files = [
         ("--iidfile", &after.iidfile),
@@ -45,7 +33,8 @@ pub fn check_after(after: &AfterBuild, host: &dyn Host) -> Result<()> {
     Ok(())
 }
 
-fn check_outputs(outputs: &[Output], host: &dyn Host) -> Result<()> {
+/// Checks the outputs a build writes (`--output`).
+pub fn check_outputs(outputs: &[Output], host: &dyn Host) -> Result<()> {
     for out in outputs {
         let what = |d: &Path| format!("--output type={},dest={}", out.kind, d.display());
         match out.destination() {
@@ -61,7 +50,8 @@ fn check_outputs(outputs: &[Output], host: &dyn Host) -> Result<()> {
     Ok(())
 }
 
-fn check_files(
+/// Checks `--metadata-file`, `--ref-file` and `--trace`.
+pub fn check_files(
     metadata: Option<&Path>,
     ref_file: Option<&Path>,
     trace: Option<&Path>,

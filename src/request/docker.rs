@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 use super::csv;
-use crate::cli::BuildArgs;
+use super::flags::BuildFlags;
 
 /// Files written from the exporter's response once the build succeeded (buildx's --iidfile,
 /// kaniko's digest files).
@@ -25,7 +25,7 @@ pub struct AfterBuild {
 /// A command line in buildctl's grammar, with what else the original asked for.
 #[derive(Debug, Default)]
 pub struct Normalized {
-    pub args: BuildArgs,
+    pub args: BuildFlags,
     pub after: AfterBuild,
     /// One-line notices, printed before the build (what was read differently, or ignored).
     pub notes: Vec<String>,
@@ -34,7 +34,7 @@ pub struct Normalized {
 }
 
 /// The flags that only the docker-style grammar has, with whether each is set.
-fn docker_only(a: &BuildArgs) -> Vec<&'static str> {
+fn docker_only(a: &BuildFlags) -> Vec<&'static str> {
     [
         ("--tag", !a.tag.is_empty()),
         ("--file", a.file.is_some()),
@@ -69,7 +69,7 @@ fn docker_only(a: &BuildArgs) -> Vec<&'static str> {
 /// Rewrites `args` into buildctl's grammar. Docker-style when a context PATH is given; else
 /// buildctl's grammar with `--build-arg` and a `--local dockerfile=FILE` taken as GitLab's
 /// documentation uses them. `stdin` is read only for a `-` context or `-f -`.
-pub fn normalize(args: &BuildArgs, stdin: &mut dyn Read) -> Result<Normalized> {
+pub fn normalize(args: &BuildFlags, stdin: &mut dyn Read) -> Result<Normalized> {
     let mut n = Normalized {
         args: args.clone(),
         ..Default::default()
@@ -133,7 +133,7 @@ fn dockerfile_file_as_dir(n: &mut Normalized) -> Result<()> {
 }
 
 fn docker_style(
-    args: &BuildArgs,
+    args: &BuildFlags,
     context: &str,
     stdin: &mut dyn Read,
     n: &mut Normalized,
@@ -355,7 +355,7 @@ fn ram_bytes(s: &str) -> Result<u64> {
 }
 
 /// --provenance and --attest, for what the daemon makes itself (no scanner image).
-fn attestations(args: &BuildArgs, a: &mut BuildArgs) -> Result<()> {
+fn attestations(args: &BuildFlags, a: &mut BuildFlags) -> Result<()> {
     let mut provenance = match args.provenance.as_deref() {
         None | Some("false") => None,
         Some("true") | Some("") => Some("mode=min".to_string()),
@@ -386,7 +386,7 @@ fn attestations(args: &BuildArgs, a: &mut BuildArgs) -> Result<()> {
 }
 
 /// buildx's outputs: `-o DIR` and `-o -` shorthands, `type=registry`, names from `-t`, `--push`.
-fn outputs(args: &BuildArgs, n: &mut Normalized) -> Result<()> {
+fn outputs(args: &BuildFlags, n: &mut Normalized) -> Result<()> {
     let quoted_names = || format!("\"name={}\"", args.tag.join(","));
     let mut outs = Vec::new();
     for o in &args.output {
@@ -483,15 +483,11 @@ fn annotation_attrs(annotations: &[String]) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
 
-    fn args(line: &[&str]) -> BuildArgs {
+    fn args(line: &[&str]) -> BuildFlags {
         let mut argv = vec!["bkrun", "build"];
         argv.extend(line);
-        match crate::cli::Cli::try_parse_from(argv).unwrap().command {
-            crate::cli::Command::Build(b) => *b,
-            other => panic!("{other:?}"),
-        }
+        crate::cli::parse_build(argv).unwrap()
     }
 
     fn ctx() -> tempfile::TempDir {

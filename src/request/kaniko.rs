@@ -7,7 +7,7 @@ use super::{clip, clip_quoted};
 use anyhow::{bail, Context, Result};
 
 use super::docker::{AfterBuild, Normalized};
-use crate::cli::{BuildArgs, KanikoArgs};
+use super::flags::{BuildFlags, KanikoFlags};
 use crate::config::RegistryConfig;
 
 /// kaniko's command line as buildctl's, with the registry settings it implies.
@@ -40,10 +40,10 @@ pub fn repository(image: &str) -> &str {
     }
 }
 
-pub fn translate(k: &KanikoArgs) -> Result<Translated> {
+pub fn translate(k: &KanikoFlags) -> Result<Translated> {
     let mut notes = Vec::new();
     let mut registries: BTreeMap<String, RegistryConfig> = BTreeMap::new();
-    let mut a = BuildArgs {
+    let mut a = BuildFlags {
         frontend: Some("dockerfile.v0".into()),
         progress: "plain".into(),
         ..Default::default()
@@ -256,15 +256,11 @@ pub fn translate(k: &KanikoArgs) -> Result<Translated> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
 
-    fn kaniko(line: &[&str]) -> KanikoArgs {
+    fn kaniko(line: &[&str]) -> KanikoFlags {
         let mut argv = vec!["bkrun", "kaniko"];
         argv.extend(line);
-        match crate::cli::Cli::try_parse_from(argv).unwrap().command {
-            crate::cli::Command::Kaniko(k) => *k,
-            other => panic!("{other:?}"),
-        }
+        crate::cli::parse_kaniko(argv).unwrap()
     }
 
     #[test]

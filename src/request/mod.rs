@@ -7,6 +7,7 @@ pub mod dests;
 pub mod docker;
 pub mod dockerconfig;
 pub mod entitlement;
+pub mod flags;
 pub mod kaniko;
 pub mod output;
 pub mod policy;

@@ -3,8 +3,8 @@
 use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence};
 
+use super::flags::BuildFlags;
 use super::{build, cache, csv, output, secret, ssh};
-use crate::cli::BuildArgs;
 use crate::config::Settings;
 use crate::host::fake::FakeHost;
 
@@ -177,7 +177,7 @@ proptest! {
         import_cache in prop::collection::vec(value(), 0..2),
         export_cache in prop::collection::vec(value(), 0..2),
     ) {
-        let args = BuildArgs {
+        let args = BuildFlags {
             frontend: Some("dockerfile.v0".into()),
             progress: "plain".into(),
             local,
@@ -205,7 +205,7 @@ fn settings() -> Settings {
     let d = tempfile::tempdir().unwrap();
     let path = d.path().join("bkrun.toml");
     std::fs::write(&path, "").unwrap();
-    let args = crate::cli::GlobalArgs {
+    let args = crate::config::GlobalFlags {
         config: Some(path),
         ..Default::default()
     };
@@ -289,7 +289,6 @@ proptest! {
         pairs in flags(BUILD_FLAGS),
         docker_style in any::<bool>(),
     ) {
-        use clap::Parser;
         let ctx = tempfile::tempdir().unwrap();
         std::fs::write(ctx.path().join("Dockerfile"), "FROM scratch\n").unwrap();
         let mut argv = vec!["bkrun".to_string(), "build".to_string(), "--frontend=dockerfile.v0".to_string()];
@@ -300,8 +299,7 @@ proptest! {
             argv.push(ctx.path().display().to_string());
         }
         // clap's own refusals (a value it cannot take) are clap's, printed with usage.
-        let Ok(cli) = crate::cli::Cli::try_parse_from(&argv) else { return Ok(()) };
-        let crate::cli::Command::Build(b) = cli.command else { unreachable!() };
+        let Ok(b) = crate::cli::parse_build(&argv) else { return Ok(()) };
         let result = super::docker::normalize(&b, &mut std::io::empty())
             .and_then(|n| build::resolve(&n.args, &settings(), &FakeHost::user()));
         if let Err(e) = result {
@@ -315,15 +313,13 @@ proptest! {
     fn kaniko_lines_are_refused_naming_a_flag(
         pairs in flags(&["--destination", "--build-arg", "--cache-repo", "--target", "--tar-path", "--dockerfile"]),
     ) {
-        use clap::Parser;
         let ctx = tempfile::tempdir().unwrap();
         std::fs::write(ctx.path().join("Dockerfile"), "FROM scratch\n").unwrap();
         let mut argv = vec!["bkrun".to_string(), "kaniko".to_string(), format!("--context={}", ctx.path().display())];
         for (f, v) in &pairs {
             argv.push(format!("{f}={v}"));
         }
-        let Ok(cli) = crate::cli::Cli::try_parse_from(&argv) else { return Ok(()) };
-        let crate::cli::Command::Kaniko(k) = cli.command else { unreachable!() };
+        let Ok(k) = crate::cli::parse_kaniko(&argv) else { return Ok(()) };
         if let Err(e) = super::kaniko::translate(&k) {
             let msg = e.to_string();
             prop_assert!(names_a_flag(&msg), "{argv:?}: {msg}");

@@ -36,7 +36,7 @@ pub(super) fn answer(cli: &Cli) -> Option<Result<()>> {
 /// `bkrun kube`: the objects on stdout, and on stderr where clients connect and what the server
 /// certificate must name.
 fn kube(args: &KubeArgs, global: &GlobalArgs) -> Result<()> {
-    let options = crate::kube::Options::from_args(args, global)?;
+    let options = crate::kube::Options::from_args(&args.into(), &global.into())?;
     let text = crate::kube::yaml::render(&crate::kube::pool(&options))?;
     write_stdout(&text);
     let addrs = crate::kube::client_addresses(&options);

@@ -163,7 +163,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     fn spec(locals: &[(&str, &Path)], opts: &[(&str, &str)]) -> BuildSpec {
-        let args = crate::cli::BuildArgs {
+        let args = crate::request::flags::BuildFlags {
             frontend: Some("dockerfile.v0".into()),
             ..Default::default()
         };

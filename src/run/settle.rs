@@ -92,7 +92,7 @@ impl BuildJob {
 
 /// Reads `cli`, bkrun.toml and the host into the invocation to run.
 pub(super) fn settle(cli: &Cli, host: &dyn Host) -> Result<Settled> {
-    let mut settings = Settings::load(&cli.global, host)?;
+    let mut settings = Settings::load(&(&cli.global).into(), host)?;
     let work = match work(cli, &mut settings, host)? {
         Step::Answered(code) => return Ok(Settled::Answered(code)),
         Step::Work(w) => w,
@@ -118,7 +118,7 @@ fn work(cli: &Cli, settings: &mut Settings, host: &dyn Host) -> Result<Step> {
         Command::Doctor { format } => {
             // Never starts a daemon: facts, verdicts and versions only.
             let report = doctor::Report::gather(settings, host);
-            let text = match format {
+            let text = match doctor::Format::from(*format) {
                 doctor::Format::Text => report.text(),
                 doctor::Format::Json => format!("{:#}\n", report.json()),
             };
@@ -140,7 +140,7 @@ fn work(cli: &Cli, settings: &mut Settings, host: &dyn Host) -> Result<Step> {
         }
         Command::Build(args) => {
             // Settled here, before a daemon exists: a bad --output fails in milliseconds.
-            let n = request::docker::normalize(args, &mut std::io::stdin().lock())?;
+            let n = request::docker::normalize(&(&**args).into(), &mut std::io::stdin().lock())?;
             Work::Build(Box::new(build_job(n, settings, host)?))
         }
         Command::Kaniko(k) => kaniko(k, settings, host)?,
@@ -149,7 +149,9 @@ fn work(cli: &Cli, settings: &mut Settings, host: &dyn Host) -> Result<Step> {
             filters: l.filter.clone(),
             verbose: l.verbose,
         }),
-        Command::Prune(p) => Work::Admin(Request::Prune(p.to_request())),
+        Command::Prune(p) => {
+            Work::Admin(Request::Prune((&client::admin::PruneFlags::from(p)).into()))
+        }
         Command::PruneHistories { format } => Work::Admin(Request::PruneHistories {
             // Checked here, so a template bkrun cannot run fails before any daemon starts.
             format: format
@@ -183,7 +185,7 @@ fn config(cli: &Cli, settings: &Settings, host: &dyn Host) -> Result<Step> {
 
 /// kaniko's executor: its build, and its registry flags as the started daemon's configuration.
 fn kaniko(k: &crate::cli::KanikoArgs, settings: &mut Settings, host: &dyn Host) -> Result<Work> {
-    let t = request::kaniko::translate(k)?;
+    let t = request::kaniko::translate(&k.into())?;
     if !t.registries.is_empty() {
         if let Some(r) = &settings.remote {
             bail!("kaniko's registry flags (--insecure, --insecure-registry, --skip-tls-verify, --registry-mirror, --registry-certificate) configure the daemon bkrun starts; the daemon at {} (from {}) has its own configuration: drop them, or configure that daemon", r.shown(), r.source);

@@ -121,13 +121,13 @@ pub(super) fn listener_flags(d: &DaemonArgs, insecure_plaintext: bool) -> Result
         if !l.starts_with("tcp://") {
             bail!("--listen {l:?} must be tcp://HOST:PORT (the unix socket is always there)");
         }
-        // The same rule as every other address the daemon is given (src/listen.rs).
-        let tls = crate::daemon::listen::ServerTls {
+        // The same rule as every other address the daemon is given (src/config/listen.rs).
+        let tls = crate::config::listen::ServerTls {
             cert: d.tls_server_cert.is_some(),
             key: d.tls_server_key.is_some(),
             ca: d.tls_client_ca.is_some(),
         };
-        crate::daemon::listen::check_grpc(
+        crate::config::listen::check_grpc(
             "--listen",
             l,
             tls,
@@ -199,7 +199,7 @@ mod tests {
     #[test]
     fn config_shows_the_pool_and_which_daemon_the_key_picks() {
         let h = crate::host::fake::FakeHost::user();
-        let mut settings = Settings::load(&GlobalArgs::default(), &h).unwrap();
+        let mut settings = Settings::load(&Default::default(), &h).unwrap();
         settings.remote = Some(Remote {
             addrs: vec![
                 "tcp://a:1234".into(),
