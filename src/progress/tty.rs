@@ -4,12 +4,12 @@ use std::io::{self, Write};
 use std::sync::Arc;
 
 use super::plain::write_error_logs;
-use super::trace::{merge_intervals, Interval, Trace, Vtx};
+use super::trace::{merge_intervals, Interval, StatusInfo, Trace, Vtx};
 use super::{Clock, Limiter};
 use crate::gocompat::durations::secs;
 use crate::gocompat::sizes::{bytes, Digits};
 use crate::gocompat::times::Nanos;
-use crate::proto::moby::buildkit::v1::StatusResponse;
+use crate::proto::moby::buildkit::v1::{StatusResponse, VertexWarning};
 
 /// Columns the log tails give up to their " => => # " prefix.
 const TERM_PAD: usize = 10;
@@ -147,6 +147,8 @@ impl<W: Write> TtyPrinter<W> {
         self.out
     }
 
+    /// The frame's lines before layout, in start order: each step, then
+    /// its statuses and warnings, with times moved to the local clock.
     fn jobs(&self) -> Vec<Job> {
         let t = &self.trace;
         let shift = |x: Option<Nanos>| x.map(|x| x + t.local_time_diff);
@@ -182,47 +184,11 @@ impl<W: Write> TtyPrinter<W> {
                 show_tail: false,
             });
             for id in &v.statuses {
-                let s = &v.by_id[id];
-                let status = if s.total != 0 {
-                    format!(
-                        "{} / {}",
-                        bytes(s.current, Digits::Two),
-                        bytes(s.total, Digits::Two)
-                    )
-                } else if s.current != 0 {
-                    bytes(s.current, Digits::Two)
-                } else {
-                    String::new()
-                };
-                jobs.push(Job {
-                    name: format!("=> {}", s.id),
-                    status,
-                    intervals: vec![Interval {
-                        start: shift(s.started),
-                        stop: shift(s.completed),
-                    }],
-                    completed: s.completed.is_some(),
-                    error: false,
-                    canceled: false,
-                    vtx: None,
-                    show_tail: false,
-                });
+                jobs.push(status_job(&v.by_id[id], t.local_time_diff));
             }
             for w in &v.warnings {
                 let run = v.most_recent().copied().unwrap_or_default();
-                jobs.push(Job {
-                    name: format!("WARN: {}", String::from_utf8_lossy(&w.short)),
-                    status: String::new(),
-                    intervals: vec![Interval {
-                        start: shift(run.start),
-                        stop: shift(run.stop),
-                    }],
-                    completed: false,
-                    error: false,
-                    canceled: true,
-                    vtx: None,
-                    show_tail: false,
-                });
+                jobs.push(warning_job(w, run, t.local_time_diff));
             }
         }
         jobs
@@ -400,6 +366,55 @@ impl<W: Write> TtyPrinter<W> {
             }
         }
         (done, total)
+    }
+}
+
+/// A status's line: its bytes so far (of the total when known), timed by
+/// its own start and completion, moved by `diff` to the local clock.
+fn status_job(s: &StatusInfo, diff: i64) -> Job {
+    let shift = |x: Option<Nanos>| x.map(|x| x + diff);
+    let status = if s.total != 0 {
+        format!(
+            "{} / {}",
+            bytes(s.current, Digits::Two),
+            bytes(s.total, Digits::Two)
+        )
+    } else if s.current != 0 {
+        bytes(s.current, Digits::Two)
+    } else {
+        String::new()
+    };
+    Job {
+        name: format!("=> {}", s.id),
+        status,
+        intervals: vec![Interval {
+            start: shift(s.started),
+            stop: shift(s.completed),
+        }],
+        completed: s.completed.is_some(),
+        error: false,
+        canceled: false,
+        vtx: None,
+        show_tail: false,
+    }
+}
+
+/// A warning's line, timed by its step's latest `run`. It never counts as
+/// completed and is marked canceled, as upstream's warning lines are.
+fn warning_job(w: &VertexWarning, run: Interval, diff: i64) -> Job {
+    let shift = |x: Option<Nanos>| x.map(|x| x + diff);
+    Job {
+        name: format!("WARN: {}", String::from_utf8_lossy(&w.short)),
+        status: String::new(),
+        intervals: vec![Interval {
+            start: shift(run.start),
+            stop: shift(run.stop),
+        }],
+        completed: false,
+        error: false,
+        canceled: true,
+        vtx: None,
+        show_tail: false,
     }
 }
 
