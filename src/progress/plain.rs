@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::io::{self, Write};
 use std::sync::Arc;
 
-use super::trace::{merge_intervals, Trace};
+use super::trace::{merge_intervals, StatusInfo, Trace};
 use super::{Clock, Limiter};
 use crate::gocompat::durations::secs;
 use crate::gocompat::sizes::{bytes, Digits};
@@ -104,6 +104,26 @@ impl<W: Write> PlainPrinter<W> {
 
     /// Prints pending news, choosing which vertex gets the screen.
     fn print(&mut self) -> io::Result<()> {
+        let (completed, mut rest) = self.pending();
+        let current = self.current.clone();
+        self.print_completed(&completed, &current)?;
+        if rest.is_empty() {
+            return self.resume_running(&current);
+        }
+        if rest.contains(&current) {
+            self.print_vtx(&current)?;
+        }
+        // The open vertex competes for the screen too, even when it had
+        // nothing new to say.
+        if !current.is_empty() && !rest.contains(&current) {
+            rest.push(current.clone());
+        }
+        self.switch_screen(&rest, &completed, &current)
+    }
+
+    /// The digests with unprinted news, split into (completed, the rest),
+    /// each in order of first sighting.
+    fn pending(&self) -> (Vec<String>, Vec<String>) {
         let t = &self.trace;
         let mut completed: Vec<String> = Vec::new();
         let mut rest: Vec<String> = Vec::new();
@@ -119,11 +139,14 @@ impl<W: Write> PlainPrinter<W> {
                 rest.push(dgst.clone());
             }
         }
-        let current = self.current.clone();
+        (completed, rest)
+    }
 
-        // Finished vertices go first, the open one before the others.
-        if completed.contains(&current) {
-            self.print_vtx(&current)?;
+    /// Finished vertices go first, the open one before the others, then
+    /// the others in the order they stopped.
+    fn print_completed(&mut self, completed: &[String], current: &str) -> io::Result<()> {
+        if completed.iter().any(|d| d == current) {
+            self.print_vtx(current)?;
         }
         let stop = |d: &String| {
             self.trace
@@ -139,44 +162,70 @@ impl<W: Write> PlainPrinter<W> {
                 self.print_vtx(&dgst)?;
             }
         }
+        Ok(())
+    }
 
-        if rest.is_empty() {
-            if let Some(v) = self.trace.get(&current) {
-                if v.is_started() && !v.is_completed() {
-                    return Ok(());
-                }
+    /// No running vertex has news: a running open vertex keeps the screen,
+    /// and without one the first running vertex is put back on it.
+    fn resume_running(&mut self, current: &str) -> io::Result<()> {
+        if let Some(v) = self.trace.get(current) {
+            if v.is_started() && !v.is_completed() {
+                return Ok(());
             }
-            // Nothing new: put some running vertex back on screen.
-            let t = &self.trace;
-            let open = t.digest_order.iter().find(|d| {
-                t.get(d).is_some_and(|v| {
-                    v.is_started()
-                        && !v.is_completed()
-                        && v.info.progress_group.is_none()
-                        && !v.hidden
-                })
-            });
-            if let Some(dgst) = open.cloned() {
-                self.print_vtx(&dgst)?;
-            }
-            return Ok(());
         }
-
-        if rest.contains(&current) {
-            self.print_vtx(&current)?;
+        let t = &self.trace;
+        let open = t.digest_order.iter().find(|d| {
+            t.get(d).is_some_and(|v| {
+                v.is_started() && !v.is_completed() && v.info.progress_group.is_none() && !v.hidden
+            })
+        });
+        if let Some(dgst) = open.cloned() {
+            self.print_vtx(&dgst)?;
         }
+        Ok(())
+    }
 
-        // Decide whether to switch to another talking vertex: the busiest
-        // wins when the current one has hogged the screen long enough, and
-        // one kept waiting too long wins outright.
+    /// Decides whether to switch to another talking vertex: the busiest
+    /// wins when the current one has hogged the screen long enough, and
+    /// one kept waiting too long wins outright.
+    fn switch_screen(
+        &mut self,
+        rest: &[String],
+        completed: &[String],
+        current: &str,
+    ) -> io::Result<()> {
         let now = self.clock.now_nanos();
-        if !current.is_empty() && !rest.contains(&current) {
-            rest.push(current.clone());
+        let (stats, max) = self.screen_stats(rest, current, now);
+        if completed.iter().any(|d| d == current) || current.is_empty() {
+            return self.print_vtx(&max);
         }
+        if let Some(d) = rest
+            .iter()
+            .find(|d| stats.get(d.as_str()).is_some_and(|s| s.over_limit))
+        {
+            return self.print_vtx(d);
+        }
+        if let Some(s) = stats.get(current) {
+            if 1.0 / (1.0 - s.share) * ANTI_FLICKER < secs(s.block_time) {
+                return self.print_vtx(&max);
+            }
+        }
+        Ok(())
+    }
+
+    /// Each competing vertex's silence and share of the traffic, and the
+    /// vertex that would take the screen: each one faster than the pick so
+    /// far, or kept waiting too long, becomes the pick.
+    fn screen_stats<'a>(
+        &self,
+        rest: &'a [String],
+        current: &str,
+        now: Nanos,
+    ) -> (HashMap<&'a str, Stat>, String) {
         let mut stats: HashMap<&str, Stat> = HashMap::new();
         let mut sum = 0.0;
         let mut max = String::new();
-        for dgst in &rest {
+        for dgst in rest {
             let Some(v) = self.trace.get(dgst) else {
                 continue;
             };
@@ -204,22 +253,7 @@ impl<W: Write> PlainPrinter<W> {
         for s in stats.values_mut() {
             s.share = s.speed / sum;
         }
-        if completed.contains(&current) || current.is_empty() {
-            return self.print_vtx(&max);
-        }
-        if let Some(d) = rest
-            .iter()
-            .find(|d| stats.get(d.as_str()).is_some_and(|s| s.over_limit))
-        {
-            let d = d.clone();
-            return self.print_vtx(&d);
-        }
-        if let Some(s) = stats.get(current.as_str()) {
-            if 1.0 / (1.0 - s.share) * ANTI_FLICKER < secs(s.block_time) {
-                return self.print_vtx(&max);
-            }
-        }
-        Ok(())
+        (stats, max)
     }
 
     /// Prints one vertex's news, opening its block if another one was open.
@@ -231,35 +265,54 @@ impl<W: Write> PlainPrinter<W> {
             self.next_index += 1;
             self.trace.vtxs[idx].index = self.next_index;
         }
-        let out = &mut self.out;
-
         if dgst != self.current {
-            if let Some(old) = self.trace.lookup(&self.current) {
-                let old = &mut self.trace.vtxs[old];
-                if old.logs_partial {
-                    out.write_all(b"\n")?;
-                }
-                // Its unfinished line will be reprinted whole next time.
-                old.logs_offset = 0;
-                old.count = 0;
-                writeln!(out, "#{} ...", old.index)?;
-            }
-            if self.not_first {
-                out.write_all(b"\n")?;
-            }
-            self.not_first = true;
-            let v = &self.trace.vtxs[idx];
-            let name = v.info.name.as_bytes();
-            write!(out, "#{} ", v.index)?;
-            if self.truncate_names && name.len() > TRUNC_NAME {
-                out.write_all(&name[..TRUNC_NAME])?;
-                out.write_all(b"...\n")?;
-            } else {
-                out.write_all(name)?;
-                out.write_all(b"\n")?;
-            }
+            self.open_block(idx)?;
         }
+        let open_status = self.print_statuses(idx)?;
+        self.print_warnings(idx)?;
+        self.print_logs(idx)?;
+        self.current = dgst.to_string();
+        if self.trace.vtxs[idx].is_completed() && !open_status {
+            self.close_block(idx)?;
+        }
+        self.trace.updates.remove(dgst);
+        Ok(())
+    }
 
+    /// Ends the open vertex's block with "#N ..." and starts this one's
+    /// with its number and name, a blank line between blocks.
+    fn open_block(&mut self, idx: usize) -> io::Result<()> {
+        let out = &mut self.out;
+        if let Some(old) = self.trace.lookup(&self.current) {
+            let old = &mut self.trace.vtxs[old];
+            if old.logs_partial {
+                out.write_all(b"\n")?;
+            }
+            // Its unfinished line will be reprinted whole next time.
+            old.logs_offset = 0;
+            old.count = 0;
+            writeln!(out, "#{} ...", old.index)?;
+        }
+        if self.not_first {
+            out.write_all(b"\n")?;
+        }
+        self.not_first = true;
+        let v = &self.trace.vtxs[idx];
+        let name = v.info.name.as_bytes();
+        write!(out, "#{} ", v.index)?;
+        if self.truncate_names && name.len() > TRUNC_NAME {
+            out.write_all(&name[..TRUNC_NAME])?;
+            out.write_all(b"...\n")?;
+        } else {
+            out.write_all(name)?;
+            out.write_all(b"\n")?;
+        }
+        Ok(())
+    }
+
+    /// Prints the statuses that changed enough since last shown; returns
+    /// whether one is still running (the block then stays open).
+    fn print_statuses(&mut self, idx: usize) -> io::Result<bool> {
         let v = &mut self.trace.vtxs[idx];
         let mut open_status = false;
         for id in &v.statuses {
@@ -267,51 +320,36 @@ impl<W: Write> PlainPrinter<W> {
                 continue;
             }
             let s = &v.by_id[id];
-            if let (Some(&(cur, ts)), None) = (self.last.get(id), s.completed) {
-                let progress = if s.total > 0 {
-                    (s.current - cur) as f64 / s.total as f64
-                } else {
-                    0.0
-                };
-                if progress < MIN_PROGRESS_DELTA && s.timestamp - ts < MIN_TIME_DELTA {
-                    continue;
-                }
+            if s.completed.is_none() && !moved_enough(self.last.get(id), s) {
+                continue;
             }
             self.last.insert(id.clone(), (s.current, s.timestamp));
-            let amount = if s.total != 0 {
-                format!(
-                    " {} / {}",
-                    bytes(s.current, Digits::Two),
-                    bytes(s.total, Digits::Two)
-                )
-            } else if s.current != 0 {
-                format!(" {}", bytes(s.current, Digits::Two))
-            } else {
-                String::new()
-            };
-            let mut tm = String::new();
-            if let Some(start) = s.started {
-                let took = secs(s.completed.unwrap_or(s.timestamp) - start);
-                if took > 0.01 {
-                    tm = format!(" {took:.1}s");
-                }
-            }
-            if s.completed.is_some() {
-                tm.push_str(" done");
-            } else {
+            if s.completed.is_none() {
                 open_status = true;
             }
-            writeln!(out, "#{} {}{}{}", v.index, s.id, amount, tm)?;
+            writeln!(self.out, "#{} {}{}", v.index, s.id, status_details(s))?;
         }
         v.status_updates.clear();
+        Ok(open_status)
+    }
 
+    /// Prints the warnings that arrived since the vertex was last printed.
+    fn print_warnings(&mut self, idx: usize) -> io::Result<()> {
+        let v = &mut self.trace.vtxs[idx];
         for w in &v.warnings[v.warning_idx..] {
-            write!(out, "#{} WARN: ", v.index)?;
-            out.write_all(&w.short)?;
-            out.write_all(b"\n")?;
+            write!(self.out, "#{} WARN: ", v.index)?;
+            self.out.write_all(&w.short)?;
+            self.out.write_all(b"\n")?;
         }
         v.warning_idx = v.warnings.len();
+        Ok(())
+    }
 
+    /// Prints the pending log lines, leaving an unfinished last line open
+    /// and remembering how much of it is on screen.
+    fn print_logs(&mut self, idx: usize) -> io::Result<()> {
+        let out = &mut self.out;
+        let v = &mut self.trace.vtxs[idx];
         let n = v.logs.len();
         for (i, line) in v.logs.iter().enumerate() {
             let shown = if i == 0 && v.logs_offset != 0 {
@@ -338,37 +376,80 @@ impl<W: Write> PlainPrinter<W> {
                 v.logs_offset = 0;
             }
         }
-
-        self.current = dgst.to_string();
-        if v.is_completed() && !open_status {
-            self.current.clear();
-            v.count = 0;
-            if v.logs_partial {
-                out.write_all(b"\n")?;
-            }
-            if !v.info.error.is_empty() {
-                if v.is_canceled() {
-                    writeln!(out, "#{} CANCELED", v.index)?;
-                } else {
-                    write!(out, "#{} ERROR: ", v.index)?;
-                    out.write_all(v.info.error.as_bytes())?;
-                    out.write_all(b"\n")?;
-                }
-            } else if v.info.cached {
-                writeln!(out, "#{} CACHED", v.index)?;
-            } else {
-                let runs = merge_intervals(v.intervals.values().copied());
-                if runs.is_empty() {
-                    writeln!(out, "#{} DONE", v.index)?;
-                } else {
-                    let total: f64 = runs.iter().map(|r| secs(r.duration(0))).sum();
-                    writeln!(out, "#{} DONE {total:.1}s", v.index)?;
-                }
-            }
-        }
-        self.trace.updates.remove(dgst);
         Ok(())
     }
+
+    /// Closes a finished vertex's block with its outcome: ERROR, CANCELED,
+    /// CACHED, or DONE with the time its runs took together.
+    fn close_block(&mut self, idx: usize) -> io::Result<()> {
+        let out = &mut self.out;
+        let v = &mut self.trace.vtxs[idx];
+        self.current.clear();
+        v.count = 0;
+        if v.logs_partial {
+            out.write_all(b"\n")?;
+        }
+        if !v.info.error.is_empty() {
+            if v.is_canceled() {
+                writeln!(out, "#{} CANCELED", v.index)?;
+            } else {
+                write!(out, "#{} ERROR: ", v.index)?;
+                out.write_all(v.info.error.as_bytes())?;
+                out.write_all(b"\n")?;
+            }
+        } else if v.info.cached {
+            writeln!(out, "#{} CACHED", v.index)?;
+        } else {
+            let runs = merge_intervals(v.intervals.values().copied());
+            if runs.is_empty() {
+                writeln!(out, "#{} DONE", v.index)?;
+            } else {
+                let total: f64 = runs.iter().map(|r| secs(r.duration(0))).sum();
+                writeln!(out, "#{} DONE {total:.1}s", v.index)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether a running status moved enough since it was `last` printed (as
+/// (current, timestamp)) to be printed again: 5% of its total, or 5s.
+fn moved_enough(last: Option<&(i64, Nanos)>, s: &StatusInfo) -> bool {
+    let Some(&(cur, ts)) = last else {
+        return true;
+    };
+    let progress = if s.total > 0 {
+        (s.current - cur) as f64 / s.total as f64
+    } else {
+        0.0
+    };
+    progress >= MIN_PROGRESS_DELTA || s.timestamp - ts >= MIN_TIME_DELTA
+}
+
+/// What follows a status's id on its line: the bytes so far (of the total
+/// when known), the time taken once over 10ms, and "done" when finished.
+fn status_details(s: &StatusInfo) -> String {
+    let mut details = if s.total != 0 {
+        format!(
+            " {} / {}",
+            bytes(s.current, Digits::Two),
+            bytes(s.total, Digits::Two)
+        )
+    } else if s.current != 0 {
+        format!(" {}", bytes(s.current, Digits::Two))
+    } else {
+        String::new()
+    };
+    if let Some(start) = s.started {
+        let took = secs(s.completed.unwrap_or(s.timestamp) - start);
+        if took > 0.01 {
+            details.push_str(&format!(" {took:.1}s"));
+        }
+    }
+    if s.completed.is_some() {
+        details.push_str(" done");
+    }
+    details
 }
 
 /// The report after the progress: each failed step's last log lines between

@@ -5,7 +5,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use super::term::Tail;
 use crate::gocompat::durations::log_offset;
 use crate::gocompat::times::{opt_nanos, ts_nanos, Nanos};
-use crate::proto::moby::buildkit::v1::{StatusResponse, Vertex, VertexWarning};
+use crate::proto::moby::buildkit::v1::{
+    StatusResponse, Vertex, VertexLog, VertexStatus, VertexWarning,
+};
 use crate::proto::pb::ProgressGroup;
 
 /// How many finished log lines a vertex keeps for the error report.
@@ -201,6 +203,36 @@ impl Vtx {
         self.merged = merge_intervals(self.intervals.values().copied());
     }
 
+    /// Splits a chunk of output into pending lines: its first piece
+    /// continues an unfinished last line, and each new line starts with
+    /// `offset` as upstream prints it.
+    fn push_log(&mut self, msg: &[u8], offset: i64) {
+        // An empty chunk adds nothing yet leaves the line open, as
+        // upstream's splitter does.
+        let complete = msg.ends_with(b"\n");
+        let body = if complete { &msg[..msg.len() - 1] } else { msg };
+        let pieces = (!msg.is_empty())
+            .then(|| body.split(|&b| b == b'\n'))
+            .into_iter()
+            .flatten();
+        let mut first = true;
+        for piece in pieces {
+            if first && self.logs_partial && !self.logs.is_empty() {
+                self.logs
+                    .last_mut()
+                    .expect("non-empty")
+                    .extend_from_slice(piece);
+            } else {
+                let mut line = log_offset(offset).into_bytes();
+                line.push(b' ');
+                line.extend_from_slice(piece);
+                self.logs.push(line);
+            }
+            first = false;
+        }
+        self.logs_partial = !complete;
+    }
+
     /// Recomputes a group from its members; returns (changed, newly started,
     /// newly revealed).
     fn refresh_group(&mut self) -> (bool, bool, bool) {
@@ -332,6 +364,10 @@ impl Trace {
     }
 
     /// Folds one StatusResponse into the state. `now` is the local clock.
+    ///
+    /// Vertices come first, so that the statuses, warnings and logs of the
+    /// same message find the vertex they name; a group is recomputed once,
+    /// after all of its members in the message are in.
     pub fn update(&mut self, s: &StatusResponse, now: Nanos) {
         let mut groups: Vec<String> = Vec::new();
         for v in &s.vertexes {
@@ -339,108 +375,21 @@ impl Trace {
             if self.start_time.is_none() {
                 self.start_time = info.started;
             }
-            if let Some(pg) = &v.progress_group {
-                let gi = match self.groups.get(&pg.id) {
-                    Some(&gi) => gi,
-                    None => {
-                        let group = VertexInfo {
-                            digest: pg.id.clone(),
-                            name: pg.name.clone(),
-                            ..VertexInfo::default()
-                        };
-                        let gi = self.new_vtx(group, true);
-                        self.groups.insert(pg.id.clone(), gi);
-                        self.bind(&pg.id, gi);
-                        gi
+            match &v.progress_group {
+                Some(pg) => {
+                    if !groups.contains(&pg.id) {
+                        groups.push(pg.id.clone());
                     }
-                };
-                if !groups.contains(&pg.id) {
-                    groups.push(pg.id.clone());
+                    self.member_report(pg, info);
                 }
-                let members = &mut self.vtxs[gi].members;
-                match members.iter_mut().find(|m| m.digest == info.digest) {
-                    Some(m) => *m = info.clone(),
-                    None => members.push(info.clone()),
-                }
-                self.bind(&v.digest, gi);
-                continue;
-            }
-            let prev = self.lookup(&v.digest);
-            let idx = match prev {
-                Some(idx) => idx,
-                None => {
-                    let idx = self.new_vtx(VertexInfo::default(), false);
-                    self.bind(&v.digest, idx);
-                    idx
-                }
-            };
-            self.vertex_event(idx, &info, now);
-            let was_started = self.vtxs[idx].is_started();
-            if let Some(start) = info.started {
-                if prev.is_none() || !was_started {
-                    if self.local_time_diff == 0 {
-                        self.local_time_diff = now - start;
-                    }
-                    self.started.push(idx);
-                }
-            }
-            let vtx = &mut self.vtxs[idx];
-            // A late duplicate of the initial, unstarted report must not
-            // wipe what a started report told us.
-            if prev.is_none() || !was_started || info.started.is_some() {
-                vtx.info = info.clone();
-            }
-            if let Some(start) = info.started {
-                vtx.intervals.insert(
-                    start,
-                    Interval {
-                        start: Some(start),
-                        stop: info.completed,
-                    },
-                );
-                vtx.remerge();
+                None => self.vertex_report(info, now),
             }
         }
-        for id in groups {
-            let gi = self.groups[&id];
-            let (changed, newly_started, newly_revealed) = self.vtxs[gi].refresh_group();
-            if newly_started && self.local_time_diff == 0 {
-                if let Some(start) = self.vtxs[gi].merged.first().and_then(|i| i.start) {
-                    self.local_time_diff = now - start;
-                }
-            }
-            if self.vtxs[gi].hidden {
-                continue;
-            }
-            if newly_revealed {
-                self.started.push(gi);
-            }
-            if changed {
-                self.vtxs[gi].bump(now);
-                self.updates.insert(self.vtxs[gi].info.digest.clone());
-            }
+        for id in &groups {
+            self.group_refresh(id, now);
         }
         for st in &s.statuses {
-            let Some(idx) = self.lookup(&st.vertex) else {
-                continue;
-            };
-            let vtx = &mut self.vtxs[idx];
-            let info = StatusInfo {
-                id: st.id.clone(),
-                current: st.current,
-                total: st.total,
-                timestamp: st.timestamp.as_ref().map(ts_nanos).unwrap_or(0),
-                started: opt_nanos(&st.started),
-                completed: opt_nanos(&st.completed),
-            };
-            let prev_started = vtx.by_id.get(&st.id).is_some_and(|p| p.started.is_some());
-            if info.started.is_some() && !prev_started {
-                vtx.statuses.push(st.id.clone());
-            }
-            vtx.by_id.insert(st.id.clone(), info);
-            vtx.status_updates.insert(st.id.clone());
-            self.updates.insert(vtx.info.digest.clone());
-            vtx.bump(now);
+            self.status_report(st, now);
         }
         // Warnings do not mark the vertex as updated: they are printed the
         // next time the vertex is, as upstream does.
@@ -453,49 +402,140 @@ impl Trace {
             vtx.bump(now);
         }
         for l in &s.logs {
-            let Some(idx) = self.lookup(&l.vertex) else {
-                continue;
-            };
-            let vtx = &mut self.vtxs[idx];
-            if let Some(tail) = &mut vtx.tail {
-                tail.write(&l.msg);
-            }
-            let ts = l.timestamp.as_ref().map(ts_nanos).unwrap_or(0);
-            let offset = vtx
-                .most_recent()
-                .and_then(|i| i.start)
-                .map_or(0, |start| ts - start);
-            // An empty chunk adds nothing yet leaves the line open, as
-            // upstream's splitter does.
-            let complete = l.msg.ends_with(b"\n");
-            let body = if complete {
-                &l.msg[..l.msg.len() - 1]
-            } else {
-                &l.msg[..]
-            };
-            let pieces = (!l.msg.is_empty())
-                .then(|| body.split(|&b| b == b'\n'))
-                .into_iter()
-                .flatten();
-            let mut first = true;
-            for piece in pieces {
-                if first && vtx.logs_partial && !vtx.logs.is_empty() {
-                    vtx.logs
-                        .last_mut()
-                        .expect("non-empty")
-                        .extend_from_slice(piece);
-                } else {
-                    let mut line = log_offset(offset).into_bytes();
-                    line.push(b' ');
-                    line.extend_from_slice(piece);
-                    vtx.logs.push(line);
-                }
-                first = false;
-            }
-            vtx.logs_partial = !complete;
-            self.updates.insert(vtx.info.digest.clone());
-            vtx.bump(now);
+            self.log_report(l, now);
         }
+    }
+
+    /// Records a group member's report in its group, making the group
+    /// (hidden) on first sight; the member's digest then names the group.
+    fn member_report(&mut self, pg: &ProgressGroup, info: VertexInfo) {
+        let gi = match self.groups.get(&pg.id) {
+            Some(&gi) => gi,
+            None => {
+                let group = VertexInfo {
+                    digest: pg.id.clone(),
+                    name: pg.name.clone(),
+                    ..VertexInfo::default()
+                };
+                let gi = self.new_vtx(group, true);
+                self.groups.insert(pg.id.clone(), gi);
+                self.bind(&pg.id, gi);
+                gi
+            }
+        };
+        let digest = info.digest.clone();
+        let members = &mut self.vtxs[gi].members;
+        match members.iter_mut().find(|m| m.digest == info.digest) {
+            Some(m) => *m = info,
+            None => members.push(info),
+        }
+        self.bind(&digest, gi);
+    }
+
+    /// Takes the report of a vertex outside any group: its info, its place
+    /// in the start order when it first starts, and the run it reports.
+    fn vertex_report(&mut self, info: VertexInfo, now: Nanos) {
+        let prev = self.lookup(&info.digest);
+        let idx = match prev {
+            Some(idx) => idx,
+            None => {
+                let idx = self.new_vtx(VertexInfo::default(), false);
+                self.bind(&info.digest, idx);
+                idx
+            }
+        };
+        self.vertex_event(idx, &info, now);
+        let was_started = self.vtxs[idx].is_started();
+        if let Some(start) = info.started {
+            if prev.is_none() || !was_started {
+                if self.local_time_diff == 0 {
+                    self.local_time_diff = now - start;
+                }
+                self.started.push(idx);
+            }
+        }
+        let run = Interval {
+            start: info.started,
+            stop: info.completed,
+        };
+        let vtx = &mut self.vtxs[idx];
+        // A late duplicate of the initial, unstarted report must not
+        // wipe what a started report told us.
+        if prev.is_none() || !was_started || info.started.is_some() {
+            vtx.info = info;
+        }
+        if let Some(start) = run.start {
+            vtx.intervals.insert(start, run);
+            vtx.remerge();
+        }
+    }
+
+    /// Recomputes a group from its members after a message named some of
+    /// them; a group still hidden takes no part in the views yet.
+    fn group_refresh(&mut self, id: &str, now: Nanos) {
+        let gi = self.groups[id];
+        let (changed, newly_started, newly_revealed) = self.vtxs[gi].refresh_group();
+        if newly_started && self.local_time_diff == 0 {
+            if let Some(start) = self.vtxs[gi].merged.first().and_then(|i| i.start) {
+                self.local_time_diff = now - start;
+            }
+        }
+        if self.vtxs[gi].hidden {
+            return;
+        }
+        if newly_revealed {
+            self.started.push(gi);
+        }
+        if changed {
+            self.vtxs[gi].bump(now);
+            self.updates.insert(self.vtxs[gi].info.digest.clone());
+        }
+    }
+
+    /// Takes a status's latest values; a status joins its vertex's list
+    /// when it first reports a start.
+    fn status_report(&mut self, st: &VertexStatus, now: Nanos) {
+        let Some(idx) = self.lookup(&st.vertex) else {
+            return;
+        };
+        let vtx = &mut self.vtxs[idx];
+        let info = StatusInfo {
+            id: st.id.clone(),
+            current: st.current,
+            total: st.total,
+            timestamp: st.timestamp.as_ref().map(ts_nanos).unwrap_or(0),
+            started: opt_nanos(&st.started),
+            completed: opt_nanos(&st.completed),
+        };
+        let prev_started = vtx.by_id.get(&st.id).is_some_and(|p| p.started.is_some());
+        if info.started.is_some() && !prev_started {
+            vtx.statuses.push(st.id.clone());
+        }
+        vtx.by_id.insert(st.id.clone(), info);
+        vtx.status_updates.insert(st.id.clone());
+        self.updates.insert(vtx.info.digest.clone());
+        vtx.bump(now);
+    }
+
+    /// Takes a chunk of a vertex's output: into the tty's tail as is, and
+    /// into the plain view's pending lines, stamped with the time since
+    /// the vertex's latest run began.
+    fn log_report(&mut self, l: &VertexLog, now: Nanos) {
+        let Some(idx) = self.lookup(&l.vertex) else {
+            return;
+        };
+        let vtx = &mut self.vtxs[idx];
+        if let Some(tail) = &mut vtx.tail {
+            tail.write(&l.msg);
+        }
+        let ts = l.timestamp.as_ref().map(ts_nanos).unwrap_or(0);
+        let offset = vtx
+            .most_recent()
+            .and_then(|i| i.start)
+            .map_or(0, |start| ts - start);
+        vtx.push_log(&l.msg, offset);
+        self.updates.insert(vtx.info.digest.clone());
+        vtx.bump(now);
     }
 
     /// Vertices that failed (not cancelled), in start order, for the error

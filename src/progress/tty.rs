@@ -4,12 +4,12 @@ use std::io::{self, Write};
 use std::sync::Arc;
 
 use super::plain::write_error_logs;
-use super::trace::{merge_intervals, Interval, Trace, Vtx};
+use super::trace::{merge_intervals, Interval, StatusInfo, Trace, Vtx};
 use super::{Clock, Limiter};
 use crate::gocompat::durations::secs;
 use crate::gocompat::sizes::{bytes, Digits};
 use crate::gocompat::times::Nanos;
-use crate::proto::moby::buildkit::v1::StatusResponse;
+use crate::proto::moby::buildkit::v1::{StatusResponse, VertexWarning};
 
 /// Columns the log tails give up to their " => => # " prefix.
 const TERM_PAD: usize = 10;
@@ -38,6 +38,15 @@ struct Job {
     /// Index of the step whose output tail may follow this line.
     vtx: Option<usize>,
     show_tail: bool,
+}
+
+/// One frame as it is built: what is written, the same lines without
+/// colours, and how many rows it has below the header.
+#[derive(Default)]
+struct Frame {
+    painted: Vec<String>,
+    text: Vec<String>,
+    rows: usize,
 }
 
 /// Draws the live view.
@@ -138,6 +147,8 @@ impl<W: Write> TtyPrinter<W> {
         self.out
     }
 
+    /// The frame's lines before layout, in start order: each step, then
+    /// its statuses and warnings, with times moved to the local clock.
     fn jobs(&self) -> Vec<Job> {
         let t = &self.trace;
         let shift = |x: Option<Nanos>| x.map(|x| x + t.local_time_diff);
@@ -173,47 +184,11 @@ impl<W: Write> TtyPrinter<W> {
                 show_tail: false,
             });
             for id in &v.statuses {
-                let s = &v.by_id[id];
-                let status = if s.total != 0 {
-                    format!(
-                        "{} / {}",
-                        bytes(s.current, Digits::Two),
-                        bytes(s.total, Digits::Two)
-                    )
-                } else if s.current != 0 {
-                    bytes(s.current, Digits::Two)
-                } else {
-                    String::new()
-                };
-                jobs.push(Job {
-                    name: format!("=> {}", s.id),
-                    status,
-                    intervals: vec![Interval {
-                        start: shift(s.started),
-                        stop: shift(s.completed),
-                    }],
-                    completed: s.completed.is_some(),
-                    error: false,
-                    canceled: false,
-                    vtx: None,
-                    show_tail: false,
-                });
+                jobs.push(status_job(&v.by_id[id], t.local_time_diff));
             }
             for w in &v.warnings {
                 let run = v.most_recent().copied().unwrap_or_default();
-                jobs.push(Job {
-                    name: format!("WARN: {}", String::from_utf8_lossy(&w.short)),
-                    status: String::new(),
-                    intervals: vec![Interval {
-                        start: shift(run.start),
-                        stop: shift(run.stop),
-                    }],
-                    completed: false,
-                    error: false,
-                    canceled: true,
-                    vtx: None,
-                    show_tail: false,
-                });
+                jobs.push(warning_job(w, run, t.local_time_diff));
             }
         }
         jobs
@@ -261,6 +236,8 @@ impl<W: Write> TtyPrinter<W> {
         wrap_height(jobs, height as i64 - 2 - hidden_rows)
     }
 
+    /// Draws one frame over the previous one; `all` draws every line (the
+    /// final frame) instead of what fits the terminal's height.
     fn draw(&mut self, all: bool) -> io::Result<()> {
         let (width, height) = (self.size)();
         let width = width.max(1);
@@ -268,8 +245,29 @@ impl<W: Write> TtyPrinter<W> {
         let jobs = self.jobs();
         let jobs = self.layout(jobs, height, all);
 
-        let mut frame = Vec::new();
-        let mut text = Vec::new();
+        let mut frame = Frame::default();
+        let header = self.header(now, width, all);
+        frame.painted.push(format!("{header}\n"));
+        frame.text.push(header.trim_end().to_string());
+        for j in &jobs {
+            let Some(line) = job_line(j, now, width) else {
+                continue;
+            };
+            frame.text.push(line.trim_end().to_string());
+            frame.painted.push(match self.job_color(j) {
+                Some(c) => format!("{c}{line}\n{RESET}"),
+                None => format!("{line}\n"),
+            });
+            frame.rows += 1;
+            if j.show_tail {
+                self.push_tail(&mut frame, j.vtx.expect("tails belong to steps"));
+            }
+        }
+        self.write_frame(frame, width)
+    }
+
+    /// The "[+] Building 1.0s (2/3)" line, padded to the width.
+    fn header(&self, now: Nanos, width: usize, all: bool) -> String {
         let (done, total) = self.counts();
         let start = self
             .trace
@@ -285,80 +283,47 @@ impl<W: Write> TtyPrinter<W> {
             self.phase,
             secs(now - start)
         );
-        let header = cut(
+        cut(
             &format!("{} ", pad(&header, width.saturating_sub(1))),
             width,
-        );
-        frame.push(format!("{header}\n"));
-        text.push(header.trim_end().to_string());
+        )
+    }
 
-        let mut lines = 0;
-        for j in &jobs {
-            if j.intervals.is_empty() {
-                continue;
-            }
-            let mut dt: f64 = j.intervals.iter().map(|i| secs(i.duration(now))).sum();
-            if dt < 0.05 {
-                dt = 0.0;
-            }
-            let timer = format!(" {dt:3.1}s");
-            // Room for the name: the prefix, the timer and its newline, and
-            // one column of margin are taken.
-            let mut left = width as i64 - 4 - (timer.len() as i64 + 1) - 1;
-            let mut show_status = false;
-            if !j.status.is_empty() && left + j.status.len() as i64 > 20 {
-                show_status = true;
-                left -= j.status.len() as i64 + 1;
-            }
-            if left < 12 {
-                // Too narrow to say anything useful.
-                continue;
-            }
-            let mut line = format!(" => {}", cut(&j.name, left as usize));
-            if show_status {
-                line.push(' ');
-                line.push_str(&j.status);
-            }
-            let line = format!(
-                "{} {timer}",
-                pad(
-                    &line,
-                    (width as i64 - timer.len() as i64 - 2).max(0) as usize
-                )
-            );
-            text.push(line.trim_end().to_string());
-            let color = if !j.completed || !self.color {
-                None
-            } else if j.canceled {
-                Some(YELLOW)
-            } else if j.error {
-                Some(RED)
-            } else {
-                Some(BLUE)
-            };
-            frame.push(match color {
-                Some(c) => format!("{c}{line}\n{RESET}"),
-                None => format!("{line}\n"),
-            });
-            lines += 1;
-            if j.show_tail {
-                let idx = j.vtx.expect("tails belong to steps");
-                if let Some(tail) = &mut self.trace.vtxs[idx].tail {
-                    for l in tail.lines() {
-                        let row = format!(" => => # {l}");
-                        text.push(row.clone());
-                        frame.push(if self.color {
-                            format!("{FAINT}{row}\n{RESET}")
-                        } else {
-                            format!("{row}\n")
-                        });
-                        lines += 1;
-                    }
-                    tail.shown += 1;
-                }
-            }
+    /// Finished lines are coloured by outcome, when colour is on.
+    fn job_color(&self, j: &Job) -> Option<&'static str> {
+        if !j.completed || !self.color {
+            None
+        } else if j.canceled {
+            Some(YELLOW)
+        } else if j.error {
+            Some(RED)
+        } else {
+            Some(BLUE)
         }
+    }
 
+    /// Adds a step's output tail under its line, faint when colour is on.
+    fn push_tail(&mut self, frame: &mut Frame, idx: usize) {
+        let Some(tail) = &mut self.trace.vtxs[idx].tail else {
+            return;
+        };
+        for l in tail.lines() {
+            let row = format!(" => => # {l}");
+            frame.text.push(row.clone());
+            frame.painted.push(if self.color {
+                format!("{FAINT}{row}\n{RESET}")
+            } else {
+                format!("{row}\n")
+            });
+            frame.rows += 1;
+        }
+        // Tails shown longer rank higher when the next layout picks them.
+        tail.shown += 1;
+    }
+
+    /// Writes the frame in one go: back up over the previous frame, draw,
+    /// and blank what is left of a longer previous frame.
+    fn write_frame(&mut self, frame: Frame, width: usize) -> io::Result<()> {
         let mut buf = String::new();
         if self.repeated {
             buf.push_str(&format!("\x1b[{}A", self.line_count + 1));
@@ -366,12 +331,11 @@ impl<W: Write> TtyPrinter<W> {
         buf.push_str("\x1b[0G");
         self.repeated = true;
         buf.push_str(HIDE_CURSOR);
-        for f in &frame {
+        for f in &frame.painted {
             buf.push_str(f);
         }
-        // Blank out what is left of a longer previous frame.
-        if self.line_count > lines {
-            let diff = self.line_count - lines;
+        if self.line_count > frame.rows {
+            let diff = self.line_count - frame.rows;
             for _ in 0..diff {
                 buf.push_str(&" ".repeat(width));
                 buf.push('\n');
@@ -379,8 +343,8 @@ impl<W: Write> TtyPrinter<W> {
             buf.push_str(&format!("\x1b[{diff}A\x1b[0G"));
         }
         buf.push_str(SHOW_CURSOR);
-        self.line_count = lines;
-        self.last_frame = text;
+        self.line_count = frame.rows;
+        self.last_frame = frame.text;
         self.out.write_all(buf.as_bytes())?;
         self.out.flush()
     }
@@ -403,6 +367,92 @@ impl<W: Write> TtyPrinter<W> {
         }
         (done, total)
     }
+}
+
+/// A status's line: its bytes so far (of the total when known), timed by
+/// its own start and completion, moved by `diff` to the local clock.
+fn status_job(s: &StatusInfo, diff: i64) -> Job {
+    let shift = |x: Option<Nanos>| x.map(|x| x + diff);
+    let status = if s.total != 0 {
+        format!(
+            "{} / {}",
+            bytes(s.current, Digits::Two),
+            bytes(s.total, Digits::Two)
+        )
+    } else if s.current != 0 {
+        bytes(s.current, Digits::Two)
+    } else {
+        String::new()
+    };
+    Job {
+        name: format!("=> {}", s.id),
+        status,
+        intervals: vec![Interval {
+            start: shift(s.started),
+            stop: shift(s.completed),
+        }],
+        completed: s.completed.is_some(),
+        error: false,
+        canceled: false,
+        vtx: None,
+        show_tail: false,
+    }
+}
+
+/// A warning's line, timed by its step's latest `run`. It never counts as
+/// completed and is marked canceled, as upstream's warning lines are.
+fn warning_job(w: &VertexWarning, run: Interval, diff: i64) -> Job {
+    let shift = |x: Option<Nanos>| x.map(|x| x + diff);
+    Job {
+        name: format!("WARN: {}", String::from_utf8_lossy(&w.short)),
+        status: String::new(),
+        intervals: vec![Interval {
+            start: shift(run.start),
+            stop: shift(run.stop),
+        }],
+        completed: false,
+        error: false,
+        canceled: true,
+        vtx: None,
+        show_tail: false,
+    }
+}
+
+/// A job's line, uncoloured: " => name [status]" padded to put its timer
+/// at the right edge; None when it never ran or the name gets under 12
+/// columns (too narrow to say anything useful).
+fn job_line(j: &Job, now: Nanos, width: usize) -> Option<String> {
+    if j.intervals.is_empty() {
+        return None;
+    }
+    let mut dt: f64 = j.intervals.iter().map(|i| secs(i.duration(now))).sum();
+    if dt < 0.05 {
+        dt = 0.0;
+    }
+    let timer = format!(" {dt:3.1}s");
+    // Room for the name: the prefix, the timer and its newline, and
+    // one column of margin are taken.
+    let mut left = width as i64 - 4 - (timer.len() as i64 + 1) - 1;
+    let mut show_status = false;
+    if !j.status.is_empty() && left + j.status.len() as i64 > 20 {
+        show_status = true;
+        left -= j.status.len() as i64 + 1;
+    }
+    if left < 12 {
+        return None;
+    }
+    let mut line = format!(" => {}", cut(&j.name, left as usize));
+    if show_status {
+        line.push(' ');
+        line.push_str(&j.status);
+    }
+    Some(format!(
+        "{} {timer}",
+        pad(
+            &line,
+            (width as i64 - timer.len() as i64 - 2).max(0) as usize
+        )
+    ))
 }
 
 /// Keeps the last `limit` lines, but brings back running ones that would be
