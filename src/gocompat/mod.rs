@@ -5,6 +5,7 @@
 //! goes through here. The module depends on nothing of bkrun's: it is the bottom of the tree.
 
 pub mod durations;
+pub mod jsonstr;
 pub mod numbers;
 pub mod sizes;
 pub mod tabwriter;

@@ -143,25 +143,10 @@ impl Value {
     }
 }
 
-/// Appends `s` as a JSON string the way Go's encoder writes it without HTML escaping: the
-/// JavaScript line separators are still escaped, invalid UTF-8 cannot occur in a `str`.
+/// Appends `s` as a JSON string the way Go's encoder writes it without HTML escaping (buildctl's
+/// templates turn it off).
 fn quote(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            '\u{2028}' | '\u{2029}' => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
+    super::jsonstr::quote_into(out, s, super::jsonstr::Html::Kept);
 }
 
 /// A parsed `--format` template.

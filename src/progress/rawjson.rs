@@ -251,29 +251,9 @@ fn b64(b: &[u8]) -> String {
     )
 }
 
-/// A JSON string as Go's encoder writes it: HTML-significant characters and
-/// the JavaScript line separators are escaped too.
+/// A JSON string as Go's encoder writes it, HTML-significant characters escaped too.
 pub fn quote(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            '<' | '>' | '&' | '\u{2028}' | '\u{2029}' => {
-                out.push_str(&format!("\\u{:04x}", c as u32));
-            }
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
+    crate::gocompat::jsonstr::quote(s, crate::gocompat::jsonstr::Html::Escaped)
 }
 
 /// Builds one JSON object, keys in insertion order.
