@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, HostPathVolumeSource, Service};
 use serde::Deserialize;
 use serde_json::Value;
 
-use common::podman::{self, podman};
+use common::podman::{self, podman, podman_out};
 use common::{run_ok, sh_in, show, wait_until, Mode, Sandbox};
 
 /// A CA, a server certificate for the Service's name (the name clients verify, whichever pod
@@ -50,10 +50,6 @@ fn make_certs(dir: &Path, service: &str) {
         )
         .unwrap();
     }
-}
-
-fn podman_out(args: &[&str]) -> Output {
-    podman().args(args).output().unwrap()
 }
 
 fn lines(out: &Output) -> Vec<String> {

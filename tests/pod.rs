@@ -5,11 +5,10 @@ mod common;
 use std::fs;
 use std::os::unix::fs::{chown, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::podman::podman;
-use common::{show, wait_until};
+use common::podman::{podman, podman_ok};
+use common::wait_until;
 
 /// BuildKit's rootless image's ENV lines (moby/buildkit's Dockerfile, stage `rootless`). Every
 /// configuration gets them, the root ones too: a pod cannot unset an image's variable, and bkrun
@@ -216,19 +215,6 @@ fn host_program(name: &str) -> PathBuf {
         .map(|d| Path::new(d).join(name))
         .find(|p| p.is_file())
         .unwrap_or_else(|| panic!("{name} is not on PATH: run scripts/setup"))
-}
-
-fn podman_ok(args: &[&str]) -> Output {
-    let out = podman()
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run podman ({e}): run scripts/setup"));
-    assert!(
-        out.status.success(),
-        "podman {args:?} failed\n{}",
-        show(&out)
-    );
-    out
 }
 
 /// One finished command: how it ended and what it printed.

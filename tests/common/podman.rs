@@ -79,6 +79,25 @@ pub fn podman() -> Command {
     c
 }
 
+/// `podman ARGS`, which must succeed: its output (the failure, with podman's own words, panics).
+pub fn podman_ok(args: &[&str]) -> std::process::Output {
+    let out = podman()
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run podman ({e}): run scripts/setup"));
+    assert!(
+        out.status.success(),
+        "podman {args:?} failed\n{}",
+        super::show(&out)
+    );
+    out
+}
+
+/// `podman ARGS`, however it ends.
+pub fn podman_out(args: &[&str]) -> std::process::Output {
+    podman().args(args).output().unwrap()
+}
+
 /// Every container, pod, secret and volume podman has, as (kind, name): what a test's leftover
 /// check filters by the names it gave.
 pub fn objects() -> Vec<(&'static str, String)> {

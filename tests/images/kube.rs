@@ -18,6 +18,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::common::podman::podman;
+pub use crate::common::podman::podman_ok;
 use crate::common::{show, wait_until};
 
 /// The Dockerfile every manifest builds: the RUN step proves the daemon can run a process, which
@@ -27,19 +28,6 @@ pub const DOCKERFILE: &str =
 
 pub const REGISTRY_USER: &str = "builder";
 pub const REGISTRY_PASSWORD: &str = "pod-s3cr3t";
-
-pub fn podman_ok(args: &[&str]) -> Output {
-    let out = podman()
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run podman ({e}): run scripts/setup"));
-    assert!(
-        out.status.success(),
-        "podman {args:?} failed\n{}",
-        show(&out)
-    );
-    out
-}
 
 fn lines(out: &Output) -> Vec<String> {
     String::from_utf8_lossy(&out.stdout)
