@@ -197,24 +197,49 @@ fn client_config(files: &TlsFiles) -> Result<ClientConfig> {
     Ok(config)
 }
 
+/// Waits between tries of something that may come back (a daemon restarting): doubling from
+/// `first` up to 2 s, for as long as a budget allows. Shared by one daemon's and a pool's retries.
+pub(super) struct Backoff {
+    started: Instant,
+    delay: Duration,
+    budget: Duration,
+}
+
+impl Backoff {
+    pub fn new(first: Duration, budget: Duration) -> Backoff {
+        Backoff {
+            started: Instant::now(),
+            delay: first,
+            budget,
+        }
+    }
+
+    /// The next wait, when it still fits in the budget.
+    pub fn next_wait(&self) -> Option<Duration> {
+        (self.started.elapsed() + self.delay < self.budget).then_some(self.delay)
+    }
+
+    /// Waits `next_wait`, then doubles it (up to 2 s).
+    pub async fn wait(&mut self) {
+        tokio::time::sleep(self.delay).await;
+        self.delay = (self.delay * 2).min(Duration::from_secs(2));
+    }
+}
+
 /// Connects to `t`, retrying refused and timed-out connections until `t.retry_for` has passed.
 pub async fn connect_target(t: &Target) -> Result<Channel> {
     let (addr, tls) = prepare(t)?;
-    let started = Instant::now();
-    let mut delay = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), t.retry_for);
     loop {
         match dial(&addr, tls.clone(), &t.addr).await {
             Ok(ch) => return Ok(ch),
             Err(Failure {
                 retryable: true,
                 explained,
-            }) if started.elapsed() + delay < t.retry_for => {
-                crate::say!(
-                    "bkrun: {explained}; retrying in {:.1}s",
-                    delay.as_secs_f64()
-                );
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(2));
+            }) if backoff.next_wait().is_some() => {
+                let wait = backoff.next_wait().unwrap_or_default();
+                crate::say!("bkrun: {explained}; retrying in {:.1}s", wait.as_secs_f64());
+                backoff.wait().await;
             }
             Err(f) => {
                 return Err(match &t.origin {

@@ -1,11 +1,11 @@
 //! Reaching a pool of daemons: each tried in the order given (the route key's), with a few seconds to connect and answer, the first that serves used; whole rounds repeated, with backoff, while every one is briefly away.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, Result};
 use tonic::transport::Channel;
 
-use super::connect::{self, Failure, Target};
+use super::connect::{self, Backoff, Failure, Target};
 use super::probe;
 
 /// How long one daemon of a pool gets to connect and answer ListWorkers before the next is
@@ -26,8 +26,7 @@ pub struct Chosen {
 /// timed out), tries the round again until `retry_for` (the targets') has passed.
 pub async fn first_serving(ordered: &[Target]) -> Result<Chosen> {
     let retry_for = ordered.first().map_or(Duration::ZERO, |t| t.retry_for);
-    let started = Instant::now();
-    let mut delay = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200), retry_for);
     loop {
         let mut passed = Vec::new();
         let mut may_return = false;
@@ -51,7 +50,8 @@ pub async fn first_serving(ordered: &[Target]) -> Result<Chosen> {
             .map(|(a, why, _)| format!("{a} ({why})"))
             .collect::<Vec<_>>()
             .join(", ");
-        if !may_return || started.elapsed() + delay >= retry_for {
+        let wait = backoff.next_wait().filter(|_| may_return);
+        let Some(wait) = wait else {
             let from = ordered
                 .first()
                 .and_then(|t| t.origin.as_deref())
@@ -60,13 +60,12 @@ pub async fn first_serving(ordered: &[Target]) -> Result<Chosen> {
                 "none of the {} daemons of the pool{from} serves: {each}",
                 ordered.len()
             ));
-        }
+        };
         crate::say!(
             "bkrun: no daemon of the pool serves yet: {each}; retrying in {:.1}s",
-            delay.as_secs_f64()
+            wait.as_secs_f64()
         );
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(2));
+        backoff.wait().await;
     }
 }
 
@@ -114,6 +113,7 @@ fn reason(addr: &str, explained: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
 
     fn refused_port() -> u16 {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
