@@ -4,6 +4,17 @@ use std::path::PathBuf;
 
 use clap::{ArgAction, Args, Parser, Subcommand};
 
+/// Moves every field of a clap struct into the plain struct of the same fields that the modules
+/// below src/cli/ read. The pattern and the literal are both exhaustive, so a field added on
+/// either side and not listed fails to compile instead of being dropped; a macro, so that each
+/// field is named once, in groups, rather than twice in two long lists.
+macro_rules! move_fields {
+    ($value:expr, $from:path => $to:path { $($field:ident),* $(,)? }) => {{
+        let $from { $($field),* } = $value;
+        $to { $($field),* }
+    }};
+}
+
 mod argv;
 mod build;
 mod kaniko;

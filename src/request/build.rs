@@ -63,13 +63,66 @@ impl BuildSpec {
 }
 
 /// Settles a build from its flags, bkrun.toml's `settings` and the `host`: every check that can
-/// fail does so here, in milliseconds, before a daemon exists.
+/// fail does so here, in milliseconds, before a daemon exists. Each flag is settled in its own
+/// step, in this order, so the first mistake named is the same whatever else is wrong.
 pub fn resolve(args: &BuildFlags, settings: &Settings, host: &dyn Host) -> Result<BuildSpec> {
     // buildctl reads these with os.LookupEnv, where an empty value is still a value.
     let env_raw = |k: &str| host.env_raw(k);
     let env = |k: &str| host.env(k);
+    let locals = locals(&args.local)?;
+    let oci_layouts = oci_layouts(&args.oci_layout)?;
+    let opts = opts(args, &env_raw, &env, &oci_layouts)?;
+    let outputs = outputs(&args.output, host.stdout_is_terminal())?;
+    let progress = progress::resolve(&args.progress, &env, host.stderr_is_terminal())?;
+    refuse_unsupported(args)?;
+    entitlement::check(&args.allow)?;
+    let (cache_imports, cache_exports) = caches(args)?;
+    let secrets = secrets(&args.secret, &env_raw)?;
+    let ssh = ssh_agents(&args.ssh, &env_raw)?;
+    check_file_parents(args)?;
+    let Some(frontend) = args.frontend.clone() else {
+        bail!("bkrun build needs --frontend (e.g. --frontend dockerfile.v0); piping an LLB definition on stdin is not supported");
+    };
+    let source_policy = args
+        .source_policy_file
+        .as_deref()
+        .map(policy::load)
+        .transpose()?;
+    let registry = registry_auth(settings, &env_raw, &env);
+    let spec = BuildSpec {
+        frontend,
+        locals,
+        oci_layouts,
+        opts,
+        outputs,
+        progress,
+        allow: args.allow.clone(),
+        metadata_file: args.metadata_file.clone(),
+        trace: args.trace.clone(),
+        ref_file: args.ref_file.clone(),
+        source_policy,
+        secrets,
+        ssh,
+        cache_imports,
+        cache_exports,
+        registry,
+        local_projects: BTreeMap::new(),
+    };
+    // Last, so a flag's own mistake is named first; still before any daemon exists.
+    super::dests::check_outputs(&spec.outputs, host)?;
+    super::dests::check_files(
+        spec.metadata_file.as_deref(),
+        spec.ref_file.as_deref(),
+        spec.trace.as_deref(),
+        host,
+    )?;
+    Ok(spec)
+}
+
+/// `--local NAME=DIR`s: each name once, each directory existing.
+fn locals(flags: &[String]) -> Result<BTreeMap<String, PathBuf>> {
     let mut locals = BTreeMap::new();
-    for l in &args.local {
+    for l in flags {
         let (name, dir) = l.split_once('=').with_context(|| {
             format!(
                 "--local {} must be NAME=DIR, e.g. --local context=.",
@@ -99,8 +152,13 @@ pub fn resolve(args: &BuildFlags, settings: &Settings, host: &dyn Host) -> Resul
             );
         }
     }
+    Ok(locals)
+}
+
+/// `--oci-layout ID=DIR`s: each id once, each directory an OCI image layout.
+fn oci_layouts(flags: &[String]) -> Result<BTreeMap<String, PathBuf>> {
     let mut oci_layouts = BTreeMap::new();
-    for l in &args.oci_layout {
+    for l in flags {
         let (id, dir) = l
             .split_once('=')
             .filter(|(id, _)| !id.is_empty())
@@ -127,6 +185,17 @@ pub fn resolve(args: &BuildFlags, settings: &Settings, host: &dyn Host) -> Resul
             );
         }
     }
+    Ok(oci_layouts)
+}
+
+/// The frontend options: SOURCE_DATE_EPOCH from the environment, `--opt`s over it, proxy
+/// variables under them, `--no-cache`, and layout tags settled to digests.
+fn opts(
+    args: &BuildFlags,
+    env_raw: &dyn Fn(&str) -> Option<String>,
+    env: &dyn Fn(&str) -> Option<String>,
+    oci_layouts: &BTreeMap<String, PathBuf>,
+) -> Result<BTreeMap<String, String>> {
     let mut opts = BTreeMap::new();
     // As buildctl does, SOURCE_DATE_EPOCH in the environment becomes a build arg; --opt wins.
     if let Some(v) = env_raw("SOURCE_DATE_EPOCH") {
@@ -143,16 +212,19 @@ pub fn resolve(args: &BuildFlags, settings: &Settings, host: &dyn Host) -> Resul
     }
     // Pipelines behind a proxy: bkrun's own proxy variables become the build's predefined proxy
     // args, unless the user set that arg.
-    for (k, v) in proxy_args(&env) {
+    for (k, v) in proxy_args(env) {
         opts.entry(k).or_insert(v);
     }
     if args.no_cache {
         opts.insert("no-cache".to_string(), String::new());
     }
-    resolve_layout_tags(&mut opts, &oci_layouts)?;
-    let stdout_tty = host.stdout_is_terminal();
-    let outputs = args
-        .output
+    resolve_layout_tags(&mut opts, oci_layouts)?;
+    Ok(opts)
+}
+
+/// `--output`s, of which at most one is a layout directory.
+fn outputs(flags: &[String], stdout_tty: bool) -> Result<Vec<Output>> {
+    let outputs = flags
         .iter()
         .map(|o| output::parse(o, stdout_tty))
         .collect::<Result<Vec<_>>>()?;
@@ -165,8 +237,11 @@ pub fn resolve(args: &BuildFlags, settings: &Settings, host: &dyn Host) -> Resul
     {
         bail!("only one --output can be an OCI layout directory (tar=false) per build: write the others as tarballs");
     }
-    let progress = progress::resolve(&args.progress, &env, host.stderr_is_terminal())?;
-    // Flags of features bkrun's client does not have yet are refused, never silently ignored.
+    Ok(outputs)
+}
+
+/// Flags of features bkrun's client does not have yet are refused, never silently ignored.
+fn refuse_unsupported(args: &BuildFlags) -> Result<()> {
     let unsupported = [
         (
             "--registry-auth-tlscontext",
@@ -181,7 +256,11 @@ pub fn resolve(args: &BuildFlags, settings: &Settings, host: &dyn Host) -> Resul
     if let Some((flag, _)) = unsupported.iter().find(|(_, set)| *set) {
         bail!("{flag} is not supported by bkrun's build client yet: drop it, or run buildctl through `bkrun exec -- buildctl build …`");
     }
-    entitlement::check(&args.allow)?;
+    Ok(())
+}
+
+/// `--import-cache` and `--export-cache`s.
+fn caches(args: &BuildFlags) -> Result<(Vec<CacheImport>, Vec<CacheExport>)> {
     let cache_imports = args
         .import_cache
         .iter()
@@ -192,10 +271,14 @@ pub fn resolve(args: &BuildFlags, settings: &Settings, host: &dyn Host) -> Resul
         .iter()
         .map(|v| cache::parse_export(v))
         .collect::<Result<Vec<_>>>()?;
-    let secrets = args
-        .secret
+    Ok((cache_imports, cache_exports))
+}
+
+/// `--secret`s, each id once.
+fn secrets(flags: &[String], env_raw: &dyn Fn(&str) -> Option<String>) -> Result<Vec<Secret>> {
+    let secrets = flags
         .iter()
-        .map(|s| secret::parse(s, &env_raw))
+        .map(|s| secret::parse(s, env_raw))
         .collect::<Result<Vec<Secret>>>()?;
     // buildctl keeps the last of two secrets with one id; which file a RUN step gets should
     // not hang on the order of flags.
@@ -207,16 +290,26 @@ pub fn resolve(args: &BuildFlags, settings: &Settings, host: &dyn Host) -> Resul
             );
         }
     }
-    let ssh = args
-        .ssh
+    Ok(secrets)
+}
+
+/// `--ssh` agents and key sets, each id once.
+fn ssh_agents(flags: &[String], env_raw: &dyn Fn(&str) -> Option<String>) -> Result<Vec<SshAgent>> {
+    let ssh = flags
         .iter()
-        .map(|v| ssh::parse(v, &env_raw))
+        .map(|v| ssh::parse(v, env_raw))
         .collect::<Result<Vec<SshAgent>>>()?;
     for (i, a) in ssh.iter().enumerate() {
         if ssh[..i].iter().any(|b| b.id == a.id) {
             bail!("--ssh {} is given twice: give each id once (several key files go in one value: --ssh {}=KEY1,KEY2)", a.id, a.id);
         }
     }
+    Ok(ssh)
+}
+
+/// The files bkrun writes beside the build (`--metadata-file`, `--trace`, `--ref-file`) can be
+/// created: their parent directories exist.
+fn check_file_parents(args: &BuildFlags) -> Result<()> {
     for (flag, file) in [
         ("--metadata-file", &args.metadata_file),
         ("--trace", &args.trace),
@@ -226,49 +319,22 @@ pub fn resolve(args: &BuildFlags, settings: &Settings, host: &dyn Host) -> Resul
             check_parent(flag, f)?;
         }
     }
-    let Some(frontend) = args.frontend.clone() else {
-        bail!("bkrun build needs --frontend (e.g. --frontend dockerfile.v0); piping an LLB definition on stdin is not supported");
-    };
-    let source_policy = args
-        .source_policy_file
-        .as_deref()
-        .map(policy::load)
-        .transpose()?;
-    // Registry credentials, as buildctl offers them: from the Docker config of whoever runs
-    // bkrun (read when the daemon asks). Tokens too, unless BUILDKIT_NO_CLIENT_TOKEN.
-    let registry = RegistryAuth {
-        docker_config: dockerconfig::config_path(&env_raw),
+    Ok(())
+}
+
+/// Registry credentials, as buildctl offers them: from the Docker config of whoever runs bkrun
+/// (read when the daemon asks). Tokens too, unless BUILDKIT_NO_CLIENT_TOKEN. TLS trust from
+/// bkrun.toml's registry settings.
+fn registry_auth(
+    settings: &Settings,
+    env_raw: &dyn Fn(&str) -> Option<String>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> RegistryAuth {
+    RegistryAuth {
+        docker_config: dockerconfig::config_path(env_raw),
         client_tokens: registry::client_tokens_enabled(env("BUILDKIT_NO_CLIENT_TOKEN").as_deref()),
         tls: registry::tls_from(settings.daemon_config.as_ref()),
-    };
-    let spec = BuildSpec {
-        frontend,
-        locals,
-        oci_layouts,
-        opts,
-        outputs,
-        progress,
-        allow: args.allow.clone(),
-        metadata_file: args.metadata_file.clone(),
-        trace: args.trace.clone(),
-        ref_file: args.ref_file.clone(),
-        source_policy,
-        secrets,
-        ssh,
-        cache_imports,
-        cache_exports,
-        registry,
-        local_projects: BTreeMap::new(),
-    };
-    // Last, so a flag's own mistake is named first; still before any daemon exists.
-    super::dests::check_outputs(&spec.outputs, host)?;
-    super::dests::check_files(
-        spec.metadata_file.as_deref(),
-        spec.ref_file.as_deref(),
-        spec.trace.as_deref(),
-        host,
-    )?;
-    Ok(spec)
+    }
 }
 
 /// Checks a `--local` name. It reaches the daemon in the LLB (`local://NAME`) and comes back in

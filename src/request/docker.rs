@@ -132,12 +132,38 @@ fn dockerfile_file_as_dir(n: &mut Normalized) -> Result<()> {
     Ok(())
 }
 
+/// The docker-style grammar (a context PATH given) rewritten into buildctl's: what bkrun cannot
+/// do is refused first, then the context and Dockerfile, frontend options, named contexts,
+/// caches and outputs, each in its own step.
 fn docker_style(
     args: &BuildFlags,
     context: &str,
     stdin: &mut dyn Read,
     n: &mut Normalized,
 ) -> Result<()> {
+    refuse_what_bkrun_lacks(args)?;
+    let a = &mut n.args;
+    a.frontend.get_or_insert_with(|| "dockerfile.v0".into());
+    a.context = None;
+    context_and_dockerfile(args, context, stdin, n)?;
+    let a = &mut n.args;
+    frontend_options(args, a)?;
+    attestations(args, a)?;
+    named_contexts(args, a)?;
+    caches(args, a);
+    outputs(args, n)?;
+    n.after.iidfile = args.iidfile.clone();
+    n.after.names = args.tag.clone();
+    if args.quiet {
+        n.args.progress = "quiet".into();
+        n.after.print_id = true;
+    }
+    Ok(())
+}
+
+/// docker-style flags that need what bkrun has not got (a docker daemon, buildx builders, the
+/// SBOM scanner image), and a context given twice.
+fn refuse_what_bkrun_lacks(args: &BuildFlags) -> Result<()> {
     if args.load {
         bail!("--load needs a docker daemon, and there is none here: write the image with --output type=docker,dest=image.tar (then `docker load -i image.tar` where docker runs)");
     }
@@ -150,11 +176,17 @@ fn docker_style(
     if !args.local.iter().all(|l| !l.starts_with("context=")) {
         bail!("the build context is given twice (PATH and --local context=…): keep one");
     }
-    let a = &mut n.args;
-    a.frontend.get_or_insert_with(|| "dockerfile.v0".into());
-    a.context = None;
+    Ok(())
+}
 
-    // The context and the Dockerfile.
+/// The context PATH (or `-`) and `-f` as the two local directories and the `filename` option;
+/// what stdin holds is written into `n.stdin_dir`.
+fn context_and_dockerfile(
+    args: &BuildFlags,
+    context: &str,
+    stdin: &mut dyn Read,
+    n: &mut Normalized,
+) -> Result<()> {
     let (context_dir, dockerfile) = if context == "-" {
         let dir = read_stdin_context(stdin, n.stdin_dir.get_or_insert(tempdir()?))?;
         (dir.0, dir.1)
@@ -198,8 +230,12 @@ fn docker_style(
         .and_then(|f| f.to_str())
         .unwrap_or("Dockerfile");
     a.opt.push(format!("filename={name}"));
+    Ok(())
+}
 
-    // Frontend options.
+/// `--target`, `--platform`, `--label`, `--no-cache-filter`, `--pull`, `--network`,
+/// `--add-host`, `--shm-size` and `--ulimit` as the Dockerfile frontend's options.
+fn frontend_options(args: &BuildFlags, a: &mut BuildFlags) -> Result<()> {
     if let Some(t) = &args.target {
         a.opt.push(format!("target={t}"));
     }
@@ -245,9 +281,11 @@ fn docker_style(
     if !args.ulimit.is_empty() {
         a.opt.push(format!("ulimit={}", args.ulimit.join(",")));
     }
-    attestations(args, a)?;
+    Ok(())
+}
 
-    // Named contexts.
+/// `--build-context NAME=VALUE`: an OCI layout, a URL the daemon fetches, or a local directory.
+fn named_contexts(args: &BuildFlags, a: &mut BuildFlags) -> Result<()> {
     for bc in &args.build_context {
         let (name, value) = bc
             .split_once('=')
@@ -265,8 +303,11 @@ fn docker_style(
             a.opt.push(format!("context:{name}=local:{name}"));
         }
     }
+    Ok(())
+}
 
-    // Caches, in buildx's grammar: a bare reference means a registry cache.
+/// `--cache-from` and `--cache-to` in buildx's grammar: a bare reference means a registry cache.
+fn caches(args: &BuildFlags, a: &mut BuildFlags) {
     let cache = |v: &String| {
         if v.contains('=') {
             v.clone()
@@ -276,15 +317,6 @@ fn docker_style(
     };
     a.import_cache.extend(args.cache_from.iter().map(cache));
     a.export_cache.extend(args.cache_to.iter().map(cache));
-
-    outputs(args, n)?;
-    n.after.iidfile = args.iidfile.clone();
-    n.after.names = args.tag.clone();
-    if args.quiet {
-        n.args.progress = "quiet".into();
-        n.after.print_id = true;
-    }
-    Ok(())
 }
 
 fn tempdir() -> Result<tempfile::TempDir> {

@@ -40,28 +40,60 @@ pub fn repository(image: &str) -> &str {
     }
 }
 
+/// kaniko's flags as buildctl's: each group of flags is rewritten in its own step, in the order
+/// kaniko users meet their refusals (context, frontend options, outputs, cache, registries).
 pub fn translate(k: &KanikoFlags) -> Result<Translated> {
-    let mut notes = Vec::new();
-    let mut registries: BTreeMap<String, RegistryConfig> = BTreeMap::new();
+    let mut notes: Vec<String> = meaningless_note(k).into_iter().collect();
     let mut a = BuildFlags {
         frontend: Some("dockerfile.v0".into()),
         progress: "plain".into(),
         ..Default::default()
     };
-    let meaningless = k.meaningless();
-    if !meaningless.is_empty() {
-        let verb = if meaningless.len() == 1 {
-            "has"
-        } else {
-            "have"
-        };
-        notes.push(format!(
-            "{} {verb} no meaning under BuildKit: ignored",
-            meaningless.join(", ")
-        ));
+    context_and_dockerfile(k, &mut a)?;
+    frontend_options(k, &mut a)?;
+    outputs(k, &mut a)?;
+    if a.output.is_empty() {
+        notes.push("--no-push without --tar-path: the image stays in the build cache only".into());
     }
+    registry_cache(k, &mut a)?;
+    let registries = registries(k)?;
 
-    // Context and Dockerfile.
+    Ok(Translated {
+        build: Normalized {
+            args: a,
+            after: AfterBuild {
+                digest_file: k.digest_file.clone(),
+                name_with_digest_file: k.image_name_with_digest_file.clone(),
+                name_tag_with_digest_file: k.image_name_tag_with_digest_file.clone(),
+                names: k.destination.clone(),
+                ..Default::default()
+            },
+            notes,
+            stdin_dir: None,
+        },
+        registries,
+    })
+}
+
+/// One notice naming every flag given that changes nothing under BuildKit.
+fn meaningless_note(k: &KanikoFlags) -> Option<String> {
+    let meaningless = k.meaningless();
+    if meaningless.is_empty() {
+        return None;
+    }
+    let verb = if meaningless.len() == 1 {
+        "has"
+    } else {
+        "have"
+    };
+    Some(format!(
+        "{} {verb} no meaning under BuildKit: ignored",
+        meaningless.join(", ")
+    ))
+}
+
+/// `--context` and `--dockerfile` as the two local directories and the `filename` option.
+fn context_and_dockerfile(k: &KanikoFlags, a: &mut BuildFlags) -> Result<()> {
     let Some(context) = &k.context else {
         bail!("kaniko's --context is needed: the directory to build, e.g. --context=dir://$(pwd)");
     };
@@ -72,6 +104,7 @@ pub fn translate(k: &KanikoFlags) -> Result<Translated> {
     if !Path::new(dir).is_dir() {
         bail!("--context {} is not a directory", clip(dir));
     }
+    // kaniko takes --dockerfile as given first, then inside the context.
     let as_given = PathBuf::from(&k.dockerfile);
     let dockerfile = if as_given.is_file() {
         as_given
@@ -98,8 +131,12 @@ pub fn translate(k: &KanikoFlags) -> Result<Translated> {
             .and_then(|n| n.to_str())
             .unwrap_or("Dockerfile")
     ));
+    Ok(())
+}
 
-    // Frontend options.
+/// Build args, target, platform, labels, reproducibility and verbosity as frontend options and
+/// a progress mode.
+fn frontend_options(k: &KanikoFlags, a: &mut BuildFlags) -> Result<()> {
     for b in &k.build_arg {
         if !b.contains('=') {
             bail!("--build-arg {} must be KEY=VALUE", clip_quoted(b));
@@ -129,8 +166,11 @@ pub fn translate(k: &KanikoFlags) -> Result<Translated> {
             clip(v)
         ),
     };
+    Ok(())
+}
 
-    // Outputs.
+/// The push, `--tar-path` and `--oci-layout-path` outputs, each with the same image attributes.
+fn outputs(k: &KanikoFlags, a: &mut BuildFlags) -> Result<()> {
     let mut image_attrs = String::new();
     if k.reproducible {
         image_attrs.push_str(",rewrite-timestamp=true");
@@ -168,31 +208,37 @@ pub fn translate(k: &KanikoFlags) -> Result<Translated> {
             dir.display()
         ));
     }
-    if a.output.is_empty() {
-        notes.push("--no-push without --tar-path: the image stays in the build cache only".into());
-    }
+    Ok(())
+}
 
-    // Registry cache.
-    if k.cache {
-        let repo = match (&k.cache_repo, k.destination.first()) {
-            (Some(r), _) => r.clone(),
-            (None, Some(d)) => format!("{}/cache", repository(d)),
-            (None, None) => {
-                bail!("--cache needs --cache-repo (or a --destination to put the cache beside)")
-            }
-        };
-        let reference = if repository(&repo) == repo {
-            format!("{repo}:buildcache")
-        } else {
-            repo
-        };
-        a.import_cache
-            .push(format!("type=registry,ref={reference}"));
-        a.export_cache
-            .push(format!("type=registry,ref={reference},mode=max"));
+/// `--cache`: a registry cache imported and exported at `--cache-repo`, or beside the first
+/// destination.
+fn registry_cache(k: &KanikoFlags, a: &mut BuildFlags) -> Result<()> {
+    if !k.cache {
+        return Ok(());
     }
+    let repo = match (&k.cache_repo, k.destination.first()) {
+        (Some(r), _) => r.clone(),
+        (None, Some(d)) => format!("{}/cache", repository(d)),
+        (None, None) => {
+            bail!("--cache needs --cache-repo (or a --destination to put the cache beside)")
+        }
+    };
+    let reference = if repository(&repo) == repo {
+        format!("{repo}:buildcache")
+    } else {
+        repo
+    };
+    a.import_cache
+        .push(format!("type=registry,ref={reference}"));
+    a.export_cache
+        .push(format!("type=registry,ref={reference},mode=max"));
+    Ok(())
+}
 
-    // Registries: kaniko's per-registry flags become the ephemeral daemon's settings.
+/// kaniko's per-registry flags as the ephemeral daemon's registry settings.
+fn registries(k: &KanikoFlags) -> Result<BTreeMap<String, RegistryConfig>> {
+    let mut registries: BTreeMap<String, RegistryConfig> = BTreeMap::new();
     let dest_hosts: Vec<String> = k.destination.iter().map(|d| registry_host(d)).collect();
     fn reg<'a>(m: &'a mut BTreeMap<String, RegistryConfig>, host: &str) -> &'a mut RegistryConfig {
         m.entry(host.to_string()).or_default()
@@ -235,22 +281,7 @@ pub fn translate(k: &KanikoFlags) -> Result<Translated> {
         }
         reg(&mut registries, host).ca.push(file.to_string());
     }
-
-    Ok(Translated {
-        build: Normalized {
-            args: a,
-            after: AfterBuild {
-                digest_file: k.digest_file.clone(),
-                name_with_digest_file: k.image_name_with_digest_file.clone(),
-                name_tag_with_digest_file: k.image_name_tag_with_digest_file.clone(),
-                names: k.destination.clone(),
-                ..Default::default()
-            },
-            notes,
-            stdin_dir: None,
-        },
-        registries,
-    })
+    Ok(registries)
 }
 
 #[cfg(test)]

@@ -116,6 +116,15 @@ pub enum Destination {
 /// Parses one --output value and checks its destination can be written. `stdout_tty`: standard
 /// output is a terminal, where no tarball may go.
 pub fn parse(s: &str, stdout_tty: bool) -> Result<Output> {
+    let (kind, attrs) = kind_and_attrs(s)?;
+    check_attrs(kind, &attrs)?;
+    let out = Output { kind, attrs };
+    check_destination(&out, stdout_tty)?;
+    Ok(out)
+}
+
+/// The exporter a value names, and its other attributes.
+fn kind_and_attrs(s: &str) -> Result<(OutputKind, BTreeMap<String, String>)> {
     let pairs = csv::pairs(s).with_context(|| {
         format!(
             "--output {} is malformed: write it as type=TYPE,key=value,… (quote a field holding commas or quotes whole: \"name=a,b\")",
@@ -148,6 +157,12 @@ pub fn parse(s: &str, stdout_tty: bool) -> Result<Output> {
             }
         },
     };
+    Ok((kind, attrs))
+}
+
+/// Attributes that are mistaken whatever the destination: `output=`, a `tar=` that is no
+/// boolean, an empty `dest=`, a `dest=` for the image exporter.
+fn check_attrs(kind: OutputKind, attrs: &BTreeMap<String, String>) -> Result<()> {
     if let Some(v) = attrs.get("output") {
         bail!(
             "--output output={} is not an option: you meant dest={}",
@@ -165,7 +180,7 @@ pub fn parse(s: &str, stdout_tty: bool) -> Result<Output> {
     }
     // An empty dest would mean the current directory to a local export (BuildKit's client
     // refuses it too) and nothing sensible to the others.
-    if out_dest_is_empty(&attrs) {
+    if out_dest_is_empty(attrs) {
         bail!("--output type={kind},dest= is empty: give dest=DIR (or dest=FILE, dest=- for stdout, for a tarball)");
     }
     if kind == OutputKind::Image {
@@ -176,19 +191,15 @@ pub fn parse(s: &str, stdout_tty: bool) -> Result<Output> {
             );
         }
     }
-    let out = Output { kind, attrs };
+    Ok(())
+}
+
+/// The output's destination can be written: a layout directory, a local directory, or a
+/// tarball's file (or stdout when it is no terminal).
+fn check_destination(out: &Output, stdout_tty: bool) -> Result<()> {
+    let kind = out.kind;
     if let Destination::Layout(d) = out.destination() {
-        if d.as_os_str() == "-" {
-            bail!("--output type={kind},tar=false writes a directory: give dest=DIR, not -");
-        }
-        if d.exists() && !d.is_dir() {
-            bail!(
-                "--output type={kind},tar=false,dest={}: that is a file; give a directory (it is created if missing)",
-                clip_path(&d)
-            );
-        }
-        check_parent(&format!("--output type={kind},tar=false"), &d)?;
-        return Ok(out);
+        return check_layout_dir(kind, &d);
     }
     if kind.is_archive() && out.dest().is_none() && !out.tar() {
         bail!("--output type={kind},tar=false needs dest=DIR");
@@ -215,7 +226,21 @@ pub fn parse(s: &str, stdout_tty: bool) -> Result<Output> {
         }
         _ => {}
     }
-    Ok(out)
+    Ok(())
+}
+
+/// A `tar=false` layout's `dest`: a directory, or missing beside an existing parent.
+fn check_layout_dir(kind: OutputKind, d: &Path) -> Result<()> {
+    if d.as_os_str() == "-" {
+        bail!("--output type={kind},tar=false writes a directory: give dest=DIR, not -");
+    }
+    if d.exists() && !d.is_dir() {
+        bail!(
+            "--output type={kind},tar=false,dest={}: that is a file; give a directory (it is created if missing)",
+            clip_path(d)
+        );
+    }
+    check_parent(&format!("--output type={kind},tar=false"), d)
 }
 
 fn out_dest_is_empty(attrs: &BTreeMap<String, String>) -> bool {

@@ -40,6 +40,24 @@ pub fn parse(value: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<SshAge
     // The daemon sends the id back in a gRPC header when a RUN step opens the agent.
     header_safe("--ssh", "id", id)?;
     let idc = clip(id);
+    let (raw, paths) = raw_and_paths(items, &shown)?;
+    if raw && paths.len() != 1 {
+        bail!("--ssh {shown}: raw=true forwards exactly one agent socket: write --ssh {idc}=SOCKET,raw=true");
+    }
+    // Like buildctl, an id with no path (or an empty one) means the agent in SSH_AUTH_SOCK.
+    let source = if paths.is_empty() || paths == [""] {
+        env_agent(&idc, raw, env)?
+    } else {
+        from_paths(id, &shown, raw, paths)?
+    };
+    Ok(SshAgent {
+        id: id.to_string(),
+        source,
+    })
+}
+
+/// The comma-separated items after `ID=`: `raw=BOOL`, and the paths.
+fn raw_and_paths<'a>(items: Option<&'a str>, shown: &str) -> Result<(bool, Vec<&'a str>)> {
     let mut raw = false;
     let mut paths = Vec::new();
     for item in items.into_iter().flat_map(|p| p.split(',')) {
@@ -55,24 +73,25 @@ pub fn parse(value: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<SshAge
             None => paths.push(item),
         }
     }
-    if raw && paths.len() != 1 {
-        bail!("--ssh {shown}: raw=true forwards exactly one agent socket: write --ssh {idc}=SOCKET,raw=true");
+    Ok((raw, paths))
+}
+
+/// The agent socket SSH_AUTH_SOCK names, which must be set and be a socket. `idc`: the id, clipped.
+fn env_agent(idc: &str, raw: bool, env: &dyn Fn(&str) -> Option<String>) -> Result<SshSource> {
+    let Some(sock) = env("SSH_AUTH_SOCK") else {
+        bail!("--ssh {idc} forwards the agent in SSH_AUTH_SOCK, which is not set: start ssh-agent (eval $(ssh-agent); ssh-add KEY), or give --ssh {idc}=SOCKET or --ssh {idc}=KEYFILE");
+    };
+    let socket = PathBuf::from(sock);
+    match std::fs::metadata(&socket) {
+        Ok(m) if m.file_type().is_socket() => Ok(SshSource::Socket { path: socket, raw }),
+        Ok(_) => bail!("--ssh {idc}: SSH_AUTH_SOCK={} is not a socket: point it at a running ssh-agent, or give --ssh {idc}=KEYFILE", clip_path(&socket)),
+        Err(e) => bail!("--ssh {idc}: cannot use the agent socket {} from SSH_AUTH_SOCK: is ssh-agent running? ({e})", clip_path(&socket)),
     }
-    // Like buildctl, an id with no path (or an empty one) means the agent in SSH_AUTH_SOCK.
-    if paths.is_empty() || paths == [""] {
-        let Some(sock) = env("SSH_AUTH_SOCK") else {
-            bail!("--ssh {idc} forwards the agent in SSH_AUTH_SOCK, which is not set: start ssh-agent (eval $(ssh-agent); ssh-add KEY), or give --ssh {idc}=SOCKET or --ssh {idc}=KEYFILE");
-        };
-        let socket = PathBuf::from(sock);
-        return match std::fs::metadata(&socket) {
-            Ok(m) if m.file_type().is_socket() => Ok(SshAgent {
-                id: id.to_string(),
-                source: SshSource::Socket { path: socket, raw },
-            }),
-            Ok(_) => bail!("--ssh {idc}: SSH_AUTH_SOCK={} is not a socket: point it at a running ssh-agent, or give --ssh {idc}=KEYFILE", clip_path(&socket)),
-            Err(e) => bail!("--ssh {idc}: cannot use the agent socket {} from SSH_AUTH_SOCK: is ssh-agent running? ({e})", clip_path(&socket)),
-        };
-    }
+}
+
+/// Given paths: one agent socket, or key files read and parsed now (never both).
+fn from_paths(id: &str, shown: &str, raw: bool, paths: Vec<&str>) -> Result<SshSource> {
+    let idc = clip(id);
     let mut sockets = Vec::new();
     let mut files = Vec::new();
     for p in paths {
@@ -88,12 +107,9 @@ pub fn parse(value: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<SshAge
     }
     match (sockets.len(), files.len()) {
         (1, 0) => {
-            return Ok(SshAgent {
-                id: id.to_string(),
-                source: SshSource::Socket {
-                    path: sockets.remove(0),
-                    raw,
-                },
+            return Ok(SshSource::Socket {
+                path: sockets.remove(0),
+                raw,
             })
         }
         (0, _) if raw => bail!("--ssh {shown}: raw=true forwards an agent socket, and {} is a key file: drop raw=true", clip_path(&files[0])),
@@ -105,10 +121,7 @@ pub fn parse(value: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<SshAge
         .iter()
         .map(|f| AgentKey::from_file(f).map_err(|e| key_error(id, f, e)))
         .collect::<Result<Vec<_>>>()?;
-    Ok(SshAgent {
-        id: id.to_string(),
-        source: SshSource::Keys(keys.into()),
-    })
+    Ok(SshSource::Keys(keys.into()))
 }
 
 fn key_error(id: &str, file: &Path, e: KeyFileError) -> anyhow::Error {
