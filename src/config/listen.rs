@@ -89,7 +89,7 @@ pub fn check_grpc(
 
 /// Refuses buildkitd's debug listener (pprof, expvar, cache dumps and loads, always plaintext)
 /// off loopback, unless --insecure-plaintext was given.
-fn check_debug(origin: &str, addr: &str, insecure_plaintext: bool) -> Result<()> {
+pub fn check_debug(origin: &str, addr: &str, insecure_plaintext: bool) -> Result<()> {
     if is_local(addr) || insecure_plaintext {
         return Ok(());
     }
@@ -98,7 +98,7 @@ fn check_debug(origin: &str, addr: &str, insecure_plaintext: bool) -> Result<()>
 
 /// Every value `flags` gives `name`, in order, in each spelling buildkitd's flag parser takes
 /// (`--name v`, `--name=v`, and the single-dash forms).
-fn values(flags: &[String], name: &str) -> Vec<String> {
+pub fn values(flags: &[String], name: &str) -> Vec<String> {
     let bare = name.trim_start_matches('-');
     let mut out = Vec::new();
     let mut it = flags.iter();

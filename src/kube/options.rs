@@ -255,6 +255,11 @@ fn buildkitd_flags(g: &GlobalFlags) -> Result<Vec<String>> {
             bail!("--buildkitd-flags: {name} is set by bkrun kube (the listener, TLS and state dir come from --port, --tls-secret and the image): drop it");
         }
     }
+    // The daemons refuse a plaintext debug listener off loopback when they start (the one TLS
+    // rule, src/config/listen.rs): refused here, before a pod would crash-loop on it.
+    for addr in config::listen::values(&flags, "--debugaddr") {
+        config::listen::check_debug("--buildkitd-flags --debugaddr", &addr, g.insecure_plaintext)?;
+    }
     Ok(flags)
 }
 

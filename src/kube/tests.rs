@@ -849,6 +849,20 @@ fn reserved_and_malformed_keys_are_refused_by_name() {
     }
     let e = refused(&["kube", "--buildkitd-flags", "--addr tcp://0.0.0.0:1"]);
     assert!(e.contains("--addr is set by bkrun kube"), "{e}");
+    let e = refused(&[
+        "kube",
+        "--buildkitd-flags",
+        "--debugaddr=tcp://0.0.0.0:6060",
+    ]);
+    assert!(
+        e.starts_with("--buildkitd-flags --debugaddr tcp://0.0.0.0:6060 serves buildkitd's debug handlers without TLS"),
+        "{e}"
+    );
+    round_trip(&[
+        "kube",
+        "--buildkitd-flags",
+        "--debugaddr tcp://127.0.0.1:6060",
+    ]);
     let e = refused(&["kube", "--buildkitd-flags", "--debug 'x"]);
     assert!(e.contains("cannot be split"), "{e}");
     assert!(crate::cli::parse(["bkrun", "kube", "--replicas", "-1"]).is_err());
