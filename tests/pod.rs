@@ -383,27 +383,23 @@ impl Pod {
         self.dir.path().join(rel)
     }
 
-    /// `podman exec` in the workspace as `user` (UID:GID), with the container's environment.
+    /// `podman exec` in /tmp as `user` (UID:GID), with the container's environment.
     fn exec_as(&self, user: &str, args: &[&str]) -> Ran {
-        let start = Instant::now();
-        let out = podman()
-            .args(["exec", "--user", user, "--workdir", "/tmp", &self.name])
-            .args(args)
-            .output()
-            .unwrap();
-        Ran {
-            code: out.status.code().unwrap_or(-1),
-            secs: start.elapsed().as_secs_f64(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        self.exec_with(&["--user", user, "--workdir", "/tmp"], args)
     }
 
     /// `podman exec` in the workspace, as the container's user and with its environment.
     fn exec(&self, args: &[&str]) -> Ran {
+        self.exec_with(&["--workdir", "/workspace"], args)
+    }
+
+    /// `podman exec` with `options` before the container's name, timed.
+    fn exec_with(&self, options: &[&str], args: &[&str]) -> Ran {
         let start = Instant::now();
         let out = podman()
-            .args(["exec", "--workdir", "/workspace", &self.name])
+            .arg("exec")
+            .args(options)
+            .arg(&self.name)
             .args(args)
             .output()
             .unwrap();

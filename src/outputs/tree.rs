@@ -50,15 +50,7 @@ impl DirTarget {
     /// Makes the temporary directory for an export to `dest`.
     pub fn prepare(dest: &Path) -> io::Result<DirTarget> {
         let euid = nix::unistd::geteuid().as_raw();
-        let place = match resolve(dest, euid, true)? {
-            Resolved::Fd(_) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::NotADirectory,
-                    format!("{} is not a directory", dest.display()),
-                ))
-            }
-            Resolved::At(p) => *p,
-        };
+        let place = walk_to_dir(dest, euid)?;
         let dir = Arc::new(place.dir.try_clone()?);
         let Some(name) = place.name.clone() else {
             // The path names the directory itself (`.`): received inside it.
@@ -117,14 +109,7 @@ impl DirTarget {
     pub fn commit(self) -> io::Result<()> {
         match &self.into {
             Into::New { dir, missing, name } => {
-                let mut parent = dir.try_clone()?;
-                for m in missing {
-                    match parent.mkdir_at(m, 0o777) {
-                        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
-                        _ => {}
-                    }
-                    parent = parent.sub(m)?;
-                }
+                let parent = make_dirs(dir, missing)?;
                 // The tree was private while it filled; in place it has the mode a mkdir gives.
                 self.received.chmod(0o777 & !safefs::umask())?;
                 match self.temp.dir().rename_at(self.temp.name(), &parent, name) {
@@ -155,10 +140,7 @@ fn merge_into_existing(
     prefix: &str,
     euid: u32,
 ) -> io::Result<DirTarget> {
-    if !may_use_existing(&place.dir_stat, &node, euid) {
-        let r = refusal(&place.path(), &node, &place.dir_path, &place.dir_stat);
-        return Err(refused(r.to_string()));
-    }
+    may_write_into(&place, &node, euid)?;
     let dest_dir = place.dir.sub(&name)?;
     let opened = dest_dir.stat()?;
     if !opened.same_node(&node) {
@@ -193,15 +175,7 @@ fn merge_into_existing(
 /// replaced by where they lead), so the store's later paths go through no link at all.
 pub fn layout_dir(dest: &Path) -> io::Result<PathBuf> {
     let euid = nix::unistd::geteuid().as_raw();
-    let place = match resolve(dest, euid, true)? {
-        Resolved::Fd(_) => {
-            return Err(io::Error::new(
-                io::ErrorKind::NotADirectory,
-                format!("{} is not a directory", dest.display()),
-            ))
-        }
-        Resolved::At(p) => *p,
-    };
+    let place = walk_to_dir(dest, euid)?;
     let path = place.path();
     let Some(name) = &place.name else {
         return Ok(path);
@@ -211,27 +185,54 @@ pub fn layout_dir(dest: &Path) -> io::Result<PathBuf> {
             io::ErrorKind::NotADirectory,
             format!("{} exists and is not a directory", path.display()),
         )),
-        Some(node) if !may_use_existing(&place.dir_stat, &node, euid) => {
-            let r = refusal(&path, &node, &place.dir_path, &place.dir_stat);
-            Err(refused(r.to_string()))
-        }
-        Some(_) => Ok(path),
+        Some(node) => may_write_into(&place, &node, euid).map(|()| path),
         None if dangling(dest, euid) => Err(io::Error::new(
             io::ErrorKind::NotFound,
             format!("{} is a symlink to nothing", dest.display()),
         )),
         None => {
-            let mut parent = place.dir.try_clone()?;
-            for m in place.missing.iter().chain(std::iter::once(name)) {
-                match parent.mkdir_at(m, 0o777) {
-                    Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
-                    _ => {}
-                }
-                parent = parent.sub(m)?;
-            }
+            let mut names = place.missing.clone();
+            names.push(name.clone());
+            make_dirs(&place.dir, &names)?;
             Ok(path)
         }
     }
+}
+
+/// Walks `dest` (links followed under the shared-directory rules) for a directory to write
+/// into; one of bkrun's own descriptors is not one.
+fn walk_to_dir(dest: &Path, euid: u32) -> io::Result<Place> {
+    match resolve(dest, euid, true)? {
+        Resolved::Fd(_) => Err(io::Error::new(
+            io::ErrorKind::NotADirectory,
+            format!("{} is not a directory", dest.display()),
+        )),
+        Resolved::At(p) => Ok(*p),
+    }
+}
+
+/// The existing directory `node` at `place` may be written into: not another user's in a
+/// shared sticky directory.
+fn may_write_into(place: &Place, node: &Stat, euid: u32) -> io::Result<()> {
+    if may_use_existing(&place.dir_stat, node, euid) {
+        return Ok(());
+    }
+    let r = refusal(&place.path(), node, &place.dir_path, &place.dir_stat);
+    Err(refused(r.to_string()))
+}
+
+/// Makes each of `names` (the next inside the last), mode 0777 less the umask, by descriptor
+/// from `dir`; one that appeared meanwhile is used as it is. The last one, open.
+fn make_dirs(dir: &Dir, names: &[OsString]) -> io::Result<Dir> {
+    let mut parent = dir.try_clone()?;
+    for m in names {
+        match parent.mkdir_at(m, 0o777) {
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+            _ => {}
+        }
+        parent = parent.sub(m)?;
+    }
+    Ok(parent)
 }
 
 /// `dest` is a symlink whose target does not exist (an export must not create it).

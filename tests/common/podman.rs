@@ -109,15 +109,7 @@ pub fn objects() -> Vec<(&'static str, String)> {
     ];
     let mut all = Vec::new();
     for (kind, args) in lists {
-        let out = podman()
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run podman ({e}): run scripts/setup"));
-        assert!(
-            out.status.success(),
-            "podman {args:?} failed\n{}",
-            super::show(&out)
-        );
+        let out = podman_ok(args);
         for l in String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter(|l| !l.is_empty())
