@@ -48,6 +48,13 @@ pub struct FileConfig {
     /// Existing daemons to use instead of starting one: an address, or a list (each entry may be
     /// a comma list or a `{A..B}` pattern); below --addr, BKRUN_ADDR and BUILDKIT_HOST.
     pub addr: Option<AddrList>,
+    /// Where RUN cache mounts are kept between runs (a directory or registry://REF); below
+    /// --cache-mounts and BKRUN_CACHE_MOUNTS.
+    pub cache_mounts: Option<String>,
+    /// The largest cache mount saved (e.g. "2g").
+    pub cache_mounts_max_size: Option<String>,
+    /// The registry cache in one setting, as --cache REF; below --cache and BKRUN_CACHE.
+    pub cache: Option<String>,
 }
 
 /// `addr = "tcp://…"` or `addr = ["tcp://…", …]` in bkrun.toml.
@@ -223,6 +230,16 @@ pub struct Settings {
     pub remote: Option<Remote>,
     /// Why a BUILDKIT_HOST in the environment is not used, for `bkrun config` and --debug.
     pub buildkit_host_ignored: Option<String>,
+    /// bkrun.toml's defaults for build flags (below the flag and its environment variable).
+    pub build_defaults: BuildDefaults,
+}
+
+/// bkrun.toml's settings that are build flags' defaults: the request layer applies them.
+#[derive(Debug, Clone, Default)]
+pub struct BuildDefaults {
+    pub cache_mounts: Option<String>,
+    pub cache_mounts_max_size: Option<String>,
+    pub cache: Option<String>,
 }
 
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(120);
@@ -284,6 +301,11 @@ impl Settings {
             debug: args.debug,
             remote,
             buildkit_host_ignored,
+            build_defaults: BuildDefaults {
+                cache_mounts: file.cache_mounts,
+                cache_mounts_max_size: file.cache_mounts_max_size,
+                cache: file.cache,
+            },
         })
     }
 }

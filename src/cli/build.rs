@@ -65,6 +65,29 @@ pub struct BuildArgs {
     #[arg(long, value_name = "WHERE")]
     pub debug_json_cache_metrics: Option<String>,
 
+    // bkrun's own: pods that start warm (docs/caching.md).
+    /// Keep RUN --mount=type=cache contents between runs: a directory (a PVC, a CI cache dir) or
+    /// registry://REF (an OCI artifact). Also BKRUN_CACHE_MOUNTS and cache_mounts in bkrun.toml.
+    #[arg(
+        long,
+        value_name = "DIR|registry://REF",
+        help_heading = "Warm start (bkrun's own)"
+    )]
+    pub cache_mounts: Option<String>,
+    /// The largest cache mount saved, e.g. 512m or 4g (default 2g); a larger one is not saved.
+    #[arg(long, value_name = "SIZE", help_heading = "Warm start (bkrun's own)")]
+    pub cache_mounts_max_size: Option<String>,
+    /// The registry cache in one flag: import REF:<branch> then REF:<default branch>, export
+    /// REF:<branch> with mode=max. A REF with a tag is used as it is.
+    #[arg(long, value_name = "REF", help_heading = "Warm start (bkrun's own)")]
+    pub cache: Option<String>,
+    /// The branch --cache tags with (default: the CI's variables, then the checkout's HEAD).
+    #[arg(long, value_name = "NAME", help_heading = "Warm start (bkrun's own)")]
+    pub cache_branch: Option<String>,
+    /// The branch --cache falls back to (default: the CI's variable, then main).
+    #[arg(long, value_name = "NAME", help_heading = "Warm start (bkrun's own)")]
+    pub cache_default_branch: Option<String>,
+
     // buildx's `docker buildx build` flags (docker-style: given with a positional context PATH).
     /// Docker-style: the build context, a directory, or `-` for a tar archive or a Dockerfile on stdin.
     #[arg(value_name = "PATH", help_heading = "Docker-style (buildx) options")]
@@ -263,6 +286,8 @@ impl From<&BuildArgs> for crate::request::flags::BuildFlags {
             // buildctl's: what the build's steps may use.
             secret, ssh, allow, source_policy_file, proxy_network,
             registry_auth_tlscontext,
+            // bkrun's own: cache mounts and the registry cache that outlive the pod.
+            cache_mounts, cache_mounts_max_size, cache, cache_branch, cache_default_branch,
             // buildctl's: what is shown and written beside the build.
             progress, trace, metadata_file, ref_file, debug_json_cache_metrics,
             // buildx's docker-style grammar: context, Dockerfile, the frontend's and RUN's options.

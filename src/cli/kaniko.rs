@@ -83,6 +83,13 @@ pub struct KanikoArgs {
     /// Log level: panic, fatal, error, warn, info, debug or trace.
     #[arg(long, short = 'v', value_name = "LEVEL", default_value = "info")]
     pub verbosity: String,
+    /// bkrun's own: keep RUN --mount=type=cache contents between runs, in a directory or at
+    /// registry://REF (kaniko never had this). Also BKRUN_CACHE_MOUNTS.
+    #[arg(long, value_name = "DIR|registry://REF")]
+    pub cache_mounts: Option<String>,
+    /// bkrun's own: the largest cache mount saved, e.g. 512m or 4g (default 2g).
+    #[arg(long, value_name = "SIZE")]
+    pub cache_mounts_max_size: Option<String>,
     /// kaniko flags that mean nothing to BuildKit, accepted with one notice (--snapshot-mode,
     /// --single-snapshot, --use-new-run, --cache-dir, --cache-ttl, …).
     #[arg(long = "snapshot-mode", value_name = "MODE", hide = true)]
@@ -138,7 +145,7 @@ impl From<&KanikoArgs> for crate::request::flags::KanikoFlags {
             cache, cache_repo, insecure, insecure_registry, skip_tls_verify,
             skip_tls_verify_registry, registry_mirror, registry_certificate,
             // The executor's own.
-            cleanup, verbosity,
+            cleanup, verbosity, cache_mounts, cache_mounts_max_size,
             // Meaningless under BuildKit: kept to name them in one notice.
             snapshot_mode, single_snapshot, use_new_run, cache_dir, cache_ttl, cache_copy_layers,
             cache_run_layers, compressed_caching, log_timestamp, push_retry,

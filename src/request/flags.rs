@@ -27,6 +27,12 @@ pub struct BuildFlags {
     pub ref_file: Option<PathBuf>,
     pub registry_auth_tlscontext: Vec<String>,
     pub debug_json_cache_metrics: Option<String>,
+    // bkrun's own: cache mounts and the registry cache that outlive the pod.
+    pub cache_mounts: Option<String>,
+    pub cache_mounts_max_size: Option<String>,
+    pub cache: Option<String>,
+    pub cache_branch: Option<String>,
+    pub cache_default_branch: Option<String>,
     // buildx's `docker buildx build` flags (docker-style: given with a positional context PATH).
     pub context: Option<String>,
     pub tag: Vec<String>,
@@ -83,6 +89,8 @@ pub struct KanikoFlags {
     pub compression: Option<String>,
     pub cleanup: bool,
     pub verbosity: String,
+    pub cache_mounts: Option<String>,
+    pub cache_mounts_max_size: Option<String>,
     // kaniko flags that mean nothing to BuildKit, accepted with one notice.
     pub snapshot_mode: Option<String>,
     pub single_snapshot: Option<String>,

@@ -50,6 +50,9 @@ pub fn translate(k: &KanikoFlags) -> Result<Translated> {
         ..Default::default()
     };
     context_and_dockerfile(k, &mut a)?;
+    // bkrun's own flags, accepted in kaniko's command line too: same meaning as in build's.
+    a.cache_mounts = k.cache_mounts.clone();
+    a.cache_mounts_max_size = k.cache_mounts_max_size.clone();
     frontend_options(k, &mut a)?;
     outputs(k, &mut a)?;
     if a.output.is_empty() {
