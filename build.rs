@@ -10,6 +10,7 @@ const PROTOS: &[&str] = &[
     "errdefs.proto",
     "filesync.proto",
     "fsutil.proto",
+    "gateway.proto",
     "health.proto",
     "leases.proto",
     "ops.proto",

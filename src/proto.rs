@@ -9,6 +9,9 @@ pub mod moby {
     pub mod buildkit {
         pub mod v1 {
             tonic::include_proto!("moby.buildkit.v1");
+            pub mod frontend {
+                tonic::include_proto!("moby.buildkit.v1.frontend");
+            }
 
             pub mod types {
                 tonic::include_proto!("moby.buildkit.v1.types");
