@@ -28,6 +28,7 @@ macro_rules! say_out {
     }};
 }
 
+pub mod cachemount;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -12,6 +12,10 @@ fn main() {
     if args.get(1).map(String::as_str) == Some(bkrun::daemon::nsinit::ARG) {
         bkrun::daemon::nsinit::main(&args[2..]);
     }
+    // bkrun run inside a build's container as the cache mounts' seed or save step.
+    if args.get(1).map(String::as_str) == Some(bkrun::cachemount::pack::ARG) {
+        bkrun::cachemount::pack::main(&args[2..]);
+    }
     let invoked_as = args
         .first()
         .map(|a| a.rsplit('/').next().unwrap_or(a).to_string())

@@ -85,7 +85,12 @@ fn shared_key(
 /// The session for `spec`, not yet started, and what it serves. Cache and layout directories
 /// are created here; local cache imports are resolved to their manifests (`warn` hears which
 /// are skipped).
-pub fn build(spec: &BuildSpec, warn: &mut dyn FnMut(String)) -> Result<(Session, Services)> {
+/// `extra` are bkrun's own local dirs (the cache mounts' steps), outside the shared key.
+pub fn build(
+    spec: &BuildSpec,
+    extra: &[(String, std::path::PathBuf)],
+    warn: &mut dyn FnMut(String),
+) -> Result<(Session, Services)> {
     let mut targets = HashMap::new();
     for (i, out) in spec.outputs.iter().enumerate() {
         let sink = match out.destination() {
@@ -101,6 +106,7 @@ pub fn build(spec: &BuildSpec, warn: &mut dyn FnMut(String)) -> Result<(Session,
     let locals = spec
         .locals
         .iter()
+        .chain(extra.iter().map(|(k, v)| (k, v)))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     // Local caches: import digests from index.json, export directories created, before Solve.

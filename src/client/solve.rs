@@ -13,9 +13,12 @@ use tonic::transport::Channel;
 
 use super::connect::{explain_call, Target};
 use super::errors;
+use super::gateway::{self, Gateway};
 use super::services::{self, Services};
+use crate::cachemount::{self, CacheMounts};
 use crate::progress::{Renderer, Summary};
 use crate::proto::moby::buildkit::v1::control_client::ControlClient;
+use crate::proto::moby::buildkit::v1::frontend::CacheOptionsEntry as GwCacheEntry;
 use crate::proto::moby::buildkit::v1::{
     BuildHistoryEventType, BuildHistoryRequest, CacheOptions, CacheOptionsEntry, Exporter,
     SolveRequest, SolveResponse, StatusRequest,
@@ -75,10 +78,18 @@ pub async fn build(channel: Channel, spec: &BuildSpec, target: &Target) -> Resul
     for w in short_secret_warnings(&spec.secrets) {
         crate::say!("bkrun: {w}");
     }
-    let (session, services) = services::build(spec, &mut |w| crate::say!("bkrun: {w}"))?;
+    // Cache mounts kept between runs: only when asked for and the Dockerfile may use them.
+    let mut mounts = match &spec.cache_mounts {
+        Some(cm) if cachemount::may_have_cache_mounts(spec) => {
+            Some(CacheMounts::prepare(cm).await?)
+        }
+        _ => None,
+    };
+    let extra = mounts.as_ref().map(CacheMounts::locals).unwrap_or_default();
+    let (session, services) = services::build(spec, &extra, &mut |w| crate::say!("bkrun: {w}"))?;
     let session = open(session, channel.clone(), target).await?;
     let reference = crate::session::random_id();
-    let request = solve_request(spec, &services, session.id(), &reference);
+    let mut request = solve_request(spec, &services, session.id(), &reference);
 
     let mut progress = spec.progress.options();
     progress.secrets.extend(masks.iter().cloned());
@@ -91,7 +102,7 @@ pub async fn build(channel: Channel, spec: &BuildSpec, target: &Target) -> Resul
         progress.trace = Some(Box::new(std::io::BufWriter::new(file)));
     }
     let renderer = Renderer::for_stderr(spec.progress.mode, progress);
-    let mut control = ControlClient::new(channel).max_decoding_message_size(MAX_MESSAGE);
+    let mut control = ControlClient::new(channel.clone()).max_decoding_message_size(MAX_MESSAGE);
     let saw_foreign_binary = Arc::new(AtomicBool::new(false));
     // None while the Solve runs, then whether it succeeded.
     let (solve_done, solved_rx) = watch::channel(None);
@@ -106,7 +117,19 @@ pub async fn build(channel: Channel, spec: &BuildSpec, target: &Target) -> Resul
     // open keeps buildkitd from stopping gracefully.
     let mut status_task = AbortOnDrop(status_task);
 
-    let solved = control.solve(request).await;
+    let solved = match mounts.as_mut() {
+        None => control.solve(request).await,
+        Some(m) => {
+            // The frontend runs through the gateway, so its LLB can be read before the build's
+            // steps run; the Solve itself names no frontend.
+            let frontend = std::mem::take(&mut request.frontend);
+            let opts = request.frontend_attrs.clone();
+            let imports = gateway_imports(&request);
+            let gw = through_gateway(channel.clone(), &reference, &frontend, opts, imports, m);
+            let (solved, ()) = tokio::join!(control.solve(request), gw);
+            solved
+        }
+    };
     let _ = solve_done.send(Some(solved.is_ok()));
     if let Some(path) = &spec.ref_file {
         // Written whether the build succeeded or not, as buildctl does: the ref names its history record.
@@ -130,13 +153,66 @@ pub async fn build(channel: Channel, spec: &BuildSpec, target: &Target) -> Resul
     if let Ok(Ok(Err(e))) = summary {
         crate::say!("bkrun: progress output failed: {e}");
     }
-    finish(
+    let outcome = finish(
         solved,
         &services,
         target,
         saw_foreign_binary.load(Ordering::Relaxed),
         &masks,
-    )
+    )?;
+    if let Some(m) = mounts.as_mut() {
+        if matches!(outcome, Outcome::Done(_)) {
+            m.save(channel).await;
+        }
+        crate::say!("bkrun: {}", m.stats.line());
+    }
+    Ok(outcome)
+}
+
+/// The build's cache imports, for the frontend's own solves through the gateway.
+fn gateway_imports(request: &SolveRequest) -> Vec<GwCacheEntry> {
+    request
+        .cache
+        .iter()
+        .flat_map(|c| c.imports.iter())
+        .map(|e| GwCacheEntry {
+            r#type: e.r#type.clone(),
+            attrs: e.attrs.clone(),
+        })
+        .collect()
+}
+
+/// Runs the frontend through the gateway, restores the cache mounts its LLB uses, and hands
+/// its result back to the build. A restore that fails is said and the build goes on cold.
+async fn through_gateway(
+    channel: Channel,
+    reference: &str,
+    frontend: &str,
+    opts: HashMap<String, String>,
+    imports: Vec<GwCacheEntry>,
+    mounts: &mut CacheMounts,
+) {
+    let mut gw = Gateway::new(channel, reference);
+    let result = gw.frontend(frontend, opts, imports).await;
+    if let Ok(r) = &result {
+        match mounts.read(&gateway::definitions(r)) {
+            Ok(Some(def)) => {
+                let started = std::time::Instant::now();
+                if let Err(e) = gw.evaluate(def).await {
+                    crate::say!(
+                        "bkrun: cannot restore the cache mounts, building without them: {}",
+                        e.message()
+                    );
+                    mounts.restore_failed();
+                }
+                mounts.restored_in(started.elapsed());
+            }
+            Ok(None) => {}
+            Err(e) => crate::say!("bkrun: cannot read the build's cache mounts: {e:#}"),
+        }
+    }
+    // Refused when the Solve has already failed, which reports it.
+    let _ = gw.finish(result).await;
 }
 
 /// Starts the session, saying in one line why the daemon refused it.

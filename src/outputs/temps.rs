@@ -146,6 +146,15 @@ impl Drop for Temp {
     }
 }
 
+/// A marker PREFIX… in the directory `dir` (already walked), flocked while the returned Temp
+/// lives and removed when it goes: one a later run finds unlocked (`sweep_abandoned`) says that
+/// what it marked was killed.
+pub fn marker(dir: &Path, prefix: &str) -> io::Result<Temp> {
+    let d = Arc::new(Dir::open(dir)?);
+    let (_file, temp) = Temp::new_file(&d, dir, prefix)?;
+    Ok(temp)
+}
+
 /// Why nothing can be made in `dir`, in one line with what to do.
 fn cannot_create(dir: &Path, e: io::Error) -> io::Error {
     io::Error::new(

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 
 use super::cache::{self, CacheExport, CacheImport};
+use super::cachemounts::{self, CacheMountsSpec};
 use super::flags::BuildFlags;
 use super::output::{self, check_parent, Destination, Output};
 use super::progress::{self, ProgressSpec};
@@ -50,6 +51,8 @@ pub struct BuildSpec {
     /// Which project each local dir is (its git origin and path inside it, as the route key
     /// names it), filled in by the run layer; enters the session's shared key beside the path.
     pub local_projects: BTreeMap<String, String>,
+    /// `--cache-mounts`: where RUN cache mounts are kept between runs.
+    pub cache_mounts: Option<CacheMountsSpec>,
 }
 
 impl BuildSpec {
@@ -89,6 +92,12 @@ pub fn resolve(args: &BuildFlags, settings: &Settings, host: &dyn Host) -> Resul
         .map(policy::load)
         .transpose()?;
     let registry = registry_auth(settings, &env_raw, &env);
+    let cache_mounts = cachemounts::resolve(
+        args.cache_mounts.as_deref(),
+        args.cache_mounts_max_size.as_deref(),
+        &env_raw,
+        &settings.build_defaults,
+    )?;
     let spec = BuildSpec {
         frontend,
         locals,
@@ -107,6 +116,7 @@ pub fn resolve(args: &BuildFlags, settings: &Settings, host: &dyn Host) -> Resul
         cache_exports,
         registry,
         local_projects: BTreeMap::new(),
+        cache_mounts,
     };
     // Last, so a flag's own mistake is named first; still before any daemon exists.
     super::dests::check_outputs(&spec.outputs, host)?;

@@ -2,6 +2,7 @@
 
 pub mod build;
 pub mod cache;
+pub mod cachemounts;
 pub mod csv;
 pub mod dests;
 pub mod docker;

@@ -1,0 +1,341 @@
+//! `--cache-mounts`: RUN cache mounts that outlive the daemon. Before the build, the mounts a
+//! previous run saved are unpacked into the new daemon's cache mounts, by a step of bkrun's own
+//! that mounts them exactly as the build's RUNs do; after a successful build, each mount that
+//! changed is packed and saved (a directory or a registry), atomically and within a size cap.
+//!
+//! `helper` is the step's root filesystem (bkrun itself), `pack` what runs inside it, `llb` the
+//! step's definition and the mounts found in the frontend's, `store` where saves live.
+
+pub mod helper;
+pub mod llb;
+pub mod pack;
+pub mod store;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use crate::proto::pb;
+use crate::request::build::BuildSpec;
+use crate::request::cachemounts::{CacheMountsSpec, MountStore};
+use helper::Helper;
+use llb::{CacheMount, Found, Local, Step};
+use store::{DirStore, Layer, Loaded};
+
+/// The session's name for the dir of saved layers.
+const SEEDS_LOCAL: &str = "bkrun-cachemounts-seeds";
+
+/// What the cache mounts cost and did in one run.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Stats {
+    /// Mounts restored, the bytes of their layers, and the time it took (fetch and unpack).
+    pub restored: usize,
+    pub restored_bytes: u64,
+    pub restore_time: Duration,
+    /// Mounts saved (changed ones), the bytes of their new layers, and the time it took.
+    pub saved: usize,
+    pub saved_bytes: u64,
+    pub save_time: Duration,
+    /// Mounts the build used that had not changed since they were restored.
+    pub unchanged: usize,
+}
+
+/// Where saves go.
+enum Store {
+    Dir(DirStore),
+}
+
+/// One build's cache mounts.
+pub struct CacheMounts {
+    spec: CacheMountsSpec,
+    store: Store,
+    loaded: Loaded,
+    helper: Helper,
+    found: Found,
+    /// The layer each restored mount came from, by the mount's key.
+    restored: BTreeMap<String, Layer>,
+    pub stats: Stats,
+}
+
+/// Whether the build can have cache mounts: a Dockerfile bkrun can read that never says
+/// `type=cache` has none, and then the build is run as usual, with no extra step at all.
+pub fn may_have_cache_mounts(spec: &BuildSpec) -> bool {
+    if spec.frontend != "dockerfile.v0" {
+        return true;
+    }
+    let Some(dir) = spec.locals.get("dockerfile") else {
+        return true;
+    };
+    let name = spec
+        .opts
+        .get("filename")
+        .map_or("Dockerfile", String::as_str);
+    match std::fs::read(dir.join(name)) {
+        Ok(text) => text
+            .to_ascii_lowercase()
+            .windows(10)
+            .any(|w| w == b"type=cache"),
+        Err(_) => true,
+    }
+}
+
+impl CacheMounts {
+    /// Before the session: reads what was saved and makes the step's root filesystem.
+    pub async fn prepare(spec: &CacheMountsSpec) -> Result<CacheMounts> {
+        let started = Instant::now();
+        let (store, loaded) = match &spec.store {
+            MountStore::Dir(d) => {
+                let s = DirStore::new(d);
+                let loaded = s.load()?;
+                (Store::Dir(s), loaded)
+            }
+            MountStore::Registry(r) => {
+                anyhow::bail!("--cache-mounts registry://{r}: the registry form is not built yet")
+            }
+        };
+        if let Some(note) = &loaded.note {
+            crate::say!("bkrun: {note}");
+        }
+        let helper = Helper::make(0)?;
+        Ok(CacheMounts {
+            spec: spec.clone(),
+            store,
+            loaded,
+            helper,
+            found: Found::default(),
+            restored: BTreeMap::new(),
+            stats: Stats {
+                restore_time: started.elapsed(),
+                ..Default::default()
+            },
+        })
+    }
+
+    /// The local dirs the build's session serves for bkrun's steps.
+    pub fn locals(&self) -> Vec<(String, PathBuf)> {
+        let mut v = vec![(helper::LOCAL.to_string(), self.helper.path().to_path_buf())];
+        if let Some(b) = &self.loaded.blobs {
+            v.push((SEEDS_LOCAL.to_string(), b.clone()));
+        }
+        v
+    }
+
+    /// Reads the cache mounts of the frontend's definitions; returns the step that restores
+    /// those with a save, if any.
+    pub fn read(&mut self, defs: &[&pb::Definition]) -> Result<Option<pb::Definition>> {
+        self.found = llb::find(defs)?;
+        for target in &self.found.skipped {
+            crate::say!(
+                "bkrun: the cache mount at {target} is not kept between runs: its contents come from another step (from= or source=)"
+            );
+        }
+        let mut mounts: Vec<&CacheMount> = Vec::new();
+        let mut args = vec![
+            "seed".to_string(),
+            llb::SEEDS.to_string(),
+            llb::MOUNTS.to_string(),
+        ];
+        let mut includes = Vec::new();
+        for m in &self.found.mounts {
+            let Some(layer) = self.loaded.layers.iter().find(|l| l.key == m.key) else {
+                continue;
+            };
+            args.push(format!("{}:{}", mounts.len(), layer.hex()));
+            includes.push(layer.hex().to_string());
+            self.restored.insert(m.key.clone(), layer.clone());
+            self.stats.restored_bytes += layer.size;
+            mounts.push(m);
+        }
+        if mounts.is_empty() {
+            return Ok(None);
+        }
+        self.stats.restored = mounts.len();
+        let step = Step {
+            helper: Local {
+                name: helper::LOCAL,
+                includes: Vec::new(),
+            },
+            argv: self.helper.argv(&args),
+            seeds: Some(Local {
+                name: SEEDS_LOCAL,
+                includes,
+            }),
+            mounts: &mounts,
+            output: false,
+            name: "[bkrun] restoring cache mounts",
+        };
+        Ok(Some(llb::definition(&step)))
+    }
+
+    /// The restore step failed: nothing counts as restored (a save compares with nothing).
+    pub fn restore_failed(&mut self) {
+        self.restored.clear();
+        self.stats.restored = 0;
+        self.stats.restored_bytes = 0;
+    }
+
+    /// Counts a restore step's time.
+    pub fn restored_in(&mut self, took: Duration) {
+        self.stats.restore_time += took;
+    }
+
+    /// After a successful build: saves each mount the build used that changed, on the build's
+    /// daemon behind `channel`. A failure is said in one line; the build's result stands.
+    pub async fn save(&mut self, channel: tonic::transport::Channel) {
+        if self.found.mounts.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        if let Err(e) = self.try_save(channel).await {
+            crate::say!(
+                "bkrun: cannot save the cache mounts to {}: {e:#}",
+                self.spec.store
+            );
+        }
+        self.stats.save_time = started.elapsed();
+    }
+
+    async fn try_save(&mut self, channel: tonic::transport::Channel) -> Result<()> {
+        let owned = self.found.mounts.clone();
+        let mounts: Vec<&CacheMount> = owned.iter().collect();
+        let mut args = vec![
+            "save".to_string(),
+            llb::MOUNTS.to_string(),
+            llb::OUT.to_string(),
+            self.spec.max_size.to_string(),
+        ];
+        for (i, m) in mounts.iter().enumerate() {
+            match self.restored.get(&m.key) {
+                Some(l) => args.push(format!("{i}:{}", l.fingerprint)),
+                None => args.push(i.to_string()),
+            }
+        }
+        let step = Step {
+            helper: Local {
+                name: helper::LOCAL,
+                includes: Vec::new(),
+            },
+            argv: self.helper.argv(&args),
+            seeds: None,
+            mounts: &mounts,
+            output: true,
+            name: "[bkrun] saving cache mounts",
+        };
+        let def = llb::definition(&step);
+        let Store::Dir(store) = &mut self.store;
+        store.begin()?;
+        let out = tempfile::Builder::new()
+            .prefix("bkrun-cachemounts-out-")
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .tempdir()
+            .context("cannot make a temp dir for the saved cache mounts (check TMPDIR)")?;
+        let locals = HashMap::from([(helper::LOCAL.to_string(), self.helper.path().to_path_buf())]);
+        crate::client::step::solve(channel, def, locals, out.path()).await?;
+        let (layers, new) = self.collect(&mounts, out.path())?;
+        if new.is_empty() {
+            // Nothing changed: the last save stands as it is (and its marker goes).
+            let Store::Dir(store) = &mut self.store;
+            store.abandon();
+            return Ok(());
+        }
+        let Store::Dir(store) = &mut self.store;
+        store.commit(&layers, &new)
+    }
+
+    /// The save's results: every layer the next run should find (new ones, and unchanged or
+    /// too big mounts' previous ones, and other builds' mounts), and the new files by digest.
+    fn collect(
+        &mut self,
+        mounts: &[&CacheMount],
+        out: &Path,
+    ) -> Result<(Vec<Layer>, BTreeMap<String, PathBuf>)> {
+        let mut layers = Vec::new();
+        let mut new = BTreeMap::new();
+        for (i, m) in mounts.iter().enumerate() {
+            let report: pack::Saved = serde_json::from_slice(
+                &std::fs::read(out.join(format!("{i}.json")))
+                    .with_context(|| format!("the save step wrote no report for mount {i}"))?,
+            )?;
+            let previous = self.loaded.layers.iter().find(|l| l.key == m.key);
+            match report.status.as_str() {
+                "saved" => {
+                    let file = out.join(format!("{i}.tar.zst"));
+                    let (digest, size) = store::digest_file(&file)?;
+                    self.stats.saved += 1;
+                    self.stats.saved_bytes += size;
+                    new.insert(digest.clone(), file);
+                    layers.push(Layer {
+                        digest,
+                        size,
+                        key: m.key.clone(),
+                        id: m.id.clone(),
+                        target: m.target.clone(),
+                        fingerprint: report.fingerprint,
+                        bytes: report.bytes,
+                    });
+                }
+                status => {
+                    if status == "too-big" {
+                        crate::say!(
+                            "bkrun: the cache mount at {} holds {}, over the cap of {} (--cache-mounts-max-size): not saved{}",
+                            m.target,
+                            human(report.bytes),
+                            human(self.spec.max_size),
+                            if previous.is_some() { "; its last save stays" } else { "" }
+                        );
+                    } else {
+                        self.stats.unchanged += 1;
+                    }
+                    layers.extend(previous.cloned());
+                }
+            }
+        }
+        // Mounts of other builds that share this store stay (another target, another Dockerfile).
+        let used: Vec<&str> = mounts.iter().map(|m| m.key.as_str()).collect();
+        layers.extend(
+            self.loaded
+                .layers
+                .iter()
+                .filter(|l| !used.contains(&l.key.as_str()))
+                .cloned(),
+        );
+        Ok((layers, new))
+    }
+}
+
+impl Stats {
+    /// `cache mounts: restored 2 (14.2 MiB, 0.8s), saved 1 (3.1 MiB, 1.1s), 1 unchanged`.
+    pub fn line(&self) -> String {
+        let secs = |d: Duration| format!("{:.1}s", d.as_secs_f64());
+        let mut out = format!(
+            "cache mounts: restored {} ({}, {}), saved {} ({}, {})",
+            self.restored,
+            human(self.restored_bytes),
+            secs(self.restore_time),
+            self.saved,
+            human(self.saved_bytes),
+            secs(self.save_time)
+        );
+        if self.unchanged > 0 {
+            out.push_str(&format!(", {} unchanged", self.unchanged));
+        }
+        out
+    }
+}
+
+/// Bytes as the cache line and messages show them (KiB, MiB, GiB; one decimal).
+pub fn human(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut v = bytes as f64 / 1024.0;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    format!("{v:.1} {}", UNITS[u])
+}

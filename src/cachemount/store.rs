@@ -1,0 +1,429 @@
+//! Where saved cache mounts live between runs: an OCI artifact (its own artifactType, one
+//! tar+zstd layer per mount, annotated with the mount's key), in an OCI image layout directory
+//! or in a registry. A save writes the new layers, then the manifest, then (last, by rename)
+//! index.json or the tag: a save killed at any point leaves the previous one whole.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::outputs::{self, FileTarget};
+
+pub const ARTIFACT_TYPE: &str = "application/vnd.bkrun.cache-mounts.v1";
+pub const LAYER_TYPE: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+pub const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const EMPTY_TYPE: &str = "application/vnd.oci.empty.v1+json";
+/// The sha256 of `{}`, OCI 1.1's empty config.
+pub const EMPTY_DIGEST: &str =
+    "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a";
+/// index.json's name for the save in a directory.
+const REF_NAME: &str = "cache-mounts";
+
+const A_KEY: &str = "dev.bkrun.cache-mount.key";
+const A_ID: &str = "dev.bkrun.cache-mount.id";
+const A_TARGET: &str = "dev.bkrun.cache-mount.target";
+const A_FINGERPRINT: &str = "dev.bkrun.cache-mount.fingerprint";
+const A_BYTES: &str = "dev.bkrun.cache-mount.bytes";
+
+/// One saved mount.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layer {
+    pub digest: String,
+    pub size: u64,
+    pub key: String,
+    pub id: String,
+    pub target: String,
+    pub fingerprint: String,
+    /// Bytes of file data in the mount.
+    pub bytes: u64,
+}
+
+impl Layer {
+    pub fn hex(&self) -> &str {
+        self.digest.trim_start_matches("sha256:")
+    }
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct Descriptor {
+    #[serde(rename = "mediaType")]
+    pub media_type: String,
+    pub digest: String,
+    pub size: u64,
+    #[serde(rename = "artifactType", skip_serializing_if = "Option::is_none")]
+    pub artifact_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct Manifest {
+    #[serde(rename = "schemaVersion")]
+    pub schema_version: u32,
+    #[serde(rename = "mediaType")]
+    pub media_type: String,
+    #[serde(rename = "artifactType", default)]
+    pub artifact_type: String,
+    pub config: Descriptor,
+    pub layers: Vec<Descriptor>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl Manifest {
+    pub fn new(layers: &[Layer]) -> Manifest {
+        Manifest {
+            schema_version: 2,
+            media_type: MANIFEST_TYPE.into(),
+            artifact_type: ARTIFACT_TYPE.into(),
+            config: Descriptor {
+                media_type: EMPTY_TYPE.into(),
+                digest: EMPTY_DIGEST.into(),
+                size: 2,
+                artifact_type: None,
+                data: Some("e30=".into()),
+                annotations: BTreeMap::new(),
+            },
+            layers: layers.iter().map(descriptor_of).collect(),
+            annotations: BTreeMap::new(),
+        }
+    }
+
+    /// The saved mounts it lists; a layer without our annotations is not one of ours.
+    pub fn layers(&self) -> Result<Vec<Layer>> {
+        if self.artifact_type != ARTIFACT_TYPE {
+            bail!(
+                "it is not a save of cache mounts (artifactType {:?}, not {ARTIFACT_TYPE})",
+                self.artifact_type
+            );
+        }
+        Ok(self.layers.iter().filter_map(layer_of).collect())
+    }
+}
+
+fn descriptor_of(l: &Layer) -> Descriptor {
+    let annotations = [
+        (A_KEY, l.key.clone()),
+        (A_ID, l.id.clone()),
+        (A_TARGET, l.target.clone()),
+        (A_FINGERPRINT, l.fingerprint.clone()),
+        (A_BYTES, l.bytes.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    Descriptor {
+        media_type: LAYER_TYPE.into(),
+        digest: l.digest.clone(),
+        size: l.size,
+        artifact_type: None,
+        data: None,
+        annotations,
+    }
+}
+
+fn layer_of(d: &Descriptor) -> Option<Layer> {
+    let a = |k: &str| d.annotations.get(k).cloned();
+    let hex = d.digest.strip_prefix("sha256:")?;
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    Some(Layer {
+        digest: d.digest.clone(),
+        size: d.size,
+        key: a(A_KEY)?,
+        id: a(A_ID).unwrap_or_default(),
+        target: a(A_TARGET).unwrap_or_default(),
+        fingerprint: a(A_FINGERPRINT).unwrap_or_default(),
+        bytes: a(A_BYTES).and_then(|b| b.parse().ok()).unwrap_or(0),
+    })
+}
+
+/// The sha256 and size of a file.
+pub fn digest_file(path: &Path) -> io::Result<(String, u64)> {
+    let mut h = Sha256::new();
+    let n = io::copy(&mut File::open(path)?, &mut h)?;
+    Ok((format!("sha256:{:x}", h.finalize()), n))
+}
+
+/// What a store held at the start of a run.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub layers: Vec<Layer>,
+    /// The directory whose `<hex>` files are the layers' blobs.
+    pub blobs: Option<PathBuf>,
+    /// A line to say about it (an interrupted save, a damaged index).
+    pub note: Option<String>,
+}
+
+/// An OCI image layout directory.
+pub struct DirStore {
+    dir: PathBuf,
+    /// The marker a save holds while it runs (a flocked temp the next run finds if killed).
+    saving: Option<outputs::Temp>,
+}
+
+const SAVING: &str = ".cache-mounts-save.bkrun-";
+
+impl DirStore {
+    pub fn new(dir: &Path) -> DirStore {
+        DirStore {
+            dir: dir.to_path_buf(),
+            saving: None,
+        }
+    }
+
+    fn blobs(&self) -> PathBuf {
+        self.dir.join("blobs").join("sha256")
+    }
+
+    /// Reads the last save; the directory is made if missing (under the rules every output
+    /// directory follows). A save that was killed left its marker: it is cleared and said.
+    pub fn load(&self) -> Result<Loaded> {
+        let what = || format!("cannot use {} for cache mounts", self.dir.display());
+        let dir = outputs::tree::layout_dir(&self.dir).with_context(what)?;
+        let blobs = outputs::tree::layout_dir(&self.blobs()).with_context(what)?;
+        let mut note = None;
+        let interrupted = sweep(&dir, SAVING) + sweep(&dir, ".index.json.bkrun-");
+        let leftovers = sweep(&blobs, ".");
+        if interrupted > 0 {
+            note = Some(format!(
+                "the last save of cache mounts to {} was interrupted (removed {} unfinished file{}); restoring the save before it",
+                self.dir.display(),
+                interrupted + leftovers,
+                if interrupted + leftovers == 1 { "" } else { "s" }
+            ));
+        }
+        let index = match std::fs::read(dir.join("index.json")) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Ok(Loaded {
+                    blobs: Some(blobs),
+                    note,
+                    ..Default::default()
+                })
+            }
+            Err(e) => return Err(e).with_context(what),
+        };
+        let manifest = read_index(&index, &blobs)
+            .with_context(|| format!("{}/index.json", self.dir.display()))
+            .with_context(|| {
+                format!(
+                    "cannot read the saved cache mounts in {}: remove the directory's index.json to start afresh",
+                    self.dir.display()
+                )
+            })?;
+        let layers = manifest
+            .layers()?
+            .into_iter()
+            .filter(|l| blobs.join(l.hex()).is_file())
+            .collect();
+        Ok(Loaded {
+            layers,
+            blobs: Some(blobs),
+            note,
+        })
+    }
+
+    /// Marks the save as running (the next run sees it if this one is killed).
+    pub fn begin(&mut self) -> Result<()> {
+        let dir = outputs::tree::layout_dir(&self.dir)?;
+        self.saving = Some(outputs::temps::marker(&dir, SAVING)?);
+        Ok(())
+    }
+
+    /// Ends a save that changed nothing: the last save stands, and the marker goes.
+    pub fn abandon(&mut self) {
+        self.saving = None;
+    }
+
+    /// Puts `new` layer files in, then the manifest listing `layers`, then index.json; then
+    /// removes blobs nothing lists any more.
+    pub fn commit(&mut self, layers: &[Layer], new: &BTreeMap<String, PathBuf>) -> Result<()> {
+        let blobs = outputs::tree::layout_dir(&self.blobs())?;
+        for (digest, path) in new {
+            let hex = digest.trim_start_matches("sha256:");
+            put_file(&blobs.join(hex), &mut File::open(path)?)?;
+        }
+        let manifest = serde_json::to_vec(&Manifest::new(layers))?;
+        let (mdigest, msize) = (
+            format!("sha256:{:x}", Sha256::digest(&manifest)),
+            manifest.len() as u64,
+        );
+        put_file(&blobs.join(&mdigest[7..]), &mut manifest.as_slice())?;
+        put_file(&blobs.join(&EMPTY_DIGEST[7..]), &mut &b"{}"[..])?;
+        let dir = outputs::tree::layout_dir(&self.dir)?;
+        put_file(
+            &dir.join("oci-layout"),
+            &mut &br#"{"imageLayoutVersion":"1.0.0"}"#[..],
+        )?;
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [{
+                "mediaType": MANIFEST_TYPE,
+                "artifactType": ARTIFACT_TYPE,
+                "digest": mdigest,
+                "size": msize,
+                "annotations": {"org.opencontainers.image.ref.name": REF_NAME},
+            }],
+        });
+        put_file(
+            &dir.join("index.json"),
+            &mut serde_json::to_vec(&index)?.as_slice(),
+        )?;
+        let mut keep: Vec<String> = layers.iter().map(|l| l.hex().to_string()).collect();
+        keep.push(mdigest[7..].to_string());
+        keep.push(EMPTY_DIGEST[7..].to_string());
+        remove_unlisted(&blobs, &keep);
+        self.saving = None;
+        Ok(())
+    }
+}
+
+fn read_index(index: &[u8], blobs: &Path) -> Result<Manifest> {
+    #[derive(Deserialize)]
+    struct Index {
+        manifests: Vec<Descriptor>,
+    }
+    let index: Index = serde_json::from_slice(index)?;
+    let m = index
+        .manifests
+        .iter()
+        .find(|m| {
+            m.annotations
+                .get("org.opencontainers.image.ref.name")
+                .map(String::as_str)
+                == Some(REF_NAME)
+        })
+        .ok_or_else(|| anyhow!("it lists no {REF_NAME} manifest"))?;
+    let hex = m
+        .digest
+        .strip_prefix("sha256:")
+        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        .ok_or_else(|| anyhow!("bad manifest digest {}", m.digest))?;
+    let bytes = std::fs::read(blobs.join(hex))?;
+    if format!("sha256:{:x}", Sha256::digest(&bytes)) != m.digest {
+        bail!("the manifest blob {hex} does not match its digest");
+    }
+    Ok(serde_json::from_slice(&bytes)?)
+}
+
+/// Writes a whole file through the one writer (beside it, renamed over it when complete).
+fn put_file(dest: &Path, from: &mut dyn Read) -> Result<()> {
+    let what = || format!("cannot write {}", dest.display());
+    let FileTarget::Replace(beside) = outputs::file_target(dest).with_context(what)? else {
+        bail!(
+            "cannot write {}: it is a device or FIFO, not a file",
+            dest.display()
+        );
+    };
+    let (mut file, new) = beside.create().with_context(what)?;
+    io::copy(from, &mut file).with_context(what)?;
+    file.flush().with_context(what)?;
+    file.sync_all().with_context(what)?;
+    new.commit().with_context(what)
+}
+
+/// Removes abandoned temps named PREFIX… in `dir`; how many.
+fn sweep(dir: &Path, prefix: &str) -> usize {
+    match crate::safefs::Dir::open(dir) {
+        Ok(d) => outputs::temps::sweep_abandoned(&d, prefix),
+        Err(_) => 0,
+    }
+}
+
+/// Removes the blobs in `dir` (64-hex names only) not in `keep`.
+fn remove_unlisted(dir: &Path, keep: &[String]) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let blob = name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit());
+        if blob && !keep.contains(&name) {
+            // unlink(2) removes a link itself, never what it points to.
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer(key: &str, path: &Path) -> Layer {
+        let (digest, size) = digest_file(path).unwrap();
+        Layer {
+            digest,
+            size,
+            key: key.into(),
+            id: format!("/{key}"),
+            target: "/root/.cache".into(),
+            fingerprint: "f".into(),
+            bytes: 9,
+        }
+    }
+
+    #[test]
+    fn a_save_is_read_back_and_an_old_blob_goes() {
+        let t = tempfile::tempdir().unwrap();
+        let dest = t.path().join("cache");
+        let (a, b) = (t.path().join("a"), t.path().join("b"));
+        std::fs::write(&a, b"layer a").unwrap();
+        std::fs::write(&b, b"layer b").unwrap();
+        let mut s = DirStore::new(&dest);
+        assert!(s.load().unwrap().layers.is_empty());
+        s.begin().unwrap();
+        let la = layer("a", &a);
+        s.commit(
+            std::slice::from_ref(&la),
+            &BTreeMap::from([(la.digest.clone(), a.clone())]),
+        )
+        .unwrap();
+        let loaded = DirStore::new(&dest).load().unwrap();
+        assert_eq!(loaded.layers, std::slice::from_ref(&la));
+        assert!(loaded.note.is_none());
+        let lb = layer("b", &b);
+        let mut s = DirStore::new(&dest);
+        s.begin().unwrap();
+        s.commit(
+            std::slice::from_ref(&lb),
+            &BTreeMap::from([(lb.digest.clone(), b.clone())]),
+        )
+        .unwrap();
+        assert!(!dest.join("blobs/sha256").join(la.hex()).exists());
+        assert_eq!(DirStore::new(&dest).load().unwrap().layers, [lb]);
+    }
+
+    #[test]
+    fn a_killed_save_is_said_and_the_previous_save_stays() {
+        let t = tempfile::tempdir().unwrap();
+        let dest = t.path().join("cache");
+        let a = t.path().join("a");
+        std::fs::write(&a, b"layer a").unwrap();
+        let la = layer("a", &a);
+        let mut s = DirStore::new(&dest);
+        s.load().unwrap();
+        s.begin().unwrap();
+        s.commit(
+            std::slice::from_ref(&la),
+            &BTreeMap::from([(la.digest.clone(), a.clone())]),
+        )
+        .unwrap();
+        // A second save killed after its marker: the marker stays behind, unlocked.
+        std::fs::write(dest.join(format!("{SAVING}x1y2z3")), b"").unwrap();
+        std::thread::sleep(outputs::temps::ABANDONED_AFTER);
+        let loaded = DirStore::new(&dest).load().unwrap();
+        assert_eq!(loaded.layers, [la]);
+        assert!(loaded.note.unwrap().contains("was interrupted"));
+        assert!(DirStore::new(&dest).load().unwrap().note.is_none());
+    }
+}
