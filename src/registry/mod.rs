@@ -78,18 +78,7 @@ impl Client {
     /// A client over the build's registry settings; a broken Docker config fails here.
     pub fn new(auth: &RegistryAuth) -> Result<Client> {
         let docker = DockerConfig::load(auth.docker_config.as_deref())?;
-        let tls: BTreeMap<_, _> = auth
-            .tls
-            .iter()
-            .map(|(host, t)| {
-                let t = RegistryTls {
-                    ca: t.ca.clone(),
-                    insecure: t.insecure,
-                    http: t.http,
-                };
-                (host.clone(), t)
-            })
-            .collect();
+        let tls = auth.session_tls();
         Ok(Client {
             authz: Authz::new(docker, TokenClient::for_bkrun(tls.clone())),
             tls,
