@@ -42,6 +42,7 @@ pub mod outputs;
 pub mod pool;
 pub mod progress;
 pub mod proto;
+pub mod registry;
 pub mod request;
 pub mod run;
 pub mod safefs;

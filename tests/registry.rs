@@ -635,3 +635,226 @@ fn registry_tokens_are_fetched_by_bkrun_with_the_credentials_it_keeps() {
         sb.assert_clean();
     }
 }
+
+/// `len` bytes no compressor shrinks (xorshift), different per `seed`.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// An artifact of two ~1 MiB layers written into the sandbox.
+fn two_layer_artifact(sb: &Sandbox) -> (bkrun::registry::Artifact, Vec<Vec<u8>>) {
+    use bkrun::registry::{Artifact, Layer};
+    let datas = vec![noise(1 << 20, 1), noise((1 << 20) + 4321, 2)];
+    let mut layers = Vec::new();
+    for (i, d) in datas.iter().enumerate() {
+        let p = sb.path(&format!("layer-{i}"));
+        std::fs::write(&p, d).unwrap();
+        let mut l = Layer::from_file(&p, "application/vnd.oci.image.layer.v1.tar+zstd").unwrap();
+        l.annotations.insert(
+            "org.opencontainers.image.title".into(),
+            format!("mount-{i}"),
+        );
+        layers.push(l);
+    }
+    let artifact = Artifact {
+        artifact_type: "application/vnd.bkrun.cache-mounts.v1".into(),
+        annotations: [("org.example.branch".to_string(), "main".to_string())].into(),
+        layers,
+    };
+    (artifact, datas)
+}
+
+/// bkrun's own registry settings: this Docker config, and `tls` for the one registry.
+fn client_for(
+    docker_config: &Path,
+    host: &str,
+    tls: bkrun::request::registry::RegistryTls,
+) -> bkrun::registry::Client {
+    let auth = bkrun::request::registry::RegistryAuth {
+        docker_config: Some(docker_config.join("config.json")),
+        client_tokens: true,
+        tls: [(host.to_string(), tls)].into(),
+    };
+    bkrun::registry::Client::new(&auth).unwrap()
+}
+
+/// A Docker config directory holding `user:password` for `host`, as `docker login` writes it.
+fn docker_login(sb: &Sandbox, dir: &str, host: &str, user_password: &str) -> std::path::PathBuf {
+    use base64::Engine as _;
+    let auth = base64::engine::general_purpose::STANDARD.encode(user_password);
+    sb.write(
+        &format!("{dir}/config.json"),
+        &format!(r#"{{"auths":{{"{host}":{{"auth":"{auth}"}}}}}}"#),
+    );
+    sb.path(dir)
+}
+
+#[test]
+fn registry_client_pushes_and_pulls_an_artifact_with_an_htpasswd_login() {
+    let sb = Sandbox::new(Mode::Privileged);
+    let (reg, certs) = auth_registry(&sb);
+    let host = reg.host();
+    // http = false: bkrun, like the daemon, assumes plain http for 127.0.0.1 otherwise.
+    let tls = bkrun::request::registry::RegistryTls {
+        ca: vec![certs.join("ca.pem")],
+        insecure: false,
+        http: Some(false),
+    };
+    let good = docker_login(&sb, "docker-good", &host, "builder:s3cr3t-pw");
+    let (artifact, datas) = two_layer_artifact(&sb);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let reference = format!("{host}/bkrun/mounts:main");
+
+    let client = client_for(&good, &host, tls.clone());
+    let t = std::time::Instant::now();
+    let pushed = rt
+        .block_on(client.push_artifact(&reference, &artifact))
+        .unwrap();
+    eprintln!("first push (2 MiB) took {:?}", t.elapsed());
+    assert_eq!(pushed.uploaded.len(), 3, "{pushed:?}");
+    assert!(pushed.digest.starts_with("sha256:"));
+
+    // Pulled back by tag and by digest: the same manifest, each layer byte for byte.
+    let (m, digest) = rt
+        .block_on(client.pull_manifest(&reference))
+        .unwrap()
+        .expect("the pushed tag is there");
+    assert_eq!(digest, pushed.digest);
+    assert_eq!(m, artifact.manifest());
+    let by_digest = format!("{host}/bkrun/mounts@{digest}");
+    let (again, _) = rt
+        .block_on(client.pull_manifest(&by_digest))
+        .unwrap()
+        .unwrap();
+    assert_eq!(again, m);
+    for (i, (layer, data)) in m.layers.iter().zip(&datas).enumerate() {
+        let dest = sb.path(&format!("pulled-{i}"));
+        let f = std::fs::File::create(&dest).unwrap();
+        rt.block_on(client.fetch_blob(&reference, layer, &f))
+            .unwrap();
+        assert!(std::fs::read(&dest).unwrap() == *data, "layer {i} differs");
+    }
+
+    // A blob that is not what the descriptor says: an error naming both.
+    let mut wrong = m.layers[0].clone();
+    wrong.size += 1;
+    let f = std::fs::File::create(sb.path("wrong")).unwrap();
+    let e = rt
+        .block_on(client.fetch_blob(&reference, &wrong, &f))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(&format!(
+            "expected {} ({} bytes), got",
+            wrong.digest, wrong.size
+        )) && e.contains(&format!("({} bytes)", wrong.size - 1)),
+        "{e}"
+    );
+
+    // A second push, from a fresh client to another tag: every blob is there already.
+    let fresh = client_for(&good, &host, tls.clone());
+    let t = std::time::Instant::now();
+    let second = rt
+        .block_on(fresh.push_artifact(&format!("{host}/bkrun/mounts:other"), &artifact))
+        .unwrap();
+    eprintln!("second push (nothing to upload) took {:?}", t.elapsed());
+    assert!(second.uploaded.is_empty(), "{second:?}");
+    assert_eq!(second.digest, pushed.digest);
+
+    // Missing tags and repositories are None, not errors.
+    for missing in ["bkrun/mounts:nope", "bkrun/never:main"] {
+        let r = rt
+            .block_on(client.pull_manifest(&format!("{host}/{missing}")))
+            .unwrap();
+        assert!(r.is_none(), "{missing}");
+    }
+
+    // A wrong password: one line saying who refused what, and where the login comes from.
+    let bad = docker_login(&sb, "docker-bad", &host, "builder:wrong-pw-123");
+    let e = rt
+        .block_on(client_for(&bad, &host, tls.clone()).push_artifact(&reference, &artifact))
+        .unwrap_err();
+    let e = format!("{e:#}");
+    assert!(
+        e.starts_with(&format!(
+            "registry {host} refused bkrun's login for push to {reference} (401): check the credentials for {host} in the Docker config ({}/config.json)",
+            bad.display()
+        )),
+        "{e}"
+    );
+    assert!(!e.contains("wrong-pw-123") && !e.contains('\n'), "{e}");
+
+    // No login at all.
+    let none = sb.mkdir("docker-none");
+    let e = rt
+        .block_on(client_for(&none, &host, tls).pull_manifest(&reference))
+        .unwrap_err();
+    assert!(
+        format!("{e:#}").starts_with(&format!(
+            "registry {host} wants a login for pull of {reference} (401): run `docker login {host}`"
+        )),
+        "{e:#}"
+    );
+    drop(rt);
+    drop(reg);
+    sb.assert_clean();
+}
+
+#[test]
+fn registry_client_fetches_one_token_per_repository_and_keeps_it() {
+    let sb = Sandbox::new(Mode::Privileged);
+    let (reg, tokens) = token_registry(&sb);
+    let host = reg.host();
+    let good = docker_login(&sb, "docker-good", &host, "builder:s3cr3t-pw");
+    let (artifact, datas) = two_layer_artifact(&sb);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let reference = format!("{host}/bkrun/mounts:main");
+    let client = client_for(&good, &host, Default::default());
+    let pushed = rt
+        .block_on(client.push_artifact(&reference, &artifact))
+        .unwrap();
+    let (m, digest) = rt
+        .block_on(client.pull_manifest(&reference))
+        .unwrap()
+        .unwrap();
+    assert_eq!(digest, pushed.digest);
+    let f = std::fs::File::create(sb.path("pulled")).unwrap();
+    rt.block_on(client.fetch_blob(&reference, &m.layers[1], &f))
+        .unwrap();
+    assert!(std::fs::read(sb.path("pulled")).unwrap() == datas[1]);
+    // One token (push and pull) served the push's dozen requests and the pulls after it.
+    let calls = tokens.calls();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(
+        (calls[0].method.as_str(), calls[0].grant.as_str()),
+        ("POST", "password")
+    );
+    assert!(calls[0].user_agent.starts_with("bkrun/"), "{calls:?}");
+    assert!(calls[0].issued_to.is_some());
+
+    // Anonymous: the token server refuses, and the error says to log in.
+    let none = sb.mkdir("docker-none");
+    let e = rt
+        .block_on(client_for(&none, &host, Default::default()).pull_manifest(&reference))
+        .unwrap_err();
+    let e = format!("{e:#}");
+    assert!(
+        e.starts_with(&format!(
+            "registry {host} wants a login for pull of {reference}: run `docker login {host}`"
+        )),
+        "{e}"
+    );
+    assert!(!e.contains("BUILDKIT_NO_CLIENT_TOKEN"), "{e}");
+    drop(rt);
+    drop(reg);
+    drop(tokens);
+    sb.assert_clean();
+}

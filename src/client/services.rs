@@ -20,7 +20,6 @@ use crate::session::filesend::{FileSendTargets, Sink};
 use crate::session::filesync::FileSyncProvider;
 use crate::session::secrets::SecretsProvider;
 use crate::session::ssh::{SshForwarder, SshSource};
-use crate::session::token::RegistryTls;
 use crate::session::Session;
 
 /// What a build's session serves besides the session itself, kept to finish the build with.
@@ -151,21 +150,9 @@ pub fn build(
 /// The Auth service over the spec's Docker config (a broken one fails here, before Solve).
 fn auth(registry: &RegistryAuth) -> Result<AuthProvider> {
     let config = DockerConfig::load(registry.docker_config.as_deref())?;
-    let tls = registry
-        .tls
-        .iter()
-        .map(|(host, t)| {
-            let tls = RegistryTls {
-                ca: t.ca.clone(),
-                insecure: t.insecure,
-                http: t.http,
-            };
-            (host.clone(), tls)
-        })
-        .collect();
     Ok(AuthProvider::new(
         Arc::new(DockerLogins(config)),
-        tls,
+        registry.session_tls(),
         registry.client_tokens,
     ))
 }

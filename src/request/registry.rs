@@ -27,6 +27,24 @@ pub struct RegistryTls {
     pub http: Option<bool>,
 }
 
+impl RegistryAuth {
+    /// The TLS trust per host in the session's terms, for the two clients that reach registries
+    /// from bkrun: the session's token requests and bkrun's own registry client.
+    pub fn session_tls(&self) -> BTreeMap<String, crate::session::token::RegistryTls> {
+        self.tls
+            .iter()
+            .map(|(host, t)| {
+                let tls = crate::session::token::RegistryTls {
+                    ca: t.ca.clone(),
+                    insecure: t.insecure,
+                    http: t.http,
+                };
+                (host.clone(), tls)
+            })
+            .collect()
+    }
+}
+
 /// True unless BUILDKIT_NO_CLIENT_TOKEN is a true value in Go's spelling (buildctl reads it with
 /// strconv.ParseBool): the opt-out for clients that cannot reach a registry's token server.
 pub fn client_tokens_enabled(no_client_token: Option<&str>) -> bool {
@@ -94,5 +112,16 @@ insecure = true
         assert!(!tls["reg.example:5000"].insecure);
         assert!(tls["self-signed.example"].insecure);
         assert!(tls_from(None).is_empty());
+        let session = RegistryAuth {
+            tls,
+            ..Default::default()
+        }
+        .session_tls();
+        assert_eq!(session["plain.example"].http, Some(true));
+        assert!(session["self-signed.example"].insecure);
+        assert_eq!(
+            session["reg.example:5000"].ca,
+            [PathBuf::from("/etc/reg-ca.pem")]
+        );
     }
 }

@@ -1,4 +1,4 @@
-//! Registry bearer tokens fetched by bkrun itself for the daemon (the session's FetchToken), so passwords and refresh tokens stay on the client: distribution's token protocol, OAuth2 POST first then GET, as BuildKit's own client does.
+//! Registry bearer tokens fetched by bkrun itself, for the daemon (the session's FetchToken, so passwords and refresh tokens stay on the client) and for bkrun's own registry client: distribution's token protocol, OAuth2 POST first then GET, as BuildKit's own client does.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -57,8 +57,9 @@ pub struct RegistryTls {
 
 /// Whether the daemon talks to registry `host` over plain http, as BuildKit decides it: `http`
 /// in its registry table, else plain http for localhost and loopback addresses only. Every other
-/// registry is https, so its challenge (and the realm in it) came over TLS.
-fn plain_http_registry(host: &str, tls: Option<&RegistryTls>) -> bool {
+/// registry is https, so its challenge (and the realm in it) came over TLS. bkrun's own registry
+/// client follows the same rule.
+pub fn plain_http_registry(host: &str, tls: Option<&RegistryTls>) -> bool {
     if let Some(http) = tls.and_then(|t| t.http) {
         return http;
     }
@@ -134,13 +135,25 @@ enum Attempt {
 pub struct TokenClient {
     tls: BTreeMap<String, RegistryTls>,
     clients: Mutex<HashMap<(String, bool), reqwest::Client>>,
+    /// Whether failures suggest BUILDKIT_NO_CLIENT_TOKEN: only when the tokens are the daemon's.
+    daemon_fallback: bool,
 }
 
 impl TokenClient {
+    /// Tokens for the daemon: a failure may be worked around by letting the daemon fetch them.
     pub fn new(tls: BTreeMap<String, RegistryTls>) -> TokenClient {
         TokenClient {
             tls,
             clients: Mutex::new(HashMap::new()),
+            daemon_fallback: true,
+        }
+    }
+
+    /// Tokens for bkrun's own registry requests, where the daemon has no part to take over.
+    pub fn for_bkrun(tls: BTreeMap<String, RegistryTls>) -> TokenClient {
+        TokenClient {
+            daemon_fallback: false,
+            ..TokenClient::new(tls)
         }
     }
 
@@ -199,7 +212,7 @@ impl TokenClient {
             }
             None => get_token(&client, req, None).await,
         };
-        result.map_err(|a| explain(req, creds, a))
+        result.map_err(|a| explain(req, creds, a, self.daemon_fallback))
     }
 
     fn client(&self, host: &str, credentials: bool) -> Result<reqwest::Client, TokenError> {
@@ -221,18 +234,14 @@ impl TokenClient {
     }
 }
 
-/// An HTTP client with the system's CAs plus the registry's own; proxies from the environment
-/// (HTTPS_PROXY, NO_PROXY…), as the daemon honoured them for its token requests.
+/// A token server's HTTP client: the shared settings, and a deadline for the whole exchange.
 ///
 /// With `credentials`, redirects are followed only inside the realm's origin. reqwest's default
 /// (0.12) follows any redirect: it drops the Authorization header only when the host or port
 /// changes (not on https → http), and re-sends a 307/308's body — the form holding the password
 /// or refresh token — wherever the Location points.
 fn build_client(tls: Option<&RegistryTls>, credentials: bool) -> Result<reqwest::Client, String> {
-    let mut b = reqwest::Client::builder()
-        .user_agent(USER_AGENT)
-        .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(REQUEST_TIMEOUT);
+    let mut b = client_builder(tls)?.timeout(REQUEST_TIMEOUT);
     if credentials {
         b = b.redirect(reqwest::redirect::Policy::custom(|a| {
             let realm = &a.previous()[0];
@@ -245,6 +254,16 @@ fn build_client(tls: Option<&RegistryTls>, credentials: bool) -> Result<reqwest:
             }
         }));
     }
+    b.build().map_err(|e| e.to_string())
+}
+
+/// The settings every registry-side HTTP client of bkrun shares: its user agent, the connect
+/// timeout, the system's CAs plus the host's own, `insecure`, and proxies from the environment
+/// (reqwest's default, as the daemon honoured them).
+pub fn client_builder(tls: Option<&RegistryTls>) -> Result<reqwest::ClientBuilder, String> {
+    let mut b = reqwest::Client::builder()
+        .user_agent(USER_AGENT)
+        .connect_timeout(CONNECT_TIMEOUT);
     for der in crate::session::tlsroots::system_roots().map_err(|e| format!("{e:#}"))? {
         if let Ok(c) = reqwest::Certificate::from_der(&der) {
             b = b.add_root_certificate(c);
@@ -266,7 +285,7 @@ fn build_client(tls: Option<&RegistryTls>, credentials: bool) -> Result<reqwest:
         }
         b = b.danger_accept_invalid_certs(t.insecure);
     }
-    b.build().map_err(|e| e.to_string())
+    Ok(b)
 }
 
 /// distribution's OAuth2 token request: a form POST with a password grant (user name and
@@ -351,22 +370,28 @@ fn transport(e: reqwest::Error) -> Attempt {
     } else {
         ErrorKind::Unreachable
     };
-    // The innermost causes say what went wrong (refused, unknown CA, timed out); reqwest's own
-    // top line only repeats the URL, which the explanation already names.
+    let detail = if e.is_timeout() {
+        format!("no answer within {}s", REQUEST_TIMEOUT.as_secs())
+    } else {
+        causes(&e)
+    };
+    Attempt::Transport(detail, kind)
+}
+
+/// What went wrong under a reqwest error: its innermost causes (refused, unknown CA, timed out).
+/// reqwest's own top line only repeats the URL, which the explanation already names.
+pub fn causes(e: &reqwest::Error) -> String {
     let mut detail = Vec::new();
-    let mut cause: Option<&dyn std::error::Error> = Some(&e);
+    let mut cause: Option<&dyn std::error::Error> = Some(e);
     while let Some(c) = cause {
         detail.push(c.to_string());
         cause = c.source();
     }
-    let detail = if e.is_timeout() {
-        format!("no answer within {}s", REQUEST_TIMEOUT.as_secs())
-    } else if detail.len() > 1 {
+    if detail.len() > 1 {
         detail[1..].join(": ")
     } else {
         detail.join("")
-    };
-    Attempt::Transport(detail, kind)
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -460,11 +485,20 @@ fn parse_token(body: &[u8], flavour: Flavour) -> Result<Token, String> {
 
 /// The one line the user reads: what failed (registry, token server, status), what to do, then
 /// what the server said. Secrets never appear: the server's words are scrubbed of ours.
-fn explain(req: &TokenRequest, creds: Option<&Credentials>, a: Attempt) -> TokenError {
+fn explain(
+    req: &TokenRequest,
+    creds: Option<&Credentials>,
+    a: Attempt,
+    daemon_fallback: bool,
+) -> TokenError {
     let host = &req.host;
     let realm = realm_for_humans(&req.realm);
     let what = format!("cannot get a registry token for {host} from {realm}");
-    let off = "or set BUILDKIT_NO_CLIENT_TOKEN=1 to let the daemon fetch tokens itself";
+    let off = if daemon_fallback {
+        ", or set BUILDKIT_NO_CLIENT_TOKEN=1 to let the daemon fetch tokens itself"
+    } else {
+        ""
+    };
     let (kind, message) = match a {
         Attempt::Status { code, reason, body } => {
             let status = format!("HTTP {code} {reason}").trim_end().to_string();
@@ -491,9 +525,9 @@ fn explain(req: &TokenRequest, creds: Option<&Credentials>, a: Attempt) -> Token
         }
         Attempt::Transport(detail, kind) => {
             let hint = if detail.to_lowercase().contains("certificate") {
-                format!("trust its CA (the system's CA store, or `ca` in bkrun.toml's [buildkitd.registry.\"{host}\"]), {off}")
+                format!("trust its CA (the system's CA store, or `ca` in bkrun.toml's [buildkitd.registry.\"{host}\"]){off}")
             } else {
-                format!("check the network and proxy settings (HTTPS_PROXY, NO_PROXY), {off}")
+                format!("check the network and proxy settings (HTTPS_PROXY, NO_PROXY){off}")
             };
             (
                 kind,
@@ -502,7 +536,7 @@ fn explain(req: &TokenRequest, creds: Option<&Credentials>, a: Attempt) -> Token
         }
         Attempt::BadAnswer(detail) => (
             ErrorKind::Failed,
-            format!("{what}: the token server's answer is unusable: check the registry's token server, {off}: {detail}"),
+            format!("{what}: the token server's answer is unusable: check the registry's token server{off}: {detail}"),
         ),
         // Not the daemon either: it would follow the redirect with the same credentials.
         Attempt::Redirected { code, to } => (
