@@ -20,9 +20,10 @@ use anyhow::{Context, Result};
 use crate::proto::pb;
 use crate::request::build::BuildSpec;
 use crate::request::cachemounts::{CacheMountsSpec, MountStore};
+use crate::request::registry::RegistryAuth;
 use helper::Helper;
 use llb::{CacheMount, Found, Local, Step};
-use store::{DirStore, Layer, Loaded};
+use store::{DirStore, Layer, Loaded, RegistryStore};
 
 /// The session's name for the dir of saved layers.
 const SEEDS_LOCAL: &str = "bkrun-cachemounts-seeds";
@@ -45,6 +46,7 @@ pub struct Stats {
 /// Where saves go.
 enum Store {
     Dir(DirStore),
+    Registry(RegistryStore),
 }
 
 /// One build's cache mounts.
@@ -83,7 +85,7 @@ pub fn may_have_cache_mounts(spec: &BuildSpec) -> bool {
 
 impl CacheMounts {
     /// Before the session: reads what was saved and makes the step's root filesystem.
-    pub async fn prepare(spec: &CacheMountsSpec) -> Result<CacheMounts> {
+    pub async fn prepare(spec: &CacheMountsSpec, auth: &RegistryAuth) -> Result<CacheMounts> {
         let started = Instant::now();
         let (store, loaded) = match &spec.store {
             MountStore::Dir(d) => {
@@ -92,7 +94,9 @@ impl CacheMounts {
                 (Store::Dir(s), loaded)
             }
             MountStore::Registry(r) => {
-                anyhow::bail!("--cache-mounts registry://{r}: the registry form is not built yet")
+                let s = RegistryStore::new(r, auth)?;
+                let loaded = s.load().await?;
+                (Store::Registry(s), loaded)
             }
         };
         if let Some(note) = &loaded.note {
@@ -224,8 +228,9 @@ impl CacheMounts {
             name: "[bkrun] saving cache mounts",
         };
         let def = llb::definition(&step);
-        let Store::Dir(store) = &mut self.store;
-        store.begin()?;
+        if let Store::Dir(store) = &mut self.store {
+            store.begin()?;
+        }
         let out = tempfile::Builder::new()
             .prefix("bkrun-cachemounts-out-")
             .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
@@ -234,14 +239,16 @@ impl CacheMounts {
         let locals = HashMap::from([(helper::LOCAL.to_string(), self.helper.path().to_path_buf())]);
         crate::client::step::solve(channel, def, locals, out.path()).await?;
         let (layers, new) = self.collect(&mounts, out.path())?;
-        if new.is_empty() {
-            // Nothing changed: the last save stands as it is (and its marker goes).
-            let Store::Dir(store) = &mut self.store;
-            store.abandon();
-            return Ok(());
+        match &mut self.store {
+            // Nothing changed: the last save stands as it is (and a directory's marker goes).
+            Store::Dir(store) if new.is_empty() => {
+                store.abandon();
+                Ok(())
+            }
+            Store::Registry(_) if new.is_empty() => Ok(()),
+            Store::Dir(store) => store.commit(&layers, &new),
+            Store::Registry(store) => store.commit(&layers, &new).await,
         }
-        let Store::Dir(store) = &mut self.store;
-        store.commit(&layers, &new)
     }
 
     /// The save's results: every layer the next run should find (new ones, and unchanged or

@@ -9,18 +9,15 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::outputs::{self, FileTarget};
+use crate::registry::manifest::{empty_descriptor, EMPTY_BLOB, MANIFEST_MEDIA_TYPE};
+use crate::registry::{self, Descriptor, Manifest};
 
 pub const ARTIFACT_TYPE: &str = "application/vnd.bkrun.cache-mounts.v1";
 pub const LAYER_TYPE: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
-pub const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
-pub const EMPTY_TYPE: &str = "application/vnd.oci.empty.v1+json";
-/// The sha256 of `{}`, OCI 1.1's empty config.
-pub const EMPTY_DIGEST: &str =
-    "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a";
 /// index.json's name for the save in a directory.
 const REF_NAME: &str = "cache-mounts";
 
@@ -49,63 +46,27 @@ impl Layer {
     }
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone)]
-pub struct Descriptor {
-    #[serde(rename = "mediaType")]
-    pub media_type: String,
-    pub digest: String,
-    pub size: u64,
-    #[serde(rename = "artifactType", skip_serializing_if = "Option::is_none")]
-    pub artifact_type: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub data: Option<String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub annotations: BTreeMap<String, String>,
+/// The manifest of a save listing `layers`.
+fn manifest_of(layers: &[Layer]) -> Manifest {
+    Manifest {
+        schema_version: 2,
+        media_type: Some(MANIFEST_MEDIA_TYPE.into()),
+        artifact_type: Some(ARTIFACT_TYPE.into()),
+        config: empty_descriptor(),
+        layers: layers.iter().map(descriptor_of).collect(),
+        annotations: BTreeMap::new(),
+    }
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone)]
-pub struct Manifest {
-    #[serde(rename = "schemaVersion")]
-    pub schema_version: u32,
-    #[serde(rename = "mediaType")]
-    pub media_type: String,
-    #[serde(rename = "artifactType", default)]
-    pub artifact_type: String,
-    pub config: Descriptor,
-    pub layers: Vec<Descriptor>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub annotations: BTreeMap<String, String>,
-}
-
-impl Manifest {
-    pub fn new(layers: &[Layer]) -> Manifest {
-        Manifest {
-            schema_version: 2,
-            media_type: MANIFEST_TYPE.into(),
-            artifact_type: ARTIFACT_TYPE.into(),
-            config: Descriptor {
-                media_type: EMPTY_TYPE.into(),
-                digest: EMPTY_DIGEST.into(),
-                size: 2,
-                artifact_type: None,
-                data: Some("e30=".into()),
-                annotations: BTreeMap::new(),
-            },
-            layers: layers.iter().map(descriptor_of).collect(),
-            annotations: BTreeMap::new(),
-        }
+/// The saved mounts a manifest lists; a layer without our annotations is not one of ours.
+fn layers_of(m: &Manifest) -> Result<Vec<Layer>> {
+    if m.artifact_type.as_deref() != Some(ARTIFACT_TYPE) {
+        bail!(
+            "it is not a save of cache mounts (artifactType {:?}, not {ARTIFACT_TYPE})",
+            m.artifact_type.as_deref().unwrap_or("")
+        );
     }
-
-    /// The saved mounts it lists; a layer without our annotations is not one of ours.
-    pub fn layers(&self) -> Result<Vec<Layer>> {
-        if self.artifact_type != ARTIFACT_TYPE {
-            bail!(
-                "it is not a save of cache mounts (artifactType {:?}, not {ARTIFACT_TYPE})",
-                self.artifact_type
-            );
-        }
-        Ok(self.layers.iter().filter_map(layer_of).collect())
-    }
+    Ok(m.layers.iter().filter_map(layer_of).collect())
 }
 
 fn descriptor_of(l: &Layer) -> Descriptor {
@@ -124,7 +85,6 @@ fn descriptor_of(l: &Layer) -> Descriptor {
         digest: l.digest.clone(),
         size: l.size,
         artifact_type: None,
-        data: None,
         annotations,
     }
 }
@@ -220,8 +180,7 @@ impl DirStore {
                     self.dir.display()
                 )
             })?;
-        let layers = manifest
-            .layers()?
+        let layers = layers_of(&manifest)?
             .into_iter()
             .filter(|l| blobs.join(l.hex()).is_file())
             .collect();
@@ -252,13 +211,14 @@ impl DirStore {
             let hex = digest.trim_start_matches("sha256:");
             put_file(&blobs.join(hex), &mut File::open(path)?)?;
         }
-        let manifest = serde_json::to_vec(&Manifest::new(layers))?;
+        let manifest = serde_json::to_vec(&manifest_of(layers))?;
         let (mdigest, msize) = (
             format!("sha256:{:x}", Sha256::digest(&manifest)),
             manifest.len() as u64,
         );
         put_file(&blobs.join(&mdigest[7..]), &mut manifest.as_slice())?;
-        put_file(&blobs.join(&EMPTY_DIGEST[7..]), &mut &b"{}"[..])?;
+        let empty = empty_descriptor().digest;
+        put_file(&blobs.join(&empty[7..]), &mut &EMPTY_BLOB[..])?;
         let dir = outputs::tree::layout_dir(&self.dir)?;
         put_file(
             &dir.join("oci-layout"),
@@ -268,7 +228,7 @@ impl DirStore {
             "schemaVersion": 2,
             "mediaType": "application/vnd.oci.image.index.v1+json",
             "manifests": [{
-                "mediaType": MANIFEST_TYPE,
+                "mediaType": MANIFEST_MEDIA_TYPE,
                 "artifactType": ARTIFACT_TYPE,
                 "digest": mdigest,
                 "size": msize,
@@ -281,9 +241,92 @@ impl DirStore {
         )?;
         let mut keep: Vec<String> = layers.iter().map(|l| l.hex().to_string()).collect();
         keep.push(mdigest[7..].to_string());
-        keep.push(EMPTY_DIGEST[7..].to_string());
+        keep.push(empty[7..].to_string());
         remove_unlisted(&blobs, &keep);
         self.saving = None;
+        Ok(())
+    }
+}
+
+/// A registry: the save is an artifact at a reference used exactly as given.
+pub struct RegistryStore {
+    reference: String,
+    client: registry::Client,
+    /// Where the pulled layers are (and whence unchanged ones are pushed again).
+    pulled: tempfile::TempDir,
+}
+
+impl RegistryStore {
+    pub fn new(reference: &str, auth: &crate::request::registry::RegistryAuth) -> Result<Self> {
+        let pulled = tempfile::Builder::new()
+            .prefix("bkrun-cachemounts-pulled-")
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .tempdir()
+            .context("cannot make a temp dir for the pulled cache mounts (check TMPDIR)")?;
+        Ok(RegistryStore {
+            reference: reference.to_string(),
+            client: registry::Client::new(auth)?,
+            pulled,
+        })
+    }
+
+    /// Pulls the last save (nothing there yet is not an error) and its layers.
+    pub async fn load(&self) -> Result<Loaded> {
+        let what = || format!("cannot pull the saved cache mounts from {}", self.reference);
+        let blobs = Some(self.pulled.path().to_path_buf());
+        let Some((manifest, _)) = self
+            .client
+            .pull_manifest(&self.reference)
+            .await
+            .with_context(what)?
+        else {
+            return Ok(Loaded {
+                blobs,
+                ..Default::default()
+            });
+        };
+        let layers = layers_of(&manifest).with_context(what)?;
+        for l in &layers {
+            let file = File::create(self.pulled.path().join(l.hex())).with_context(what)?;
+            self.client
+                .fetch_blob(&self.reference, &descriptor_of(l), &file)
+                .await
+                .with_context(what)?;
+        }
+        Ok(Loaded {
+            layers,
+            blobs,
+            note: None,
+        })
+    }
+
+    /// Pushes the save listing `layers`: the `new` files, and the pulled ones for the rest
+    /// (already in the registry: only checked). The tag moves last, when the manifest goes.
+    pub async fn commit(&self, layers: &[Layer], new: &BTreeMap<String, PathBuf>) -> Result<()> {
+        let artifact = registry::Artifact {
+            artifact_type: ARTIFACT_TYPE.into(),
+            annotations: BTreeMap::new(),
+            layers: layers
+                .iter()
+                .map(|l| {
+                    let d = descriptor_of(l);
+                    registry::Layer {
+                        path: new
+                            .get(&l.digest)
+                            .cloned()
+                            .unwrap_or_else(|| self.pulled.path().join(l.hex())),
+                        media_type: d.media_type,
+                        digest: d.digest,
+                        size: d.size,
+                        annotations: d.annotations,
+                    }
+                })
+                .collect(),
+        };
+        self.client
+            .push_artifact(&self.reference, &artifact)
+            .await
+            .with_context(|| format!("cannot push the cache mounts to {}", self.reference))?;
         Ok(())
     }
 }

@@ -81,7 +81,7 @@ pub async fn build(channel: Channel, spec: &BuildSpec, target: &Target) -> Resul
     // Cache mounts kept between runs: only when asked for and the Dockerfile may use them.
     let mut mounts = match &spec.cache_mounts {
         Some(cm) if cachemount::may_have_cache_mounts(spec) => {
-            Some(CacheMounts::prepare(cm).await?)
+            Some(CacheMounts::prepare(cm, &spec.registry).await?)
         }
         _ => None,
     };
