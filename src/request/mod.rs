@@ -13,6 +13,7 @@ pub mod output;
 pub mod policy;
 pub mod progress;
 pub mod reference;
+pub mod regcache;
 pub mod registry;
 pub mod secret;
 pub mod ssh;
