@@ -14,7 +14,7 @@ use tonic::transport::Channel;
 use super::connect::{explain_call, Target};
 use super::errors;
 use super::services::{self, Services};
-use crate::progress::{Renderer, Summary};
+use crate::progress::{CacheStats, Renderer, Summary};
 use crate::proto::moby::buildkit::v1::control_client::ControlClient;
 use crate::proto::moby::buildkit::v1::{
     BuildHistoryEventType, BuildHistoryRequest, CacheOptions, CacheOptionsEntry, Exporter,
@@ -65,9 +65,16 @@ pub enum Outcome {
     Failed,
 }
 
+/// A build that ran: how it ended, and what the cache did (from its progress).
+#[derive(Debug)]
+pub struct Built {
+    pub outcome: Outcome,
+    pub cache: CacheStats,
+}
+
 /// Runs `spec` on the daemon behind `channel`. Progress goes to stderr as the spec settled it.
 /// Dropping the returned future cancels the build (the Solve call is cancelled with it).
-pub async fn build(channel: Channel, spec: &BuildSpec, target: &Target) -> Result<Outcome> {
+pub async fn build(channel: Channel, spec: &BuildSpec, target: &Target) -> Result<Built> {
     // Secret values never reach the terminal or the CI log, whatever a step prints.
     let masks = mask_values(&spec.secrets);
     // And not in bkrun's own error lines either (a daemon log's tail, a step's error).
@@ -127,16 +134,22 @@ pub async fn build(channel: Channel, spec: &BuildSpec, target: &Target) -> Resul
     drop(status_task);
     let _ = session.close().await;
     services.close();
-    if let Ok(Ok(Err(e))) = summary {
-        crate::say!("bkrun: progress output failed: {e}");
-    }
-    finish(
+    let cache = match summary {
+        Ok(Ok(Ok(s))) => s.cache,
+        Ok(Ok(Err(e))) => {
+            crate::say!("bkrun: progress output failed: {e}");
+            CacheStats::default()
+        }
+        _ => CacheStats::default(),
+    };
+    let outcome = finish(
         solved,
         &services,
         target,
         saw_foreign_binary.load(Ordering::Relaxed),
         &masks,
-    )
+    )?;
+    Ok(Built { outcome, cache })
 }
 
 /// Starts the session, saying in one line why the daemon refused it.
