@@ -124,12 +124,13 @@ async fn build(job: &BuildJob, on: Against<'_>, mut daemon_exit: DaemonExit<'_>)
     ended
 }
 
-/// The build's last line: what the cache did, whether the build succeeded or failed. On
-/// stderr in quiet mode too: quiet silences the progress, not the outcome, and `-q`'s image ID
-/// is alone on stdout all the same. Not with rawjson, whose stderr is a stream of JSON objects
-/// that tools parse line by line; `--metadata-file` has the numbers in every mode.
+/// The build's last line: what the cache did, whether the build succeeded or failed; only
+/// beside progress that is shown. Quiet means nothing of bkrun's own on stderr (as its start-up
+/// lines), and rawjson's stderr is a stream of JSON objects tools parse line by line;
+/// `--metadata-file` has the numbers in every mode.
 fn say_cache(mode: crate::progress::Mode, cache: &crate::progress::CacheStats) {
-    if mode != crate::progress::Mode::RawJson {
+    use crate::progress::Mode;
+    if !matches!(mode, Mode::Quiet | Mode::RawJson) {
         crate::say!("{}", cache.line());
     }
 }
