@@ -356,7 +356,11 @@ mod tests {
     }
 
     /// A CI's variables, and the tag and variable the branch should come from.
-    type Case = (&'static [(&'static str, &'static str)], &'static str, &'static str);
+    type Case = (
+        &'static [(&'static str, &'static str)],
+        &'static str,
+        &'static str,
+    );
 
     #[test]
     fn each_ci_names_its_branch() {
