@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
+use crate::progress::{CacheMountStats, Transfer};
 use crate::proto::pb;
 use crate::request::build::BuildSpec;
 use crate::request::cachemounts::{CacheMountsSpec, MountStore};
@@ -313,22 +314,17 @@ impl CacheMounts {
 }
 
 impl Stats {
-    /// `cache mounts: restored 2 (14.2 MiB, 0.8s), saved 1 (3.1 MiB, 1.1s), 1 unchanged`.
-    pub fn line(&self) -> String {
-        let secs = |d: Duration| format!("{:.1}s", d.as_secs_f64());
-        let mut out = format!(
-            "cache mounts: restored {} ({}, {}), saved {} ({}, {})",
-            self.restored,
-            human(self.restored_bytes),
-            secs(self.restore_time),
-            self.saved,
-            human(self.saved_bytes),
-            secs(self.save_time)
-        );
-        if self.unchanged > 0 {
-            out.push_str(&format!(", {} unchanged", self.unchanged));
+    /// The numbers the cache line and --metadata-file show.
+    pub fn numbers(&self) -> CacheMountStats {
+        let transfer = |count, bytes, took| Transfer { count, bytes, took };
+        CacheMountStats {
+            restored: Some(transfer(
+                self.restored,
+                self.restored_bytes,
+                self.restore_time,
+            )),
+            saved: Some(transfer(self.saved, self.saved_bytes, self.save_time)),
         }
-        out
     }
 }
 

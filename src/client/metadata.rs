@@ -1,32 +1,74 @@
-//! `--metadata-file`: the exporter's response as the JSON buildctl writes (values that are base64 of a JSON object are embedded as that object).
+//! `--metadata-file`: the exporter's response as the JSON buildctl writes (values that are base64 of a JSON object are embedded as that object), and bkrun's own numbers under `"bkrun"`.
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::{Context, Result};
 use base64::Engine as _;
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
 
+use crate::progress::CacheStats;
 use crate::request::docker::AfterBuild;
 use crate::request::kaniko::repository;
 
-/// The document buildctl writes for an exporter response.
-pub fn document(response: &HashMap<String, String>) -> Value {
+/// The document buildctl writes for an exporter response, with bkrun's `"bkrun"` key beside
+/// the daemon's (BuildKit's own keys are dotted, so it cannot clash).
+pub fn document(response: &HashMap<String, String>, cache: &CacheStats) -> Value {
+    let mut entries: Vec<(String, Value)> = response
+        .iter()
+        .map(|(k, v)| {
+            let embedded = base64::engine::general_purpose::STANDARD
+                .decode(v)
+                .ok()
+                .and_then(|raw| serde_json::from_slice::<Map<String, Value>>(&raw).ok())
+                .filter(|m| !m.is_empty());
+            (
+                k.clone(),
+                embedded.map_or_else(|| Value::String(v.clone()), Value::Object),
+            )
+        })
+        .collect();
+    entries.push(("bkrun".into(), bkrun(cache)));
     // Go writes the map with its keys sorted; an embedded object keeps the daemon's own order
     // (buildctl embeds it as a json.RawMessage).
-    let mut keys: Vec<&String> = response.keys().collect();
-    keys.sort();
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    Value::Object(entries.into_iter().collect())
+}
+
+/// bkrun's numbers: steps cached of steps finished, and what of the registry cache and the
+/// cache mounts happened (what did not is left out).
+fn bkrun(cache: &CacheStats) -> Value {
+    let seconds = |d: std::time::Duration| (d.as_secs_f64() * 1000.0).round() / 1000.0;
     let mut out = Map::new();
-    for (k, v) in keys.into_iter().map(|k| (k, &response[k])) {
-        let embedded = base64::engine::general_purpose::STANDARD
-            .decode(v)
-            .ok()
-            .and_then(|raw| serde_json::from_slice::<Map<String, Value>>(&raw).ok())
-            .filter(|m| !m.is_empty());
-        out.insert(
-            k.clone(),
-            embedded.map_or_else(|| Value::String(v.clone()), Value::Object),
-        );
+    out.insert(
+        "steps".into(),
+        json!({"cached": cache.steps_cached, "total": cache.steps_total}),
+    );
+    let mut registry = Map::new();
+    if let Some(i) = &cache.registry_import {
+        registry.insert("import_seconds".into(), json!(seconds(i.took)));
+        if i.failed > 0 {
+            registry.insert("imports_unavailable".into(), json!(i.failed));
+        }
+    }
+    if let Some(e) = &cache.registry_export {
+        registry.insert("export_seconds".into(), json!(seconds(e.took)));
+        if e.failed {
+            registry.insert("export_failed".into(), json!(true));
+        }
+    }
+    if !registry.is_empty() {
+        out.insert("registry_cache".into(), Value::Object(registry));
+    }
+    if let Some(m) = &cache.cache_mounts {
+        let mut mounts = Map::new();
+        for (what, t) in [("restored", &m.restored), ("saved", &m.saved)] {
+            if let Some(t) = t {
+                let t = json!({"count": t.count, "bytes": t.bytes, "seconds": seconds(t.took)});
+                mounts.insert(what.into(), t);
+            }
+        }
+        out.insert("cache_mounts".into(), Value::Object(mounts));
     }
     Value::Object(out)
 }
@@ -34,8 +76,12 @@ pub fn document(response: &HashMap<String, String>) -> Value {
 /// Writes the document to `path` through the one writer (src/place): atomically over a
 /// regular file (a symlink's target is replaced and the link kept), through a device, FIFO or
 /// `/dev/stdout`, and never where the kernel's protection for shared directories would refuse.
-pub async fn write(path: &Path, response: &HashMap<String, String>) -> Result<()> {
-    let text = serde_json::to_string_pretty(&document(response))?;
+pub async fn write(
+    path: &Path,
+    response: &HashMap<String, String>,
+    cache: &CacheStats,
+) -> Result<()> {
+    let text = serde_json::to_string_pretty(&document(response, cache))?;
     crate::outputs::write_file(path, text.as_bytes())
         .await
         .with_context(|| format!("cannot write the --metadata-file {}", path.display()))
@@ -150,7 +196,7 @@ mod tests {
             ),
             ("image.name".to_string(), "reg/x:1".to_string()),
         ]);
-        let doc = document(&resp);
+        let doc = document(&resp, &CacheStats::default());
         assert_eq!(doc["containerimage.digest"], "sha256:abc");
         assert_eq!(doc["containerimage.descriptor"]["size"], 3);
         assert_eq!(doc["image.name"], "reg/x:1");
@@ -158,8 +204,56 @@ mod tests {
         // Keys sorted, two-space indent, as Go's MarshalIndent writes a map; the embedded
         // descriptor in the daemon's order.
         assert!(
-            text.starts_with("{\n  \"containerimage.descriptor\": {\n    \"size\""),
+            text.starts_with("{\n  \"bkrun\": {\n    \"steps\": {\n      \"cached\": 0,\n      \"total\": 0\n    }\n  },\n  \"containerimage.descriptor\": {\n    \"size\""),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn bkrun_numbers_leave_out_what_did_not_happen() {
+        use crate::progress::{CacheMountStats, Export, Import, Transfer};
+        use std::time::Duration;
+        let mut cache = CacheStats {
+            steps_cached: 7,
+            steps_total: 9,
+            registry_import: Some(Import {
+                took: Duration::from_micros(412_345),
+                refs: 2,
+                failed: 0,
+            }),
+            registry_export: Some(Export {
+                took: Duration::from_millis(1200),
+                failed: false,
+            }),
+            cache_mounts: None,
+        };
+        assert_eq!(
+            document(&HashMap::new(), &cache)["bkrun"],
+            serde_json::json!({
+                "steps": {"cached": 7, "total": 9},
+                "registry_cache": {"import_seconds": 0.412, "export_seconds": 1.2}
+            })
+        );
+        cache.registry_import = None;
+        cache.registry_export = Some(Export {
+            took: Duration::ZERO,
+            failed: true,
+        });
+        cache.cache_mounts = Some(CacheMountStats {
+            restored: Some(Transfer {
+                count: 2,
+                bytes: 10,
+                took: Duration::from_millis(800),
+            }),
+            saved: None,
+        });
+        assert_eq!(
+            document(&HashMap::new(), &cache)["bkrun"],
+            serde_json::json!({
+                "steps": {"cached": 7, "total": 9},
+                "registry_cache": {"export_seconds": 0.0, "export_failed": true},
+                "cache_mounts": {"restored": {"count": 2, "bytes": 10, "seconds": 0.8}}
+            })
         );
     }
 }

@@ -16,7 +16,7 @@ use super::errors;
 use super::gateway::{self, Gateway};
 use super::services::{self, Services};
 use crate::cachemount::{self, CacheMounts};
-use crate::progress::{Renderer, Summary};
+use crate::progress::{CacheStats, Renderer, Summary};
 use crate::proto::moby::buildkit::v1::control_client::ControlClient;
 use crate::proto::moby::buildkit::v1::frontend::CacheOptionsEntry as GwCacheEntry;
 use crate::proto::moby::buildkit::v1::{
@@ -68,9 +68,16 @@ pub enum Outcome {
     Failed,
 }
 
+/// A build that ran: how it ended, and what the cache did (from its progress).
+#[derive(Debug)]
+pub struct Built {
+    pub outcome: Outcome,
+    pub cache: CacheStats,
+}
+
 /// Runs `spec` on the daemon behind `channel`. Progress goes to stderr as the spec settled it.
 /// Dropping the returned future cancels the build (the Solve call is cancelled with it).
-pub async fn build(channel: Channel, spec: &BuildSpec, target: &Target) -> Result<Outcome> {
+pub async fn build(channel: Channel, spec: &BuildSpec, target: &Target) -> Result<Built> {
     // Secret values never reach the terminal or the CI log, whatever a step prints.
     let masks = mask_values(&spec.secrets);
     // And not in bkrun's own error lines either (a daemon log's tail, a step's error).
@@ -150,9 +157,14 @@ pub async fn build(channel: Channel, spec: &BuildSpec, target: &Target) -> Resul
     drop(status_task);
     let _ = session.close().await;
     services.close();
-    if let Ok(Ok(Err(e))) = summary {
-        crate::say!("bkrun: progress output failed: {e}");
-    }
+    let cache = match summary {
+        Ok(Ok(Ok(s))) => s.cache,
+        Ok(Ok(Err(e))) => {
+            crate::say!("bkrun: progress output failed: {e}");
+            CacheStats::default()
+        }
+        _ => CacheStats::default(),
+    };
     let outcome = finish(
         solved,
         &services,
@@ -160,13 +172,14 @@ pub async fn build(channel: Channel, spec: &BuildSpec, target: &Target) -> Resul
         saw_foreign_binary.load(Ordering::Relaxed),
         &masks,
     )?;
+    let mut cache = cache;
     if let Some(m) = mounts.as_mut() {
         if matches!(outcome, Outcome::Done(_)) {
             m.save(channel).await;
         }
-        crate::say!("bkrun: {}", m.stats.line());
+        cache.cache_mounts = Some(m.stats.numbers());
     }
-    Ok(outcome)
+    Ok(Built { outcome, cache })
 }
 
 /// The build's cache imports, for the frontend's own solves through the gateway.

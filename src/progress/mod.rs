@@ -8,6 +8,7 @@
 //! (`request::progress` reads the flag, the environment and the terminal); nothing
 //! here reads the environment.
 
+mod cachestats;
 pub mod mask;
 mod plain;
 mod rawjson;
@@ -26,6 +27,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures::{Stream, StreamExt};
 
 pub use crate::gocompat::times::Nanos;
+pub use cachestats::{CacheMountStats, CacheStats, Export, Import, Transfer};
 pub use mask::{Masker, MASK};
 pub use plain::PlainPrinter;
 pub use rawjson::{encode as encode_rawjson, RawJsonPrinter};
@@ -195,6 +197,8 @@ pub struct Summary {
     pub warnings: Vec<VertexWarning>,
     /// Failed steps, in the order they failed (masked).
     pub failed: Vec<Failure>,
+    /// What the cache did: steps cached, the registry cache's import and export.
+    pub cache: CacheStats,
 }
 
 /// Settings besides the mode.
@@ -244,6 +248,8 @@ pub struct Renderer {
     summary: Summary,
     /// Failed digests already in the summary.
     failed_seen: HashSet<String>,
+    /// Counts cached steps in every mode, quiet included.
+    tally: cachestats::Tally,
     trace: Option<Box<dyn io::Write + Send>>,
 }
 
@@ -271,6 +277,7 @@ impl Renderer {
             masker: Masker::new(opts.secrets),
             summary: Summary::default(),
             failed_seen: HashSet::new(),
+            tally: cachestats::Tally::default(),
             trace: opts.trace,
         }
     }
@@ -330,6 +337,7 @@ impl Renderer {
         if let Some(t) = &mut self.trace {
             t.flush()?;
         }
+        self.summary.cache = self.tally.stats();
         Ok(self.summary)
     }
 
@@ -360,6 +368,7 @@ impl Renderer {
     }
 
     fn note(&mut self, resp: &StatusResponse) {
+        self.tally.update(resp);
         self.summary.warnings.extend(resp.warnings.iter().cloned());
         for v in &resp.vertexes {
             if v.error.is_empty() || v.error.ends_with("context canceled") {

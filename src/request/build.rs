@@ -15,6 +15,7 @@ use super::cachemounts::{self, CacheMountsSpec};
 use super::flags::BuildFlags;
 use super::output::{self, check_parent, Destination, Output};
 use super::progress::{self, ProgressSpec};
+use super::regcache::{self, RegistryCache};
 use super::registry::{self, RegistryAuth};
 use super::secret::{self, Secret};
 use super::ssh::{self, SshAgent};
@@ -44,8 +45,11 @@ pub struct BuildSpec {
     pub source_policy: Option<Policy>,
     pub secrets: Vec<Secret>,
     pub ssh: Vec<SshAgent>,
+    /// Every cache import and export: the flags' and those `--cache` stands for.
     pub cache_imports: Vec<CacheImport>,
     pub cache_exports: Vec<CacheExport>,
+    /// What `--cache REF` expanded into, for --debug.
+    pub registry_cache: Option<RegistryCache>,
     /// Registry logins, client-side tokens and their TLS trust.
     pub registry: RegistryAuth,
     /// Which project each local dir is (its git origin and path inside it, as the route key
@@ -79,7 +83,12 @@ pub fn resolve(args: &BuildFlags, settings: &Settings, host: &dyn Host) -> Resul
     let progress = progress::resolve(&args.progress, &env, host.stderr_is_terminal())?;
     refuse_unsupported(args)?;
     entitlement::check(&args.allow)?;
-    let (cache_imports, cache_exports) = caches(args)?;
+    let (mut cache_imports, mut cache_exports) = caches(args)?;
+    let registry_cache = registry_cache(args, settings, &locals, &env)?;
+    if let Some(r) = &registry_cache {
+        cache_imports.extend(r.cache_imports());
+        cache_exports.push(r.cache_export());
+    }
     let secrets = secrets(&args.secret, &env_raw)?;
     let ssh = ssh_agents(&args.ssh, &env_raw)?;
     check_file_parents(args)?;
@@ -114,6 +123,7 @@ pub fn resolve(args: &BuildFlags, settings: &Settings, host: &dyn Host) -> Resul
         ssh,
         cache_imports,
         cache_exports,
+        registry_cache,
         registry,
         local_projects: BTreeMap::new(),
         cache_mounts,
@@ -282,6 +292,28 @@ fn caches(args: &BuildFlags) -> Result<(Vec<CacheImport>, Vec<CacheExport>)> {
         .map(|v| cache::parse_export(v))
         .collect::<Result<Vec<_>>>()?;
     Ok((cache_imports, cache_exports))
+}
+
+/// `--cache REF` (or BKRUN_CACHE, or bkrun.toml's `cache`), its branch read from the flag, the
+/// CI's variables or the git checkout holding the build context.
+fn registry_cache(
+    args: &BuildFlags,
+    settings: &Settings,
+    locals: &BTreeMap<String, PathBuf>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<RegistryCache>> {
+    let given = regcache::Given {
+        cache: args.cache.as_deref(),
+        branch: args.cache_branch.as_deref(),
+        default_branch: args.cache_default_branch.as_deref(),
+        from_file: settings.build_defaults.cache.as_deref(),
+        checkout: Some(
+            locals
+                .get("context")
+                .map_or(std::path::Path::new("."), PathBuf::as_path),
+        ),
+    };
+    regcache::settle(given, env)
 }
 
 /// `--secret`s, each id once.

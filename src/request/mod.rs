@@ -14,6 +14,7 @@ pub mod output;
 pub mod policy;
 pub mod progress;
 pub mod reference;
+pub mod regcache;
 pub mod registry;
 pub mod secret;
 pub mod ssh;

@@ -73,21 +73,24 @@ async fn channel(on_target: &Target, opened: Option<Channel>) -> anyhow::Result<
     }
 }
 
-/// A build, then what is written from its result (metadata, iid and digest files).
+/// A build, then what is written from its result (metadata, iid and digest files), then one
+/// line saying what the cache did.
 async fn build(job: &BuildJob, on: Against<'_>, mut daemon_exit: DaemonExit<'_>) -> Ended {
     let spec = &job.spec;
+    let mut cache = None;
     let build = async {
         let channel = channel(on.target, on.opened).await?;
-        let outcome = client::solve::build(channel, spec, on.target).await?;
+        let built = client::solve::build(channel, spec, on.target).await?;
+        cache = Some(built.cache.clone());
         // Inside the select, so a signal still ends a write to a FIFO nobody reads.
         if let (client::solve::Outcome::Done(response), Some(path)) =
-            (&outcome, &spec.metadata_file)
+            (&built.outcome, &spec.metadata_file)
         {
-            client::metadata::write(path, response).await?;
+            client::metadata::write(path, response, &built.cache).await?;
         }
-        anyhow::Ok(outcome)
+        anyhow::Ok(built.outcome)
     };
-    tokio::select! {
+    let ended = tokio::select! {
         res = build => match res {
             Ok(client::solve::Outcome::Done(response)) => {
                 if let Some(worker) = &job.announce_images {
@@ -114,6 +117,21 @@ async fn build(job: &BuildJob, on: Against<'_>, mut daemon_exit: DaemonExit<'_>)
         // Dropping the build cancels the Solve call; the daemon then cancels the job.
         Some(sig) = on.signals.next() => Ended::Code(128 + sig),
         exit = &mut daemon_exit => Ended::DaemonDied(exit),
+    };
+    if let Some(cache) = &cache {
+        say_cache(spec.progress.mode, cache);
+    }
+    ended
+}
+
+/// The build's last line: what the cache did, whether the build succeeded or failed; only
+/// beside progress that is shown. Quiet means nothing of bkrun's own on stderr (as its start-up
+/// lines), and rawjson's stderr is a stream of JSON objects tools parse line by line;
+/// `--metadata-file` has the numbers in every mode.
+fn say_cache(mode: crate::progress::Mode, cache: &crate::progress::CacheStats) {
+    use crate::progress::Mode;
+    if !matches!(mode, Mode::Quiet | Mode::RawJson) {
+        crate::say!("{}", cache.line());
     }
 }
 

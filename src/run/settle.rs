@@ -179,8 +179,27 @@ fn config(cli: &Cli, settings: &Settings, host: &dyn Host) -> Result<Step> {
         ),
     }
     };
-    write_stdout(&describe(settings, host, &cli.global, key)?);
+    let mut text = describe(settings, host, &cli.global, key)?;
+    text.push_str(&registry_cache(settings, host));
+    write_stdout(&text);
     Ok(Step::Answered(0))
+}
+
+/// `bkrun config`'s line for the registry cache BKRUN_CACHE or bkrun.toml's `cache` asks for
+/// (a build's --cache flags would change it), its branch read as a build in the current
+/// directory would; nothing when neither is set.
+fn registry_cache(settings: &Settings, host: &dyn Host) -> String {
+    let dir = cwd();
+    let given = request::regcache::Given {
+        from_file: settings.build_defaults.cache.as_deref(),
+        checkout: Some(&dir),
+        ..Default::default()
+    };
+    match request::regcache::settle(given, &|k| host.env(k)) {
+        Ok(Some(r)) => format!("registry cache:  {}\n", r.describe()),
+        Ok(None) => String::new(),
+        Err(e) => format!("registry cache:  not usable: {e}\n"),
+    }
 }
 
 /// kaniko's executor: its build, and its registry flags as the started daemon's configuration.
@@ -224,6 +243,11 @@ fn build_job(
     host: &dyn Host,
 ) -> Result<BuildJob> {
     let mut spec = request::build::resolve(&n.args, settings, host)?;
+    if let Some(r) = &spec.registry_cache {
+        log(settings.debug, || {
+            format!("registry cache: {}", r.describe())
+        });
+    }
     request::dests::check_after(&n.after, host)?;
     spec.local_projects = spec
         .locals
