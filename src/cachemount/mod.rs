@@ -47,7 +47,7 @@ pub struct Stats {
 /// Where saves go.
 enum Store {
     Dir(DirStore),
-    Registry(RegistryStore),
+    Registry(Box<RegistryStore>),
 }
 
 /// One build's cache mounts.
@@ -97,7 +97,7 @@ impl CacheMounts {
             MountStore::Registry(r) => {
                 let s = RegistryStore::new(r, auth)?;
                 let loaded = s.load().await?;
-                (Store::Registry(s), loaded)
+                (Store::Registry(Box::new(s)), loaded)
             }
         };
         if let Some(note) = &loaded.note {
