@@ -209,31 +209,11 @@ fn registry_insecure_pushes_to_a_registry_with_an_untrusted_certificate() {
     }
 }
 
-/// A TLS registry (certificate for IP 127.0.0.1 from a test CA) that wants htpasswd credentials.
-fn auth_registry(sb: &Sandbox) -> (Registry, std::path::PathBuf) {
-    let certs = sb.mkdir("certs");
-    std::fs::write(
-        certs.join("reg.ext"),
-        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    sh_in(&certs, "openssl req -x509 -newkey rsa:2048 -nodes -keyout ca-key.pem -out ca.pem -days 2 -subj /CN=bkrun-registry-ca 2>/dev/null
-        openssl req -newkey rsa:2048 -nodes -keyout reg-key.pem -out reg.csr -subj /CN=127.0.0.1 2>/dev/null
-        openssl x509 -req -in reg.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -out reg.pem -days 2 -extfile reg.ext 2>/dev/null
-        htpasswd -Bbc htpasswd builder s3cr3t-pw 2>/dev/null");
-    sb.own(&certs);
-    let extra = format!(
-        "  tls:\n    certificate: {c}/reg.pem\n    key: {c}/reg-key.pem\nauth:\n  htpasswd:\n    realm: bkrun-test\n    path: {c}/htpasswd\n",
-        c = certs.display()
-    );
-    (Registry::start_with(sb, &extra), certs)
-}
-
 #[test]
 fn pushing_to_a_registry_with_credentials_from_the_docker_config() {
     for mode in [Mode::Privileged, Mode::Rootless] {
         let sb = Sandbox::new(mode);
-        let (reg, certs) = auth_registry(&sb);
+        let (reg, certs) = Registry::start_auth(&sb);
         let host = reg.host();
         // The daemon trusts the registry's CA through bkrun.toml; http = false because BuildKit
         // assumes plain HTTP for registries on 127.0.0.1 otherwise.
@@ -700,7 +680,7 @@ fn docker_login(sb: &Sandbox, dir: &str, host: &str, user_password: &str) -> std
 #[test]
 fn registry_client_pushes_and_pulls_an_artifact_with_an_htpasswd_login() {
     let sb = Sandbox::new(Mode::Privileged);
-    let (reg, certs) = auth_registry(&sb);
+    let (reg, certs) = Registry::start_auth(&sb);
     let host = reg.host();
     // http = false: bkrun, like the daemon, assumes plain http for 127.0.0.1 otherwise.
     let tls = bkrun::request::registry::RegistryTls {

@@ -11,12 +11,14 @@ use anyhow::{Context, Result};
 
 use super::llb::{LIB_DIR, ROOT_BIN};
 use super::pack::ARG;
+use crate::outputs::temps::{private_dir, Temp};
 
 /// The session's name for the helper dir.
 pub const LOCAL: &str = "bkrun-cachemounts";
 
 pub struct Helper {
-    dir: tempfile::TempDir,
+    path: PathBuf,
+    _dir: Temp,
     /// What comes before ARG: the binary, or the loader and its arguments then the binary.
     prefix: Vec<String>,
 }
@@ -25,12 +27,9 @@ impl Helper {
     /// Copies the running bkrun (by /proc/self/exe, the very file running: no path is
     /// resolved) into a new 0700 directory, with empty mount points for `mounts` cache mounts.
     pub fn make(mounts: usize) -> Result<Helper> {
-        let dir = tempfile::Builder::new()
-            .prefix("bkrun-cachemounts-")
-            .permissions(fs::Permissions::from_mode(0o700))
-            .tempdir()
+        let (path, dir) = private_dir("bkrun-cachemounts-")
             .context("cannot make a temp dir for the cache mounts' helper (check TMPDIR)")?;
-        let root = dir.path().join(".bkrun");
+        let root = path.join(".bkrun");
         let mk = |p: &Path| fs::DirBuilder::new().mode(0o755).recursive(true).create(p);
         for sub in ["seeds", "out", "lib"] {
             mk(&root.join(sub))?;
@@ -39,19 +38,23 @@ impl Helper {
             mk(&root.join("mounts").join(i.to_string()))?;
         }
         for sub in ["proc", "dev", "sys", "tmp", "etc"] {
-            mk(&dir.path().join(sub))?;
+            mk(&path.join(sub))?;
         }
         let exe = File::open("/proc/self/exe").context("cannot open /proc/self/exe")?;
-        copy_to(exe, &dir.path().join(&ROOT_BIN[1..]), 0o755)?;
+        copy_to(exe, &path.join(&ROOT_BIN[1..]), 0o755)?;
         let mut prefix = vec![ROOT_BIN.to_string()];
         if let Some(interp) = interpreter(&mut File::open("/proc/self/exe")?)? {
-            prefix = with_libraries(dir.path(), &interp)?;
+            prefix = with_libraries(&path, &interp)?;
         }
-        Ok(Helper { dir, prefix })
+        Ok(Helper {
+            path,
+            _dir: dir,
+            prefix,
+        })
     }
 
     pub fn path(&self) -> &Path {
-        self.dir.path()
+        &self.path
     }
 
     /// The step's argv for `bkrun __cache-mounts ARGS…`.
@@ -62,8 +65,6 @@ impl Helper {
         v
     }
 }
-
-use std::os::unix::fs::PermissionsExt;
 
 fn copy_to(mut from: File, to: &Path, mode: u32) -> Result<()> {
     let mut out = fs::OpenOptions::new()
@@ -154,6 +155,7 @@ mod tests {
         let bin = h.path().join(".bkrun/bkrun");
         assert!(bin.is_file());
         assert!(h.path().join(".bkrun/mounts/1").is_dir());
+        use std::os::unix::fs::PermissionsExt as _;
         let mode = fs::metadata(h.path()).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o700);
         let argv = h.argv(&["seed".into()]);

@@ -219,7 +219,15 @@ pub fn definition(step: &Step) -> pb::Definition {
         }
         d
     };
-    let helper = add(&mut def, local_op(&step.helper), None);
+    let named = |what: &str| pb::OpMetadata {
+        description: [("llb.customname".to_string(), what.to_string())].into(),
+        ..Default::default()
+    };
+    let helper = add(
+        &mut def,
+        local_op(&step.helper),
+        Some(named("[bkrun] load bkrun for its own step")),
+    );
     inputs.push(pb::Input {
         digest: helper,
         index: 0,
@@ -232,7 +240,11 @@ pub fn definition(step: &Step) -> pb::Definition {
         ..Default::default()
     }];
     if let Some(seeds) = &step.seeds {
-        let d = add(&mut def, local_op(seeds), None);
+        let d = add(
+            &mut def,
+            local_op(seeds),
+            Some(named("[bkrun] load the saved cache mounts")),
+        );
         inputs.push(pb::Input {
             digest: d,
             index: 0,

@@ -232,14 +232,11 @@ impl CacheMounts {
         if let Store::Dir(store) = &mut self.store {
             store.begin()?;
         }
-        let out = tempfile::Builder::new()
-            .prefix("bkrun-cachemounts-out-")
-            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
-            .tempdir()
+        let (out, _out) = crate::outputs::temps::private_dir("bkrun-cachemounts-out-")
             .context("cannot make a temp dir for the saved cache mounts (check TMPDIR)")?;
         let locals = HashMap::from([(helper::LOCAL.to_string(), self.helper.path().to_path_buf())]);
-        crate::client::step::solve(channel, def, locals, out.path()).await?;
-        let (layers, new) = self.collect(&mounts, out.path())?;
+        crate::client::step::solve(channel, def, locals, &out).await?;
+        let (layers, new) = self.collect(&mounts, &out)?;
         match &mut self.store {
             // Nothing changed: the last save stands as it is (and a directory's marker goes).
             Store::Dir(store) if new.is_empty() => {

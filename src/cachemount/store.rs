@@ -253,27 +253,26 @@ pub struct RegistryStore {
     reference: String,
     client: registry::Client,
     /// Where the pulled layers are (and whence unchanged ones are pushed again).
-    pulled: tempfile::TempDir,
+    pulled: PathBuf,
+    _pulled: outputs::Temp,
 }
 
 impl RegistryStore {
     pub fn new(reference: &str, auth: &crate::request::registry::RegistryAuth) -> Result<Self> {
-        let pulled = tempfile::Builder::new()
-            .prefix("bkrun-cachemounts-pulled-")
-            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
-            .tempdir()
+        let (pulled, temp) = outputs::temps::private_dir("bkrun-cachemounts-pulled-")
             .context("cannot make a temp dir for the pulled cache mounts (check TMPDIR)")?;
         Ok(RegistryStore {
             reference: reference.to_string(),
             client: registry::Client::new(auth)?,
             pulled,
+            _pulled: temp,
         })
     }
 
     /// Pulls the last save (nothing there yet is not an error) and its layers.
     pub async fn load(&self) -> Result<Loaded> {
         let what = || format!("cannot pull the saved cache mounts from {}", self.reference);
-        let blobs = Some(self.pulled.path().to_path_buf());
+        let blobs = Some(self.pulled.as_path().to_path_buf());
         let Some((manifest, _)) = self
             .client
             .pull_manifest(&self.reference)
@@ -287,7 +286,7 @@ impl RegistryStore {
         };
         let layers = layers_of(&manifest).with_context(what)?;
         for l in &layers {
-            let file = File::create(self.pulled.path().join(l.hex())).with_context(what)?;
+            let file = File::create(self.pulled.as_path().join(l.hex())).with_context(what)?;
             self.client
                 .fetch_blob(&self.reference, &descriptor_of(l), &file)
                 .await
@@ -314,7 +313,7 @@ impl RegistryStore {
                         path: new
                             .get(&l.digest)
                             .cloned()
-                            .unwrap_or_else(|| self.pulled.path().join(l.hex())),
+                            .unwrap_or_else(|| self.pulled.as_path().join(l.hex())),
                         media_type: d.media_type,
                         digest: d.digest,
                         size: d.size,

@@ -155,6 +155,15 @@ pub fn marker(dir: &Path, prefix: &str) -> io::Result<Temp> {
     Ok(temp)
 }
 
+/// A private (0700) directory PREFIX… in TMPDIR, flocked while the returned Temp lives and
+/// removed with it; those a killed run left (unlocked) are removed first.
+pub fn private_dir(prefix: &str) -> io::Result<(PathBuf, Temp)> {
+    let tmp = std::env::temp_dir();
+    let d = Arc::new(Dir::open(&tmp).map_err(|e| cannot_create(&tmp, e))?);
+    let (_dir, temp) = Temp::new_dir(&d, &tmp, prefix)?;
+    Ok((temp.path().to_path_buf(), temp))
+}
+
 /// Why nothing can be made in `dir`, in one line with what to do.
 fn cannot_create(dir: &Path, e: io::Error) -> io::Error {
     io::Error::new(

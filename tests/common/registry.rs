@@ -5,7 +5,7 @@ use std::net::TcpStream;
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use super::{wait_until, Sandbox};
+use super::{sh_in, wait_until, Sandbox};
 
 /// A plain-HTTP docker-registry on a free loopback port, stopped when dropped.
 pub struct Registry {
@@ -45,6 +45,27 @@ impl Registry {
         )
         .is_ok()));
         Registry { child, port }
+    }
+
+    /// A TLS registry (certificate for IP 127.0.0.1 from a test CA) that wants htpasswd credentials.
+    /// The user is `builder`, the password `s3cr3t-pw`; the CA is `ca.pem` in the returned dir.
+    pub fn start_auth(sb: &Sandbox) -> (Registry, std::path::PathBuf) {
+        let certs = sb.mkdir("certs");
+        std::fs::write(
+            certs.join("reg.ext"),
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        sh_in(&certs, "openssl req -x509 -newkey rsa:2048 -nodes -keyout ca-key.pem -out ca.pem -days 2 -subj /CN=bkrun-registry-ca 2>/dev/null
+            openssl req -newkey rsa:2048 -nodes -keyout reg-key.pem -out reg.csr -subj /CN=127.0.0.1 2>/dev/null
+            openssl x509 -req -in reg.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -out reg.pem -days 2 -extfile reg.ext 2>/dev/null
+            htpasswd -Bbc htpasswd builder s3cr3t-pw 2>/dev/null");
+        sb.own(&certs);
+        let extra = format!(
+            "  tls:\n    certificate: {c}/reg.pem\n    key: {c}/reg-key.pem\nauth:\n  htpasswd:\n    realm: bkrun-test\n    path: {c}/htpasswd\n",
+            c = certs.display()
+        );
+        (Registry::start_with(sb, &extra), certs)
     }
 
     /// `host:port`, as image names and bkrun.toml name the registry.
