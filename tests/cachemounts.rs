@@ -21,7 +21,18 @@ RUN --mount=type=cache,target=/priv,sharing=private echo "run $RUN" >> /priv/p &
 /// `bkrun build` of `ctx` on a fresh state dir `state`, keeping cache mounts in `keep`, its
 /// result exported to `out`.
 fn build(sb: &Sandbox, ctx: &Path, state: &str, run: u32, keep: &str, out: &Path) -> Command {
-    let mut c = sb.bkrun_root(state);
+    build_with(sb, sb.bkrun_root(state), ctx, run, keep, out)
+}
+
+/// The same after `c`: bkrun with its global flags given.
+fn build_with(
+    sb: &Sandbox,
+    mut c: Command,
+    ctx: &Path,
+    run: u32,
+    keep: &str,
+    out: &Path,
+) -> Command {
     c.arg("build")
         .args(sb.build_args(ctx))
         .arg(format!("--opt=build-arg:RUN={run}"))
@@ -44,14 +55,14 @@ fn cache_line(err: &str) -> &str {
         .unwrap_or_else(|| panic!("no cache line in\n{err}"))
 }
 
-/// Three runs, each on a fresh state dir: the third sees what the first two wrote.
-fn three_runs(sb: &Sandbox, keep: &str, with: &dyn Fn(&mut Command)) {
+/// Three runs, each on a fresh state dir (`bkrun` gives bkrun and its global flags for one):
+/// the third sees what the first two wrote.
+fn three_runs(sb: &Sandbox, keep: &str, bkrun: &dyn Fn(&str) -> Command) {
     let ctx = sb.shell_context("ctx", MOUNTS);
     for run in 1..=3 {
         let out = sb.path(&format!("out{run}"));
-        let mut c = build(sb, &ctx, &format!("state{run}"), run, keep, &out);
-        with(&mut c);
-        let done = run_ok(&mut c);
+        let base = bkrun(&format!("state{run}"));
+        let done = run_ok(&mut build_with(sb, base, &ctx, run, keep, &out));
         let err = stderr(&done);
         let line = cache_line(&err);
         let want = if run == 1 { "restored 0" } else { "restored 3" };
@@ -77,7 +88,7 @@ fn cache_mounts_outlive_the_daemon_in_a_directory_in_every_mode() {
         // Not there yet: made by the first save (a CI's cache dir, a PVC's subdirectory).
         let keep = sb.path("ci-cache/mounts");
         sb.mkdir("ci-cache");
-        three_runs(&sb, keep.to_str().unwrap(), &|_| {});
+        three_runs(&sb, keep.to_str().unwrap(), &|state| sb.bkrun_root(state));
         let index = read(keep.join("index.json"));
         assert!(
             index.contains("application/vnd.bkrun.cache-mounts.v1"),
@@ -106,11 +117,11 @@ fn cache_mounts_outlive_the_daemon_in_a_registry_with_a_login() {
         &format!(r#"{{"auths":{{"{host}":{{"auth":"{auth}"}}}}}}"#),
     );
     let keep = format!("registry://{host}/team/app-mounts:main");
-    let with = |c: &mut Command| {
-        c.env("DOCKER_CONFIG", docker.parent().unwrap())
-            .env("BKRUN_CONFIG", &cfg);
-    };
-    three_runs(&sb, &keep, &with);
+    three_runs(&sb, &keep, &|state| {
+        let mut c = with_config(sb.bkrun_root(state), &cfg);
+        c.env("DOCKER_CONFIG", docker.parent().unwrap());
+        c
+    });
     // An artifact of our own type, one zstd layer per mount.
     let m = stored_manifest(&sb.path("registry-data"), "team/app-mounts", "main");
     assert_eq!(
@@ -241,5 +252,22 @@ fn a_dockerfile_without_cache_mounts_pays_nothing_and_from_mounts_are_named() {
         err.contains("the cache mount at /c is not kept between runs"),
         "{err}"
     );
+    sb.assert_clean();
+}
+
+#[test]
+fn cache_mounts_outlive_the_daemon_with_the_containerd_worker() {
+    let sb = Sandbox::new(Mode::Privileged);
+    let ctr = common::containerd::Containerd::start(&sb.mkdir("containerd"));
+    let keep = sb.path("keep");
+    let socket = ctr.socket.clone();
+    three_runs(&sb, keep.to_str().unwrap(), &|state| {
+        let mut c = sb.bkrun_root(state);
+        c.args(["--worker", "containerd", "--containerd-address"])
+            .arg(&socket);
+        c
+    });
+    ctr.assert_no_build_left("buildkit");
+    ctr.stop();
     sb.assert_clean();
 }
