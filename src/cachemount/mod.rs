@@ -29,6 +29,15 @@ use store::{DirStore, Layer, Loaded, RegistryStore};
 /// The session's name for the dir of saved layers.
 const SEEDS_LOCAL: &str = "bkrun-cachemounts-seeds";
 
+/// The save step: its definition, the local dirs it reads, and where its result goes (a
+/// private temp dir, removed with it).
+pub struct SaveStep {
+    pub definition: pb::Definition,
+    pub locals: HashMap<String, PathBuf>,
+    pub out: PathBuf,
+    _out: crate::outputs::Temp,
+}
+
 /// What the cache mounts cost and did in one run.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Stats {
@@ -186,25 +195,14 @@ impl CacheMounts {
         self.stats.restore_time += took;
     }
 
-    /// After a successful build: saves each mount the build used that changed, on the build's
-    /// daemon behind `channel`. A failure is said in one line; the build's result stands.
-    pub async fn save(&mut self, channel: tonic::transport::Channel) {
+    /// After a successful build: the step that packs each mount the build used, to be solved
+    /// on the build's daemon with its result exported into the step's `out`; None when the
+    /// build used no mount that can be kept. A directory store is marked as being saved to.
+    pub fn save_step(&mut self) -> Result<Option<SaveStep>> {
         if self.found.mounts.is_empty() {
-            return;
+            return Ok(None);
         }
-        let started = Instant::now();
-        if let Err(e) = self.try_save(channel).await {
-            crate::say!(
-                "bkrun: cannot save the cache mounts to {}: {e:#}",
-                self.spec.store
-            );
-        }
-        self.stats.save_time = started.elapsed();
-    }
-
-    async fn try_save(&mut self, channel: tonic::transport::Channel) -> Result<()> {
-        let owned = self.found.mounts.clone();
-        let mounts: Vec<&CacheMount> = owned.iter().collect();
+        let mounts: Vec<&CacheMount> = self.found.mounts.iter().collect();
         let mut args = vec![
             "save".to_string(),
             llb::MOUNTS.to_string(),
@@ -228,15 +226,26 @@ impl CacheMounts {
             output: true,
             name: "[bkrun] saving cache mounts",
         };
-        let def = llb::definition(&step);
+        let definition = llb::definition(&step);
         if let Store::Dir(store) = &mut self.store {
             store.begin()?;
         }
-        let (out, _out) = crate::outputs::temps::private_dir("bkrun-cachemounts-out-")
+        let (out, temp) = crate::outputs::temps::private_dir("bkrun-cachemounts-out-")
             .context("cannot make a temp dir for the saved cache mounts (check TMPDIR)")?;
         let locals = HashMap::from([(helper::LOCAL.to_string(), self.helper.path().to_path_buf())]);
-        crate::client::step::solve(channel, def, locals, &out).await?;
-        let (layers, new) = self.collect(&mounts, &out)?;
+        Ok(Some(SaveStep {
+            definition,
+            locals,
+            out,
+            _out: temp,
+        }))
+    }
+
+    /// After the save step ran: the changed mounts go to the store (nothing, when none changed).
+    pub async fn commit(&mut self, step: SaveStep) -> Result<()> {
+        let mounts: Vec<CacheMount> = self.found.mounts.clone();
+        let mounts: Vec<&CacheMount> = mounts.iter().collect();
+        let (layers, new) = self.collect(&mounts, &step.out)?;
         match &mut self.store {
             // Nothing changed: the last save stands as it is (and a directory's marker goes).
             Store::Dir(store) if new.is_empty() => {
@@ -247,6 +256,14 @@ impl CacheMounts {
             Store::Dir(store) => store.commit(&layers, &new),
             Store::Registry(store) => store.commit(&layers, &new).await,
         }
+    }
+
+    /// Says why a save failed; the build's result stands.
+    pub fn save_failed(&self, e: &anyhow::Error) {
+        crate::say!(
+            "bkrun: cannot save the cache mounts to {}: {e:#}",
+            self.spec.store
+        );
     }
 
     /// The save's results: every layer the next run should find (new ones, and unchanged or

@@ -175,11 +175,30 @@ pub async fn build(channel: Channel, spec: &BuildSpec, target: &Target) -> Resul
     let mut cache = cache;
     if let Some(m) = mounts.as_mut() {
         if matches!(outcome, Outcome::Done(_)) {
-            m.save(channel).await;
+            save_mounts(m, channel).await;
         }
         cache.cache_mounts = Some(m.stats.numbers());
     }
     Ok(Built { outcome, cache })
+}
+
+/// Saves the cache mounts the build used, by a step of bkrun's own on the build's daemon. A
+/// failure is said in one line; the build's result stands.
+async fn save_mounts(mounts: &mut CacheMounts, channel: Channel) {
+    let started = std::time::Instant::now();
+    let saved = async {
+        let Some(step) = mounts.save_step()? else {
+            return Ok(());
+        };
+        let (def, locals) = (step.definition.clone(), step.locals.clone());
+        super::step::solve(channel, def, locals, &step.out).await?;
+        mounts.commit(step).await
+    }
+    .await;
+    if let Err(e) = saved {
+        mounts.save_failed(&e);
+    }
+    mounts.stats.save_time = started.elapsed();
 }
 
 /// The build's cache imports, for the frontend's own solves through the gateway.
