@@ -181,6 +181,7 @@ fn config(cli: &Cli, settings: &Settings, host: &dyn Host) -> Result<Step> {
     };
     let mut text = describe(settings, host, &cli.global, key)?;
     text.push_str(&registry_cache(settings, host));
+    text.push_str(&cache_mounts(settings, host));
     write_stdout(&text);
     Ok(Step::Answered(0))
 }
@@ -199,6 +200,22 @@ fn registry_cache(settings: &Settings, host: &dyn Host) -> String {
         Ok(Some(r)) => format!("registry cache:  {}\n", r.describe()),
         Ok(None) => String::new(),
         Err(e) => format!("registry cache:  not usable: {e}\n"),
+    }
+}
+
+/// `bkrun config`'s line for where BKRUN_CACHE_MOUNTS or bkrun.toml's `cache_mounts` keeps RUN
+/// cache mounts; nothing when neither is set.
+fn cache_mounts(settings: &Settings, host: &dyn Host) -> String {
+    let env = |k: &str| host.env_raw(k);
+    match request::cachemounts::resolve(None, None, &env, &settings.build_defaults) {
+        Ok(Some(c)) => format!(
+            "cache mounts:    {} (from {}), mounts over {} not saved\n",
+            c.store,
+            c.source,
+            crate::cachemount::human(c.max_size)
+        ),
+        Ok(None) => String::new(),
+        Err(e) => format!("cache mounts:    not usable: {e}\n"),
     }
 }
 
@@ -246,6 +263,11 @@ fn build_job(
     if let Some(r) = &spec.registry_cache {
         log(settings.debug, || {
             format!("registry cache: {}", r.describe())
+        });
+    }
+    if let Some(c) = &spec.cache_mounts {
+        log(settings.debug, || {
+            format!("cache mounts: {} (from {})", c.store, c.source)
         });
     }
     request::dests::check_after(&n.after, host)?;
