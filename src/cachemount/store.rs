@@ -149,6 +149,7 @@ impl DirStore {
     pub fn load(&self) -> Result<Loaded> {
         let what = || format!("cannot use {} for cache mounts", self.dir.display());
         let dir = outputs::tree::layout_dir(&self.dir).with_context(what)?;
+        self.refuse_foreign(&dir)?;
         let blobs = outputs::tree::layout_dir(&self.blobs()).with_context(what)?;
         let mut note = None;
         let interrupted = sweep(&dir, SAVING) + sweep(&dir, ".index.json.bkrun-");
@@ -161,34 +162,61 @@ impl DirStore {
                 if interrupted + leftovers == 1 { "" } else { "s" }
             ));
         }
-        let index = match std::fs::read(dir.join("index.json")) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Ok(Loaded {
-                    blobs: Some(blobs),
-                    note,
-                    ..Default::default()
-                })
-            }
-            Err(e) => return Err(e).with_context(what),
-        };
-        let manifest = read_index(&index, &blobs)
-            .with_context(|| format!("{}/index.json", self.dir.display()))
-            .with_context(|| {
-                format!(
-                    "cannot read the saved cache mounts in {}: remove the directory's index.json to start afresh",
-                    self.dir.display()
-                )
-            })?;
-        let layers = layers_of(&manifest)?
-            .into_iter()
-            .filter(|l| blobs.join(l.hex()).is_file())
-            .collect();
-        Ok(Loaded {
+        let loaded = |layers, note| Loaded {
             layers,
-            blobs: Some(blobs),
+            blobs: Some(blobs.clone()),
             note,
-        })
+        };
+        let Some(manifest) = ours(&dir)? else {
+            return Ok(loaded(Vec::new(), note));
+        };
+        match read_manifest(&manifest, &blobs).and_then(|m| layers_of(&m)) {
+            Ok(layers) => {
+                let layers = layers
+                    .into_iter()
+                    .filter(|l| blobs.join(l.hex()).is_file())
+                    .collect();
+                Ok(loaded(layers, note))
+            }
+            // Our own save, damaged (a disk that lost blobs): the next save replaces it.
+            Err(e) => Ok(loaded(
+                Vec::new(),
+                Some(format!(
+                    "the saved cache mounts in {} cannot be read ({e:#}); starting without them",
+                    self.dir.display()
+                )),
+            )),
+        }
+    }
+
+    /// A directory that holds anything but a save of bkrun's (someone's files, another OCI
+    /// layout such as a local cache export) is not written into: a save would replace its
+    /// index.json and remove blobs it does not list.
+    fn refuse_foreign(&self, dir: &Path) -> Result<()> {
+        let mine = |n: &str| {
+            matches!(n, "index.json" | "oci-layout" | "blobs")
+                || n.starts_with(SAVING)
+                || n.starts_with(".index.json.bkrun-")
+                || n.starts_with(".oci-layout.bkrun-")
+        };
+        let entries = std::fs::read_dir(dir)?;
+        let other: Vec<String> = entries
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !mine(n))
+            .collect();
+        let foreign_index = dir.join("index.json").exists() && ours(dir).is_err();
+        if !other.is_empty() || foreign_index {
+            let why = match other.first() {
+                Some(n) => format!("it holds other files ({n})"),
+                None => "its index.json is not one bkrun wrote".to_string(),
+            };
+            bail!(
+                "--cache-mounts {} is not a directory of saved cache mounts: {why}; give a directory of its own (it is made if missing)",
+                self.dir.display()
+            );
+        }
+        Ok(())
     }
 
     /// Marks the save as running (the next run sees it if this one is killed).
@@ -330,22 +358,35 @@ impl RegistryStore {
     }
 }
 
-fn read_index(index: &[u8], blobs: &Path) -> Result<Manifest> {
+/// The descriptor of our save in the layout's index.json; None when there is no index.json.
+/// An index of something else is an error.
+fn ours(dir: &Path) -> Result<Option<Descriptor>> {
     #[derive(Deserialize)]
     struct Index {
         manifests: Vec<Descriptor>,
     }
-    let index: Index = serde_json::from_slice(index)?;
+    let bytes = match std::fs::read(dir.join("index.json")) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let index: Index = serde_json::from_slice(&bytes)?;
     let m = index
         .manifests
-        .iter()
+        .into_iter()
         .find(|m| {
-            m.annotations
-                .get("org.opencontainers.image.ref.name")
-                .map(String::as_str)
-                == Some(REF_NAME)
+            m.artifact_type.as_deref() == Some(ARTIFACT_TYPE)
+                && m.annotations
+                    .get("org.opencontainers.image.ref.name")
+                    .map(String::as_str)
+                    == Some(REF_NAME)
         })
-        .ok_or_else(|| anyhow!("it lists no {REF_NAME} manifest"))?;
+        .ok_or_else(|| anyhow!("its index.json lists no {REF_NAME} manifest"))?;
+    Ok(Some(m))
+}
+
+/// The manifest `m` names, checked against its digest.
+fn read_manifest(m: &Descriptor, blobs: &Path) -> Result<Manifest> {
     let hex = m
         .digest
         .strip_prefix("sha256:")
@@ -443,6 +484,25 @@ mod tests {
         .unwrap();
         assert!(!dest.join("blobs/sha256").join(la.hex()).exists());
         assert_eq!(DirStore::new(&dest).load().unwrap().layers, [lb]);
+    }
+
+    #[test]
+    fn a_directory_of_other_things_is_refused_and_left_alone() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        std::fs::write(src.join("main.go"), b"package main").unwrap();
+        let e = DirStore::new(&src).load().unwrap_err().to_string();
+        assert!(e.contains("it holds other files (main.go)"), "{e}");
+        // A local cache export's layout: its index.json must not be replaced.
+        let layout = t.path().join("layout");
+        std::fs::create_dir(&layout).unwrap();
+        let index = br#"{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.index.v1+json","digest":"sha256:00","size":1}]}"#;
+        std::fs::write(layout.join("index.json"), index).unwrap();
+        let e = DirStore::new(&layout).load().unwrap_err().to_string();
+        assert!(e.contains("not one bkrun wrote"), "{e}");
+        assert_eq!(std::fs::read(layout.join("index.json")).unwrap(), index);
+        assert!(!layout.join("blobs").exists());
     }
 
     #[test]
