@@ -113,6 +113,8 @@ impl Seen {
     }
 }
 
+/// The case: its image, its project of `units` C files and its registry, `rounds` rounds, then
+/// one row per bkrun variant beside the anchor. The registry is stopped whatever happens.
 pub fn case_second(w: &World, rounds: usize, units: usize) -> Result<Vec<Row>> {
     let base = ccbase()?;
     let root = w.work.join("second");
