@@ -33,7 +33,7 @@ fn interleave(
 }
 
 /// What the daemonless cases compare bkrun with.
-const ANCHOR: &str = "anchor (buildctl-daemonless.sh algorithm)";
+pub const ANCHOR: &str = "anchor (buildctl-daemonless.sh algorithm)";
 
 /// A trivial, fully cached build, end to end, on one warm state dir.
 /// Also returns the anchor's median, for the floor's share of it.

@@ -3,11 +3,14 @@
 //! Needs root (it mounts a tmpfs and runs a privileged buildkitd) and what scripts/setup installs.
 //! BENCH_ROUNDS (default 5) sets the rounds per case; BENCH_ROUNDS_BIG (default min(3, rounds))
 //! the rounds of the 1 GiB cases, BENCH_ROUNDS_CACHED (default 16 × rounds) those of the cached
-//! trivial build and BENCH_ROUNDS_FLOOR (default 12 × rounds) those of each mode's floor;
-//! BENCH_CASES (e.g. `cold,client`) runs only some cases and then leaves BENCHMARKS.md alone.
+//! trivial build, BENCH_ROUNDS_FLOOR (default 12 × rounds) those of each mode's floor and
+//! BENCH_ROUNDS_SECOND (default 3) those of the CI's second run, whose C project has
+//! BENCH_SECOND_UNITS translation units (default 120); BENCH_CASES (e.g. `cold,client`) runs
+//! only some cases and then leaves BENCHMARKS.md alone.
 //!
 //! The modules: `world` (contexts, dirs, the three ways to build), `cases` (what is measured),
-//! `pool` (a pool of daemons, sticky routing beside random),
+//! `pool` (a pool of daemons, sticky routing beside random), `second` (the CI's second run: a
+//! compile on a new pod, warmed by each tool's registry cache and bkrun's cache mounts),
 //! `floor` (buildkitd's own start, build and stop per mode, and bkrun's overhead over them),
 //! `procs` (children, waited for with a pidfd and reaped with their rusage), `cleanup` (the guard
 //! and clearing dirs, mounts included), `parse` (what the tools print), `stats` (medians) and
@@ -20,6 +23,7 @@ mod parse;
 mod pool;
 mod procs;
 mod report;
+mod second;
 mod stats;
 mod world;
 
@@ -80,6 +84,9 @@ fn run() -> Result<()> {
     // The headline ratio's rounds are short: enough of them that two runs agree to ±0.05.
     let cached_rounds = env_usize("BENCH_ROUNDS_CACHED", (rounds * 16).max(10))?.max(2);
     let floor_rounds = env_usize("BENCH_ROUNDS_FLOOR", (rounds * 12).max(4))?.max(1);
+    // Each round is eight builds of a compile lasting tens of seconds: few rounds are affordable.
+    let second_rounds = env_usize("BENCH_ROUNDS_SECOND", 3)?.max(1);
+    let second_units = env_usize("BENCH_SECOND_UNITS", 120)?.max(2);
     let started = Instant::now();
 
     // Everything lives under one dir in cargo's target tmp dir; the guard removes it, whatever happens.
@@ -167,6 +174,10 @@ fn run() -> Result<()> {
     if want("pool") {
         rows.extend(pool::case_pool(&w)?);
     }
+    if want("second") {
+        eprintln!("compare: the CI's second run ({second_rounds} rounds)");
+        rows.extend(second::case_second(&w, second_rounds, second_units)?);
+    }
     if want("size") {
         rows.push(case_size()?);
     }
@@ -189,7 +200,7 @@ fn run() -> Result<()> {
     Ok(())
 }
 
-/// Whether BENCH_CASES (a comma-separated subset of cached,ready,floor,cold,export,client,mono,pool,size; all when
+/// Whether BENCH_CASES (a comma-separated subset of cached,ready,floor,cold,export,client,mono,pool,second,size; all when
 /// unset) asks for `case`: for working on one case without waiting for the others.
 fn want(case: &str) -> bool {
     std::env::var("BENCH_CASES").map_or(true, |v| v.split(',').any(|c| c.trim() == case))

@@ -153,18 +153,20 @@ pub struct Run {
 /// seconds, and buildctl's local export of many files can deadlock (moby/buildkit#2950).
 pub const RUN_LIMIT: Duration = Duration::from_secs(30);
 
-/// A build that failed or hung (killed after RUN_LIMIT): counted in the table, not fatal, since
+/// A build that failed or hung (killed after its limit): counted in the table, not fatal, since
 /// how often each tool does that is part of the comparison.
 #[derive(Debug)]
 pub enum Lost {
-    Hung(String),
+    Hung(String, Duration),
     Failed(String),
 }
 
 impl std::fmt::Display for Lost {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Lost::Hung(what) => write!(f, "{what} hung (killed after {} s)", RUN_LIMIT.as_secs()),
+            Lost::Hung(what, limit) => {
+                write!(f, "{what} hung (killed after {} s)", limit.as_secs())
+            }
             Lost::Failed(msg) => write!(f, "{msg}"),
         }
     }
@@ -175,15 +177,20 @@ impl std::error::Error for Lost {}
 /// Runs to completion with stderr captured in `log` and fails on a non-zero exit; a run past
 /// RUN_LIMIT is stopped (SIGTERM, so bkrun stops its daemon in order; then SIGKILL) as Hung.
 pub fn run_logged(cmd: &mut Command, log: &Path) -> Result<Run> {
+    run_logged_within(cmd, log, RUN_LIMIT)
+}
+
+/// As `run_logged`, for builds that take longer than RUN_LIMIT by design (a compile).
+pub fn run_logged_within(cmd: &mut Command, log: &Path, limit: Duration) -> Result<Run> {
     cmd.stdout(Stdio::null()).stderr(File::create(log)?);
     let p = spawn(cmd)?;
-    let Some(exit) = p.wait_timeout(RUN_LIMIT)? else {
+    let Some(exit) = p.wait_timeout(limit)? else {
         signal(p.pid, Signal::SIGTERM);
         if p.wait_timeout(Duration::from_secs(15))?.is_none() {
             signal(p.pid, Signal::SIGKILL);
             p.wait()?;
         }
-        return Err(anyhow::Error::new(Lost::Hung(p.what.clone())));
+        return Err(anyhow::Error::new(Lost::Hung(p.what.clone(), limit)));
     };
     let stderr = fs::read_to_string(log).unwrap_or_default();
     if !exit.success() {

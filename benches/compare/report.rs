@@ -197,7 +197,17 @@ pub fn document(table: &str, rounds: usize, big_rounds: usize, took: Duration) -
          bkrun's own route key (the project's context); random: a seeded random `--route-key` per build, \
          the same path through bkrun with another daemon choice. Each pass starts on cold daemons. A step \
          counts as a hit when plain progress prints `#N CACHED` for it; the slow step is a `RUN` of 1 s \
-         after the project's files are copied in.\n",
+         after the project's files are copied in.\n\
+         - **the CI's second run**: a generated C project (translation units of about 300 lines and a \
+         main.c) on an image scripts/ccbase makes from Debian packages (minbase with gcc, make and \
+         ccache, given to the build as the named context `base`, an OCI layout, since no registry is \
+         reachable), built by `COPY . /src` and `RUN --mount=type=cache,target=/root/.cache/ccache \
+         make -j2 CC=\"ccache gcc\"`. Each round every variant builds it once from an empty state dir \
+         to fill its own caches (its own repositories in a docker-registry on 127.0.0.1, its own \
+         directory), the code of one source file changes, and every variant builds it again from an \
+         empty state dir (a new pod), in an order that rotates by round. That second run is timed, \
+         from spawn to exit (the anchor's to its kill). The RUN step prints ccache's counts for its \
+         build: what it compiled is ccache's misses.\n",
     );
     Ok(s)
 }

@@ -31,7 +31,7 @@ impl Series {
                 Some(lost) => {
                     eprintln!("compare: {e}");
                     match lost {
-                        Lost::Hung(_) => self.hung += 1,
+                        Lost::Hung(..) => self.hung += 1,
                         Lost::Failed(_) => self.failed += 1,
                     }
                     Ok(None)

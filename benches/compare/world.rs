@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use nix::sys::signal::Signal;
 
-use crate::procs::{run_logged, signal, spawn, Run};
+use crate::procs::{run_logged, run_logged_within, signal, spawn, Run, RUN_LIMIT};
 use crate::BKRUN;
 
 /// The anchor's retry limit: buildctl-daemonless.sh's default BUILDCTL_CONNECT_RETRIES_MAX.
@@ -182,9 +182,22 @@ impl World {
     /// A Rust loop spawns no `sleep`/`awk` processes as the shell does, so this anchor is a bit
     /// faster than the real script: the ratios favour it.
     pub fn anchor(&self, state: &Path, args: &[String]) -> Result<AnchorRun> {
+        self.anchor_with(state, &[], args, RUN_LIMIT)
+    }
+
+    /// The anchor with flags for its buildkitd (what BUILDKITD_FLAGS carries to the script) and
+    /// a build that may take up to `limit`.
+    pub fn anchor_with(
+        &self,
+        state: &Path,
+        daemon_flags: &[String],
+        args: &[String],
+        limit: Duration,
+    ) -> Result<AnchorRun> {
         let addr = format!("unix://{}", self.work.join("run/anchor.sock").display());
         let mut d = self.command("buildkitd");
-        d.arg(format!("--addr={addr}"))
+        d.args(daemon_flags)
+            .arg(format!("--addr={addr}"))
             .arg(format!("--root={}", state.display()))
             // A private trace socket (as BUILDKITD_FLAGS would carry): the default is shared host-wide.
             .arg(format!(
@@ -195,7 +208,7 @@ impl World {
         d.stdout(log.try_clone()?).stderr(log);
         let t0 = Instant::now();
         let daemon = spawn(&mut d)?;
-        let result = self.anchor_drive(&addr, args, t0);
+        let result = self.anchor_drive(&addr, args, t0, limit);
         // The script's `kill`: SIGTERM and move on.
         let (exit, killed) = daemon.terminate()?;
         let (ready, stderr) = result?;
@@ -207,7 +220,13 @@ impl World {
         })
     }
 
-    fn anchor_drive(&self, addr: &str, args: &[String], t0: Instant) -> Result<(Duration, String)> {
+    fn anchor_drive(
+        &self,
+        addr: &str,
+        args: &[String],
+        t0: Instant,
+        limit: Duration,
+    ) -> Result<(Duration, String)> {
         let mut tries = 0;
         loop {
             let mut probe = self.command("buildctl");
@@ -228,7 +247,7 @@ impl World {
         let ready = t0.elapsed();
         let mut b = self.command("buildctl");
         b.arg(format!("--addr={addr}")).arg("build").args(args);
-        let run = run_logged(&mut b, &self.work.join("anchor-buildctl.log"))?;
+        let run = run_logged_within(&mut b, &self.work.join("anchor-buildctl.log"), limit)?;
         Ok((ready, run.stderr))
     }
 
