@@ -117,6 +117,26 @@ fn cache_mounts_outlive_the_daemon_in_a_registry_with_a_login() {
         &format!(r#"{{"auths":{{"{host}":{{"auth":"{auth}"}}}}}}"#),
     );
     let keep = format!("registry://{host}/team/app-mounts:main");
+    // Without a login the cache is lost, not the build: each side says so in one line.
+    let ctx = sb.shell_context("ctx", MOUNTS);
+    let mut anon = build_with(
+        &sb,
+        with_config(sb.bkrun_root("state-anon"), &cfg),
+        &ctx,
+        0,
+        &keep,
+        &sb.path("out-anon"),
+    );
+    anon.env("DOCKER_CONFIG", sb.mkdir("docker-empty"));
+    let err = stderr(&run_ok(&mut anon));
+    assert!(
+        err.contains("building without the saved cache mounts"),
+        "{err}"
+    );
+    assert!(
+        err.contains("cannot save the cache mounts to registry://"),
+        "{err}"
+    );
     three_runs(&sb, &keep, &|state| {
         let mut c = with_config(sb.bkrun_root(state), &cfg);
         c.env("DOCKER_CONFIG", docker.parent().unwrap());

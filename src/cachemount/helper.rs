@@ -25,17 +25,15 @@ pub struct Helper {
 
 impl Helper {
     /// Copies the running bkrun (by /proc/self/exe, the very file running: no path is
-    /// resolved) into a new 0700 directory, with empty mount points for `mounts` cache mounts.
-    pub fn make(mounts: usize) -> Result<Helper> {
+    /// resolved) into a new 0700 directory. The step's root is writable, so the runtime makes
+    /// the mount points it needs below /.bkrun.
+    pub fn make() -> Result<Helper> {
         let (path, dir) = private_dir("bkrun-cachemounts-")
             .context("cannot make a temp dir for the cache mounts' helper (check TMPDIR)")?;
         let root = path.join(".bkrun");
         let mk = |p: &Path| fs::DirBuilder::new().mode(0o755).recursive(true).create(p);
         for sub in ["seeds", "out", "lib"] {
             mk(&root.join(sub))?;
-        }
-        for i in 0..mounts {
-            mk(&root.join("mounts").join(i.to_string()))?;
         }
         for sub in ["proc", "dev", "sys", "tmp", "etc"] {
             mk(&path.join(sub))?;
@@ -151,10 +149,9 @@ mod tests {
 
     #[test]
     fn the_helper_dir_runs_bkrun_as_it_is_linked() {
-        let h = Helper::make(2).unwrap();
+        let h = Helper::make().unwrap();
         let bin = h.path().join(".bkrun/bkrun");
         assert!(bin.is_file());
-        assert!(h.path().join(".bkrun/mounts/1").is_dir());
         use std::os::unix::fs::PermissionsExt as _;
         let mode = fs::metadata(h.path()).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o700);

@@ -105,14 +105,19 @@ impl CacheMounts {
             }
             MountStore::Registry(r) => {
                 let s = RegistryStore::new(r, auth)?;
-                let loaded = s.load().await?;
+                // A save that cannot be pulled (the registry down, a login refused) costs the
+                // build its warm start, not its result: said in one line, and built cold.
+                let loaded = s.load().await.unwrap_or_else(|e| Loaded {
+                    note: Some(format!("{e:#}; building without the saved cache mounts")),
+                    ..Default::default()
+                });
                 (Store::Registry(Box::new(s)), loaded)
             }
         };
         if let Some(note) = &loaded.note {
             crate::say!("bkrun: {note}");
         }
-        let helper = Helper::make(0)?;
+        let helper = Helper::make()?;
         Ok(CacheMounts {
             spec: spec.clone(),
             store,
