@@ -431,8 +431,15 @@ impl<'a> Second<'a> {
                     seen[k].hits.push(hits);
                 }
                 seen[k].wall.push(wall.as_secs_f64());
+                // bkrun's own last line says what its caches moved and how long that took.
+                let cache_line = stderr
+                    .lines()
+                    .rev()
+                    .find(|l| l.starts_with("bkrun: cache:"))
+                    .map(|l| format!("; {l}"))
+                    .unwrap_or_default();
                 eprintln!(
-                    "compare: round {r}: {} second run, {:.1} s, {}",
+                    "compare: round {r}: {} second run, {:.1} s, {}{cache_line}",
                     v.slug(),
                     wall.as_secs_f64(),
                     stats.find(&stderr).map_or("no ccache line", |m| m.as_str())
