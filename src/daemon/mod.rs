@@ -12,6 +12,7 @@ pub mod paths;
 pub mod plan;
 pub mod ready;
 pub mod statelock;
+pub mod storage;
 pub mod supervisor;
 pub mod sweep;
 
