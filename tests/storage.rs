@@ -113,7 +113,7 @@ fn overlay_state_dir(mode: Mode) {
     build.arg("build").args(sb.build_args(&ctx));
     let out = run_ok(&mut in_mount_namespace(&sb, &build, &mount));
     let err = stderr(&out);
-    let native = "bkrun: warning: buildkitd will use the native snapshotter, which copies every layer in full for each step: builds slow down several times and the cache grows (moby/buildkit#2642); the state dir is on overlayfs (in a container, its own filesystem), which overlayfs cannot take as its upper layer, and fuse-overlayfs is not on PATH; mount a volume at";
+    let native = "bkrun: warning: buildkitd will use the native snapshotter, which copies every layer in full for each step: builds slow down several times and the cache grows (moby/buildkit#2642); the state dir is on overlayfs, as a container's own filesystem is, which overlayfs cannot take as its upper layer, and fuse-overlayfs is not on PATH; mount a volume at";
     let flags = format!("bkrun: warning: the state dir {} is on a nosuid,nodev mount, which the native snapshotter's bind mounts keep: setuid programs (sudo, su, ping) in RUN steps get no privilege, and device files in the image do not open (moby/buildkit#879, #3098); mount its volume without nosuid and nodev\n", state.display());
     let at = |needle: &str| {
         err.find(needle)

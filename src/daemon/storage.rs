@@ -110,7 +110,7 @@ fn auto(
     let dir = state_dir.display();
     let (no_overlay, fix) = match kind {
         Kind::Overlay => (
-            Some("the state dir is on overlayfs (in a container, its own filesystem), which overlayfs cannot take as its upper layer".to_string()),
+            Some("the state dir is on overlayfs, as a container's own filesystem is, which overlayfs cannot take as its upper layer".to_string()),
             format!("mount a volume at {dir} (an emptyDir in a pod), or choose a state dir on one with --root"),
         ),
         Kind::Network(_) | Kind::NoUpper(_) => (
