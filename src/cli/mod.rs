@@ -205,6 +205,12 @@ pub enum Command {
         /// text, or json for tools.
         #[arg(long, value_enum, default_value = "text")]
         format: DoctorFormat,
+        /// Print, instead of the report, an AppArmor profile that lets rootlesskit, buildkitd
+        /// and bkrun create user namespaces where Ubuntu's
+        /// kernel.apparmor_restrict_unprivileged_userns=1 refuses them, with the commands that
+        /// load it.
+        #[arg(long, conflicts_with = "format")]
+        apparmor_profile: bool,
     },
 }
 

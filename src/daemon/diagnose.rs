@@ -41,6 +41,14 @@ pub fn explain(log: &str, facts: &Facts) -> Option<String> {
     if !refused {
         return None;
     }
+    // Under Ubuntu's restriction rootlesskit gets its namespace but no capabilities in it, and
+    // fails at its first mount with a message that names neither AppArmor nor the sysctl.
+    if facts.userns_restriction_around() {
+        return Some(format!(
+            "kernel.apparmor_restrict_unprivileged_userns=1 left rootlesskit's user namespace without capabilities; {}",
+            fix::APPARMOR_USERNS
+        ));
+    }
     let id_map = ["newuidmap", "newgidmap", "uid_map", "gid_map"]
         .iter()
         .any(|w| lower.contains(w));
@@ -136,6 +144,29 @@ mod tests {
         let log = "[rootlesskit:child ] error: failed to share mount point: /: permission denied\n";
         let why = explain(log, &facts(&FakeHost::pod_user(0))).unwrap();
         assert!(why.contains("appArmorProfile: {type: Unconfined}"), "{why}");
+    }
+
+    #[test]
+    fn ubuntu_s_userns_restriction_is_named_not_the_mount() {
+        let log = "[rootlesskit:child ] error: failed to share mount point: /: permission denied\n";
+        let mut h = FakeHost::user();
+        h.apparmor = Some("unconfined".into());
+        h.sysctls.apparmor_restrict_userns = Some(true);
+        let why = explain(log, &facts(&h)).unwrap();
+        assert!(
+            why.starts_with("kernel.apparmor_restrict_unprivileged_userns=1 left rootlesskit's"),
+            "{why}"
+        );
+        assert!(why.contains("bkrun doctor --apparmor-profile"), "{why}");
+        // bkrun under its own profile, rootlesskit moved out of the profile's reach: still named.
+        h.apparmor = Some("bkrun (unconfined)".into());
+        assert!(explain(log, &facts(&h))
+            .unwrap()
+            .contains("apparmor_restrict"));
+        h.sysctls.apparmor_restrict_userns = Some(false);
+        assert!(!explain(log, &facts(&h))
+            .unwrap()
+            .contains("apparmor_restrict"));
     }
 
     #[test]

@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use crate::config::{has_flag, Settings};
 use crate::daemon::facts::Facts;
 use crate::daemon::mode::{self, ModeArg, Verdict};
+use crate::daemon::storage::{self, Storage};
 use crate::host::{parse_cap_names, Host, NsProbe, Privilege};
 
 /// Output format of `bkrun doctor`.
@@ -31,6 +32,8 @@ pub struct Report {
     next_json: Value,
     env: Vec<(&'static str, Option<String>, bool)>,
     binfmt: Binfmt,
+    /// The state dir's storage; Err: why it could not be judged (no state dir, the containerd worker).
+    storage: Result<Storage, String>,
 }
 
 impl Report {
@@ -52,6 +55,7 @@ impl Report {
                 (k, v, usable)
             })
             .collect();
+        let storage = storage_of(settings, host, &facts);
         Report {
             facts,
             verdicts,
@@ -61,6 +65,7 @@ impl Report {
             next_json,
             env,
             binfmt: host.binfmt(),
+            storage,
         }
     }
 
@@ -81,6 +86,8 @@ impl Report {
         self.versions_text(&mut out);
         out.push_str("platforms\n");
         self.platforms_text(&mut out);
+        out.push_str("storage\n");
+        self.storage_text(&mut out);
         out.push_str("modes\n");
         self.modes_text(&mut out);
         out
@@ -207,6 +214,21 @@ impl Report {
         }
     }
 
+    /// The state dir, its filesystem, the snapshotter buildkitd will pick, and what to change.
+    fn storage_text(&self, out: &mut String) {
+        match &self.storage {
+            Ok(s) => {
+                row(out, "state dir", s.state_dir.display().to_string());
+                row(out, "filesystem", storage::fs_line(s));
+                row(out, "snapshotter", format!("{} ({})", s.snapshotter, s.why));
+                for w in &s.warnings {
+                    row(out, "warning", w.clone());
+                }
+            }
+            Err(why) => row(out, "state dir", format!("not judged: {why}")),
+        }
+    }
+
     /// Each mode's verdict and fix, then what auto picks and the command to run next.
     fn modes_text(&self, out: &mut String) {
         for v in &self.verdicts {
@@ -264,7 +286,9 @@ impl Report {
                 "sysctls": {
                     "max_user_namespaces": f.sysctls.max_user_namespaces,
                     "unprivileged_userns_clone": f.sysctls.unprivileged_userns_clone,
+                    "apparmor_restrict_unprivileged_userns": f.sysctls.apparmor_restrict_userns,
                 },
+                "apparmor_restricts_userns": f.apparmor_restricts_userns(),
                 "proc_masked_paths": f.masked,
                 "newuidmap": tool(&f.id_maps[0]),
                 "newgidmap": tool(&f.id_maps[1]),
@@ -299,6 +323,7 @@ impl Report {
                     })).collect(),
                 },
             },
+            "storage": storage_json(&self.storage),
             "auto": self.auto.as_ref().map(|d| d.mode.to_string()),
             "next": self.next_json,
         })
@@ -366,10 +391,61 @@ fn sysctl_line(f: &Facts) -> String {
     if let Some(b) = f.sysctls.unprivileged_userns_clone {
         parts.push(format!("kernel.unprivileged_userns_clone={}", u8::from(b)));
     }
+    if let Some(b) = f.sysctls.apparmor_restrict_userns {
+        let applies = if f.apparmor_restricts_userns() {
+            " (applies: bkrun is unconfined; `bkrun doctor --apparmor-profile` prints the profile that lifts it for rootlesskit, buildkitd and bkrun alone)"
+        } else {
+            ""
+        };
+        parts.push(format!(
+            "kernel.apparmor_restrict_unprivileged_userns={}{applies}",
+            u8::from(b)
+        ));
+    }
     if parts.is_empty() {
         "not readable".into()
     } else {
         parts.join(", ")
+    }
+}
+
+/// The storage of the state dir the next daemon would use, judged for the mode it would run in
+/// (when no mode can work: rootless for a user, as the fixes aim there).
+fn storage_of(settings: &Settings, host: &dyn Host, facts: &Facts) -> Result<Storage, String> {
+    if settings.remote.is_some() {
+        return Err("the next command uses an existing daemon, which keeps its own".into());
+    }
+    if matches!(settings.worker, crate::config::Worker::Containerd { .. }) {
+        return Err("the containerd worker keeps its snapshots in containerd".into());
+    }
+    let paths = crate::daemon::plan::choose_paths(settings, host).map_err(|e| format!("{e:#}"))?;
+    let rootless = match mode::decide(settings.mode, facts) {
+        Ok(d) => d.mode.is_rootless(),
+        Err(_) => facts.euid != 0,
+    };
+    let userns = rootless || facts.user_namespace;
+    Ok(storage::judge(
+        host,
+        &paths.state_dir,
+        userns,
+        &settings.buildkitd_flags,
+    ))
+}
+
+fn storage_json(s: &Result<Storage, String>) -> Value {
+    match s {
+        Ok(s) => json!({
+            "state_dir": s.state_dir,
+            "filesystem": s.fs_name,
+            "mount": s.mount,
+            "magic": s.fs.as_ref().map(|f| format!("0x{:x}", f.magic)),
+            "nosuid": s.fs.as_ref().map(|f| f.nosuid),
+            "nodev": s.fs.as_ref().map(|f| f.nodev),
+            "snapshotter": s.snapshotter,
+            "why": s.why,
+            "warnings": s.warnings,
+        }),
+        Err(why) => json!({"error": why}),
     }
 }
 
@@ -638,6 +714,66 @@ mod tests {
             assert!(j["modes"][m]["fix"].is_string());
         }
         assert!(r.text().contains("seccompProfile: {type: Unconfined}"));
+    }
+
+    #[test]
+    fn storage_names_the_snapshotter_and_what_slows_or_breaks_it() {
+        // uid 1000 with its state dir in the container's own overlayfs, mounted nosuid,nodev.
+        let h = FakeHost {
+            filesystems: vec![("/", 0x794c_7630, true, true)],
+            ..FakeHost::user()
+        };
+        let r = report(&h);
+        let t = r.text();
+        assert!(
+            t.contains("  state dir           /home/u/.local/share/buildkit\n  filesystem          overlayfs, nosuid, nodev\n  snapshotter         native (the state dir is on overlayfs"),
+            "{t}"
+        );
+        assert!(
+            t.contains("  warning             buildkitd will use the native snapshotter"),
+            "{t}"
+        );
+        let j = r.json();
+        assert_eq!(j["storage"]["snapshotter"], "native");
+        assert_eq!(j["storage"]["magic"], "0x794c7630");
+        assert_eq!(j["storage"]["nosuid"], true);
+        assert_eq!(j["storage"]["warnings"].as_array().unwrap().len(), 2);
+        let fine = report(&FakeHost::user()).json();
+        assert_eq!(fine["storage"]["snapshotter"], "overlayfs");
+        assert_eq!(fine["storage"]["warnings"], json!([]));
+    }
+
+    #[test]
+    fn the_apparmor_userns_sysctl_is_shown_and_said_to_apply() {
+        let mut h = FakeHost::user();
+        h.apparmor = Some("unconfined".into());
+        h.sysctls.apparmor_restrict_userns = Some(true);
+        h.probe.mount = Some(Err(nix::errno::Errno::EPERM));
+        h.probe.mount_proc = None;
+        let r = report(&h);
+        let t = r.text();
+        assert!(
+            t.contains(
+                "kernel.apparmor_restrict_unprivileged_userns=1 (applies: bkrun is unconfined"
+            ),
+            "{t}"
+        );
+        assert!(
+            t.contains("to make it work: load an AppArmor profile"),
+            "{t}"
+        );
+        let j = r.json();
+        assert_eq!(
+            j["facts"]["sysctls"]["apparmor_restrict_unprivileged_userns"],
+            true
+        );
+        assert_eq!(j["facts"]["apparmor_restricts_userns"], true);
+        // Under bkrun's own profile (unconfined mode) it no longer applies, and is no refusal.
+        h.apparmor = Some("bkrun (unconfined)".into());
+        h.probe = NsProbe::ALL_OK;
+        let r = report(&h);
+        assert_eq!(r.json()["facts"]["apparmor_restricts_userns"], false);
+        assert_eq!(r.json()["auto"], "rootless");
     }
 
     #[test]

@@ -79,9 +79,33 @@ impl Facts {
 
     /// An AppArmor profile that enforces (not `unconfined`, not complain mode).
     pub fn apparmor_enforcing(&self) -> bool {
-        self.apparmor
-            .as_deref()
-            .is_some_and(|p| p != "unconfined" && !p.contains("(complain)"))
+        self.apparmor.as_deref().is_some_and(|p| {
+            // A profile in unconfined mode (Ubuntu's for rootlesskit, or bkrun's own from
+            // `doctor --apparmor-profile`) names a program but allows everything.
+            p != "unconfined" && !p.contains("(complain)") && !p.ends_with("(unconfined)")
+        })
+    }
+
+    /// Ubuntu's kernel.apparmor_restrict_unprivileged_userns applies to this process: it is on,
+    /// bkrun lacks CAP_SYS_ADMIN, and no AppArmor profile confines bkrun (the restriction
+    /// falls on unconfined programs; a profile decides for itself with its `userns` rule).
+    pub fn apparmor_restricts_userns(&self) -> bool {
+        self.sysctls.apparmor_restrict_userns == Some(true)
+            && !self.status.has_eff(CAP_SYS_ADMIN)
+            && self.apparmor.as_deref().is_none_or(|p| p == "unconfined")
+    }
+
+    /// The restriction may fall on the programs bkrun starts even when bkrun itself passes: it
+    /// is on, bkrun lacks CAP_SYS_ADMIN, and bkrun runs on the host (unconfined, or under a
+    /// profile in unconfined mode such as its own), so rootlesskit is restricted unless a
+    /// profile of its own allows `userns`.
+    pub fn userns_restriction_around(&self) -> bool {
+        self.sysctls.apparmor_restrict_userns == Some(true)
+            && !self.status.has_eff(CAP_SYS_ADMIN)
+            && self
+                .apparmor
+                .as_deref()
+                .is_none_or(|p| p == "unconfined" || p.ends_with("(unconfined)"))
     }
 
     /// What is masked in /proc, shortened for one line.

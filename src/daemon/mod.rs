@@ -1,5 +1,6 @@
 //! The ephemeral buildkitd: mode, paths, argv, start, readiness and teardown. It knows nothing of builds.
 
+pub mod apparmor;
 pub mod diagnose;
 pub mod doctor;
 pub mod facts;
@@ -11,6 +12,7 @@ pub mod paths;
 pub mod plan;
 pub mod ready;
 pub mod statelock;
+pub mod storage;
 pub mod supervisor;
 pub mod sweep;
 

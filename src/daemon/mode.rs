@@ -55,6 +55,7 @@ pub mod fix {
     pub const KEEP_SETID_CAPS: &str = "keep SETUID and SETGID in `securityContext.capabilities` (do not drop them): newuidmap's file capabilities need them";
     pub const INSTALL_UIDMAP: &str = "install newuidmap and newgidmap in the image (Debian's uidmap, Alpine's shadow-uidmap), with file capabilities";
     pub const NODE_USERNS: &str = "the node turns user namespaces off: ask its admins for sysctl user.max_user_namespaces > 0 (and kernel.unprivileged_userns_clone=1), or run as root with `securityContext.privileged: true`";
+    pub const APPARMOR_USERNS: &str = "load an AppArmor profile that lets rootlesskit, buildkitd and bkrun create user namespaces: `bkrun doctor --apparmor-profile` prints it and the command to load it as root on the host (the restriction stays on for every other program)";
     pub const INSTALL_ROOTLESSKIT: &str =
         "install rootlesskit in the image, or set ROOTLESSKIT to its path";
     pub const INSTALL_BUILDKITD: &str =
@@ -233,6 +234,12 @@ fn refused(f: &Facts, what: &str, e: Errno) -> (String, String) {
         return (
             format!("{what} was refused ({e}): the node's sysctls turn user namespaces off"),
             fix::NODE_USERNS.into(),
+        );
+    }
+    if f.apparmor_restricts_userns() {
+        return (
+            format!("{what} was refused ({e}): kernel.apparmor_restrict_unprivileged_userns=1 (Ubuntu 23.10 and later) leaves an unconfined program's user namespace without capabilities"),
+            fix::APPARMOR_USERNS.into(),
         );
     }
     if f.status.seccomp == 2 {
@@ -449,11 +456,43 @@ mod tests {
             },
             sysctls: crate::host::Sysctls {
                 max_user_namespaces: Some(0),
-                unprivileged_userns_clone: None,
+                ..Default::default()
             },
             ..FakeHost::pod_user(2)
         };
         assert!(auto_err(&h).contains("user.max_user_namespaces"));
+    }
+
+    #[test]
+    fn ubuntu_s_userns_restriction_asks_for_a_profile_not_the_sysctl() {
+        // What the restriction looks like to the probe: the namespace is made, a mount in it is not.
+        let restricted = |on: bool, apparmor: &str| FakeHost {
+            probe: NsProbe {
+                mount: Some(Err(Errno::EPERM)),
+                mount_proc: None,
+                ..NsProbe::ALL_OK
+            },
+            sysctls: crate::host::Sysctls {
+                apparmor_restrict_userns: Some(on),
+                ..Default::default()
+            },
+            apparmor: Some(apparmor.into()),
+            ..FakeHost::user()
+        };
+        let e = auto_err(&restricted(true, "unconfined"));
+        let first = e.lines().next().unwrap();
+        assert!(
+            first.contains("kernel.apparmor_restrict_unprivileged_userns=1"),
+            "{e}"
+        );
+        assert!(first.contains("bkrun doctor --apparmor-profile"), "{e}");
+        // Off, the same refusal is not blamed on it.
+        let e = auto_err(&restricted(false, "unconfined"));
+        assert!(!e.contains("apparmor_restrict"), "{e}");
+        // Under a profile of its own, that profile decides: the restriction is not named.
+        let e = auto_err(&restricted(true, "cri-containerd.apparmor.d (enforce)"));
+        assert!(!e.contains("apparmor_restrict"), "{e}");
+        assert!(e.contains("appArmorProfile"), "{e}");
     }
 
     #[test]

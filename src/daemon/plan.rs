@@ -9,6 +9,7 @@ use super::facts::Facts;
 use super::mode::{self, Decision, Mode, ModeArg};
 use super::nodepaths;
 use super::paths::{self, Paths, PRIVATE_SOCKET_DIR};
+use super::storage::{self, Storage};
 use crate::config::{flag_value, has_flag, Settings, Worker};
 use crate::host::Host;
 
@@ -32,6 +33,9 @@ pub struct Plan {
     /// bkrun itself, run as the init of the daemon's own namespaces (None: bkrun's path is
     /// unknown, and the daemon runs without them).
     pub init: Option<PathBuf>,
+    /// The state dir's storage and the snapshotter buildkitd will pick (None with the
+    /// containerd worker, whose snapshots containerd keeps).
+    pub storage: Option<Storage>,
 }
 
 /// The run-time locations a plan is filled in with once the run dir exists.
@@ -77,6 +81,10 @@ impl Plan {
         } else {
             None
         };
+        let storage = containerd.is_none().then(|| {
+            let userns = decision.mode.is_rootless() || facts.user_namespace;
+            storage::judge(host, &paths.state_dir, userns, &settings.buildkitd_flags)
+        });
         Ok(Plan {
             decision,
             facts,
@@ -86,6 +94,7 @@ impl Plan {
             buildkitd,
             rootlesskit,
             init: host.current_exe(),
+            storage,
         })
     }
 
@@ -239,6 +248,13 @@ impl Plan {
             "state dir:       {} (kept: it is the cache)",
             self.paths.state_dir.display()
         );
+        if let Some(store) = &self.storage {
+            let _ = writeln!(s, "state dir fs:    {}", storage::fs_line(store));
+            let _ = writeln!(s, "snapshotter:     {} ({})", store.snapshotter, store.why);
+            for w in &store.warnings {
+                let _ = writeln!(s, "warning:         {w}");
+            }
+        }
         let _ = writeln!(
             s,
             "socket dir:      {}",
@@ -297,7 +313,7 @@ fn requested_mode(mode: ModeArg, containerd: bool) -> Result<ModeArg> {
 
 /// The state, socket and temp dirs, with the ones the user gave checked private, and a
 /// containerd worker's temp dir moved into the dir shared with the node.
-fn choose_paths(settings: &Settings, host: &dyn Host) -> Result<Paths> {
+pub fn choose_paths(settings: &Settings, host: &dyn Host) -> Result<Paths> {
     // A --root in BUILDKITD_FLAGS is where the cache is, as it was with the shell wrapper.
     let flag_root = flag_value(&settings.buildkitd_flags, "--root").map(PathBuf::from);
     let root = settings.root.clone().or(flag_root);
@@ -392,6 +408,32 @@ mod tests {
             socket_dir: &s,
         })
         .unwrap()
+    }
+
+    #[test]
+    fn config_names_the_snapshotter_and_its_warnings() {
+        let p = plan(&FakeHost::root(), None);
+        let d = p.describe();
+        assert!(d.contains("state dir fs:    ext4\n"), "{d}");
+        assert!(
+            d.contains("snapshotter:     overlayfs (overlayfs works on ext4)\n"),
+            "{d}"
+        );
+        assert!(!d.contains("warning:"), "{d}");
+        // Root in a container whose own filesystem holds /var/lib/buildkit, without fuse.
+        let h = FakeHost {
+            filesystems: vec![("/", 0x794c_7630, false, false)],
+            ..FakeHost::root()
+        };
+        let d = plan(&h, None).describe();
+        assert!(
+            d.contains("snapshotter:     native (the state dir is on overlayfs"),
+            "{d}"
+        );
+        assert!(
+            d.contains("warning:         buildkitd will use the native snapshotter"),
+            "{d}"
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use nix::sys::signal::Signal;
 
-use super::{Host, NsProbe, PathKind, Privilege, ProcStatus, Sysctls};
+use super::{FsStat, Host, Kernel, NsProbe, PathKind, Privilege, ProcStatus, Sysctls};
 use crate::host::mountinfo::Mount;
 
 /// Every fact a test may want to set; `root()` and `user()` are the usual starting points.
@@ -39,6 +39,9 @@ pub struct FakeHost {
     pub procs: Vec<(i32, i32, &'static str)>,
     pub mount_table: Vec<Mount>,
     pub binfmt: super::binfmt::Binfmt,
+    /// Filesystems as (mount point, magic, nosuid, nodev); a path is on the longest that holds it.
+    pub filesystems: Vec<(&'static str, u64, bool, bool)>,
+    pub kernel: Kernel,
     /// Every effect asked for, in order: `kill PID SIGNAL`, `unmount PATH`.
     pub effects: Arc<Mutex<Vec<String>>>,
 }
@@ -54,6 +57,9 @@ impl FakeHost {
 pub const ALL_CAPS: u64 = (1 << 41) - 1;
 /// The capabilities containerd gives a container by default (no SYS_ADMIN).
 pub const DEFAULT_CAPS: u64 = 0xa80425fb;
+
+/// ext4's magic number (linux/magic.h), the filesystem a fake host's files are on by default.
+pub const EXT4: u64 = 0xef53;
 
 impl FakeHost {
     pub fn root() -> Self {
@@ -87,6 +93,12 @@ impl FakeHost {
             procs: vec![],
             mount_table: vec![],
             binfmt: super::binfmt::Binfmt::Unavailable,
+            filesystems: vec![("/", EXT4, false, false)],
+            kernel: Kernel {
+                release: "6.1.0-25-amd64".into(),
+                version: "#1 SMP PREEMPT_DYNAMIC Debian 6.1.106-3".into(),
+                overlay_permit_userns: None,
+            },
             effects: Arc::default(),
         }
     }
@@ -160,6 +172,21 @@ impl Host for FakeHost {
     }
     fn userns_sysctls(&self) -> Sysctls {
         self.sysctls
+    }
+    fn statfs(&self, path: &Path) -> Option<FsStat> {
+        self.filesystems
+            .iter()
+            .filter(|(m, ..)| path.starts_with(m))
+            .max_by_key(|(m, ..)| m.len())
+            .map(|&(_, magic, nosuid, nodev)| FsStat {
+                path: path.to_path_buf(),
+                magic,
+                nosuid,
+                nodev,
+            })
+    }
+    fn kernel(&self) -> Kernel {
+        self.kernel.clone()
     }
     fn apparmor_profile(&self) -> Option<String> {
         self.apparmor.clone()

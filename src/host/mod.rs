@@ -49,6 +49,10 @@ pub trait Host: Send + Sync {
     fn namespace_probe(&self) -> NsProbe;
     /// The node's user-namespace switches, where the kernel has them.
     fn userns_sysctls(&self) -> Sysctls;
+    /// The filesystem holding `path`, or its nearest existing parent (a state dir not made yet).
+    fn statfs(&self, path: &Path) -> Option<FsStat>;
+    /// The running kernel, for what overlayfs allows in a user namespace.
+    fn kernel(&self) -> Kernel;
     /// The AppArmor profile confining this process; None when AppArmor is off.
     fn apparmor_profile(&self) -> Option<String>;
     /// Paths mounted over parts of /proc (masked paths, as container runtimes set them up):
@@ -167,6 +171,11 @@ pub struct Sysctls {
     pub max_user_namespaces: Option<u64>,
     /// kernel.unprivileged_userns_clone (Debian's older kernels); 0 turns them off for non-root.
     pub unprivileged_userns_clone: Option<bool>,
+    /// kernel.apparmor_restrict_unprivileged_userns (Ubuntu 23.10 and later, on by default):
+    /// an unconfined program without CAP_SYS_ADMIN still gets its user namespace, but AppArmor
+    /// moves it into a profile that denies every capability there, unless a profile of its own
+    /// allows `userns`.
+    pub apparmor_restrict_userns: Option<bool>,
 }
 
 impl Sysctls {
@@ -175,6 +184,30 @@ impl Sysctls {
         self.max_user_namespaces == Some(0)
             || (euid != 0 && self.unprivileged_userns_clone == Some(false))
     }
+}
+
+/// What statfs(2) says of the filesystem holding a path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FsStat {
+    /// The path asked about, or the nearest existing parent that was asked instead.
+    pub path: PathBuf,
+    /// `f_type`: the filesystem's magic number (linux/magic.h).
+    pub magic: u64,
+    /// The mount is nosuid: setuid bits and file capabilities give nothing below it.
+    pub nosuid: bool,
+    /// The mount is nodev: device files below it do not open.
+    pub nodev: bool,
+}
+
+/// The running kernel, as uname(2) and the overlay module say.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Kernel {
+    /// `uname -r`: `6.8.0-45-generic`.
+    pub release: String,
+    /// `uname -v`: `#45-Ubuntu SMP …` (names Ubuntu's kernels, which patch overlayfs).
+    pub version: String,
+    /// Debian's patched overlay module's permit_mounts_in_userns; None where it has none.
+    pub overlay_permit_userns: Option<bool>,
 }
 
 /// How newuidmap/newgidmap get the privilege to write another process's id maps.

@@ -9,7 +9,9 @@ use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
 
-use super::{parse, Host, NsProbe, PathKind, Privilege, ProcStatus, Sysctls, CAP_SYS_ADMIN};
+use super::{
+    parse, FsStat, Host, Kernel, NsProbe, PathKind, Privilege, ProcStatus, Sysctls, CAP_SYS_ADMIN,
+};
 use crate::host::mountinfo::Mount;
 
 /// The real machine.
@@ -77,6 +79,39 @@ impl Host for RealHost {
             max_user_namespaces: read("/proc/sys/user/max_user_namespaces"),
             unprivileged_userns_clone: read("/proc/sys/kernel/unprivileged_userns_clone")
                 .map(|v| v != 0),
+            // World-readable (mode 0644) where the kernel has it, so any user can tell.
+            apparmor_restrict_userns: read(
+                "/proc/sys/kernel/apparmor_restrict_unprivileged_userns",
+            )
+            .map(|v| v != 0),
+        }
+    }
+
+    fn statfs(&self, path: &Path) -> Option<FsStat> {
+        use nix::sys::statvfs::FsFlags;
+        let asked = path.ancestors().find(|p| p.exists())?;
+        let st = nix::sys::statfs::statfs(asked).ok()?;
+        let flags = st.flags();
+        Some(FsStat {
+            path: asked.to_path_buf(),
+            // f_type is a signed long here; the magic numbers are its low 32 bits.
+            magic: st.filesystem_type().0 as u64 & 0xffff_ffff,
+            nosuid: flags.contains(FsFlags::ST_NOSUID),
+            nodev: flags.contains(FsFlags::ST_NODEV),
+        })
+    }
+
+    fn kernel(&self) -> Kernel {
+        // What uname(2) says, as the kernel also shows it in /proc.
+        let read = |p: &str| std::fs::read_to_string(p).map_or(String::new(), |s| s.trim().into());
+        Kernel {
+            release: read("/proc/sys/kernel/osrelease"),
+            version: read("/proc/sys/kernel/version"),
+            overlay_permit_userns: std::fs::read_to_string(
+                "/sys/module/overlay/parameters/permit_mounts_in_userns",
+            )
+            .ok()
+            .map(|s| s.trim() == "Y"),
         }
     }
 

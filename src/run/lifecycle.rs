@@ -207,6 +207,11 @@ async fn say_started(
             plan.mode(),
             plan.decision.why
         );
+        // Said before the build, not found after it: a slow snapshotter or a mount that breaks
+        // setuid programs costs the whole build.
+        for w in plan.storage.iter().flat_map(|s| &s.warnings) {
+            crate::say!("bkrun: warning: {w}");
+        }
     }
 }
 

@@ -12,7 +12,7 @@ use crate::cli::{Cli, Command, DebugCommand, GlobalArgs};
 use crate::client::admin::Request;
 use crate::client::connect::{self, Target};
 use crate::config::{AddrSource, Remote, Settings};
-use crate::daemon::{doctor, Plan};
+use crate::daemon::{apparmor, doctor, Plan};
 use crate::host::{which, Host};
 use crate::request::build::BuildSpec;
 use crate::{client, progress, request};
@@ -115,7 +115,15 @@ enum Step {
 fn work(cli: &Cli, settings: &mut Settings, host: &dyn Host) -> Result<Step> {
     let work = match &cli.command {
         Command::Config => return config(cli, settings, host),
-        Command::Doctor { format } => {
+        Command::Doctor {
+            apparmor_profile: true,
+            ..
+        } => {
+            let programs = apparmor::programs(host, &settings.buildkitd, &settings.rootlesskit);
+            write_stdout(&apparmor::profile(&programs));
+            return Ok(Step::Answered(0));
+        }
+        Command::Doctor { format, .. } => {
             // Never starts a daemon: facts, verdicts and versions only.
             let report = doctor::Report::gather(settings, host);
             let text = match doctor::Format::from(*format) {
