@@ -970,6 +970,44 @@ fn restricted_builds_on_the_fallback_pool_and_says_why_and_where() {
     );
     eprintln!("the fallback build:\n{}", ran.stderr);
 
+    // exec goes there too, with BUILDKIT_HOST set to it; du (as prune) never reaches a shared
+    // pool unasked.
+    let exec = [
+        &client[..],
+        &["exec", "--", "sh", "-c", "echo $BUILDKIT_HOST"],
+    ]
+    .concat();
+    let ran = pod.exec_with(
+        &[&in_workspace[..], &["--env", with_pool.as_str()]].concat(),
+        &exec,
+    );
+    report.row("exec with BKRUN_FALLBACK_ADDR", &ran, &pod.leftovers(&ran));
+    report.check(
+        ran.code == 0
+            && ran.stdout.trim() == addr
+            && ran.stderr.lines().next().unwrap_or("").ends_with(&format!(
+                "): running the command against the daemon at {addr} (BKRUN_FALLBACK_ADDR)"
+            )),
+        "exec",
+        "expected the command to run against the pool",
+        &ran,
+    );
+    let du = [&client[..], &["du"]].concat();
+    let ran = pod.exec_with(
+        &[&in_workspace[..], &["--env", with_pool.as_str()]].concat(),
+        &du,
+    );
+    report.row("du with BKRUN_FALLBACK_ADDR", &ran, &pod.leftovers(&ran));
+    report.check(
+        ran.code == 1
+            && ran
+                .stderr
+                .starts_with("bkrun: no daemon mode can work here: "),
+        "du",
+        "expected the explanation, not the pool",
+        &ran,
+    );
+
     // A mode asked for never falls back.
     let strict = [&client[..], &["--mode", "rootless-strict"], &BUILD[1..]].concat();
     let ran = pod.exec_with(
