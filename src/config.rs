@@ -12,7 +12,7 @@ use crate::host::Host;
 pub mod listen;
 mod remote;
 
-pub use remote::{choose_remote, AddrSource, Remote};
+pub use remote::{choose_fallback, choose_remote, AddrSource, Remote};
 
 /// What a bkrun.toml may say. Unknown keys are refused so a typo never silently does nothing.
 #[derive(Debug, Default, Deserialize)]
@@ -48,6 +48,9 @@ pub struct FileConfig {
     /// Existing daemons to use instead of starting one: an address, or a list (each entry may be
     /// a comma list or a `{A..B}` pattern); below --addr, BKRUN_ADDR and BUILDKIT_HOST.
     pub addr: Option<AddrList>,
+    /// Daemons to build on when no daemon mode can work here and no mode was asked for (the
+    /// same grammar as `addr`); below BKRUN_FALLBACK_ADDR.
+    pub fallback_addr: Option<AddrList>,
     /// Where RUN cache mounts are kept between runs (a directory or registry://REF); below
     /// --cache-mounts and BKRUN_CACHE_MOUNTS.
     pub cache_mounts: Option<String>,
@@ -230,6 +233,8 @@ pub struct Settings {
     pub remote: Option<Remote>,
     /// Why a BUILDKIT_HOST in the environment is not used, for `bkrun config` and --debug.
     pub buildkit_host_ignored: Option<String>,
+    /// The pool to build on where no daemon mode can work (src/daemon/fallback.rs decides).
+    pub fallback: Option<Remote>,
     /// bkrun.toml's defaults for build flags (below the flag and its environment variable).
     pub build_defaults: BuildDefaults,
 }
@@ -273,6 +278,7 @@ impl Settings {
         let worker = worker(args, &file)?;
         let daemon_config = file.buildkitd;
         let (remote, buildkit_host_ignored) = choose_remote(args, host, file.addr.as_ref())?;
+        let fallback = choose_fallback(host, file.fallback_addr.as_ref())?;
         if daemon_config.is_some() && has_flag(&buildkitd_flags, "--config") {
             bail!("both bkrun.toml's [buildkitd] table and a buildkitd --config flag are set: keep one of them");
         }
@@ -301,6 +307,7 @@ impl Settings {
             debug: args.debug,
             remote,
             buildkit_host_ignored,
+            fallback,
             build_defaults: BuildDefaults {
                 cache_mounts: file.cache_mounts,
                 cache_mounts_max_size: file.cache_mounts_max_size,

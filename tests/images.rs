@@ -80,6 +80,11 @@ fn every_yaml_in_images_parses_strictly_into_its_api_types() {
         ("tekton-task.yaml", "workingDir:", "workDir:"),
         ("buildkite-pipeline.yml", "runAsGroup:", "runAsGrup:"),
         ("gitlab-ci.yml", "before_script:", "beforescript:"),
+        (
+            "restricted-fallback-job.yaml",
+            "seccompProfile:",
+            "seccompProfle:",
+        ),
     ];
     for (file, good, bad) in cases {
         let text = fs::read_to_string(images_dir().join(file)).unwrap();
@@ -236,6 +241,149 @@ fn rootless_strict_pod_and_job_build_and_push() {
 fn user_namespaced_pod_and_job_build_and_push() {
     run_manifest("userns.yaml", "privileged");
     run_manifest("userns-job.yaml", "privileged");
+}
+
+/// What the restricted Pod Security Standard (Kubernetes' pod-security-standards, 1.25 on)
+/// refuses in `spec`, as `field: what is wrong`: the baseline's host namespaces, privileged and
+/// hostPath, then restricted's own controls (volume types, privilege escalation, non-root,
+/// seccomp, capabilities).
+fn restricted_violations(spec: &PodSpec) -> Vec<String> {
+    let mut v = Vec::new();
+    for (field, on) in [
+        ("hostNetwork", spec.host_network),
+        ("hostPID", spec.host_pid),
+        ("hostIPC", spec.host_ipc),
+    ] {
+        if on == Some(true) {
+            v.push(format!("{field}: must be unset or false"));
+        }
+    }
+    for vol in spec.volumes.iter().flatten() {
+        let allowed = vol.config_map.is_some()
+            || vol.csi.is_some()
+            || vol.downward_api.is_some()
+            || vol.empty_dir.is_some()
+            || vol.ephemeral.is_some()
+            || vol.persistent_volume_claim.is_some()
+            || vol.projected.is_some()
+            || vol.secret.is_some();
+        if !allowed {
+            v.push(format!(
+                "volumes.{}: not a type restricted allows",
+                vol.name
+            ));
+        }
+    }
+    let pod = spec.security_context.clone().unwrap_or_default();
+    let seccomp_ok = |p: &Option<k8s_openapi::api::core::v1::SeccompProfile>| {
+        p.as_ref()
+            .is_some_and(|p| p.type_ == "RuntimeDefault" || p.type_ == "Localhost")
+    };
+    for c in spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+    {
+        let sc = c.security_context.clone().unwrap_or_default();
+        let at = format!("containers.{}", c.name);
+        if sc.privileged == Some(true) {
+            v.push(format!("{at}.privileged: must not be true"));
+        }
+        if sc.allow_privilege_escalation != Some(false) {
+            v.push(format!("{at}.allowPrivilegeEscalation: must be false"));
+        }
+        if sc.run_as_non_root.or(pod.run_as_non_root) != Some(true) {
+            v.push(format!("{at}.runAsNonRoot: must be true"));
+        }
+        if sc.run_as_user.or(pod.run_as_user) == Some(0) {
+            v.push(format!("{at}.runAsUser: must not be 0"));
+        }
+        let profile = if sc.seccomp_profile.is_some() {
+            &sc.seccomp_profile
+        } else {
+            &pod.seccomp_profile
+        };
+        if !seccomp_ok(profile) {
+            v.push(format!(
+                "{at}.seccompProfile: must be RuntimeDefault or Localhost"
+            ));
+        }
+        let caps = sc.capabilities.unwrap_or_default();
+        if !caps.drop.iter().flatten().any(|d| d == "ALL") {
+            v.push(format!("{at}.capabilities.drop: must hold ALL"));
+        }
+        if caps.add.iter().flatten().any(|a| a != "NET_BIND_SERVICE") {
+            v.push(format!("{at}.capabilities.add: only NET_BIND_SERVICE"));
+        }
+    }
+    v
+}
+
+/// images/restricted-fallback-job.yaml passes the restricted standard, and names the pool
+/// `bkrun kube` prints and the client certificate images/builder-certs.yaml makes for it.
+#[test]
+fn restricted_fallback_job_is_restricted_and_names_the_pool_bkrun_kube_prints() {
+    let file = "restricted-fallback-job.yaml";
+    let spec = pod_of(file).spec.unwrap();
+    assert_eq!(restricted_violations(&spec), Vec::<String>::new(), "{file}");
+    // The check bites: the rootless Job is no restricted pod.
+    let rootless = restricted_violations(&pod_of("rootless-job.yaml").spec.unwrap());
+    assert!(
+        rootless.contains(&"containers.build.allowPrivilegeEscalation: must be false".into()),
+        "{rootless:?}"
+    );
+
+    let build = &spec.containers[0];
+    let env_of = |name: &str| {
+        build
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value.clone())
+    };
+    let fallback = env_of("BKRUN_FALLBACK_ADDR").expect("BKRUN_FALLBACK_ADDR");
+    // `bkrun kube`'s defaults print the Service clients connect to and its TLS Secret.
+    let kube = run_ok(Command::new(env!("CARGO_BIN_EXE_bkrun")).arg("kube"));
+    let notes = String::from_utf8_lossy(&kube.stderr);
+    assert!(
+        notes.contains(&format!("clients connect to {fallback} with --tlsdir"))
+            && notes.contains("Secret bkrun-builder-tls,"),
+        "{notes}"
+    );
+    // The client Secret mounted where --tlsdir looks is the client certificate of
+    // builder-certs.yaml, signed by the CA the server's Secret trusts.
+    let client_secret = load("builder-certs.yaml")
+        .into_iter()
+        .find_map(|d| match d {
+            Doc::Certificate(c) if c.spec.usages.iter().any(|u| u == "client auth") => {
+                Some(c.spec.secret_name)
+            }
+            _ => None,
+        })
+        .expect("a client certificate");
+    let volume = spec
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| {
+            v.secret.as_ref().and_then(|s| s.secret_name.as_deref()) == Some(client_secret.as_str())
+        })
+        .unwrap_or_else(|| panic!("{file} does not mount {client_secret}"));
+    let at = build
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == volume.name)
+        .map(|m| m.mount_path.clone())
+        .unwrap();
+    let script = build.args.as_ref().unwrap().join(" ");
+    assert!(script.contains(&format!("--tlsdir {at} ")), "{script}");
+    // No --mode, or bkrun would refuse rather than fall back.
+    assert!(
+        !script.contains("--mode") && env_of("BKRUN_MODE").is_none(),
+        "{script}"
+    );
 }
 
 /// images/containerd-worker-job.yaml against a containerd the test runs as the node's: the

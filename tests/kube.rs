@@ -1,4 +1,4 @@
-//! `bkrun kube` end to end: a generated Deployment of two privileged bkrun daemons, its ConfigMaps and mutual TLS from a TLS Secret's files, run by `podman kube play` as a kubelet would; each daemon serves a build from bkrun on the host, and `kube down` leaves nothing.
+//! `bkrun kube` end to end: a generated Deployment of two privileged bkrun daemons, its ConfigMaps and mutual TLS from a TLS Secret's files, and one of `--userns` in a user-namespaced pod, run by `podman kube play` as a kubelet would; each daemon serves a build from bkrun on the host, and `kube down` leaves nothing.
 
 #[allow(dead_code)]
 #[path = "images/kube.rs"]
@@ -12,7 +12,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, HostPathVolumeSource, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, HostPathVolumeSource, PodSpec, Service};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -140,6 +140,40 @@ fn pod_ip(pod: &str) -> String {
     ip
 }
 
+/// Changes a generated pod spec where podman 4.3 is not a kubelet (see the comment above the
+/// call), changing nothing else.
+fn as_podman_plays(pod: &mut PodSpec, name: &str, certs: &Path) {
+    let state_dir = pod.containers[0]
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == "buildkit-state")
+        .map(|m| m.mount_path.clone())
+        .unwrap();
+    assert_eq!(state_dir, "/var/lib/buildkit", "the image's VOLUME");
+    let volumes = pod.volumes.as_mut().unwrap();
+    volumes.retain(|v| v.empty_dir.is_none());
+    let mut secrets = 0;
+    for v in volumes.iter_mut() {
+        if let Some(s) = v.secret.take() {
+            assert_eq!(s.secret_name, Some(format!("{name}-tls")));
+            v.host_path = Some(HostPathVolumeSource {
+                path: certs.join("server").display().to_string(),
+                type_: Some("Directory".into()),
+            });
+            secrets += 1;
+        }
+    }
+    assert_eq!(secrets, 1);
+    for c in &mut pod.containers {
+        c.ports = None;
+        c.volume_mounts
+            .as_mut()
+            .unwrap()
+            .retain(|m| m.name != "buildkit-state");
+    }
+}
+
 #[test]
 fn generated_deployment_of_two_daemons_serves_mutual_tls_builds_under_kube_play() {
     cluster::load_images();
@@ -228,35 +262,7 @@ fn generated_deployment_of_two_daemons_serves_mutual_tls_builds_under_kube_play(
     //   gives each pod its own: the image's VOLUME at the same path (per container) stands in;
     // - it publishes every containerPort on the host, which a kubelet does only for a hostPort,
     //   and the second replica's could not bind: the ports go, and clients use the pods' addresses.
-    let state_dir = pod.containers[0]
-        .volume_mounts
-        .iter()
-        .flatten()
-        .find(|m| m.name == "buildkit-state")
-        .map(|m| m.mount_path.clone())
-        .unwrap();
-    assert_eq!(state_dir, "/var/lib/buildkit", "the image's VOLUME");
-    let volumes = pod.volumes.as_mut().unwrap();
-    volumes.retain(|v| v.empty_dir.is_none());
-    let mut secrets = 0;
-    for v in volumes.iter_mut() {
-        if let Some(s) = v.secret.take() {
-            assert_eq!(s.secret_name, Some(format!("{name}-tls")));
-            v.host_path = Some(HostPathVolumeSource {
-                path: certs.join("server").display().to_string(),
-                type_: Some("Directory".into()),
-            });
-            secrets += 1;
-        }
-    }
-    assert_eq!(secrets, 1);
-    for c in &mut pod.containers {
-        c.ports = None;
-        c.volume_mounts
-            .as_mut()
-            .unwrap()
-            .retain(|m| m.name != "buildkit-state");
-    }
+    as_podman_plays(pod, &name, &certs);
     docs[4] = serde_json::to_value(&dep).unwrap();
     let mut played_text = String::new();
     for d in &docs {
@@ -390,6 +396,139 @@ fn generated_deployment_of_two_daemons_serves_mutual_tls_builds_under_kube_play(
         "podman kube down failed\n{}",
         show(&down)
     );
+    let left = leftovers(&name, &volumes);
+    assert!(left.is_empty(), "left behind:\n  {}", left.join("\n  "));
+    sb.assert_clean();
+    drop(played);
+}
+
+/// `bkrun kube --userns`: a daemon running root with `privileged: true` in a user-namespaced pod
+/// (kube play's `--userns=auto` standing for the kubelet's `hostUsers: false`, with the 65536
+/// ids a kubelet gives) runs privileged there, its root not the host's, and serves a mutual-TLS
+/// build from bkrun on the host; `kube down` leaves nothing.
+#[test]
+fn generated_userns_daemon_runs_privileged_inside_its_user_namespace_under_kube_play() {
+    cluster::load_images();
+    let sb = Sandbox::new(Mode::Privileged);
+    let name = format!("bkrun-kube-userns-{}", std::process::id());
+    let certs = sb.mkdir("certs");
+    make_certs(&certs, &name);
+    let generated = run_ok(
+        sb.command(&sb.bin)
+            .args(["kube", "--userns", "--name", &name]),
+    );
+    let text = String::from_utf8(generated.stdout).unwrap();
+    let mut docs: Vec<Value> = serde_yaml::Deserializer::from_str(&text)
+        .map(|d| Value::deserialize(d).unwrap())
+        .collect();
+    let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["Service", "Deployment"], "{text}");
+    let mut dep: Deployment = serde_json::from_value(docs[1].clone()).unwrap();
+    let pod = dep.spec.as_mut().unwrap().template.spec.as_mut().unwrap();
+    assert_eq!(pod.host_users, Some(false), "{text}");
+    let sc = pod.containers[0].security_context.clone().unwrap();
+    assert_eq!(sc.privileged, Some(true), "{text}");
+    let probe = pod.containers[0]
+        .readiness_probe
+        .as_ref()
+        .and_then(|p| p.exec.as_ref())
+        .and_then(|e| e.command.clone())
+        .expect("an exec readiness probe");
+    // The same stand-ins for what podman 4.3 does unlike a kubelet as the Deployment above.
+    as_podman_plays(pod, &name, &certs);
+    docs[1] = serde_json::to_value(&dep).unwrap();
+    let mut played_text = String::new();
+    for d in &docs {
+        played_text.push_str("---\n");
+        played_text.push_str(&serde_yaml::to_string(d).unwrap());
+    }
+    let file = sb.path("pool.yaml");
+    fs::write(&file, &played_text).unwrap();
+    let played = Played {
+        file: file.clone(),
+        config_maps: Vec::new(),
+    };
+    let out = podman_out(&[
+        "kube",
+        "play",
+        "--userns=auto:size=65536",
+        file.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "podman kube play failed\n{}\n--- the YAML played\n{played_text}",
+        show(&out)
+    );
+
+    let pod = format!("{name}-pod-0");
+    let container = format!("{pod}-bkrun");
+    let logs = || show(&podman_out(&["logs", &container]));
+    let ready = wait_until(Duration::from_secs(90), || {
+        podman()
+            .args(["exec", &container])
+            .args(&probe)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    assert!(ready, "{pod}: the readiness probe never passed\n{}", logs());
+    let started = logs();
+    assert!(
+        started.contains("bkrun: starting buildkitd ")
+            && started.contains(", privileged (root with CAP_SYS_ADMIN"),
+        "expected the daemon to run privileged\n{started}"
+    );
+    // Its root is some other uid on the host: the pod's user namespace maps 65536 ids elsewhere.
+    let map = run_ok(podman().args(["exec", &container, "cat", "/proc/self/uid_map"]));
+    let map = String::from_utf8_lossy(&map.stdout);
+    let fields: Vec<&str> = map.split_whitespace().collect();
+    assert!(
+        fields.len() == 3 && fields[0] == "0" && fields[1] != "0" && fields[2] == "65536",
+        "uid_map {map:?}"
+    );
+    let volumes = pod_volumes(&pod);
+
+    let ctx = sb.context(
+        "ctx",
+        "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo built > /built\"]\n",
+    );
+    fs::copy(sb.busybox_dir().join("busybox"), ctx.join("busybox")).unwrap();
+    let dest = sb.path("out");
+    run_ok(
+        sb.command(&sb.bin)
+            .args(["--addr", &format!("tcp://{}:1234", pod_ip(&pod))])
+            .arg("--tlsdir")
+            .arg(certs.join("client"))
+            .args(["--tlsservername", &name])
+            .arg("build")
+            .args(common::dockerfile_args(&ctx))
+            .arg(common::local_output(&dest))
+            .arg("--progress=plain"),
+    );
+    assert_eq!(fs::read_to_string(dest.join("built")).unwrap(), "built\n");
+
+    // podman 4.3 now and then cannot yet remove a user-namespaced container (its shm mount is
+    // still busy) and leaves the pod for another try, as the kubelet's garbage collection would.
+    let mut down = played.down();
+    let retried = !down.status.success();
+    for _ in 0..10 {
+        if down.status.success() {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        down = played.down();
+    }
+    assert!(
+        down.status.success(),
+        "podman kube down failed\n{}",
+        show(&down)
+    );
+    if retried {
+        // A later attempt leaves the volumes the first would have removed, as the kubelet
+        // removes a deleted pod's.
+        for v in &volumes {
+            let _ = podman_out(&["volume", "rm", "--force", v]);
+        }
+    }
     let left = leftovers(&name, &volumes);
     assert!(left.is_empty(), "left behind:\n  {}", left.join("\n  "));
     sb.assert_clean();

@@ -81,6 +81,9 @@ struct Config {
     name: &'static str,
     uid: u32,
     security: Vec<String>,
+    /// podman's --network: none, as the pods need no network; host, to reach a daemon the test
+    /// runs on this machine's loopback.
+    network: &'static str,
     /// BUILDKITD_FLAGS in the pod's env; the guide sets it to "" in its privileged and rootless pods.
     buildkitd_flags: Option<&'static str>,
     guide: &'static str,
@@ -176,12 +179,28 @@ fn config(name: &'static str) -> Config {
             }
             (1000, flags, Some(""), GUIDE, Expect::Refused("newuidmap"))
         }
+        // The restricted Pod Security Standard: runAsNonRoot, allowPrivilegeEscalation: false,
+        // capabilities drop ALL, seccompProfile RuntimeDefault. No daemon mode can work.
+        "restricted" => (
+            1000,
+            vec![
+                "--security-opt".into(),
+                format!("seccomp={}", data("seccomp-runtime-default.json").display()),
+                "--security-opt".into(),
+                "no-new-privileges".into(),
+                "--cap-drop=ALL".into(),
+            ],
+            Some(""),
+            GUIDE,
+            Expect::Refused("no daemon mode can work here"),
+        ),
         _ => unreachable!("no pod configuration {name}"),
     };
     Config {
         name,
         uid,
         security,
+        network: "none",
         buildkitd_flags,
         guide,
         expect,
@@ -346,7 +365,7 @@ impl Pod {
             "--user".into(),
             format!("{0}:{0}", cfg.uid),
             "--network".into(),
-            "none".into(),
+            cfg.network.into(),
             "--workdir".into(),
             "/workspace".into(),
         ];
@@ -357,8 +376,12 @@ impl Pod {
         }
         // The fresh bkrun and the pinned BuildKit are mounted, not baked in, so the rootfs only
         // changes with its package list.
+        // BKRUN_TEST_BIN, as for the sandboxes (tests/common), runs the pods on another build.
+        let bkrun = std::env::var_os("BKRUN_TEST_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_bkrun")));
         let binaries = [
-            (PathBuf::from(env!("CARGO_BIN_EXE_bkrun")), "/usr/bin/bkrun"),
+            (bkrun, "/usr/bin/bkrun"),
             (host_program("buildkitd"), "/usr/bin/buildkitd"),
             (host_program("buildctl"), "/usr/bin/buildctl"),
         ];
@@ -869,6 +892,195 @@ fn setuid_newuidmap() {
 }
 
 /// Processes on this machine whose command line holds `needle`.
+/// The restricted configuration, where no daemon can start, with BKRUN_FALLBACK_ADDR naming a
+/// `bkrun daemon` with mutual TLS on this machine's loopback (the pod shares the host's network):
+/// the build runs there and says in one line why and where; without the variable, or with a
+/// mode asked for, the same pod fails with the explanation; nothing is left in the pod or here.
+#[test]
+fn restricted_builds_on_the_fallback_pool_and_says_why_and_where() {
+    use common::tls::{free_port, make_certs, stop_daemon, tls_daemon};
+    let sb = common::Sandbox::new(common::Mode::Privileged);
+    let certs = sb.mkdir("certs");
+    make_certs(&certs);
+    let port = free_port();
+    let (daemon, _unix) = tls_daemon(&sb, "pool", &certs, port);
+    let addr = format!("tcp://127.0.0.1:{port}");
+
+    let mut cfg = config("restricted");
+    cfg.network = "host";
+    let pod = Pod::start(
+        &cfg,
+        HELLO_DOCKERFILE,
+        &[("tls", "/tls")],
+        &["sleep", "infinity"],
+    );
+    // The client certificate as a mounted Secret: the pod's user reads it.
+    for f in ["ca.pem", "cert.pem", "key.pem"] {
+        fs::copy(certs.join("tlsdir").join(f), pod.host("tls").join(f)).unwrap();
+    }
+    chown_tree(&pod.host("tls"), cfg.uid);
+    let mut report = Report::new("restricted-fallback");
+    let client = [
+        "bkrun",
+        "--tlsdir",
+        "/tls",
+        "--tlsservername",
+        "buildkitd.test",
+    ];
+    let build = [
+        &client[..],
+        &BUILD[1..],
+        &["--output", "type=local,dest=/tmp/out"],
+    ]
+    .concat();
+    let with_pool = format!("BKRUN_FALLBACK_ADDR={addr}");
+    let in_workspace = ["--workdir", "/workspace"];
+
+    // No fallback: the explanation, as before.
+    let ran = pod.exec(&build);
+    report.row("build", &ran, &pod.leftovers(&ran));
+    report.build_outcome("build", cfg.expect, &ran);
+
+    let ran = pod.exec_with(
+        &[&in_workspace[..], &["--env", with_pool.as_str()]].concat(),
+        &build,
+    );
+    report.row("build with BKRUN_FALLBACK_ADDR", &ran, &pod.leftovers(&ran));
+    let line = ran.stderr.lines().next().unwrap_or("");
+    report.check(ran.code == 0, "fallback", "expected exit 0", &ran);
+    report.check(
+        line.starts_with("bkrun: no daemon can start in this container (privileged: bkrun runs as uid 1000, not root; ")
+            && line.ends_with(&format!("): building on the daemon at {addr} (BKRUN_FALLBACK_ADDR)")),
+        "fallback",
+        "expected the first line to say why no daemon can start and where the build goes",
+        &ran,
+    );
+    report.check(
+        ran.startup_line().is_none(),
+        "fallback",
+        "expected no daemon to start in the pod",
+        &ran,
+    );
+    let hello = fs::read_to_string(pod.host("tmp/out/hello")).unwrap_or_default();
+    report.check(
+        hello == "hello\n",
+        "fallback",
+        "expected /tmp/out/hello",
+        &ran,
+    );
+    eprintln!("the fallback build:\n{}", ran.stderr);
+
+    // exec goes there too, with BUILDKIT_HOST set to it; du (as prune) never reaches a shared
+    // pool unasked.
+    let exec = [
+        &client[..],
+        &["exec", "--", "sh", "-c", "echo $BUILDKIT_HOST"],
+    ]
+    .concat();
+    let ran = pod.exec_with(
+        &[&in_workspace[..], &["--env", with_pool.as_str()]].concat(),
+        &exec,
+    );
+    report.row("exec with BKRUN_FALLBACK_ADDR", &ran, &pod.leftovers(&ran));
+    report.check(
+        ran.code == 0
+            && ran.stdout.trim() == addr
+            && ran.stderr.lines().next().unwrap_or("").ends_with(&format!(
+                "): running the command against the daemon at {addr} (BKRUN_FALLBACK_ADDR)"
+            )),
+        "exec",
+        "expected the command to run against the pool",
+        &ran,
+    );
+    let du = [&client[..], &["du"]].concat();
+    let ran = pod.exec_with(
+        &[&in_workspace[..], &["--env", with_pool.as_str()]].concat(),
+        &du,
+    );
+    report.row("du with BKRUN_FALLBACK_ADDR", &ran, &pod.leftovers(&ran));
+    report.check(
+        ran.code == 1
+            && ran
+                .stderr
+                .starts_with("bkrun: no daemon mode can work here: "),
+        "du",
+        "expected the explanation, not the pool",
+        &ran,
+    );
+
+    // A mode asked for never falls back.
+    let strict = [&client[..], &["--mode", "rootless-strict"], &BUILD[1..]].concat();
+    let ran = pod.exec_with(
+        &[&in_workspace[..], &["--env", with_pool.as_str()]].concat(),
+        &strict,
+    );
+    report.row(
+        "build --mode rootless-strict with BKRUN_FALLBACK_ADDR",
+        &ran,
+        &pod.leftovers(&ran),
+    );
+    report.check(
+        ran.code == 1
+            && ran
+                .stderr
+                .starts_with("bkrun: --mode rootless-strict cannot work here: "),
+        "--mode rootless-strict",
+        "expected the mode's refusal, not the fallback",
+        &ran,
+    );
+
+    // config and doctor say the pool would be used.
+    let ran = pod.exec_with(
+        &[&in_workspace[..], &["--env", with_pool.as_str()]].concat(),
+        &[&client[..], &["config"]].concat(),
+    );
+    report.row(
+        "config with BKRUN_FALLBACK_ADDR",
+        &ran,
+        &pod.leftovers(&ran),
+    );
+    report.check(
+        ran.code == 0
+            && ran.stdout.starts_with(&format!(
+                "daemon:          no daemon can start here, so builds connect to {addr} (from BKRUN_FALLBACK_ADDR); no daemon is started\n"
+            ))
+            && ran
+                .stdout
+                .contains(&format!("fallback:        {addr} (from BKRUN_FALLBACK_ADDR), used: ")),
+        "config",
+        "expected the fallback, used",
+        &ran,
+    );
+    eprintln!("bkrun config:\n{}", ran.stdout);
+    let ran = pod.exec_with(
+        &[&in_workspace[..], &["--env", with_pool.as_str()]].concat(),
+        &["bkrun", "doctor"],
+    );
+    report.row(
+        "doctor with BKRUN_FALLBACK_ADDR",
+        &ran,
+        &pod.leftovers(&ran),
+    );
+    report.check(
+        ran.stdout.contains(&format!(
+            "fallback              {addr} (from BKRUN_FALLBACK_ADDR), used: "
+        )) && ran.stdout.contains(&format!(
+            "builds on the daemon at {addr} (from BKRUN_FALLBACK_ADDR)"
+        )),
+        "doctor",
+        "expected the fallback and its use",
+        &ran,
+    );
+    eprintln!("bkrun doctor:\n{}", ran.stdout);
+
+    if let Err(e) = pod.remove() {
+        report.problems.push(e);
+    }
+    stop_daemon(daemon);
+    report.finish();
+    sb.assert_clean();
+}
+
 fn host_processes(needle: &str) -> Vec<String> {
     let mut found = Vec::new();
     for e in fs::read_dir("/proc").unwrap().flatten() {

@@ -36,6 +36,11 @@ pub struct KubeArgs {
     /// Unconfined seccomp and AppArmor); default privileged.
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = ArgAction::Set, default_value_t = false)]
     pub rootless: bool,
+    /// Run the daemons as root with `privileged: true` inside user-namespaced pods
+    /// (`hostUsers: false`, as images/userns.yaml), whose privilege ends at the pod's user
+    /// namespace; builds keep their process sandbox. Needs Kubernetes' user namespaces.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = ArgAction::Set, default_value_t = false, conflicts_with = "rootless")]
+    pub userns: bool,
     /// The pods' ServiceAccount.
     #[arg(
         long = "serviceaccount",
@@ -145,6 +150,7 @@ impl From<&KubeArgs> for crate::kube::KubeFlags {
             image,
             replicas,
             rootless,
+            userns,
             service_account,
             scheduler_name,
             labels,
@@ -175,6 +181,7 @@ impl From<&KubeArgs> for crate::kube::KubeFlags {
             image,
             replicas,
             rootless,
+            userns,
             service_account,
             scheduler_name,
             labels,

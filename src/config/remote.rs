@@ -1,4 +1,4 @@
-//! Which existing daemons to use, if any: `--addr`, `BKRUN_ADDR`, `BUILDKIT_HOST` (by the rule below) or bkrun.toml's `addr`, one address or a pool.
+//! Which existing daemons to use, if any: `--addr`, `BKRUN_ADDR`, `BUILDKIT_HOST` (by the rule below) or bkrun.toml's `addr`, one address or a pool; and the fallback pool (`BKRUN_FALLBACK_ADDR`, bkrun.toml's `fallback_addr`) for where no daemon can start.
 
 use std::path::{Path, PathBuf};
 
@@ -14,6 +14,9 @@ pub enum AddrSource {
     BkrunAddr,
     BuildkitHost,
     ConfigFile,
+    /// The fallback pool, used only where no daemon mode can work (src/daemon/fallback.rs).
+    FallbackEnv,
+    FallbackFile,
 }
 
 impl std::fmt::Display for AddrSource {
@@ -23,6 +26,8 @@ impl std::fmt::Display for AddrSource {
             AddrSource::BkrunAddr => "BKRUN_ADDR",
             AddrSource::BuildkitHost => "BUILDKIT_HOST",
             AddrSource::ConfigFile => "addr in bkrun.toml",
+            AddrSource::FallbackEnv => "BKRUN_FALLBACK_ADDR",
+            AddrSource::FallbackFile => "fallback_addr in bkrun.toml",
         })
     }
 }
@@ -109,6 +114,17 @@ pub fn choose_remote(
         }
     }
     Ok((Some(remote(&[addr], AddrSource::BuildkitHost)?), None))
+}
+
+/// The fallback pool: `BKRUN_FALLBACK_ADDR` (an empty one counts as unset, as a pod cannot
+/// unset an image's variable), else bkrun.toml's `fallback_addr`; the same grammar as `addr`.
+/// Parsed now, so a typo fails every run rather than only the one that needs the pool.
+pub fn choose_fallback(host: &dyn Host, file: Option<&AddrList>) -> Result<Option<Remote>> {
+    if let Some(addr) = host.env("BKRUN_FALLBACK_ADDR") {
+        return Ok(Some(remote(&[addr], AddrSource::FallbackEnv)?));
+    }
+    file.map(|f| remote(&f.values(), AddrSource::FallbackFile))
+        .transpose()
 }
 
 fn is_default_socket(path: &Path, host: &dyn Host) -> bool {

@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 
 use crate::config::{has_flag, Settings};
 use crate::daemon::facts::Facts;
+use crate::daemon::fallback::{self, Fallback};
 use crate::daemon::mode::{self, ModeArg, Verdict};
 use crate::daemon::storage::{self, Storage};
 use crate::host::{parse_cap_names, Host, NsProbe, Privilege};
@@ -27,6 +28,8 @@ pub struct Report {
     facts: Facts,
     verdicts: [Verdict; 3],
     auto: Option<mode::Decision>,
+    /// The fallback pool, if one is set, and whether it stands in for the daemon.
+    fallback: Option<Fallback>,
     versions: Vec<(&'static str, Option<PathBuf>, Option<String>)>,
     next: String,
     next_json: Value,
@@ -46,7 +49,8 @@ impl Report {
             ("rootlesskit", facts.rootlesskit.clone()),
             ("runc", host.which("runc")),
         ]);
-        let (next, next_json) = next_command(settings, &facts);
+        let fallback = fallback::judge(settings, &verdicts);
+        let (next, next_json) = next_command(settings, &facts, fallback.as_ref());
         let env = ["XDG_RUNTIME_DIR", "TMPDIR"]
             .into_iter()
             .map(|k| {
@@ -60,6 +64,7 @@ impl Report {
             facts,
             verdicts,
             auto,
+            fallback,
             versions,
             next,
             next_json,
@@ -243,6 +248,18 @@ impl Report {
             None => "nothing: no mode can work here".into(),
         };
         let _ = writeln!(out, "{:<21} {auto}", "auto picks");
+        if let Some(f) = &self.fallback {
+            let used = if f.is_used() { "used" } else { "not used" };
+            let pool = f.pool();
+            let _ = writeln!(
+                out,
+                "{:<21} {} (from {}), {used}: {}",
+                "fallback",
+                pool.addrs.join(", "),
+                pool.source,
+                f.why()
+            );
+        }
         let _ = writeln!(out, "{:<21} {}", "next command", self.next);
     }
 
@@ -325,6 +342,12 @@ impl Report {
             },
             "storage": storage_json(&self.storage),
             "auto": self.auto.as_ref().map(|d| d.mode.to_string()),
+            "fallback": self.fallback.as_ref().map(|f| json!({
+                "addresses": f.pool().addrs,
+                "source": f.pool().source.to_string(),
+                "used": f.is_used(),
+                "why": f.why(),
+            })),
             "next": self.next_json,
         })
     }
@@ -450,7 +473,22 @@ fn storage_json(s: &Result<Storage, String>) -> Value {
 }
 
 /// What the next `bkrun build` would do, in words and as JSON.
-fn next_command(settings: &Settings, facts: &Facts) -> (String, Value) {
+fn next_command(
+    settings: &Settings,
+    facts: &Facts,
+    fallback: Option<&Fallback>,
+) -> (String, Value) {
+    if let Some(f) = fallback.filter(|f| f.is_used()) {
+        let pool = f.pool();
+        return (
+            format!(
+                "builds on {} (from {}): no daemon can start here",
+                fallback::shown(pool),
+                pool.source
+            ),
+            json!({"action": "fallback", "addresses": pool.addrs, "source": pool.source.to_string()}),
+        );
+    }
     if let Some(r) = &settings.remote {
         return (
             format!(
@@ -774,6 +812,49 @@ mod tests {
         let r = report(&h);
         assert_eq!(r.json()["facts"]["apparmor_restricts_userns"], false);
         assert_eq!(r.json()["auto"], "rootless");
+    }
+
+    #[test]
+    fn the_fallback_is_shown_with_whether_it_stands_in() {
+        let pool = ("BKRUN_FALLBACK_ADDR", "tcp://127.0.0.1:1234");
+        let h = FakeHost {
+            env: vec![pool],
+            ..FakeHost::restricted()
+        };
+        let r = report(&h);
+        // Doctor judges this container: no mode works here, whatever the pool does.
+        assert_eq!(r.exit_code(), 1);
+        let t = r.text();
+        assert!(
+            t.contains("fallback              tcp://127.0.0.1:1234 (from BKRUN_FALLBACK_ADDR), used: privileged: bkrun runs as uid 1000, not root; rootless, rootless-strict: "),
+            "{t}"
+        );
+        assert!(
+            t.contains("next command          builds on the daemon at tcp://127.0.0.1:1234 (from BKRUN_FALLBACK_ADDR): no daemon can start here\n"),
+            "{t}"
+        );
+        let j = r.json();
+        assert_eq!(j["fallback"]["used"], true);
+        assert_eq!(j["fallback"]["source"], "BKRUN_FALLBACK_ADDR");
+        assert_eq!(j["next"]["action"], "fallback");
+        // Where a mode works, the pool is named and left alone.
+        let h = FakeHost {
+            env: vec![pool],
+            ..FakeHost::pod_user(0)
+        };
+        let r = report(&h);
+        assert!(
+            r.text().contains(
+                "(from BKRUN_FALLBACK_ADDR), not used: a daemon can start here (rootless-strict)\n"
+            ),
+            "{}",
+            r.text()
+        );
+        assert_eq!(r.json()["next"]["action"], "start");
+        assert_eq!(
+            report(&FakeHost::pod_user(0)).json()["fallback"],
+            Value::Null
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@ pub mod apparmor;
 pub mod diagnose;
 pub mod doctor;
 pub mod facts;
+pub mod fallback;
 pub mod leases;
 pub mod mode;
 pub mod nodepaths;

@@ -134,6 +134,26 @@ impl FakeHost {
             ..Self::user()
         }
     }
+
+    /// uid 1000 under the restricted Pod Security Standard: RuntimeDefault seccomp refusing
+    /// user namespaces, no_new_privs (allowPrivilegeEscalation: false), every capability dropped.
+    pub fn restricted() -> Self {
+        FakeHost {
+            status: ProcStatus {
+                seccomp: 2,
+                no_new_privs: true,
+                cap_eff: 0,
+                cap_bnd: 0,
+            },
+            probe: NsProbe {
+                clone_userns: Some(Err(nix::errno::Errno::EPERM)),
+                unshare_userns: Some(Err(nix::errno::Errno::EPERM)),
+                mount: None,
+                mount_proc: None,
+            },
+            ..Self::pod_user(2)
+        }
+    }
 }
 
 impl Host for FakeHost {

@@ -22,6 +22,7 @@ pub struct KubeFlags {
     pub image: Option<String>,
     pub replicas: i32,
     pub rootless: bool,
+    pub userns: bool,
     pub service_account: Option<String>,
     pub scheduler_name: Option<String>,
     pub labels: Vec<String>,

@@ -355,6 +355,8 @@ fn pod_spec(o: &Options, selector: &BTreeMap<String, String>) -> PodSpec {
         containers: vec![daemon_container(o, mounts)],
         volumes: Some(volumes),
         security_context: pod_security_context,
+        // The pod's own user namespace: its root, and `privileged`, end there (images/userns.yaml).
+        host_users: (o.mode == PodMode::Userns).then_some(false),
         service_account_name: o.service_account.clone(),
         scheduler_name: o.scheduler_name.clone(),
         node_selector: (!o.node_selector.is_empty()).then(|| o.node_selector.clone()),
@@ -458,7 +460,9 @@ fn resources(o: &Options) -> Option<ResourceRequirements> {
 /// The daemon container's privileges for the pod's mode.
 fn security_context(mode: PodMode) -> SecurityContext {
     match mode {
-        PodMode::Privileged => SecurityContext {
+        // In a --userns pod, privileged inside the pod's user namespace only: buildkitd runs
+        // privileged there and its builds keep their process sandbox.
+        PodMode::Privileged | PodMode::Userns => SecurityContext {
             privileged: Some(true),
             ..Default::default()
         },

@@ -17,11 +17,13 @@ pub const BKRUN_CONFIG_DIR: &str = "/etc/bkrun";
 pub const BUILDKITD_CONFIG_DIR: &str = "/etc/buildkit";
 pub const CERTS_DIR: &str = "/certs";
 
-/// A privileged pod runs the daemon as root; a rootless one as the images' user 1000.
+/// A privileged pod runs the daemon as root; a rootless one as the images' user 1000; a
+/// user-namespaced one as root with `privileged: true` inside the pod's user namespace.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PodMode {
     Privileged,
     Rootless,
+    Userns,
 }
 
 /// The user the rootless images run as (BuildKit's rootless image's `user`).
@@ -31,7 +33,7 @@ impl PodMode {
     /// BuildKit's state dir (the cache) as bkrun picks it for the pod's user in our images.
     pub fn state_dir(self) -> &'static str {
         match self {
-            PodMode::Privileged => "/var/lib/buildkit",
+            PodMode::Privileged | PodMode::Userns => "/var/lib/buildkit",
             PodMode::Rootless => "/home/user/.local/share/buildkit",
         }
     }
@@ -40,7 +42,7 @@ impl PodMode {
     /// XDG_RUNTIME_DIR.
     pub fn socket_dir(self) -> &'static str {
         match self {
-            PodMode::Privileged => "/run/buildkit",
+            PodMode::Privileged | PodMode::Userns => "/run/buildkit",
             PodMode::Rootless => "/run/user/1000/buildkit",
         }
     }
@@ -129,10 +131,11 @@ impl Options {
         }
         refuse_local_globals(g)?;
         check_names(a)?;
-        let mode = if a.rootless {
-            PodMode::Rootless
-        } else {
-            PodMode::Privileged
+        let mode = match (a.rootless, a.userns) {
+            (true, true) => bail!("--rootless and --userns are two ways to run the daemons: keep one (--userns runs root inside a hostUsers: false pod, --rootless uid 1000 with Unconfined profiles)"),
+            (true, false) => PodMode::Rootless,
+            (false, true) => PodMode::Userns,
+            (false, false) => PodMode::Privileged,
         };
         let image = image(a, mode)?;
 
@@ -225,7 +228,7 @@ fn check_names(a: &KubeFlags) -> Result<()> {
 fn image(a: &KubeFlags, mode: PodMode) -> Result<String> {
     let image = a.image.clone().unwrap_or_else(|| {
         match mode {
-            PodMode::Privileged => "bkrun:privileged",
+            PodMode::Privileged | PodMode::Userns => "bkrun:privileged",
             PodMode::Rootless => "bkrun:rootless",
         }
         .to_string()
@@ -369,6 +372,9 @@ fn check_file_config(
         }
         (Some(ModeArg::Rootless | ModeArg::RootlessStrict), PodMode::Privileged) => {
             bail!("--bkrun-config sets a rootless mode but the pods are privileged: add --rootless, or drop the mode from the file")
+        }
+        (Some(ModeArg::Rootless | ModeArg::RootlessStrict), PodMode::Userns) => {
+            bail!("--bkrun-config sets a rootless mode but --userns pods run root, privileged in their user namespace: drop --userns for --rootless, or drop the mode from the file")
         }
         _ => {}
     }

@@ -551,6 +551,56 @@ fn rootless_runs_as_the_images_user_as_images_builder_yaml_does() {
 }
 
 #[test]
+fn userns_runs_root_privileged_in_user_namespaced_pods_as_images_userns_yaml_does() {
+    let (o, p) = round_trip(&["kube", "--userns"]);
+    assert_eq!(o.mode, PodMode::Userns);
+    let c = daemon(&p);
+    assert_eq!(c.image.as_deref(), Some("bkrun:privileged"));
+    // images/userns.yaml's pod is the same: hostUsers false, the container privileged (within
+    // the pod's user namespace), the state dir at root's path.
+    let docs = documents(include_str!("../../images/userns.yaml"));
+    let theirs: k8s_openapi::api::core::v1::Pod = serde_json::from_value(docs[0].clone()).unwrap();
+    let theirs = theirs.spec.unwrap();
+    assert_eq!(pod(&p).host_users, Some(false));
+    assert_eq!(pod(&p).host_users, theirs.host_users);
+    assert_eq!(c.security_context, theirs.containers[0].security_context);
+    assert_eq!(o.state_dir, "/var/lib/buildkit");
+    assert!(theirs.containers[0]
+        .volume_mounts
+        .iter()
+        .flatten()
+        .any(|m| m.mount_path == o.state_dir));
+    assert!(readiness_command(&o)[2].starts_with("unix:///run/buildkit/"));
+    // The other pods share the node's user namespace, as the API's default does.
+    for args in [
+        &["kube"][..],
+        &["kube", "--rootless"],
+        &["kube", "--userns=false"],
+    ] {
+        assert_eq!(pod(&round_trip(args).1).host_users, None, "{args:?}");
+    }
+    // A StatefulSet of them too.
+    let (_, p) = round_trip(&["kube", "--userns", "--kind", "statefulset"]);
+    assert_eq!(pod(&p).host_users, Some(false));
+    // One way to run the daemons at a time, and a shipped bkrun.toml's mode must suit it.
+    assert!(crate::cli::parse(["bkrun", "kube", "--rootless", "--userns"]).is_err());
+    let both = KubeFlags {
+        name: "bkrun-builder".into(),
+        rootless: true,
+        userns: true,
+        ..Default::default()
+    };
+    let e = Options::from_args(&both, &Default::default()).unwrap_err();
+    assert!(e.to_string().contains("keep one"), "{e}");
+    let (m, m_path) = file("bkrun.toml", "mode = \"rootless\"\n");
+    let e = refused(&["kube", "--userns", "--bkrun-config", &m_path]);
+    assert!(e.contains("drop --userns for --rootless"), "{e}");
+    let (pm, pm_path) = file("bkrun.toml", "mode = \"privileged\"\n");
+    ok(&["kube", "--userns", "--bkrun-config", &pm_path]);
+    drop((m, pm));
+}
+
+#[test]
 fn each_option_lands_where_it_should() {
     let (o, p) = round_trip(&[
         "kube",

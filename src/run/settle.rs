@@ -15,7 +15,7 @@ use crate::config::{AddrSource, Remote, Settings};
 use crate::daemon::{apparmor, doctor, Plan};
 use crate::host::{which, Host};
 use crate::request::build::BuildSpec;
-use crate::{client, progress, request};
+use crate::{client, daemon, progress, request};
 
 /// What settling found.
 pub(super) enum Settled {
@@ -93,14 +93,17 @@ impl BuildJob {
 /// Reads `cli`, bkrun.toml and the host into the invocation to run.
 pub(super) fn settle(cli: &Cli, host: &dyn Host) -> Result<Settled> {
     let mut settings = Settings::load(&(&cli.global).into(), host)?;
-    let work = match work(cli, &mut settings, host)? {
+    let mut work = match work(cli, &mut settings, host)? {
         Step::Answered(code) => return Ok(Settled::Answered(code)),
         Step::Work(w) => w,
     };
     let grace = settings.stop_timeout;
     let place = match existing_daemon(&cli.global, &settings, &work)? {
         Some(pick) => Place::Remote(pick),
-        None => Place::Supervised(Box::new(plan(settings, &work, host)?)),
+        None => match fallback(&cli.global, &settings, &mut work, host)? {
+            Some(pick) => Place::Remote(pick),
+            None => Place::Supervised(Box::new(plan(settings, &work, host)?)),
+        },
     };
     Ok(Settled::Run(Box::new(Invocation { work, place, grace })))
 }
@@ -299,8 +302,7 @@ fn build_job(
     Ok(job)
 }
 
-/// The existing daemon (or pool) to use, when the settings name one; every address is checked
-/// before any is dialled, so a typo in the third fails now.
+/// The existing daemon (or pool) to use, when the settings name one.
 fn existing_daemon(g: &GlobalArgs, settings: &Settings, work: &Work) -> Result<Option<Pick>> {
     let Some(r) = &settings.remote else {
         return Ok(None);
@@ -313,6 +315,76 @@ fn existing_daemon(g: &GlobalArgs, settings: &Settings, work: &Work) -> Result<O
         }
         bail!("bkrun daemon starts its own daemon: drop {}", r.source)
     }
+    use_remote(g, settings, r, work).map(Some)
+}
+
+/// The pool of BKRUN_FALLBACK_ADDR or bkrun.toml's `fallback_addr`, for a build or `exec`
+/// where no daemon can start (src/daemon/fallback.rs judges), said in one line with why and
+/// where. Other work (`prune` above all) never reaches a shared pool unasked.
+fn fallback(
+    g: &GlobalArgs,
+    settings: &Settings,
+    work: &mut Work,
+    host: &dyn Host,
+) -> Result<Option<Pick>> {
+    let doing = match work {
+        Work::Build(_) => "building on",
+        Work::Exec(_) => "running the command against",
+        _ => return Ok(None),
+    };
+    let Some(f) = daemon::fallback::judge_here(settings, host) else {
+        return Ok(None);
+    };
+    let pool = f.pool();
+    if !f.is_used() {
+        log(settings.debug, || {
+            format!(
+                "fallback {} (from {}) not used: {}",
+                pool.shown(),
+                pool.source,
+                f.why()
+            )
+        });
+        return Ok(None);
+    }
+    // Said before the pool is checked or dialled, so a refusal that follows has its context.
+    let line = f.line(doing);
+    if work.announces() {
+        crate::say!("bkrun: {line}");
+        if let Some(w) = not_for_the_pool(settings) {
+            crate::say!("bkrun: warning: {w}");
+        }
+    } else {
+        log(settings.debug, || line.clone());
+    }
+    if let Work::Build(job) = work {
+        // Unpushed images stay in the pool's daemon, not in a worker of this machine's.
+        job.announce_images = None;
+    }
+    use_remote(g, settings, pool, work).map(Some)
+}
+
+/// The settings that configure a daemon bkrun starts, which the pool's daemons do not take: said
+/// so a build that needs them (an insecure registry, say) is not a mystery.
+fn not_for_the_pool(settings: &Settings) -> Option<String> {
+    let mut given = Vec::new();
+    if !settings.buildkitd_flags.is_empty() {
+        given.push("buildkitd's flags (BUILDKITD_FLAGS, --buildkitd-flags or buildkitd_flags)");
+    }
+    if settings.daemon_config.is_some() {
+        given.push("bkrun.toml's [buildkitd] table or kaniko's registry flags");
+    }
+    (!given.is_empty()).then(|| {
+        format!(
+            "{} configure only a daemon bkrun starts, not the pool's: set them on the pool's daemons (bkrun kube --buildkitd-flags, --buildkitd-config)",
+            given.join(" and ")
+        )
+    })
+}
+
+/// The daemon or pool `r`, every address checked before any is dialled (so a typo in the third
+/// fails now), ordered for `work` when it is a pool.
+fn use_remote(g: &GlobalArgs, settings: &Settings, r: &Remote, work: &Work) -> Result<Pick> {
     let targets = remote_targets(g, r)?;
     let mut warnings = Vec::new();
     for t in &targets {
@@ -326,7 +398,7 @@ fn existing_daemon(g: &GlobalArgs, settings: &Settings, work: &Work) -> Result<O
     log(settings.debug, || {
         format!("using the daemon at {} (from {})", r.shown(), r.source)
     });
-    Ok(Some(pick(g, r, targets, work)))
+    Ok(pick(g, r, targets, work))
 }
 
 /// One daemon, or a pool ordered by the route key.

@@ -13,47 +13,79 @@ use crate::host::Host;
 
 /// What `bkrun config` prints: what the next command will do (start a daemon, and how, or
 /// connect, and where the address came from; for a pool, which daemon the route key picks),
-/// then the settings. `key` is the route key and what it was made from.
+/// then the settings, and the fallback pool with whether it stands in. `key` is the route key
+/// and what it was made from.
 pub(super) fn describe(
     settings: &Settings,
     host: &dyn Host,
     g: &GlobalArgs,
     key: impl FnOnce() -> (String, String),
 ) -> Result<String> {
-    if let Some(r) = &settings.remote {
-        let targets = remote_targets(g, r)?;
-        let target = &targets[0];
-        let tls = match &target.tls {
-            Some(t) => format!(
-                "ca {}, cert {}, key {}",
-                shown(&t.ca),
-                shown(&t.cert),
-                shown(&t.key)
-            ),
-            None => "none".into(),
-        };
-        let tail = format!(
-            "tls:             {tls}\nconnect retry:   {:?}\n",
-            target.retry_for
-        );
-        if !r.is_pool() {
-            return Ok(format!(
-                "daemon:          connect to {} (from {}); no daemon is started\n{tail}",
-                r.addrs[0], r.source
-            ));
+    let fallback = crate::daemon::fallback::judge_here(settings, host);
+    let mut s = match (&settings.remote, &fallback) {
+        (Some(r), _) => connect_text(g, r, "", key)?,
+        (None, Some(f)) if f.is_used() => {
+            connect_text(g, f.pool(), "no daemon can start here, so builds ", key)?
         }
-        let (key, made_from) = key();
-        let order = crate::pool::order(&key, &r.addrs);
-        let then: Vec<&str> = order[1..].iter().map(|&i| r.addrs[i].as_str()).collect();
-        return Ok(format!(
-            "daemon:          connect to one of a pool of {} (from {}); no daemon is started\npool:            {}\nroute key:       {key:?} ({made_from})\npicks:           {} (then {}, if it does not serve)\n{tail}",
-            r.addrs.len(),
-            r.source,
-            r.addrs.join(", "),
-            r.addrs[order[0]],
-            then.join(", "),
+        (None, _) => start_text(settings, host)?,
+    };
+    if let Some(f) = &fallback {
+        let pool = f.pool();
+        let used = if f.is_used() { "used" } else { "not used" };
+        s.push_str(&format!(
+            "fallback:        {} (from {}), {used}: {}\n",
+            pool.addrs.join(", "),
+            pool.source,
+            f.why()
         ));
     }
+    Ok(s)
+}
+
+/// The lines for an existing daemon or pool: where, from which setting, with which TLS files,
+/// and for a pool the route key's pick.
+fn connect_text(
+    g: &GlobalArgs,
+    r: &Remote,
+    lead: &str,
+    key: impl FnOnce() -> (String, String),
+) -> Result<String> {
+    let targets = remote_targets(g, r)?;
+    let target = &targets[0];
+    let tls = match &target.tls {
+        Some(t) => format!(
+            "ca {}, cert {}, key {}",
+            shown(&t.ca),
+            shown(&t.cert),
+            shown(&t.key)
+        ),
+        None => "none".into(),
+    };
+    let tail = format!(
+        "tls:             {tls}\nconnect retry:   {:?}\n",
+        target.retry_for
+    );
+    if !r.is_pool() {
+        return Ok(format!(
+            "daemon:          {lead}connect to {} (from {}); no daemon is started\n{tail}",
+            r.addrs[0], r.source
+        ));
+    }
+    let (key, made_from) = key();
+    let order = crate::pool::order(&key, &r.addrs);
+    let then: Vec<&str> = order[1..].iter().map(|&i| r.addrs[i].as_str()).collect();
+    Ok(format!(
+        "daemon:          {lead}connect to one of a pool of {} (from {}); no daemon is started\npool:            {}\nroute key:       {key:?} ({made_from})\npicks:           {} (then {}, if it does not serve)\n{tail}",
+        r.addrs.len(),
+        r.source,
+        r.addrs.join(", "),
+        r.addrs[order[0]],
+        then.join(", "),
+    ))
+}
+
+/// The lines for the daemon bkrun would start: its mode and why, then its plan.
+fn start_text(settings: &Settings, host: &dyn Host) -> Result<String> {
     let plan = Plan::new(settings, host, false)?;
     let mut s = format!(
         "daemon:          start buildkitd, {} ({})\n",
@@ -222,6 +254,43 @@ mod tests {
         // The order crate::pool::rendezvous pins for this key.
         assert!(
             s.contains("picks:           tcp://b:1234 (then tcp://a:1234, tcp://c:1234, if"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn config_says_where_the_fallback_stands_in_and_where_it_does_not() {
+        let pool = ("BKRUN_FALLBACK_ADDR", "tcp://a:1234,tcp://b:1234");
+        let key = || ("/src/app".to_string(), "--route-key".to_string());
+        let h = crate::host::fake::FakeHost {
+            env: vec![pool],
+            ..crate::host::fake::FakeHost::restricted()
+        };
+        let settings = Settings::load(&Default::default(), &h).unwrap();
+        let s = describe(&settings, &h, &GlobalArgs::default(), key).unwrap();
+        assert!(
+            s.starts_with("daemon:          no daemon can start here, so builds connect to one of a pool of 2 (from BKRUN_FALLBACK_ADDR); no daemon is started\npool:            tcp://a:1234, tcp://b:1234\n"),
+            "{s}"
+        );
+        assert!(
+            s.contains("\nfallback:        tcp://a:1234, tcp://b:1234 (from BKRUN_FALLBACK_ADDR), used: privileged: bkrun runs as uid 1000, not root; rootless, rootless-strict: "),
+            "{s}"
+        );
+        // A daemon named outright wins, and the fallback says why it is not used.
+        let h = crate::host::fake::FakeHost {
+            env: vec![pool, ("BKRUN_ADDR", "tcp://c:1234")],
+            ..crate::host::fake::FakeHost::restricted()
+        };
+        let settings = Settings::load(&Default::default(), &h).unwrap();
+        let s = describe(&settings, &h, &GlobalArgs::default(), key).unwrap();
+        assert!(
+            s.starts_with("daemon:          connect to tcp://c:1234 (from BKRUN_ADDR)"),
+            "{s}"
+        );
+        assert!(
+            s.ends_with(
+                "(from BKRUN_FALLBACK_ADDR), not used: BKRUN_ADDR names the daemon to use\n"
+            ),
             "{s}"
         );
     }
