@@ -263,6 +263,25 @@ impl Report {
         let _ = writeln!(out, "{:<21} {}", "next command", self.next);
     }
 
+    /// The native platform and the emulators binfmt_misc has, for `json`.
+    fn platforms_json(&self) -> Value {
+        json!({
+            "native": native_platform(),
+            "binfmt_misc": !matches!(self.binfmt, Binfmt::Unavailable),
+            "emulated": match &self.binfmt {
+                Binfmt::Unavailable => Vec::new(),
+                Binfmt::Handlers(hs) => hs.iter().filter(|h| h.platform.is_some()).map(|h| json!({
+                    "platform": h.platform,
+                    "handler": h.name,
+                    "interpreter": h.interpreter,
+                    "flags": h.flags,
+                    "usable": h.unusable().is_none(),
+                    "why_not": h.unusable(),
+                })).collect(),
+            },
+        })
+    }
+
     pub fn json(&self) -> Value {
         let f = &self.facts;
         let tool = |t: &crate::daemon::facts::IdMapTool| {
@@ -325,21 +344,7 @@ impl Report {
                 "reason": v.reason,
                 "fix": v.fix,
             })).collect::<Vec<_>>(),
-            "platforms": {
-                "native": native_platform(),
-                "binfmt_misc": !matches!(self.binfmt, Binfmt::Unavailable),
-                "emulated": match &self.binfmt {
-                    Binfmt::Unavailable => Vec::new(),
-                    Binfmt::Handlers(hs) => hs.iter().filter(|h| h.platform.is_some()).map(|h| json!({
-                        "platform": h.platform,
-                        "handler": h.name,
-                        "interpreter": h.interpreter,
-                        "flags": h.flags,
-                        "usable": h.unusable().is_none(),
-                        "why_not": h.unusable(),
-                    })).collect(),
-                },
-            },
+            "platforms": self.platforms_json(),
             "storage": storage_json(&self.storage),
             "auto": self.auto.as_ref().map(|d| d.mode.to_string()),
             "fallback": self.fallback.as_ref().map(|f| json!({
