@@ -32,6 +32,7 @@ pub mod cachemount;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod creds;
 pub mod daemon;
 pub mod fsutil;
 pub mod gocompat;

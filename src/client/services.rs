@@ -9,13 +9,11 @@ use super::layouts::Layouts;
 use super::localcache::LocalCaches;
 use crate::request::build::BuildSpec;
 use crate::request::cache::CacheImport;
-use crate::request::dockerconfig::DockerConfig;
 use crate::request::output::Destination;
 use crate::request::registry::RegistryAuth;
 use crate::request::ssh::{self, SshAgent};
 use crate::session::auth::AuthProvider;
 use crate::session::content::ContentStores;
-use crate::session::credentials::{CredentialSource, Credentials};
 use crate::session::filesend::{FileSendTargets, Sink};
 use crate::session::filesync::FileSyncProvider;
 use crate::session::secrets::SecretsProvider;
@@ -147,26 +145,13 @@ pub fn build(
     Ok((session, services))
 }
 
-/// The Auth service over the spec's Docker config (a broken one fails here, before Solve).
+/// The Auth service over the spec's credential sources (a broken one fails here, before Solve).
 fn auth(registry: &RegistryAuth) -> Result<AuthProvider> {
-    let config = DockerConfig::load(registry.docker_config.as_deref())?;
     Ok(AuthProvider::new(
-        Arc::new(DockerLogins(config)),
+        Arc::new(registry.store()?),
         registry.session_tls(),
         registry.client_tokens,
     ))
-}
-
-/// The Docker config as the session's credential source.
-struct DockerLogins(DockerConfig);
-
-impl CredentialSource for DockerLogins {
-    fn credentials(&self, host: &str) -> Result<Option<Credentials>> {
-        Ok(self.0.credentials(host)?.map(|l| Credentials {
-            username: l.username,
-            secret: l.secret,
-        }))
-    }
 }
 
 fn ssh_sources(agents: &[SshAgent]) -> HashMap<String, SshSource> {

@@ -1,4 +1,4 @@
-//! The Authorization bkrun sends a registry: logins from the Docker config (looked up once per host), basic auth or bearer tokens from the session's token client, kept for their lifetime per repository in memory only.
+//! The Authorization bkrun sends a registry: logins from the credential store (creds/: files, DOCKER_AUTH_CONFIG, cloud identities; looked up once per repository), basic auth or bearer tokens from the session's token client, kept for their lifetime per repository in memory only.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -9,7 +9,7 @@ use base64::Engine as _;
 
 use super::challenge::Challenge;
 use super::errors::Access;
-use crate::request::dockerconfig::DockerConfig;
+use crate::creds::Store;
 use crate::session::credentials::Credentials;
 use crate::session::token::{Token, TokenClient, TokenError, TokenRequest};
 
@@ -41,7 +41,7 @@ impl Grant {
 
 /// Logins and grants for one registry client's lifetime.
 pub struct Authz {
-    docker: Arc<DockerConfig>,
+    store: Arc<Store>,
     tokens: TokenClient,
     logins: Mutex<HashMap<String, Option<Credentials>>>,
     /// By (registry host, repository).
@@ -49,9 +49,9 @@ pub struct Authz {
 }
 
 impl Authz {
-    pub fn new(docker: DockerConfig, tokens: TokenClient) -> Authz {
+    pub fn new(store: Store, tokens: TokenClient) -> Authz {
         Authz {
-            docker: Arc::new(docker),
+            store: Arc::new(store),
             tokens,
             logins: Mutex::new(HashMap::new()),
             grants: Mutex::new(HashMap::new()),
@@ -66,21 +66,26 @@ impl Authz {
         g.serves(access).then(|| g.header.clone())
     }
 
-    /// `host`'s login from the Docker config (a credential helper may run: off the async threads).
-    pub async fn login(&self, host: &str) -> Result<Option<Credentials>> {
-        if let Some(c) = lock(&self.logins).get(host) {
+    /// `host`'s login for `repo` (containers' auth.json may hold a login for it alone); a
+    /// credential helper may run or a cloud identity be asked: off the async threads.
+    pub async fn login_for(&self, host: &str, repo: Option<&str>) -> Result<Option<Credentials>> {
+        let key = match repo {
+            Some(r) => format!("{host}/{r}"),
+            None => host.to_string(),
+        };
+        if let Some(c) = lock(&self.logins).get(&key) {
             return Ok(c.clone());
         }
-        let (docker, h) = (self.docker.clone(), host.to_string());
-        let found = tokio::task::spawn_blocking(move || docker.credentials(&h))
+        let (store, h, r) = (
+            self.store.clone(),
+            host.to_string(),
+            repo.map(str::to_string),
+        );
+        let found = tokio::task::spawn_blocking(move || store.lookup(&h, r.as_deref()))
             .await
             .context("the credential look-up did not finish")??
-            .map(|l| Credentials {
-                username: l.username,
-                secret: l.secret,
-            })
             .filter(|c| !c.secret.is_empty());
-        lock(&self.logins).insert(host.to_string(), found.clone());
+        lock(&self.logins).insert(key, found.clone());
         Ok(found)
     }
 
@@ -203,10 +208,7 @@ mod tests {
 
     #[tokio::test]
     async fn basic_auth_without_a_login_is_no_answer() {
-        let a = Authz::new(
-            DockerConfig::default(),
-            TokenClient::for_bkrun(Default::default()),
-        );
+        let a = Authz::new(Store::empty(), TokenClient::for_bkrun(Default::default()));
         let h = a
             .answer(&Challenge::Basic, "reg:5000", "r", Access::Pull, None)
             .await

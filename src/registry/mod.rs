@@ -17,7 +17,6 @@ use reqwest::{Method, Response, StatusCode};
 use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncWriteExt;
 
-use crate::request::dockerconfig::DockerConfig;
 use crate::request::reference::Reference;
 use crate::request::registry::RegistryAuth;
 use crate::session::token::{RegistryTls, TokenClient};
@@ -77,10 +76,9 @@ struct Answer {
 impl Client {
     /// A client over the build's registry settings; a broken Docker config fails here.
     pub fn new(auth: &RegistryAuth) -> Result<Client> {
-        let docker = DockerConfig::load(auth.docker_config.as_deref())?;
         let tls = auth.session_tls();
         Ok(Client {
-            authz: Authz::new(docker, TokenClient::for_bkrun(tls.clone())),
+            authz: Authz::new(auth.store()?, TokenClient::for_bkrun(tls.clone())),
             tls,
             http: Mutex::new(HashMap::new()),
             docker_config: auth.docker_config.clone(),
@@ -293,7 +291,7 @@ impl Client {
             });
         }
         self.authz.forget(host, repo);
-        let creds = self.authz.login(host).await.map_err(|e| {
+        let creds = self.authz.login_for(host, Some(repo)).await.map_err(|e| {
             anyhow!(
                 "cannot read the login for {host} for bkrun's {}: {e:#}",
                 self.op(t).action()
@@ -338,7 +336,12 @@ impl Client {
     async fn fail(&self, t: &Target<'_>, a: Answer) -> anyhow::Error {
         let code = a.resp.status().as_u16();
         let body = read_capped(a.resp).await.unwrap_or_default();
-        let creds = self.authz.login(&t.r.domain).await.ok().flatten();
+        let creds = self
+            .authz
+            .login_for(&t.r.domain, Some(&t.r.path))
+            .await
+            .ok()
+            .flatten();
         let secrets: Vec<&str> = creds.iter().map(|c| c.secret.as_str()).collect();
         self.op(t).status(code, &body, a.logged_in, &secrets)
     }

@@ -100,7 +100,7 @@ pub fn resolve(args: &BuildFlags, settings: &Settings, host: &dyn Host) -> Resul
         .as_deref()
         .map(policy::load)
         .transpose()?;
-    let registry = registry_auth(settings, &env_raw, &env);
+    let registry = registry_auth(settings, &env_raw, &env)?;
     let cache_mounts = cachemounts::resolve(
         args.cache_mounts.as_deref(),
         args.cache_mounts_max_size.as_deref(),
@@ -371,12 +371,17 @@ fn registry_auth(
     settings: &Settings,
     env_raw: &dyn Fn(&str) -> Option<String>,
     env: &dyn Fn(&str) -> Option<String>,
-) -> RegistryAuth {
-    RegistryAuth {
+) -> Result<RegistryAuth> {
+    let sources = crate::creds::locate(env_raw);
+    // Fail fast: a DOCKER_AUTH_CONFIG or login file that is not what it should be stops the
+    // command here, before a daemon starts.
+    crate::creds::check(&sources)?;
+    Ok(RegistryAuth {
         docker_config: dockerconfig::config_path(env_raw),
         client_tokens: registry::client_tokens_enabled(env("BUILDKIT_NO_CLIENT_TOKEN").as_deref()),
         tls: registry::tls_from(settings.daemon_config.as_ref()),
-    }
+        sources,
+    })
 }
 
 /// Checks a `--local` name. It reaches the daemon in the LLB (`local://NAME`) and comes back in
@@ -644,12 +649,14 @@ mod tests {
         assert_eq!(spec.progress.mode, crate::progress::Mode::RawJson);
         assert!(!spec.progress.color);
         assert_eq!(
-            spec.registry,
-            RegistryAuth {
-                docker_config: Some(PathBuf::from("/home/u/.docker/config.json")),
-                client_tokens: false,
-                tls: BTreeMap::new(),
-            }
+            spec.registry.docker_config,
+            Some(PathBuf::from("/home/u/.docker/config.json"))
+        );
+        assert!(!spec.registry.client_tokens);
+        assert_eq!(spec.registry.tls, BTreeMap::new());
+        assert_eq!(
+            spec.registry.sources.inputs.first().map(|i| i.label()),
+            Some("the Docker config /home/u/.docker/config.json".to_string())
         );
         let spec = parse(&build_args()).unwrap();
         assert!(spec.registry.client_tokens);

@@ -16,6 +16,9 @@ pub struct RegistryAuth {
     pub client_tokens: bool,
     /// Extra TLS trust per registry host for the tokens bkrun fetches.
     pub tls: BTreeMap<String, RegistryTls>,
+    /// Every source of logins in precedence order, and the cloud identity's variables
+    /// (creds/); empty: only `docker_config`.
+    pub sources: crate::creds::Sources,
 }
 
 /// bkrun.toml's `[buildkitd.registry."HOST"]` `ca`, `insecure` and `http`.
@@ -28,6 +31,21 @@ pub struct RegistryTls {
 }
 
 impl RegistryAuth {
+    /// The credential store over these settings: every source read and parsed (a broken one
+    /// fails here); `docker_config` alone when no sources were located.
+    pub fn store(&self) -> anyhow::Result<crate::creds::Store> {
+        let mut sources = self.sources.clone();
+        if sources.inputs.is_empty() {
+            if let Some(p) = &self.docker_config {
+                sources.inputs.push(crate::creds::Input::File {
+                    path: p.clone(),
+                    via: "the Docker config",
+                });
+            }
+        }
+        crate::creds::Store::open(&sources, self.session_tls())
+    }
+
     /// The TLS trust per host in the session's terms, for the two clients that reach registries
     /// from bkrun: the session's token requests and bkrun's own registry client.
     pub fn session_tls(&self) -> BTreeMap<String, crate::session::token::RegistryTls> {

@@ -193,8 +193,25 @@ fn config(cli: &Cli, settings: &Settings, host: &dyn Host) -> Result<Step> {
     let mut text = describe(settings, host, &cli.global, key)?;
     text.push_str(&registry_cache(settings, host));
     text.push_str(&cache_mounts(settings, host));
+    text.push_str(&credentials(host));
     write_stdout(&text);
     Ok(Step::Answered(0))
+}
+
+/// `bkrun config`'s lines for registry logins: each source with the registries it knows, the
+/// cloud identities set up here, and for each registry named anywhere the source that answers
+/// it (never a secret); a source that cannot be read says why.
+fn credentials(host: &dyn Host) -> String {
+    let sources = crate::creds::locate(&|k| host.env_raw(k));
+    let store = match crate::creds::Store::open(&sources, Default::default()) {
+        Ok(s) => s,
+        Err(e) => return format!("credentials:     not usable: {e:#}\n"),
+    };
+    let mut s = store.describe();
+    for (registry, from) in store.registries() {
+        s.push_str(&format!("registry login:  {registry} from {from}\n"));
+    }
+    s
 }
 
 /// `bkrun config`'s line for the registry cache BKRUN_CACHE or bkrun.toml's `cache` asks for

@@ -67,19 +67,36 @@ impl AuthProvider {
 
     /// The host's credentials, from the cache while they are fresh.
     async fn lookup(&self, host: &str) -> Result<Option<Credentials>, Status> {
-        if let Some((at, c)) = lock(&self.inner.cache).get(host) {
+        self.lookup_for(host, None).await
+    }
+
+    /// The credentials for `repo` at `host` when the repository is known (a token request's
+    /// scope names it), else the host's.
+    async fn lookup_for(
+        &self,
+        host: &str,
+        repo: Option<&str>,
+    ) -> Result<Option<Credentials>, Status> {
+        let key = match repo {
+            Some(r) => format!("{host}/{r}"),
+            None => host.to_string(),
+        };
+        if let Some((at, c)) = lock(&self.inner.cache).get(&key) {
             if at.elapsed() < CREDENTIALS_TTL {
                 return Ok(c.clone());
             }
         }
         let source = self.inner.source.clone();
-        let h = host.to_string();
-        // A look-up may run a credential helper: keep it off the async threads.
-        let found = tokio::task::spawn_blocking(move || source.credentials(&h))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|e| Status::unavailable(format!("{e:#}")))?;
-        lock(&self.inner.cache).insert(host.to_string(), (Instant::now(), found.clone()));
+        let (h, r) = (host.to_string(), repo.map(str::to_string));
+        // A look-up may run a credential helper or ask a cloud identity: off the async threads.
+        let found = tokio::task::spawn_blocking(move || match r {
+            Some(r) => source.credentials_for(&h, &r),
+            None => source.credentials(&h),
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| Status::unavailable(format!("{e:#}")))?;
+        lock(&self.inner.cache).insert(key, (Instant::now(), found.clone()));
         Ok(found)
     }
 
@@ -119,6 +136,16 @@ impl AuthProvider {
     }
 }
 
+/// The repository a token request is for, when its scopes name exactly one.
+fn scope_repository(scopes: &[String]) -> Option<&str> {
+    let mut repos = scopes.iter().filter_map(|s| {
+        let rest = s.strip_prefix("repository:")?;
+        rest.rsplit_once(':').map(|(name, _)| name)
+    });
+    let first = repos.next()?;
+    repos.all(|r| r == first).then_some(first)
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -144,7 +171,9 @@ impl Auth for AuthProvider {
         request: Request<FetchTokenRequest>,
     ) -> Result<Response<FetchTokenResponse>, Status> {
         let r = request.into_inner();
-        let creds = self.lookup(&r.host).await?;
+        let creds = self
+            .lookup_for(&r.host, scope_repository(&r.scopes))
+            .await?;
         let req = TokenRequest {
             host: r.host,
             realm: r.realm,

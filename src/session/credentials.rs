@@ -23,4 +23,11 @@ impl std::fmt::Debug for Credentials {
 pub trait CredentialSource: Send + Sync {
     /// The credentials for `host`, None when there are none; an error says what to fix.
     fn credentials(&self, host: &str) -> anyhow::Result<Option<Credentials>>;
+
+    /// The credentials for repository `repo` at `host`: a source may hold a login for one
+    /// namespace or repository (containers' auth.json); by default the host's.
+    fn credentials_for(&self, host: &str, repo: &str) -> anyhow::Result<Option<Credentials>> {
+        let _ = repo;
+        self.credentials(host)
+    }
 }
