@@ -68,6 +68,43 @@ impl Registry {
         (Registry::start_with(sb, &extra), certs)
     }
 
+    /// A plain-HTTP registry that wants `user`/`password` (htpasswd), for logins that come from
+    /// somewhere other than a Docker config (a variable, auth.json, a cloud identity).
+    pub fn start_htpasswd(sb: &Sandbox, user: &str, password: &str) -> Registry {
+        let dir = sb.mkdir("registry-auth");
+        let out = std::process::Command::new("htpasswd")
+            .args(["-Bbn", user, password])
+            .output()
+            .expect("htpasswd missing: run scripts/setup");
+        assert!(out.status.success());
+        std::fs::write(dir.join("htpasswd"), &out.stdout).unwrap();
+        let extra = format!(
+            "auth:\n  htpasswd:\n    realm: bkrun-test\n    path: {}/htpasswd\n",
+            dir.display()
+        );
+        Registry::start_with(sb, &extra)
+    }
+
+    /// The digest of repo:tag as `user`/`password` sees it; None when the registry has none.
+    pub fn digest_as(&self, repo: &str, tag: &str, user: &str, password: &str) -> Option<String> {
+        use base64::Engine as _;
+        let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        write!(
+            s,
+            "HEAD /v2/{repo}/manifests/{tag} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Basic {auth}\r\nAccept: application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.v2+json\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        if !resp.starts_with("HTTP/1.1 200") {
+            return None;
+        }
+        resp.lines()
+            .find_map(|l| l.strip_prefix("Docker-Content-Digest: "))
+            .map(|d| d.trim().to_string())
+    }
+
     /// `host:port`, as image names and bkrun.toml name the registry.
     pub fn host(&self) -> String {
         format!("127.0.0.1:{}", self.port)
