@@ -95,7 +95,9 @@ impl AuthProvider {
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(|e| Status::unavailable(format!("{e:#}")))?;
+        // Not Unavailable: the daemon would take that for "fetch tokens yourself" (and then ask
+        // again), and bkrun for a lost connection; the message is the one line to show.
+        .map_err(|e| Status::permission_denied(format!("{e:#}")))?;
         lock(&self.inner.cache).insert(key, (Instant::now(), found.clone()));
         Ok(found)
     }
