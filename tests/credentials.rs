@@ -174,32 +174,25 @@ fn kubelet_secret_volume(dir: &Path, files: &[(&str, &str)]) -> PathBuf {
 const POD_DOCKERFILE: &str =
     "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\",\"sh\",\"-c\",\"echo hello > /hello\"]\n";
 
-/// A kubernetes.io/dockerconfigjson Secret mounted into a pod as a volume, DOCKER_CONFIG naming
-/// the mount: bkrun in the pod (this build, in the privileged image) pushes with the Secret's
-/// login. podman 4.3's kube play cannot give the pod the Secret itself (it panics on a secret
-/// volume without `optional`, and with it writes the data still base64-encoded), so the volume
-/// is a host directory laid out as the kubelet lays a Secret volume out.
-#[test]
-fn a_dockerconfigjson_secret_mounted_in_a_pod_pushes() {
-    let sb = Sandbox::new(Mode::Privileged);
-    let reg = Registry::start_htpasswd(&sb, USER, PASSWORD);
-    let host = reg.host();
-    let name = format!("bkrun-creds-{}", std::process::id());
-    let secret = kubelet_secret_volume(
-        &sb.mkdir("regcred"),
-        &[(".dockerconfigjson", &auths_json(&host))],
+/// The pod: bkrun (this build, over the image's) pushing `image`, DOCKER_CONFIG naming the
+/// Secret's mount; `host` maps each volume name to its host directory (or file, for bkrun).
+fn pod_yaml(name: &str, image: &str, host: &[(&str, &Path)]) -> String {
+    let dir = |v: &str| {
+        host.iter()
+            .find(|(n, _)| *n == v)
+            .unwrap()
+            .1
+            .display()
+            .to_string()
+    };
+    let (secret, work, etc, state, bin) = (
+        dir("regcred"),
+        dir("workspace"),
+        dir("config"),
+        dir("state"),
+        dir("bkrun"),
     );
-    let work = sb.mkdir("workspace");
-    sb.write("workspace/Dockerfile", POD_DOCKERFILE);
-    std::fs::copy(sb.busybox_dir().join("busybox"), work.join("busybox")).unwrap();
-    let etc = sb.mkdir("etc-bkrun");
-    sb.write(
-        "etc-bkrun/bkrun.toml",
-        &format!("[buildkitd.registry.\"{host}\"]\nhttp = true\n"),
-    );
-    let state = sb.mkdir("pod-state");
-    let image = format!("{host}/pod/app:secret");
-    let yaml = format!(
+    format!(
         r#"apiVersion: v1
 kind: Pod
 metadata:
@@ -232,11 +225,45 @@ spec:
   - {{name: state, hostPath: {{path: {state}, type: Directory}}}}
   - {{name: bkrun, hostPath: {{path: {bin}, type: File}}}}
 "#,
-        secret = secret.display(),
-        work = work.display(),
-        etc = etc.display(),
-        state = state.display(),
-        bin = sb.path("bin/bkrun").display(),
+    )
+}
+
+/// A kubernetes.io/dockerconfigjson Secret mounted into a pod as a volume, DOCKER_CONFIG naming
+/// the mount: bkrun in the pod (this build, in the privileged image) pushes with the Secret's
+/// login. podman 4.3's kube play cannot give the pod the Secret itself (it panics on a secret
+/// volume without `optional`, and with it writes the data still base64-encoded), so the volume
+/// is a host directory laid out as the kubelet lays a Secret volume out.
+#[test]
+fn a_dockerconfigjson_secret_mounted_in_a_pod_pushes() {
+    let sb = Sandbox::new(Mode::Privileged);
+    let reg = Registry::start_htpasswd(&sb, USER, PASSWORD);
+    let host = reg.host();
+    let name = format!("bkrun-creds-{}", std::process::id());
+    let secret = kubelet_secret_volume(
+        &sb.mkdir("regcred"),
+        &[(".dockerconfigjson", &auths_json(&host))],
+    );
+    let work = sb.mkdir("workspace");
+    sb.write("workspace/Dockerfile", POD_DOCKERFILE);
+    std::fs::copy(sb.busybox_dir().join("busybox"), work.join("busybox")).unwrap();
+    let etc = sb.mkdir("etc-bkrun");
+    sb.write(
+        "etc-bkrun/bkrun.toml",
+        &format!("[buildkitd.registry.\"{host}\"]\nhttp = true\n"),
+    );
+    let state = sb.mkdir("pod-state");
+    let image = format!("{host}/pod/app:secret");
+    let bin = sb.path("bin/bkrun");
+    let yaml = pod_yaml(
+        &name,
+        &image,
+        &[
+            ("regcred", &secret),
+            ("workspace", &work),
+            ("config", &etc),
+            ("state", &state),
+            ("bkrun", &bin),
+        ],
     );
     let file = sb.write("pod.yaml", &yaml);
     common::podman::podman_ok(&["kube", "play", file.to_str().unwrap()]);

@@ -662,6 +662,7 @@ fn client_for(
         docker_config: Some(docker_config.join("config.json")),
         client_tokens: true,
         tls: [(host.to_string(), tls)].into(),
+        ..Default::default()
     };
     bkrun::registry::Client::new(&auth).unwrap()
 }

@@ -97,11 +97,11 @@ impl Store {
         let Some(cloud) = Cloud::for_host(host) else {
             return Ok(None);
         };
-        self.from_cloud(&cloud, host)
+        self.ask_cloud(&cloud, host)
     }
 
     /// The cloud's answer for `host`, kept in memory for its lifetime.
-    fn from_cloud(&self, cloud: &Cloud, host: &str) -> Result<Option<Credentials>> {
+    fn ask_cloud(&self, cloud: &Cloud, host: &str) -> Result<Option<Credentials>> {
         if let Some((until, c)) = lock(&self.issued).get(host) {
             if Instant::now() < *until {
                 return Ok(c.clone());
