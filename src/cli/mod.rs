@@ -184,7 +184,7 @@ pub enum Command {
         #[arg(long, value_name = "TEMPLATE")]
         format: Option<String>,
     },
-    /// Print what the next command will do (start a daemon, and how, or connect, and where the address came from), paths, the daemon's argv.
+    /// Print what the next command will do (start a daemon, and how, or connect, and where the address came from), paths, the daemon's argv, and where registry logins come from.
     Config,
     /// kaniko's executor command line (also what bkrun does when invoked as `executor`, e.g. a
     /// symlink at /kaniko/executor): build the context and push to each --destination.

@@ -151,12 +151,16 @@ impl DockerConfig {
         k
     }
 
-    /// Whether this file has anything for `host` (repository `repo`, when known): an entry,
-    /// a helper, or a default store.
+    /// Whether this file may have something for `host` (repository `repo`, when known): an
+    /// entry, a helper, or a default store that may know it.
     pub fn answers(&self, host: &str, repo: Option<&str>) -> bool {
-        self.creds_store.is_some()
-            || self.helper_for(host).is_some()
-            || self.entry_for(host, repo).is_some()
+        self.creds_store.is_some() || self.knows(host, repo)
+    }
+
+    /// Whether this file names `host` itself (an entry or a helper): then it answers for it,
+    /// even with nothing, as docker would; a default store that knows nothing does not.
+    pub fn knows(&self, host: &str, repo: Option<&str>) -> bool {
+        self.helper_for(host).is_some() || self.entry_for(host, repo).is_some()
     }
 
     fn helper_for(&self, host: &str) -> Option<&String> {

@@ -76,7 +76,7 @@ impl Store {
     /// Which source answers for `host`: the first file with an entry or helper for it, else the
     /// cloud identity its name calls for (when one is set up), else none.
     pub fn answering(&self, host: &str, repo: Option<&str>) -> Option<String> {
-        if let Some((label, _)) = self.files.iter().find(|(_, c)| c.answers(host, repo)) {
+        if let Some((label, _)) = self.files.iter().find(|(_, c)| c.knows(host, repo)) {
             return Some(label.clone());
         }
         let cloud = Cloud::for_host(host)?;
@@ -86,13 +86,17 @@ impl Store {
     /// `host`'s credentials (for repository `repo` when known). Blocking: a credential helper
     /// may run, a cloud identity may be asked over HTTP.
     pub fn lookup(&self, host: &str, repo: Option<&str>) -> Result<Option<Credentials>> {
-        if let Some((_, c)) = self.files.iter().find(|(_, c)| c.answers(host, repo)) {
+        // A default store (credsStore) that knows nothing of the host lets the next source
+        // answer; a file that names the host answers, even with nothing.
+        for (_, c) in self.files.iter().filter(|(_, c)| c.answers(host, repo)) {
             let found = c.credentials_for(host, repo)?.map(|l| Credentials {
                 username: l.username,
                 secret: l.secret,
             });
-            mask(found.as_ref());
-            return Ok(found);
+            if found.is_some() || c.knows(host, repo) {
+                mask(found.as_ref());
+                return Ok(found);
+            }
         }
         let Some(cloud) = Cloud::for_host(host) else {
             return Ok(None);

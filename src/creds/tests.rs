@@ -224,3 +224,44 @@ fn secrets_found_are_masked_in_error_lines() {
     let line = crate::progress::mask::masked_error_line("the daemon said masked-secret-42");
     assert_eq!(line, "the daemon said ****");
 }
+
+#[test]
+fn a_default_store_that_knows_nothing_lets_the_next_source_answer() {
+    let t = tempfile::tempdir().unwrap();
+    // A helper on PATH that knows no server, named as the config's credsStore.
+    let helper = write(
+        t.path(),
+        "bin/docker-credential-empty",
+        "#!/bin/sh\necho 'credentials not found in native keychain'\nexit 1\n",
+    );
+    std::fs::set_permissions(&helper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let docker = write(t.path(), "docker/config.json", r#"{"credsStore":"empty"}"#);
+    let authfile = write(
+        t.path(),
+        "auth.json",
+        &auths("r.example", "u:from-authfile"),
+    );
+    // Prepended, so every other test still finds what it runs.
+    let path = format!(
+        "{}:{}",
+        t.path().join("bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    std::env::set_var("PATH", &path);
+    let env = env_of(vec![
+        (
+            "DOCKER_CONFIG",
+            Path::new(&docker).parent().unwrap().display().to_string(),
+        ),
+        ("REGISTRY_AUTH_FILE", authfile),
+    ]);
+    let s = Store::open(&locate(&env), BTreeMap::new()).unwrap();
+    assert_eq!(
+        login(&s, "r.example", None),
+        Some(("u".into(), "from-authfile".into()))
+    );
+    assert!(s
+        .answering("r.example", None)
+        .unwrap()
+        .starts_with("REGISTRY_AUTH_FILE"));
+}

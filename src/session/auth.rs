@@ -312,6 +312,25 @@ mod tests {
             .expect("the daemon could not verify our proof");
     }
 
+    #[test]
+    fn a_token_requests_repository_is_its_scopes_one_repository() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            scope_repository(&s(&["repository:team/app:pull,push"])),
+            Some("team/app")
+        );
+        assert_eq!(
+            scope_repository(&s(&["repository:a:pull", "repository:a:push"])),
+            Some("a")
+        );
+        // Two repositories (a cross-repository mount): the host's login, not one of theirs.
+        assert_eq!(
+            scope_repository(&s(&["repository:a:pull", "repository:b:push"])),
+            None
+        );
+        assert_eq!(scope_repository(&s(&["registry:catalog:*"])), None);
+    }
+
     #[tokio::test]
     async fn buildkit_no_client_token_hands_tokens_back_to_the_daemon() {
         let p = provider(Fixed(None), false);
