@@ -232,7 +232,7 @@ fn a_default_store_that_knows_nothing_lets_the_next_source_answer() {
     let helper = write(
         t.path(),
         "bin/docker-credential-empty",
-        "#!/bin/sh\necho 'credentials not found in native keychain'\nexit 1\n",
+        "#!/bin/sh\nread server\necho 'credentials not found in native keychain'\nexit 1\n",
     );
     std::fs::set_permissions(&helper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let docker = write(t.path(), "docker/config.json", r#"{"credsStore":"empty"}"#);
