@@ -8,7 +8,8 @@ use crate::proto::moby::buildkit::v1::{StatusResponse, VertexLog};
 pub const MASK: &[u8] = b"****";
 
 /// Secrets to mask in bkrun's own error lines, for the rest of the process: a daemon log's
-/// tail or a step's error may hold a value the build was given.
+/// tail or a step's error may hold a value the build was given. Progress views take them in
+/// as they come (a registry token a cloud identity gives mid-build).
 static IN_ERRORS: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
 
 /// Masks `secrets` in every error line printed from now on.
@@ -42,6 +43,9 @@ pub struct Masker {
     /// Keys of `held` in the order they were first held, so releases are
     /// deterministic.
     order: Vec<(String, i64)>,
+    /// How many of `mask_in_errors`' secrets this masker has taken in: some are learnt
+    /// mid-build (a registry token a cloud identity gave), after the view started.
+    learnt: usize,
 }
 
 impl Masker {
@@ -61,8 +65,22 @@ impl Masker {
         self.secrets.is_empty()
     }
 
+    /// Takes in the secrets `mask_in_errors` was given since last asked.
+    fn learn(&mut self) {
+        let all = IN_ERRORS.lock().unwrap_or_else(|e| e.into_inner());
+        if all.len() == self.learnt {
+            return;
+        }
+        let new = all[self.learnt..].iter().filter(|s| !s.is_empty()).cloned();
+        self.secrets.extend(new);
+        self.learnt = all.len();
+        self.secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        self.secrets.dedup();
+    }
+
     /// Masks a message; may hold back the end of log chunks.
     pub fn apply(&mut self, mut resp: StatusResponse) -> StatusResponse {
+        self.learn();
         if self.secrets.is_empty() {
             return resp;
         }
@@ -246,6 +264,18 @@ mod tests {
 
     fn logs_of(r: &StatusResponse) -> Vec<u8> {
         r.logs.iter().flat_map(|l| l.msg.clone()).collect()
+    }
+
+    #[test]
+    fn secrets_learnt_mid_build_are_masked_too() {
+        let mut m = Masker::new([b"hunter2".to_vec()]);
+        // A registry token a cloud identity gave after the view started.
+        mask_in_errors(&[b"ecr-token-learnt-late".to_vec()]);
+        let r = m.apply(StatusResponse {
+            logs: vec![log("a", b"auth ecr-token-learnt-late hunter2\n")],
+            ..StatusResponse::default()
+        });
+        assert_eq!(logs_of(&r), b"auth **** ****\n");
     }
 
     #[test]
