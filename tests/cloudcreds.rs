@@ -186,10 +186,12 @@ fn ecr_push_with_an_irsa_web_identity_through_sts_and_ecr() {
 }
 
 #[test]
-fn ecr_static_keys_are_signed_as_moto_checks_and_a_refusal_names_the_key() {
+fn ecr_keys_are_signed_as_moto_checks_and_each_refusal_names_the_role_or_key() {
     let sb = Sandbox::new(Mode::Privileged);
-    // Five requests to set up two IAM users, then every request must be signed and allowed.
-    let aws = moto(Some(5));
+    // Six requests set up two IAM users and a role, a seventh is the role's STS call (moto
+    // cannot answer an unsigned one once it checks); then every request must be signed and
+    // allowed.
+    let aws = moto(Some(7));
     let keys = venv_python(
         "import boto3, json, sys\n\
          iam = boto3.client('iam', endpoint_url=sys.argv[1])\n\
@@ -199,6 +201,7 @@ fn ecr_static_keys_are_signed_as_moto_checks_and_a_refusal_names_the_key() {
          \x20   k = iam.create_access_key(UserName=name)['AccessKey']\n\
          \x20   out.append((k['AccessKeyId'], k['SecretAccessKey']))\n\
          iam.put_user_policy(UserName='pusher', PolicyName='ecr', PolicyDocument=json.dumps({'Version': '2012-10-17', 'Statement': [{'Effect': 'Allow', 'Action': 'ecr:GetAuthorizationToken', 'Resource': '*'}]}))\n\
+         iam.create_role(RoleName='no-ecr', AssumeRolePolicyDocument=json.dumps({'Version': '2012-10-17', 'Statement': [{'Effect': 'Allow', 'Principal': {'Federated': 'oidc'}, 'Action': 'sts:AssumeRoleWithWebIdentity'}]}))\n\
          print(json.dumps(out))",
         &[&aws.url()],
     );
@@ -213,6 +216,20 @@ fn ecr_static_keys_are_signed_as_moto_checks_and_a_refusal_names_the_key() {
             ("AWS_ENDPOINT_URL_ECR", aws.url()),
         ]
     };
+    // IRSA with a role whose policy lacks the call: the role is named, and what to attach.
+    let token = sb.write("sa-token", "eyJhbGciOiJSUzI1NiJ9.e30.c2ln");
+    let role = format!("arn:aws:iam::{ACCOUNT}:role/no-ecr");
+    let irsa = [
+        ("AWS_ROLE_ARN", role.clone()),
+        ("AWS_WEB_IDENTITY_TOKEN_FILE", token.display().to_string()),
+        ("AWS_ENDPOINT_URL", aws.url()),
+    ];
+    let out = push(&sb, &host, &format!("{host}/app:role"), &irsa);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let want = format!("ECR refused the token for {host} to role {role}: the role's policy lacks ecr:GetAuthorizationToken (or push/pull on the repository): attach e.g. AmazonEC2ContainerRegistryPowerUser to it: AccessDenied");
+    let line = solve_error(&out);
+    assert!(line.starts_with(&want), "{line}\n{}", show(&out));
+
     let out = push(&sb, &host, &format!("{host}/app:keys"), &env(&keys[0]));
     assert!(out.status.success(), "{}", show(&out));
     assert!(reg.digest_as("app", "keys", "AWS", &password).is_some());
@@ -226,6 +243,7 @@ fn ecr_static_keys_are_signed_as_moto_checks_and_a_refusal_names_the_key() {
     );
     assert!(line.starts_with(&want), "{line}\n{}", show(&out));
     assert!(!stderr(&out).contains(&keys[1].1));
+
     drop(aws);
     drop(reg);
     sb.assert_clean();

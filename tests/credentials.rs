@@ -170,6 +170,28 @@ fn kubelet_secret_volume(dir: &Path, files: &[(&str, &str)]) -> PathBuf {
     dir.to_path_buf()
 }
 
+/// The privileged image scripts/images built, loaded into podman unless it is there already
+/// (tests/images.rs loads it too).
+fn privileged_image() -> &'static str {
+    const NAME: &str = "localhost/bkrun:privileged";
+    if !common::podman::podman_out(&["image", "exists", NAME])
+        .status
+        .success()
+    {
+        let dir = std::env::var_os("BKRUN_TEST_IMAGES")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/images"));
+        let tar = dir.join("bkrun-privileged.tar");
+        assert!(
+            tar.exists(),
+            "no {}: run scripts/images (scripts/test does)",
+            tar.display()
+        );
+        common::podman::podman_ok(&["load", "--input", tar.to_str().unwrap()]);
+    }
+    NAME
+}
+
 /// The Dockerfile the pod builds: busybox from the workspace, so no base image is pulled.
 const POD_DOCKERFILE: &str =
     "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\",\"sh\",\"-c\",\"echo hello > /hello\"]\n";
@@ -177,6 +199,7 @@ const POD_DOCKERFILE: &str =
 /// The pod: bkrun (this build, over the image's) pushing `image`, DOCKER_CONFIG naming the
 /// Secret's mount; `host` maps each volume name to its host directory (or file, for bkrun).
 fn pod_yaml(name: &str, image: &str, host: &[(&str, &Path)]) -> String {
+    let base = privileged_image();
     let dir = |v: &str| {
         host.iter()
             .find(|(n, _)| *n == v)
@@ -202,7 +225,7 @@ spec:
   hostNetwork: true
   containers:
   - name: build
-    image: localhost/bkrun:privileged
+    image: {base}
     command: ["/usr/bin/bkrun", "--config", "/etc/bkrun/bkrun.toml", "--root", "/state",
       "build", "--frontend", "dockerfile.v0", "--local", "context=/workspace",
       "--local", "dockerfile=/workspace", "--progress", "plain",

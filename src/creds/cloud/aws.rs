@@ -1,6 +1,8 @@
 //! ECR logins from the pod's AWS identity, as the SDKs' default chain finds it (static keys, IRSA's web identity through STS AssumeRoleWithWebIdentity, EKS Pod Identity's or ECS's container endpoint), then ECR's GetAuthorizationToken (JSON 1.1, SigV4-signed); endpoints overridable as the SDKs allow (AWS_ENDPOINT_URL, _STS, _ECR).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
 use base64::Engine as _;
@@ -27,6 +29,7 @@ pub fn registry(host: &str) -> Option<(String, String)> {
 }
 
 /// A key pair (and session token) and who it is, for messages.
+#[derive(Clone)]
 struct Keys {
     id: String,
     secret: String,
@@ -89,16 +92,48 @@ async fn keys(env: &CloudEnv, region: &str) -> Result<Option<Keys>> {
             fix: "give that key's user or role ecr:GetAuthorizationToken (and push/pull on the repository), or unset AWS_ACCESS_KEY_ID to use the pod's role",
         }));
     }
-    if let (Some(role), Some(file)) = (
+    let cache_key = format!(
+        "{} at {}",
+        identity(env).unwrap_or_default(),
+        endpoint(env, "sts", region)
+    );
+    if let Some(k) = cached(&cache_key) {
+        return Ok(Some(k));
+    }
+    let (keys, lifetime) = if let (Some(role), Some(file)) = (
         env.get("AWS_ROLE_ARN"),
         env.get("AWS_WEB_IDENTITY_TOKEN_FILE"),
     ) {
-        return web_identity(env, region, role, file).await.map(Some);
-    }
-    if let Some(uri) = container_uri(env) {
-        return container(env, &uri).await.map(Some);
-    }
-    Ok(None)
+        web_identity(env, region, role, file).await?
+    } else if let Some(uri) = container_uri(env) {
+        container(env, &uri).await?
+    } else {
+        return Ok(None);
+    };
+    remember(cache_key, &keys, lifetime);
+    Ok(Some(keys))
+}
+
+/// A role's temporary keys serve every ECR registry of the run until shortly before they
+/// expire (memory only); STS is not asked again for each registry or retry.
+static KEYS: Mutex<Option<HashMap<String, (Instant, Keys)>>> = Mutex::new(None);
+const KEYS_MARGIN: Duration = Duration::from_secs(5 * 60);
+/// When the issuer gives no expiry: STS's and the container endpoints' shortest lifetime.
+const KEYS_DEFAULT: Duration = Duration::from_secs(15 * 60);
+
+fn remember(key: String, keys: &Keys, lifetime: Option<Duration>) {
+    let until = Instant::now() + lifetime.unwrap_or(KEYS_DEFAULT).saturating_sub(KEYS_MARGIN);
+    let mut g = KEYS.lock().unwrap_or_else(|p| p.into_inner());
+    g.get_or_insert_with(HashMap::new)
+        .insert(key, (until, keys.clone()));
+}
+
+fn cached(key: &str) -> Option<Keys> {
+    let g = KEYS.lock().unwrap_or_else(|p| p.into_inner());
+    g.as_ref()?
+        .get(key)
+        .filter(|(until, _)| Instant::now() < *until)
+        .map(|(_, k)| k.clone())
 }
 
 /// The endpoint for `service` (sts, ecr): AWS_ENDPOINT_URL_<SERVICE>, AWS_ENDPOINT_URL, else AWS's.
@@ -122,7 +157,12 @@ fn endpoint(env: &CloudEnv, service: &str, region: &str) -> String {
 
 /// IRSA: the projected service-account token traded for the role's keys (STS's query API,
 /// unsigned: the token is the proof).
-async fn web_identity(env: &CloudEnv, region: &str, role: &str, file: &str) -> Result<Keys> {
+async fn web_identity(
+    env: &CloudEnv,
+    region: &str,
+    role: &str,
+    file: &str,
+) -> Result<(Keys, Option<Duration>)> {
     let token = std::fs::read_to_string(file).with_context(|| {
         format!("cannot read the web identity token {file} (AWS_WEB_IDENTITY_TOKEN_FILE) for role {role}: check the pod mounts its service account token (the eks.amazonaws.com/role-arn annotation sets this up)")
     })?;
@@ -154,22 +194,33 @@ async fn web_identity(env: &CloudEnv, region: &str, role: &str, file: &str) -> R
             xml_tag(&text, "Code").unwrap_or_default(),
             xml_tag(&text, "Message").unwrap_or_else(|| clip(&text)),
         );
-        bail!("AWS STS refused to let this pod assume role {role} (HTTP {status}, {code}): check the role's trust policy names this cluster's OIDC provider and service account (the eks.amazonaws.com/role-arn annotation): {msg}");
+        if status >= 500 {
+            bail!("AWS STS failed to answer for role {role} (HTTP {status}): try again, or check AWS_ENDPOINT_URL_STS: {msg}");
+        }
+        bail!("AWS STS refused to let this pod assume role {role} (HTTP {status} {code}): check the role's trust policy names this cluster's OIDC provider and service account (the eks.amazonaws.com/role-arn annotation): {msg}");
     }
     let get = |t| {
         xml_tag(&text, t).ok_or_else(|| anyhow!("AWS STS's answer for role {role} has no {t}: check AWS_ENDPOINT_URL_STS points at STS"))
     };
-    Ok(Keys {
+    let keys = Keys {
         id: get("AccessKeyId")?,
         secret: get("SecretAccessKey")?,
         token: Some(get("SessionToken")?),
         who: format!("role {role}"),
         fix: "the role's policy lacks ecr:GetAuthorizationToken (or push/pull on the repository): attach e.g. AmazonEC2ContainerRegistryPowerUser to it",
-    })
+    };
+    Ok((keys, expiry(xml_tag(&text, "Expiration").as_deref())))
+}
+
+/// The time left until an RFC 3339 expiry, if it is one and in the future.
+fn expiry(at: Option<&str>) -> Option<Duration> {
+    let t = crate::gocompat::times::parse_rfc3339(at?)?;
+    let at = UNIX_EPOCH + Duration::from_secs(u64::try_from(t.seconds).ok()?);
+    at.duration_since(SystemTime::now()).ok()
 }
 
 /// EKS Pod Identity (or ECS): keys from the container credentials endpoint.
-async fn container(env: &CloudEnv, uri: &str) -> Result<Keys> {
+async fn container(env: &CloudEnv, uri: &str) -> Result<(Keys, Option<Duration>)> {
     let auth = match (env.get("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"), env.get("AWS_CONTAINER_AUTHORIZATION_TOKEN")) {
         (Some(f), _) => Some(std::fs::read_to_string(f).with_context(|| format!("cannot read {f} (AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE): check the pod's EKS Pod Identity association"))?.trim().to_string()),
         (None, t) => t.map(str::to_string),
@@ -189,13 +240,14 @@ async fn container(env: &CloudEnv, uri: &str) -> Result<Keys> {
         .map_err(|_| anyhow!("the container credentials endpoint {uri} did not answer JSON"))?;
     let s = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
     let role = s("RoleArn").unwrap_or_else(|| "the pod's role".into());
-    Ok(Keys {
+    let keys = Keys {
         id: s("AccessKeyId").ok_or_else(|| anyhow!("the container credentials endpoint {uri} gave no AccessKeyId"))?,
         secret: s("SecretAccessKey").ok_or_else(|| anyhow!("the container credentials endpoint {uri} gave no SecretAccessKey"))?,
         token: s("Token"),
         who: format!("{role} (EKS Pod Identity)"),
         fix: "the pod identity's role lacks ecr:GetAuthorizationToken: attach e.g. AmazonEC2ContainerRegistryPowerUser to it",
-    })
+    };
+    Ok((keys, expiry(s("Expiration").as_deref())))
 }
 
 /// ECR's GetAuthorizationToken for the registry's account, signed with `keys`.
