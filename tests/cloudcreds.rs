@@ -185,13 +185,9 @@ fn ecr_push_with_an_irsa_web_identity_through_sts_and_ecr() {
     sb.assert_clean();
 }
 
-#[test]
-fn ecr_keys_are_signed_as_moto_checks_and_each_refusal_names_the_role_or_key() {
-    let sb = Sandbox::new(Mode::Privileged);
-    // Six requests set up two IAM users and a role, a seventh is the role's STS call (moto
-    // cannot answer an unsigned one once it checks); then every request must be signed and
-    // allowed.
-    let aws = moto(Some(7));
+/// Through moto's free requests: IAM users `pusher` (allowed ecr:GetAuthorizationToken) and
+/// `nobody` with an access key each, as (id, secret), and the role `no-ecr` with no policy.
+fn iam_users_and_role(aws: &Server) -> Vec<(String, String)> {
     let keys = venv_python(
         "import boto3, json, sys\n\
          iam = boto3.client('iam', endpoint_url=sys.argv[1])\n\
@@ -205,7 +201,17 @@ fn ecr_keys_are_signed_as_moto_checks_and_each_refusal_names_the_role_or_key() {
          print(json.dumps(out))",
         &[&aws.url()],
     );
-    let keys: Vec<(String, String)> = serde_json::from_str(keys.trim()).unwrap();
+    serde_json::from_str(keys.trim()).unwrap()
+}
+
+#[test]
+fn ecr_keys_are_signed_as_moto_checks_and_each_refusal_names_the_role_or_key() {
+    let sb = Sandbox::new(Mode::Privileged);
+    // Six requests set up two IAM users and a role, a seventh is the role's STS call (moto
+    // cannot answer an unsigned one once it checks); then every request must be signed and
+    // allowed.
+    let aws = moto(Some(7));
+    let keys = iam_users_and_role(&aws);
     let password = format!("{ACCOUNT}-auth-token");
     let reg = Registry::start_htpasswd(&sb, "AWS", &password);
     let host = ecr_host(reg.port);
@@ -233,6 +239,33 @@ fn ecr_keys_are_signed_as_moto_checks_and_each_refusal_names_the_role_or_key() {
     let out = push(&sb, &host, &format!("{host}/app:keys"), &env(&keys[0]));
     assert!(out.status.success(), "{}", show(&out));
     assert!(reg.digest_as("app", "keys", "AWS", &password).is_some());
+
+    // EKS Pod Identity: the same keys from the agent's endpoint, asked with the pod's token.
+    let agent_port = common::tls::free_port();
+    let authorization = "pod-identity-token-5a1e";
+    let agent = standin_on(
+        agent_port,
+        "eks",
+        serde_json::json!({"authorization": authorization, "key_id": keys[0].0, "secret": keys[0].1}),
+    );
+    let pod_token = sb.write("eks-pod-identity-token", authorization);
+    let eks = [
+        (
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+            format!("{}/v1/credentials", agent.url()),
+        ),
+        (
+            "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+            pod_token.display().to_string(),
+        ),
+        ("AWS_ENDPOINT_URL_ECR", aws.url()),
+    ];
+    let out = push(&sb, &host, &format!("{host}/app:pod-identity"), &eks);
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(reg
+        .digest_as("app", "pod-identity", "AWS", &password)
+        .is_some());
+    drop(agent);
 
     let out = push(&sb, &host, &format!("{host}/app:refused"), &env(&keys[1]));
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));

@@ -114,10 +114,12 @@ impl Store {
         let issued = cloud::fetch(cloud, host, &self.cloud, self.tls.get(host))?;
         let (until, creds) = match issued {
             Some(i) => {
-                let ttl = i
-                    .lifetime
-                    .filter(|d| *d > CLOUD_MARGIN * 2)
-                    .map_or(CLOUD_DEFAULT_TTL, |d| d - CLOUD_MARGIN);
+                let ttl = match i.lifetime {
+                    None => CLOUD_DEFAULT_TTL,
+                    Some(d) if d > CLOUD_MARGIN * 2 => d - CLOUD_MARGIN,
+                    // Nearly spent already: used, and asked for again soon.
+                    Some(d) => d / 2,
+                };
                 (Instant::now() + ttl, Some(i.credentials))
             }
             None => (Instant::now() + CLOUD_DEFAULT_TTL, None),

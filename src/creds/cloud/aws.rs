@@ -243,7 +243,7 @@ async fn container(env: &CloudEnv, uri: &str) -> Result<(Keys, Option<Duration>)
     let keys = Keys {
         id: s("AccessKeyId").ok_or_else(|| anyhow!("the container credentials endpoint {uri} gave no AccessKeyId"))?,
         secret: s("SecretAccessKey").ok_or_else(|| anyhow!("the container credentials endpoint {uri} gave no SecretAccessKey"))?,
-        token: s("Token"),
+        token: s("Token").filter(|t| !t.is_empty()),
         who: format!("{role} (EKS Pod Identity)"),
         fix: "the pod identity's role lacks ecr:GetAuthorizationToken: attach e.g. AmazonEC2ContainerRegistryPowerUser to it",
     };

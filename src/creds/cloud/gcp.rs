@@ -116,6 +116,15 @@ async fn from_metadata(host: &str, env: &CloudEnv) -> Result<Option<Issued>> {
         Err(_) if !explicit => return Ok(None),
         Err(e) => bail!("cannot reach the metadata server {server} (GCE_METADATA_HOST) for {host}: check the variable or the pod's network: {e}"),
     };
+    // Google's metadata server says so in every answer; whatever else answers to the name
+    // (a DNS wildcard) is not one, and the registry is asked anonymously.
+    let google = resp
+        .headers()
+        .get("metadata-flavor")
+        .is_some_and(|v| v == "Google");
+    if !explicit && !google {
+        return Ok(None);
+    }
     let (status, text) = body(resp).await?;
     let who = format!("the metadata server {server}'s default service account");
     if status != 200 {
