@@ -6,11 +6,6 @@ use anyhow::{anyhow, Result};
 
 use super::cloud::CloudEnv;
 use super::dockerconfig::DockerConfig;
-use crate::safefs::resolve::{resolve, Resolved};
-use crate::safefs::{self, Kind};
-
-/// Login files are a few KiB; a bigger one is not one.
-const MAX_FILE: u64 = 4 << 20;
 
 /// Everything credentials may come from, found before anything starts.
 #[derive(Clone, Default, PartialEq, Eq, Debug)]
@@ -111,43 +106,12 @@ fn is_file(p: &Path) -> bool {
     std::fs::metadata(p).is_ok_and(|m| m.is_file())
 }
 
-/// A login file's bytes, opened by descriptor along a walk that follows links only as the
-/// kernel's protected_symlinks would (a Secret volume's `..data` links are followed; a link
-/// another user planted in /tmp is not); None when it does not exist.
+/// A login file's bytes (None when it does not exist), or one line naming it.
 fn read(path: &Path) -> Result<Option<Vec<u8>>> {
-    let (euid, _) = safefs::effective_ids();
-    let cannot = |e: &dyn std::fmt::Display| {
+    super::read::bytes(path).map_err(|e| {
         anyhow!(
             "cannot read the registry login file {}: fix its permissions or unset the variable that names it: {e}",
             path.display()
         )
-    };
-    let place = match resolve(path, euid, true) {
-        Ok(Resolved::At(p)) => p,
-        Ok(Resolved::Fd(_)) => return Err(cannot(&"a descriptor is not a login file")),
-        Err(crate::safefs::resolve::WalkError::Io(_, e))
-            if e.kind() == std::io::ErrorKind::NotFound =>
-        {
-            return Ok(None)
-        }
-        Err(e) => return Err(cannot(&e)),
-    };
-    let (Some(name), Some(_)) = (&place.name, &place.node) else {
-        return Ok(None);
-    };
-    if !place.missing.is_empty() {
-        return Ok(None);
-    }
-    let mut f = place
-        .dir
-        .open_at(name, libc::O_RDONLY, 0)
-        .map_err(|e| cannot(&e))?;
-    use std::os::fd::AsFd as _;
-    let st = safefs::fstat(f.as_fd()).map_err(|e| cannot(&e))?;
-    if st.kind != Kind::File {
-        return Err(cannot(&"not a regular file"));
-    }
-    safefs::read_bounded(&mut f, MAX_FILE)
-        .map(Some)
-        .map_err(|e| cannot(&e))
+    })
 }

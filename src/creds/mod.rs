@@ -3,6 +3,7 @@
 pub mod cloud;
 pub mod dockerconfig;
 mod locate;
+pub mod read;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;

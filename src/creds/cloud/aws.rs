@@ -163,7 +163,7 @@ async fn web_identity(
     role: &str,
     file: &str,
 ) -> Result<(Keys, Option<Duration>)> {
-    let token = std::fs::read_to_string(file).with_context(|| {
+    let token = super::super::read::secret(std::path::Path::new(file)).with_context(|| {
         format!("cannot read the web identity token {file} (AWS_WEB_IDENTITY_TOKEN_FILE) for role {role}: check the pod mounts its service account token (the eks.amazonaws.com/role-arn annotation sets this up)")
     })?;
     let region = env
@@ -222,7 +222,7 @@ fn expiry(at: Option<&str>) -> Option<Duration> {
 /// EKS Pod Identity (or ECS): keys from the container credentials endpoint.
 async fn container(env: &CloudEnv, uri: &str) -> Result<(Keys, Option<Duration>)> {
     let auth = match (env.get("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"), env.get("AWS_CONTAINER_AUTHORIZATION_TOKEN")) {
-        (Some(f), _) => Some(std::fs::read_to_string(f).with_context(|| format!("cannot read {f} (AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE): check the pod's EKS Pod Identity association"))?.trim().to_string()),
+        (Some(f), _) => Some(super::super::read::secret(std::path::Path::new(f)).with_context(|| format!("cannot read {f} (AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE): check the pod's EKS Pod Identity association"))?.trim().to_string()),
         (None, t) => t.map(str::to_string),
     };
     let mut req = default_client()?.get(uri);

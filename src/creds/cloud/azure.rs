@@ -42,7 +42,7 @@ pub async fn fetch(
         return Ok(None);
     };
     let who = format!("workload identity client {client_id} (tenant {tenant})");
-    let assertion = std::fs::read_to_string(file).with_context(|| {
+    let assertion = super::super::read::secret(std::path::Path::new(file)).with_context(|| {
         format!("cannot read the federated token {file} (AZURE_FEDERATED_TOKEN_FILE) for {who}: check the pod has the label azure.workload.identity/use: \"true\"")
     })?;
     let aad = aad_token(env, tenant, client_id, assertion.trim(), &who).await?;

@@ -59,7 +59,7 @@ pub async fn fetch(host: &str, env: &CloudEnv) -> Result<Option<Issued>> {
 
 /// A service-account key: a signed assertion traded at the key's token_uri.
 async fn from_key(host: &str, file: &str) -> Result<Issued> {
-    let text = std::fs::read_to_string(file).with_context(|| {
+    let text = super::super::read::secret(std::path::Path::new(file)).with_context(|| {
         format!("cannot read the Google credentials {file} (GOOGLE_APPLICATION_CREDENTIALS) for {host}: mount the key there, or unset it to use Workload Identity")
     })?;
     let key: KeyFile = serde_json::from_str(&text)
