@@ -2,6 +2,7 @@
 
 mod common;
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -314,5 +315,45 @@ fn a_dockerconfigjson_secret_mounted_in_a_pod_pushes() {
     // The daemon's state (root's files) goes with the sandbox.
     std::fs::remove_dir_all(&state).unwrap();
     drop(reg);
+    sb.assert_clean();
+}
+
+/// A login file in a directory others can write (as /tmp is) is read by descriptor, following
+/// links only as the kernel's protected_symlinks would: nobody's link there to root's own
+/// Docker config is refused in one line before any daemon starts, and nothing is read through it.
+#[test]
+fn a_login_file_nobody_linked_into_a_shared_dir_is_not_followed() {
+    use std::os::unix::fs::PermissionsExt;
+    let sb = Sandbox::new(Mode::Privileged);
+    let cfg = sb.write("bkrun.toml", "");
+    let private = sb.write("private/config.json", &auths_json("victim.example"));
+    let shared = sb.mkdir("shared");
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let out = Command::new("sh")
+        .arg("-ec")
+        .arg(format!("ln -s {} auth.json", private.display()))
+        .current_dir(&shared)
+        .uid(65534)
+        .gid(65534)
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "as nobody: {}", show(&out));
+    let mut c = bare(&sb, &cfg);
+    c.env("REGISTRY_AUTH_FILE", shared.join("auth.json"));
+    let start = Instant::now();
+    let out = push(&sb, c, "127.0.0.1:1/app:x");
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let err = stderr(&out);
+    let want = format!(
+        "bkrun: cannot read the registry login file {}/auth.json: fix its permissions or unset the variable that names it",
+        shared.display()
+    );
+    assert!(
+        err.lines().next().unwrap_or_default().starts_with(&want),
+        "{err}"
+    );
+    assert!(!err.contains(&auth_b64(USER, PASSWORD)), "{err}");
+    sb.assert_no_daemon_started(start);
     sb.assert_clean();
 }
