@@ -189,11 +189,16 @@ impl DockerConfig {
             }
         }
         candidates.push(want);
+        // A key written as asked for first; then any spelling of it (scheme, slash, Hub's
+        // names), the shortest key first so the pick does not depend on the map's order.
         candidates.iter().find_map(|c| {
-            self.auths
-                .iter()
-                .find(|(k, _)| canonical(k) == *c)
-                .map(|(_, v)| v)
+            self.auths.get(c.as_str()).or_else(|| {
+                self.auths
+                    .iter()
+                    .filter(|(k, _)| canonical(k) == *c)
+                    .min_by_key(|(k, _)| (k.len(), k.as_str()))
+                    .map(|(_, v)| v)
+            })
         })
     }
 
