@@ -157,6 +157,12 @@ impl DockerConfig {
         self.creds_store.is_some() || self.knows(host, repo)
     }
 
+    /// Whether an `auths` key names a namespace or repository of `host` (`host/team`).
+    pub fn has_repository_logins(&self, host: &str) -> bool {
+        let prefix = format!("{}/", canonical(host));
+        self.auths.keys().any(|k| canonical(k).starts_with(&prefix))
+    }
+
     /// Whether this file names `host` itself (an entry or a helper): then it answers for it,
     /// even with nothing, as docker would; a default store that knows nothing does not.
     pub fn knows(&self, host: &str, repo: Option<&str>) -> bool {

@@ -189,6 +189,12 @@ impl CredentialSource for Store {
     fn credentials_for(&self, host: &str, repo: &str) -> Result<Option<Credentials>> {
         self.lookup(host, Some(repo))
     }
+
+    fn has_repository_logins(&self, host: &str) -> bool {
+        self.files
+            .iter()
+            .any(|(_, c)| c.has_repository_logins(host))
+    }
 }
 
 /// Secrets found here stay out of bkrun's error lines for the rest of the run.

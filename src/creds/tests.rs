@@ -93,6 +93,10 @@ fn every_form_is_read_and_the_first_source_answers() {
         pair("from", "pw-authfile-host")
     );
     assert_eq!(login(&s, "none.example", None), None);
+    // d.example's token requests are private even where the host has no login of its own.
+    use crate::session::credentials::CredentialSource as _;
+    assert!(s.has_repository_logins("d.example"));
+    assert!(!s.has_repository_logins("a.example"));
     assert_eq!(
         s.answering("e.example", None).as_deref(),
         Some("DOCKER_AUTH_CONFIG")

@@ -129,7 +129,11 @@ impl AuthProvider {
             }
         };
         let mut mac = hmac::Context::with_key(&hmac::Key::new(hmac::HMAC_SHA256, salt));
-        if creds.is_some_and(|c| !c.secret.is_empty()) {
+        // A login for one repository makes this session's tokens for the host private too:
+        // the daemon must not share them with anonymous sessions under the shared key.
+        let logged_in = creds.is_some_and(|c| !c.secret.is_empty())
+            || self.inner.source.has_repository_logins(host);
+        if logged_in {
             mac.update(&seed);
         }
         let sum = mac.sign();
@@ -310,6 +314,29 @@ mod tests {
         ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, &key)
             .verify(&payload, &signed[..64])
             .expect("the daemon could not verify our proof");
+    }
+
+    /// No login for the host, one for a repository of it (containers' auth.json).
+    struct RepoOnly;
+
+    impl CredentialSource for RepoOnly {
+        fn credentials(&self, _host: &str) -> anyhow::Result<Option<Credentials>> {
+            Ok(None)
+        }
+
+        fn has_repository_logins(&self, _host: &str) -> bool {
+            true
+        }
+    }
+
+    #[tokio::test]
+    async fn a_repository_login_keeps_the_hosts_tokens_out_of_the_anonymous_key() {
+        let repo = AuthProvider::new(Arc::new(RepoOnly), BTreeMap::new(), true);
+        let anon = provider(Fixed(None), true);
+        assert_ne!(
+            authority(&repo, "reg.example", b"salt").await,
+            authority(&anon, "reg.example", b"salt").await
+        );
     }
 
     #[test]

@@ -30,4 +30,11 @@ pub trait CredentialSource: Send + Sync {
         let _ = repo;
         self.credentials(host)
     }
+
+    /// Whether some repository of `host` has a login of its own (beyond the host's): then the
+    /// session is not anonymous for `host` even when the host itself has no login.
+    fn has_repository_logins(&self, host: &str) -> bool {
+        let _ = host;
+        false
+    }
 }
