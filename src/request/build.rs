@@ -19,8 +19,9 @@ use super::regcache::{self, RegistryCache};
 use super::registry::{self, RegistryAuth};
 use super::secret::{self, Secret};
 use super::ssh::{self, SshAgent};
-use super::{clip, clip_path, clip_quoted, dockerconfig, entitlement, header_safe, policy};
+use super::{clip, clip_path, clip_quoted, entitlement, header_safe, policy};
 use crate::config::Settings;
+use crate::creds::dockerconfig;
 use crate::host::Host;
 use crate::proto::moby::buildkit::v1::sourcepolicy::Policy;
 

@@ -6,8 +6,6 @@ pub mod cachemounts;
 pub mod csv;
 pub mod dests;
 pub mod docker;
-/// Moved to creds/ (the one home of registry logins); kept here for the code that names it.
-pub use crate::creds::dockerconfig;
 pub mod entitlement;
 pub mod flags;
 pub mod kaniko;
