@@ -72,25 +72,6 @@ pub fn config_path(env: &dyn Fn(&str) -> Option<String>) -> Option<PathBuf> {
 }
 
 impl DockerConfig {
-    /// Reads the config; a missing file is an empty config, a broken one an error.
-    pub fn load(path: Option<&Path>) -> Result<DockerConfig> {
-        let Some(path) = path else {
-            return Ok(DockerConfig::default());
-        };
-        match std::fs::read(path) {
-            Ok(bytes) => DockerConfig::parse(&bytes).map_err(|e| {
-                anyhow!(
-                    "the Docker config {} is not valid: fix it or log in again: {e}",
-                    path.display()
-                )
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(DockerConfig::default()),
-            Err(e) => {
-                Err(e).with_context(|| format!("cannot read the Docker config {}", path.display()))
-            }
-        }
-    }
-
     /// Parses any of the forms: config.json (also `.dockerconfigjson`, DOCKER_AUTH_CONFIG,
     /// auth.json) or a legacy `.dockercfg`, told apart by their top-level keys as the kubelet
     /// and docker's own loader do. The error names no value (it may sit beside a password).
@@ -112,8 +93,10 @@ impl DockerConfig {
                 })
             });
         if !legacy {
-            return serde_json::from_value(serde_json::Value::Object(top))
-                .map_err(|e| format!("not a Docker config: {}", e.to_string().replace('"', "")));
+            // serde's message would quote the offending value, which may be a password.
+            return serde_json::from_value(serde_json::Value::Object(top)).map_err(|_| {
+                "not a Docker config: a field has the wrong type (auths maps registries to {auth, username, password, identitytoken}; credsStore is a name; credHelpers maps registries to names)".to_string()
+            });
         }
         // `.dockercfg`: registry → {auth, email}.
         let auths: HashMap<String, AuthEntry> =

@@ -151,6 +151,12 @@ fn config_json_with_other_settings_only_is_no_logins() {
     let legacy = DockerConfig::parse(br#"{"reg.example":{"auth":"dTpw","email":"a@b"}}"#).unwrap();
     assert_eq!(legacy.known(), ["reg.example"]);
     assert!(DockerConfig::parse(b"{\"auths\":[]}").is_err());
+    // A wrongly typed field is named, its value (a password, maybe) is not.
+    let e = DockerConfig::parse(br#"{"auths":"hunter2-pw"}"#).unwrap_err();
+    assert!(
+        e.starts_with("not a Docker config") && !e.contains("hunter2"),
+        "{e}"
+    );
 }
 
 #[test]
