@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{anyhow, bail, Context, Result};
 use base64::Engine as _;
 
-use super::http::{body, clip, default_client};
+use super::http::{body, clip, default_client, node_client};
 use super::sigv4::{amz_date, Request, Signer};
 use super::{CloudEnv, Issued};
 use crate::session::credentials::Credentials;
@@ -225,7 +225,7 @@ async fn container(env: &CloudEnv, uri: &str) -> Result<(Keys, Option<Duration>)
         (Some(f), _) => Some(super::super::read::secret(std::path::Path::new(f)).with_context(|| format!("cannot read {f} (AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE): check the pod's EKS Pod Identity association"))?.trim().to_string()),
         (None, t) => t.map(str::to_string),
     };
-    let mut req = default_client()?.get(uri);
+    let mut req = node_client(Duration::from_secs(30))?.get(uri);
     if let Some(a) = auth {
         req = req.header("Authorization", a);
     }

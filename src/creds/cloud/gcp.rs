@@ -6,7 +6,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use base64::Engine as _;
 use serde::Deserialize;
 
-use super::http::{body, client, clip, default_client};
+use super::http::{body, clip, default_client, node_client};
 use super::{CloudEnv, Issued};
 use crate::session::credentials::Credentials;
 
@@ -14,6 +14,8 @@ use crate::session::credentials::Credentials;
 const USER: &str = "oauth2accesstoken";
 const SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
 const METADATA_HOST: &str = "metadata.google.internal";
+/// Where a key without `token_uri` trades its assertion.
+const DEFAULT_TOKEN_URI: &str = "https://oauth2.googleapis.com/token";
 const TOKEN_PATH: &str = "/computeMetadata/v1/instance/service-accounts/default/token";
 /// Off Google Cloud the metadata server's name does not resolve; where it might, a short wait.
 const METADATA_PROBE: Duration = Duration::from_secs(3);
@@ -62,10 +64,13 @@ async fn from_key(host: &str, file: &str) -> Result<Issued> {
     let text = super::super::read::secret(std::path::Path::new(file)).with_context(|| {
         format!("cannot read the Google credentials {file} (GOOGLE_APPLICATION_CREDENTIALS) for {host}: mount the key there, or unset it to use Workload Identity")
     })?;
-    let key: KeyFile = serde_json::from_str(&text)
+    let mut key: KeyFile = serde_json::from_str(&text)
         .map_err(|_| anyhow!("the Google credentials {file} (GOOGLE_APPLICATION_CREDENTIALS) are not a JSON key file: download the service account's key again"))?;
     if key.kind != "service_account" {
         bail!("the Google credentials {file} are of type {:?}, which bkrun cannot use for {host}: use a service-account key, or GKE Workload Identity (the metadata server)", key.kind);
+    }
+    if key.token_uri.is_empty() {
+        key.token_uri = DEFAULT_TOKEN_URI.into();
     }
     let who = format!("service account {} (key {file})", key.client_email);
     let assertion = assertion(&key, now_secs()).map_err(|e| {
@@ -105,7 +110,7 @@ async fn from_metadata(host: &str, env: &CloudEnv) -> Result<Option<Issued>> {
     } else {
         METADATA_PROBE
     };
-    let sent = client(None, wait)?
+    let sent = node_client(wait)?
         .get(&url)
         .header("Metadata-Flavor", "Google")
         .send()

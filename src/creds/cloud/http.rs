@@ -39,6 +39,18 @@ pub fn default_client() -> Result<reqwest::Client> {
     client(None, TIMEOUT)
 }
 
+/// A client for the node's own endpoints (Google's metadata server, EKS Pod Identity's
+/// agent): never through HTTP(S)_PROXY, which would send the pod's identity to the proxy, as
+/// the clouds' own SDKs never do.
+pub fn node_client(timeout: Duration) -> Result<reqwest::Client> {
+    client_builder(None)
+        .map_err(|e| anyhow!("cannot set up HTTP for the cloud identity: {e}"))?
+        .no_proxy()
+        .timeout(timeout.min(TIMEOUT))
+        .build()
+        .map_err(|e| anyhow!("cannot set up HTTP for the cloud identity: {e}"))
+}
+
 /// An answer's status and body (at most MAX_BODY bytes).
 pub async fn body(resp: reqwest::Response) -> Result<(u16, String)> {
     let status = resp.status().as_u16();
