@@ -345,6 +345,7 @@ fn strict_by_flags(decision: Decision, buildkitd_flags: &[String]) -> Decision {
             mode: Mode::RootlessStrict,
             reason: format!("the daemon flags include {NO_SANDBOX}"),
             why: format!("BUILDKITD_FLAGS has {NO_SANDBOX}"),
+            given_up: None,
         };
     }
     decision
