@@ -203,9 +203,12 @@ async fn say_started(
             _ => "buildkitd".into(),
         };
         crate::say!(
-            "bkrun: starting {v}, {} ({})",
+            "bkrun: starting {v}, {} ({}){}",
             plan.mode(),
-            plan.decision.why
+            plan.decision.why,
+            plan.decision
+                .given_up
+                .map_or(String::new(), |g| format!(": {g}"))
         );
     }
 }
