@@ -236,8 +236,12 @@ impl Plan {
         );
         let _ = writeln!(
             s,
-            "state dir:       {} (kept: it is the cache)",
-            self.paths.state_dir.display()
+            "state dir:       {} ({})",
+            self.paths.state_dir.display(),
+            self.paths
+                .state_fallback
+                .as_deref()
+                .unwrap_or("kept: it is the cache")
         );
         let _ = writeln!(
             s,
@@ -321,6 +325,15 @@ fn choose_paths(settings: &Settings, host: &dyn Host) -> Result<Paths> {
             bail!(
                 "{what} {} is not private: {why}; give {flag} a directory only uid {} can write to (a missing one is created 0700)",
                 dir.unwrap_or(Path::new("")).display(),
+                host.euid()
+            );
+        }
+    }
+    if paths.state_fallback.is_some() {
+        if let Some(why) = host.others_can_write(&paths.state_dir) {
+            bail!(
+                "the state dir {} is not private: {why}; remove it, or give --root a directory only uid {} can write to",
+                paths.state_dir.display(),
                 host.euid()
             );
         }
