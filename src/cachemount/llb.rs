@@ -207,127 +207,132 @@ pub struct Step<'a> {
 
 /// The definition of `step`, ready to Solve.
 pub fn definition(step: &Step) -> pb::Definition {
-    let mut def = pb::Definition::default();
-    let mut inputs = Vec::new();
-    let add = |def: &mut pb::Definition, bytes: Vec<u8>, meta: Option<pb::OpMetadata>| {
-        let d = sha256_digest(&bytes);
-        if !def.def.contains(&bytes) {
-            def.def.push(bytes);
-        }
-        if let Some(m) = meta {
-            def.metadata.insert(d.clone(), m);
-        }
-        d
-    };
-    let named = |what: &str| pb::OpMetadata {
-        description: [("llb.customname".to_string(), what.to_string())].into(),
-        ..Default::default()
-    };
-    let helper = add(
-        &mut def,
+    let mut b = Builder::default();
+    let helper = b.op(
         local_op(&step.helper),
         Some(named("[bkrun] load bkrun for its own step")),
     );
-    inputs.push(pb::Input {
-        digest: helper,
-        index: 0,
-    });
     // A writable root (output 0), so the runtime can make the mount points it needs.
-    let mut mounts = vec![pb::Mount {
-        input: 0,
-        dest: "/".into(),
-        output: 0,
-        ..Default::default()
-    }];
+    b.mount(Some((helper, 0)), "/", 0, |_| {});
     if let Some(seeds) = &step.seeds {
-        let d = add(
-            &mut def,
+        let d = b.op(
             local_op(seeds),
             Some(named("[bkrun] load the saved cache mounts")),
         );
-        inputs.push(pb::Input {
-            digest: d,
-            index: 0,
-        });
-        mounts.push(pb::Mount {
-            input: (inputs.len() - 1) as i64,
-            dest: SEEDS.into(),
-            output: -1,
-            readonly: true,
-            ..Default::default()
-        });
+        b.mount(Some((d, 0)), SEEDS, -1, |m| m.readonly = true);
     }
     if step.output {
-        mounts.push(pb::Mount {
-            input: -1,
-            dest: OUT.into(),
-            output: 1,
-            ..Default::default()
-        });
+        b.mount(None, OUT, 1, |_| {});
     }
     for (i, m) in step.mounts.iter().enumerate() {
-        let input = match &m.input {
-            None => -1,
-            Some(inp) => {
-                for (d, (bytes, meta)) in &inp.ops {
-                    let got = add(&mut def, bytes.clone(), meta.clone());
-                    debug_assert_eq!(&got, d);
-                }
-                inputs.push(pb::Input {
-                    digest: inp.digest.clone(),
-                    index: inp.index,
-                });
-                (inputs.len() - 1) as i64
+        let input = m.input.as_ref().map(|inp| {
+            for (d, (bytes, meta)) in &inp.ops {
+                let got = b.op(bytes.clone(), meta.clone());
+                debug_assert_eq!(&got, d);
             }
-        };
-        mounts.push(pb::Mount {
-            input,
-            selector: m.selector.clone(),
-            dest: format!("{MOUNTS}/{i}"),
-            output: -1,
-            mount_type: pb::MountType::Cache as i32,
-            cache_opt: Some(pb::CacheOpt {
+            (inp.digest.clone(), inp.index)
+        });
+        b.mount(input, &format!("{MOUNTS}/{i}"), -1, |mount| {
+            mount.selector = m.selector.clone();
+            mount.mount_type = pb::MountType::Cache as i32;
+            mount.cache_opt = Some(pb::CacheOpt {
                 id: m.id.clone(),
                 sharing: m.sharing,
-            }),
-            ..Default::default()
+            });
         });
     }
-    let exec = pb::Op {
-        inputs,
-        op: Some(pb::op::Op::Exec(pb::ExecOp {
-            meta: Some(pb::Meta {
-                args: step.argv.clone(),
-                // Never answered from the cache (what it reads, the cache mounts, is not in its
-                // key), through a value of its own rather than ignore_cache: BuildKit empties the
-                // cache mounts of a step that ignores the cache before running it (--no-cache).
-                env: vec![
-                    "PATH=/.bkrun".into(),
-                    format!("BKRUN_STEP={}", crate::session::random_id()),
-                ],
-                cwd: "/".into(),
-                ..Default::default()
-            }),
-            mounts,
+    b.finish(step)
+}
+
+fn named(what: &str) -> pb::OpMetadata {
+    pb::OpMetadata {
+        description: [("llb.customname".to_string(), what.to_string())].into(),
+        ..Default::default()
+    }
+}
+
+/// A definition being written: its ops (each once), and the exec step's inputs and mounts.
+#[derive(Default)]
+struct Builder {
+    def: pb::Definition,
+    inputs: Vec<pb::Input>,
+    mounts: Vec<pb::Mount>,
+}
+
+impl Builder {
+    /// Adds an op (once) with its metadata; its digest.
+    fn op(&mut self, bytes: Vec<u8>, meta: Option<pb::OpMetadata>) -> String {
+        let d = sha256_digest(&bytes);
+        if !self.def.def.contains(&bytes) {
+            self.def.def.push(bytes);
+        }
+        if let Some(m) = meta {
+            self.def.metadata.insert(d.clone(), m);
+        }
+        d
+    }
+
+    /// A mount of the exec step at `dest`, of op output `input` (None: nothing), with `output`
+    /// (-1: none), adjusted by `more`.
+    fn mount(
+        &mut self,
+        input: Option<(String, i64)>,
+        dest: &str,
+        output: i64,
+        more: impl FnOnce(&mut pb::Mount),
+    ) {
+        let input = match input {
+            None => -1,
+            Some((digest, index)) => {
+                self.inputs.push(pb::Input { digest, index });
+                (self.inputs.len() - 1) as i64
+            }
+        };
+        let mut m = pb::Mount {
+            input,
+            dest: dest.into(),
+            output,
             ..Default::default()
-        })),
-        ..Default::default()
-    };
-    let meta = pb::OpMetadata {
-        description: [("llb.customname".to_string(), step.name.to_string())].into(),
-        ..Default::default()
-    };
-    let exec = add(&mut def, exec.encode_to_vec(), Some(meta));
-    // The definition's last op names its result: a save's output mount, a seed's root.
-    let root = pb::Op {
-        inputs: vec![pb::Input {
-            digest: exec,
-            index: i64::from(step.output),
-        }],
-        ..Default::default()
-    };
-    def.def.push(root.encode_to_vec());
-    def
+        };
+        more(&mut m);
+        self.mounts.push(m);
+    }
+
+    /// The exec step itself, then the last op, which names the result: a save's output
+    /// mount, a seed's root.
+    fn finish(mut self, step: &Step) -> pb::Definition {
+        let exec = pb::Op {
+            inputs: std::mem::take(&mut self.inputs),
+            op: Some(pb::op::Op::Exec(pb::ExecOp {
+                meta: Some(pb::Meta {
+                    args: step.argv.clone(),
+                    // Never answered from the cache (what it reads, the cache mounts, is not in
+                    // its key), through a value of its own rather than ignore_cache: BuildKit
+                    // empties the cache mounts of a step that ignores the cache before running
+                    // it (--no-cache).
+                    env: vec![
+                        "PATH=/.bkrun".into(),
+                        format!("BKRUN_STEP={}", crate::session::random_id()),
+                    ],
+                    cwd: "/".into(),
+                    ..Default::default()
+                }),
+                mounts: std::mem::take(&mut self.mounts),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let exec = self.op(exec.encode_to_vec(), Some(named(step.name)));
+        let root = pb::Op {
+            inputs: vec![pb::Input {
+                digest: exec,
+                index: i64::from(step.output),
+            }],
+            ..Default::default()
+        };
+        self.def.def.push(root.encode_to_vec());
+        self.def
+    }
 }
 
 fn local_op(local: &Local) -> Vec<u8> {

@@ -85,18 +85,12 @@ pub async fn build(channel: Channel, spec: &BuildSpec, target: &Target) -> Resul
     for w in short_secret_warnings(&spec.secrets) {
         crate::say!("bkrun: {w}");
     }
-    // Cache mounts kept between runs: only when asked for and the Dockerfile may use them.
-    let mut mounts = match &spec.cache_mounts {
-        Some(cm) if cachemount::may_have_cache_mounts(spec) => {
-            Some(CacheMounts::prepare(cm, &spec.registry).await?)
-        }
-        _ => None,
-    };
+    let mut mounts = cache_mounts(spec).await?;
     let extra = mounts.as_ref().map(CacheMounts::locals).unwrap_or_default();
     let (session, services) = services::build(spec, &extra, &mut |w| crate::say!("bkrun: {w}"))?;
     let session = open(session, channel.clone(), target).await?;
     let reference = crate::session::random_id();
-    let mut request = solve_request(spec, &services, session.id(), &reference);
+    let request = solve_request(spec, &services, session.id(), &reference);
 
     let mut progress = spec.progress.options();
     progress.secrets.extend(masks.iter().cloned());
@@ -124,29 +118,9 @@ pub async fn build(channel: Channel, spec: &BuildSpec, target: &Target) -> Resul
     // open keeps buildkitd from stopping gracefully.
     let mut status_task = AbortOnDrop(status_task);
 
-    let solved = match mounts.as_mut() {
-        None => control.solve(request).await,
-        Some(m) => {
-            // The frontend runs through the gateway, so its LLB can be read before the build's
-            // steps run; the Solve itself names no frontend.
-            let frontend = std::mem::take(&mut request.frontend);
-            let opts = request.frontend_attrs.clone();
-            let imports = gateway_imports(&request);
-            let gw = through_gateway(channel.clone(), &reference, &frontend, opts, imports, m);
-            let (solved, ()) = tokio::join!(control.solve(request), gw);
-            solved
-        }
-    };
+    let solved = solve(&mut control, &channel, request, mounts.as_mut()).await;
     let _ = solve_done.send(Some(solved.is_ok()));
-    if let Some(path) = &spec.ref_file {
-        // Written whether the build succeeded or not, as buildctl does: the ref names its history record.
-        if let Err(e) = crate::outputs::write_file(path, reference.as_bytes()).await {
-            crate::say!(
-                "bkrun: cannot write the --ref-file {}: {e:#}",
-                path.display()
-            );
-        }
-    }
+    write_ref_file(spec, &reference).await;
     // The status stream ends by itself, or once quiet after Solve (show_status); this bound is
     // only for a renderer that cannot write.
     let summary = tokio::time::timeout(
@@ -157,7 +131,7 @@ pub async fn build(channel: Channel, spec: &BuildSpec, target: &Target) -> Resul
     drop(status_task);
     let _ = session.close().await;
     services.close();
-    let cache = match summary {
+    let mut cache = match summary {
         Ok(Ok(Ok(s))) => s.cache,
         Ok(Ok(Err(e))) => {
             crate::say!("bkrun: progress output failed: {e}");
@@ -172,7 +146,6 @@ pub async fn build(channel: Channel, spec: &BuildSpec, target: &Target) -> Resul
         saw_foreign_binary.load(Ordering::Relaxed),
         &masks,
     )?;
-    let mut cache = cache;
     if let Some(m) = mounts.as_mut() {
         if matches!(outcome, Outcome::Done(_)) {
             save_mounts(m, channel).await;
@@ -180,6 +153,49 @@ pub async fn build(channel: Channel, spec: &BuildSpec, target: &Target) -> Resul
         cache.cache_mounts = Some(m.stats.numbers());
     }
     Ok(Built { outcome, cache })
+}
+
+/// `--ref-file`: written whether the build succeeded or not, as buildctl does (the ref names
+/// its history record).
+async fn write_ref_file(spec: &BuildSpec, reference: &str) {
+    if let Some(path) = &spec.ref_file {
+        if let Err(e) = crate::outputs::write_file(path, reference.as_bytes()).await {
+            crate::say!(
+                "bkrun: cannot write the --ref-file {}: {e:#}",
+                path.display()
+            );
+        }
+    }
+}
+
+/// Cache mounts kept between runs: only when asked for and the Dockerfile may use them.
+async fn cache_mounts(spec: &BuildSpec) -> Result<Option<CacheMounts>> {
+    match &spec.cache_mounts {
+        Some(cm) if cachemount::may_have_cache_mounts(spec) => {
+            Ok(Some(CacheMounts::prepare(cm, &spec.registry).await?))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// The build's Solve; with cache mounts, the frontend runs through the gateway beside it, so
+/// its LLB can be read before the build's steps run (the Solve itself then names no frontend).
+async fn solve(
+    control: &mut ControlClient<Channel>,
+    channel: &Channel,
+    mut request: SolveRequest,
+    mounts: Option<&mut CacheMounts>,
+) -> Result<tonic::Response<SolveResponse>, tonic::Status> {
+    let Some(m) = mounts else {
+        return control.solve(request).await;
+    };
+    let frontend = std::mem::take(&mut request.frontend);
+    let opts = request.frontend_attrs.clone();
+    let imports = gateway_imports(&request);
+    let reference = request.r#ref.clone();
+    let gw = through_gateway(channel.clone(), &reference, &frontend, opts, imports, m);
+    let (solved, ()) = tokio::join!(control.solve(request), gw);
+    solved
 }
 
 /// Saves the cache mounts the build used, by a step of bkrun's own on the build's daemon. A
