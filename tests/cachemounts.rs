@@ -110,12 +110,7 @@ fn cache_mounts_outlive_the_daemon_in_a_registry_with_a_login() {
             certs.display()
         ),
     );
-    use base64::Engine as _;
-    let auth = base64::engine::general_purpose::STANDARD.encode("builder:s3cr3t-pw");
-    let docker = sb.write(
-        "docker/config.json",
-        &format!(r#"{{"auths":{{"{host}":{{"auth":"{auth}"}}}}}}"#),
-    );
+    let docker = common::registry::docker_login(&sb, "docker", &host, "builder:s3cr3t-pw");
     let keep = format!("registry://{host}/team/app-mounts:main");
     // Without a login the cache is lost, not the build: each side says so in one line.
     let ctx = sb.shell_context("ctx", MOUNTS);
@@ -139,7 +134,7 @@ fn cache_mounts_outlive_the_daemon_in_a_registry_with_a_login() {
     );
     three_runs(&sb, &keep, &|state| {
         let mut c = with_config(sb.bkrun_root(state), &cfg);
-        c.env("DOCKER_CONFIG", docker.parent().unwrap());
+        c.env("DOCKER_CONFIG", &docker);
         c
     });
     // An artifact of our own type, one zstd layer per mount.

@@ -666,17 +666,6 @@ fn client_for(
     bkrun::registry::Client::new(&auth).unwrap()
 }
 
-/// A Docker config directory holding `user:password` for `host`, as `docker login` writes it.
-fn docker_login(sb: &Sandbox, dir: &str, host: &str, user_password: &str) -> std::path::PathBuf {
-    use base64::Engine as _;
-    let auth = base64::engine::general_purpose::STANDARD.encode(user_password);
-    sb.write(
-        &format!("{dir}/config.json"),
-        &format!(r#"{{"auths":{{"{host}":{{"auth":"{auth}"}}}}}}"#),
-    );
-    sb.path(dir)
-}
-
 #[test]
 fn registry_client_pushes_and_pulls_an_artifact_with_an_htpasswd_login() {
     let sb = Sandbox::new(Mode::Privileged);
@@ -688,7 +677,7 @@ fn registry_client_pushes_and_pulls_an_artifact_with_an_htpasswd_login() {
         insecure: false,
         http: Some(false),
     };
-    let good = docker_login(&sb, "docker-good", &host, "builder:s3cr3t-pw");
+    let good = common::registry::docker_login(&sb, "docker-good", &host, "builder:s3cr3t-pw");
     let (artifact, datas) = two_layer_artifact(&sb);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let reference = format!("{host}/bkrun/mounts:main");
@@ -758,7 +747,7 @@ fn registry_client_pushes_and_pulls_an_artifact_with_an_htpasswd_login() {
     }
 
     // A wrong password: one line saying who refused what, and where the login comes from.
-    let bad = docker_login(&sb, "docker-bad", &host, "builder:wrong-pw-123");
+    let bad = common::registry::docker_login(&sb, "docker-bad", &host, "builder:wrong-pw-123");
     let e = rt
         .block_on(client_for(&bad, &host, tls.clone()).push_artifact(&reference, &artifact))
         .unwrap_err();
@@ -793,7 +782,7 @@ fn registry_client_fetches_one_token_per_repository_and_keeps_it() {
     let sb = Sandbox::new(Mode::Privileged);
     let (reg, tokens) = token_registry(&sb);
     let host = reg.host();
-    let good = docker_login(&sb, "docker-good", &host, "builder:s3cr3t-pw");
+    let good = common::registry::docker_login(&sb, "docker-good", &host, "builder:s3cr3t-pw");
     let (artifact, datas) = two_layer_artifact(&sb);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let reference = format!("{host}/bkrun/mounts:main");

@@ -262,7 +262,6 @@ impl Report {
                 v.mode,
                 if n == 1 { "" } else { "s" },
                 v.needs()
-
             );
         }
         if let Some(f) = &self.fallback {
@@ -287,6 +286,25 @@ impl Report {
             return None;
         }
         self.verdicts.iter().min_by_key(|v| v.blockers.len())
+    }
+
+    /// The native platform and the emulators binfmt_misc has, for `json`.
+    fn platforms_json(&self) -> Value {
+        json!({
+            "native": native_platform(),
+            "binfmt_misc": !matches!(self.binfmt, Binfmt::Unavailable),
+            "emulated": match &self.binfmt {
+                Binfmt::Unavailable => Vec::new(),
+                Binfmt::Handlers(hs) => hs.iter().filter(|h| h.platform.is_some()).map(|h| json!({
+                    "platform": h.platform,
+                    "handler": h.name,
+                    "interpreter": h.interpreter,
+                    "flags": h.flags,
+                    "usable": h.unusable().is_none(),
+                    "why_not": h.unusable(),
+                })).collect(),
+            },
+        })
     }
 
     pub fn json(&self) -> Value {
@@ -366,21 +384,7 @@ impl Report {
                 "needs": (!v.works).then(|| v.needs()),
             })).collect::<Vec<_>>(),
             "fewest_changes": self.fewest_changes().map(|v| v.mode.to_string()),
-            "platforms": {
-                "native": native_platform(),
-                "binfmt_misc": !matches!(self.binfmt, Binfmt::Unavailable),
-                "emulated": match &self.binfmt {
-                    Binfmt::Unavailable => Vec::new(),
-                    Binfmt::Handlers(hs) => hs.iter().filter(|h| h.platform.is_some()).map(|h| json!({
-                        "platform": h.platform,
-                        "handler": h.name,
-                        "interpreter": h.interpreter,
-                        "flags": h.flags,
-                        "usable": h.unusable().is_none(),
-                        "why_not": h.unusable(),
-                    })).collect(),
-                },
-            },
+            "platforms": self.platforms_json(),
             "storage": storage_json(&self.storage),
             "auto": self.auto.as_ref().map(|d| d.mode.to_string()),
             "fallback": self.fallback.as_ref().map(|f| json!({

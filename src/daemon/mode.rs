@@ -376,9 +376,11 @@ fn refused(f: &Facts, what: &str, e: Errno) -> Blocker {
         );
     }
     if f.apparmor_restricts_userns() {
-        return (
+        // The fix is a profile loaded on the node, not a field of the pod spec.
+        return blocker(
             format!("{what} was refused ({e}): kernel.apparmor_restrict_unprivileged_userns=1 (Ubuntu 23.10 and later) leaves an unconfined program's user namespace without capabilities"),
-            fix::APPARMOR_USERNS.into(),
+            fix::APPARMOR_USERNS,
+            None,
         );
     }
     if f.status.seccomp == 2 {

@@ -7,9 +7,6 @@ use serde::Deserialize;
 
 use crate::session::token::{ErrorKind, TokenError};
 
-/// How much of a registry's answer is quoted back.
-const MAX_DETAIL: usize = 300;
-
 /// Which access an operation needs: a token's scope and what a refusal says is missing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
@@ -151,19 +148,7 @@ pub fn said(body: &[u8], secrets: &[&str]) -> String {
             .join("; "),
         _ => String::from_utf8_lossy(body).into_owned(),
     };
-    let mut text = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    for s in secrets.iter().filter(|s| s.len() >= 4) {
-        text = text.replace(s, "****");
-    }
-    if text.len() > MAX_DETAIL {
-        let mut end = MAX_DETAIL;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-        text.push('…');
-    }
-    text
+    crate::session::token::one_line(&text, secrets)
 }
 
 #[cfg(test)]
@@ -216,7 +201,9 @@ mod tests {
             "{e}"
         );
         let long = said("é".repeat(400).as_bytes(), &[]);
-        assert!(long.ends_with('…') && long.len() <= MAX_DETAIL + '…'.len_utf8());
+        assert!(
+            long.ends_with('…') && long.len() <= crate::session::token::MAX_DETAIL + '…'.len_utf8()
+        );
     }
 
     #[test]

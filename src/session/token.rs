@@ -23,8 +23,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(45);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// Token answers are a few KiB; anything bigger is not one.
 const MAX_BODY: usize = 1 << 20;
-/// How much of a refusal's body is quoted back.
-const MAX_DETAIL: usize = 300;
+/// How much of a server's answer is quoted back (its refusals here, a registry's in src/registry).
+pub const MAX_DETAIL: usize = 300;
 
 /// What the daemon asks for: a token for `scopes` at `host`, from the challenge's realm and service.
 #[derive(Debug, Clone, Default)]
@@ -563,9 +563,16 @@ fn realm_for_humans(realm: &str) -> String {
 
 /// The refusal's body on one short line, with our secret blotted out should a server echo it.
 fn server_said(body: &str, creds: Option<&Credentials>) -> String {
-    let mut text = body.split_whitespace().collect::<Vec<_>>().join(" ");
-    if let Some(c) = creds.filter(|c| c.secret.len() >= 4) {
-        text = text.replace(&c.secret, "****");
+    let secrets: Vec<&str> = creds.map(|c| c.secret.as_str()).into_iter().collect();
+    one_line(body, &secrets)
+}
+
+/// A server's text on one line of at most MAX_DETAIL bytes, each of `secrets` (of 4 bytes or
+/// more) shown as `****`: what a registry or token server said, fit for an error line.
+pub fn one_line(text: &str, secrets: &[&str]) -> String {
+    let mut text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    for s in secrets.iter().filter(|s| s.len() >= 4) {
+        text = text.replace(s, "****");
     }
     if text.len() > MAX_DETAIL {
         let mut end = MAX_DETAIL;

@@ -138,3 +138,19 @@ impl Drop for Registry {
         let _ = self.child.wait();
     }
 }
+
+/// A Docker config directory holding `user:password` for `host`, as `docker login` writes it.
+pub fn docker_login(
+    sb: &Sandbox,
+    dir: &str,
+    host: &str,
+    user_password: &str,
+) -> std::path::PathBuf {
+    use base64::Engine as _;
+    let auth = base64::engine::general_purpose::STANDARD.encode(user_password);
+    sb.write(
+        &format!("{dir}/config.json"),
+        &format!(r#"{{"auths":{{"{host}":{{"auth":"{auth}"}}}}}}"#),
+    );
+    sb.path(dir)
+}
