@@ -87,6 +87,9 @@ struct Config {
     /// configurations whose point is the mode verdict.
     light: bool,
     security: Vec<String>,
+    /// Files bind-mounted read-only over the image's (content, container path): the changes
+    /// doctor names, applied as a user would in their image.
+    files: Vec<(String, &'static str)>,
     /// podman's --network: none, as the pods need no network; host, to reach a daemon the test
     /// runs on this machine's loopback.
     network: &'static str,
@@ -234,15 +237,64 @@ fn config(name: &'static str) -> Config {
             GUIDE,
             Expect::Refused("allowPrivilegeEscalation"),
         ),
+        // hostUsers: false as uid 1000 with a subordinate range inside the pod's 65536 ids: the
+        // image change that makes rootless work there (unsafe on a node without user namespaces,
+        // where 1001-65535 are the node's own ids, so bkrun's images do not ship it).
+        "userns-user-inner-range" => (
+            1000,
+            [unconfined(), vec![USERNS.into()]].concat(),
+            Some(""),
+            GUIDE,
+            Expect::Builds("rootless-strict"),
+        ),
+        // The arbitrary uid of restricted-scc under an SCC that allows what doctor names
+        // (Unconfined seccomp, privilege escalation), with the image change it names: a passwd
+        // entry (HOME=/, as OpenShift's) and a subordinate range for it.
+        "arbitrary-uid" => (
+            RESTRICTED_UID,
+            [unconfined(), vec!["--passwd=false".into()]].concat(),
+            Some(""),
+            GUIDE,
+            Expect::Builds("rootless-strict"),
+        ),
         _ => unreachable!("no pod configuration {name}"),
+    };
+    let files = match name {
+        "userns-user-inner-range" => ["/etc/subuid", "/etc/subgid"]
+            .map(|f| ("user:1001:64535\n".to_string(), f))
+            .to_vec(),
+        "arbitrary-uid" => {
+            let image = |f: &str| fs::read_to_string(rootfs().join(f)).unwrap();
+            let subids = "builder:200000:65536\n";
+            vec![
+                (
+                    format!(
+                        "{}builder:x:{RESTRICTED_UID}:0:builder:/:/usr/sbin/nologin\n",
+                        image("etc/passwd")
+                    ),
+                    "/etc/passwd",
+                ),
+                (format!("{}{subids}", image("etc/subuid")), "/etc/subuid"),
+                (format!("{}{subids}", image("etc/subgid")), "/etc/subgid"),
+            ]
+        }
+        _ => Vec::new(),
     };
     Config {
         name,
         uid,
-        gid: if name == "restricted-scc" { 0 } else { uid },
+        gid: if uid == RESTRICTED_UID { 0 } else { uid },
         userns: security.iter().any(|f| f == USERNS),
-        light: matches!(name, "userns-user" | "userns-root" | "restricted-scc"),
+        light: matches!(
+            name,
+            "userns-user"
+                | "userns-root"
+                | "restricted-scc"
+                | "userns-user-inner-range"
+                | "arbitrary-uid"
+        ),
         security,
+        files,
         network: "none",
         buildkitd_flags,
         guide,
@@ -350,6 +402,7 @@ impl Ran {
                     && !l.starts_with("bkrun: removed ")
                     && !l.starts_with("bkrun: the last run on ")
                     && !l.contains("cannot create the state dir")
+                    && !l.starts_with("bkrun: cache: ")
         })
     }
 
@@ -470,6 +523,12 @@ impl Pod {
             (host_program("buildctl"), "/usr/bin/buildctl"),
         ];
         for (host, inside) in &binaries {
+            args.extend(["--volume".into(), format!("{}:{inside}:ro", host.display())]);
+        }
+        for (i, (content, inside)) in cfg.files.iter().enumerate() {
+            let host = pod.host(&format!("file-{i}"));
+            fs::write(&host, content).unwrap();
+            fs::set_permissions(&host, fs::Permissions::from_mode(0o644)).unwrap();
             args.extend(["--volume".into(), format!("{}:{inside}:ro", host.display())]);
         }
         // In its own user namespace the container sees the host's owners as nobody: podman's
@@ -1048,6 +1107,16 @@ fn userns_root() {
 #[test]
 fn restricted_scc() {
     run_configuration("restricted-scc");
+}
+
+#[test]
+fn userns_user_inner_range() {
+    run_configuration("userns-user-inner-range");
+}
+
+#[test]
+fn arbitrary_uid() {
+    run_configuration("arbitrary-uid");
 }
 
 /// Processes on this machine whose command line holds `needle`.
