@@ -89,6 +89,7 @@ pub async fn build(channel: Channel, spec: &BuildSpec, target: &Target) -> Resul
     let extra = mounts.as_ref().map(CacheMounts::locals).unwrap_or_default();
     let (session, services) = services::build(spec, &extra, &mut |w| crate::say!("bkrun: {w}"))?;
     let session = open(session, channel.clone(), target).await?;
+    crate::timeline::mark("session");
     let reference = crate::session::random_id();
     let request = solve_request(spec, &services, session.id(), &reference);
 
@@ -118,7 +119,9 @@ pub async fn build(channel: Channel, spec: &BuildSpec, target: &Target) -> Resul
     // open keeps buildkitd from stopping gracefully.
     let mut status_task = AbortOnDrop(status_task);
 
+    crate::timeline::mark("solve");
     let solved = solve(&mut control, &channel, request, mounts.as_mut()).await;
+    crate::timeline::mark("result");
     let _ = solve_done.send(Some(solved.is_ok()));
     write_ref_file(spec, &reference).await;
     // The status stream ends by itself, or once quiet after Solve (show_status); this bound is
@@ -129,8 +132,10 @@ pub async fn build(channel: Channel, spec: &BuildSpec, target: &Target) -> Resul
     )
     .await;
     drop(status_task);
+    crate::timeline::mark("status");
     let _ = session.close().await;
     services.close();
+    crate::timeline::mark("closed");
     let mut cache = match summary {
         Ok(Ok(Ok(s))) => s.cache,
         Ok(Ok(Err(e))) => {

@@ -152,11 +152,15 @@ async fn supervised(
         s = lock_state(&plan) => s?,
         Some(sig) = signals.next() => return Ok(128 + sig),
     };
+    crate::timeline::mark("locked");
     let started = Instant::now();
     let daemon = Daemon::start(&plan, reaper, Arc::new(RealHost), state)?;
     say_started(&plan, &daemon, announce, version).await;
     let daemon = match wait_ready(&plan, daemon, started, announce, signals).await? {
-        Readiness::Serving(d) => d,
+        Readiness::Serving(d) => {
+            crate::timeline::mark("ready");
+            d
+        }
         Readiness::Signalled(d, code) => {
             d.stop().await;
             return Ok(code);
@@ -173,6 +177,7 @@ async fn supervised(
         grace: plan.settings.stop_timeout,
     };
     let ended = perform(work, on, daemon.exited()).await;
+    crate::timeline::mark("worked");
     finish(&plan, daemon, ended, building).await
 }
 

@@ -32,7 +32,9 @@ pub async fn run(cli: Cli) -> i32 {
 }
 
 async fn settle_and_run(cli: &Cli) -> Result<i32> {
-    match settle::settle(cli, &RealHost)? {
+    let settled = settle::settle(cli, &RealHost)?;
+    crate::timeline::mark("settled");
+    match settled {
         settle::Settled::Answered(code) => Ok(code),
         settle::Settled::Run(invocation) => lifecycle::run(*invocation).await,
     }

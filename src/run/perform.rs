@@ -80,6 +80,7 @@ async fn build(job: &BuildJob, on: Against<'_>, mut daemon_exit: DaemonExit<'_>)
     let mut cache = None;
     let build = async {
         let channel = channel(on.target, on.opened).await?;
+        crate::timeline::mark("connected");
         let built = client::solve::build(channel, spec, on.target).await?;
         cache = Some(built.cache.clone());
         // Inside the select, so a signal still ends a write to a FIFO nobody reads.

@@ -282,11 +282,10 @@ fn build_job(
         });
     }
     request::dests::check_after(&n.after, host)?;
-    spec.local_projects = spec
-        .locals
-        .iter()
-        .map(|(name, dir)| (name.clone(), routekey::for_dir(&cwd().join(dir))))
-        .collect();
+    let cwd = cwd();
+    let dirs: Vec<PathBuf> = spec.locals.values().map(|d| cwd.join(d)).collect();
+    let projects = routekey::for_dirs(dirs.iter().map(PathBuf::as_path));
+    spec.local_projects = spec.locals.keys().cloned().zip(projects).collect();
     let mut job = BuildJob {
         spec,
         after: n.after,
