@@ -47,4 +47,5 @@ pub mod request;
 pub mod run;
 pub mod safefs;
 pub mod session;
+pub mod summary;
 pub mod version;

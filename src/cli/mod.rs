@@ -65,6 +65,10 @@ pub struct GlobalArgs {
     /// Seconds to wait while another run uses the same state dir (--root); 0: fail at once.
     #[arg(long, global = true, value_name = "SECONDS")]
     pub lock_timeout: Option<f64>,
+    /// Warn before starting the daemon when the state dir's filesystem has less free space
+    /// than this (default 1GiB; 0: never).
+    #[arg(long, global = true, value_name = "SIZE")]
+    pub min_free_space: Option<String>,
     /// buildkitd's worker: oci (runc, the default) or containerd (the node's containerd runs
     /// the build containers and keeps the images).
     #[arg(long, global = true, value_enum)]

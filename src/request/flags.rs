@@ -33,6 +33,12 @@ pub struct BuildFlags {
     pub cache: Option<String>,
     pub cache_branch: Option<String>,
     pub cache_default_branch: Option<String>,
+    // bkrun's own: the build's summary and result files, and its time limit.
+    pub summary: Option<PathBuf>,
+    pub summary_format: Option<String>,
+    pub tekton_results: Option<PathBuf>,
+    pub summary_dotenv: Option<PathBuf>,
+    pub build_timeout: Option<String>,
     // buildx's `docker buildx build` flags (docker-style: given with a positional context PATH).
     pub context: Option<String>,
     pub tag: Vec<String>,
@@ -91,6 +97,11 @@ pub struct KanikoFlags {
     pub verbosity: String,
     pub cache_mounts: Option<String>,
     pub cache_mounts_max_size: Option<String>,
+    pub summary: Option<PathBuf>,
+    pub summary_format: Option<String>,
+    pub tekton_results: Option<PathBuf>,
+    pub summary_dotenv: Option<PathBuf>,
+    pub build_timeout: Option<String>,
     // kaniko flags that mean nothing to BuildKit, accepted with one notice.
     pub snapshot_mode: Option<String>,
     pub single_snapshot: Option<String>,

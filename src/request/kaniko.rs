@@ -53,6 +53,11 @@ pub fn translate(k: &KanikoFlags) -> Result<Translated> {
     // bkrun's own flags, accepted in kaniko's command line too: same meaning as in build's.
     a.cache_mounts = k.cache_mounts.clone();
     a.cache_mounts_max_size = k.cache_mounts_max_size.clone();
+    a.summary = k.summary.clone();
+    a.summary_format = k.summary_format.clone();
+    a.tekton_results = k.tekton_results.clone();
+    a.summary_dotenv = k.summary_dotenv.clone();
+    a.build_timeout = k.build_timeout.clone();
     frontend_options(k, &mut a)?;
     outputs(k, &mut a)?;
     if a.output.is_empty() {

@@ -18,6 +18,7 @@ pub mod regcache;
 pub mod registry;
 pub mod secret;
 pub mod ssh;
+pub mod summary;
 
 /// How much of a value an error message echoes: a 100 KB `--opt` or `--secret` value pasted
 /// into a terminal or a CI log helps no one.

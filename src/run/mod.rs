@@ -9,6 +9,7 @@ mod landed;
 mod lifecycle;
 mod meta;
 mod perform;
+mod report;
 mod routekey;
 mod settle;
 mod target;
