@@ -28,19 +28,31 @@ pub struct Memory {
     /// `memory.peak` / `memory.max_usage_in_bytes` (since the cgroup was made).
     pub peak: Option<u64>,
     /// `memory.events`' / `memory.oom_control`'s oom_kill: processes the OOM killer killed.
+    /// v2 counts a child cgroup's kills here too; v1 counts them only in the killed process's
+    /// own cgroup (a build step's, gone once it ends).
     pub oom_kills: Option<u64>,
+    /// Times the usage hit the limit: v2's memory.events `max`, v1's `memory.failcnt` (which,
+    /// unlike v1's oom_kill, is counted in the cgroup whose limit was hit).
+    pub limit_hits: Option<u64>,
 }
 
 impl Memory {
-    /// The file each number comes from, as the version names it: (limit, peak, oom kills).
-    pub fn files(&self) -> (&'static str, &'static str, &'static str) {
+    /// The file each number comes from, as the version names it: limit, peak, oom kills,
+    /// limit hits.
+    pub fn files(&self) -> [&'static str; 4] {
         match self.version {
-            Version::V1 => (
+            Version::V1 => [
                 "memory.limit_in_bytes",
                 "memory.max_usage_in_bytes",
                 "memory.oom_control",
-            ),
-            Version::V2 => ("memory.max", "memory.peak", "memory.events"),
+                "memory.failcnt",
+            ],
+            Version::V2 => [
+                "memory.max",
+                "memory.peak",
+                "memory.events",
+                "memory.events max",
+            ],
         }
     }
 }
@@ -73,6 +85,7 @@ pub fn memory(host: &dyn Host) -> Option<Memory> {
                 .filter(|&n| n < V1_UNLIMITED),
             peak: read("memory.max_usage_in_bytes").and_then(|t| number(&t)),
             oom_kills: read("memory.oom_control").and_then(|t| keyed(&t, "oom_kill")),
+            limit_hits: read("memory.failcnt").and_then(|t| number(&t)),
             dir,
         },
         Version::V2 => Memory {
@@ -80,6 +93,7 @@ pub fn memory(host: &dyn Host) -> Option<Memory> {
             limit: read("memory.max").and_then(|t| number(&t)),
             peak: read("memory.peak").and_then(|t| number(&t)),
             oom_kills: read("memory.events").and_then(|t| keyed(&t, "oom_kill")),
+            limit_hits: read("memory.events").and_then(|t| keyed(&t, "max")),
             dir,
         },
     })
@@ -140,13 +154,18 @@ mod tests {
                 "/sys/fs/cgroup/memory/kubepods/pod1/c1/memory.max_usage_in_bytes",
                 "2147000000\n".into(),
             ),
+            (
+                "/sys/fs/cgroup/memory/kubepods/pod1/c1/memory.failcnt",
+                "87\n".into(),
+            ),
         ];
         let m = memory(&h).unwrap();
         assert_eq!(m.version, Version::V1);
         assert_eq!(m.limit, Some(2 << 30));
         assert_eq!(m.peak, Some(2_147_000_000));
         assert_eq!(m.oom_kills, Some(2));
-        assert_eq!(m.files().2, "memory.oom_control");
+        assert_eq!(m.limit_hits, Some(87));
+        assert_eq!(m.files()[2], "memory.oom_control");
     }
 
     #[test]
@@ -188,7 +207,7 @@ mod tests {
         );
         h.files[2].1 = "536870912\n".into();
         assert_eq!(memory(&h).unwrap().limit, Some(512 << 20));
-        assert_eq!(memory(&h).unwrap().files().1, "memory.peak");
+        assert_eq!(memory(&h).unwrap().files()[1], "memory.peak");
     }
 
     #[test]

@@ -10,17 +10,33 @@ use crate::progress::{Step, StepState};
 /// What the kernel's ENOSPC reads as in BuildKit's errors (Go's syscall.ENOSPC text).
 const ENOSPC: &str = "no space left on device";
 
-/// The OOM killer's kills during the build, when the memory cgroup's count rose between
-/// `before` and `after`: which step died, the limit and the peak, and what to raise.
+/// How a killed step's error reads: runc's SIGKILL (`exit code: 137`), or BuildKit's own
+/// ENOMEM, which it sets on cgroup v2 when the step's cgroup saw an OOM kill.
+const KILLED: &[&str] = &["exit code: 137", "signal: killed", "cannot allocate memory"];
+
+/// The OOM killer during the build, proved by the memory cgroup's counters between `before`
+/// and `after`: its oom_kill rose (v2 counts a step's kills here), or, as cgroup v1 counts
+/// those only in the step's own cgroup, the limit was hit, the peak reached it and the failed
+/// step was killed. Names the step, the limit, the peak and the field to raise.
 pub fn oom(before: Option<&Memory>, after: Option<&Memory>, steps: &[Step]) -> Option<String> {
     let (before, after) = (before?, after?);
-    let killed = after
-        .oom_kills?
-        .checked_sub(before.oom_kills.unwrap_or(0))?;
-    if killed == 0 {
-        return None;
-    }
-    let who = match steps.iter().find(|s| s.state == StepState::Failed) {
+    let failed = steps.iter().find(|s| s.state == StepState::Failed);
+    let rose = |f: fn(&Memory) -> Option<u64>| {
+        let (a, b) = (f(before).unwrap_or(0), f(after)?);
+        (b > a).then_some((a, b))
+    };
+    let [limit_file, peak_file, kills_file, hits_file] = after.files();
+    let evidence = match (rose(|m| m.oom_kills), rose(|m| m.limit_hits)) {
+        (Some((a, b)), _) => format!("{kills_file} oom_kill went from {a} to {b}"),
+        (None, Some((a, b)))
+            if at_limit(after)
+                && failed.is_some_and(|s| KILLED.iter().any(|k| s.error.contains(k))) =>
+        {
+            format!("{hits_file} went from {a} to {b} and {peak_file} reached {limit_file}")
+        }
+        _ => return None,
+    };
+    let who = match failed {
         Some(s) => format!("step {}", step_name(s)),
         None => "a process of the build".into(),
     };
@@ -28,13 +44,7 @@ pub fn oom(before: Option<&Memory>, after: Option<&Memory>, steps: &[Step]) -> O
         .peak
         .map(|p| format!("the build peaked at {}", human(p)))
         .unwrap_or_else(|| "its peak is not recorded".into());
-    let (limit_file, peak_file, events_file) = after.files();
-    let detail = format!(
-        "{events_file} oom_kill went from {} to {}; {limit_file}, {peak_file} in {}",
-        before.oom_kills.unwrap_or(0),
-        after.oom_kills.unwrap_or(0),
-        after.dir.display()
-    );
+    let detail = format!("{evidence}, in {}", after.dir.display());
     Some(match after.limit {
         Some(limit) => format!(
             "{who} was killed by the OOM killer: the container's limit is {} and {peak}; raise resources.limits.memory ({detail})",
@@ -44,6 +54,14 @@ pub fn oom(before: Option<&Memory>, after: Option<&Memory>, steps: &[Step]) -> O
             "{who} was killed by the OOM killer: the container has no memory limit, so the node ran out of memory, and {peak}; set resources.requests.memory to what the build needs so it is scheduled where that is free ({detail})"
         ),
     })
+}
+
+/// The peak is within a page or two of the limit: the usage reached it.
+fn at_limit(m: &Memory) -> bool {
+    match (m.peak, m.limit) {
+        (Some(p), Some(l)) => p.saturating_add(64 << 10) >= l,
+        _ => false,
+    }
 }
 
 /// A build that failed for want of disk space: how full the state dir's filesystem is now, and
@@ -133,6 +151,7 @@ mod tests {
             limit,
             peak: Some(peak),
             oom_kills: Some(kills),
+            limit_hits: Some(0),
         }
     }
 
@@ -174,9 +193,25 @@ mod tests {
         .unwrap();
         assert!(v2.starts_with("a process of the build was killed by the OOM killer: the container has no memory limit"), "{v2}");
         assert!(
-            v2.contains("memory.events oom_kill went from 3 to 4; memory.max, memory.peak"),
+            v2.contains("(memory.events oom_kill went from 3 to 4, in"),
             "{v2}"
         );
+    }
+
+    #[test]
+    fn cgroup_v1_without_oom_kill_here_is_proved_by_the_limit_hit_and_the_kill() {
+        // v1 counts the kill in the step's own cgroup, gone by now; failcnt is counted here.
+        let limit = 256 << 20;
+        let before = mem(Version::V1, Some(limit), 60 << 20, 0);
+        let mut after = mem(Version::V1, Some(limit), limit, 0);
+        after.limit_hits = Some(87);
+        let steps = [failed(Some(5), "[3/3] RUN dd")];
+        let m = oom(Some(&before), Some(&after), &steps).unwrap();
+        assert!(m.starts_with("step #5 [3/3] RUN dd was killed by the OOM killer: the container's limit is 256.0 MiB and the build peaked at 256.0 MiB; raise resources.limits.memory (memory.failcnt went from 0 to 87 and memory.max_usage_in_bytes reached memory.limit_in_bytes, in"), "{m}");
+        // A step that failed on its own while the page cache pressed on the limit: no claim.
+        let mut own = failed(Some(5), "[3/3] RUN false");
+        own.error = "exit code: 1".into();
+        assert_eq!(oom(Some(&before), Some(&after), &[own]), None);
     }
 
     #[test]
