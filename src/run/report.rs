@@ -38,9 +38,15 @@ pub(super) fn diagnose(
         Outcome::Failed(f) => {
             let after = before.and_then(|_| cgroup::memory(host));
             why::oom(before, after.as_ref(), &built.steps).or_else(|| {
+                // A step's own write that found the disk full says so only in its output.
+                let mut text = f.message.clone();
+                for s in built.steps.iter().filter(|s| !s.log.is_empty()) {
+                    text.push('\n');
+                    text.push_str(&s.log.join("\n"));
+                }
                 let dir = local.map(|l| l.state_dir.as_path());
                 let fs = dir.and_then(|d| host.statfs(d));
-                why::disk_full(&f.message, dir, fs.as_ref())
+                why::disk_full(&text, dir, fs.as_ref())
             })
         }
     }
