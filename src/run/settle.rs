@@ -193,6 +193,7 @@ fn config(cli: &Cli, settings: &Settings, host: &dyn Host) -> Result<Step> {
     let mut text = describe(settings, host, &cli.global, key)?;
     text.push_str(&registry_cache(settings, host));
     text.push_str(&cache_mounts(settings, host));
+    text.push_str(&summary(settings, host));
     write_stdout(&text);
     Ok(Step::Answered(0))
 }
@@ -228,6 +229,32 @@ fn cache_mounts(settings: &Settings, host: &dyn Host) -> String {
         Ok(None) => String::new(),
         Err(e) => format!("cache mounts:    not usable: {e}\n"),
     }
+}
+
+/// `bkrun config`'s lines for where a build's summary goes (the CI's places found in the
+/// environment, bkrun.toml's `summary`), bkrun.toml's build timeout, and the free space below
+/// which the start warns.
+fn summary(settings: &Settings, host: &dyn Host) -> String {
+    let none = request::flags::BuildFlags::default();
+    let defaults = &settings.build_defaults;
+    let mut text = match request::summary::resolve(&none, defaults, host) {
+        Ok(s) => format!("summary:         {}\n", s.describe()),
+        Err(e) => format!("summary:         not usable: {e}\n"),
+    };
+    match request::summary::build_timeout(&none, defaults) {
+        Ok(Some(t)) => text.push_str(&format!(
+            "build timeout:   {} (build_timeout in bkrun.toml)\n",
+            crate::gocompat::durations::go_duration(t.as_nanos() as i64)
+        )),
+        Ok(None) => {}
+        Err(e) => text.push_str(&format!("build timeout:   not usable: {e}\n")),
+    }
+    text.push_str(&format!(
+        "min free space:  {} ({})\n",
+        crate::summary::why::human(settings.min_free_space),
+        settings.min_free_space_source
+    ));
+    text
 }
 
 /// kaniko's executor: its build, and its registry flags as the started daemon's configuration.

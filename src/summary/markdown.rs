@@ -18,7 +18,8 @@ pub fn markdown(r: &Report) -> String {
         secs(r.build_seconds)
     );
     facts(&mut md, r);
-    if !r.outputs.is_empty() {
+    // A failed build wrote none of its outputs.
+    if !r.outputs.is_empty() && r.exit_code == 0 {
         md.push_str("\n#### Outputs\n\n");
         for o in &r.outputs {
             let _ = writeln!(md, "- {}", output(o));

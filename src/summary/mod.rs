@@ -38,6 +38,7 @@ pub struct Report {
     pub build_seconds: f64,
     /// `--opt platform=…` / `--platform`, as given (empty: the daemon's own).
     pub platforms: Vec<String>,
+    /// The outputs asked for; only a succeeded build wrote them.
     pub outputs: Vec<OutputEntry>,
     pub cache: Cache,
     /// The slowest steps, slowest first (at most five).
