@@ -106,17 +106,7 @@ pub async fn build(channel: Channel, spec: &BuildSpec, target: &Target) -> Resul
     let reference = crate::session::random_id();
     let request = solve_request(spec, &services, session.id(), &reference);
 
-    let mut progress = spec.progress.options();
-    progress.secrets.extend(masks.iter().cloned());
-    if let Some(path) = &spec.trace {
-        // Appended to, as buildctl does: one file can hold the traces of several builds; made
-        // private (0600) when new, through the one writer's rules for shared directories.
-        let file = crate::outputs::open_append(path, 0o600)
-            .await
-            .with_context(|| format!("cannot open the --trace file {}", path.display()))?;
-        progress.trace = Some(Box::new(std::io::BufWriter::new(file)));
-    }
-    let renderer = Renderer::for_stderr(spec.progress.mode, progress);
+    let renderer = renderer(spec, &masks).await?;
     let mut control = ControlClient::new(channel.clone()).max_decoding_message_size(MAX_MESSAGE);
     let saw_foreign_binary = Arc::new(AtomicBool::new(false));
     // None while the Solve runs, then whether it succeeded.
@@ -145,30 +135,19 @@ pub async fn build(channel: Channel, spec: &BuildSpec, target: &Target) -> Resul
     write_ref_file(spec, &reference).await;
     // The status stream ends by itself, or once quiet after Solve (show_status); this bound is
     // only for a renderer that cannot write.
-    let summary = tokio::time::timeout(
-        STATUS_AFTER_SOLVE + Duration::from_secs(1),
-        &mut status_task.0,
-    )
-    .await;
+    let bound = STATUS_AFTER_SOLVE + Duration::from_secs(1);
+    let summary = tokio::time::timeout(bound, &mut status_task.0).await;
     drop(status_task);
     let _ = session.close().await;
     services.close();
-    let mut progress = match summary {
-        Ok(Ok(Ok(s))) => s,
-        Ok(Ok(Err(e))) => {
-            crate::say!("bkrun: progress output failed: {e}");
-            Summary::default()
-        }
-        _ => Summary::default(),
-    };
+    let mut progress = summary
+        .ok()
+        .and_then(Result::ok)
+        .map(shown)
+        .unwrap_or_default();
+    let foreign = saw_foreign_binary.load(Ordering::Relaxed);
     let outcome = match solved {
-        Ok(solved) => finish(
-            solved,
-            &services,
-            target,
-            saw_foreign_binary.load(Ordering::Relaxed),
-            &masks,
-        )?,
+        Ok(solved) => finish(solved, &services, target, foreign, &masks)?,
         Err(TimedOut(limit)) => {
             services.targets.discard();
             Outcome::TimedOut(limit)
@@ -190,6 +169,29 @@ pub async fn build(channel: Channel, spec: &BuildSpec, target: &Target) -> Resul
 
 /// `--build-timeout` passed before the Solve answered.
 struct TimedOut(Duration);
+
+/// The progress view the spec settled, masking `masks`, with `--trace` opened.
+async fn renderer(spec: &BuildSpec, masks: &[Vec<u8>]) -> Result<Renderer> {
+    let mut progress = spec.progress.options();
+    progress.secrets.extend(masks.iter().cloned());
+    if let Some(path) = &spec.trace {
+        // Appended to, as buildctl does: one file can hold the traces of several builds; made
+        // private (0600) when new, through the one writer's rules for shared directories.
+        let file = crate::outputs::open_append(path, 0o600)
+            .await
+            .with_context(|| format!("cannot open the --trace file {}", path.display()))?;
+        progress.trace = Some(Box::new(std::io::BufWriter::new(file)));
+    }
+    Ok(Renderer::for_stderr(spec.progress.mode, progress))
+}
+
+/// What the progress collected; a view that could not write is said, and its numbers lost.
+fn shown(rendered: std::io::Result<Summary>) -> Summary {
+    rendered.unwrap_or_else(|e| {
+        crate::say!("bkrun: progress output failed: {e}");
+        Summary::default()
+    })
+}
 
 /// `--ref-file`: written whether the build succeeded or not, as buildctl does (the ref names
 /// its history record).

@@ -128,7 +128,12 @@ fn a_success_lists_images_with_digests_files_slowest_steps_and_warnings() {
     assert_eq!(j["failure"], serde_json::Value::Null);
     assert_eq!(j["daemon"]["mode"], "privileged");
 
-    let md = markdown(&r);
+    success_markdown(&r);
+}
+
+/// The Markdown of the success above: heading, facts table, outputs, slowest steps, warnings.
+fn success_markdown(r: &Report) {
+    let md = markdown(r);
     let lines: Vec<&str> = md.lines().collect();
     assert_eq!(lines[0], "### bkrun build succeeded in 12.3s");
     assert!(
