@@ -226,39 +226,38 @@ fn a_failing_build_summary_names_the_step_its_last_lines_and_the_dockerfile_line
 
 #[test]
 fn build_timeout_cancels_the_build_names_the_running_step_and_exits_124() {
-    let sb = Sandbox::new(Mode::Privileged);
-    let ctx = sb.shell_context("slow", "RUN sleep 120\n");
-    let sum = sb.path("summary.json");
-    let started = Instant::now();
-    let out = output(sb.build(&ctx).args([
-        "--build-timeout=4s".to_string(),
-        format!("--summary={}", sum.display()),
-        "--summary-format=json".into(),
-    ]));
-    assert_eq!(out.status.code(), Some(124), "{}", show(&out));
-    assert!(
-        started.elapsed() < Duration::from_secs(60),
-        "{:?}",
-        started.elapsed()
-    );
-    let err = stderr(&out);
-    let line = err
-        .lines()
-        .find(|l| l.starts_with("bkrun: the build ran longer than --build-timeout 4s"))
-        .unwrap_or_else(|| panic!("{err}"));
-    assert!(line.contains("was cancelled; still running: #"), "{line}");
-    assert!(line.contains("RUN sleep 120"), "{line}");
-    let j = json(&sum);
-    assert_eq!(j["result"], "timed-out");
-    assert_eq!(j["exit_code"], 124);
-    assert!(
-        j["failure"]["diagnosis"]
-            .as_str()
-            .unwrap()
-            .contains("RUN sleep 120"),
-        "{j}"
-    );
-    sb.assert_clean();
+    // Rootless-strict runs steps without a process sandbox, where a cancelled step's processes
+    // are the ones that used to be left behind.
+    for mode in ALL_MODES {
+        let sb = Sandbox::new(mode);
+        let ctx = sb.shell_context("slow", "RUN sleep 120\n");
+        let sum = sb.path("summary.json");
+        let started = Instant::now();
+        let out = output(sb.build(&ctx).args([
+            "--build-timeout=4s".to_string(),
+            format!("--summary={}", sum.display()),
+            "--summary-format=json".into(),
+        ]));
+        assert_eq!(out.status.code(), Some(124), "{mode:?}: {}", show(&out));
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{:?}",
+            started.elapsed()
+        );
+        let err = stderr(&out);
+        let line = err
+            .lines()
+            .find(|l| l.starts_with("bkrun: the build ran longer than --build-timeout 4s"))
+            .unwrap_or_else(|| panic!("{mode:?}: {err}"));
+        assert!(line.contains("was cancelled; still running: #"), "{line}");
+        assert!(line.contains("RUN sleep 120"), "{line}");
+        let j = json(&sum);
+        assert_eq!(j["result"], "timed-out");
+        assert_eq!(j["exit_code"], 124);
+        let diagnosis = j["failure"]["diagnosis"].as_str().unwrap();
+        assert!(diagnosis.contains("RUN sleep 120"), "{j}");
+        sb.assert_clean();
+    }
 }
 
 /// A tmpfs of `size` mounted on `dir`, unmounted when dropped.
@@ -382,6 +381,75 @@ fn a_step_past_the_memory_limit_is_named_with_the_limit_and_the_peak() {
     assert!(
         why.contains("the container's limit is 256.0 MiB and the build peaked at 256.0 MiB; raise resources.limits.memory ("),
         "{why}"
+    );
+    sb.assert_clean();
+}
+
+#[test]
+fn every_grammar_takes_the_summary_flags_and_checks_them_before_any_daemon() {
+    let sb = Sandbox::new(Mode::Privileged);
+    let ctx = sb.context("plain", "FROM scratch\nCOPY Dockerfile /\n");
+    let refused = |extra: &[&str], says: &str| {
+        let t0 = Instant::now();
+        let out = run_fails(
+            sb.build(&ctx)
+                .arg(local_output(&sb.path("out")))
+                .args(extra),
+        );
+        assert!(stderr(&out).contains(says), "{}", show(&out));
+        sb.assert_no_daemon_started(t0);
+    };
+    refused(
+        &["--summary=/proc/self/no-such-dir/s.md"],
+        "its parent directory /proc/self/no-such-dir does not exist",
+    );
+    refused(
+        &["--summary-format=yaml"],
+        "is not a summary format: use markdown or json",
+    );
+    refused(
+        &["--build-timeout=ten"],
+        "--build-timeout \"ten\" is not a duration",
+    );
+    let results = sb.mkdir("results");
+    refused(
+        &[&format!("--tekton-results={}", results.display())],
+        "--tekton-results writes the image's digest, and this build exports no image",
+    );
+
+    // docker/buildx-style: a context PATH last.
+    let md = sb.path("docker.md");
+    run_ok(sb.bkrun().args([
+        "build".to_string(),
+        format!("--summary={}", md.display()),
+        "-o".into(),
+        format!("type=local,dest={}", sb.path("out-docker").display()),
+        ctx.display().to_string(),
+    ]));
+    let md = fs::read_to_string(&md).unwrap();
+    assert!(md.starts_with("### bkrun build succeeded in "), "{md}");
+
+    // kaniko's executor.
+    let sum = sb.path("kaniko.json");
+    let tar = sb.path("kaniko.tar");
+    run_ok(sb.bkrun().args([
+        "kaniko".to_string(),
+        format!("--context=dir://{}", ctx.display()),
+        "--dockerfile=Dockerfile".into(),
+        "--no-push".into(),
+        format!("--tar-path={}", tar.display()),
+        format!("--summary={}", sum.display()),
+        "--summary-format=json".into(),
+    ]));
+    let j = json(&sum);
+    assert_eq!(j["result"], "succeeded");
+    assert_eq!(j["outputs"][0]["dest"], tar.display().to_string());
+    assert!(
+        j["outputs"][0]["digest"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:"),
+        "{j}"
     );
     sb.assert_clean();
 }
