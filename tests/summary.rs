@@ -453,3 +453,38 @@ fn every_grammar_takes_the_summary_flags_and_checks_them_before_any_daemon() {
     );
     sb.assert_clean();
 }
+
+#[test]
+fn bkrun_config_says_where_the_summary_goes_and_the_limits_from_bkrun_toml() {
+    let sb = Sandbox::new(Mode::Privileged);
+    let cfg = sb.write(
+        "bkrun.toml",
+        "summary_format = \"json\"\nbuild_timeout = \"45m\"\nmin_free_space = \"2GiB\"\n",
+    );
+    let github = sb.write("step_summary.md", "");
+    let mut c = with_config(sb.bkrun(), &cfg);
+    c.env("GITHUB_STEP_SUMMARY", &github).arg("config");
+    let text = String::from_utf8(run_ok(&mut c).stdout).unwrap();
+    let line = |key: &str| {
+        text.lines()
+            .find(|l| l.starts_with(key))
+            .unwrap_or_else(|| panic!("no {key} in {text}"))
+            .to_string()
+    };
+    assert_eq!(
+        line("summary:"),
+        format!(
+            "summary:         {} (appended, $GITHUB_STEP_SUMMARY)",
+            github.display()
+        )
+    );
+    assert_eq!(
+        line("build timeout:"),
+        "build timeout:   45m0s (build_timeout in bkrun.toml)"
+    );
+    assert_eq!(
+        line("min free space:"),
+        "min free space:  2.0 GiB (min_free_space in bkrun.toml)"
+    );
+    sb.assert_clean();
+}
