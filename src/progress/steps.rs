@@ -8,6 +8,10 @@ use crate::proto::moby::buildkit::v1::StatusResponse;
 /// How many of a step's last output lines are kept for a failure's report.
 const TAIL_LINES: usize = 10;
 
+/// And how much of each line: a step that prints megabytes without a newline must not make
+/// bkrun hold them.
+const LINE_BYTES: usize = 2000;
+
 /// How a step stood when the Status stream ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StepState {
@@ -112,8 +116,12 @@ impl Tails {
             let body = text.strip_suffix('\n').unwrap_or(&text);
             for (k, piece) in body.split('\n').enumerate() {
                 match tail.lines.back_mut() {
-                    Some(last) if k == 0 && tail.open => last.push_str(piece),
-                    _ => tail.lines.push_back(piece.to_string()),
+                    Some(last) if k == 0 && tail.open => push_clipped(last, piece),
+                    _ => {
+                        let mut line = String::new();
+                        push_clipped(&mut line, piece);
+                        tail.lines.push_back(line);
+                    }
                 }
                 if tail.lines.len() > TAIL_LINES {
                     tail.lines.pop_front();
@@ -129,6 +137,24 @@ impl Tails {
             .map(|t| t.lines.iter().cloned().collect())
             .unwrap_or_default()
     }
+}
+
+/// `line` with `piece` added, up to LINE_BYTES (cut on a character boundary, marked `…`).
+fn push_clipped(line: &mut String, piece: &str) {
+    if line.len() >= LINE_BYTES {
+        return;
+    }
+    let room = LINE_BYTES - line.len();
+    if piece.len() <= room {
+        line.push_str(piece);
+        return;
+    }
+    let mut cut = room;
+    while !piece.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    line.push_str(&piece[..cut]);
+    line.push('…');
 }
 
 #[cfg(test)]
@@ -161,5 +187,16 @@ mod tests {
         assert_eq!(l[0], "line 2");
         assert_eq!(l[9], "line 11");
         assert!(t.lines("b").is_empty());
+        // A line without end is kept to its first LINE_BYTES.
+        for _ in 0..3 {
+            t.update(&log("c", &"é".repeat(LINE_BYTES)));
+        }
+        let c = t.lines("c");
+        assert_eq!(c.len(), 1);
+        assert!(
+            c[0].len() <= LINE_BYTES + '…'.len_utf8() && c[0].ends_with('…'),
+            "{}",
+            c[0].len()
+        );
     }
 }
