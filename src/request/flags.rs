@@ -91,6 +91,9 @@ pub struct KanikoFlags {
     pub verbosity: String,
     pub cache_mounts: Option<String>,
     pub cache_mounts_max_size: Option<String>,
+    pub sbom: Option<String>,
+    pub provenance: Option<String>,
+    pub attest: Vec<String>,
     // kaniko flags that mean nothing to BuildKit, accepted with one notice.
     pub snapshot_mode: Option<String>,
     pub single_snapshot: Option<String>,
