@@ -379,8 +379,9 @@ fn tar_members(file: &File, shown: &Path) -> Result<HashMap<String, (u64, u64)>>
         bail!("{} is gzip-compressed: gunzip it first (bkrun push reads the plain tar of --output type=oci)", shown.display());
     }
     (&*file).seek(SeekFrom::Start(0))?;
-    let not_tar = |e: io::Error| {
-        anyhow::anyhow!("{} is not a tar archive ({e}): give the archive of --output type=oci,dest=FILE or its layout directory", shown.display())
+    // The tar reader's own words may quote the file's bytes (newlines and all): left out.
+    let not_tar = |_: io::Error| {
+        anyhow::anyhow!("{} is not a tar archive: give the archive of --output type=oci,dest=FILE or its layout directory", shown.display())
     };
     let mut archive = tar::Archive::new(file);
     let mut members = HashMap::new();

@@ -61,6 +61,19 @@ pub struct BuildFlags {
     pub builder: Option<String>,
 }
 
+/// `bkrun push`'s flags as given.
+#[derive(Debug, Clone, Default)]
+pub struct PushFlags {
+    pub source: PathBuf,
+    pub references: Vec<String>,
+    pub image: Option<String>,
+    pub digest_file: Option<PathBuf>,
+    pub image_name_with_digest_file: Option<PathBuf>,
+    pub image_name_tag_with_digest_file: Option<PathBuf>,
+    pub iidfile: Option<PathBuf>,
+    pub metadata_file: Option<PathBuf>,
+}
+
 /// kaniko's executor flags as given.
 #[derive(Debug, Clone, Default)]
 pub struct KanikoFlags {

@@ -14,6 +14,7 @@ pub mod kaniko;
 pub mod output;
 pub mod policy;
 pub mod progress;
+pub mod push;
 pub mod reference;
 pub mod regcache;
 pub mod registry;
