@@ -6,6 +6,7 @@
 pub mod archive;
 #[cfg(test)]
 mod archive_tests;
+pub mod attestations;
 mod gojson;
 pub mod index;
 pub mod store;

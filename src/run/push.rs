@@ -9,6 +9,7 @@ use crate::cli::PushArgs;
 use crate::config::Settings;
 use crate::host::Host;
 use crate::ocilayout::archive::{Image, Layout};
+use crate::ocilayout::attestations;
 use crate::request::push::PushSpec;
 use crate::{client, registry, request};
 
@@ -37,6 +38,11 @@ pub(super) fn settle(args: &PushArgs, settings: &Settings, host: &dyn Host) -> R
 pub(super) async fn run(job: PushJob) -> Result<i32> {
     let client = registry::Client::new(&job.spec.registry)?;
     let root = job.image.root().digest.clone();
+    let attested = match attestations::list(&job.image.root().bytes).len() {
+        0 => String::new(),
+        1 => ", with 1 attestation manifest".into(),
+        n => format!(", with {n} attestation manifests"),
+    };
     for r in &job.spec.references {
         let started = Instant::now();
         let pushed = client
@@ -51,7 +57,7 @@ pub(super) async fn run(job: PushJob) -> Result<i32> {
             .map(|b| b.size)
             .sum();
         crate::say!(
-            "bkrun: pushed {r} ({root}): {} of {} blobs sent ({}), the rest already there, in {:.1}s",
+            "bkrun: pushed {r} ({root}{attested}): {} of {} blobs sent ({}), the rest already there, in {:.1}s",
             pushed.uploaded.len(),
             job.image.blobs.len(),
             crate::cachemount::human(sent),
