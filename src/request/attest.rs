@@ -63,7 +63,9 @@ pub fn parse(flag: &str, value: &str) -> Result<Attest> {
         disabled,
         attrs,
     };
-    check(&a).with_context(what)?;
+    if let Err(why) = check(&a) {
+        bail!("{}: {why}", what());
+    }
     Ok(a)
 }
 
@@ -86,7 +88,7 @@ pub fn shorthand(kind: &str, value: &str) -> Result<Attest> {
 
 /// The attributes BuildKit checks late (after the daemon started and the build ran) checked
 /// now: the type, provenance's mode, and the SBOM generator's image name.
-fn check(a: &Attest) -> Result<()> {
+fn check(a: &Attest) -> Result<(), String> {
     let get = |key: &str| {
         a.attrs
             .iter()
@@ -96,23 +98,25 @@ fn check(a: &Attest) -> Result<()> {
     match a.kind.as_str() {
         "provenance" => {
             if let Some(m) = get("mode").filter(|m| !matches!(*m, "min" | "max")) {
-                bail!("provenance mode={} is not min or max", clip(m));
+                return Err(format!("provenance mode={} is not min or max", clip(m)));
             }
         }
         "sbom" => {
             if let Some(g) = get("generator") {
                 if let Some(why) = super::reference::problem(g) {
-                    bail!(
+                    return Err(format!(
                         "the SBOM generator {} is not an image reference: {why}",
                         clip(g)
-                    );
+                    ));
                 }
             }
         }
-        other => bail!(
-            "type={} is not an attestation BuildKit makes: use type=sbom or type=provenance",
-            clip(other)
-        ),
+        other => {
+            return Err(format!(
+                "type={} is not an attestation BuildKit makes: use type=sbom or type=provenance",
+                clip(other)
+            ))
+        }
     }
     Ok(())
 }
