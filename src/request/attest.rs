@@ -6,7 +6,8 @@ use super::csv::{self, parse_bool};
 use super::{clip, clip_quoted};
 
 /// The provenance buildx asks for when the line names none: minimal, and only where the
-/// exporter can attach it to the image (image, OCI and docker exports).
+/// exporter attaches attestations inline (BuildKit does it for the images it pushes, not for
+/// oci or docker archives).
 pub const BUILDX_DEFAULT_PROVENANCE: &str = "mode=min,inline-only=true";
 
 /// One attestation as asked for: its type, whether it is turned off, and its other attributes
