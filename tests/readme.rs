@@ -38,6 +38,7 @@ const HELLO: &str = "scripts/hello";
 const TEST: &str = "scripts/test";
 const BUILD: &str = "bkrun build --frontend dockerfile.v0 --local context=. --local dockerfile=. --output type=local,dest=out";
 const PUSH: &str = "bkrun build -t registry.example.com/app:1 --push .";
+const PUSH_ARCHIVE: &str = "bkrun push app.tar registry.example.com/app:1";
 const GITLAB: &str = "buildctl-daemonless.sh build --frontend dockerfile.v0 --local context=. --local dockerfile=. --output type=image,name=$CI_REGISTRY_IMAGE:$CI_COMMIT_SHA,push=true";
 const CONFIG: &str = "bkrun config";
 const DOCTOR: &str = "bkrun doctor";
@@ -56,6 +57,15 @@ const COVERED: &[(&str, Cover)] = &[
             test: "docker_style_tag_push_target_args_and_a_named_context",
             holds: &["\"-t\"", "\"--push\""],
             differs: "a registry on 127.0.0.1 (plain HTTP, through bkrun.toml) and a context dir",
+        },
+    ),
+    (
+        PUSH_ARCHIVE,
+        Cover::Adapted {
+            file: "tests/push.rs",
+            test: "an_oci_archive_and_its_layout_pushed_to_two_tags_of_a_private_registry",
+            holds: &[".arg(\"push\")", "type=oci,dest="],
+            differs: "a password-protected TLS registry on 127.0.0.1 and two tags",
         },
     ),
     (

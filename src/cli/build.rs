@@ -216,17 +216,19 @@ pub struct BuildArgs {
         help_heading = "Docker-style (buildx) options"
     )]
     pub iidfile: Option<PathBuf>,
-    /// Provenance attestation: true, false, mode=min or mode=max.
+    /// Provenance attestation: true, false, or attributes such as mode=max (docker-style builds
+    /// of an image get buildx's mode=min,inline-only=true unless false; any grammar).
     #[arg(long, value_name = "VALUE", num_args = 0..=1, require_equals = true, default_missing_value = "true", help_heading = "Docker-style (buildx) options")]
     pub provenance: Option<String>,
-    /// An attestation, e.g. type=provenance,mode=max (SBOMs need a scanner image and are refused).
+    /// An attestation: type=provenance[,mode=min|max] or type=sbom[,generator=IMAGE] (any grammar).
     #[arg(
         long,
         value_name = "type=…",
         help_heading = "Docker-style (buildx) options"
     )]
     pub attest: Vec<String>,
-    /// Refused: an SBOM needs a scanner image, which can't be pulled here.
+    /// SBOM attestation: true, false, or attributes such as generator=IMAGE (the scanner image
+    /// the daemon pulls; BuildKit's default is docker/buildkit-syft-scanner; any grammar).
     #[arg(long, value_name = "VALUE", num_args = 0..=1, require_equals = true, default_missing_value = "true", help_heading = "Docker-style (buildx) options")]
     pub sbom: Option<String>,
     /// Only print the image ID at the end (progress quiet).
@@ -314,7 +316,7 @@ impl From<&BuildArgs> for crate::request::flags::BuildFlags {
             // buildx's docker-style grammar: context, Dockerfile, the frontend's and RUN's options.
             context, file, build_arg, target, platform, label, annotation, build_context,
             no_cache_filter, pull, network, add_host, shm_size, ulimit,
-            // buildx's: names, push, caches, attestations, the ID; --load, --sbom, --builder refused.
+            // buildx's: names, push, caches, attestations, the ID; --load and --builder refused.
             tag, push, load, cache_from, cache_to, iidfile, provenance, attest, sbom, quiet,
             builder,
         })

@@ -83,6 +83,16 @@ pub struct KanikoArgs {
     /// Log level: panic, fatal, error, warn, info, debug or trace.
     #[arg(long, short = 'v', value_name = "LEVEL", default_value = "info")]
     pub verbosity: String,
+    /// bkrun's own (as buildx spells it): an SBOM attestation, true or generator=IMAGE. None
+    /// unless asked, so kaniko's digests stay as they were.
+    #[arg(long, value_name = "VALUE", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub sbom: Option<String>,
+    /// bkrun's own (as buildx spells it): a provenance attestation, true or mode=min|max.
+    #[arg(long, value_name = "VALUE", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub provenance: Option<String>,
+    /// bkrun's own (as buildx spells it): an attestation, type=sbom|provenance[,k=v…] (repeatable).
+    #[arg(long, value_name = "type=…")]
+    pub attest: Vec<String>,
     /// bkrun's own: keep RUN --mount=type=cache contents between runs, in a directory or at
     /// registry://REF (kaniko never had this). Also BKRUN_CACHE_MOUNTS.
     #[arg(long, value_name = "DIR|registry://REF")]
@@ -162,6 +172,8 @@ impl From<&KanikoArgs> for crate::request::flags::KanikoFlags {
             // The executor's own.
             cleanup, verbosity, cache_mounts, cache_mounts_max_size,
             summary, summary_format, tekton_results, summary_dotenv, build_timeout,
+            // Attestations, as buildx spells them (none unless asked).
+            sbom, provenance, attest,
             // Meaningless under BuildKit: kept to name them in one notice.
             snapshot_mode, single_snapshot, use_new_run, cache_dir, cache_ttl, cache_copy_layers,
             cache_run_layers, compressed_caching, log_timestamp, push_retry,

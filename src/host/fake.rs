@@ -5,7 +5,9 @@ use std::sync::{Arc, Mutex};
 
 use nix::sys::signal::Signal;
 
-use super::{FsStat, Host, Kernel, NsProbe, PathKind, Privilege, ProcStatus, Sysctls};
+use super::{
+    FsStat, Host, IdRange, IdSets, Kernel, NsProbe, PathKind, Privilege, ProcStatus, Sysctls,
+};
 use crate::host::mountinfo::Mount;
 
 /// Every fact a test may want to set; `root()` and `user()` are the usual starting points.
@@ -18,7 +20,13 @@ pub struct FakeHost {
     pub sysctls: Sysctls,
     pub apparmor: Option<String>,
     pub masked: Vec<String>,
+    /// The user has subordinate ids: `subid_range` in both /etc/subuid and /etc/subgid.
     pub subids: bool,
+    pub subid_range: IdRange,
+    /// What the user namespace maps, uids and gids alike (the whole range outside one).
+    pub ns_map: Vec<IdRange>,
+    /// The user has a passwd entry (OpenShift's arbitrary uids have none).
+    pub passwd: bool,
     pub programs: Vec<&'static str>,
     pub privileges: Vec<(&'static str, Privilege)>,
     pub env: Vec<(&'static str, &'static str)>,
@@ -82,6 +90,15 @@ impl FakeHost {
             apparmor: None,
             masked: vec![],
             subids: false,
+            subid_range: IdRange {
+                start: 100000,
+                count: 65536,
+            },
+            ns_map: vec![IdRange {
+                start: 0,
+                count: 4294967295,
+            }],
+            passwd: true,
             programs: vec!["buildkitd", "rootlesskit", "newuidmap", "newgidmap"],
             privileges: vec![
                 ("newuidmap", Privilege::FileCaps(1 << 7)),
@@ -168,7 +185,8 @@ impl Host for FakeHost {
         self.euid
     }
     fn user_name(&self) -> Option<String> {
-        Some(if self.euid == 0 { "root" } else { "u" }.into())
+        self.passwd
+            .then(|| if self.euid == 0 { "root" } else { "u" }.into())
     }
     fn env(&self, key: &str) -> Option<String> {
         self.env
@@ -236,8 +254,22 @@ impl Host for FakeHost {
     fn proc_masked_paths(&self) -> Vec<String> {
         self.masked.clone()
     }
-    fn has_subid_ranges(&self) -> bool {
-        self.subids
+    fn subid_ranges(&self) -> IdSets {
+        let r = if self.subids {
+            vec![self.subid_range]
+        } else {
+            vec![]
+        };
+        IdSets {
+            uids: r.clone(),
+            gids: r,
+        }
+    }
+    fn namespace_ids(&self) -> Option<IdSets> {
+        Some(IdSets {
+            uids: self.ns_map.clone(),
+            gids: self.ns_map.clone(),
+        })
     }
     fn which(&self, program: &str) -> Option<PathBuf> {
         self.programs

@@ -380,7 +380,7 @@ fn check_file_parents(args: &BuildFlags) -> Result<()> {
 /// Registry credentials, as buildctl offers them: from the Docker config of whoever runs bkrun
 /// (read when the daemon asks). Tokens too, unless BUILDKIT_NO_CLIENT_TOKEN. TLS trust from
 /// bkrun.toml's registry settings.
-fn registry_auth(
+pub fn registry_auth(
     settings: &Settings,
     env_raw: &dyn Fn(&str) -> Option<String>,
     env: &dyn Fn(&str) -> Option<String>,

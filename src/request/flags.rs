@@ -67,6 +67,19 @@ pub struct BuildFlags {
     pub builder: Option<String>,
 }
 
+/// `bkrun push`'s flags as given.
+#[derive(Debug, Clone, Default)]
+pub struct PushFlags {
+    pub source: PathBuf,
+    pub references: Vec<String>,
+    pub image: Option<String>,
+    pub digest_file: Option<PathBuf>,
+    pub image_name_with_digest_file: Option<PathBuf>,
+    pub image_name_tag_with_digest_file: Option<PathBuf>,
+    pub iidfile: Option<PathBuf>,
+    pub metadata_file: Option<PathBuf>,
+}
+
 /// kaniko's executor flags as given.
 #[derive(Debug, Clone, Default)]
 pub struct KanikoFlags {
@@ -102,6 +115,9 @@ pub struct KanikoFlags {
     pub tekton_results: Option<PathBuf>,
     pub summary_dotenv: Option<PathBuf>,
     pub build_timeout: Option<String>,
+    pub sbom: Option<String>,
+    pub provenance: Option<String>,
+    pub attest: Vec<String>,
     // kaniko flags that mean nothing to BuildKit, accepted with one notice.
     pub snapshot_mode: Option<String>,
     pub single_snapshot: Option<String>,

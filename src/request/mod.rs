@@ -1,5 +1,6 @@
 //! The grammars people type (buildctl's flags) → typed specs: [`build::resolve`] is the one step that brings in bkrun.toml, the environment and the Docker config's location, and checks everything before a daemon starts.
 
+pub mod attest;
 pub mod build;
 pub mod cache;
 pub mod cachemounts;
@@ -13,6 +14,7 @@ pub mod kaniko;
 pub mod output;
 pub mod policy;
 pub mod progress;
+pub mod push;
 pub mod reference;
 pub mod regcache;
 pub mod registry;

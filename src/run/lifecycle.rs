@@ -134,6 +134,15 @@ async fn supervised(
 ) -> Result<i32> {
     let announce = work.announces();
     statelock::create_state_dir(&plan.paths.state_dir)?;
+    if plan.paths.state_fallback.is_some() {
+        // Made in a shared temp dir: another user may have made it first.
+        if let Some(why) = RealHost.others_can_write(&plan.paths.state_dir) {
+            anyhow::bail!(
+                "the state dir {} is not private: {why}; remove it, or pass --root with a directory only you can write to",
+                plan.paths.state_dir.display()
+            );
+        }
+    }
     // Remembered in the state dir for this buildkitd file: `buildkitd --version` run beside the
     // daemon's own start slows that start (BENCHMARKS.md). Only a first run asks.
     let version = announce.then(|| {
@@ -199,6 +208,9 @@ async fn say_started(
     if !daemon.swept.is_empty() && announce {
         crate::say!("bkrun: {}", daemon.swept);
     }
+    if let (Some(why), true) = (&plan.paths.state_fallback, announce) {
+        crate::say!("bkrun: {why}");
+    }
     log(plan.settings.debug, || {
         format!(
             "started {} (pid {})",
@@ -212,9 +224,12 @@ async fn say_started(
             _ => "buildkitd".into(),
         };
         crate::say!(
-            "bkrun: starting {v}, {} ({})",
+            "bkrun: starting {v}, {} ({}){}",
             plan.mode(),
-            plan.decision.why
+            plan.decision.why,
+            plan.decision
+                .given_up
+                .map_or(String::new(), |g| format!(": {g}"))
         );
         // Said before the build, not found after it: a slow snapshotter or a mount that breaks
         // setuid programs costs the whole build.

@@ -22,6 +22,8 @@ pub(super) enum Settled {
     /// Answered while settling (`config`, `doctor`, a command not found): the exit code.
     Answered(i32),
     Run(Box<Invocation>),
+    /// `bkrun push`, checked: it needs no daemon.
+    Push(Box<super::push::PushJob>),
 }
 
 /// A whole invocation, settled: what to do and where.
@@ -95,6 +97,7 @@ pub(super) fn settle(cli: &Cli, host: &dyn Host) -> Result<Settled> {
     let mut settings = Settings::load(&(&cli.global).into(), host)?;
     let mut work = match work(cli, &mut settings, host)? {
         Step::Answered(code) => return Ok(Settled::Answered(code)),
+        Step::Push(job) => return Ok(Settled::Push(job)),
         Step::Work(w) => w,
     };
     let grace = settings.stop_timeout;
@@ -110,6 +113,7 @@ pub(super) fn settle(cli: &Cli, host: &dyn Host) -> Result<Settled> {
 
 enum Step {
     Answered(i32),
+    Push(Box<super::push::PushJob>),
     Work(Work),
 }
 
@@ -155,6 +159,11 @@ fn work(cli: &Cli, settings: &mut Settings, host: &dyn Host) -> Result<Step> {
             Work::Build(Box::new(build_job(n, settings, host)?))
         }
         Command::Kaniko(k) => kaniko(k, settings, host)?,
+        Command::Push(p) => {
+            return Ok(Step::Push(Box::new(super::push::settle(
+                p, settings, host,
+            )?)))
+        }
         Command::Debug { command } => debug(command, host)?,
         Command::Du(l) => Work::Admin(Request::DiskUsage {
             filters: l.filter.clone(),
