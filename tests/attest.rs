@@ -88,14 +88,31 @@ fn docker_style_push_carries_default_provenance_and_a_stand_in_sbom() {
     let ctx = sb.context("app", "FROM scratch\nCOPY hello.txt /hello.txt\n");
     sb.write("app/hello.txt", "hello\n");
     let app = format!("{}/docker/app:1", reg.host());
+    let summary = sb.path("summary.json");
     let out = run_ok(
         with_config(sb.bkrun(), &cfg)
             .args(["build", "-t", &app, "--push"])
             .arg(format!("--sbom=generator={scanner}"))
-            .arg("--progress=plain")
+            .arg("--summary")
+            .arg(&summary)
+            .args(["--summary-format", "json", "--progress=plain"])
             .arg(&ctx),
     );
     assert!(stderr(&out).contains("generating sbom"), "{}", show(&out));
+    // The summary lists both attestations as they were asked of the frontend.
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
+    let asked: Vec<(&str, &str)> = summary["attestations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["kind"].as_str().unwrap(), a["params"].as_str().unwrap()))
+        .collect();
+    assert!(
+        asked.contains(&("provenance", "mode=min,inline-only=true"))
+            && asked.contains(&("sbom", &*format!("generator={scanner}"))),
+        "{summary}"
+    );
     let found = statements(&reg, "docker/app", "1");
     let kinds: Vec<&str> = found.iter().map(|(k, _)| k.as_str()).collect();
     let provenance = found

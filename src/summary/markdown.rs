@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use super::{Failure, OutputEntry, Report, StepEntry, Warning};
+use super::{Attestation, Failure, OutputEntry, Report, StepEntry, Warning};
 
 /// The Markdown summary of `r`, ending with a newline (appended summaries stay apart).
 pub fn markdown(r: &Report) -> String {
@@ -24,6 +24,10 @@ pub fn markdown(r: &Report) -> String {
         for o in &r.outputs {
             let _ = writeln!(md, "- {}", output(o));
         }
+        if !r.attestations.is_empty() {
+            let a: Vec<String> = r.attestations.iter().map(attestation).collect();
+            let _ = writeln!(md, "- attestations: {}", a.join(", "));
+        }
     }
     if !r.slowest_steps.is_empty() {
         md.push_str("\n#### Slowest steps\n\n| step | time | state |\n|---|--:|---|\n");
@@ -41,6 +45,14 @@ pub fn markdown(r: &Report) -> String {
         failure(&mut md, f);
     }
     md
+}
+
+fn attestation(a: &Attestation) -> String {
+    if a.params.is_empty() {
+        a.kind.clone()
+    } else {
+        format!("{} ({})", a.kind, code(&a.params))
+    }
 }
 
 /// The table of the run's facts: daemon, platforms, cache.

@@ -40,6 +40,9 @@ pub struct Report {
     pub platforms: Vec<String>,
     /// The outputs asked for; only a succeeded build wrote them.
     pub outputs: Vec<OutputEntry>,
+    /// The attestations asked of the frontend (`attest:KIND` options: --sbom, --provenance,
+    /// --attest, or the docker-style default); BuildKit attaches them to image outputs.
+    pub attestations: Vec<Attestation>,
     pub cache: Cache,
     /// The slowest steps, slowest first (at most five).
     pub slowest_steps: Vec<StepEntry>,
@@ -68,6 +71,16 @@ pub struct OutputEntry {
     pub pushed: bool,
     /// Where a file or directory output went (`-`: stdout).
     pub dest: Option<String>,
+}
+
+/// One attestation asked for: its kind and BuildKit's parameters for it.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Attestation {
+    /// sbom or provenance.
+    pub kind: String,
+    /// The option's value as sent, less `type=` (e.g. `mode=min,inline-only=true`,
+    /// `generator=IMAGE`).
+    pub params: String,
 }
 
 /// What the cache did: steps cached of the steps that finished.
@@ -151,6 +164,7 @@ pub fn report(spec: &BuildSpec, e: &Ended) -> Report {
             .iter()
             .map(|o| output_entry(o, e.response))
             .collect(),
+        attestations: attestations(spec),
         cache: Cache {
             steps_cached: e.cache.steps_cached,
             steps_total: e.cache.steps_total,
@@ -160,6 +174,30 @@ pub fn report(spec: &BuildSpec, e: &Ended) -> Report {
         warnings: e.warnings.iter().map(warning).collect(),
         failure: (e.exit_code != 0).then(|| failure(e)),
     }
+}
+
+/// The `attest:KIND` frontend options, less those turned off (`disabled=true`).
+fn attestations(spec: &BuildSpec) -> Vec<Attestation> {
+    spec.opts
+        .iter()
+        .filter_map(|(k, v)| {
+            let kind = k.strip_prefix("attest:")?;
+            let off = v.split(',').any(|p| {
+                p.split_once('=').is_some_and(|(k, v)| {
+                    k.trim() == "disabled" && parse_bool(v.trim()) == Some(true)
+                })
+            });
+            // buildx repeats the kind as `type=KIND` in the value; the summary says it once.
+            let params: Vec<&str> = v
+                .split(',')
+                .filter(|p| !p.trim().starts_with("type="))
+                .collect();
+            (!off).then(|| Attestation {
+                kind: kind.to_string(),
+                params: params.join(","),
+            })
+        })
+        .collect()
 }
 
 fn round(secs: f64) -> f64 {

@@ -77,6 +77,14 @@ fn a_success_lists_images_with_digests_files_slowest_steps_and_warnings() {
         ],
         Some("linux/amd64,linux/arm64"),
     );
+    let mut spec = spec;
+    spec.opts.insert(
+        "attest:provenance".into(),
+        "mode=min,inline-only=true".into(),
+    );
+    // Turned off: not listed.
+    spec.opts
+        .insert("attest:sbom".into(), "type=sbom,disabled=true".into());
     let ended = Ended {
         exit_code: 0,
         timed_out: false,
@@ -153,6 +161,10 @@ fn success_markdown(r: &Report) {
         "{md}"
     );
     assert!(lines.contains(&"- **Dockerfile:3** JSONArgsRecommended: JSON arguments recommended for CMD ([docs](https://docs.docker.com/go/dockerfile/rule/json-args-recommended/))"), "{md}");
+    assert!(
+        lines.contains(&"- attestations: provenance (`mode=min,inline-only=true`)"),
+        "{md}"
+    );
     assert!(!md.contains("#### Failure"));
 }
 
