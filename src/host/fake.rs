@@ -50,6 +50,11 @@ pub struct FakeHost {
     /// Filesystems as (mount point, magic, nosuid, nodev); a path is on the longest that holds it.
     pub filesystems: Vec<(&'static str, u64, bool, bool)>,
     pub kernel: Kernel,
+    /// Free and total bytes of the filesystems in `filesystems`, as (mount point, avail, size);
+    /// 100 GiB free of 200 when not listed.
+    pub space: Vec<(&'static str, u64, u64)>,
+    /// Small /proc and /sys files (cgroup counters) as (path, text).
+    pub files: Vec<(&'static str, String)>,
     /// Every effect asked for, in order: `kill PID SIGNAL`, `unmount PATH`.
     pub effects: Arc<Mutex<Vec<String>>>,
 }
@@ -116,6 +121,8 @@ impl FakeHost {
                 version: "#1 SMP PREEMPT_DYNAMIC Debian 6.1.106-3".into(),
                 overlay_permit_userns: None,
             },
+            space: vec![],
+            files: vec![],
             effects: Arc::default(),
         }
     }
@@ -216,12 +223,27 @@ impl Host for FakeHost {
             .iter()
             .filter(|(m, ..)| path.starts_with(m))
             .max_by_key(|(m, ..)| m.len())
-            .map(|&(_, magic, nosuid, nodev)| FsStat {
-                path: path.to_path_buf(),
-                magic,
-                nosuid,
-                nodev,
+            .map(|&(m, magic, nosuid, nodev)| {
+                let (avail, size) = self
+                    .space
+                    .iter()
+                    .find(|(s, ..)| *s == m)
+                    .map_or((100 << 30, 200 << 30), |&(_, a, s)| (a, s));
+                FsStat {
+                    path: path.to_path_buf(),
+                    magic,
+                    nosuid,
+                    nodev,
+                    avail,
+                    size,
+                }
             })
+    }
+    fn read_small_file(&self, path: &Path) -> Option<String> {
+        self.files
+            .iter()
+            .find(|(p, _)| Path::new(p) == path)
+            .map(|(_, t)| t.clone())
     }
     fn kernel(&self) -> Kernel {
         self.kernel.clone()

@@ -1,6 +1,7 @@
 //! The one place bkrun reads facts about the host and the container it runs in (UID, capabilities, seccomp, namespaces, newuidmap's privilege, environment, terminals), behind a trait so mode and path choice are unit-tested without root.
 
 pub mod binfmt;
+pub mod cgroup;
 pub mod mountinfo;
 mod parse;
 mod real;
@@ -51,6 +52,9 @@ pub trait Host: Send + Sync {
     fn userns_sysctls(&self) -> Sysctls;
     /// The filesystem holding `path`, or its nearest existing parent (a state dir not made yet).
     fn statfs(&self, path: &Path) -> Option<FsStat>;
+    /// A small text file of /proc or /sys (the memory cgroup's counters); None when it cannot
+    /// be read.
+    fn read_small_file(&self, path: &Path) -> Option<String>;
     /// The running kernel, for what overlayfs allows in a user namespace.
     fn kernel(&self) -> Kernel;
     /// The AppArmor profile confining this process; None when AppArmor is off.
@@ -202,6 +206,9 @@ pub struct FsStat {
     pub nosuid: bool,
     /// The mount is nodev: device files below it do not open.
     pub nodev: bool,
+    /// Bytes free to this user (`f_bavail`), and the filesystem's size.
+    pub avail: u64,
+    pub size: u64,
 }
 
 /// The running kernel, as uname(2) and the overlay module say.

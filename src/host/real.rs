@@ -99,7 +99,13 @@ impl Host for RealHost {
             magic: st.filesystem_type().0 as u64 & 0xffff_ffff,
             nosuid: flags.contains(FsFlags::ST_NOSUID),
             nodev: flags.contains(FsFlags::ST_NODEV),
+            avail: st.blocks_available().saturating_mul(st.block_size() as u64),
+            size: st.blocks().saturating_mul(st.block_size() as u64),
         })
+    }
+
+    fn read_small_file(&self, path: &Path) -> Option<String> {
+        std::fs::read_to_string(path).ok()
     }
 
     fn kernel(&self) -> Kernel {

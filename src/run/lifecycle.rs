@@ -11,6 +11,7 @@ use signal_hook_tokio::{Handle, Signals};
 
 use super::log;
 use super::perform::{died, perform, Against, Ended};
+use super::report::Local;
 use super::settle::{Invocation, Pick, Place, Work};
 use crate::client;
 use crate::client::connect::{self, Target};
@@ -92,6 +93,7 @@ async fn remote(
         reaper,
         signals: &mut signals.signals,
         grace,
+        local: None,
     };
     match perform(work, on, std::future::pending()).await {
         Ended::Code(c) => Ok(c),
@@ -166,6 +168,12 @@ async fn supervised(
             return Ok(code);
         }
     };
+    let local = Local {
+        mode: plan.mode().to_string(),
+        why: plan.decision.why.clone(),
+        start: started.elapsed(),
+        state_dir: plan.paths.state_dir.clone(),
+    };
     let target = Target::unix(&daemon.addr);
     repair_if_unclean(&plan, &daemon, &target, announce).await;
     let building = matches!(work, Work::Build(_));
@@ -175,6 +183,7 @@ async fn supervised(
         reaper,
         signals: &mut signals.signals,
         grace: plan.settings.stop_timeout,
+        local: Some(&local),
     };
     let ended = perform(work, on, daemon.exited()).await;
     crate::timeline::mark("worked");
@@ -230,6 +239,14 @@ async fn say_started(
         // Said before the build, not found after it: a slow snapshotter or a mount that breaks
         // setuid programs costs the whole build.
         for w in plan.storage.iter().flat_map(|s| &s.warnings) {
+            crate::say!("bkrun: warning: {w}");
+        }
+        let dir = &plan.paths.state_dir;
+        let min = plan.settings.min_free_space;
+        if let Some(w) = RealHost
+            .statfs(dir)
+            .and_then(|fs| crate::summary::why::low_space(dir, &fs, min))
+        {
             crate::say!("bkrun: warning: {w}");
         }
     }

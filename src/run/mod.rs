@@ -9,6 +9,8 @@ mod landed;
 mod lifecycle;
 mod meta;
 mod perform;
+mod push;
+mod report;
 mod routekey;
 mod settle;
 mod target;
@@ -37,6 +39,8 @@ async fn settle_and_run(cli: &Cli) -> Result<i32> {
     match settled {
         settle::Settled::Answered(code) => Ok(code),
         settle::Settled::Run(invocation) => lifecycle::run(*invocation).await,
+        // bkrun's own registry client, no daemon: nothing to supervise.
+        settle::Settled::Push(job) => push::run(*job).await,
     }
 }
 
