@@ -58,6 +58,15 @@ pub struct FileConfig {
     pub cache_mounts_max_size: Option<String>,
     /// The registry cache in one setting, as --cache REF; below --cache and BKRUN_CACHE.
     pub cache: Option<String>,
+    /// As --summary FILE (or "none"); below the flag.
+    pub summary: Option<String>,
+    /// As --summary-format: "markdown" or "json".
+    pub summary_format: Option<String>,
+    /// As --build-timeout: a Go duration ("45m").
+    pub build_timeout: Option<String>,
+    /// Warn before the daemon starts when the state dir's filesystem has less free (e.g.
+    /// "1GiB"; "0" never warns); below --min-free-space.
+    pub min_free_space: Option<String>,
 }
 
 /// `addr = "tcp://…"` or `addr = ["tcp://…", …]` in bkrun.toml.
@@ -185,6 +194,7 @@ pub struct GlobalFlags {
     pub buildkitd_flags: Option<String>,
     pub ready_timeout: Option<f64>,
     pub lock_timeout: Option<f64>,
+    pub min_free_space: Option<String>,
     pub worker: Option<WorkerArg>,
     pub containerd_address: Option<PathBuf>,
     pub containerd_namespace: Option<String>,
@@ -217,6 +227,10 @@ pub struct Settings {
     pub stop_timeout: Duration,
     /// How long to wait for another run that holds the state dir; zero: fail at once.
     pub lock_timeout: Duration,
+    /// Warn before the start when the state dir's filesystem has less free than this (0: never).
+    pub min_free_space: u64,
+    /// Where it came from, for `bkrun config`.
+    pub min_free_space_source: &'static str,
     /// Which worker buildkitd runs builds with.
     pub worker: Worker,
     pub buildkitd: String,
@@ -245,9 +259,15 @@ pub struct BuildDefaults {
     pub cache_mounts: Option<String>,
     pub cache_mounts_max_size: Option<String>,
     pub cache: Option<String>,
+    pub summary: Option<String>,
+    pub summary_format: Option<String>,
+    pub build_timeout: Option<String>,
 }
 
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(120);
+/// A build's layers, its cache and the image export together need room; below 1 GiB most
+/// builds of a real image fail part way with ENOSPC.
+pub const DEFAULT_MIN_FREE_SPACE: u64 = 1 << 30;
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Long enough for another pipeline's build on a shared cache to finish, short enough that a
 /// stuck one is reported within a CI step's usual limits.
@@ -276,6 +296,7 @@ impl Settings {
             (None, None) => DEFAULT_LOCK_TIMEOUT,
         };
         let worker = worker(args, &file)?;
+        let (min_free_space, min_free_space_source) = min_free_space(args, &file)?;
         let daemon_config = file.buildkitd;
         let (remote, buildkit_host_ignored) = choose_remote(args, host, file.addr.as_ref())?;
         let fallback = choose_fallback(host, file.fallback_addr.as_ref())?;
@@ -290,6 +311,8 @@ impl Settings {
             ready_timeout_source,
             stop_timeout,
             lock_timeout,
+            min_free_space,
+            min_free_space_source,
             worker,
             buildkitd: host
                 .env("BUILDKITD")
@@ -312,8 +335,24 @@ impl Settings {
                 cache_mounts: file.cache_mounts,
                 cache_mounts_max_size: file.cache_mounts_max_size,
                 cache: file.cache,
+                summary: file.summary,
+                summary_format: file.summary_format,
+                build_timeout: file.build_timeout,
             },
         })
+    }
+}
+
+/// The free space below which the start warns: --min-free-space, bkrun.toml, or 1 GiB.
+fn min_free_space(args: &GlobalFlags, file: &FileConfig) -> Result<(u64, &'static str)> {
+    let (given, from) = match (&args.min_free_space, &file.min_free_space) {
+        (Some(v), _) => (v, "--min-free-space"),
+        (None, Some(v)) => (v, "min_free_space in bkrun.toml"),
+        (None, None) => return Ok((DEFAULT_MIN_FREE_SPACE, "default")),
+    };
+    match crate::gocompat::sizes::parse_size(given) {
+        Ok(n) if n >= 0 => Ok((n as u64, from)),
+        _ => bail!("{from} {given:?} is not a size: write e.g. 1GiB, 500MB, or 0 to never warn"),
     }
 }
 

@@ -48,4 +48,6 @@ pub mod request;
 pub mod run;
 pub mod safefs;
 pub mod session;
+pub mod summary;
+pub mod timeline;
 pub mod version;

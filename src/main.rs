@@ -16,6 +16,7 @@ fn main() {
     if args.get(1).map(String::as_str) == Some(bkrun::cachemount::pack::ARG) {
         bkrun::cachemount::pack::main(&args[2..]);
     }
+    bkrun::timeline::init();
     let invoked_as = args
         .first()
         .map(|a| a.rsplit('/').next().unwrap_or(a).to_string())
@@ -61,7 +62,11 @@ fn main() {
     // The top-level future runs on this (main) thread, which is what lets spawned
     // daemons get a parent-death signal that only fires when bkrun itself dies.
     let code = rt.block_on(bkrun::run::run(cli));
-    drop(rt);
+    // By now the daemon is stopped and every file written and awaited: nothing the runtime still
+    // holds may delay the exit (dropping it would wait for its idle blocking threads, and for
+    // one stuck reading stdin, forever).
+    rt.shutdown_background();
+    bkrun::timeline::report();
     std::process::exit(code);
 }
 

@@ -80,7 +80,16 @@ enum Expect {
 struct Config {
     name: &'static str,
     uid: u32,
+    gid: u32,
+    /// A `hostUsers: false` pod: podman's `--userns=auto` with 65536 ids, as Kubernetes gives.
+    userns: bool,
+    /// Only the build and doctor, not the guide's command, SIGKILL and hostile neighbours:
+    /// configurations whose point is the mode verdict.
+    light: bool,
     security: Vec<String>,
+    /// Files bind-mounted read-only over the image's (content, container path): the changes
+    /// doctor names, applied as a user would in their image.
+    files: Vec<(String, &'static str)>,
     /// podman's --network: none, as the pods need no network; host, to reach a daemon the test
     /// runs on this machine's loopback.
     network: &'static str,
@@ -194,18 +203,110 @@ fn config(name: &'static str) -> Config {
             GUIDE,
             Expect::Refused("no daemon mode can work here"),
         ),
+        // hostUsers: false as uid 1000 of the image: the pod's namespace maps 65536 ids, the
+        // image's subordinate range 100000-165535 lies outside them.
+        "userns-user" => (
+            1000,
+            [unconfined(), vec![USERNS.into()]].concat(),
+            Some(""),
+            GUIDE,
+            Expect::Refused("100000-165535 (/etc/subuid) lie outside the ids this user namespace maps (65536 ids: 0-65535"),
+        ),
+        // hostUsers: false as root with privileged: true (images/userns.yaml).
+        "userns-root" => (
+            0,
+            vec!["--privileged".into(), USERNS.into()],
+            Some(""),
+            GUIDE,
+            Expect::Builds("privileged"),
+        ),
+        // OpenShift's restricted SCC: an arbitrary uid in group 0 without a passwd entry, every
+        // capability dropped, allowPrivilegeEscalation: false, RuntimeDefault seccomp.
+        "restricted-scc" => (
+            RESTRICTED_UID,
+            vec![
+                // podman writes a passwd entry for a --user it does not find; the kubelet does not.
+                "--passwd=false".into(),
+                "--cap-drop=ALL".into(),
+                "--security-opt".into(),
+                "no-new-privileges".into(),
+                "--security-opt".into(),
+                format!("seccomp={}", data("seccomp-runtime-default.json").display()),
+            ],
+            Some(""),
+            GUIDE,
+            Expect::Refused("allowPrivilegeEscalation"),
+        ),
+        // hostUsers: false as uid 1000 with a subordinate range inside the pod's 65536 ids: the
+        // image change that makes rootless work there (unsafe on a node without user namespaces,
+        // where 1001-65535 are the node's own ids, so bkrun's images do not ship it).
+        "userns-user-inner-range" => (
+            1000,
+            [unconfined(), vec![USERNS.into()]].concat(),
+            Some(""),
+            GUIDE,
+            Expect::Builds("rootless-strict"),
+        ),
+        // The arbitrary uid of restricted-scc under an SCC that allows what doctor names
+        // (Unconfined seccomp, privilege escalation), with the image change it names: a passwd
+        // entry (HOME=/, as OpenShift's) and a subordinate range for it.
+        "arbitrary-uid" => (
+            RESTRICTED_UID,
+            [unconfined(), vec!["--passwd=false".into()]].concat(),
+            Some(""),
+            GUIDE,
+            Expect::Builds("rootless-strict"),
+        ),
         _ => unreachable!("no pod configuration {name}"),
+    };
+    let files = match name {
+        "userns-user-inner-range" => ["/etc/subuid", "/etc/subgid"]
+            .map(|f| ("user:1001:64535\n".to_string(), f))
+            .to_vec(),
+        "arbitrary-uid" => {
+            let image = |f: &str| fs::read_to_string(rootfs().join(f)).unwrap();
+            let subids = "builder:200000:65536\n";
+            vec![
+                (
+                    format!(
+                        "{}builder:x:{RESTRICTED_UID}:0:builder:/:/usr/sbin/nologin\n",
+                        image("etc/passwd")
+                    ),
+                    "/etc/passwd",
+                ),
+                (format!("{}{subids}", image("etc/subuid")), "/etc/subuid"),
+                (format!("{}{subids}", image("etc/subgid")), "/etc/subgid"),
+            ]
+        }
+        _ => Vec::new(),
     };
     Config {
         name,
         uid,
+        gid: if uid == RESTRICTED_UID { 0 } else { uid },
+        userns: security.iter().any(|f| f == USERNS),
+        light: matches!(
+            name,
+            "userns-user"
+                | "userns-root"
+                | "restricted-scc"
+                | "userns-user-inner-range"
+                | "arbitrary-uid"
+        ),
         security,
+        files,
         network: "none",
         buildkitd_flags,
         guide,
         expect,
     }
 }
+
+/// podman's stand-in for `hostUsers: false`: a user namespace of 65536 ids of its own.
+const USERNS: &str = "--userns=auto:size=65536";
+
+/// An arbitrary uid as OpenShift's restricted SCC assigns (the rootfs has no entry for it).
+const RESTRICTED_UID: u32 = 1000680000;
 
 fn data(file: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -224,6 +325,40 @@ fn rootfs() -> PathBuf {
         dir.display()
     );
     dir
+}
+
+/// The rootfs as an image in podman's store, imported once per recipe: podman 4.3 runs a
+/// `--rootfs` directory in no user namespace of its own (runc finds no id mappings), while an
+/// image's layers it gives any namespace through idmapped mounts.
+fn rootfs_image() -> &'static str {
+    static IMAGE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let dir = rootfs();
+        let target = fs::read_link(&dir).unwrap_or_else(|_| dir.clone());
+        let recipe = target.file_name().unwrap().to_string_lossy().into_owned();
+        let name = format!("localhost/bkrun-test-{recipe}:latest");
+        let exists = podman()
+            .args(["image", "exists", &name])
+            .status()
+            .unwrap()
+            .success();
+        if !exists {
+            // tar keeps newuidmap's file capabilities (security.capability), as an image layer does.
+            let script = format!(
+                "tar -C {} --xattrs --xattrs-include=security.capability -c . | podman import --quiet - {name}",
+                dir.display()
+            );
+            let mut sh = std::process::Command::new("sh");
+            sh.env("CONTAINERS_CONF", common::podman::containers_conf());
+            let out = sh.args(["-c", &script]).output().unwrap();
+            assert!(
+                out.status.success(),
+                "importing the rootfs as {name} failed\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        name
+    })
 }
 
 /// A program on this machine's PATH (buildkitd and buildctl as scripts/setup installed them).
@@ -266,6 +401,8 @@ impl Ran {
                     // What the run found and fixed: said, but not an error.
                     && !l.starts_with("bkrun: removed ")
                     && !l.starts_with("bkrun: the last run on ")
+                    && !l.contains("cannot create the state dir")
+                    && !l.starts_with("bkrun: cache: ")
         })
     }
 
@@ -363,7 +500,7 @@ impl Pod {
             "--name".into(),
             pod.name.clone(),
             "--user".into(),
-            format!("{0}:{0}", cfg.uid),
+            format!("{}:{}", cfg.uid, cfg.gid),
             "--network".into(),
             cfg.network.into(),
             "--workdir".into(),
@@ -388,14 +525,27 @@ impl Pod {
         for (host, inside) in &binaries {
             args.extend(["--volume".into(), format!("{}:{inside}:ro", host.display())]);
         }
+        for (i, (content, inside)) in cfg.files.iter().enumerate() {
+            let host = pod.host(&format!("file-{i}"));
+            fs::write(&host, content).unwrap();
+            fs::set_permissions(&host, fs::Permissions::from_mode(0o644)).unwrap();
+            args.extend(["--volume".into(), format!("{}:{inside}:ro", host.display())]);
+        }
+        // In its own user namespace the container sees the host's owners as nobody: podman's
+        // U option gives the volumes to the container's user instead, as the kubelet does.
+        let owned = if cfg.userns { ":U" } else { "" };
         for (host, inside) in &volumes {
             args.extend([
                 "--volume".into(),
-                format!("{}:{inside}", pod.host(host).display()),
+                format!("{}:{inside}{owned}", pod.host(host).display()),
             ]);
         }
-        // `:O` gives this container an overlay of its own over the shared read-only rootfs.
-        args.extend(["--rootfs".into(), format!("{}:O", rootfs().display())]);
+        if cfg.userns {
+            args.push(rootfs_image().to_string());
+        } else {
+            // `:O` gives this container an overlay of its own over the shared read-only rootfs.
+            args.extend(["--rootfs".into(), format!("{}:O", rootfs().display())]);
+        }
         args.extend(command.iter().map(|s| s.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         podman_ok(&args);
@@ -622,10 +772,12 @@ fn run_configuration(name: &'static str) {
     let pod = Pod::start(&cfg, HELLO_DOCKERFILE, &[], &["sleep", "infinity"]);
     let mut report = Report::new(cfg.name);
 
-    let ran = pod.exec(&["sh", "-c", cfg.guide]);
-    let left = pod.leftovers(&ran);
-    report.row("guide", &ran, &left);
-    report.build_outcome("guide", cfg.expect, &ran);
+    if !cfg.light {
+        let ran = pod.exec(&["sh", "-c", cfg.guide]);
+        let left = pod.leftovers(&ran);
+        report.row("guide", &ran, &left);
+        report.build_outcome("guide", cfg.expect, &ran);
+    }
 
     let ran = pod.exec(&[BUILD, &["--output", "type=local,dest=/tmp/out"]].concat());
     let left = pod.leftovers(&ran);
@@ -660,6 +812,18 @@ fn run_configuration(name: &'static str) {
     doctor_outcome(&mut report, "doctor --format json", cfg.expect, &ran);
     if let Err(e) = check_doctor_json(&ran.stdout, cfg.expect) {
         report.check(false, "doctor --format json", &e, &ran);
+    }
+    if cfg.name == "restricted-scc" {
+        if let Err(e) = every_blocker_listed(&ran.stdout) {
+            report.check(false, "doctor --format json", &e, &ran);
+        }
+    }
+    if cfg.light {
+        if let Err(e) = pod.remove() {
+            report.problems.push(e);
+        }
+        report.finish();
+        return;
     }
 
     // The containerd worker needs the state dir at its node path: the pod's cache volume (a
@@ -791,6 +955,45 @@ fn sigkill_mid_run(pod: &Pod, report: &mut Report) {
     );
 }
 
+/// Under the restricted SCC each rootless mode lists every blocker in the order to fix them
+/// (allowPrivilegeEscalation and the capabilities, seccomp's refusal of user namespaces, the
+/// missing passwd entry and subordinate range), and doctor names the mode that needs fewest.
+fn every_blocker_listed(stdout: &str) -> Result<(), String> {
+    let v: serde_json::Value = serde_json::from_str(stdout).map_err(|e| e.to_string())?;
+    let want = [
+        "no_new_privs is set",
+        "drop the one newuidmap's file capabilities need",
+        "seccomp profile (RuntimeDefault)",
+        "has no passwd entry",
+        "/etc/subuid or /etc/subgid has no range for uid 1000680000",
+    ];
+    for m in [1, 2] {
+        let reasons: Vec<&str> = v["modes"][m]["blockers"]
+            .as_array()
+            .ok_or("no blockers")?
+            .iter()
+            .filter_map(|b| b["reason"].as_str())
+            .collect();
+        let found: Vec<usize> = want
+            .iter()
+            .filter_map(|w| reasons.iter().position(|r| r.contains(w)))
+            .collect();
+        let in_order = found.windows(2).all(|w| w[0] < w[1]);
+        if found.len() != want.len() || !in_order {
+            return Err(format!(
+                "mode {m}: expected {want:?} in this order, got {reasons:#?}"
+            ));
+        }
+    }
+    if v["fewest_changes"] != "privileged" {
+        return Err(format!(
+            "expected fewest_changes privileged, got {}",
+            v["fewest_changes"]
+        ));
+    }
+    Ok(())
+}
+
 fn doctor_outcome(report: &mut Report, command: &str, expect: Expect, ran: &Ran) {
     let want = match expect {
         Expect::Builds(_) => 0,
@@ -889,6 +1092,31 @@ fn root_unprivileged() {
 #[test]
 fn setuid_newuidmap() {
     run_configuration("setuid-newuidmap");
+}
+
+#[test]
+fn userns_user() {
+    run_configuration("userns-user");
+}
+
+#[test]
+fn userns_root() {
+    run_configuration("userns-root");
+}
+
+#[test]
+fn restricted_scc() {
+    run_configuration("restricted-scc");
+}
+
+#[test]
+fn userns_user_inner_range() {
+    run_configuration("userns-user-inner-range");
+}
+
+#[test]
+fn arbitrary_uid() {
+    run_configuration("arbitrary-uid");
 }
 
 /// Processes on this machine whose command line holds `needle`.

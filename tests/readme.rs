@@ -38,6 +38,7 @@ const HELLO: &str = "scripts/hello";
 const TEST: &str = "scripts/test";
 const BUILD: &str = "bkrun build --frontend dockerfile.v0 --local context=. --local dockerfile=. --output type=local,dest=out";
 const PUSH: &str = "bkrun build -t registry.example.com/app:1 --push .";
+const PUSH_ARCHIVE: &str = "bkrun push app.tar registry.example.com/app:1";
 const GITLAB: &str = "buildctl-daemonless.sh build --frontend dockerfile.v0 --local context=. --local dockerfile=. --output type=image,name=$CI_REGISTRY_IMAGE:$CI_COMMIT_SHA,push=true";
 const CONFIG: &str = "bkrun config";
 const DOCTOR: &str = "bkrun doctor";
@@ -56,6 +57,15 @@ const COVERED: &[(&str, Cover)] = &[
             test: "docker_style_tag_push_target_args_and_a_named_context",
             holds: &["\"-t\"", "\"--push\""],
             differs: "a registry on 127.0.0.1 (plain HTTP, through bkrun.toml) and a context dir",
+        },
+    ),
+    (
+        PUSH_ARCHIVE,
+        Cover::Adapted {
+            file: "tests/push.rs",
+            test: "an_oci_archive_and_its_layout_pushed_to_two_tags_of_a_private_registry",
+            holds: &[".arg(\"push\")", "type=oci,dest="],
+            differs: "a password-protected TLS registry on 127.0.0.1 and two tags",
         },
     ),
     (
@@ -143,9 +153,36 @@ fn sh_commands(markdown: &str) -> Vec<String> {
     commands
 }
 
+/// `markdown` without its rendered examples: blocks fenced with ````markdown (four backticks,
+/// so the example's own ``` blocks stay inside), which show what bkrun writes, not commands.
+fn without_examples(markdown: &str) -> String {
+    let mut out = String::new();
+    let mut inside = false;
+    for line in markdown.lines() {
+        match (inside, line.trim()) {
+            (false, "````markdown") => inside = true,
+            (true, "````") => inside = false,
+            (true, l) => assert!(
+                !l.starts_with("```sh"),
+                "a ```sh block inside a ````markdown example"
+            ),
+            (false, _) => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    assert!(!inside, "a ````markdown example is not closed");
+    out
+}
+
+fn front_page_text() -> String {
+    without_examples(&read("README.md"))
+}
+
 /// The front page's command `want`, as written there (the test fails if it is not).
 fn front_page(want: &str) -> String {
-    let commands = sh_commands(&read("README.md"));
+    let commands = sh_commands(&front_page_text());
     assert!(
         commands.iter().any(|c| c == want),
         "README.md no longer shows `{want}`: {commands:#?}"
@@ -156,7 +193,7 @@ fn front_page(want: &str) -> String {
 #[test]
 fn every_front_page_command_is_run_by_a_test() {
     let t0 = Instant::now();
-    let commands = sh_commands(&read("README.md"));
+    let commands = sh_commands(&front_page_text());
     let known: BTreeSet<&str> = COVERED.iter().map(|(c, _)| *c).collect();
     let uncovered: Vec<&String> = commands
         .iter()
@@ -175,8 +212,9 @@ fn every_front_page_command_is_run_by_a_test() {
     );
 
     // The set-up is exactly the two commands, and CI runs the second.
-    // Commands cannot hide in other blocks: the front page's are all ```sh.
-    let front = read("README.md");
+    // Commands cannot hide in other blocks: the front page's are all ```sh (besides the
+    // rendered ````markdown examples of what bkrun writes).
+    let front = front_page_text();
     let fences: Vec<&str> = front
         .lines()
         .map(str::trim)
@@ -189,7 +227,7 @@ fn every_front_page_command_is_run_by_a_test() {
         "README.md has blocks other than ```sh: {fences:?}"
     );
 
-    let setup = read("README.md");
+    let setup = front_page_text();
     let setup = setup
         .split("## Start here")
         .nth(1)

@@ -15,6 +15,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 use crate::cleanup::clear;
+use crate::own::{self, Marks};
 use crate::parse::ms;
 use crate::procs::{run_logged, spawn};
 use crate::report::Row;
@@ -239,9 +240,11 @@ fn bare_round(w: &World, mw: &ModeWorld, args: &[String], pause: Duration) -> Re
 /// alternating which goes first; the overhead is the median of the rounds' differences.
 /// `anchor`: the anchor's median from the cached case, if it ran: the floor's share of it is the
 /// lowest ratio any supervisor of this buildkitd could reach.
-pub fn case_floor(w: &World, rounds: usize, anchor: Option<f64>) -> Result<Vec<Row>> {
+/// Also returns the timeline of bkrun's marks per mode (BENCHMARKS.md's section after the table).
+pub fn case_floor(w: &World, rounds: usize, anchor: Option<f64>) -> Result<(Vec<Row>, String)> {
     let args = w.args(&w.tiny, None);
     let mut rows = Vec::new();
+    let mut timelines = Vec::new();
     for mode in ["privileged", "rootless", "rootless-strict"] {
         let Some(mw) = ModeWorld::new(w, mode)? else {
             continue;
@@ -254,6 +257,7 @@ pub fn case_floor(w: &World, rounds: usize, anchor: Option<f64>) -> Result<Vec<R
         .with_context(|| format!("the {mode} warm-up build failed"))?;
         let mut s: [Series; 5] = Default::default();
         let [total, ready, warm, first, stop] = &mut s;
+        let mut marks = Vec::new();
         for r in 0..rounds {
             stopped()?;
             // Odd rounds build on the bare daemon once it has been up a while (the floor's
@@ -266,11 +270,16 @@ pub fn case_floor(w: &World, rounds: usize, anchor: Option<f64>) -> Result<Vec<R
             };
             for k in 0..2 {
                 if (r + k) % 2 == 0 {
+                    // The marks cost a relaxed load each when off, a clock read when on.
                     if let Some(run) = total.survive(run_logged(
-                        mw.bkrun(w).arg("build").args(&args),
+                        mw.bkrun(w)
+                            .env(bkrun::timeline::ENV, "1")
+                            .arg("build")
+                            .args(&args),
                         &w.work.join("floor.log"),
                     ))? {
                         total.push(ms(run.wall));
+                        marks.extend(Marks::of(&run));
                     }
                 } else {
                     let bare = bare_round(w, &mw, &args, pause)?;
@@ -316,6 +325,8 @@ pub fn case_floor(w: &World, rounds: usize, anchor: Option<f64>) -> Result<Vec<R
                 None => "n/a".into(),
             },
         });
+        rows.extend(own::rows(mode, &marks));
+        timelines.push((mode, marks));
         rows.push(part("bare buildkitd spawn → READY=1", ready));
         rows.push(part(
             "the same build on the bare daemon 300 ms after its READY=1 (`bkrun --addr`)",
@@ -335,5 +346,5 @@ pub fn case_floor(w: &World, rounds: usize, anchor: Option<f64>) -> Result<Vec<R
             });
         }
     }
-    Ok(rows)
+    Ok((rows, own::timeline(&timelines)))
 }

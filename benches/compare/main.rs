@@ -19,6 +19,7 @@
 mod cases;
 mod cleanup;
 mod floor;
+mod own;
 mod parse;
 mod pool;
 mod procs;
@@ -137,6 +138,7 @@ fn run() -> Result<()> {
 
     let mut rows = Vec::new();
     let mut anchor = None;
+    let mut timeline = String::new();
     if want("cached") {
         eprintln!("compare: cached daemonless build ({cached_rounds} rounds)");
         let (r, a) = case_cached(&w, cached_rounds)?;
@@ -151,7 +153,9 @@ fn run() -> Result<()> {
         eprintln!(
             "compare: buildkitd's floor and bkrun's overhead per mode ({floor_rounds} rounds)"
         );
-        rows.extend(floor::case_floor(&w, floor_rounds, anchor)?);
+        let (r, t) = floor::case_floor(&w, floor_rounds, anchor)?;
+        rows.extend(r);
+        timeline = t;
     }
     if want("cold") {
         eprintln!("compare: cold builds");
@@ -182,7 +186,7 @@ fn run() -> Result<()> {
         rows.push(case_size()?);
     }
 
-    let table = render(&rows);
+    let table = render(&rows) + &timeline;
     println!("\n{table}");
     if std::env::var_os("BENCH_CASES").is_some() {
         eprintln!("compare: BENCH_CASES is set, so BENCHMARKS.md is left as it is");

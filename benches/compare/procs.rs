@@ -28,11 +28,15 @@ pub struct Proc {
     what: String,
     pidfd: OwnedFd,
     pub started: Instant,
+    /// CLOCK_MONOTONIC ns just before the spawn: the clock bkrun's BKRUN_TIMELINE marks use.
+    pub started_ns: u64,
 }
 
 /// How a child ended: when, its status, and its own rusage (wait4).
 pub struct Exit {
     pub at: Instant,
+    /// CLOCK_MONOTONIC ns when the exit was seen.
+    pub at_ns: u64,
     pub status: i32,
     pub maxrss_kib: f64,
     pub cpu: Duration,
@@ -54,6 +58,7 @@ impl Exit {
 pub fn spawn(cmd: &mut Command) -> Result<Proc> {
     // No BUILDKIT_HOST from the caller's environment: it would point bkrun and buildctl elsewhere.
     cmd.env_remove("BUILDKIT_HOST").stdin(Stdio::null());
+    let started_ns = bkrun::timeline::now();
     let started = Instant::now();
     let child = cmd
         .spawn()
@@ -73,6 +78,7 @@ pub fn spawn(cmd: &mut Command) -> Result<Proc> {
         what: cmd.get_program().to_string_lossy().into_owned(),
         pidfd,
         started,
+        started_ns,
     })
 }
 
@@ -86,6 +92,7 @@ impl Proc {
             let ms = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
             let r = poll(&mut fds, ms);
             let at = Instant::now();
+            let at_ns = bkrun::timeline::now();
             match r {
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => bail!("poll: {e}"),
@@ -105,6 +112,7 @@ impl Proc {
             let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
             return Ok(Some(Exit {
                 at,
+                at_ns,
                 status,
                 maxrss_kib: ru.ru_maxrss as f64,
                 cpu: tv(ru.ru_utime) + tv(ru.ru_stime),
@@ -145,6 +153,8 @@ impl Proc {
 /// One finished client run: wall time from spawn to exit, the exit, and what it printed on stderr.
 pub struct Run {
     pub wall: Duration,
+    /// CLOCK_MONOTONIC ns just before the spawn.
+    pub started_ns: u64,
     pub exit: Exit,
     pub stderr: String,
 }
@@ -202,6 +212,7 @@ pub fn run_logged_within(cmd: &mut Command, log: &Path, limit: Duration) -> Resu
     }
     Ok(Run {
         wall: exit.at - p.started,
+        started_ns: p.started_ns,
         exit,
         stderr,
     })

@@ -88,6 +88,25 @@ pub struct BuildArgs {
     #[arg(long, value_name = "NAME", help_heading = "Warm start (bkrun's own)")]
     pub cache_default_branch: Option<String>,
 
+    // bkrun's own: the build's summary where the CI shows it (docs/summary.md).
+    /// Also write the build's summary to FILE (Markdown, or --summary-format json); by default
+    /// it goes only where the CI shows it ($GITHUB_STEP_SUMMARY, a Buildkite annotation);
+    /// `none`: nowhere.
+    #[arg(long, value_name = "FILE", help_heading = "Summary (bkrun's own)")]
+    pub summary: Option<PathBuf>,
+    /// The form of --summary FILE: markdown (default) or json (a stable schema for tools).
+    #[arg(long, value_name = "FORMAT", help_heading = "Summary (bkrun's own)")]
+    pub summary_format: Option<String>,
+    /// Tekton: write the image's IMAGE_DIGEST and IMAGE_URL result files into DIR.
+    #[arg(long, value_name = "DIR", help_heading = "Summary (bkrun's own)")]
+    pub tekton_results: Option<PathBuf>,
+    /// GitLab: write IMAGE_DIGEST=… and IMAGE_URL=… to FILE for artifacts:reports:dotenv.
+    #[arg(long, value_name = "FILE", help_heading = "Summary (bkrun's own)")]
+    pub summary_dotenv: Option<PathBuf>,
+    /// Cancel the build after DURATION (Go's syntax: 45m, 1h30m) and exit with 124.
+    #[arg(long, value_name = "DURATION", help_heading = "Summary (bkrun's own)")]
+    pub build_timeout: Option<String>,
+
     // buildx's `docker buildx build` flags (docker-style: given with a positional context PATH).
     /// Docker-style: the build context, a directory, or `-` for a tar archive or a Dockerfile on stdin.
     #[arg(value_name = "PATH", help_heading = "Docker-style (buildx) options")]
@@ -197,17 +216,19 @@ pub struct BuildArgs {
         help_heading = "Docker-style (buildx) options"
     )]
     pub iidfile: Option<PathBuf>,
-    /// Provenance attestation: true, false, mode=min or mode=max.
+    /// Provenance attestation: true, false, or attributes such as mode=max (docker-style builds
+    /// of an image get buildx's mode=min,inline-only=true unless false; any grammar).
     #[arg(long, value_name = "VALUE", num_args = 0..=1, require_equals = true, default_missing_value = "true", help_heading = "Docker-style (buildx) options")]
     pub provenance: Option<String>,
-    /// An attestation, e.g. type=provenance,mode=max (SBOMs need a scanner image and are refused).
+    /// An attestation: type=provenance[,mode=min|max] or type=sbom[,generator=IMAGE] (any grammar).
     #[arg(
         long,
         value_name = "type=…",
         help_heading = "Docker-style (buildx) options"
     )]
     pub attest: Vec<String>,
-    /// Refused: an SBOM needs a scanner image, which can't be pulled here.
+    /// SBOM attestation: true, false, or attributes such as generator=IMAGE (the scanner image
+    /// the daemon pulls; BuildKit's default is docker/buildkit-syft-scanner; any grammar).
     #[arg(long, value_name = "VALUE", num_args = 0..=1, require_equals = true, default_missing_value = "true", help_heading = "Docker-style (buildx) options")]
     pub sbom: Option<String>,
     /// Only print the image ID at the end (progress quiet).
@@ -288,12 +309,14 @@ impl From<&BuildArgs> for crate::request::flags::BuildFlags {
             registry_auth_tlscontext,
             // bkrun's own: cache mounts and the registry cache that outlive the pod.
             cache_mounts, cache_mounts_max_size, cache, cache_branch, cache_default_branch,
+            // bkrun's own: the summary, the result files, the time limit.
+            summary, summary_format, tekton_results, summary_dotenv, build_timeout,
             // buildctl's: what is shown and written beside the build.
             progress, trace, metadata_file, ref_file, debug_json_cache_metrics,
             // buildx's docker-style grammar: context, Dockerfile, the frontend's and RUN's options.
             context, file, build_arg, target, platform, label, annotation, build_context,
             no_cache_filter, pull, network, add_host, shm_size, ulimit,
-            // buildx's: names, push, caches, attestations, the ID; --load, --sbom, --builder refused.
+            // buildx's: names, push, caches, attestations, the ID; --load and --builder refused.
             tag, push, load, cache_from, cache_to, iidfile, provenance, attest, sbom, quiet,
             builder,
         })

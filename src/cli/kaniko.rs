@@ -83,6 +83,16 @@ pub struct KanikoArgs {
     /// Log level: panic, fatal, error, warn, info, debug or trace.
     #[arg(long, short = 'v', value_name = "LEVEL", default_value = "info")]
     pub verbosity: String,
+    /// bkrun's own (as buildx spells it): an SBOM attestation, true or generator=IMAGE. None
+    /// unless asked, so kaniko's digests stay as they were.
+    #[arg(long, value_name = "VALUE", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub sbom: Option<String>,
+    /// bkrun's own (as buildx spells it): a provenance attestation, true or mode=min|max.
+    #[arg(long, value_name = "VALUE", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub provenance: Option<String>,
+    /// bkrun's own (as buildx spells it): an attestation, type=sbom|provenance[,k=v…] (repeatable).
+    #[arg(long, value_name = "type=…")]
+    pub attest: Vec<String>,
     /// bkrun's own: keep RUN --mount=type=cache contents between runs, in a directory or at
     /// registry://REF (kaniko never had this). Also BKRUN_CACHE_MOUNTS.
     #[arg(long, value_name = "DIR|registry://REF")]
@@ -90,6 +100,21 @@ pub struct KanikoArgs {
     /// bkrun's own: the largest cache mount saved, e.g. 512m or 4g (default 2g).
     #[arg(long, value_name = "SIZE")]
     pub cache_mounts_max_size: Option<String>,
+    /// bkrun's own: also write the build's summary to FILE (see `bkrun build --summary`).
+    #[arg(long, value_name = "FILE")]
+    pub summary: Option<PathBuf>,
+    /// bkrun's own: markdown or json, for --summary FILE.
+    #[arg(long, value_name = "FORMAT")]
+    pub summary_format: Option<String>,
+    /// bkrun's own: Tekton's IMAGE_DIGEST and IMAGE_URL result files, into DIR.
+    #[arg(long, value_name = "DIR")]
+    pub tekton_results: Option<PathBuf>,
+    /// bkrun's own: IMAGE_DIGEST=… and IMAGE_URL=… for GitLab's dotenv report.
+    #[arg(long, value_name = "FILE")]
+    pub summary_dotenv: Option<PathBuf>,
+    /// bkrun's own: cancel the build after DURATION (45m, 1h30m) and exit with 124.
+    #[arg(long, value_name = "DURATION")]
+    pub build_timeout: Option<String>,
     /// kaniko flags that mean nothing to BuildKit, accepted with one notice (--snapshot-mode,
     /// --single-snapshot, --use-new-run, --cache-dir, --cache-ttl, …).
     #[arg(long = "snapshot-mode", value_name = "MODE", hide = true)]
@@ -146,6 +171,9 @@ impl From<&KanikoArgs> for crate::request::flags::KanikoFlags {
             skip_tls_verify_registry, registry_mirror, registry_certificate,
             // The executor's own.
             cleanup, verbosity, cache_mounts, cache_mounts_max_size,
+            summary, summary_format, tekton_results, summary_dotenv, build_timeout,
+            // Attestations, as buildx spells them (none unless asked).
+            sbom, provenance, attest,
             // Meaningless under BuildKit: kept to name them in one notice.
             snapshot_mode, single_snapshot, use_new_run, cache_dir, cache_ttl, cache_copy_layers,
             cache_run_layers, compressed_caching, log_timestamp, push_retry,

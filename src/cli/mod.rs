@@ -20,12 +20,16 @@ mod build;
 mod kaniko;
 mod kube;
 mod plain;
+mod push;
 
 pub use argv::{daemonless_sh_argv, go_style_flags};
 pub use build::BuildArgs;
 pub use kaniko::KanikoArgs;
 pub use kube::{KubeArgs, KubeKind};
-pub use plain::{parse, parse_build, parse_kaniko, parse_kube, DoctorFormat, ModeArg, WorkerArg};
+pub use plain::{
+    parse, parse_build, parse_kaniko, parse_kube, parse_push, DoctorFormat, ModeArg, WorkerArg,
+};
+pub use push::PushArgs;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -65,6 +69,10 @@ pub struct GlobalArgs {
     /// Seconds to wait while another run uses the same state dir (--root); 0: fail at once.
     #[arg(long, global = true, value_name = "SECONDS")]
     pub lock_timeout: Option<f64>,
+    /// Warn before starting the daemon when the state dir's filesystem has less free space
+    /// than this (default 1GiB; 0: never).
+    #[arg(long, global = true, value_name = "SIZE")]
+    pub min_free_space: Option<String>,
     /// buildkitd's worker: oci (runc, the default) or containerd (the node's containerd runs
     /// the build containers and keeps the images).
     #[arg(long, global = true, value_enum)]
@@ -189,6 +197,10 @@ pub enum Command {
     /// kaniko's executor command line (also what bkrun does when invoked as `executor`, e.g. a
     /// symlink at /kaniko/executor): build the context and push to each --destination.
     Kaniko(Box<KanikoArgs>),
+    /// Push an image an earlier build exported (an OCI archive or layout directory) to one or
+    /// more references, byte for byte, with the logins and registry settings a build uses;
+    /// starts no daemon.
+    Push(Box<PushArgs>),
     /// Print the Kubernetes objects (YAML) of a pool of bkrun daemons serving builds over mutual
     /// TLS: ConfigMaps, a Service, and a Deployment or a StatefulSet. Also uses the global
     /// --buildkitd-flags (the daemons' buildkitd flags) and --insecure-plaintext (serve without TLS).

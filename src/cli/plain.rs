@@ -3,7 +3,7 @@
 
 use crate::config::GlobalFlags;
 use crate::kube::KubeFlags;
-use crate::request::flags::{BuildFlags, KanikoFlags};
+use crate::request::flags::{BuildFlags, KanikoFlags, PushFlags};
 
 use super::GlobalArgs;
 
@@ -71,6 +71,7 @@ impl From<&GlobalArgs> for GlobalFlags {
             buildkitd_flags,
             ready_timeout,
             lock_timeout,
+            min_free_space,
             worker,
             containerd_address,
             containerd_namespace,
@@ -97,6 +98,7 @@ impl From<&GlobalArgs> for GlobalFlags {
             buildkitd_flags,
             ready_timeout,
             lock_timeout,
+            min_free_space,
             worker: worker.map(Into::into),
             containerd_address,
             containerd_namespace,
@@ -156,6 +158,18 @@ where
     match parse(argv)?.command {
         super::Command::Kaniko(k) => Ok(KanikoFlags::from(&*k)),
         _ => Err(not_the("kaniko")),
+    }
+}
+
+/// A whole `bkrun push …` command line, parsed and mapped into [`PushFlags`].
+pub fn parse_push<I, T>(argv: I) -> Result<PushFlags, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    match parse(argv)?.command {
+        super::Command::Push(p) => Ok(PushFlags::from(&*p)),
+        _ => Err(not_the("push")),
     }
 }
 

@@ -16,7 +16,7 @@ use super::errors;
 use super::gateway::{self, Gateway};
 use super::services::{self, Services};
 use crate::cachemount::{self, CacheMounts};
-use crate::progress::{CacheStats, Renderer, Summary};
+use crate::progress::{Renderer, Summary};
 use crate::proto::moby::buildkit::v1::control_client::ControlClient;
 use crate::proto::moby::buildkit::v1::frontend::CacheOptionsEntry as GwCacheEntry;
 use crate::proto::moby::buildkit::v1::{
@@ -65,14 +65,28 @@ pub enum Outcome {
     /// The exporter's response (image digest and so on).
     Done(HashMap<String, String>),
     /// The daemon reported a failure, already shown to the user in buildctl's format.
-    Failed,
+    Failed(Failed),
+    /// `--build-timeout` passed: the Solve was cancelled (nothing shown yet).
+    TimedOut(Duration),
 }
 
-/// A build that ran: how it ended, and what the cache did (from its progress).
+/// A failure as the daemon reported it, for the build's summary.
+#[derive(Debug, Default)]
+pub struct Failed {
+    /// BuildKit's error message (masked).
+    pub message: String,
+    /// The Dockerfile lines around the failing instruction, as buildctl prints them.
+    pub excerpt: Option<String>,
+}
+
+/// A build that ran: how it ended, what the cache did, and its steps and warnings (from its
+/// progress).
 #[derive(Debug)]
 pub struct Built {
     pub outcome: Outcome,
-    pub cache: CacheStats,
+    pub cache: crate::progress::CacheStats,
+    pub steps: Vec<crate::progress::Step>,
+    pub warnings: Vec<crate::proto::moby::buildkit::v1::VertexWarning>,
 }
 
 /// Runs `spec` on the daemon behind `channel`. Progress goes to stderr as the spec settled it.
@@ -89,20 +103,11 @@ pub async fn build(channel: Channel, spec: &BuildSpec, target: &Target) -> Resul
     let extra = mounts.as_ref().map(CacheMounts::locals).unwrap_or_default();
     let (session, services) = services::build(spec, &extra, &mut |w| crate::say!("bkrun: {w}"))?;
     let session = open(session, channel.clone(), target).await?;
+    crate::timeline::mark("session");
     let reference = crate::session::random_id();
     let request = solve_request(spec, &services, session.id(), &reference);
 
-    let mut progress = spec.progress.options();
-    progress.secrets.extend(masks.iter().cloned());
-    if let Some(path) = &spec.trace {
-        // Appended to, as buildctl does: one file can hold the traces of several builds; made
-        // private (0600) when new, through the one writer's rules for shared directories.
-        let file = crate::outputs::open_append(path, 0o600)
-            .await
-            .with_context(|| format!("cannot open the --trace file {}", path.display()))?;
-        progress.trace = Some(Box::new(std::io::BufWriter::new(file)));
-    }
-    let renderer = Renderer::for_stderr(spec.progress.mode, progress);
+    let renderer = renderer(spec, &masks).await?;
     let mut control = ControlClient::new(channel.clone()).max_decoding_message_size(MAX_MESSAGE);
     let saw_foreign_binary = Arc::new(AtomicBool::new(false));
     // None while the Solve runs, then whether it succeeded.
@@ -118,41 +123,79 @@ pub async fn build(channel: Channel, spec: &BuildSpec, target: &Target) -> Resul
     // open keeps buildkitd from stopping gracefully.
     let mut status_task = AbortOnDrop(status_task);
 
-    let solved = solve(&mut control, &channel, request, mounts.as_mut()).await;
-    let _ = solve_done.send(Some(solved.is_ok()));
+    let solving = solve(&mut control, &channel, request, mounts.as_mut());
+    // Dropping the Solve call cancels it; the daemon then cancels the job's steps, whose end
+    // the Status stream still shows (so the steps still running can be named).
+    crate::timeline::mark("solve");
+    let solved = match spec.build_timeout {
+        Some(limit) => tokio::time::timeout(limit, solving)
+            .await
+            .map_err(|_| TimedOut(limit)),
+        None => Ok(solving.await),
+    };
+    crate::timeline::mark("result");
+    let _ = solve_done.send(Some(matches!(solved, Ok(Ok(_)))));
     write_ref_file(spec, &reference).await;
     // The status stream ends by itself, or once quiet after Solve (show_status); this bound is
     // only for a renderer that cannot write.
-    let summary = tokio::time::timeout(
-        STATUS_AFTER_SOLVE + Duration::from_secs(1),
-        &mut status_task.0,
-    )
-    .await;
+    let bound = STATUS_AFTER_SOLVE + Duration::from_secs(1);
+    let summary = tokio::time::timeout(bound, &mut status_task.0).await;
     drop(status_task);
+    crate::timeline::mark("status");
     let _ = session.close().await;
     services.close();
-    let mut cache = match summary {
-        Ok(Ok(Ok(s))) => s.cache,
-        Ok(Ok(Err(e))) => {
-            crate::say!("bkrun: progress output failed: {e}");
-            CacheStats::default()
+    crate::timeline::mark("closed");
+    let mut progress = summary
+        .ok()
+        .and_then(Result::ok)
+        .map(shown)
+        .unwrap_or_default();
+    let foreign = saw_foreign_binary.load(Ordering::Relaxed);
+    let outcome = match solved {
+        Ok(solved) => finish(solved, &services, target, foreign, &masks)?,
+        Err(TimedOut(limit)) => {
+            services.targets.discard();
+            Outcome::TimedOut(limit)
         }
-        _ => CacheStats::default(),
     };
-    let outcome = finish(
-        solved,
-        &services,
-        target,
-        saw_foreign_binary.load(Ordering::Relaxed),
-        &masks,
-    )?;
     if let Some(m) = mounts.as_mut() {
         if matches!(outcome, Outcome::Done(_)) {
             save_mounts(m, channel).await;
         }
-        cache.cache_mounts = Some(m.stats.numbers());
+        progress.cache.cache_mounts = Some(m.stats.numbers());
     }
-    Ok(Built { outcome, cache })
+    Ok(Built {
+        outcome,
+        cache: progress.cache,
+        steps: progress.steps,
+        warnings: progress.warnings,
+    })
+}
+
+/// `--build-timeout` passed before the Solve answered.
+struct TimedOut(Duration);
+
+/// The progress view the spec settled, masking `masks`, with `--trace` opened.
+async fn renderer(spec: &BuildSpec, masks: &[Vec<u8>]) -> Result<Renderer> {
+    let mut progress = spec.progress.options();
+    progress.secrets.extend(masks.iter().cloned());
+    if let Some(path) = &spec.trace {
+        // Appended to, as buildctl does: one file can hold the traces of several builds; made
+        // private (0600) when new, through the one writer's rules for shared directories.
+        let file = crate::outputs::open_append(path, 0o600)
+            .await
+            .with_context(|| format!("cannot open the --trace file {}", path.display()))?;
+        progress.trace = Some(Box::new(std::io::BufWriter::new(file)));
+    }
+    Ok(Renderer::for_stderr(spec.progress.mode, progress))
+}
+
+/// What the progress collected; a view that could not write is said, and its numbers lost.
+fn shown(rendered: std::io::Result<Summary>) -> Summary {
+    rendered.unwrap_or_else(|e| {
+        crate::say!("bkrun: progress output failed: {e}");
+        Summary::default()
+    })
 }
 
 /// `--ref-file`: written whether the build succeeded or not, as buildctl does (the ref names
@@ -516,7 +559,14 @@ fn finish(
                 );
             }
             crate::say_raw!("{}", mask_text(&shown, masks));
-            Ok(Outcome::Failed)
+            let excerpt: String = errors::sources(&status)
+                .iter()
+                .filter_map(errors::excerpt)
+                .collect();
+            Ok(Outcome::Failed(Failed {
+                message: mask_text(status.message(), masks),
+                excerpt: Some(mask_text(&excerpt, masks)).filter(|x| !x.is_empty()),
+            }))
         }
     }
 }

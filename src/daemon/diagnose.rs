@@ -57,7 +57,17 @@ pub fn explain(log: &str, facts: &Facts) -> Option<String> {
             .id_maps
             .iter()
             .any(|t| t.privilege == Privilege::Setuid);
-        return Some(if facts.status.no_new_privs {
+        return Some(if let Some(u) = facts.unmapped_subids() {
+            format!(
+                "rootlesskit's new{kind}map was refused: the subordinate {kind}s {} ({}) lie outside the ids this user namespace maps ({}, {}; a `hostUsers: false` pod); {}",
+                u.range,
+                u.file(),
+                u.mapped_summary(),
+                u.map_file(),
+                fix::USERNS_ROOT,
+                kind = u.kind,
+            )
+        } else if facts.status.no_new_privs {
             format!(
                 "rootlesskit's newuidmap was refused: no_new_privs is set (allowPrivilegeEscalation: false); {}",
                 fix::NO_NEW_PRIVS
@@ -120,6 +130,26 @@ mod tests {
         h.status.no_new_privs = true;
         let why = explain(NEWUIDMAP, &facts(&h)).unwrap();
         assert!(why.contains("allowPrivilegeEscalation"), "{why}");
+    }
+
+    #[test]
+    fn newuidmap_refused_for_ranges_outside_the_pods_namespace() {
+        let h = FakeHost {
+            userns: true,
+            ns_map: vec![crate::host::IdRange {
+                start: 0,
+                count: 65536,
+            }],
+            ..FakeHost::pod_user(0)
+        };
+        let why = explain(NEWUIDMAP, &facts(&h)).unwrap();
+        assert!(
+            why.contains("100000-165535 (/etc/subuid) lie outside")
+                && why.contains("65536 ids: 0-65535")
+                && why.contains("privileged: true` in the `hostUsers: false` pod")
+                && !why.contains("keep SETUID"),
+            "{why}"
+        );
     }
 
     #[test]

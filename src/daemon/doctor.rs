@@ -13,7 +13,7 @@ use crate::daemon::facts::Facts;
 use crate::daemon::fallback::{self, Fallback};
 use crate::daemon::mode::{self, ModeArg, Verdict};
 use crate::daemon::storage::{self, Storage};
-use crate::host::{parse_cap_names, Host, NsProbe, Privilege};
+use crate::host::{parse_cap_names, Host, IdRange, NsProbe, Privilege};
 
 /// Output format of `bkrun doctor`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -107,7 +107,9 @@ impl Report {
             format!(
                 "{}{}",
                 f.euid,
-                f.user.as_ref().map_or(String::new(), |u| format!(" ({u})"))
+                f.user
+                    .as_ref()
+                    .map_or(" (no passwd entry)".into(), |u| format!(" ({u})"))
             ),
         );
         row(
@@ -166,16 +168,7 @@ impl Report {
                 },
             );
         }
-        row(
-            out,
-            "subordinate ids",
-            if f.subids {
-                "yes"
-            } else {
-                "no range in /etc/subuid or /etc/subgid"
-            }
-            .into(),
-        );
+        row(out, "subordinate ids", subids_line(f));
         for (k, v, usable) in &self.env {
             row(
                 out,
@@ -234,13 +227,25 @@ impl Report {
         }
     }
 
-    /// Each mode's verdict and fix, then what auto picks and the command to run next.
+    /// Each mode's verdict with every blocker and its fix in the order to make them, then
+    /// what auto picks (or the mode that needs the fewest changes) and the command to run next.
     fn modes_text(&self, out: &mut String) {
         for v in &self.verdicts {
-            let verdict = if v.works { "yes" } else { "no" };
-            let _ = writeln!(out, "  {:<19} {verdict}: {}", v.mode.to_string(), v.reason);
-            if let Some(fix) = &v.fix {
-                let _ = writeln!(out, "  {:<19} to make it work: {fix}", "");
+            if v.works {
+                let _ = writeln!(out, "  {:<19} yes: {}", v.mode.to_string(), v.reason);
+                continue;
+            }
+            for (i, b) in v.blockers.iter().enumerate() {
+                let (label, head) = if i == 0 {
+                    (v.mode.to_string(), "no")
+                } else {
+                    (String::new(), "also")
+                };
+                let _ = writeln!(out, "  {label:<19} {head}: {}", b.reason);
+                let _ = writeln!(out, "  {:<19} to make it work: {}", "", b.fix);
+            }
+            if v.blockers.len() > 1 || v.blockers.iter().any(|b| b.allow.is_some()) {
+                let _ = writeln!(out, "  {:<19} needs: {}", "", v.needs());
             }
         }
         let auto = match &self.auto {
@@ -248,6 +253,17 @@ impl Report {
             None => "nothing: no mode can work here".into(),
         };
         let _ = writeln!(out, "{:<21} {auto}", "auto picks");
+        if let Some(v) = self.fewest_changes() {
+            let n = v.blockers.len();
+            let _ = writeln!(
+                out,
+                "{:<21} {} ({n} change{}: {})",
+                "fewest changes",
+                v.mode,
+                if n == 1 { "" } else { "s" },
+                v.needs()
+            );
+        }
         if let Some(f) = &self.fallback {
             let used = if f.is_used() { "used" } else { "not used" };
             let pool = f.pool();
@@ -261,6 +277,15 @@ impl Report {
             );
         }
         let _ = writeln!(out, "{:<21} {}", "next command", self.next);
+    }
+
+    /// When no mode works: the one that needs the fewest changes (the first in auto's order
+    /// on a tie).
+    fn fewest_changes(&self) -> Option<&Verdict> {
+        if self.verdicts.iter().any(|v| v.works) {
+            return None;
+        }
+        self.verdicts.iter().min_by_key(|v| v.blockers.len())
     }
 
     /// The native platform and the emulators binfmt_misc has, for `json`.
@@ -328,7 +353,15 @@ impl Report {
                 "proc_masked_paths": f.masked,
                 "newuidmap": tool(&f.id_maps[0]),
                 "newgidmap": tool(&f.id_maps[1]),
-                "subordinate_ids": f.subids,
+                "subordinate_ids": f.has_subids(),
+                "subordinate_ranges": {
+                    "uids": ranges(&f.subids.uids),
+                    "gids": ranges(&f.subids.gids),
+                },
+                "namespace_maps": f.ns_ids.as_ref().map(|n| json!({
+                    "uids": ranges(&n.uids),
+                    "gids": ranges(&n.gids),
+                })),
                 "env": self.env.iter().map(|(k, v, usable)| {
                     (k.to_string(), json!({"value": v, "usable": usable}))
                 }).collect::<serde_json::Map<_, _>>(),
@@ -343,7 +376,14 @@ impl Report {
                 "works": v.works,
                 "reason": v.reason,
                 "fix": v.fix,
+                "blockers": v.blockers.iter().map(|b| json!({
+                    "reason": b.reason,
+                    "fix": b.fix,
+                    "allow": b.allow,
+                })).collect::<Vec<_>>(),
+                "needs": (!v.works).then(|| v.needs()),
             })).collect::<Vec<_>>(),
+            "fewest_changes": self.fewest_changes().map(|v| v.mode.to_string()),
             "platforms": self.platforms_json(),
             "storage": storage_json(&self.storage),
             "auto": self.auto.as_ref().map(|d| d.mode.to_string()),
@@ -361,6 +401,33 @@ impl Report {
 /// One indented `key value` line of the text report, keys in a column of 19.
 fn row(out: &mut String, k: &str, v: String) {
     let _ = writeln!(out, "  {k:<19} {v}");
+}
+
+/// Id ranges as `100000-165535` strings.
+fn ranges(r: &[IdRange]) -> Vec<String> {
+    r.iter().map(ToString::to_string).collect()
+}
+
+/// This user's subordinate ranges, and whether the user namespace maps them.
+fn subids_line(f: &Facts) -> String {
+    if !f.has_subids() {
+        return "no range in /etc/subuid or /etc/subgid".into();
+    }
+    let mut s = format!(
+        "uids {}; gids {}",
+        ranges(&f.subids.uids).join(", "),
+        ranges(&f.subids.gids).join(", ")
+    );
+    if let Some(u) = f.unmapped_subids() {
+        let _ = write!(
+            s,
+            " ({}s {} are outside this user namespace's {})",
+            u.kind,
+            u.range,
+            u.mapped_summary()
+        );
+    }
+    s
 }
 
 fn seccomp_name(mode: u8) -> &'static str {
@@ -860,6 +927,80 @@ mod tests {
             report(&FakeHost::pod_user(0)).json()["fallback"],
             Value::Null
         );
+    }
+
+    #[test]
+    fn a_restricted_scc_gets_every_blocker_and_the_mode_with_fewest_changes() {
+        let mut h = FakeHost {
+            euid: 1000680000,
+            passwd: false,
+            subids: false,
+            ..FakeHost::pod_user(2)
+        };
+        h.status.no_new_privs = true;
+        h.status.cap_bnd = 0;
+        h.probe.clone_userns = Some(Err(nix::errno::Errno::EPERM));
+        h.probe.unshare_userns = Some(Err(nix::errno::Errno::EPERM));
+        h.probe.mount = None;
+        h.probe.mount_proc = None;
+        let r = report(&h);
+        assert_eq!(r.exit_code(), 1);
+        let t = r.text();
+        assert!(
+            t.contains("uid                 1000680000 (no passwd entry)"),
+            "{t}"
+        );
+        assert!(
+            t.contains("rootless-strict     no: no_new_privs is set"),
+            "{t}"
+        );
+        assert!(
+            t.contains("also: creating a user namespace was refused"),
+            "{t}"
+        );
+        assert!(
+            t.contains("also: /etc/subuid or /etc/subgid has no range for uid 1000680000"),
+            "{t}"
+        );
+        assert!(
+            t.contains("needs: allowPrivilegeEscalation: true, capabilities SETUID and SETGID, seccompProfile: Unconfined, runAsUser: 1000"),
+            "{t}"
+        );
+        assert!(
+            t.contains(
+                "fewest changes        privileged (1 change: runAsUser: 0 with privileged: true)"
+            ),
+            "{t}"
+        );
+        let j = r.json();
+        assert_eq!(j["fewest_changes"], "privileged");
+        assert_eq!(j["modes"][2]["blockers"].as_array().unwrap().len(), 5);
+        assert_eq!(j["modes"][1]["blockers"].as_array().unwrap().len(), 6);
+        assert_eq!(j["modes"][2]["fix"], j["modes"][2]["blockers"][0]["fix"]);
+        assert_eq!(
+            j["modes"][2]["blockers"][0]["allow"],
+            "allowPrivilegeEscalation: true"
+        );
+        assert_eq!(j["facts"]["subordinate_ids"], false);
+    }
+
+    #[test]
+    fn subordinate_ranges_outside_the_namespace_are_shown() {
+        let h = FakeHost {
+            userns: true,
+            ns_map: vec![crate::host::IdRange {
+                start: 0,
+                count: 65536,
+            }],
+            ..FakeHost::pod_user(0)
+        };
+        let r = report(&h);
+        let t = r.text();
+        assert!(
+            t.contains("subordinate ids     uids 100000-165535; gids 100000-165535 (uids 100000-165535 are outside this user namespace's 65536 ids: 0-65535)"),
+            "{t}"
+        );
+        assert_eq!(r.json()["facts"]["namespace_maps"]["uids"][0], "0-65535");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::host::{Host, NsProbe, Privilege, ProcStatus, Sysctls, CAP_SYS_ADMIN};
+use crate::host::{Host, IdRange, IdSets, NsProbe, Privilege, ProcStatus, Sysctls, CAP_SYS_ADMIN};
 
 /// One of newuidmap/newgidmap: where it is and how it gets privilege.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,7 +32,48 @@ pub struct Facts {
     pub rootlesskit: Option<PathBuf>,
     pub rootlesskit_name: String,
     pub id_maps: [IdMapTool; 2],
-    pub subids: bool,
+    /// This user's subordinate ids (/etc/subuid, /etc/subgid).
+    pub subids: IdSets,
+    /// The ids this user namespace maps; None when unreadable.
+    pub ns_ids: Option<IdSets>,
+}
+
+/// A subordinate range newuidmap or newgidmap cannot map, because the user namespace bkrun
+/// runs in (a `hostUsers: false` pod's) does not map it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unmapped {
+    /// "uid" or "gid".
+    pub kind: &'static str,
+    pub range: IdRange,
+    /// What the namespace maps.
+    pub mapped: Vec<IdRange>,
+}
+
+impl Unmapped {
+    /// The file the range comes from.
+    pub fn file(&self) -> &'static str {
+        if self.kind == "uid" {
+            "/etc/subuid"
+        } else {
+            "/etc/subgid"
+        }
+    }
+
+    /// `/proc/self/uid_map` or `gid_map`.
+    pub fn map_file(&self) -> &'static str {
+        if self.kind == "uid" {
+            "/proc/self/uid_map"
+        } else {
+            "/proc/self/gid_map"
+        }
+    }
+
+    /// What the namespace maps, in words: `0-65535` and how many.
+    pub fn mapped_summary(&self) -> String {
+        let total: u64 = self.mapped.iter().map(|r| r.count).sum();
+        let list: Vec<String> = self.mapped.iter().map(ToString::to_string).collect();
+        format!("{total} ids: {}", list.join(", "))
+    }
 }
 
 impl Facts {
@@ -68,8 +109,32 @@ impl Facts {
                 tool("newuidmap", crate::host::CAP_SETUID),
                 tool("newgidmap", crate::host::CAP_SETGID),
             ],
-            subids: host.has_subid_ranges(),
+            subids: host.subid_ranges(),
+            ns_ids: host.namespace_ids(),
         }
+    }
+
+    /// /etc/subuid and /etc/subgid both give this user a range.
+    pub fn has_subids(&self) -> bool {
+        !self.subids.uids.is_empty() && !self.subids.gids.is_empty()
+    }
+
+    /// The first subordinate range (uids first) this user namespace does not map: newuidmap
+    /// then fails with `write to uid_map failed`, whatever its privilege.
+    pub fn unmapped_subids(&self) -> Option<Unmapped> {
+        let ns = self.ns_ids.as_ref()?;
+        let kinds = [
+            ("uid", &self.subids.uids, &ns.uids),
+            ("gid", &self.subids.gids, &ns.gids),
+        ];
+        kinds.into_iter().find_map(|(kind, ranges, mapped)| {
+            let range = ranges.iter().find(|r| !r.covered_by(mapped))?;
+            Some(Unmapped {
+                kind,
+                range: *range,
+                mapped: mapped.clone(),
+            })
+        })
     }
 
     /// Root with CAP_SYS_ADMIN: privileged mode works and nothing else needs checking.

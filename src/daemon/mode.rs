@@ -1,8 +1,8 @@
-//! Which way buildkitd is started (privileged, rootless, rootless-strict): each mode judged from the host's facts, with the reason and, where it cannot work, the one change that would make it work.
+//! Which way buildkitd is started (privileged, rootless, rootless-strict): each mode judged from the host's facts, with the reason and, where it cannot work, every blocker and the change that removes it, in the order to make them.
 
 use std::fmt;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use nix::errno::Errno;
 
 use super::facts::{Facts, IdMapTool};
@@ -60,6 +60,46 @@ pub mod fix {
         "install rootlesskit in the image, or set ROOTLESSKIT to its path";
     pub const INSTALL_BUILDKITD: &str =
         "install BuildKit's buildkitd (scripts/setup does), or set BUILDKITD to its path";
+    pub const USERNS_ROOT: &str = "run as root (`securityContext.runAsUser: 0`) with `securityContext.privileged: true` in the `hostUsers: false` pod, whose privilege ends at the pod's user namespace (bkrun's privileged image; images/userns.yaml)";
+    pub const NO_PASSWD_USER: &str = "run as the image's user that has subordinate ids (`securityContext.runAsUser: 1000` in bkrun's rootless image; on OpenShift an SCC whose runAsUser allows it)";
+}
+
+/// What auto's rootless-strict gives up, and the pod-spec changes that give it back: said on
+/// the start-up line, since BuildKit's docs discourage running without the sandbox.
+pub const STRICT_LOSS: &str = "no process sandbox: RUN steps share buildkitd's PID namespace and can outlive the build; `procMount: Unmasked` with `hostUsers: false`, or root with `privileged: true` in a `hostUsers: false` pod, gives it back";
+
+/// What the pod spec (or an OpenShift SCC) must allow for a fix, in its field names.
+mod allow {
+    pub const NO_NEW_PRIVS: &str = "allowPrivilegeEscalation: true";
+    pub const SETID_CAPS: &str = "capabilities SETUID and SETGID";
+    pub const SECCOMP: &str = "seccompProfile: Unconfined";
+    pub const APPARMOR: &str = "appArmorProfile: Unconfined";
+    pub const PRIVILEGED: &str = "privileged: true";
+    pub const ROOT: &str = "runAsUser: 0 with privileged: true";
+    pub const USER: &str = "runAsUser: 1000 (a user with subordinate ids)";
+    pub const PROC_MOUNT: &str = "procMount: Unmasked with hostUsers: false";
+}
+
+/// One thing that keeps a mode from working here, and the change that removes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Blocker {
+    pub reason: String,
+    pub fix: String,
+    /// What the pod spec (or an OpenShift SCC) must allow for the fix, in its field names; None
+    /// when the change is to the image or the node.
+    pub allow: Option<&'static str>,
+}
+
+fn blocker(
+    reason: impl Into<String>,
+    fix: impl Into<String>,
+    allow: Option<&'static str>,
+) -> Blocker {
+    Blocker {
+        reason: reason.into(),
+        fix: fix.into(),
+        allow,
+    }
 }
 
 /// One mode judged: whether it can work here, why, and what would make it work.
@@ -67,9 +107,12 @@ pub mod fix {
 pub struct Verdict {
     pub mode: Mode,
     pub works: bool,
+    /// Why it works, or else its first blocker's reason (what one-line messages show).
     pub reason: String,
-    /// The one change that would make it work; None when it works.
+    /// The first blocker's fix; None when it works.
     pub fix: Option<String>,
+    /// Everything that keeps it from working, in the order to fix them; empty when it works.
+    pub blockers: Vec<Blocker>,
 }
 
 impl Verdict {
@@ -79,14 +122,52 @@ impl Verdict {
             works: true,
             reason: reason.into(),
             fix: None,
+            blockers: Vec::new(),
         }
     }
-    fn no(mode: Mode, (reason, fix): (String, String)) -> Verdict {
+
+    /// Works when nothing blocks it; `reason` is then why it works.
+    fn judged(mode: Mode, blockers: Vec<Blocker>, reason: &str) -> Verdict {
+        let Some(first) = blockers.first() else {
+            return Verdict::yes(mode, reason);
+        };
         Verdict {
             mode,
             works: false,
-            reason,
-            fix: Some(fix),
+            reason: first.reason.clone(),
+            fix: Some(first.fix.clone()),
+            blockers,
+        }
+    }
+
+    /// Every change this mode needs, numbered in order, on one line.
+    pub fn fixes(&self) -> String {
+        self.blockers
+            .iter()
+            .enumerate()
+            .map(|(i, b)| format!("{}) {}", i + 1, b.fix))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    /// What the pod spec (or an OpenShift SCC) must allow for this mode, and what the image
+    /// or node must change, in words.
+    pub fn needs(&self) -> String {
+        let mut allow: Vec<&str> = Vec::new();
+        for a in self.blockers.iter().filter_map(|b| b.allow) {
+            if !allow.contains(&a) {
+                allow.push(a);
+            }
+        }
+        let other = self.blockers.iter().filter(|b| b.allow.is_none()).count();
+        match (allow.is_empty(), other) {
+            (true, _) => "no pod-spec change: the image or the node must change".into(),
+            (false, 0) => allow.join(", "),
+            (false, n) => format!(
+                "{}, and {n} change{} to the image or node",
+                allow.join(", "),
+                if n == 1 { "" } else { "s" }
+            ),
         }
     }
 }
@@ -101,145 +182,205 @@ pub fn assess(f: &Facts) -> [Verdict; 3] {
 }
 
 fn privileged(f: &Facts) -> Verdict {
-    let m = Mode::Privileged;
-    if let Err(why) = buildkitd(f) {
-        return Verdict::no(m, why);
-    }
+    let mut b: Vec<Blocker> = buildkitd(f).into_iter().collect();
     if f.euid != 0 {
-        return Verdict::no(
-            m,
-            (
-                format!("bkrun runs as uid {}, not root", f.euid),
-                fix::RUN_AS_ROOT.into(),
-            ),
-        );
+        b.push(blocker(
+            format!("bkrun runs as uid {}, not root", f.euid),
+            fix::RUN_AS_ROOT,
+            Some(allow::ROOT),
+        ));
+    } else if !f.status.has_eff(CAP_SYS_ADMIN) {
+        b.push(blocker(
+            "root without CAP_SYS_ADMIN (the container is not privileged)",
+            fix::PRIVILEGED,
+            Some(allow::PRIVILEGED),
+        ));
     }
-    if !f.status.has_eff(CAP_SYS_ADMIN) {
-        return Verdict::no(
-            m,
-            (
-                "root without CAP_SYS_ADMIN (the container is not privileged)".into(),
-                fix::PRIVILEGED.into(),
-            ),
-        );
-    }
-    Verdict::yes(
-        m,
-        if f.user_namespace {
-            "root with CAP_SYS_ADMIN in a user namespace (buildkitd adapts to it)"
-        } else {
-            "root with CAP_SYS_ADMIN"
-        },
-    )
+    let reason = if f.user_namespace {
+        "root with CAP_SYS_ADMIN in a user namespace (buildkitd adapts to it)"
+    } else {
+        "root with CAP_SYS_ADMIN"
+    };
+    Verdict::judged(Mode::Privileged, b, reason)
 }
 
-fn buildkitd(f: &Facts) -> Result<(), (String, String)> {
-    match f.buildkitd {
-        Some(_) => Ok(()),
-        None => Err((
+fn buildkitd(f: &Facts) -> Option<Blocker> {
+    f.buildkitd.is_none().then(|| {
+        blocker(
             format!("{:?} is not on PATH", f.buildkitd_name),
-            fix::INSTALL_BUILDKITD.into(),
-        )),
-    }
+            fix::INSTALL_BUILDKITD,
+            None,
+        )
+    })
 }
 
 fn rootless(f: &Facts, mode: Mode) -> Verdict {
-    if let Err(why) = rootless_common(f) {
-        return Verdict::no(mode, why);
-    }
-    let probe = f.probe.expect("checked by rootless_common");
+    let mut b = rootless_blockers(f);
     if mode == Mode::RootlessStrict {
-        return Verdict::yes(
+        return Verdict::judged(
             mode,
+            b,
             "user namespaces and the id-map tools work; builds run without a process sandbox",
         );
     }
-    match probe.mount_proc {
-        Some(Ok(())) => Verdict::yes(
-            mode,
-            "user namespaces work and a fresh /proc can be mounted for the process sandbox",
-        ),
-        Some(Err(e)) => {
-            let reason = if f.masked.is_empty() {
-                format!("mounting a fresh /proc for the process sandbox was refused ({e})")
-            } else {
-                format!(
-                    "/proc has masked paths ({}), so the kernel refuses the fresh /proc the process sandbox needs",
-                    f.masked_summary()
-                )
-            };
-            Verdict::no(mode, (reason, fix::PROC_MOUNT.into()))
-        }
-        None => Verdict::no(
-            mode,
-            (
-                "the /proc mount could not be tried".into(),
-                fix::PROC_MOUNT.into(),
-            ),
-        ),
-    }
+    b.extend(sandbox_blocker(f));
+    Verdict::judged(
+        mode,
+        b,
+        "user namespaces work and a fresh /proc can be mounted for the process sandbox",
+    )
 }
 
-/// What both rootless modes need: buildkitd, rootlesskit, user namespaces and mounts in them,
-/// newuidmap/newgidmap with usable privilege, subordinate ids.
-fn rootless_common(f: &Facts) -> Result<(), (String, String)> {
-    buildkitd(f)?;
+/// What the process sandbox needs beyond rootless-strict: a fresh /proc in a new PID namespace.
+fn sandbox_blocker(f: &Facts) -> Option<Blocker> {
+    let masked = || {
+        format!(
+            "/proc has masked paths ({}), so the kernel refuses the fresh /proc the process sandbox needs",
+            f.masked_summary()
+        )
+    };
+    let reason = match f.probe.and_then(|p| p.mount_proc) {
+        Some(Ok(())) => return None,
+        Some(Err(_)) if !f.masked.is_empty() => masked(),
+        Some(Err(e)) => {
+            format!("mounting a fresh /proc for the process sandbox was refused ({e})")
+        }
+        // Not tried because an earlier step failed: masked paths alone say it would fail too.
+        None if !f.masked.is_empty() => masked(),
+        None if f
+            .probe
+            .is_some_and(|p| p.userns().is_ok() && p.mount == Some(Ok(()))) =>
+        {
+            "the /proc mount could not be tried".into()
+        }
+        None => return None,
+    };
+    Some(blocker(reason, fix::PROC_MOUNT, Some(allow::PROC_MOUNT)))
+}
+
+/// What both rootless modes need, in the order to fix them: buildkitd and rootlesskit,
+/// newuidmap/newgidmap with usable privilege (the pod's securityContext), user namespaces and
+/// mounts in them (its profiles, the node), then subordinate ids this namespace can map.
+fn rootless_blockers(f: &Facts) -> Vec<Blocker> {
+    let mut b: Vec<Blocker> = buildkitd(f).into_iter().collect();
     if f.rootlesskit.is_none() {
-        return Err((
+        b.push(blocker(
             format!("{:?} is not on PATH", f.rootlesskit_name),
-            fix::INSTALL_ROOTLESSKIT.into(),
+            fix::INSTALL_ROOTLESSKIT,
+            None,
         ));
     }
-    if f.euid != 0 {
-        for tool in &f.id_maps {
-            id_map_usable(f, tool)?;
-        }
-        if !f.subids {
-            let who = f.user.clone().unwrap_or_else(|| f.euid.to_string());
-            return Err((
-                format!("/etc/subuid or /etc/subgid has no range for {who}"),
-                format!("add `{who}:100000:65536` to the image's /etc/subuid and /etc/subgid"),
-            ));
-        }
-    } else {
+    if f.euid == 0 {
         // rootlesskit warns that running as root is unsupported, and it then wants subordinate
         // ids for root, which images don't have.
-        return Err((
-            "rootlesskit does not support running as root".into(),
-            fix::RUN_AS_USER.into(),
+        b.push(blocker(
+            "rootlesskit does not support running as root",
+            fix::RUN_AS_USER,
+            Some(allow::USER),
         ));
+    } else {
+        for tool in &f.id_maps {
+            for x in id_map_blockers(f, tool) {
+                // newuidmap and newgidmap usually fail alike: one change fixes both.
+                if !b.iter().any(|y| y.fix == x.fix) {
+                    b.push(x);
+                }
+            }
+        }
     }
+    b.extend(namespace_blocker(f));
+    if f.euid != 0 {
+        b.extend(subid_blockers(f));
+    }
+    b
+}
+
+/// User namespaces and mounts in them, as the probe found them.
+fn namespace_blocker(f: &Facts) -> Option<Blocker> {
     let Some(probe) = f.probe else {
-        return Err((
-            "user namespaces were not tried".into(),
-            "run `bkrun doctor`".into(),
+        return Some(blocker(
+            "user namespaces were not tried",
+            "run `bkrun doctor`",
+            None,
         ));
     };
     if let Err(e) = probe.userns() {
-        return Err(refused(f, "creating a user namespace", e));
+        return Some(refused(f, "creating a user namespace", e));
     }
     match probe.mount {
-        Some(Ok(())) => Ok(()),
-        Some(Err(e)) => Err(refused(f, "mounting in a user namespace", e)),
-        None => Err((
-            "mounting in a user namespace could not be tried".into(),
-            fix::SECCOMP.into(),
+        Some(Ok(())) => None,
+        Some(Err(e)) => Some(refused(f, "mounting in a user namespace", e)),
+        None => Some(blocker(
+            "mounting in a user namespace could not be tried",
+            fix::SECCOMP,
+            Some(allow::SECCOMP),
         )),
     }
 }
 
+/// Subordinate ids: newuidmap must know the user, the user must have some, and this user
+/// namespace must map them (a `hostUsers: false` pod maps 65536 ids, which the usual
+/// 100000-165535 lies outside).
+fn subid_blockers(f: &Facts) -> Vec<Blocker> {
+    let mut b = Vec::new();
+    let who = f.user.clone().unwrap_or_else(|| format!("uid {}", f.euid));
+    if f.user.is_none() {
+        // shadow's newuidmap looks its caller up in the passwd database and gives up without an
+        // entry ("Cannot determine your user name"), whatever /etc/subuid says.
+        b.push(blocker(
+            format!("uid {} has no passwd entry (an arbitrary uid, as OpenShift assigns), and newuidmap refuses a caller it cannot name", f.euid),
+            format!("{}, or give uid {} an entry in the image's /etc/passwd", fix::NO_PASSWD_USER, f.euid),
+            Some(allow::USER),
+        ));
+    }
+    if !f.has_subids() {
+        let name = f.user.clone().unwrap_or_else(|| f.euid.to_string());
+        b.push(blocker(
+            format!("/etc/subuid or /etc/subgid has no range for {who}"),
+            format!("add `{name}:100000:65536` to the image's /etc/subuid and /etc/subgid"),
+            None,
+        ));
+        return b;
+    }
+    let Some(u) = f.unmapped_subids() else {
+        return b;
+    };
+    let partly = u
+        .mapped
+        .iter()
+        .any(|m| m.start < u.range.end() && u.range.start < m.end());
+    b.push(blocker(
+        format!(
+            "uid {}'s subordinate {kind}s {} ({}) lie {}outside the ids this user namespace maps ({}, {}; a `hostUsers: false` pod), so new{kind}map cannot map them",
+            f.euid,
+            u.range,
+            u.file(),
+            if partly { "partly " } else { "" },
+            u.mapped_summary(),
+            u.map_file(),
+            kind = u.kind,
+        ),
+        fix::USERNS_ROOT,
+        Some(allow::ROOT),
+    ));
+    b
+}
+
 /// Who refused a namespace call: the node's sysctls, the seccomp profile or AppArmor.
-fn refused(f: &Facts, what: &str, e: Errno) -> (String, String) {
+fn refused(f: &Facts, what: &str, e: Errno) -> Blocker {
     if f.sysctls.refuse_userns(f.euid) {
-        return (
+        return blocker(
             format!("{what} was refused ({e}): the node's sysctls turn user namespaces off"),
-            fix::NODE_USERNS.into(),
+            fix::NODE_USERNS,
+            None,
         );
     }
     if f.apparmor_restricts_userns() {
-        return (
+        // The fix is a profile loaded on the node, not a field of the pod spec.
+        return blocker(
             format!("{what} was refused ({e}): kernel.apparmor_restrict_unprivileged_userns=1 (Ubuntu 23.10 and later) leaves an unconfined program's user namespace without capabilities"),
-            fix::APPARMOR_USERNS.into(),
+            fix::APPARMOR_USERNS,
+            None,
         );
     }
     if f.status.seccomp == 2 {
@@ -247,76 +388,82 @@ fn refused(f: &Facts, what: &str, e: Errno) -> (String, String) {
         if f.apparmor_enforcing() {
             fix.push_str(" and `appArmorProfile: {type: Unconfined}`");
         }
-        return (
+        return blocker(
             format!("{what} was refused ({e}): the container's seccomp profile (RuntimeDefault) refuses it without CAP_SYS_ADMIN"),
             fix,
+            Some(allow::SECCOMP),
         );
     }
     if f.apparmor_enforcing() {
-        return (
+        return blocker(
             format!(
                 "{what} was refused ({e}) under the AppArmor profile {:?}",
                 f.apparmor.as_deref().unwrap_or("")
             ),
-            fix::APPARMOR.into(),
+            fix::APPARMOR,
+            Some(allow::APPARMOR),
         );
     }
-    (
+    blocker(
         format!("{what} failed ({e})"),
         format!(
             "{}, or check the node's user-namespace sysctls",
             fix::SECCOMP
         ),
+        Some(allow::SECCOMP),
     )
 }
 
-/// newuidmap/newgidmap must be there and get their privilege when run.
-fn id_map_usable(f: &Facts, tool: &IdMapTool) -> Result<(), (String, String)> {
+/// newuidmap/newgidmap must be there and get their privilege when run: every reason they
+/// would not.
+fn id_map_blockers(f: &Facts, tool: &IdMapTool) -> Vec<Blocker> {
     let name = tool.name;
     if tool.path.is_none() {
-        return Err((format!("{name} is not on PATH"), fix::INSTALL_UIDMAP.into()));
+        return vec![blocker(
+            format!("{name} is not on PATH"),
+            fix::INSTALL_UIDMAP,
+            None,
+        )];
     }
     let how = match tool.privilege {
         Privilege::Missing | Privilege::None => {
-            return Err((
+            return vec![blocker(
                 format!("{name} has neither file capabilities nor the setuid bit"),
-                fix::NEWUIDMAP_FILE_CAPS.into(),
-            ))
+                fix::NEWUIDMAP_FILE_CAPS,
+                None,
+            )]
         }
         Privilege::Setuid => "its setuid bit",
         Privilege::FileCaps(_) => "its file capabilities",
     };
+    let mut b = Vec::new();
     if f.status.no_new_privs {
-        return Err((
+        b.push(blocker(
             format!("no_new_privs is set (allowPrivilegeEscalation: false), so {name} gets nothing from {how}"),
-            fix::NO_NEW_PRIVS.into(),
+            fix::NO_NEW_PRIVS,
+            Some(allow::NO_NEW_PRIVS),
         ));
     }
+    let keep = |reason: String| blocker(reason, fix::KEEP_SETID_CAPS, Some(allow::SETID_CAPS));
+    let file_caps = |reason: String| blocker(reason, fix::NEWUIDMAP_FILE_CAPS, None);
     match tool.privilege {
         // Seen with shadow's setuid newuidmap: it fails in any container whose bounding set
         // lacks CAP_SYS_ADMIN, while the same binary with file capabilities works.
-        Privilege::Setuid if !f.status.has_bnd(CAP_SYS_ADMIN) => Err((
-            format!("{name} is setuid root, which fails in a container without CAP_SYS_ADMIN"),
-            fix::NEWUIDMAP_FILE_CAPS.into(),
-        )),
-        Privilege::Setuid if !f.status.has_bnd(tool.cap) => Err((
-            format!("{name} is setuid root but the container's capabilities drop the one it needs"),
-            fix::KEEP_SETID_CAPS.into(),
-        )),
-        Privilege::FileCaps(caps) if caps & f.status.cap_bnd & (1 << tool.cap) == 0 => Err((
-            if caps & (1 << tool.cap) == 0 {
-                format!("{name}'s file capabilities lack the one it needs")
-            } else {
-                format!("the container's capabilities drop the one {name}'s file capabilities need")
-            },
-            if caps & (1 << tool.cap) == 0 {
-                fix::NEWUIDMAP_FILE_CAPS.into()
-            } else {
-                fix::KEEP_SETID_CAPS.into()
-            },
-        )),
-        _ => Ok(()),
+        Privilege::Setuid if !f.status.has_bnd(CAP_SYS_ADMIN) => b.push(file_caps(format!(
+            "{name} is setuid root, which fails in a container without CAP_SYS_ADMIN"
+        ))),
+        Privilege::Setuid if !f.status.has_bnd(tool.cap) => b.push(keep(format!(
+            "{name} is setuid root but the container's capabilities drop the one it needs"
+        ))),
+        Privilege::FileCaps(caps) if caps & (1 << tool.cap) == 0 => b.push(file_caps(format!(
+            "{name}'s file capabilities lack the one it needs"
+        ))),
+        Privilege::FileCaps(_) if !f.status.has_bnd(tool.cap) => b.push(keep(format!(
+            "the container's capabilities drop the one {name}'s file capabilities need"
+        ))),
+        _ => {}
     }
+    b
 }
 
 /// The mode and, in words, why: `reason` in full, `why` short enough for the start-up line.
@@ -325,10 +472,12 @@ pub struct Decision {
     pub mode: Mode,
     pub reason: String,
     pub why: String,
+    /// What auto's choice gives up (rootless-strict: the process sandbox), for the start-up line.
+    pub given_up: Option<&'static str>,
 }
 
 /// Picks the mode. An explicit request is checked for what it needs; `auto` takes the first
-/// mode that can work, and when none can, says which change would make one work.
+/// mode that can work, and when none can, says which changes would make one work.
 pub fn decide(requested: ModeArg, f: &Facts) -> Result<Decision> {
     let verdicts = assess(f);
     let wanted = match requested {
@@ -340,16 +489,20 @@ pub fn decide(requested: ModeArg, f: &Facts) -> Result<Decision> {
     if let Some(mode) = wanted {
         let v = verdicts.iter().find(|v| v.mode == mode).expect("all modes");
         if !v.works {
-            bail!(
-                "--mode {mode} cannot work here: {}; {}",
-                v.reason,
-                v.fix.as_deref().unwrap_or("")
-            );
+            return Err(with_every_fix(
+                v,
+                format!(
+                    "--mode {mode} cannot work here: {}; {}",
+                    v.reason,
+                    v.fix.as_deref().unwrap_or("")
+                ),
+            ));
         }
         return Ok(Decision {
             mode,
             reason: format!("requested; {}", v.reason),
             why: "as requested".into(),
+            given_up: None,
         });
     }
     if let Some(v) = verdicts.iter().find(|v| v.works) {
@@ -367,26 +520,56 @@ pub fn decide(requested: ModeArg, f: &Facts) -> Result<Decision> {
             mode: v.mode,
             reason,
             why,
+            given_up: (v.mode == Mode::RootlessStrict).then_some(STRICT_LOSS),
         });
     }
     Err(none_works(f, &verdicts))
 }
 
+/// `first` as the error's one line; below it every blocker of `v` beyond the first, and all
+/// of its changes in order when it needs more than one.
+fn with_every_fix(v: &Verdict, first: String) -> anyhow::Error {
+    if v.blockers.len() < 2 {
+        return anyhow::anyhow!("{first}");
+    }
+    let mut detail: Vec<String> = v.blockers[1..]
+        .iter()
+        .map(|b| format!("also: {}", b.reason))
+        .collect();
+    detail.push(format!(
+        "{} needs all {} changes, in this order: {}",
+        v.mode,
+        v.blockers.len(),
+        v.fixes()
+    ));
+    anyhow::anyhow!("{}", detail.join("\n")).context(first)
+}
+
 /// The error when no mode can work: the change for the mode this user most likely wants
 /// (privileged for root, rootless-strict, the least demanding, for anyone else) on the first
-/// line, every mode's reason below.
+/// line; below it every mode's blockers, and every change that mode needs.
 pub fn none_works(f: &Facts, verdicts: &[Verdict; 3]) -> anyhow::Error {
     let main = if f.euid == 0 {
         &verdicts[0]
     } else {
         &verdicts[2]
     };
-    let detail = verdicts
+    let mut detail: Vec<String> = verdicts
         .iter()
-        .map(|v| format!("{}: {}", v.mode, v.reason))
-        .collect::<Vec<_>>()
-        .join("\n");
-    anyhow::anyhow!("{detail}").context(format!(
+        .map(|v| {
+            let reasons: Vec<&str> = v.blockers.iter().map(|b| b.reason.as_str()).collect();
+            format!("{}: {}", v.mode, reasons.join("; "))
+        })
+        .collect();
+    if main.blockers.len() > 1 {
+        detail.push(format!(
+            "{} needs all {} changes, in this order: {}",
+            main.mode,
+            main.blockers.len(),
+            main.fixes()
+        ));
+    }
+    anyhow::anyhow!("{}", detail.join("\n")).context(format!(
         "no daemon mode can work here: {}; {}",
         main.reason,
         main.fix.as_deref().unwrap_or("")
@@ -624,5 +807,129 @@ mod tests {
     fn explicit_rootless_with_masked_proc_is_refused_with_the_way_out() {
         let e = decide(ModeArg::Rootless, &facts(&FakeHost::pod_user(0))).unwrap_err();
         assert!(e.to_string().contains("procMount: Unmasked"), "{e}");
+    }
+    /// uid 1000 of BuildKit's rootless image in a `hostUsers: false` pod: 65536 ids mapped,
+    /// the image's range 100000-165535 outside them.
+    fn userns_pod_user() -> FakeHost {
+        FakeHost {
+            userns: true,
+            ns_map: vec![crate::host::IdRange {
+                start: 0,
+                count: 65536,
+            }],
+            ..FakeHost::pod_user(0)
+        }
+    }
+
+    #[test]
+    fn subordinate_ids_outside_the_pods_namespace_are_named_with_the_ranges() {
+        let e = auto_err(&userns_pod_user());
+        let first = auto_mode(&userns_pod_user()).unwrap_err().to_string();
+        assert_eq!(
+            first,
+            format!("no daemon mode can work here: uid 1000's subordinate uids 100000-165535 (/etc/subuid) lie outside the ids this user namespace maps (65536 ids: 0-65535, /proc/self/uid_map; a `hostUsers: false` pod), so newuidmap cannot map them; {}", fix::USERNS_ROOT)
+        );
+        assert!(!e.contains("keep SETUID"), "{e}");
+        // Partly outside is said so; a range inside the map works.
+        let mut h = userns_pod_user();
+        h.subid_range = crate::host::IdRange {
+            start: 60000,
+            count: 10000,
+        };
+        assert!(auto_err(&h).contains("60000-69999 (/etc/subuid) lie partly outside"));
+        h.subid_range = crate::host::IdRange {
+            start: 1001,
+            count: 64535,
+        };
+        assert_eq!(auto_mode(&h).unwrap().mode, Mode::RootlessStrict);
+        // Root, privileged in the same pod, is what works.
+        let h = FakeHost {
+            euid: 0,
+            status: FakeHost::root().status,
+            ..userns_pod_user()
+        };
+        let d = auto_mode(&h).unwrap();
+        assert_eq!(d.mode, Mode::Privileged);
+        assert!(d.reason.contains("in a user namespace"), "{}", d.reason);
+    }
+
+    /// OpenShift's restricted SCC: an arbitrary uid without passwd entry or subordinate ids,
+    /// every capability dropped, no_new_privs, RuntimeDefault seccomp.
+    fn restricted_scc() -> FakeHost {
+        let mut h = FakeHost {
+            euid: 1000680000,
+            passwd: false,
+            subids: false,
+            ..FakeHost::pod_user(2)
+        };
+        h.status.no_new_privs = true;
+        h.status.cap_bnd = 0;
+        h.probe = NsProbe {
+            clone_userns: Some(Err(Errno::EPERM)),
+            unshare_userns: Some(Err(Errno::EPERM)),
+            mount: None,
+            mount_proc: None,
+        };
+        h
+    }
+
+    #[test]
+    fn every_blocker_is_listed_in_the_order_to_fix_them() {
+        let v = assess(&facts(&restricted_scc()));
+        let fixes = |v: &Verdict| v.blockers.iter().map(|b| b.fix.clone()).collect::<Vec<_>>();
+        assert_eq!(fixes(&v[0]), [fix::RUN_AS_ROOT]);
+        let strict = fixes(&v[2]);
+        assert_eq!(strict.len(), 5, "{strict:#?}");
+        assert_eq!(strict[0], fix::NO_NEW_PRIVS);
+        assert_eq!(strict[1], fix::KEEP_SETID_CAPS);
+        assert!(strict[2].contains("seccompProfile"), "{}", strict[2]);
+        assert!(strict[3].contains("runAsUser: 1000"), "{}", strict[3]);
+        assert!(v[2].blockers[3].reason.contains("no passwd entry"));
+        assert_eq!(
+            v[2].blockers[4].reason,
+            "/etc/subuid or /etc/subgid has no range for uid 1000680000"
+        );
+        // The sandbox mode also needs the unmasked /proc, last.
+        let rootless = fixes(&v[1]);
+        assert_eq!(rootless[..5], strict[..]);
+        assert_eq!(rootless[5], fix::PROC_MOUNT);
+        // The first line stays the first blocker's; the rest follow it.
+        assert_eq!(v[2].reason, v[2].blockers[0].reason);
+        let e = auto_err(&restricted_scc());
+        let first = e.lines().next().unwrap();
+        assert!(first.contains("allowPrivilegeEscalation"), "{e}");
+        assert!(
+            e.contains("rootless-strict needs all 5 changes, in this order: 1) remove `allowPrivilegeEscalation: false`"),
+            "{e}"
+        );
+        assert!(
+            e.contains("privileged: bkrun runs as uid 1000680000, not root"),
+            "{e}"
+        );
+        assert_eq!(
+            v[2].needs(),
+            "allowPrivilegeEscalation: true, capabilities SETUID and SETGID, seccompProfile: Unconfined, runAsUser: 1000 (a user with subordinate ids), and 1 change to the image or node"
+        );
+        // An explicit mode lists them too.
+        let e = format!(
+            "{:#}",
+            decide(ModeArg::RootlessStrict, &facts(&restricted_scc())).unwrap_err()
+        );
+        assert!(
+            e.contains("also: creating a user namespace was refused"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn auto_strict_says_what_it_gives_up() {
+        let d = auto_mode(&FakeHost::pod_user(0)).unwrap();
+        assert_eq!(d.given_up, Some(STRICT_LOSS));
+        assert!(
+            STRICT_LOSS.contains("procMount: Unmasked") && STRICT_LOSS.contains("privileged: true")
+        );
+        let d = decide(ModeArg::RootlessStrict, &facts(&FakeHost::pod_user(0))).unwrap();
+        assert_eq!(d.given_up, None, "asked for: nothing to explain");
+        assert_eq!(auto_mode(&FakeHost::user()).unwrap().given_up, None);
     }
 }

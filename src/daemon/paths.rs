@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 
-use crate::host::Host;
+use crate::host::{Host, PathKind};
 
 /// Paths of one run. The state dir is the cache and survives; the socket does not.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,6 +17,8 @@ pub struct Paths {
     /// $XDG_RUNTIME_DIR when it is a usable directory; a missing or unwritable one (an image
     /// run under another uid, a read-only root) is as good as unset.
     pub runtime_dir: Option<PathBuf>,
+    /// Why the state dir is in the temp dir rather than under HOME, said once at start-up.
+    pub state_fallback: Option<String>,
 }
 
 /// Where a non-root user's private socket dir goes when XDG_RUNTIME_DIR is unset.
@@ -49,12 +51,42 @@ pub fn choose(host: &dyn Host, root: Option<&Path>, socket_dir: Option<&Path>) -
         .map(PathBuf::from)
         .filter(|d| host.dir_usable(d))
         .unwrap_or_else(|| PathBuf::from("/tmp"));
+    // An arbitrary uid (OpenShift's) runs with the image's HOME, or `/`, which it cannot write:
+    // the cache then lives in the temp dir, as long as the pod does.
+    let (state_dir, state_fallback) = if root.is_none() && euid != 0 && !creatable(host, &state_dir)
+    {
+        let dir = temp_dir.join(format!("buildkit-{euid}"));
+        let why = format!(
+            "uid {euid} cannot create the state dir {}; using {} (the cache lasts as long as it does: set XDG_DATA_HOME or --root to a writable volume to keep it)",
+            state_dir.display(),
+            dir.display()
+        );
+        (dir, Some(why))
+    } else {
+        (state_dir, None)
+    };
     Ok(Paths {
         state_dir,
         socket_dir,
         temp_dir,
         runtime_dir,
+        state_fallback,
     })
+}
+
+/// `dir` is a usable directory, or its nearest existing ancestor is one (so it can be made).
+/// An ancestor that is a file, or a directory this user cannot write, makes it fail.
+fn creatable(host: &dyn Host, dir: &Path) -> bool {
+    let mut d = Some(dir);
+    while let Some(p) = d {
+        match host.path_kind(p) {
+            PathKind::Dir => return host.dir_usable(p),
+            PathKind::Missing => d = p.parent(),
+            PathKind::File | PathKind::Special => return false,
+        }
+    }
+    // Nothing on the way exists (only a test double says so): let creating it tell.
+    true
 }
 
 #[cfg(test)]
@@ -121,6 +153,64 @@ mod tests {
         .unwrap();
         assert_eq!(p.state_dir, Path::new("/cache"));
         assert_eq!(p.socket_dir.as_deref(), Some(Path::new("/sock")));
+    }
+
+    #[test]
+    fn an_arbitrary_uid_that_cannot_write_home_keeps_its_state_in_the_temp_dir() {
+        // OpenShift's restricted SCC: uid 1000680000, no passwd entry, the image's HOME (owned
+        // by uid 1000) and its XDG_RUNTIME_DIR and TMPDIR, none of them writable.
+        let h = FakeHost {
+            euid: 1000680000,
+            passwd: false,
+            env: vec![
+                ("HOME", "/home/user"),
+                ("XDG_RUNTIME_DIR", "/run/user/1000"),
+                ("TMPDIR", "/home/user/.local/tmp"),
+            ],
+            paths: vec![
+                ("/home/user", PathKind::Dir),
+                ("/home/user/.local/tmp", PathKind::Dir),
+                ("/run/user/1000", PathKind::Dir),
+            ],
+            ..FakeHost::user()
+        };
+        let p = choose(&h, None, None).unwrap();
+        assert_eq!(p.state_dir, Path::new("/tmp/buildkit-1000680000"));
+        assert_eq!(p.socket_dir, None, "a private dir under the temp dir");
+        assert_eq!(p.temp_dir, Path::new("/tmp"));
+        let why = p.state_fallback.unwrap();
+        assert!(
+            why.contains("cannot create the state dir /home/user/.local/share/buildkit"),
+            "{why}"
+        );
+        // HOME=/ (no passwd entry and no HOME in the image) alike.
+        let h = FakeHost {
+            env: vec![("HOME", "/")],
+            paths: vec![("/", PathKind::Dir)],
+            ..h
+        };
+        assert_eq!(
+            choose(&h, None, None).unwrap().state_dir,
+            Path::new("/tmp/buildkit-1000680000")
+        );
+        // A writable HOME is used as before; a --root is never replaced.
+        let h = FakeHost {
+            usable_dirs: vec!["/"],
+            ..h
+        };
+        assert_eq!(
+            choose(&h, None, None).unwrap().state_dir,
+            Path::new("/.local/share/buildkit")
+        );
+        let h = FakeHost {
+            usable_dirs: vec![],
+            ..h
+        };
+        let p = choose(&h, Some(Path::new("/cache")), None).unwrap();
+        assert_eq!(
+            (p.state_dir.as_path(), p.state_fallback),
+            (Path::new("/cache"), None)
+        );
     }
 
     #[test]

@@ -245,8 +245,12 @@ impl Plan {
         );
         let _ = writeln!(
             s,
-            "state dir:       {} (kept: it is the cache)",
-            self.paths.state_dir.display()
+            "state dir:       {} ({})",
+            self.paths.state_dir.display(),
+            self.paths
+                .state_fallback
+                .as_deref()
+                .unwrap_or("kept: it is the cache")
         );
         if let Some(store) = &self.storage {
             let _ = writeln!(s, "state dir fs:    {}", storage::fs_line(store));
@@ -341,6 +345,15 @@ pub fn choose_paths(settings: &Settings, host: &dyn Host) -> Result<Paths> {
             );
         }
     }
+    if paths.state_fallback.is_some() {
+        if let Some(why) = host.others_can_write(&paths.state_dir) {
+            bail!(
+                "the state dir {} is not private: {why}; remove it, or give --root a directory only uid {} can write to",
+                paths.state_dir.display(),
+                host.euid()
+            );
+        }
+    }
     if let Worker::Containerd { shared_dir, .. } = &settings.worker {
         // containerd mounts what buildkitd hands it (snapshots, secrets, ssh sockets, its
         // temp files) by path, from the node: the run dir, and so the daemon's TMPDIR, lives
@@ -361,6 +374,7 @@ fn strict_by_flags(decision: Decision, buildkitd_flags: &[String]) -> Decision {
             mode: Mode::RootlessStrict,
             reason: format!("the daemon flags include {NO_SANDBOX}"),
             why: format!("BUILDKITD_FLAGS has {NO_SANDBOX}"),
+            given_up: None,
         };
     }
     decision

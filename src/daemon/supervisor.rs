@@ -86,8 +86,9 @@ impl Daemon {
             ready::bind_notify_socket(&notify_path).context("cannot bind the notify socket")?;
         let log_path = run_dir.path().join("buildkitd.log");
         let mut cmd = daemon_command(&argv, plan.env(&dirs), &notify_path, &log_path)?;
-        let started = Instant::now();
         let containerd = containerd_leases(plan);
+        crate::timeline::mark("spawn");
+        let started = Instant::now();
         let child = reaper.spawn(&mut cmd).with_context(|| {
             format!("cannot start {}: check that it exists and is executable (set BUILDKITD or ROOTLESSKIT to override)", argv[0])
         })?;
@@ -155,10 +156,14 @@ impl Daemon {
     /// SIGTERM the daemon (rootlesskit passes it on), wait the grace period, SIGKILL, then kill
     /// every other descendant of bkrun and remove the socket and run dir. The state dir stays.
     pub async fn stop(mut self) -> Exit {
+        crate::timeline::mark("stop");
         self.kill_build_processes();
+        crate::timeline::mark("sigterm");
         let exit = self.child.terminate(self.stop_timeout).await;
+        crate::timeline::mark("reaped");
         self.remove_temporary_leases().await;
         self.cleanup().await;
+        crate::timeline::mark("cleaned");
         // buildkitd exits 1 ("context canceled") after a graceful stop; one that had to be
         // killed may have left records half-written.
         self.release_state(matches!(exit, Exit::Code(_)));

@@ -5,7 +5,9 @@ use std::sync::{Arc, Mutex};
 
 use nix::sys::signal::Signal;
 
-use super::{FsStat, Host, Kernel, NsProbe, PathKind, Privilege, ProcStatus, Sysctls};
+use super::{
+    FsStat, Host, IdRange, IdSets, Kernel, NsProbe, PathKind, Privilege, ProcStatus, Sysctls,
+};
 use crate::host::mountinfo::Mount;
 
 /// Every fact a test may want to set; `root()` and `user()` are the usual starting points.
@@ -18,7 +20,13 @@ pub struct FakeHost {
     pub sysctls: Sysctls,
     pub apparmor: Option<String>,
     pub masked: Vec<String>,
+    /// The user has subordinate ids: `subid_range` in both /etc/subuid and /etc/subgid.
     pub subids: bool,
+    pub subid_range: IdRange,
+    /// What the user namespace maps, uids and gids alike (the whole range outside one).
+    pub ns_map: Vec<IdRange>,
+    /// The user has a passwd entry (OpenShift's arbitrary uids have none).
+    pub passwd: bool,
     pub programs: Vec<&'static str>,
     pub privileges: Vec<(&'static str, Privilege)>,
     pub env: Vec<(&'static str, &'static str)>,
@@ -42,6 +50,11 @@ pub struct FakeHost {
     /// Filesystems as (mount point, magic, nosuid, nodev); a path is on the longest that holds it.
     pub filesystems: Vec<(&'static str, u64, bool, bool)>,
     pub kernel: Kernel,
+    /// Free and total bytes of the filesystems in `filesystems`, as (mount point, avail, size);
+    /// 100 GiB free of 200 when not listed.
+    pub space: Vec<(&'static str, u64, u64)>,
+    /// Small /proc and /sys files (cgroup counters) as (path, text).
+    pub files: Vec<(&'static str, String)>,
     /// Every effect asked for, in order: `kill PID SIGNAL`, `unmount PATH`.
     pub effects: Arc<Mutex<Vec<String>>>,
 }
@@ -77,6 +90,15 @@ impl FakeHost {
             apparmor: None,
             masked: vec![],
             subids: false,
+            subid_range: IdRange {
+                start: 100000,
+                count: 65536,
+            },
+            ns_map: vec![IdRange {
+                start: 0,
+                count: 4294967295,
+            }],
+            passwd: true,
             programs: vec!["buildkitd", "rootlesskit", "newuidmap", "newgidmap"],
             privileges: vec![
                 ("newuidmap", Privilege::FileCaps(1 << 7)),
@@ -99,6 +121,8 @@ impl FakeHost {
                 version: "#1 SMP PREEMPT_DYNAMIC Debian 6.1.106-3".into(),
                 overlay_permit_userns: None,
             },
+            space: vec![],
+            files: vec![],
             effects: Arc::default(),
         }
     }
@@ -161,7 +185,8 @@ impl Host for FakeHost {
         self.euid
     }
     fn user_name(&self) -> Option<String> {
-        Some(if self.euid == 0 { "root" } else { "u" }.into())
+        self.passwd
+            .then(|| if self.euid == 0 { "root" } else { "u" }.into())
     }
     fn env(&self, key: &str) -> Option<String> {
         self.env
@@ -198,12 +223,27 @@ impl Host for FakeHost {
             .iter()
             .filter(|(m, ..)| path.starts_with(m))
             .max_by_key(|(m, ..)| m.len())
-            .map(|&(_, magic, nosuid, nodev)| FsStat {
-                path: path.to_path_buf(),
-                magic,
-                nosuid,
-                nodev,
+            .map(|&(m, magic, nosuid, nodev)| {
+                let (avail, size) = self
+                    .space
+                    .iter()
+                    .find(|(s, ..)| *s == m)
+                    .map_or((100 << 30, 200 << 30), |&(_, a, s)| (a, s));
+                FsStat {
+                    path: path.to_path_buf(),
+                    magic,
+                    nosuid,
+                    nodev,
+                    avail,
+                    size,
+                }
             })
+    }
+    fn read_small_file(&self, path: &Path) -> Option<String> {
+        self.files
+            .iter()
+            .find(|(p, _)| Path::new(p) == path)
+            .map(|(_, t)| t.clone())
     }
     fn kernel(&self) -> Kernel {
         self.kernel.clone()
@@ -214,8 +254,22 @@ impl Host for FakeHost {
     fn proc_masked_paths(&self) -> Vec<String> {
         self.masked.clone()
     }
-    fn has_subid_ranges(&self) -> bool {
-        self.subids
+    fn subid_ranges(&self) -> IdSets {
+        let r = if self.subids {
+            vec![self.subid_range]
+        } else {
+            vec![]
+        };
+        IdSets {
+            uids: r.clone(),
+            gids: r,
+        }
+    }
+    fn namespace_ids(&self) -> Option<IdSets> {
+        Some(IdSets {
+            uids: self.ns_map.clone(),
+            gids: self.ns_map.clone(),
+        })
     }
     fn which(&self, program: &str) -> Option<PathBuf> {
         self.programs

@@ -1,6 +1,7 @@
 //! The one place bkrun reads facts about the host and the container it runs in (UID, capabilities, seccomp, namespaces, newuidmap's privilege, environment, terminals), behind a trait so mode and path choice are unit-tested without root.
 
 pub mod binfmt;
+pub mod cgroup;
 pub mod mountinfo;
 mod parse;
 mod real;
@@ -16,7 +17,7 @@ use nix::sys::signal::Signal;
 
 use crate::host::mountinfo::Mount;
 
-pub use parse::{cap_names as parse_cap_names, has_subid_entry, masked_proc_paths};
+pub use parse::{cap_names as parse_cap_names, masked_proc_paths, subid_ranges};
 pub use real::{which, RealHost};
 
 /// Capability numbers bkrun reasons about (linux/capability.h).
@@ -51,6 +52,9 @@ pub trait Host: Send + Sync {
     fn userns_sysctls(&self) -> Sysctls;
     /// The filesystem holding `path`, or its nearest existing parent (a state dir not made yet).
     fn statfs(&self, path: &Path) -> Option<FsStat>;
+    /// A small text file of /proc or /sys (the memory cgroup's counters); None when it cannot
+    /// be read.
+    fn read_small_file(&self, path: &Path) -> Option<String>;
     /// The running kernel, for what overlayfs allows in a user namespace.
     fn kernel(&self) -> Kernel;
     /// The AppArmor profile confining this process; None when AppArmor is off.
@@ -58,8 +62,13 @@ pub trait Host: Send + Sync {
     /// Paths mounted over parts of /proc (masked paths, as container runtimes set them up):
     /// the kernel then refuses a fresh procfs mount in a user namespace, so the process sandbox can't work.
     fn proc_masked_paths(&self) -> Vec<String>;
-    /// Whether /etc/subuid and /etc/subgid give this user a range (needed by newuidmap).
-    fn has_subid_ranges(&self) -> bool;
+    /// This user's ranges in /etc/subuid and /etc/subgid (by login name or uid), which
+    /// rootlesskit hands newuidmap and newgidmap.
+    fn subid_ranges(&self) -> IdSets;
+    /// The ids this process's user namespace maps (the first and third columns of
+    /// /proc/self/uid_map and gid_map); None when they cannot be read. newuidmap can only map
+    /// ids that are mapped here.
+    fn namespace_ids(&self) -> Option<IdSets>;
     /// Looks a program up on $PATH (or takes it as a path when it has a slash).
     fn which(&self, program: &str) -> Option<PathBuf>;
     /// The emulators binfmt_misc has registered (QEMU), which run other platforms' binaries.
@@ -197,6 +206,9 @@ pub struct FsStat {
     pub nosuid: bool,
     /// The mount is nodev: device files below it do not open.
     pub nodev: bool,
+    /// Bytes free to this user (`f_bavail`), and the filesystem's size.
+    pub avail: u64,
+    pub size: u64,
 }
 
 /// The running kernel, as uname(2) and the overlay module say.
@@ -208,6 +220,53 @@ pub struct Kernel {
     pub version: String,
     /// Debian's patched overlay module's permit_mounts_in_userns; None where it has none.
     pub overlay_permit_userns: Option<bool>,
+}
+
+/// `count` ids from `start`: a subordinate range, or what a user namespace maps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdRange {
+    pub start: u64,
+    pub count: u64,
+}
+
+impl IdRange {
+    /// One past the last id.
+    pub fn end(&self) -> u64 {
+        self.start + self.count
+    }
+
+    /// Every id of this range is in one of `ranges` (which may touch or overlap each other).
+    pub fn covered_by(&self, ranges: &[IdRange]) -> bool {
+        let mut sorted: Vec<&IdRange> = ranges.iter().filter(|r| r.count > 0).collect();
+        sorted.sort_by_key(|r| r.start);
+        let mut next = self.start;
+        for r in sorted {
+            if next >= self.end() {
+                break;
+            }
+            if r.start <= next {
+                next = next.max(r.end());
+            }
+        }
+        next >= self.end()
+    }
+}
+
+impl std::fmt::Display for IdRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.count {
+            0 => write!(f, "none at {}", self.start),
+            1 => write!(f, "{}", self.start),
+            _ => write!(f, "{}-{}", self.start, self.end() - 1),
+        }
+    }
+}
+
+/// Ranges of user and of group ids.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IdSets {
+    pub uids: Vec<IdRange>,
+    pub gids: Vec<IdRange>,
 }
 
 /// How newuidmap/newgidmap get the privilege to write another process's id maps.

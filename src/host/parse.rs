@@ -1,6 +1,6 @@
 //! Pure parsers for what the host tells in files: /proc/self/status, uid_map, mountinfo, /etc/subuid, file-capability xattrs.
 
-use super::ProcStatus;
+use super::{IdRange, ProcStatus};
 
 /// The fields of /proc/self/status that matter; absent ones read as zero.
 pub fn proc_status(text: &str) -> ProcStatus {
@@ -37,11 +37,42 @@ pub fn masked_proc_paths(mountinfo: &[u8]) -> Vec<String> {
         .collect()
 }
 
-pub fn has_subid_entry(text: &str, uid: &str, name: Option<&str>) -> bool {
-    text.lines().any(|l| {
-        let owner = l.split(':').next().unwrap_or("");
-        owner == uid || Some(owner) == name
-    })
+/// The inside ranges of a /proc/self/uid_map or gid_map text (`inside outside count` lines):
+/// the ids this user namespace maps.
+pub fn id_map_inside(map: &str) -> Vec<IdRange> {
+    map.lines()
+        .filter_map(|l| {
+            let f: Vec<u64> = l
+                .split_whitespace()
+                .map(|w| w.parse().ok())
+                .collect::<Option<_>>()?;
+            match f[..] {
+                [inside, _, count] => Some(IdRange {
+                    start: inside,
+                    count,
+                }),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// The ranges an /etc/subuid or /etc/subgid text (`owner:start:count` lines) gives the user
+/// `uid` or `name`, in file order; comments and malformed lines are skipped.
+pub fn subid_ranges(text: &str, uid: &str, name: Option<&str>) -> Vec<IdRange> {
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.trim().split(':');
+            let (owner, start, count) = (f.next()?, f.next()?, f.next()?);
+            if f.next().is_some() || !(owner == uid || Some(owner) == name) {
+                return None;
+            }
+            Some(IdRange {
+                start: start.parse().ok()?,
+                count: count.parse().ok()?,
+            })
+        })
+        .collect()
 }
 
 /// The permitted set of a `security.capability` xattr (struct vfs_cap_data, revisions 1 to 3:
@@ -167,10 +198,35 @@ mod tests {
 
     #[test]
     fn subid_entries_match_by_name_or_uid() {
-        let t = "alice:100000:65536\n1001:200000:65536\n";
-        assert!(has_subid_entry(t, "1000", Some("alice")));
-        assert!(has_subid_entry(t, "1001", Some("bob")));
-        assert!(!has_subid_entry(t, "1002", Some("carol")));
+        let t = "alice:100000:65536\n1001:200000:65536\n# x\nalice:300000:10\nbad line\n";
+        let r = |start, count| IdRange { start, count };
+        assert_eq!(
+            subid_ranges(t, "1000", Some("alice")),
+            [r(100000, 65536), r(300000, 10)]
+        );
+        assert_eq!(subid_ranges(t, "1001", Some("bob")), [r(200000, 65536)]);
+        assert!(subid_ranges(t, "1002", Some("carol")).is_empty());
+        assert!(subid_ranges(t, "1002", None).is_empty());
+    }
+
+    #[test]
+    fn a_namespace_maps_the_inside_columns() {
+        let r = |start, count| IdRange { start, count };
+        assert_eq!(
+            id_map_inside("         0          0 4294967295\n"),
+            [r(0, 4294967295)]
+        );
+        // podman's --userns=auto:size=65536, Kubernetes' hostUsers: false.
+        let pod = id_map_inside("         0    2000000      65536\n");
+        assert_eq!(pod, [r(0, 65536)]);
+        assert!(r(1000, 1).covered_by(&pod));
+        assert!(!r(100000, 65536).covered_by(&pod));
+        assert!(!r(60000, 10000).covered_by(&pod), "partly outside");
+        assert!(r(1, 65535).covered_by(&pod));
+        // Two touching lines cover what spans them.
+        assert!(r(10, 20).covered_by(&[r(0, 15), r(15, 100)]));
+        assert!(!r(10, 20).covered_by(&[r(0, 15), r(16, 100)]));
+        assert_eq!(r(100000, 65536).to_string(), "100000-165535");
     }
 
     #[test]

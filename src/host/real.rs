@@ -10,7 +10,8 @@ use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
 
 use super::{
-    parse, FsStat, Host, Kernel, NsProbe, PathKind, Privilege, ProcStatus, Sysctls, CAP_SYS_ADMIN,
+    parse, FsStat, Host, IdSets, Kernel, NsProbe, PathKind, Privilege, ProcStatus, Sysctls,
+    CAP_SYS_ADMIN,
 };
 use crate::host::mountinfo::Mount;
 
@@ -98,7 +99,13 @@ impl Host for RealHost {
             magic: st.filesystem_type().0 as u64 & 0xffff_ffff,
             nosuid: flags.contains(FsFlags::ST_NOSUID),
             nodev: flags.contains(FsFlags::ST_NODEV),
+            avail: st.blocks_available().saturating_mul(st.block_size() as u64),
+            size: st.blocks().saturating_mul(st.block_size() as u64),
         })
+    }
+
+    fn read_small_file(&self, path: &Path) -> Option<String> {
+        std::fs::read_to_string(path).ok()
     }
 
     fn kernel(&self) -> Kernel {
@@ -137,13 +144,29 @@ impl Host for RealHost {
             .unwrap_or_default()
     }
 
-    fn has_subid_ranges(&self) -> bool {
+    fn subid_ranges(&self) -> IdSets {
         let uid = self.euid().to_string();
         let name = self.user_name();
-        ["/etc/subuid", "/etc/subgid"].iter().all(|f| {
+        let read = |f: &str| {
             std::fs::read_to_string(f)
-                .map(|text| parse::has_subid_entry(&text, &uid, name.as_deref()))
-                .unwrap_or(false)
+                .map(|text| parse::subid_ranges(&text, &uid, name.as_deref()))
+                .unwrap_or_default()
+        };
+        IdSets {
+            uids: read("/etc/subuid"),
+            gids: read("/etc/subgid"),
+        }
+    }
+
+    fn namespace_ids(&self) -> Option<IdSets> {
+        let read = |f: &str| {
+            std::fs::read_to_string(f)
+                .ok()
+                .map(|m| parse::id_map_inside(&m))
+        };
+        Some(IdSets {
+            uids: read("/proc/self/uid_map")?,
+            gids: read("/proc/self/gid_map")?,
         })
     }
 

@@ -3,6 +3,10 @@
 //! A `type=local` cache is such a directory: blobs under `blobs/<alg>/<hex>`,
 //! and `index.json` naming the cache manifest by tag.
 
+pub mod archive;
+#[cfg(test)]
+mod archive_tests;
+pub mod attestations;
 mod gojson;
 pub mod index;
 pub mod store;

@@ -183,6 +183,15 @@ impl Tally {
         }
     }
 
+    /// The steps seen, for the build's summary.
+    pub(crate) fn steps(
+        &self,
+        tails: &super::steps::Tails,
+        number: &dyn Fn(&str) -> Option<usize>,
+    ) -> Vec<super::Step> {
+        super::steps::steps(&self.trace, tails, number)
+    }
+
     pub(crate) fn stats(&self) -> CacheStats {
         let (mut cached, mut total) = (0, 0);
         for v in &self.trace.vtxs {

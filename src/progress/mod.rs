@@ -12,6 +12,7 @@ mod cachestats;
 pub mod mask;
 mod plain;
 mod rawjson;
+mod steps;
 mod term;
 mod trace;
 mod tty;
@@ -31,6 +32,7 @@ pub use cachestats::{CacheMountStats, CacheStats, Export, Import, Transfer};
 pub use mask::{Masker, MASK};
 pub use plain::PlainPrinter;
 pub use rawjson::{encode as encode_rawjson, RawJsonPrinter};
+pub use steps::{Step, StepState};
 pub use tty::{SizeFn, TtyPrinter, DEFAULT_TAIL_ROWS};
 
 use crate::proto::moby::buildkit::v1::{StatusResponse, VertexWarning};
@@ -199,6 +201,8 @@ pub struct Summary {
     pub failed: Vec<Failure>,
     /// What the cache did: steps cached, the registry cache's import and export.
     pub cache: CacheStats,
+    /// Every step shown, in the order they started, with its time and how it ended.
+    pub steps: Vec<Step>,
 }
 
 /// Settings besides the mode.
@@ -250,6 +254,8 @@ pub struct Renderer {
     failed_seen: HashSet<String>,
     /// Counts cached steps in every mode, quiet included.
     tally: cachestats::Tally,
+    /// Every step's last output lines, for a failed step's report.
+    tails: steps::Tails,
     trace: Option<Box<dyn io::Write + Send>>,
 }
 
@@ -278,6 +284,7 @@ impl Renderer {
             summary: Summary::default(),
             failed_seen: HashSet::new(),
             tally: cachestats::Tally::default(),
+            tails: steps::Tails::default(),
             trace: opts.trace,
         }
     }
@@ -338,6 +345,12 @@ impl Renderer {
             t.flush()?;
         }
         self.summary.cache = self.tally.stats();
+        let view = &self.view;
+        let number = |digest: &str| match view {
+            View::Plain(p) => p.number(digest),
+            _ => None,
+        };
+        self.summary.steps = self.tally.steps(&self.tails, &number);
         Ok(self.summary)
     }
 
@@ -369,6 +382,7 @@ impl Renderer {
 
     fn note(&mut self, resp: &StatusResponse) {
         self.tally.update(resp);
+        self.tails.update(resp);
         self.summary.warnings.extend(resp.warnings.iter().cloned());
         for v in &resp.vertexes {
             if v.error.is_empty() || v.error.ends_with("context canceled") {

@@ -65,6 +65,11 @@ impl<W: Write> PlainPrinter<W> {
         }
     }
 
+    /// The `#N` a step was printed with; None when it was not (yet).
+    pub fn number(&self, digest: &str) -> Option<usize> {
+        self.trace.get(digest).map(|v| v.index).filter(|&n| n > 0)
+    }
+
     /// Cut vertex names at 72 bytes with "..." (upstream does this when
     /// PROGRESS_NO_TRUNC=0).
     pub fn truncate_names(mut self, yes: bool) -> Self {

@@ -4,6 +4,7 @@ mod authz;
 mod challenge;
 pub mod errors;
 pub mod manifest;
+mod push;
 mod transport;
 
 use std::collections::{BTreeMap, HashMap};
@@ -387,11 +388,16 @@ impl Client {
     }
 }
 
-/// A blob's bytes: small ones in memory, layers from their files.
+/// Opens a blob's bytes: a descriptor at its first byte, and its size.
+type OpenBlob<'a> = &'a (dyn Fn() -> Result<(std::fs::File, u64)> + Sync);
+
+/// A blob's bytes: small ones in memory, layers from their files, or blobs read in place from
+/// an image layout (an archive's member).
 #[derive(Clone, Copy)]
 enum Blob<'a> {
     Bytes(&'static [u8]),
     File(&'a Layer),
+    Open(OpenBlob<'a>, u64),
 }
 
 impl Blob<'_> {
@@ -399,6 +405,7 @@ impl Blob<'_> {
         match self {
             Blob::Bytes(b) => b.len() as u64,
             Blob::File(l) => l.size,
+            Blob::Open(_, size) => *size,
         }
     }
 
@@ -407,6 +414,10 @@ impl Blob<'_> {
             Blob::Bytes(b) => Ok(reqwest::Body::from(*b)),
             Blob::File(l) => FileBody::open(&l.path, l.size)
                 .map_err(|e| anyhow!("cannot read the layer {}: {e}", l.path.display())),
+            Blob::Open(open, size) => {
+                let (file, _) = open()?;
+                Ok(FileBody::from_file(file, *size))
+            }
         }
     }
 }

@@ -88,12 +88,17 @@ pub struct FileBody {
 impl FileBody {
     /// The body for `path`, which must hold `size` bytes (the registry checks the digest).
     pub fn open(path: &Path, size: u64) -> std::io::Result<reqwest::Body> {
-        let file = std::fs::File::open(path)?;
-        Ok(reqwest::Body::wrap(FileBody {
+        Ok(FileBody::from_file(std::fs::File::open(path)?, size))
+    }
+
+    /// The body for the next `size` bytes of `file` (a blob inside an archive: its descriptor
+    /// is already at the blob's first byte).
+    pub fn from_file(file: std::fs::File, size: u64) -> reqwest::Body {
+        reqwest::Body::wrap(FileBody {
             file: tokio::fs::File::from_std(file),
             left: size,
             buf: vec![0u8; CHUNK].into_boxed_slice(),
-        }))
+        })
     }
 }
 

@@ -19,6 +19,7 @@ use super::regcache::{self, RegistryCache};
 use super::registry::{self, RegistryAuth};
 use super::secret::{self, Secret};
 use super::ssh::{self, SshAgent};
+use super::summary::{self, SummarySpec};
 use super::{clip, clip_path, clip_quoted, entitlement, header_safe, policy};
 use crate::config::Settings;
 use crate::creds::dockerconfig;
@@ -58,6 +59,10 @@ pub struct BuildSpec {
     pub local_projects: BTreeMap<String, String>,
     /// `--cache-mounts`: where RUN cache mounts are kept between runs.
     pub cache_mounts: Option<CacheMountsSpec>,
+    /// Where the build's summary and result files go (`--summary`, the CI's own places).
+    pub summary: SummarySpec,
+    /// `--build-timeout`: the build is cancelled after this long.
+    pub build_timeout: Option<std::time::Duration>,
 }
 
 impl BuildSpec {
@@ -108,6 +113,8 @@ pub fn resolve(args: &BuildFlags, settings: &Settings, host: &dyn Host) -> Resul
         &env_raw,
         &settings.build_defaults,
     )?;
+    let summary = summary::resolve(args, &settings.build_defaults, host)?;
+    let build_timeout = summary::build_timeout(args, &settings.build_defaults)?;
     let spec = BuildSpec {
         frontend,
         locals,
@@ -128,7 +135,10 @@ pub fn resolve(args: &BuildFlags, settings: &Settings, host: &dyn Host) -> Resul
         registry,
         local_projects: BTreeMap::new(),
         cache_mounts,
+        summary,
+        build_timeout,
     };
+    summary::check_image_results(&spec.summary, &spec.outputs)?;
     // Last, so a flag's own mistake is named first; still before any daemon exists.
     super::dests::check_outputs(&spec.outputs, host)?;
     super::dests::check_files(
@@ -137,6 +147,7 @@ pub fn resolve(args: &BuildFlags, settings: &Settings, host: &dyn Host) -> Resul
         spec.trace.as_deref(),
         host,
     )?;
+    super::dests::check_summary(&spec.summary, host)?;
     Ok(spec)
 }
 
@@ -357,6 +368,8 @@ fn check_file_parents(args: &BuildFlags) -> Result<()> {
         ("--metadata-file", &args.metadata_file),
         ("--trace", &args.trace),
         ("--ref-file", &args.ref_file),
+        ("--summary", &args.summary),
+        ("--summary-dotenv", &args.summary_dotenv),
     ] {
         if let Some(f) = file {
             check_parent(flag, f)?;
@@ -368,7 +381,7 @@ fn check_file_parents(args: &BuildFlags) -> Result<()> {
 /// Registry credentials, as buildctl offers them: from the Docker config of whoever runs bkrun
 /// (read when the daemon asks). Tokens too, unless BUILDKIT_NO_CLIENT_TOKEN. TLS trust from
 /// bkrun.toml's registry settings.
-fn registry_auth(
+pub fn registry_auth(
     settings: &Settings,
     env_raw: &dyn Fn(&str) -> Option<String>,
     env: &dyn Fn(&str) -> Option<String>,

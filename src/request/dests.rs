@@ -69,6 +69,27 @@ pub fn check_files(
     Ok(())
 }
 
+/// Checks the summary's files: `--summary`, `--summary-dotenv`, Tekton's two result files,
+/// and $GITHUB_STEP_SUMMARY (appended to).
+pub fn check_summary(s: &super::summary::SummarySpec, host: &dyn Host) -> Result<()> {
+    let tekton = s.tekton_results.as_ref();
+    let files = [
+        ("--summary", s.file.clone()),
+        ("--summary-dotenv", s.dotenv.clone()),
+        ("--tekton-results", tekton.map(|d| d.join("IMAGE_DIGEST"))),
+        ("--tekton-results", tekton.map(|d| d.join("IMAGE_URL"))),
+    ];
+    for (flag, file) in files {
+        if let Some(f) = file {
+            check_file(&format!("{flag} {}", f.display()), &f, host, true)?;
+        }
+    }
+    if let Some(g) = &s.github {
+        check_append(&format!("$GITHUB_STEP_SUMMARY {}", g.display()), g)?;
+    }
+    Ok(())
+}
+
 /// A whole file: written through a device, FIFO or descriptor, which must be writable, or made
 /// beside the file it replaces (a symlink's target), where a file must be makeable. `text`:
 /// a report, fine on a terminal (a tarball is not).

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use super::csv;
 use super::flags::BuildFlags;
+use super::{attest, csv};
 
 /// Files written from the exporter's response once the build succeeded (buildx's --iidfile,
 /// kaniko's digest files).
@@ -52,9 +52,6 @@ fn docker_only(a: &BuildFlags) -> Vec<&'static str> {
         ("--network", a.network.is_some()),
         ("--add-host", !a.add_host.is_empty()),
         ("--iidfile", a.iidfile.is_some()),
-        ("--provenance", a.provenance.is_some()),
-        ("--attest", !a.attest.is_empty()),
-        ("--sbom", a.sbom.is_some()),
         ("--quiet", a.quiet),
         ("--shm-size", a.shm_size.is_some()),
         ("--ulimit", !a.ulimit.is_empty()),
@@ -85,6 +82,8 @@ pub fn normalize(args: &BuildFlags, stdin: &mut dyn Read) -> Result<Normalized> 
             bail!("{first} belongs to the docker-style grammar, which needs the build context as its last argument: e.g. `bkrun build -t app:1 --push .`");
         }
         dockerfile_file_as_dir(&mut n)?;
+        // buildctl's grammar adds no attestation of its own, so its digests stay as buildctl's.
+        attestations(args, &mut n.args, None)?;
         return Ok(n);
     };
     docker_style(args, &context, stdin, &mut n)?;
@@ -148,10 +147,12 @@ fn docker_style(
     context_and_dockerfile(args, context, stdin, n)?;
     let a = &mut n.args;
     frontend_options(args, a)?;
-    attestations(args, a)?;
     named_contexts(args, a)?;
     caches(args, a);
     outputs(args, n)?;
+    // As buildx: minimal provenance by default, where an image carries it.
+    let default = image_output(&n.args.output).then_some(attest::BUILDX_DEFAULT_PROVENANCE);
+    attestations(args, &mut n.args, default)?;
     n.after.iidfile = args.iidfile.clone();
     n.after.names = args.tag.clone();
     if args.quiet {
@@ -161,17 +162,14 @@ fn docker_style(
     Ok(())
 }
 
-/// docker-style flags that need what bkrun has not got (a docker daemon, buildx builders, the
-/// SBOM scanner image), and a context given twice.
+/// docker-style flags that need what bkrun has not got (a docker daemon, buildx builders), and
+/// a context given twice.
 fn refuse_what_bkrun_lacks(args: &BuildFlags) -> Result<()> {
     if args.load {
         bail!("--load needs a docker daemon, and there is none here: write the image with --output type=docker,dest=image.tar (then `docker load -i image.tar` where docker runs)");
     }
     if let Some(b) = &args.builder {
         bail!("--builder {b}: bkrun has no buildx builders; use --addr tcp://HOST:PORT for a remote BuildKit daemon, or no flag for an ephemeral one");
-    }
-    if args.sbom.as_deref().is_some_and(|v| v != "false") {
-        bail!("--sbom needs BuildKit's SBOM scanner image (docker/buildkit-syft-scanner), which this build cannot pull: drop --sbom, or generate the SBOM in a later step");
     }
     if !args.local.iter().all(|l| !l.starts_with("context=")) {
         bail!("the build context is given twice (PATH and --local context=…): keep one");
@@ -386,35 +384,30 @@ fn ram_bytes(s: &str) -> Result<u64> {
     Ok((n * mult as f64) as u64)
 }
 
-/// --provenance and --attest, for what the daemon makes itself (no scanner image).
-fn attestations(args: &BuildFlags, a: &mut BuildFlags) -> Result<()> {
-    let mut provenance = match args.provenance.as_deref() {
-        None | Some("false") => None,
-        Some("true") | Some("") => Some("mode=min".to_string()),
-        Some(v) if v.starts_with("mode=") => Some(v.to_string()),
-        Some(v) => bail!("--provenance {v:?}: use true, false, mode=min or mode=max"),
-    };
-    for at in &args.attest {
-        let fields = csv::pairs(at).with_context(|| format!("--attest {at:?}"))?;
-        let kind = fields
-            .iter()
-            .find(|(k, _)| k == "type")
-            .map(|(_, v)| v.as_str());
-        let rest: Vec<String> = fields
-            .iter()
-            .filter(|(k, _)| k != "type")
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
-        match kind {
-            Some("provenance") => provenance = Some(rest.join(",")),
-            Some("sbom") => bail!("--attest type=sbom needs BuildKit's SBOM scanner image, which this build cannot pull: drop it"),
-            _ => bail!("--attest {at:?}: only type=provenance is supported (type=sbom needs a scanner image)"),
-        }
-    }
-    if let Some(p) = provenance {
-        a.opt.push(format!("attest:provenance={p}"));
-    }
+/// `--sbom`, `--provenance` and `--attest` as the frontend's `attest:` options (with
+/// `default_provenance` when the line names no provenance).
+fn attestations(
+    args: &BuildFlags,
+    a: &mut BuildFlags,
+    default_provenance: Option<&str>,
+) -> Result<()> {
+    let asked = attest::gather(
+        &args.attest,
+        args.sbom.as_deref(),
+        args.provenance.as_deref(),
+    )?;
+    attest::not_also_in_opts(&asked, &args.opt)?;
+    a.opt.extend(attest::opts(&asked, default_provenance));
     Ok(())
+}
+
+/// Whether one of `outputs` (buildctl's spelling) exports an image: image, OCI or docker.
+fn image_output(outputs: &[String]) -> bool {
+    outputs.iter().any(|o| {
+        ["type=image", "type=oci", "type=docker"]
+            .iter()
+            .any(|t| o.starts_with(t))
+    })
 }
 
 /// buildx's outputs: `-o DIR` and `-o -` shorthands, `type=registry`, names from `-t`, `--push`.
@@ -465,12 +458,7 @@ fn outputs(args: &BuildFlags, n: &mut Normalized) -> Result<()> {
             annotation_attrs(&args.annotation)?
         ));
     }
-    let image_out = outs.iter().any(|o| {
-        ["type=image", "type=oci", "type=docker"]
-            .iter()
-            .any(|t| o.starts_with(t))
-    });
-    if (args.iidfile.is_some() || args.quiet) && !image_out {
+    if (args.iidfile.is_some() || args.quiet) && !image_output(&outs) {
         bail!("--iidfile and --quiet report an image, and this build exports none: add --push (with -t) or --output type=image|oci|docker");
     }
     if outs.is_empty() {
@@ -575,6 +563,7 @@ mod tests {
                 "platform=linux/amd64,linux/arm64",
                 "context:base=docker-image://alpine:3",
                 "context:lib=local:lib",
+                "attest:provenance=mode=min,inline-only=true",
             ]
         );
         assert_eq!(a.output, ["type=image,\"name=r/a:1,r/a:latest\",push=true"]);
@@ -609,6 +598,53 @@ mod tests {
     }
 
     #[test]
+    fn attestations_in_each_grammar() {
+        let d = ctx();
+        let p = d.path().display().to_string();
+        let opts = |line: &[&str]| -> Vec<String> {
+            let n = normalize(&args(line), &mut std::io::empty()).unwrap();
+            n.args
+                .opt
+                .into_iter()
+                .filter(|o| o.starts_with("attest:"))
+                .collect()
+        };
+        // docker-style: buildx's default provenance on image exports only, unless turned off.
+        let default = ["attest:provenance=mode=min,inline-only=true"];
+        assert_eq!(opts(&["-t", "r/a", "--push", &p]), default);
+        assert_eq!(opts(&["-o", "type=oci,dest=x.tar", &p]), default);
+        assert!(opts(&["-o", "out", &p]).is_empty());
+        assert!(opts(&["-t", "r/a", "--push", "--provenance=false", &p]).is_empty());
+        assert_eq!(
+            opts(&[
+                "-t",
+                "r/a",
+                "--push",
+                "--sbom=generator=r/scan",
+                "--provenance=mode=max",
+                &p
+            ]),
+            [
+                "attest:sbom=type=sbom,generator=r/scan",
+                "attest:provenance=type=provenance,mode=max"
+            ]
+        );
+        // buildctl's grammar: only what the line asks for.
+        let buildctl = [
+            "--frontend=dockerfile.v0",
+            "--local=context=.",
+            "--output=type=image,name=r/a,push=true",
+        ];
+        assert!(opts(&buildctl).is_empty());
+        let mut with = buildctl.to_vec();
+        with.push("--attest=type=sbom");
+        assert_eq!(opts(&with), ["attest:sbom=type=sbom"]);
+        with.push("--opt=attest:sbom=generator=r/s");
+        let e = normalize(&args(&with), &mut std::io::empty()).unwrap_err();
+        assert!(e.to_string().contains("asked for twice"), "{e}");
+    }
+
+    #[test]
     fn refusals_name_the_way_round() {
         let d = ctx();
         let p = d.path().display().to_string();
@@ -620,7 +656,7 @@ mod tests {
         };
         assert!(err(&["--load", &p]).contains("type=docker,dest="));
         assert!(err(&["--push", &p]).contains("-t REGISTRY/NAME:TAG"));
-        assert!(err(&["--sbom", &p]).contains("scanner image"));
+        assert!(err(&["--sbom=generator=Bad", &p]).contains("not an image reference"));
         assert!(err(&["-t", "x"]).contains("needs the build context"));
         assert!(err(&["https://github.com/x/y.git"]).contains("URL"));
     }

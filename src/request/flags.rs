@@ -33,6 +33,12 @@ pub struct BuildFlags {
     pub cache: Option<String>,
     pub cache_branch: Option<String>,
     pub cache_default_branch: Option<String>,
+    // bkrun's own: the build's summary and result files, and its time limit.
+    pub summary: Option<PathBuf>,
+    pub summary_format: Option<String>,
+    pub tekton_results: Option<PathBuf>,
+    pub summary_dotenv: Option<PathBuf>,
+    pub build_timeout: Option<String>,
     // buildx's `docker buildx build` flags (docker-style: given with a positional context PATH).
     pub context: Option<String>,
     pub tag: Vec<String>,
@@ -59,6 +65,19 @@ pub struct BuildFlags {
     pub shm_size: Option<String>,
     pub ulimit: Vec<String>,
     pub builder: Option<String>,
+}
+
+/// `bkrun push`'s flags as given.
+#[derive(Debug, Clone, Default)]
+pub struct PushFlags {
+    pub source: PathBuf,
+    pub references: Vec<String>,
+    pub image: Option<String>,
+    pub digest_file: Option<PathBuf>,
+    pub image_name_with_digest_file: Option<PathBuf>,
+    pub image_name_tag_with_digest_file: Option<PathBuf>,
+    pub iidfile: Option<PathBuf>,
+    pub metadata_file: Option<PathBuf>,
 }
 
 /// kaniko's executor flags as given.
@@ -91,6 +110,14 @@ pub struct KanikoFlags {
     pub verbosity: String,
     pub cache_mounts: Option<String>,
     pub cache_mounts_max_size: Option<String>,
+    pub summary: Option<PathBuf>,
+    pub summary_format: Option<String>,
+    pub tekton_results: Option<PathBuf>,
+    pub summary_dotenv: Option<PathBuf>,
+    pub build_timeout: Option<String>,
+    pub sbom: Option<String>,
+    pub provenance: Option<String>,
+    pub attest: Vec<String>,
     // kaniko flags that mean nothing to BuildKit, accepted with one notice.
     pub snapshot_mode: Option<String>,
     pub single_snapshot: Option<String>,

@@ -53,6 +53,11 @@ pub fn translate(k: &KanikoFlags) -> Result<Translated> {
     // bkrun's own flags, accepted in kaniko's command line too: same meaning as in build's.
     a.cache_mounts = k.cache_mounts.clone();
     a.cache_mounts_max_size = k.cache_mounts_max_size.clone();
+    a.summary = k.summary.clone();
+    a.summary_format = k.summary_format.clone();
+    a.tekton_results = k.tekton_results.clone();
+    a.summary_dotenv = k.summary_dotenv.clone();
+    a.build_timeout = k.build_timeout.clone();
     frontend_options(k, &mut a)?;
     outputs(k, &mut a)?;
     if a.output.is_empty() {
@@ -161,6 +166,9 @@ fn frontend_options(k: &KanikoFlags, a: &mut BuildFlags) -> Result<()> {
     if k.reproducible {
         a.opt.push("build-arg:SOURCE_DATE_EPOCH=0".into());
     }
+    // kaniko made no attestations: only those asked for, so digest files stay as they were.
+    let asked = super::attest::gather(&k.attest, k.sbom.as_deref(), k.provenance.as_deref())?;
+    a.opt.extend(super::attest::opts(&asked, None));
     a.progress = match k.verbosity.as_str() {
         "panic" | "fatal" | "error" | "warn" => "quiet".into(),
         "info" | "debug" | "trace" => "plain".into(),
@@ -295,6 +303,36 @@ mod tests {
         let mut argv = vec!["bkrun", "kaniko"];
         argv.extend(line);
         crate::cli::parse_kaniko(argv).unwrap()
+    }
+
+    #[test]
+    fn attestations_only_when_asked() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("Dockerfile"), "FROM scratch\n").unwrap();
+        let ctx = format!("dir://{}", d.path().display());
+        let attests = |extra: &[&str]| -> Vec<String> {
+            let mut line = vec!["--context", &ctx, "--destination", "r/a:1"];
+            line.extend(extra);
+            let t = translate(&kaniko(&line)).unwrap();
+            t.build
+                .args
+                .opt
+                .into_iter()
+                .filter(|o| o.starts_with("attest:"))
+                .collect()
+        };
+        assert!(attests(&[]).is_empty());
+        assert_eq!(
+            attests(&["--sbom=generator=r/scan:1", "--provenance=mode=max"]),
+            [
+                "attest:sbom=type=sbom,generator=r/scan:1",
+                "attest:provenance=type=provenance,mode=max"
+            ]
+        );
+        assert_eq!(
+            attests(&["--attest", "type=provenance"]),
+            ["attest:provenance=type=provenance"]
+        );
     }
 
     #[test]

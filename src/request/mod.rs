@@ -1,5 +1,6 @@
 //! The grammars people type (buildctl's flags) → typed specs: [`build::resolve`] is the one step that brings in bkrun.toml, the environment and the Docker config's location, and checks everything before a daemon starts.
 
+pub mod attest;
 pub mod build;
 pub mod cache;
 pub mod cachemounts;
@@ -12,11 +13,13 @@ pub mod kaniko;
 pub mod output;
 pub mod policy;
 pub mod progress;
+pub mod push;
 pub mod reference;
 pub mod regcache;
 pub mod registry;
 pub mod secret;
 pub mod ssh;
+pub mod summary;
 
 /// How much of a value an error message echoes: a 100 KB `--opt` or `--secret` value pasted
 /// into a terminal or a CI log helps no one.

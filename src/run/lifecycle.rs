@@ -11,13 +11,14 @@ use signal_hook_tokio::{Handle, Signals};
 
 use super::log;
 use super::perform::{died, perform, Against, Ended};
+use super::report::Local;
 use super::settle::{Invocation, Pick, Place, Work};
 use crate::client;
 use crate::client::connect::{self, Target};
 use crate::daemon::statelock::{self, StateLock};
 use crate::daemon::{diagnose, doctor, Daemon, Plan};
 use crate::host::reaper::{self, Reaper};
-use crate::host::RealHost;
+use crate::host::{Host, RealHost};
 
 /// First report after this long without the daemon serving, then every REPEAT.
 const SLOW_START: Duration = Duration::from_secs(3);
@@ -92,6 +93,7 @@ async fn remote(
         reaper,
         signals: &mut signals.signals,
         grace,
+        local: None,
     };
     match perform(work, on, std::future::pending()).await {
         Ended::Code(c) => Ok(c),
@@ -132,6 +134,15 @@ async fn supervised(
 ) -> Result<i32> {
     let announce = work.announces();
     statelock::create_state_dir(&plan.paths.state_dir)?;
+    if plan.paths.state_fallback.is_some() {
+        // Made in a shared temp dir: another user may have made it first.
+        if let Some(why) = RealHost.others_can_write(&plan.paths.state_dir) {
+            anyhow::bail!(
+                "the state dir {} is not private: {why}; remove it, or pass --root with a directory only you can write to",
+                plan.paths.state_dir.display()
+            );
+        }
+    }
     // Remembered in the state dir for this buildkitd file: `buildkitd --version` run beside the
     // daemon's own start slows that start (BENCHMARKS.md). Only a first run asks.
     let version = announce.then(|| {
@@ -143,15 +154,25 @@ async fn supervised(
         s = lock_state(&plan) => s?,
         Some(sig) = signals.next() => return Ok(128 + sig),
     };
+    crate::timeline::mark("locked");
     let started = Instant::now();
     let daemon = Daemon::start(&plan, reaper, Arc::new(RealHost), state)?;
     say_started(&plan, &daemon, announce, version).await;
     let daemon = match wait_ready(&plan, daemon, started, announce, signals).await? {
-        Readiness::Serving(d) => d,
+        Readiness::Serving(d) => {
+            crate::timeline::mark("ready");
+            d
+        }
         Readiness::Signalled(d, code) => {
             d.stop().await;
             return Ok(code);
         }
+    };
+    let local = Local {
+        mode: plan.mode().to_string(),
+        why: plan.decision.why.clone(),
+        start: started.elapsed(),
+        state_dir: plan.paths.state_dir.clone(),
     };
     let target = Target::unix(&daemon.addr);
     repair_if_unclean(&plan, &daemon, &target, announce).await;
@@ -162,8 +183,10 @@ async fn supervised(
         reaper,
         signals: &mut signals.signals,
         grace: plan.settings.stop_timeout,
+        local: Some(&local),
     };
     let ended = perform(work, on, daemon.exited()).await;
+    crate::timeline::mark("worked");
     finish(&plan, daemon, ended, building).await
 }
 
@@ -190,6 +213,9 @@ async fn say_started(
     if !daemon.swept.is_empty() && announce {
         crate::say!("bkrun: {}", daemon.swept);
     }
+    if let (Some(why), true) = (&plan.paths.state_fallback, announce) {
+        crate::say!("bkrun: {why}");
+    }
     log(plan.settings.debug, || {
         format!(
             "started {} (pid {})",
@@ -203,13 +229,24 @@ async fn say_started(
             _ => "buildkitd".into(),
         };
         crate::say!(
-            "bkrun: starting {v}, {} ({})",
+            "bkrun: starting {v}, {} ({}){}",
             plan.mode(),
-            plan.decision.why
+            plan.decision.why,
+            plan.decision
+                .given_up
+                .map_or(String::new(), |g| format!(": {g}"))
         );
         // Said before the build, not found after it: a slow snapshotter or a mount that breaks
         // setuid programs costs the whole build.
         for w in plan.storage.iter().flat_map(|s| &s.warnings) {
+            crate::say!("bkrun: warning: {w}");
+        }
+        let dir = &plan.paths.state_dir;
+        let min = plan.settings.min_free_space;
+        if let Some(w) = RealHost
+            .statfs(dir)
+            .and_then(|fs| crate::summary::why::low_space(dir, &fs, min))
+        {
             crate::say!("bkrun: warning: {w}");
         }
     }

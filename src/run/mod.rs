@@ -9,6 +9,8 @@ mod landed;
 mod lifecycle;
 mod meta;
 mod perform;
+mod push;
+mod report;
 mod routekey;
 mod settle;
 mod target;
@@ -32,9 +34,13 @@ pub async fn run(cli: Cli) -> i32 {
 }
 
 async fn settle_and_run(cli: &Cli) -> Result<i32> {
-    match settle::settle(cli, &RealHost)? {
+    let settled = settle::settle(cli, &RealHost)?;
+    crate::timeline::mark("settled");
+    match settled {
         settle::Settled::Answered(code) => Ok(code),
         settle::Settled::Run(invocation) => lifecycle::run(*invocation).await,
+        // bkrun's own registry client, no daemon: nothing to supervise.
+        settle::Settled::Push(job) => push::run(*job).await,
     }
 }
 

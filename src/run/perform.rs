@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::process::{Command as Proc, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use nix::sys::signal::Signal;
@@ -11,11 +11,17 @@ use signal_hook_tokio::Signals;
 use tonic::transport::Channel;
 
 use super::landed;
+use super::report::{self, Local};
 use super::settle::{BuildJob, Work};
 use crate::client;
 use crate::client::admin::Request;
 use crate::client::connect::{self, Target};
+use crate::client::solve::{Built, Outcome};
 use crate::host::reaper::{Exit, Reaper};
+use crate::host::RealHost;
+
+/// The exit code of a build `--build-timeout` cancelled, as timeout(1)'s.
+pub(super) const TIMED_OUT: i32 = 124;
 
 /// How long a build that lost its connection waits to learn whether the daemon died.
 const DEATH_NOTICE: Duration = Duration::from_secs(1);
@@ -36,6 +42,8 @@ pub(super) struct Against<'a> {
     pub reaper: &'a Reaper,
     pub signals: &'a mut Signals,
     pub grace: Duration,
+    /// The daemon bkrun started (None: an existing one).
+    pub local: Option<&'a Local>,
 }
 
 type DaemonExit<'a> = Pin<&'a mut dyn Future<Output = Exit>>;
@@ -74,54 +82,84 @@ async fn channel(on_target: &Target, opened: Option<Channel>) -> anyhow::Result<
 }
 
 /// A build, then what is written from its result (metadata, iid and digest files), then one
-/// line saying what the cache did.
+/// line saying what the cache did, the line saying why it died (if known), and its summary.
 async fn build(job: &BuildJob, on: Against<'_>, mut daemon_exit: DaemonExit<'_>) -> Ended {
     let spec = &job.spec;
-    let mut cache = None;
+    let started = Instant::now();
+    let before = report::memory_before(on.local, &RealHost);
     let build = async {
         let channel = channel(on.target, on.opened).await?;
+        crate::timeline::mark("connected");
         let built = client::solve::build(channel, spec, on.target).await?;
-        cache = Some(built.cache.clone());
         // Inside the select, so a signal still ends a write to a FIFO nobody reads.
-        if let (client::solve::Outcome::Done(response), Some(path)) =
-            (&built.outcome, &spec.metadata_file)
-        {
-            client::metadata::write(path, response, &built.cache).await?;
-        }
-        anyhow::Ok(built.outcome)
-    };
-    let ended = tokio::select! {
-        res = build => match res {
-            Ok(client::solve::Outcome::Done(response)) => {
-                if let Some(worker) = &job.announce_images {
-                    for line in landed::lines(&spec.outputs, &response, worker) {
-                        crate::say!("{line}");
-                    }
-                }
-                match client::metadata::write_after(&job.after, &response).await {
-                    Ok(()) => Ended::Code(0),
-                    Err(e) => Ended::Failed(e),
-                }
+        let written = match (&built.outcome, &spec.metadata_file) {
+            (Outcome::Done(response), Some(path)) => {
+                client::metadata::write(path, response, &built.cache).await
             }
-            Ok(client::solve::Outcome::Failed) => Ended::Code(1),
+            _ => Ok(()),
+        };
+        anyhow::Ok((built, written))
+    };
+    let (ended, built) = tokio::select! {
+        res = build => match res {
+            Ok((built, written)) => (settle(job, &built, written).await, Some(built)),
             // The daemon's death often reaches the client as a broken connection before
             // the reaper sees the exit: wait briefly for it, it is the better cause.
             Err(e) if e.is::<client::solve::ConnectionLost>() => {
                 match tokio::time::timeout(DEATH_NOTICE, &mut daemon_exit).await {
-                    Ok(exit) => Ended::DaemonDied(exit),
-                    Err(_) => Ended::Failed(e),
+                    Ok(exit) => (Ended::DaemonDied(exit), None),
+                    Err(_) => (Ended::Failed(e), None),
                 }
             }
-            Err(e) => Ended::Failed(e),
+            Err(e) => (Ended::Failed(e), None),
         },
         // Dropping the build cancels the Solve call; the daemon then cancels the job.
-        Some(sig) = on.signals.next() => Ended::Code(128 + sig),
-        exit = &mut daemon_exit => Ended::DaemonDied(exit),
+        Some(sig) = on.signals.next() => (Ended::Code(128 + sig), None),
+        exit = &mut daemon_exit => (Ended::DaemonDied(exit), None),
     };
-    if let Some(cache) = &cache {
-        say_cache(spec.progress.mode, cache);
+    let Some(built) = built else {
+        return ended;
+    };
+    say_cache(spec.progress.mode, &built.cache);
+    let diagnosis = report::diagnose(&built, before.as_ref(), on.local, &RealHost);
+    if let Some(d) = &diagnosis {
+        crate::say!("bkrun: {d}");
     }
+    let cx = report::Context {
+        local: on.local,
+        remote: on.local.is_none().then_some(on.target.addr.as_str()),
+        took: started.elapsed(),
+        exit_code: match &ended {
+            Ended::Code(c) => *c,
+            _ => 1,
+        },
+        diagnosis,
+    };
+    report::write_summary(spec, &built, cx).await;
     ended
+}
+
+/// How a build that ran to its end ends the work: what is written and said after a success,
+/// 1 for a failure (already shown), 124 for `--build-timeout` (as timeout(1) exits).
+async fn settle(job: &BuildJob, built: &Built, written: anyhow::Result<()>) -> Ended {
+    match &built.outcome {
+        Outcome::Done(response) => {
+            if let Err(e) = written {
+                return Ended::Failed(e);
+            }
+            if let Some(worker) = &job.announce_images {
+                for line in landed::lines(&job.spec.outputs, response, worker) {
+                    crate::say!("{line}");
+                }
+            }
+            match client::metadata::write_after(&job.after, response).await {
+                Ok(()) => Ended::Code(0),
+                Err(e) => Ended::Failed(e),
+            }
+        }
+        Outcome::Failed(_) => Ended::Code(1),
+        Outcome::TimedOut(_) => Ended::Code(TIMED_OUT),
+    }
 }
 
 /// The build's last line: what the cache did, whether the build succeeded or failed; only

@@ -9,6 +9,7 @@
 //! enter: builds of one context share its transferred files and its base stages, which is the
 //! cache worth keeping together (`--route-key` splits them when load matters more).
 
+use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -51,10 +52,24 @@ pub fn for_dir(dir: &Path) -> String {
     project(dir)
 }
 
+/// `for_dir` of each of `dirs`, reading each checkout's git config once: a build's contexts
+/// (context, dockerfile, named ones) are mostly dirs of one checkout.
+pub fn for_dirs<'a>(dirs: impl IntoIterator<Item = &'a Path>) -> Vec<String> {
+    let mut origins = HashMap::new();
+    dirs.into_iter()
+        .map(|d| project_in(d, &mut origins))
+        .collect()
+}
+
 /// `origin`'s URL and the path inside the checkout, or the canonical path.
 fn project(dir: &Path) -> String {
+    project_in(dir, &mut HashMap::new())
+}
+
+/// `project`, with the origins of checkouts already read (by their top dir).
+fn project_in(dir: &Path, origins: &mut HashMap<PathBuf, Option<String>>) -> String {
     let dir = fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
-    match git_origin(&dir) {
+    match git_origin(&dir, origins) {
         Some((url, inside)) if inside.as_os_str().is_empty() => url,
         Some((url, inside)) => format!("{url}:{}", inside.display()),
         None => dir.display().to_string(),
@@ -78,8 +93,21 @@ fn url_project(url: &str) -> String {
 
 /// The checkout holding `dir` (the nearest ancestor with a `.git`), its `origin` URL normalized,
 /// and `dir`'s path inside it. None outside a checkout, or with no `origin`.
-fn git_origin(dir: &Path) -> Option<(String, PathBuf)> {
+fn git_origin(
+    dir: &Path,
+    origins: &mut HashMap<PathBuf, Option<String>>,
+) -> Option<(String, PathBuf)> {
     let top = dir.ancestors().find(|a| a.join(".git").exists())?;
+    let url = origins
+        .entry(top.to_path_buf())
+        .or_insert_with(|| checkout_origin(top))
+        .clone()?;
+    let inside = dir.strip_prefix(top).ok()?.to_path_buf();
+    Some((url, inside))
+}
+
+/// The normalized `origin` URL of the checkout at `top`.
+fn checkout_origin(top: &Path) -> Option<String> {
     let dot_git = top.join(".git");
     let git_dir = if dot_git.is_dir() {
         dot_git
@@ -95,9 +123,7 @@ fn git_origin(dir: &Path) -> Option<(String, PathBuf)> {
         Err(_) => git_dir,
     };
     let config = fs::read_to_string(common.join("config")).ok()?;
-    let url = origin_url(&config)?;
-    let inside = dir.strip_prefix(top).ok()?.to_path_buf();
-    Some((normalize_remote(&url), inside))
+    Some(normalize_remote(&origin_url(&config)?))
 }
 
 /// `url` of `[remote "origin"]` in a git config (section and key names are case-insensitive,
@@ -231,6 +257,12 @@ mod tests {
             assert_eq!(
                 for_dir(&top.join("services/api")),
                 "github.com/org/app:services/api"
+            );
+            // Several dirs at once (a build's locals), the config read once: the same names.
+            let (api, elsewhere) = (top.join("services/api"), t.path().to_path_buf());
+            assert_eq!(
+                for_dirs([top.as_path(), &api, &elsewhere]),
+                [for_dir(&top), for_dir(&api), for_dir(&elsewhere)]
             );
         }
         // A linked worktree: `.git` is a file, the config is in the main git dir.

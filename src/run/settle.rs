@@ -22,6 +22,8 @@ pub(super) enum Settled {
     /// Answered while settling (`config`, `doctor`, a command not found): the exit code.
     Answered(i32),
     Run(Box<Invocation>),
+    /// `bkrun push`, checked: it needs no daemon.
+    Push(Box<super::push::PushJob>),
 }
 
 /// A whole invocation, settled: what to do and where.
@@ -95,6 +97,7 @@ pub(super) fn settle(cli: &Cli, host: &dyn Host) -> Result<Settled> {
     let mut settings = Settings::load(&(&cli.global).into(), host)?;
     let mut work = match work(cli, &mut settings, host)? {
         Step::Answered(code) => return Ok(Settled::Answered(code)),
+        Step::Push(job) => return Ok(Settled::Push(job)),
         Step::Work(w) => w,
     };
     let grace = settings.stop_timeout;
@@ -110,6 +113,7 @@ pub(super) fn settle(cli: &Cli, host: &dyn Host) -> Result<Settled> {
 
 enum Step {
     Answered(i32),
+    Push(Box<super::push::PushJob>),
     Work(Work),
 }
 
@@ -155,6 +159,11 @@ fn work(cli: &Cli, settings: &mut Settings, host: &dyn Host) -> Result<Step> {
             Work::Build(Box::new(build_job(n, settings, host)?))
         }
         Command::Kaniko(k) => kaniko(k, settings, host)?,
+        Command::Push(p) => {
+            return Ok(Step::Push(Box::new(super::push::settle(
+                p, settings, host,
+            )?)))
+        }
         Command::Debug { command } => debug(command, host)?,
         Command::Du(l) => Work::Admin(Request::DiskUsage {
             filters: l.filter.clone(),
@@ -194,6 +203,7 @@ fn config(cli: &Cli, settings: &Settings, host: &dyn Host) -> Result<Step> {
     text.push_str(&registry_cache(settings, host));
     text.push_str(&cache_mounts(settings, host));
     text.push_str(&credentials(host));
+    text.push_str(&summary(settings, host));
     write_stdout(&text);
     Ok(Step::Answered(0))
 }
@@ -245,6 +255,32 @@ fn cache_mounts(settings: &Settings, host: &dyn Host) -> String {
         Ok(None) => String::new(),
         Err(e) => format!("cache mounts:    not usable: {e}\n"),
     }
+}
+
+/// `bkrun config`'s lines for where a build's summary goes (the CI's places found in the
+/// environment, bkrun.toml's `summary`), bkrun.toml's build timeout, and the free space below
+/// which the start warns.
+fn summary(settings: &Settings, host: &dyn Host) -> String {
+    let none = request::flags::BuildFlags::default();
+    let defaults = &settings.build_defaults;
+    let mut text = match request::summary::resolve(&none, defaults, host) {
+        Ok(s) => format!("summary:         {}\n", s.describe()),
+        Err(e) => format!("summary:         not usable: {e}\n"),
+    };
+    match request::summary::build_timeout(&none, defaults) {
+        Ok(Some(t)) => text.push_str(&format!(
+            "build timeout:   {} (build_timeout in bkrun.toml)\n",
+            crate::gocompat::durations::go_duration(t.as_nanos() as i64)
+        )),
+        Ok(None) => {}
+        Err(e) => text.push_str(&format!("build timeout:   not usable: {e}\n")),
+    }
+    text.push_str(&format!(
+        "min free space:  {} ({})\n",
+        crate::summary::why::human(settings.min_free_space),
+        settings.min_free_space_source
+    ));
+    text
 }
 
 /// kaniko's executor: its build, and its registry flags as the started daemon's configuration.
@@ -299,11 +335,10 @@ fn build_job(
         });
     }
     request::dests::check_after(&n.after, host)?;
-    spec.local_projects = spec
-        .locals
-        .iter()
-        .map(|(name, dir)| (name.clone(), routekey::for_dir(&cwd().join(dir))))
-        .collect();
+    let cwd = cwd();
+    let dirs: Vec<PathBuf> = spec.locals.values().map(|d| cwd.join(d)).collect();
+    let projects = routekey::for_dirs(dirs.iter().map(PathBuf::as_path));
+    spec.local_projects = spec.locals.keys().cloned().zip(projects).collect();
     let mut job = BuildJob {
         spec,
         after: n.after,

@@ -92,6 +92,9 @@ fn start_text(settings: &Settings, host: &dyn Host) -> Result<String> {
         plan.mode(),
         plan.decision.why
     );
+    if let Some(lost) = plan.decision.given_up {
+        s.push_str(&format!("given up:        {lost}\n"));
+    }
     if let Some(why) = &settings.buildkit_host_ignored {
         s.push_str(&format!("BUILDKIT_HOST:   not used: {why}\n"));
     }
