@@ -62,10 +62,10 @@ fn main() {
     // The top-level future runs on this (main) thread, which is what lets spawned
     // daemons get a parent-death signal that only fires when bkrun itself dies.
     let code = rt.block_on(bkrun::run::run(cli));
-    // By now the daemon is stopped and every file written and awaited: nothing the runtime still
-    // holds may delay the exit (dropping it would wait for its idle blocking threads, and for
-    // one stuck reading stdin, forever).
-    rt.shutdown_background();
+    // Dropped, not shut down in the background: a blocking task may still be running a child
+    // (`buildkitd --version` for the version cache when the run failed early), and the drop
+    // waits for it, so no process of the run outlives bkrun.
+    drop(rt);
     bkrun::timeline::report();
     std::process::exit(code);
 }
