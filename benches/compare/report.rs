@@ -189,6 +189,11 @@ pub fn document(table: &str, rounds: usize, big_rounds: usize, took: Duration) -
          daemon costs the first build. Rootless modes run as the unprivileged user scripts/setup creates. \
          bkrun's overhead is its daemonless median minus the sum of the floor's three medians, with a 95% \
          bootstrap interval (each series resampled on its own).\n\
+         - bkrun's own segments: the floor case's daemonless runs set BKRUN_TIMELINE=1, so bkrun \
+         prints its CLOCK_MONOTONIC marks at exit; with the bench's own stamps at the spawn and at \
+         the exit it sees, exec → daemon spawn, READY=1 → Solve sent, build result → SIGTERM and \
+         daemon reaped → exit are bkrun's alone, timed inside each run (their sum per run, then its \
+         median); the timeline after the table gives every span's median.\n\
          - The monorepo: 20 packages of 100 sources each, four directories deep, beside a node_modules \
          of 49 modules × 100 files each (100,000 files in all); its .dockerignore excludes \
          `**/node_modules`. Only the kept sources are touched between runs.\n\
