@@ -347,9 +347,10 @@ impl Stats {
     }
 }
 
-/// Bytes as the cache line and messages show them (KiB, MiB, GiB; one decimal).
+/// Bytes as the cache line and messages show them (KiB … PiB, one decimal: `2.0 GiB`); also the
+/// build summary's and its diagnoses' figures.
 pub fn human(bytes: u64) -> String {
-    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
     if bytes < 1024 {
         return format!("{bytes} B");
     }

@@ -277,7 +277,7 @@ fn summary(settings: &Settings, host: &dyn Host) -> String {
     }
     text.push_str(&format!(
         "min free space:  {} ({})\n",
-        crate::summary::why::human(settings.min_free_space),
+        crate::cachemount::human(settings.min_free_space),
         settings.min_free_space_source
     ));
     text

@@ -3,6 +3,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use crate::cachemount::human;
 use crate::host::cgroup::Memory;
 use crate::host::FsStat;
 use crate::progress::{Step, StepState};
@@ -108,21 +109,6 @@ fn step_name(s: &Step) -> String {
         Some(n) => format!("#{n} {}", s.name),
         None => s.name.clone(),
     }
-}
-
-/// Bytes in binary units with one decimal: `2.0 GiB`.
-pub fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
-    if bytes < 1024 {
-        return format!("{bytes} B");
-    }
-    let mut v = bytes as f64 / 1024.0;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    format!("{v:.1} {}", UNITS[u])
 }
 
 /// The warning said before the daemon starts when the state dir's filesystem has less free
