@@ -134,14 +134,7 @@ mod tests {
 
     #[test]
     fn newuidmap_refused_for_ranges_outside_the_pods_namespace() {
-        let h = FakeHost {
-            userns: true,
-            ns_map: vec![crate::host::IdRange {
-                start: 0,
-                count: 65536,
-            }],
-            ..FakeHost::pod_user(0)
-        };
+        let h = FakeHost::userns_pod_user();
         let why = explain(NEWUIDMAP, &facts(&h)).unwrap();
         assert!(
             why.contains("100000-165535 (/etc/subuid) lie outside")

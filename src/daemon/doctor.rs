@@ -931,19 +931,7 @@ mod tests {
 
     #[test]
     fn a_restricted_scc_gets_every_blocker_and_the_mode_with_fewest_changes() {
-        let mut h = FakeHost {
-            euid: 1000680000,
-            passwd: false,
-            subids: false,
-            ..FakeHost::pod_user(2)
-        };
-        h.status.no_new_privs = true;
-        h.status.cap_bnd = 0;
-        h.probe.clone_userns = Some(Err(nix::errno::Errno::EPERM));
-        h.probe.unshare_userns = Some(Err(nix::errno::Errno::EPERM));
-        h.probe.mount = None;
-        h.probe.mount_proc = None;
-        let r = report(&h);
+        let r = report(&FakeHost::restricted_scc());
         assert_eq!(r.exit_code(), 1);
         let t = r.text();
         assert!(
@@ -986,14 +974,7 @@ mod tests {
 
     #[test]
     fn subordinate_ranges_outside_the_namespace_are_shown() {
-        let h = FakeHost {
-            userns: true,
-            ns_map: vec![crate::host::IdRange {
-                start: 0,
-                count: 65536,
-            }],
-            ..FakeHost::pod_user(0)
-        };
+        let h = FakeHost::userns_pod_user();
         let r = report(&h);
         let t = r.text();
         assert!(

@@ -808,30 +808,20 @@ mod tests {
         let e = decide(ModeArg::Rootless, &facts(&FakeHost::pod_user(0))).unwrap_err();
         assert!(e.to_string().contains("procMount: Unmasked"), "{e}");
     }
-    /// uid 1000 of BuildKit's rootless image in a `hostUsers: false` pod: 65536 ids mapped,
-    /// the image's range 100000-165535 outside them.
-    fn userns_pod_user() -> FakeHost {
-        FakeHost {
-            userns: true,
-            ns_map: vec![crate::host::IdRange {
-                start: 0,
-                count: 65536,
-            }],
-            ..FakeHost::pod_user(0)
-        }
-    }
 
     #[test]
     fn subordinate_ids_outside_the_pods_namespace_are_named_with_the_ranges() {
-        let e = auto_err(&userns_pod_user());
-        let first = auto_mode(&userns_pod_user()).unwrap_err().to_string();
+        let e = auto_err(&FakeHost::userns_pod_user());
+        let first = auto_mode(&FakeHost::userns_pod_user())
+            .unwrap_err()
+            .to_string();
         assert_eq!(
             first,
             format!("no daemon mode can work here: uid 1000's subordinate uids 100000-165535 (/etc/subuid) lie outside the ids this user namespace maps (65536 ids: 0-65535, /proc/self/uid_map; a `hostUsers: false` pod), so newuidmap cannot map them; {}", fix::USERNS_ROOT)
         );
         assert!(!e.contains("keep SETUID"), "{e}");
         // Partly outside is said so; a range inside the map works.
-        let mut h = userns_pod_user();
+        let mut h = FakeHost::userns_pod_user();
         h.subid_range = crate::host::IdRange {
             start: 60000,
             count: 10000,
@@ -846,36 +836,16 @@ mod tests {
         let h = FakeHost {
             euid: 0,
             status: FakeHost::root().status,
-            ..userns_pod_user()
+            ..FakeHost::userns_pod_user()
         };
         let d = auto_mode(&h).unwrap();
         assert_eq!(d.mode, Mode::Privileged);
         assert!(d.reason.contains("in a user namespace"), "{}", d.reason);
     }
 
-    /// OpenShift's restricted SCC: an arbitrary uid without passwd entry or subordinate ids,
-    /// every capability dropped, no_new_privs, RuntimeDefault seccomp.
-    fn restricted_scc() -> FakeHost {
-        let mut h = FakeHost {
-            euid: 1000680000,
-            passwd: false,
-            subids: false,
-            ..FakeHost::pod_user(2)
-        };
-        h.status.no_new_privs = true;
-        h.status.cap_bnd = 0;
-        h.probe = NsProbe {
-            clone_userns: Some(Err(Errno::EPERM)),
-            unshare_userns: Some(Err(Errno::EPERM)),
-            mount: None,
-            mount_proc: None,
-        };
-        h
-    }
-
     #[test]
     fn every_blocker_is_listed_in_the_order_to_fix_them() {
-        let v = assess(&facts(&restricted_scc()));
+        let v = assess(&facts(&FakeHost::restricted_scc()));
         let fixes = |v: &Verdict| v.blockers.iter().map(|b| b.fix.clone()).collect::<Vec<_>>();
         assert_eq!(fixes(&v[0]), [fix::RUN_AS_ROOT]);
         let strict = fixes(&v[2]);
@@ -895,7 +865,7 @@ mod tests {
         assert_eq!(rootless[5], fix::PROC_MOUNT);
         // The first line stays the first blocker's; the rest follow it.
         assert_eq!(v[2].reason, v[2].blockers[0].reason);
-        let e = auto_err(&restricted_scc());
+        let e = auto_err(&FakeHost::restricted_scc());
         let first = e.lines().next().unwrap();
         assert!(first.contains("allowPrivilegeEscalation"), "{e}");
         assert!(
@@ -913,7 +883,7 @@ mod tests {
         // An explicit mode lists them too.
         let e = format!(
             "{:#}",
-            decide(ModeArg::RootlessStrict, &facts(&restricted_scc())).unwrap_err()
+            decide(ModeArg::RootlessStrict, &facts(&FakeHost::restricted_scc())).unwrap_err()
         );
         assert!(
             e.contains("also: creating a user namespace was refused"),

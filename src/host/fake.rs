@@ -178,6 +178,30 @@ impl FakeHost {
             ..Self::pod_user(2)
         }
     }
+
+    /// OpenShift's restricted SCC: `restricted()` as an arbitrary uid without passwd entry or
+    /// subordinate ids.
+    pub fn restricted_scc() -> Self {
+        FakeHost {
+            euid: 1000680000,
+            passwd: false,
+            subids: false,
+            ..Self::restricted()
+        }
+    }
+
+    /// uid 1000 of BuildKit's rootless image in a `hostUsers: false` pod: 65536 ids mapped,
+    /// the image's range 100000-165535 outside them.
+    pub fn userns_pod_user() -> Self {
+        FakeHost {
+            userns: true,
+            ns_map: vec![IdRange {
+                start: 0,
+                count: 65536,
+            }],
+            ..Self::pod_user(0)
+        }
+    }
 }
 
 impl Host for FakeHost {
