@@ -9,7 +9,7 @@ use base64::Engine as _;
 
 use super::http::{body, clip, default_client, node_client};
 use super::sigv4::{amz_date, Request, Signer};
-use super::{CloudEnv, Issued};
+use super::{now_secs, CloudEnv, Issued};
 use crate::session::credentials::Credentials;
 
 /// ECR's JSON 1.1 target for the call.
@@ -381,12 +381,6 @@ fn xml_tag(xml: &str, tag: &str) -> Option<String> {
     let start = xml.find(&open)? + open.len();
     let end = xml[start..].find(&format!("</{tag}>"))? + start;
     Some(xml[start..end].trim().to_string())
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]

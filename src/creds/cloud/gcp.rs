@@ -1,13 +1,13 @@
 //! Logins for Google's registries (gcr.io, Artifact Registry's `*-docker.pkg.dev`): an OAuth2 access token, user `oauth2accesstoken`, from GOOGLE_APPLICATION_CREDENTIALS' service-account key (an RS256 JWT assertion, signed with ring) or the metadata server (GKE Workload Identity, GCE).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use base64::Engine as _;
 use serde::Deserialize;
 
 use super::http::{body, clip, default_client, node_client};
-use super::{CloudEnv, Issued};
+use super::{now_secs, CloudEnv, Issued};
 use crate::session::credentials::Credentials;
 
 /// The user name Google's registries take an access token with.
@@ -206,12 +206,6 @@ fn pem_body(pem: &str) -> Result<Vec<u8>, String> {
     base64::engine::general_purpose::STANDARD
         .decode(inner.trim())
         .map_err(|_| "not PEM".to_string())
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]

@@ -183,3 +183,10 @@ pub fn strip_port(host: &str) -> &str {
         _ => host,
     }
 }
+
+/// Seconds since the epoch, for the clouds' signed requests and assertions (0 before 1970).
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
