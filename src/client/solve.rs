@@ -26,7 +26,6 @@ use crate::proto::moby::buildkit::v1::{
 use crate::request::build::BuildSpec;
 use crate::request::cache::imports_attr;
 use crate::request::secret::{mask_values, short_secret_warnings};
-use crate::session::{Session, SessionError, SessionHandle};
 
 /// Largest message we accept from the daemon (status batches can be big).
 const MAX_MESSAGE: usize = 64 << 20;
@@ -102,7 +101,10 @@ pub async fn build(channel: Channel, spec: &BuildSpec, target: &Target) -> Resul
     let mut mounts = cache_mounts(spec).await?;
     let extra = mounts.as_ref().map(CacheMounts::locals).unwrap_or_default();
     let (session, services) = services::build(spec, &extra, &mut |w| crate::say!("bkrun: {w}"))?;
-    let session = open(session, channel.clone(), target).await?;
+    crate::timeline::mark("services");
+    let mut session = session
+        .begin(channel.clone())
+        .context("cannot open a build session with the daemon")?;
     crate::timeline::mark("session");
     let reference = crate::session::random_id();
     let request = solve_request(spec, &services, session.id(), &reference);
@@ -124,6 +126,14 @@ pub async fn build(channel: Channel, spec: &BuildSpec, target: &Target) -> Resul
     let mut status_task = AbortOnDrop(status_task);
 
     let solving = solve(&mut control, &channel, request, mounts.as_mut());
+    // The session went without waiting for its answer (Session::begin): a refusal ends the
+    // Solve, which would otherwise wait for the session forever.
+    let solving = async {
+        tokio::select! {
+            solved = solving => Ok(solved),
+            refused = session.refused() => Err(refused),
+        }
+    };
     // Dropping the Solve call cancels it; the daemon then cancels the job's steps, whose end
     // the Status stream still shows (so the steps still running can be named).
     crate::timeline::mark("solve");
@@ -134,6 +144,11 @@ pub async fn build(channel: Channel, spec: &BuildSpec, target: &Target) -> Resul
         None => Ok(solving.await),
     };
     crate::timeline::mark("result");
+    let solved = match solved {
+        Ok(Err(refused)) => return Err(session_refused(&refused, target)),
+        Ok(Ok(solved)) => Ok(solved),
+        Err(timed_out) => Err(timed_out),
+    };
     let _ = solve_done.send(Some(matches!(solved, Ok(Ok(_)))));
     write_ref_file(spec, &reference).await;
     // The status stream ends by itself, or once quiet after Solve (show_status); this bound is
@@ -307,18 +322,15 @@ async fn through_gateway(
 }
 
 /// Starts the session, saying in one line why the daemon refused it.
-async fn open(session: Session, channel: Channel, target: &Target) -> Result<SessionHandle> {
-    match session.start(channel).await {
-        Ok(s) => Ok(s),
-        Err(SessionError::Open(status)) => match explain_call(&status, target) {
-            Some(why) => Err(anyhow!("{why}")),
-            None => Err(anyhow!(
-                "the daemon at {} refused a build session: {}",
-                target.addr,
-                status.message()
-            )),
-        },
-        Err(e) => Err(e).context("cannot open a build session with the daemon"),
+/// The daemon's refusal of the build session, explained where the call's status says why.
+fn session_refused(status: &tonic::Status, target: &Target) -> anyhow::Error {
+    match explain_call(status, target) {
+        Some(why) => anyhow!("{why}"),
+        None => anyhow!(
+            "the daemon at {} refused a build session: {}",
+            target.addr,
+            status.message()
+        ),
     }
 }
 

@@ -181,28 +181,59 @@ impl Session {
     /// Open `Control.Session` on `channel` and start serving. Returns once the
     /// daemon has accepted the stream; serving continues in a background task.
     pub async fn start(self, channel: Channel) -> Result<SessionHandle, SessionError> {
+        let mut handle = self.begin(channel)?;
+        match handle.opened.take() {
+            Some(opened) => match opened.await {
+                Ok(Err(status)) => Err(SessionError::Open(status)),
+                _ => Ok(handle),
+            },
+            None => Ok(handle),
+        }
+    }
+
+    /// Open `Control.Session` on `channel` without waiting for the daemon's answer: the Solve
+    /// that names this session can go at once, since the daemon's Solve waits for the session
+    /// to register (a round trip saved, BENCHMARKS.md's "services → session"). Whoever sends
+    /// it must also watch `SessionHandle::refused`: a Solve for a session that never
+    /// registers waits until it is cancelled.
+    pub fn begin(self, channel: Channel) -> Result<SessionHandle, SessionError> {
         let mut request_metadata = self.metadata()?;
         let (tx, rx) = mpsc::channel::<BytesMessage>(TUNNEL_BUFFER);
         let mut request = tonic::Request::new(ReceiverStream::new(rx));
         std::mem::swap(request.metadata_mut(), &mut request_metadata);
-
-        let response = ControlClient::new(channel)
-            .session(request)
-            .await
-            .map_err(SessionError::Open)?;
-        let tunnel = Tunnel::new(response.into_inner(), tx);
 
         let health = HealthService::new(self.services.iter().cloned()).into_server();
         let mut routes = self.routes;
         routes.add_service(health);
         let routes = routes.routes().prepare();
 
-        let (shutdown_tx, shutdown_rx) = oneshot::channel();
-        let task = tokio::spawn(serve(tunnel, routes, shutdown_rx));
+        let (opened_tx, opened_rx) = oneshot::channel();
+        let (shutdown_tx, mut shutdown_rx) = oneshot::channel();
+        let task = tokio::spawn(async move {
+            let mut control = ControlClient::new(channel);
+            let response = tokio::select! {
+                r = control.session(request) => r,
+                // Closed before the daemon answered: nothing to serve.
+                _ = &mut shutdown_rx => return Ok(()),
+            };
+            let response = match response {
+                Ok(r) => {
+                    let _ = opened_tx.send(Ok(()));
+                    r
+                }
+                Err(status) => {
+                    let _ = opened_tx.send(Err(status.clone()));
+                    return Err(SessionError::Open(status));
+                }
+            };
+            let tunnel = Tunnel::new(response.into_inner(), tx);
+            serve(tunnel, routes, shutdown_rx).await
+        });
         Ok(SessionHandle {
             id: self.id,
             shutdown: Some(shutdown_tx),
             task,
+            opened: Some(opened_rx),
         })
     }
 }
@@ -212,12 +243,27 @@ pub struct SessionHandle {
     id: String,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), SessionError>>,
+    /// The daemon's answer to the Session call, until `refused` has seen it.
+    opened: Option<oneshot::Receiver<Result<(), tonic::Status>>>,
 }
 
 impl SessionHandle {
     /// The id to put into `SolveRequest.Session`.
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// Resolves with the daemon's refusal when it refused the session; never resolves once it
+    /// accepted it. Cancel-safe: dropped before the answer, a later call still sees it.
+    pub async fn refused(&mut self) -> tonic::Status {
+        if let Some(opened) = self.opened.as_mut() {
+            let answer = opened.await;
+            self.opened = None;
+            if let Ok(Err(status)) = answer {
+                return status;
+            }
+        }
+        std::future::pending().await
     }
 
     /// True once the tunnel is gone, e.g. the daemon ended the session.
