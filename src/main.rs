@@ -53,12 +53,14 @@ fn main() {
         }
     };
     let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    bkrun::timeline::mark("parsed");
     cli.global.as_daemonless_sh = as_script;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("cannot start the tokio runtime");
+    bkrun::timeline::mark("runtime");
     // The top-level future runs on this (main) thread, which is what lets spawned
     // daemons get a parent-death signal that only fires when bkrun itself dies.
     let code = rt.block_on(bkrun::run::run(cli));

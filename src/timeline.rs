@@ -20,9 +20,14 @@ static MARKS: Mutex<Vec<(&'static str, u64)>> = Mutex::new(Vec::new());
 /// here directly, not through host/: it is bkrun's own diagnostics switch, like
 /// MALLOC_ARENA_MAX, read before anything else runs.
 pub fn init() {
+    init_as("main");
+}
+
+/// `init` for a process that is not bkrun's main one: `__nsinit` marks its start as `first`.
+pub fn init_as(first: &'static str) {
     if std::env::var_os(ENV).is_some_and(|v| !v.is_empty() && v != "0") {
         ON.store(true, Ordering::Relaxed);
-        mark("main");
+        mark(first);
     }
 }
 
@@ -48,12 +53,32 @@ pub fn now() -> u64 {
         .unwrap_or(0)
 }
 
-/// The marks as one line, `PREFIX name=ns name=ns …`; None when off.
+/// Takes in the marks another process of the run printed in `text` (`__nsinit`'s, in the
+/// daemon's log), for names this process knows: `known` maps a printed name to its mark.
+pub fn merge(text: &str, known: &[&'static str]) {
+    if !on() {
+        return;
+    }
+    let Some(theirs) = parse(text) else {
+        return;
+    };
+    if let Ok(mut m) = MARKS.lock() {
+        for (name, t) in theirs {
+            if let Some(k) = known.iter().find(|k| **k == name) {
+                m.push((k, t));
+            }
+        }
+    }
+}
+
+/// The marks as one line, `PREFIX name=ns name=ns …`, in time order (merged marks land
+/// where they happened); None when off.
 pub fn line() -> Option<String> {
     if !on() {
         return None;
     }
-    let marks = MARKS.lock().ok()?;
+    let mut marks = MARKS.lock().ok()?.clone();
+    marks.sort_by_key(|(_, t)| *t);
     let mut s = String::from(PREFIX);
     for (what, t) in marks.iter() {
         s.push_str(&format!(" {what}={t}"));

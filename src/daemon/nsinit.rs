@@ -2,7 +2,7 @@
 //!
 //! Where a fresh /proc can be mounted (privileged, and rootless with an unmasked /proc) it makes a
 //! PID and mount namespace: bkrun → `bkrun __nsinit --pidns` (outside, with a parent-death
-//! signal) → init (PID 1 inside) → buildkitd. A PID namespace ends when its PID 1 does, the
+//! signal) → its child that made the namespaces (outside too) → init (PID 1 inside) → buildkitd. A PID namespace ends when its PID 1 does, the
 //! kernel SIGKILLing everything left in it (runc's containers, a RUN step's background
 //! processes), and a mount namespace whose last process is gone drops its mounts. The new /proc
 //! matters: runc looks its children up there by the PIDs it sees.
@@ -24,6 +24,8 @@ use nix::unistd::{fork, ForkResult, Pid};
 
 /// The hidden first argument that makes `bkrun` this init.
 pub const ARG: &str = "__nsinit";
+/// The init's timeline marks: started, and buildkitd about to be exec'd.
+pub const MARKS: [&str; 2] = ["nsinit", "nsexec"];
 const PIDNS: &str = "--pidns";
 
 /// Signals passed on to the daemon: how bkrun (or rootlesskit) asks it to stop.
@@ -50,6 +52,9 @@ pub fn wrap(exe: &Path, pidns: bool, argv: &[String]) -> Vec<String> {
 
 /// Runs the init; `args` are what follows `__nsinit`. Never returns.
 pub fn main(args: &[String]) -> ! {
+    // With BKRUN_TIMELINE, the marks go to the daemon's log just before buildkitd's exec, where
+    // bkrun takes them in (the timeline's "spawn → nsinit → nsexec").
+    crate::timeline::init_as(MARKS[0]);
     let Some((pidns, argv)) = parse(args) else {
         crate::say!("bkrun {ARG}: usage: bkrun {ARG} [{PIDNS}] -- COMMAND [ARG...] (internal: bkrun starts buildkitd this way)");
         std::process::exit(125);
@@ -69,57 +74,63 @@ pub fn main(args: &[String]) -> ! {
     // Set after exec, so a parent that died in the microseconds before this line goes unnoticed;
     // bkrun's own spawn sets it before exec, where there is no such window.
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
-    // A masked /proc the mode did not foresee: no namespace, a watchdog. Tried first in a
-    // throwaway namespace, since a process cannot go back to its old PID namespace for its
-    // children once it has left it inside a user namespace.
-    if !proc_mountable() {
-        crate::say!("bkrun: warning: a new PID namespace here cannot have a /proc of its own (is /proc masked?); watching buildkitd's processes instead");
-        watchdog(&argv, &waited);
-    }
-    if let Err(e) = nix::sched::unshare(CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWNS) {
-        crate::say!("bkrun: warning: cannot give buildkitd its own PID namespace ({e}); watching its processes instead");
-        watchdog(&argv, &waited);
-    }
-    // SAFETY: single-threaded (see the module comment); the child only makes syscalls and execs.
-    match unsafe { fork() } {
-        Ok(ForkResult::Child) => init(&argv, &waited),
-        Ok(ForkResult::Parent { child }) => outer(child, &waited),
-        Err(e) => {
-            crate::say!("bkrun {ARG}: cannot fork the namespace's init: {e}");
-            std::process::exit(125);
-        }
-    }
+    namespaced(&argv, &waited);
+    // A masked /proc the mode did not foresee, or no right to make namespaces: no namespace,
+    // a watchdog (the child that tried said why, in the daemon's log).
+    watchdog(&argv, &waited)
 }
 
-/// Whether a new PID and mount namespace can mount a procfs of its own: tried by a child that
-/// makes them and a grandchild (PID 1 there) that mounts, both gone before this returns.
-fn proc_mountable() -> bool {
-    // SAFETY: single-threaded; the children only make syscalls and exit.
+/// Starts the command as the child of PID 1 of a new PID and mount namespace, through a child
+/// that makes them (`outer`, passing signals to that init): this process never leaves its own
+/// PID namespace, since a process cannot go back to it for its children once it has left it
+/// inside a user namespace, so it can still fall back to the watchdog. Returns only when the
+/// namespaces or their /proc could not be made; else ends as the command ended.
+///
+/// The attempt is the real thing, not a throwaway probe first: the init says over a pipe that
+/// its /proc is mounted, and only then starts the command. (A probe's namespace torn down
+/// cost about 0.75 ms of every daemon's start; BENCHMARKS.md's timeline.)
+fn namespaced(argv: &[String], waited: &SigSet) {
+    let Ok((mounted_r, mounted_w)) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) else {
+        return;
+    };
+    // SAFETY: single-threaded (see the module comment); the children only make syscalls, fork
+    // and exec.
     match unsafe { fork() } {
         Ok(ForkResult::Child) => {
-            if nix::sched::unshare(CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWNS).is_err() {
+            drop(mounted_r);
+            let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+            if let Err(e) = nix::sched::unshare(CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWNS)
+            {
+                crate::say!("bkrun: warning: cannot give buildkitd its own PID namespace ({e}); watching its processes instead");
                 // SAFETY: _exit in a forked child, skipping the parent's atexit work.
-                unsafe { libc::_exit(1) }
+                unsafe { libc::_exit(125) }
             }
-            let code = match unsafe { fork() } {
-                Ok(ForkResult::Child) => {
-                    let ok = mount_private_proc().is_ok();
-                    // SAFETY: as above.
-                    unsafe { libc::_exit(if ok { 0 } else { 1 }) }
-                }
-                Ok(ForkResult::Parent { child }) => match waitpid(child, None) {
-                    Ok(WaitStatus::Exited(_, 0)) => 0,
-                    _ => 1,
-                },
-                Err(_) => 1,
-            };
             // SAFETY: as above.
-            unsafe { libc::_exit(code) }
+            match unsafe { fork() } {
+                Ok(ForkResult::Child) => init(argv, waited, mounted_w),
+                Ok(ForkResult::Parent { child }) => {
+                    drop(mounted_w);
+                    outer(child, waited)
+                }
+                // SAFETY: as above.
+                Err(_) => unsafe { libc::_exit(125) },
+            }
         }
         Ok(ForkResult::Parent { child }) => {
-            matches!(waitpid(child, None), Ok(WaitStatus::Exited(_, 0)))
+            drop(mounted_w);
+            let mut byte = [0u8; 1];
+            let said = nix::unistd::read(&mounted_r, &mut byte);
+            drop(mounted_r);
+            if said == Ok(1) {
+                outer(child, waited);
+            }
+            // The init ended without mounting, and its parent with it: reaped before the
+            // watchdog starts, so its exit is not taken for the daemon's.
+            let _ = waitpid(child, None);
         }
-        Err(_) => false,
+        Err(e) => {
+            crate::say!("bkrun {ARG}: cannot fork the namespace's init: {e}");
+        }
     }
 }
 
@@ -174,15 +185,22 @@ fn outer(init: Pid, waited: &SigSet) -> ! {
     }
 }
 
-/// PID 1 inside: mounts the namespace's /proc, starts the command, reaps every orphan, passes
-/// signals on, and ends when the command does, which ends the namespace.
-fn init(argv: &[String], waited: &SigSet) -> ! {
+/// PID 1 inside: mounts the namespace's /proc (saying so on `mounted`), starts the command,
+/// reaps every orphan, passes signals on, and ends when the command does, which ends the
+/// namespace.
+fn init(argv: &[String], waited: &SigSet, mounted: std::os::fd::OwnedFd) -> ! {
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
     if let Err(e) = mount_private_proc() {
-        // proc_mountable said it could; nothing is started without the /proc runc needs.
-        crate::say!("bkrun {ARG}: cannot mount /proc for buildkitd's PID namespace: {e}");
-        std::process::exit(125);
+        // Nothing is started without the /proc runc needs: the process that tried falls back.
+        crate::say!("bkrun: warning: a new PID namespace here cannot have a /proc of its own ({e}; is /proc masked?); watching buildkitd's processes instead");
+        // SAFETY: _exit in a forked child, skipping the parent's atexit work.
+        unsafe { libc::_exit(125) }
     }
+    if nix::unistd::write(&mounted, &[1]) != Ok(1) {
+        // SAFETY: as above.
+        unsafe { libc::_exit(125) }
+    }
+    drop(mounted);
     let daemon = start(argv, waited);
     loop {
         match waited.wait() {
@@ -292,6 +310,10 @@ fn end_as(code: i32) -> ! {
 fn exec(argv: &[String]) -> ! {
     let c: Result<Vec<CString>, _> = argv.iter().map(|a| CString::new(a.as_bytes())).collect();
     if let Ok(c) = c {
+        crate::timeline::mark(MARKS[1]);
+        if let Some(l) = crate::timeline::line() {
+            crate::say!("{l}");
+        }
         let e = nix::unistd::execvp(&c[0], &c).unwrap_err();
         crate::say!("bkrun {ARG}: cannot run {}: {e}", argv[0]);
     }

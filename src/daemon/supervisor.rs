@@ -65,6 +65,7 @@ impl Daemon {
             &plan.paths.temp_dir,
             plan.paths.socket_dir.as_deref(),
         );
+        crate::timeline::mark("swept");
         let run_dir = create_run_dir(&plan.paths.temp_dir)?;
         let socket_dir = plan
             .paths
@@ -161,6 +162,12 @@ impl Daemon {
         crate::timeline::mark("sigterm");
         let exit = self.child.terminate(self.stop_timeout).await;
         crate::timeline::mark("reaped");
+        if crate::timeline::on() {
+            // The init's marks, printed to the daemon's log (bkrun's private run dir).
+            if let Ok(log) = fs::read_to_string(&self.log_path) {
+                crate::timeline::merge(&log, &super::nsinit::MARKS);
+            }
+        }
         self.remove_temporary_leases().await;
         self.cleanup().await;
         crate::timeline::mark("cleaned");

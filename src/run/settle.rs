@@ -95,11 +95,13 @@ impl BuildJob {
 /// Reads `cli`, bkrun.toml and the host into the invocation to run.
 pub(super) fn settle(cli: &Cli, host: &dyn Host) -> Result<Settled> {
     let mut settings = Settings::load(&(&cli.global).into(), host)?;
+    crate::timeline::mark("loaded");
     let mut work = match work(cli, &mut settings, host)? {
         Step::Answered(code) => return Ok(Settled::Answered(code)),
         Step::Push(job) => return Ok(Settled::Push(job)),
         Step::Work(w) => w,
     };
+    crate::timeline::mark("specified");
     let grace = settings.stop_timeout;
     let place = match existing_daemon(&cli.global, &settings, &work)? {
         Some(pick) => Place::Remote(pick),
