@@ -1,4 +1,4 @@
-//! bkrun's own segments of a daemonless build, timed inside each run from its BKRUN_TIMELINE marks: exec → daemon spawn, READY=1 → Solve sent, build result → SIGTERM, and daemon reaped → exit seen.
+//! bkrun's own segments of a daemonless build, timed inside each run from its BKRUN_TIMELINE marks: exec → daemon spawn, its `__nsinit` init's start → buildkitd's exec, READY=1 → Solve sent, build result → SIGTERM, and daemon reaped → exit seen.
 //!
 //! buildkitd's start varies by tens of ms from run to run, so a difference of medians between
 //! separate runs cannot resolve 5 ms; these segments are bkrun's alone, measured in the same run.
@@ -15,11 +15,19 @@ use crate::stats::{fmt, median, Series, Unit};
 const ORDER: &[&str] = &[
     "exec",
     "main",
+    "parsed",
+    "runtime",
+    "loaded",
+    "specified",
     "settled",
     "locked",
+    "swept",
     "spawn",
+    "nsinit",
+    "nsexec",
     "ready",
     "connected",
+    "services",
     "session",
     "solve",
     "result",
@@ -34,11 +42,26 @@ const ORDER: &[&str] = &[
     "seen",
 ];
 
-/// Spans that are buildkitd's, not bkrun's: its start, the build, its stop.
-const DAEMONS: &[(&str, &str)] = &[
-    ("spawn", "ready"),
-    ("solve", "result"),
-    ("sigterm", "reaped"),
+/// Spans that are not bkrun's own code, and whose: buildkitd's start, build and stop, and
+/// the init's exec (in the rootless modes rootlesskit's start is in it too).
+const OTHERS: &[(&str, &str, &str)] = &[
+    (
+        "spawn",
+        "nsinit",
+        "fork and exec of bkrun as the init; rootless: rootlesskit's start too",
+    ),
+    ("nsexec", "ready", "buildkitd"),
+    ("solve", "result", "buildkitd"),
+    ("sigterm", "reaped", "buildkitd"),
+];
+
+/// The own segments' names, in `Marks::own`'s order.
+const SEGMENTS: [&str; 5] = [
+    "exec → daemon spawn",
+    "the init's start → buildkitd's exec",
+    "READY=1 → Solve sent",
+    "build result → SIGTERM",
+    "daemon reaped → exit",
 ];
 
 /// One run's marks (ms since exec), keyed by name.
@@ -67,10 +90,12 @@ impl Marks {
         Some(self.get(to)? - self.get(from)?)
     }
 
-    /// exec → spawn, ready → solve, result → sigterm, reaped → seen: bkrun's own.
-    pub fn own(&self) -> Option<[f64; 4]> {
+    /// exec → spawn, nsinit → nsexec, ready → solve, result → sigterm, reaped → seen: bkrun's
+    /// own.
+    pub fn own(&self) -> Option<[f64; 5]> {
         Some([
             self.span("exec", "spawn")?,
+            self.span("nsinit", "nsexec")?,
             self.span("ready", "solve")?,
             self.span("result", "sigterm")?,
             self.span("reaped", "seen")?,
@@ -81,9 +106,9 @@ impl Marks {
 /// The segment rows for one mode: their sum per run (median, IQR) against the 5 ms target,
 /// then each segment's median.
 pub fn rows(mode: &str, runs: &[Marks]) -> Vec<Row> {
-    let own: Vec<[f64; 4]> = runs.iter().filter_map(Marks::own).collect();
+    let own: Vec<[f64; 5]> = runs.iter().filter_map(Marks::own).collect();
     let mut sum = Series::default();
-    let mut parts: [Series; 4] = Default::default();
+    let mut parts: [Series; 5] = Default::default();
     for o in &own {
         sum.push(o.iter().sum());
         for (s, v) in parts.iter_mut().zip(o) {
@@ -96,7 +121,11 @@ pub fn rows(mode: &str, runs: &[Marks]) -> Vec<Row> {
         None => "n/a",
     };
     let mut rows = vec![Row {
-        measure: format!("bkrun's own segments, {mode}: exec → daemon spawn + READY=1 → Solve sent + build result → SIGTERM + daemon reaped → exit, timed inside each run (n={})", own.len()),
+        measure: format!(
+            "bkrun's own segments, {mode}: {}, timed inside each run (n={})",
+            SEGMENTS.join(" + "),
+            own.len()
+        ),
         bkrun: format!("{} {}", sum.cell(&Unit::Ms), sum.iqr()),
         other_name: String::new(),
         other: String::new(),
@@ -104,13 +133,7 @@ pub fn rows(mode: &str, runs: &[Marks]) -> Vec<Row> {
         target: "≤ 5 ms".into(),
         met: met.into(),
     }];
-    let names = [
-        "exec → daemon spawn",
-        "READY=1 → Solve sent",
-        "build result → SIGTERM",
-        "daemon reaped → exit",
-    ];
-    for (name, s) in names.iter().zip(&parts) {
+    for (name, s) in SEGMENTS.iter().zip(&parts) {
         rows.push(Row {
             measure: format!("… {mode}: {name}"),
             bkrun: format!("{} {}", s.cell(&Unit::Ms), s.iqr()),
@@ -139,8 +162,11 @@ pub fn timeline(by_mode: &[(&str, Vec<Marks>)]) -> String {
     }
     s.push('\n');
     for w in ORDER.windows(2) {
-        let daemon = DAEMONS.contains(&(w[0], w[1]));
-        let who = if daemon { " (buildkitd)" } else { "" };
+        let who = OTHERS
+            .iter()
+            .find(|(a, b, _)| (*a, *b) == (w[0], w[1]))
+            .map(|(_, _, who)| format!(" ({who})"))
+            .unwrap_or_default();
         let _ = write!(s, "| {} → {}{who} |", w[0], w[1]);
         for (_, runs) in by_mode {
             let v: Vec<f64> = runs.iter().filter_map(|m| m.span(w[0], w[1])).collect();

@@ -184,16 +184,20 @@ pub fn document(table: &str, rounds: usize, big_rounds: usize, took: Duration) -
          - buildkitd's floor, per mode: a bare buildkitd started with the argv `bkrun config` prints for \
          that mode (rootlesskit and its flags included; bkrun's own `__nsinit` init taken out), timed from \
          spawn to its READY=1, then the same cached build on it with `bkrun --addr`, then SIGTERM → exit. \
-         Every other bare daemon gets its build 300 ms after READY=1 (a warm daemon: the floor's build), \
+         Every fourth bare daemon gets its build 300 ms after READY=1 (a warm daemon: the floor's build), \
          the rest at once (a just-started one, as a supervisor builds); the two show what a just-started \
          daemon costs the first build. Rootless modes run as the unprivileged user scripts/setup creates. \
          bkrun's overhead is its daemonless median minus the sum of the floor's three medians, with a 95% \
          bootstrap interval (each series resampled on its own).\n\
          - bkrun's own segments: the floor case's daemonless runs set BKRUN_TIMELINE=1, so bkrun \
          prints its CLOCK_MONOTONIC marks at exit; with the bench's own stamps at the spawn and at \
-         the exit it sees, exec → daemon spawn, READY=1 → Solve sent, build result → SIGTERM and \
-         daemon reaped → exit are bkrun's alone, timed inside each run (their sum per run, then its \
-         median); the timeline after the table gives every span's median.\n\
+         the exit it sees, exec → daemon spawn, the `__nsinit` init's start → buildkitd's exec (the \
+         init prints its marks to the daemon's log, from which bkrun takes them), READY=1 → Solve \
+         sent, build result → SIGTERM and daemon reaped → exit are bkrun's alone, timed inside each \
+         run (their sum per run, then its median). Not in the sum: daemon spawn → the init's start \
+         (the fork and exec of bkrun as the init, where a bare supervisor forks and execs buildkitd; \
+         in the rootless modes rootlesskit's own start too), shown in the timeline after the table, \
+         which gives every span's median.\n\
          - The monorepo: 20 packages of 100 sources each, four directories deep, beside a node_modules \
          of 49 modules × 100 files each (100,000 files in all); its .dockerignore excludes \
          `**/node_modules`. Only the kept sources are touched between runs.\n\
