@@ -17,6 +17,8 @@ fn main() {
         bkrun::cachemount::pack::main(&args[2..]);
     }
     bkrun::timeline::init();
+    // While the command line is read: the rootless modes' namespace probe, on the other core.
+    bkrun::host::start_namespace_probe();
     let invoked_as = args
         .first()
         .map(|a| a.rsplit('/').next().unwrap_or(a).to_string())

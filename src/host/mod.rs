@@ -18,7 +18,7 @@ use nix::sys::signal::Signal;
 use crate::host::mountinfo::Mount;
 
 pub use parse::{cap_names as parse_cap_names, masked_proc_paths, subid_ranges};
-pub use real::{which, RealHost};
+pub use real::{start_namespace_probe, which, RealHost};
 
 /// Capability numbers bkrun reasons about (linux/capability.h).
 pub const CAP_SETGID: u32 = 6;

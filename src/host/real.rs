@@ -276,11 +276,38 @@ pub fn which(program: &str, path: Option<&str>) -> Option<PathBuf> {
 /// Result codes the probe child writes: 0 worked, -1 not tried, else the errno.
 const NOT_TRIED: i32 = -1;
 
+/// A probe started before the command line was read, not yet read back.
+struct Pending {
+    child: Pid,
+    results: std::os::fd::OwnedFd,
+}
+
+static PENDING: std::sync::Mutex<Option<Pending>> = std::sync::Mutex::new(None);
+
+/// Starts the namespace probe at once, so that it runs on the other core while the command
+/// line and the settings are read; the plan reads its answer (`probe_namespaces`). Called first
+/// thing in main, while bkrun has a single thread, and only for a user who is not root: root
+/// with CAP_SYS_ADMIN runs privileged without it, and a run that never asks (a remote daemon)
+/// leaves a child that has already exited, reaped by the reaper or when bkrun exits.
+/// In the rootless modes this took 1.3–1.4 ms off the start (BENCHMARKS.md's timeline,
+/// "specified → settled").
+pub fn start_namespace_probe() {
+    if nix::unistd::geteuid().is_root() {
+        return;
+    }
+    if let Some(p) = fork_probe() {
+        if let Ok(mut pending) = PENDING.lock() {
+            *pending = Some(p);
+        }
+    }
+}
+
 /// Forks a child that tries, in order, clone(CLONE_NEWUSER), unshare(CLONE_NEWUSER), a tmpfs
 /// mount in a new mount namespace, and a procfs mount in a new PID namespace, and writes what
 /// happened to a pipe. Trying is the one reliable test: sysctls differ between kernels, and
 /// seccomp and AppArmor profiles refuse calls whatever the sysctls say. Everything happens in
-/// namespaces that die with the child. Call it before the reaper starts, which would reap the child.
+/// namespaces that die with the child. Call it before the reaper starts, which would reap the
+/// child. The probe `start_namespace_probe` started, if any, is the one read.
 fn probe_namespaces() -> NsProbe {
     let not_run = NsProbe {
         clone_userns: None,
@@ -288,13 +315,49 @@ fn probe_namespaces() -> NsProbe {
         mount: None,
         mount_proc: None,
     };
-    let Ok((read_end, write_end)) = nix::unistd::pipe() else {
+    let started = PENDING.lock().ok().and_then(|mut p| p.take());
+    let Some(Pending { child, results }) = started.or_else(fork_probe) else {
         return not_run;
     };
+    let mut bytes = [0u8; 16];
+    let mut got = 0;
+    while got < bytes.len() {
+        match nix::unistd::read(&results, &mut bytes[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(Errno::EINTR) => continue,
+            Err(_) => break,
+        }
+    }
+    let _ = waitpid(child, None);
+    if got < bytes.len() {
+        return not_run;
+    }
+    let code = |i: usize| {
+        let c = i32::from_le_bytes(bytes[i * 4..i * 4 + 4].try_into().unwrap());
+        match c {
+            NOT_TRIED => None,
+            0 => Some(Ok(())),
+            e => Some(Err(Errno::from_raw(e))),
+        }
+    };
+    NsProbe {
+        clone_userns: code(0),
+        unshare_userns: code(1),
+        mount: code(2),
+        mount_proc: code(3),
+    }
+}
+
+/// Forks the probe child; its results come on the returned pipe end.
+fn fork_probe() -> Option<Pending> {
+    // Close-on-exec: a daemon spawned while a started probe is unread must not hold it.
+    let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).ok()?;
     // SAFETY: the child only makes raw system calls (clone, unshare, mount, waitpid, write,
     // _exit), all async-signal-safe, so forking a multi-threaded process is sound.
     match unsafe { fork() } {
         Ok(ForkResult::Child) => {
+            drop(read_end);
             let codes = probe_steps();
             let mut bytes = [0u8; 16];
             for (i, c) in codes.iter().enumerate() {
@@ -306,36 +369,12 @@ fn probe_namespaces() -> NsProbe {
         }
         Ok(ForkResult::Parent { child }) => {
             drop(write_end);
-            let mut bytes = [0u8; 16];
-            let mut got = 0;
-            while got < bytes.len() {
-                match nix::unistd::read(&read_end, &mut bytes[got..]) {
-                    Ok(0) => break,
-                    Ok(n) => got += n,
-                    Err(Errno::EINTR) => continue,
-                    Err(_) => break,
-                }
-            }
-            let _ = waitpid(child, None);
-            if got < bytes.len() {
-                return not_run;
-            }
-            let code = |i: usize| {
-                let c = i32::from_le_bytes(bytes[i * 4..i * 4 + 4].try_into().unwrap());
-                match c {
-                    NOT_TRIED => None,
-                    0 => Some(Ok(())),
-                    e => Some(Err(Errno::from_raw(e))),
-                }
-            };
-            NsProbe {
-                clone_userns: code(0),
-                unshare_userns: code(1),
-                mount: code(2),
-                mount_proc: code(3),
-            }
+            Some(Pending {
+                child,
+                results: read_end,
+            })
         }
-        Err(_) => not_run,
+        Err(_) => None,
     }
 }
 
