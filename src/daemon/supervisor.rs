@@ -90,7 +90,17 @@ impl Daemon {
         let containerd = containerd_leases(plan);
         crate::timeline::mark("spawn");
         let started = Instant::now();
-        let child = reaper.spawn(&mut cmd).with_context(|| {
+        // bkrun's own init, spawned directly (privileged): it guards itself against bkrun's
+        // death, so it can be spawned by vfork; what rootlesskit starts is guarded by it.
+        let own_init = argv.get(1).is_some_and(|a| a == super::nsinit::ARG)
+            && crate::host::reaper::on_main_thread();
+        let spawned = if own_init {
+            cmd.env(super::nsinit::PARENT_ENV, std::process::id().to_string());
+            reaper.spawn_self_guarded(&mut cmd)
+        } else {
+            reaper.spawn(&mut cmd)
+        };
+        let child = spawned.with_context(|| {
             format!("cannot start {}: check that it exists and is executable (set BUILDKITD or ROOTLESSKIT to override)", argv[0])
         })?;
         Ok(Daemon {

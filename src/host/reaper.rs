@@ -138,12 +138,24 @@ impl Reaper {
         self.spawn_piped(cmd).map(|(child, _)| child)
     }
 
+    /// Like `spawn`, for a child that sets its own parent-death signal and checks that its
+    /// parent is still there (bkrun's own init, told by nsinit::PARENT_ENV): without a pre-exec
+    /// hook, std spawns by vfork (posix_spawn) and does not copy bkrun's page tables. Only from
+    /// the main thread (`on_main_thread`), as the signal follows the spawning thread.
+    pub fn spawn_self_guarded(&self, cmd: &mut Command) -> io::Result<Child> {
+        self.register(cmd, false).map(|(child, _)| child)
+    }
+
     /// Like `spawn`, also handing back the pipes `cmd` asked for.
     pub fn spawn_piped(&self, cmd: &mut Command) -> io::Result<(Child, Pipes)> {
+        self.register(cmd, true)
+    }
+
+    /// Spawns `cmd` and registers its waiter; `guard`: set its parent-death signal before exec.
+    fn register(&self, cmd: &mut Command, guard: bool) -> io::Result<(Child, Pipes)> {
         // A child dies with bkrun even if bkrun is SIGKILLed. The parent-death signal follows the
         // spawning thread, so it is only set when that is the main thread, which lives as long as bkrun.
-        let on_main_thread = nix::unistd::gettid() == nix::unistd::getpid();
-        if on_main_thread {
+        if guard && on_main_thread() {
             // SAFETY: pre_exec runs between fork and exec, where only async-signal-safe calls
             // are allowed; set_pdeathsig is one prctl syscall and allocates nothing.
             unsafe {
@@ -165,6 +177,12 @@ impl Reaper {
         };
         Ok((Child { pid, exit: rx }, pipes))
     }
+}
+
+/// Whether this is bkrun's main thread, which lives as long as bkrun: the only one whose
+/// children may get a parent-death signal.
+pub fn on_main_thread() -> bool {
+    nix::unistd::gettid() == nix::unistd::getpid()
 }
 
 fn reap_all(waiters: &Waiters) {
