@@ -321,7 +321,6 @@ async fn through_gateway(
     let _ = gw.finish(result).await;
 }
 
-/// Starts the session, saying in one line why the daemon refused it.
 /// The daemon's refusal of the build session, explained where the call's status says why.
 fn session_refused(status: &tonic::Status, target: &Target) -> anyhow::Error {
     match explain_call(status, target) {

@@ -82,8 +82,8 @@ pub fn main(args: &[String]) -> ! {
     if !pidns {
         watchdog(&argv, &waited, parent);
     }
-    // Set after exec, so a parent that died in the microseconds before this line goes unnoticed;
-    // bkrun's own spawn sets it before exec, where there is no such window.
+    // Set after exec: a bkrun that spawned the init itself and died before this line is caught
+    // by end_if_orphaned; under rootlesskit, its own child is the parent watched.
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
     end_if_orphaned(parent);
     namespaced(&argv, &waited);
@@ -139,7 +139,12 @@ fn namespaced(argv: &[String], waited: &SigSet) {
         Ok(ForkResult::Parent { child }) => {
             drop(mounted_w);
             let mut byte = [0u8; 1];
-            let said = nix::unistd::read(&mounted_r, &mut byte);
+            let said = loop {
+                match nix::unistd::read(&mounted_r, &mut byte) {
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    said => break said,
+                }
+            };
             drop(mounted_r);
             if said == Ok(1) {
                 outer(child, waited);

@@ -289,8 +289,9 @@ static PENDING: std::sync::Mutex<Option<Pending>> = std::sync::Mutex::new(None);
 /// thing in main, while bkrun has a single thread, and only for a user who is not root: root
 /// with CAP_SYS_ADMIN runs privileged without it, and a run that never asks (a remote daemon)
 /// leaves a child that has already exited, reaped by the reaper or when bkrun exits.
-/// In the rootless modes this took 1.3–1.4 ms off the start (BENCHMARKS.md's timeline,
-/// "specified → settled").
+/// In the rootless modes this took about 0.75 ms off exec → daemon spawn: the probe's 1.2 ms
+/// now overlap clap, and the fork and the copy-on-write faults while the child lives add about
+/// 0.4 ms back (BENCHMARKS.md's timeline: "main → parsed", "specified → settled").
 pub fn start_namespace_probe() {
     if nix::unistd::geteuid().is_root() {
         return;
