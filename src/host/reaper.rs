@@ -227,6 +227,11 @@ impl Child {
     /// SIGTERM, wait up to `grace`, then SIGKILL.
     pub async fn terminate(&mut self, grace: Duration) -> Exit {
         self.signal(Signal::SIGTERM);
+        self.wait_or_kill(grace).await
+    }
+
+    /// Waits up to `grace` for a child already asked to stop, then SIGKILLs it.
+    pub async fn wait_or_kill(&mut self, grace: Duration) -> Exit {
         match tokio::time::timeout(grace, self.wait()).await {
             Ok(e) => e,
             Err(_) => {
