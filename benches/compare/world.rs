@@ -155,7 +155,13 @@ impl World {
 
     pub fn command(&self, program: &str) -> Command {
         let mut c = Command::new(program);
-        c.env("TMPDIR", &self.tmp).current_dir(&self.work);
+        // A CI step's environment, not a Rust developer's: with RUST_BACKTRACE set, every error
+        // bkrun makes and handles (a dial refused while the daemon starts) captures a backtrace.
+        // The rootless modes' commands start from an empty environment anyway.
+        c.env("TMPDIR", &self.tmp)
+            .env_remove("RUST_BACKTRACE")
+            .env_remove("RUST_LIB_BACKTRACE")
+            .current_dir(&self.work);
         c
     }
 

@@ -45,9 +45,12 @@ pub async fn workers_on(channel: tonic::transport::Channel) -> Result<usize> {
 /// growing backoff.
 pub async fn until_serving(addr: String) {
     let mut delay = Duration::from_millis(5);
+    let target = super::connect::Target::unix(&addr);
     loop {
-        if let Ok(n) = list_workers_count(&addr).await {
-            if n > 0 {
+        // try_once, not connect: a refused dial (the usual answer while the daemon starts) then
+        // builds no anyhow error, which with RUST_BACKTRACE set walks the stack each time.
+        if let Ok(channel) = super::connect::try_once(&target).await {
+            if workers_on(channel).await.is_ok_and(|n| n > 0) {
                 return;
             }
         }
