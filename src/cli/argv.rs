@@ -28,7 +28,10 @@ pub fn go_style_flags(args: &[String]) -> Vec<String> {
             collect(sub, into);
         }
     }
-    collect(&Cli::command(), &mut longs);
+    // Built first: the subcommands' arguments are deferred until then.
+    let mut cli = Cli::command();
+    cli.build();
+    collect(&cli, &mut longs);
     let mut out = Vec::with_capacity(args.len());
     let mut rest = false;
     for a in args {

@@ -70,7 +70,7 @@ pub struct GlobalArgs {
     #[arg(long, global = true, value_name = "SECONDS")]
     pub lock_timeout: Option<f64>,
     /// Warn before starting the daemon when the state dir's filesystem has less free space
-    /// than this (default 1GiB; 0: never).
+    /// than this (default 1GiB; 0: never). For prune, also the free disk space to keep.
     #[arg(long, global = true, value_name = "SIZE")]
     pub min_free_space: Option<String>,
     /// buildkitd's worker: oci (runc, the default) or containerd (the node's containerd runs
@@ -159,7 +159,10 @@ pub struct DaemonArgs {
     pub tls_client_ca: Option<PathBuf>,
 }
 
+// Deferred: each subcommand's arguments are built only when it is the one invoked (about 0.3 ms
+// of every start, BENCHMARKS.md); whatever walks the whole tree calls `Command::build` first.
 #[derive(Debug, Subcommand)]
+#[command(defer = true)]
 pub enum Command {
     /// Build with an ephemeral daemon; takes buildctl's build flags.
     #[command(visible_alias = "b", args_override_self = true)]
@@ -270,9 +273,9 @@ pub struct PruneArgs {
     /// The most the cache may use, e.g. 50GB.
     #[arg(long, value_name = "SIZE", value_parser = crate::gocompat::sizes::parse_size)]
     pub max_used_space: Option<i64>,
-    /// Free disk space to keep, e.g. 20GB.
-    #[arg(long, value_name = "SIZE", value_parser = crate::gocompat::sizes::parse_size)]
-    pub min_free_space: Option<i64>,
+    // No --min-free-space of its own: the global one (a size, e.g. 20GB) is prune's too, which
+    // settle reads. One flag, one value; and with subcommands deferred, an argument of the same
+    // name would clash with the global one propagated in.
     /// Also remove internal and frontend records.
     #[arg(long)]
     pub all: bool,
@@ -292,7 +295,7 @@ impl From<&PruneArgs> for crate::client::admin::PruneFlags {
             free_storage: p.free_storage,
             reserved_space: p.reserved_space,
             max_used_space: p.max_used_space,
-            min_free_space: p.min_free_space,
+            min_free_space: None,
         }
     }
 }
@@ -443,6 +446,17 @@ mod tests {
             "prune",
             "--keep-storage=1",
             "--max-used-space=1GB"
+        ])
+        .is_err());
+        // prune's --min-free-space is the global flag: settle hands its size to the prune.
+        let c = parse(&["bkrun", "prune", "--min-free-space", "20GB"]);
+        assert_eq!(c.global.min_free_space.as_deref(), Some("20GB"));
+        assert!(matches!(c.command, Command::Prune(_)));
+        assert!(Cli::try_parse_from([
+            "bkrun",
+            "prune",
+            "--free-storage=1",
+            "--min-free-space=1GB"
         ])
         .is_err());
         assert!(Cli::try_parse_from(["bkrun", "prune", "--keep-duration=soon"]).is_err());

@@ -172,7 +172,14 @@ fn work(cli: &Cli, settings: &mut Settings, host: &dyn Host) -> Result<Step> {
             verbose: l.verbose,
         }),
         Command::Prune(p) => {
-            Work::Admin(Request::Prune((&client::admin::PruneFlags::from(p)).into()))
+            let mut flags = client::admin::PruneFlags::from(p);
+            // Already checked as a size by Settings::load; "0" keeps no free space, as in buildctl.
+            flags.min_free_space = cli
+                .global
+                .min_free_space
+                .as_deref()
+                .and_then(|v| crate::gocompat::sizes::parse_size(v).ok());
+            Work::Admin(Request::Prune((&flags).into()))
         }
         Command::PruneHistories { format } => Work::Admin(Request::PruneHistories {
             // Checked here, so a template bkrun cannot run fails before any daemon starts.
