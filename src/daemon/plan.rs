@@ -56,11 +56,17 @@ impl Plan {
             );
         };
         // Root with CAP_SYS_ADMIN asking for auto or privileged runs privileged anyway: the
-        // namespace probe is skipped there.
-        let probe = !(host.euid() == 0
-            && host.process_status().has_eff(crate::host::CAP_SYS_ADMIN)
-            && matches!(settings.mode, ModeArg::Auto | ModeArg::Privileged));
-        let facts = Facts::gather(host, &settings.buildkitd, &settings.rootlesskit, probe);
+        // namespace probe and the facts only the rootless modes need are skipped there.
+        let status = host.process_status();
+        let privileged_root = host.euid() == 0
+            && status.has_eff(crate::host::CAP_SYS_ADMIN)
+            && matches!(settings.mode, ModeArg::Auto | ModeArg::Privileged);
+        let facts = if privileged_root {
+            let found = (settings.buildkitd.as_str(), buildkitd.clone());
+            Facts::privileged_root(host, status, found, &settings.rootlesskit)
+        } else {
+            Facts::gather(host, &settings.buildkitd, &settings.rootlesskit, true)
+        };
         let containerd = match &settings.worker {
             Worker::Containerd { address, .. } => Some(address.clone()),
             Worker::Oci => None,

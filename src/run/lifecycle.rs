@@ -291,7 +291,7 @@ async fn wait_ready(
             // A daemon that could not start in this container usually says why in its log:
             // name the pod-spec change first.
             let log_text = std::fs::read_to_string(&log_path).unwrap_or_default();
-            let err = match diagnose::explain(&log_text, &plan.facts) {
+            let err = match diagnose::explain(&log_text, &plan.facts.whole(&RealHost)) {
                 Some(why) => anyhow::anyhow!("buildkitd exited before it was ready: {why}"),
                 None => not_ready.into_error(daemon.argv()),
             };
