@@ -2,11 +2,10 @@
 //!
 //! Where a fresh /proc can be mounted (privileged, and rootless with an unmasked /proc) it makes a
 //! PID and mount namespace: bkrun → `bkrun __nsinit --pidns` (outside, with a parent-death
-//! signal) → its child that made the namespaces (outside too) → init (PID 1 inside) →
-//! buildkitd. A PID namespace ends when its PID 1 does, the kernel SIGKILLing everything left in
-//! it (runc's containers, a RUN step's background processes), and a mount namespace whose last
-//! process is gone drops its mounts. The new /proc matters: runc looks its children up there by
-//! the PIDs it sees.
+//! signal) → init (PID 1 inside, cloned into the new namespaces) → buildkitd. A PID namespace
+//! ends when its PID 1 does, the kernel SIGKILLing everything left in it (runc's containers, a
+//! RUN step's background processes), and a mount namespace whose last process is gone drops its
+//! mounts. The new /proc matters: runc looks its children up there by the PIDs it sees.
 //!
 //! With a masked /proc (rootless-strict) no procfs can be mounted, so no PID namespace can work;
 //! there it is a watchdog instead: a child subreaper (orphans of the build come back to it) whose
@@ -18,7 +17,6 @@ use std::ffi::CString;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use nix::sched::CloneFlags;
 use nix::sys::signal::{kill, SigSet, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
@@ -101,43 +99,43 @@ fn end_if_orphaned(parent: Option<i32>) {
     }
 }
 
-/// Starts the command as the child of PID 1 of a new PID and mount namespace, through a child
-/// that makes them (`outer`, passing signals to that init): this process never leaves its own
-/// PID namespace, since a process cannot go back to it for its children once it has left it
-/// inside a user namespace, so it can still fall back to the watchdog. Returns only when the
+/// Starts the command as the child of PID 1 of a new PID and mount namespace, made by one
+/// clone(2) (this process passing signals to that init): this process never leaves its own PID
+/// namespace, since a process cannot go back to it for its children once it has left it inside
+/// a user namespace, so it can still fall back to the watchdog. Returns only when the
 /// namespaces or their /proc could not be made; else ends as the command ended.
 ///
 /// The attempt is the real thing, not a throwaway probe first: the init says over a pipe that
 /// its /proc is mounted, and only then starts the command. (A probe's namespace torn down
-/// cost about 0.75 ms of every daemon's start; BENCHMARKS.md's timeline.)
+/// cost about 0.75 ms of every daemon's start; BENCHMARKS.md's timeline.) And one clone with
+/// the namespace flags, not a child that unshares and forks the init: a process fewer to start,
+/// and one exit fewer between buildkitd's and bkrun's sight of it.
 fn namespaced(argv: &[String], waited: &SigSet) {
     let Ok((mounted_r, mounted_w)) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) else {
         return;
     };
-    // SAFETY: single-threaded (see the module comment); the children only make syscalls, fork
-    // and exec.
-    match unsafe { fork() } {
-        Ok(ForkResult::Child) => {
+    let flags = libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::SIGCHLD;
+    // SAFETY: clone with no new stack is fork with namespace flags (the child runs on a
+    // copy-on-write copy of this stack). This process is single-threaded (see the module
+    // comment), and the child only makes syscalls, forks through libc, and execs; libc's fork
+    // then gives the daemon its own thread id.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            flags as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    match pid {
+        0 => {
             drop(mounted_r);
-            let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
-            if let Err(e) = nix::sched::unshare(CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWNS)
-            {
-                crate::say!("bkrun: warning: cannot give buildkitd its own PID namespace ({e}); watching its processes instead");
-                // SAFETY: _exit in a forked child, skipping the parent's atexit work.
-                unsafe { libc::_exit(125) }
-            }
-            // SAFETY: as above.
-            match unsafe { fork() } {
-                Ok(ForkResult::Child) => init(argv, waited, mounted_w),
-                Ok(ForkResult::Parent { child }) => {
-                    drop(mounted_w);
-                    outer(child, waited)
-                }
-                // SAFETY: as above.
-                Err(_) => unsafe { libc::_exit(125) },
-            }
+            init(argv, waited, mounted_w)
         }
-        Ok(ForkResult::Parent { child }) => {
+        child if child > 0 => {
+            let child = Pid::from_raw(child as i32);
             drop(mounted_w);
             let mut byte = [0u8; 1];
             let said = loop {
@@ -150,12 +148,13 @@ fn namespaced(argv: &[String], waited: &SigSet) {
             if said == Ok(1) {
                 outer(child, waited);
             }
-            // The init ended without mounting, and its parent with it: reaped before the
-            // watchdog starts, so its exit is not taken for the daemon's.
+            // The init ended without mounting: reaped before the watchdog starts, so its exit
+            // is not taken for the daemon's.
             let _ = waitpid(child, None);
         }
-        Err(e) => {
-            crate::say!("bkrun {ARG}: cannot fork the namespace's init: {e}");
+        _ => {
+            let e = nix::errno::Errno::last();
+            crate::say!("bkrun: warning: cannot give buildkitd its own PID namespace ({e}); watching its processes instead");
         }
     }
 }
