@@ -128,7 +128,7 @@ fn announce_choice(ordered: &[Target], chosen: &client::failover::Chosen, key: &
 /// every path that started it.
 async fn supervised(
     plan: Plan,
-    work: Work,
+    mut work: Work,
     reaper: &Reaper,
     signals: &mut SignalGuard,
 ) -> Result<i32> {
@@ -158,6 +158,18 @@ async fn supervised(
     let started = Instant::now();
     let daemon = Daemon::start(&plan, reaper, Arc::new(RealHost), state)?;
     say_started(&plan, &daemon, announce, version).await;
+    // A build's parts are made while buildkitd starts (it serves only tens of ms later, and its
+    // READY=1 waits in the notify socket meanwhile); a signal still stops the run.
+    if let Work::Build(job) = &mut work {
+        let prepared = tokio::select! {
+            p = client::solve::prepare(&job.spec) => p,
+            Some(sig) = signals.next() => {
+                daemon.stop().await;
+                return Ok(128 + sig);
+            }
+        };
+        job.prepared = Some(prepared);
+    }
     let daemon = match wait_ready(&plan, daemon, started, announce, signals).await? {
         Readiness::Serving(d) => {
             crate::timeline::mark("ready");

@@ -58,7 +58,10 @@ pub(super) async fn perform(
     tokio::pin!(daemon_exit);
     let daemon_exit: DaemonExit = daemon_exit;
     match work {
-        Work::Build(job) => build(&job, on, daemon_exit).await,
+        Work::Build(mut job) => {
+            let prepared = job.prepared.take();
+            build(&job, prepared, on, daemon_exit).await
+        }
         Work::Admin(req) => admin(&req, on, daemon_exit).await,
         Work::Exec(argv) => exec(&argv, on, daemon_exit).await,
         Work::Serve(listen) => {
@@ -83,14 +86,24 @@ async fn channel(on_target: &Target, opened: Option<Channel>) -> anyhow::Result<
 
 /// A build, then what is written from its result (metadata, iid and digest files), then one
 /// line saying what the cache did, the line saying why it died (if known), and its summary.
-async fn build(job: &BuildJob, on: Against<'_>, mut daemon_exit: DaemonExit<'_>) -> Ended {
+/// `prepared`: its parts made while the daemon started (None: made here).
+async fn build(
+    job: &BuildJob,
+    prepared: Option<anyhow::Result<client::solve::Prepared>>,
+    on: Against<'_>,
+    mut daemon_exit: DaemonExit<'_>,
+) -> Ended {
     let spec = &job.spec;
     let started = Instant::now();
     let before = report::memory_before(on.local, &RealHost);
     let build = async {
+        let prepared = match prepared {
+            Some(p) => p?,
+            None => client::solve::prepare(spec).await?,
+        };
         let channel = channel(on.target, on.opened).await?;
         crate::timeline::mark("connected");
-        let built = client::solve::build(channel, spec, on.target).await?;
+        let built = client::solve::build(channel, spec, on.target, prepared).await?;
         // Inside the select, so a signal still ends a write to a FIFO nobody reads.
         let written = match (&built.outcome, &spec.metadata_file) {
             (Outcome::Done(response), Some(path)) => {

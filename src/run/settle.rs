@@ -81,6 +81,8 @@ pub(super) struct BuildJob {
     /// The worker of the daemon bkrun starts, to say where unpushed images went (None: a
     /// remote daemon's, or nothing to say in this progress mode).
     pub announce_images: Option<crate::config::Worker>,
+    /// The build's parts made while the daemon bkrun started was not ready yet (lifecycle).
+    pub prepared: Option<Result<crate::client::solve::Prepared>>,
 }
 
 impl BuildJob {
@@ -353,6 +355,7 @@ fn build_job(
         after: n.after,
         _stdin_dir: n.stdin_dir,
         announce_images: None,
+        prepared: None,
     };
     if !job.quiet() {
         for note in &n.notes {
