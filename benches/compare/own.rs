@@ -27,7 +27,6 @@ const ORDER: &[&str] = &[
     "nsexec",
     "ready",
     "connected",
-    "services",
     "session",
     "solve",
     "result",
@@ -55,6 +54,14 @@ const OTHERS: &[(&str, &str, &str)] = &[
     ("sigterm", "reaped", "buildkitd"),
 ];
 
+/// Marks made beside the chain above, on bkrun's main thread while the daemon starts: shown
+/// from the mark they follow, with what they are.
+const BESIDE: &[(&str, &str, &str)] = &[(
+    "spawn",
+    "services",
+    "the build's masks, session services and progress view, prepared beside the init's start",
+)];
+
 /// The own segments' names, in `Marks::own`'s order.
 const SEGMENTS: [&str; 5] = [
     "exec → daemon spawn",
@@ -73,7 +80,8 @@ impl Marks {
         let printed = bkrun::timeline::parse(&run.stderr)?;
         let at = |ns: u64| ns.saturating_sub(run.started_ns) as f64 / 1e6;
         let mut v = vec![("exec", 0.0)];
-        for name in &ORDER[1..ORDER.len() - 1] {
+        let beside = BESIDE.iter().map(|(_, to, _)| to);
+        for name in ORDER[1..ORDER.len() - 1].iter().chain(beside) {
             if let Some((_, ns)) = printed.iter().find(|(k, _)| k == name) {
                 v.push((name, at(*ns)));
             }
@@ -167,12 +175,20 @@ pub fn timeline(by_mode: &[(&str, Vec<Marks>)]) -> String {
             .find(|(a, b, _)| (*a, *b) == (w[0], w[1]))
             .map(|(_, _, who)| format!(" ({who})"))
             .unwrap_or_default();
-        let _ = write!(s, "| {} → {}{who} |", w[0], w[1]);
-        for (_, runs) in by_mode {
-            let v: Vec<f64> = runs.iter().filter_map(|m| m.span(w[0], w[1])).collect();
-            let _ = write!(s, " {} |", fmt(median(&v), &Unit::Ms));
-        }
-        s.push('\n');
+        span_row(&mut s, w[0], w[1], &who, by_mode);
+    }
+    for (from, to, what) in BESIDE {
+        span_row(&mut s, from, to, &format!(" ({what})"), by_mode);
     }
     s
+}
+
+/// One line of the timeline: the span's median in each mode.
+fn span_row(s: &mut String, from: &str, to: &str, who: &str, by_mode: &[(&str, Vec<Marks>)]) {
+    let _ = write!(s, "| {from} → {to}{who} |");
+    for (_, runs) in by_mode {
+        let v: Vec<f64> = runs.iter().filter_map(|m| m.span(from, to)).collect();
+        let _ = write!(s, " {} |", fmt(median(&v), &Unit::Ms));
+    }
+    s.push('\n');
 }
