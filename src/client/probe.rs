@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic_prost::ProstCodec;
 
-use super::connect::connect;
+use super::connect::{try_once, Target};
 
 #[derive(Clone, PartialEq, prost::Message)]
 struct ListWorkersRequest {
@@ -19,11 +19,6 @@ struct ListWorkersRequest {
 struct ListWorkersResponse {
     #[prost(bytes = "vec", repeated, tag = "1")]
     record: Vec<Vec<u8>>,
-}
-
-/// Asks the daemon at `addr` for its workers; Ok(n) once it serves.
-pub async fn list_workers_count(addr: &str) -> Result<usize> {
-    workers_on(connect(addr).await?).await
 }
 
 /// Asks the daemon on `channel` for its workers; Ok(n) once it serves.
@@ -45,11 +40,11 @@ pub async fn workers_on(channel: tonic::transport::Channel) -> Result<usize> {
 /// growing backoff.
 pub async fn until_serving(addr: String) {
     let mut delay = Duration::from_millis(5);
-    let target = super::connect::Target::unix(&addr);
+    let target = Target::unix(&addr);
     loop {
         // try_once, not connect: a refused dial (the usual answer while the daemon starts) then
         // builds no anyhow error, which with RUST_BACKTRACE set walks the stack each time.
-        if let Ok(channel) = super::connect::try_once(&target).await {
+        if let Ok(channel) = try_once(&target).await {
             if workers_on(channel).await.is_ok_and(|n| n > 0) {
                 return;
             }
