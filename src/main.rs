@@ -36,12 +36,22 @@ fn main() {
     } else {
         args
     };
-    let mut cmd = Cli::command().version(bkrun::version::short());
-    if argv.iter().any(|a| a == "--version") {
-        // Only then is buildkitd asked for its version.
-        cmd = cmd.long_version(bkrun::version::long());
-    }
-    let matches = match cmd.try_get_matches_from(&argv) {
+    // The invoked subcommand alone when the command line names it plainly; on any error, the
+    // whole tree parses again, for the message, the suggestions and the help it has always had.
+    let slim = bkrun::cli::slim::command(&argv).and_then(|cmd| {
+        cmd.version(bkrun::version::short())
+            .try_get_matches_from(&argv)
+            .ok()
+    });
+    let whole = || {
+        let mut cmd = Cli::command().version(bkrun::version::short());
+        if argv.iter().any(|a| a == "--version") {
+            // Only then is buildkitd asked for its version.
+            cmd = cmd.long_version(bkrun::version::long());
+        }
+        cmd.try_get_matches_from(&argv)
+    };
+    let matches = match slim.map_or_else(whole, Ok) {
         Ok(m) => m,
         Err(e) => {
             let _ = e.print();

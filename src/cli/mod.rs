@@ -21,6 +21,7 @@ mod kaniko;
 mod kube;
 mod plain;
 mod push;
+pub mod slim;
 
 pub use argv::{daemonless_sh_argv, go_style_flags};
 pub use build::BuildArgs;
@@ -31,11 +32,15 @@ pub use plain::{
 };
 pub use push::PushArgs;
 
+/// bkrun's one-line description (`--help`'s first line; slim.rs's top level has it too).
+const ABOUT: &str =
+    "Daemonless BuildKit runner: starts an ephemeral buildkitd, runs the build, tears it all down.";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "bkrun",
     version,
-    about = "Daemonless BuildKit runner: starts an ephemeral buildkitd, runs the build, tears it all down.",
+    about = ABOUT,
     propagate_version = true,
     // As with buildctl, a repeated flag takes its last value (CI scripts append overrides).
     args_override_self = true
