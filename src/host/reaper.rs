@@ -356,6 +356,9 @@ pub async fn kill_all_descendants(deadline: Duration) -> usize {
         }
         return rounds;
     }
+    if no_children() {
+        return 0;
+    }
     let mut killed = 0;
     while start.elapsed() <= deadline {
         match sigkill_descendants(me) {
@@ -365,6 +368,16 @@ pub async fn kill_all_descendants(deadline: Duration) -> usize {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     killed
+}
+
+/// Whether bkrun has no child at all, not even an unreaped one. Then it has no descendant
+/// either: as a subreaper it gets an orphan as its child before the orphan's parent is gone. One
+/// syscall, where reading the children lists of every thread is a dozen /proc reads; WNOWAIT
+/// leaves any exit status to the reaping thread.
+fn no_children() -> bool {
+    use nix::sys::wait::{waitid, Id};
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+    waitid(Id::All, flags) == Err(nix::errno::Errno::ECHILD)
 }
 
 /// SIGKILLs every descendant of `root` once: how many took the signal, or None when none is
