@@ -17,7 +17,7 @@ use anyhow::{bail, Context, Result};
 use crate::cleanup::clear;
 use crate::own::{self, Marks};
 use crate::parse::ms;
-use crate::procs::{run_logged, spawn};
+use crate::procs::{run_logged, run_logged_stamped, spawn};
 use crate::report::Row;
 use crate::stats::{fmt, median, quantile, Series, Unit};
 use crate::world::World;
@@ -273,7 +273,7 @@ pub fn case_floor(w: &World, rounds: usize, anchor: Option<f64>) -> Result<(Vec<
             for k in 0..2 {
                 if (r + k) % 2 == 0 {
                     // The marks cost a relaxed load each when off, a clock read when on.
-                    if let Some(run) = total.survive(run_logged(
+                    if let Some(run) = total.survive(run_logged_stamped(
                         mw.bkrun(w)
                             .env(bkrun::timeline::ENV, "1")
                             .arg("build")

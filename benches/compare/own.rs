@@ -11,7 +11,7 @@ use crate::report::Row;
 use crate::stats::{fmt, median, Series, Unit};
 
 /// The marks bkrun prints, in the order they happen, with the bench's own stamps around them:
-/// `exec` (spawned) before and `seen` (its exit seen) after.
+/// `exec` (the child's clock just before its execve) before and `seen` (its exit seen) after.
 const ORDER: &[&str] = &[
     "exec",
     "main",

@@ -5,8 +5,9 @@
 //! child's alone.
 
 use std::fs::{self, File};
-use std::io::{BufRead, BufReader};
-use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::io::{BufRead, BufReader, Read};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
@@ -65,6 +66,42 @@ pub fn spawn(cmd: &mut Command) -> Result<Proc> {
         .with_context(|| format!("cannot run {:?}", cmd.get_program()))?;
     let pid = child.id() as i32;
     CHILDREN.lock().unwrap().push(pid);
+    proc_of(cmd, pid, started, started_ns)
+}
+
+/// As `spawn`, with `started_ns` the child's own clock reading just before its execve, after
+/// the fork and the set-up std does in the child (stdio, uid and gid, cwd): bkrun's timeline
+/// starts at its exec, not at the bench's fork of itself. A spawn with a pre-exec hook forks
+/// where it could have vforked, which only `started` (the wall time) sees.
+pub fn spawn_stamped(cmd: &mut Command) -> Result<Proc> {
+    cmd.env_remove("BUILDKIT_HOST").stdin(Stdio::null());
+    let (stamp_r, stamp_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let w = stamp_w.as_raw_fd();
+    // SAFETY: the hook runs in the forked child, where only async-signal-safe calls are allowed:
+    // clock_gettime and write are. The pipe's write end is this spawn's own (the Command is
+    // spawned once), and O_CLOEXEC keeps it from the program.
+    unsafe {
+        cmd.pre_exec(move || {
+            let t = bkrun::timeline::now().to_ne_bytes();
+            libc::write(w, t.as_ptr().cast(), t.len());
+            Ok(())
+        });
+    }
+    let started = Instant::now();
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("cannot run {:?}", cmd.get_program()))?;
+    drop(stamp_w);
+    let mut t = [0u8; 8];
+    File::from(stamp_r)
+        .read_exact(&mut t)
+        .context("no exec stamp from the child")?;
+    let pid = child.id() as i32;
+    CHILDREN.lock().unwrap().push(pid);
+    proc_of(cmd, pid, started, u64::from_ne_bytes(t))
+}
+
+fn proc_of(cmd: &Command, pid: i32, started: Instant, started_ns: u64) -> Result<Proc> {
     // Unreaped, the child stays a zombie, so the pidfd can't miss it even if it already exited.
     // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1; nix has no wrapper.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
@@ -194,6 +231,17 @@ pub fn run_logged(cmd: &mut Command, log: &Path) -> Result<Run> {
 pub fn run_logged_within(cmd: &mut Command, log: &Path, limit: Duration) -> Result<Run> {
     cmd.stdout(Stdio::null()).stderr(File::create(log)?);
     let p = spawn(cmd)?;
+    finish_logged(cmd, p, log, limit)
+}
+
+/// As `run_logged`, with `started_ns` stamped at the child's execve (`spawn_stamped`).
+pub fn run_logged_stamped(cmd: &mut Command, log: &Path) -> Result<Run> {
+    cmd.stdout(Stdio::null()).stderr(File::create(log)?);
+    let p = spawn_stamped(cmd)?;
+    finish_logged(cmd, p, log, RUN_LIMIT)
+}
+
+fn finish_logged(cmd: &Command, p: Proc, log: &Path, limit: Duration) -> Result<Run> {
     let Some(exit) = p.wait_timeout(limit)? else {
         signal(p.pid, Signal::SIGTERM);
         if p.wait_timeout(Duration::from_secs(15))?.is_none() {
