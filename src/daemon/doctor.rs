@@ -646,12 +646,8 @@ pub const VERSION_CACHE: &str = "bkrun.buildkitd-version";
 /// name and renamed, so a run reading it beside another never sees half a line.
 pub fn version_cached(program: &Path, cache: &Path) -> Option<String> {
     let key = file_identity(program)?;
-    if let Ok(text) = std::fs::read_to_string(cache) {
-        if let Some((k, v)) = text.trim_end().split_once('\t') {
-            if k == key && !v.is_empty() {
-                return Some(v.to_string());
-            }
-        }
+    if let Some(v) = cached_for(&key, cache) {
+        return Some(v);
     }
     let v = version_of(program)?;
     let tmp = cache.with_extension(format!("tmp-{}", std::process::id()));
@@ -661,6 +657,19 @@ pub fn version_cached(program: &Path, cache: &Path) -> Option<String> {
         let _ = std::fs::remove_file(&tmp);
     }
     Some(v)
+}
+
+/// What `version_cached` would answer without running the program: the version the cache holds
+/// for this very file, if it holds one. A few reads, cheap enough for the path to the daemon's
+/// spawn, where a blocking thread would cost more to start (and to end at exit) than the reads.
+pub fn version_from_cache(program: &Path, cache: &Path) -> Option<String> {
+    cached_for(&file_identity(program)?, cache)
+}
+
+fn cached_for(key: &str, cache: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(cache).ok()?;
+    let (k, v) = text.trim_end().split_once('\t')?;
+    (k == key && !v.is_empty()).then(|| v.to_string())
 }
 
 fn file_identity(program: &Path) -> Option<String> {

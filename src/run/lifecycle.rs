@@ -148,7 +148,12 @@ async fn supervised(
     let version = announce.then(|| {
         let buildkitd = plan.buildkitd.clone();
         let cache = plan.paths.state_dir.join(doctor::VERSION_CACHE);
-        tokio::task::spawn_blocking(move || doctor::version_cached(&buildkitd, &cache))
+        match doctor::version_from_cache(&buildkitd, &cache) {
+            Some(v) => Version::Known(v),
+            None => Version::Asked(tokio::task::spawn_blocking(move || {
+                doctor::version_cached(&buildkitd, &cache)
+            })),
+        }
     });
     let state = tokio::select! {
         s = lock_state(&plan) => s?,
@@ -215,13 +220,14 @@ async fn lock_state(plan: &Plan) -> Result<StateLock> {
     .await
 }
 
+/// buildkitd's version for the start-up line: from the state dir's cache, or being asked.
+enum Version {
+    Known(String),
+    Asked(tokio::task::JoinHandle<Option<String>>),
+}
+
 /// The start-up lines: runs swept, the argv (`--debug`), and which daemon starts and why.
-async fn say_started(
-    plan: &Plan,
-    daemon: &Daemon,
-    announce: bool,
-    version: Option<tokio::task::JoinHandle<Option<String>>>,
-) {
+async fn say_started(plan: &Plan, daemon: &Daemon, announce: bool, version: Option<Version>) {
     if !daemon.swept.is_empty() && announce {
         crate::say!("bkrun: {}", daemon.swept);
     }
@@ -236,9 +242,14 @@ async fn say_started(
         )
     });
     if let Some(version) = version {
-        let v = match tokio::time::timeout(Duration::from_secs(2), version).await {
-            Ok(Ok(Some(v))) => format!("buildkitd {v}"),
-            _ => "buildkitd".into(),
+        let v = match version {
+            Version::Known(v) => format!("buildkitd {v}"),
+            Version::Asked(asked) => {
+                match tokio::time::timeout(Duration::from_secs(2), asked).await {
+                    Ok(Ok(Some(v))) => format!("buildkitd {v}"),
+                    _ => "buildkitd".into(),
+                }
+            }
         };
         crate::say!(
             "bkrun: starting {v}, {} ({}){}",
