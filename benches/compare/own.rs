@@ -11,7 +11,7 @@ use crate::report::Row;
 use crate::stats::{fmt, median, Series, Unit};
 
 /// The marks bkrun prints, in the order they happen, with the bench's own stamps around them:
-/// `exec` (the child's clock just before its execve) before and `seen` (its exit seen) after.
+/// `exec` (its execve past the point of no return) before and `seen` (its exit seen) after.
 const ORDER: &[&str] = &[
     "exec",
     "main",

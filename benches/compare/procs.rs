@@ -5,9 +5,8 @@
 //! child's alone.
 
 use std::fs::{self, File};
-use std::io::{BufRead, BufReader, Read};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
+use std::io::{BufRead, BufReader};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
@@ -69,36 +68,22 @@ pub fn spawn(cmd: &mut Command) -> Result<Proc> {
     proc_of(cmd, pid, started, started_ns)
 }
 
-/// As `spawn`, with `started_ns` the child's own clock reading just before its execve, after
-/// the fork and the set-up std does in the child (stdio, uid and gid, cwd): bkrun's timeline
-/// starts at its exec, not at the bench's fork of itself. A spawn with a pre-exec hook forks
-/// where it could have vforked, which only `started` (the wall time) sees.
+/// As `spawn`, with `started_ns` read when the spawn returns: std returns once the child's
+/// execve is past its point of no return (vfork: the parent resumes there; fork: the exec closes
+/// std's close-on-exec pipe there), after the kernel has dropped the child's copy of the bench.
+/// bkrun's timeline then starts at its exec, not at the bench's fork of itself and the teardown
+/// of that copy (a clock read before the execve, in the child, counts that teardown); the
+/// parent's wake-up, a few µs to tens, is taken from bkrun's side instead.
 pub fn spawn_stamped(cmd: &mut Command) -> Result<Proc> {
     cmd.env_remove("BUILDKIT_HOST").stdin(Stdio::null());
-    let (stamp_r, stamp_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-    let w = stamp_w.as_raw_fd();
-    // SAFETY: the hook runs in the forked child, where only async-signal-safe calls are allowed:
-    // clock_gettime and write are. The pipe's write end is this spawn's own (the Command is
-    // spawned once), and O_CLOEXEC keeps it from the program.
-    unsafe {
-        cmd.pre_exec(move || {
-            let t = bkrun::timeline::now().to_ne_bytes();
-            libc::write(w, t.as_ptr().cast(), t.len());
-            Ok(())
-        });
-    }
     let started = Instant::now();
     let child = cmd
         .spawn()
         .with_context(|| format!("cannot run {:?}", cmd.get_program()))?;
-    drop(stamp_w);
-    let mut t = [0u8; 8];
-    File::from(stamp_r)
-        .read_exact(&mut t)
-        .context("no exec stamp from the child")?;
+    let started_ns = bkrun::timeline::now();
     let pid = child.id() as i32;
     CHILDREN.lock().unwrap().push(pid);
-    proc_of(cmd, pid, started, u64::from_ne_bytes(t))
+    proc_of(cmd, pid, started, started_ns)
 }
 
 fn proc_of(cmd: &Command, pid: i32, started: Instant, started_ns: u64) -> Result<Proc> {
