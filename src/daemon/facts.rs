@@ -83,6 +83,20 @@ impl Facts {
     /// Reads the facts. `probe`: also try namespaces in a child (a few milliseconds; skipped
     /// when privileged mode is the answer anyway).
     pub fn gather(host: &dyn Host, buildkitd: &str, rootlesskit: &str, probe: bool) -> Facts {
+        let found = (buildkitd, host.which(buildkitd));
+        Facts::gather_from(host, host.process_status(), found, rootlesskit, probe)
+    }
+
+    /// `gather`, with what the caller has read already: the process's `status`, and
+    /// `buildkitd`'s name with where PATH has it (each read once: a PATH search is a stat per
+    /// entry).
+    pub fn gather_from(
+        host: &dyn Host,
+        status: ProcStatus,
+        buildkitd: (&str, Option<PathBuf>),
+        rootlesskit: &str,
+        probe: bool,
+    ) -> Facts {
         let tool = |name: &'static str, cap: u32| {
             let path = host.which(name);
             let privilege = path
@@ -99,13 +113,13 @@ impl Facts {
             euid: host.euid(),
             user: host.user_name(),
             user_namespace: host.in_user_namespace(),
-            status: host.process_status(),
+            status,
             probe: probe.then(|| host.namespace_probe()),
             sysctls: host.userns_sysctls(),
             apparmor: host.apparmor_profile(),
             masked: host.proc_masked_paths(),
-            buildkitd: host.which(buildkitd),
-            buildkitd_name: buildkitd.to_string(),
+            buildkitd: buildkitd.1,
+            buildkitd_name: buildkitd.0.to_string(),
             rootlesskit: host.which(rootlesskit),
             rootlesskit_name: rootlesskit.to_string(),
             id_maps: [

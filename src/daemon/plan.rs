@@ -65,7 +65,8 @@ impl Plan {
             let found = (settings.buildkitd.as_str(), buildkitd.clone());
             Facts::privileged_root(host, status, found, &settings.rootlesskit)
         } else {
-            Facts::gather(host, &settings.buildkitd, &settings.rootlesskit, true)
+            let found = (settings.buildkitd.as_str(), Some(buildkitd.clone()));
+            Facts::gather_from(host, status, found, &settings.rootlesskit, true)
         };
         let containerd = match &settings.worker {
             Worker::Containerd { address, .. } => Some(address.clone()),
@@ -82,8 +83,12 @@ impl Plan {
             }
         }
         let decision = strict_by_flags(decision, &settings.buildkitd_flags);
+        // Where the facts found it, if they looked (privileged root's do not).
         let rootlesskit = if decision.mode.is_rootless() {
-            host.which(&settings.rootlesskit)
+            facts
+                .rootlesskit
+                .clone()
+                .or_else(|| host.which(&settings.rootlesskit))
         } else {
             None
         };

@@ -175,10 +175,14 @@ async fn supervised(
         };
         job.prepared = Some(prepared);
     }
-    let daemon = match wait_ready(&plan, daemon, started, announce, signals).await? {
-        Readiness::Serving(d) => {
+    // A build's OOM diagnosis baseline, read while the daemon starts rather than after it serves.
+    let memory = matches!(work, Work::Build(_))
+        .then(|| crate::host::cgroup::memory(&RealHost))
+        .flatten();
+    let (daemon, dialled) = match wait_ready(&plan, daemon, started, announce, signals).await? {
+        Readiness::Serving(d, dialled) => {
             crate::timeline::mark("ready");
-            d
+            (d, dialled)
         }
         Readiness::Signalled(d, code) => {
             d.stop().await;
@@ -190,13 +194,15 @@ async fn supervised(
         why: plan.decision.why.clone(),
         start: started.elapsed(),
         state_dir: plan.paths.state_dir.clone(),
+        memory,
     };
     let target = Target::unix(&daemon.addr);
     repair_if_unclean(&plan, &daemon, &target, announce).await;
     let building = matches!(work, Work::Build(_));
     let on = Against {
         target: &target,
-        opened: None,
+        // The probe's connection, made while the daemon started.
+        opened: dialled,
         reaper,
         signals: &mut signals.signals,
         grace: plan.settings.stop_timeout,
@@ -277,7 +283,8 @@ async fn say_started(plan: &Plan, daemon: &Daemon, announce: bool, version: Opti
 
 /// How waiting for the daemon ended, when it did not fail.
 enum Readiness {
-    Serving(Daemon),
+    /// With the readiness probe's connection, if it dialled one.
+    Serving(Daemon, Option<tonic::transport::Channel>),
     /// A signal came first: its exit code (the caller stops the daemon).
     Signalled(Daemon, i32),
 }
@@ -293,7 +300,8 @@ async fn wait_ready(
 ) -> Result<Readiness> {
     let limit = plan.settings.ready_timeout;
     let log_path = daemon.log_path().to_path_buf();
-    let probe = client::probe::until_serving(daemon.addr.clone());
+    let dialled = client::probe::Dialled::default();
+    let probe = client::probe::until_serving(daemon.addr.clone(), dialled.clone());
     let ready = tokio::select! {
         r = daemon.wait_ready(limit, probe) => r,
         _ = report_slow_start(started, limit, log_path.clone()), if announce => unreachable!("never resolves"),
@@ -308,7 +316,7 @@ async fn wait_ready(
                     daemon.addr
                 )
             });
-            Ok(Readiness::Serving(daemon))
+            Ok(Readiness::Serving(daemon, dialled.take()))
         }
         Err(not_ready) => {
             // A daemon that could not start in this container usually says why in its log:

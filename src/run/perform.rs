@@ -95,7 +95,7 @@ async fn build(
 ) -> Ended {
     let spec = &job.spec;
     let started = Instant::now();
-    let before = report::memory_before(on.local, &RealHost);
+    let before = report::memory_before(on.local);
     let build = async {
         let prepared = match prepared {
             Some(p) => p?,

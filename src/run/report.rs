@@ -16,12 +16,15 @@ pub(super) struct Local {
     /// From its start until it served.
     pub start: Duration,
     pub state_dir: PathBuf,
+    /// The memory cgroup's counters, read while the daemon started (a few file reads that
+    /// would otherwise sit between its READY=1 and the Solve).
+    pub memory: Option<Memory>,
 }
 
-/// The memory cgroup's counters when the build started, to tell an OOM kill during it from
-/// one before; read only where bkrun started the daemon (a remote daemon's cgroup is not ours).
-pub(super) fn memory_before(local: Option<&Local>, host: &dyn Host) -> Option<Memory> {
-    local.and_then(|_| cgroup::memory(host))
+/// The memory cgroup's counters before the build started, to tell an OOM kill during it from
+/// one before; known only where bkrun started the daemon (a remote daemon's cgroup is not ours).
+pub(super) fn memory_before(local: Option<&Local>) -> Option<Memory> {
+    local.and_then(|l| l.memory.clone())
 }
 
 /// The one line that says why a build that ended as `built` died; None when it succeeded or
