@@ -219,7 +219,7 @@ pub fn run_logged_within(cmd: &mut Command, log: &Path, limit: Duration) -> Resu
     finish_logged(cmd, p, log, limit)
 }
 
-/// As `run_logged`, with `started_ns` stamped at the child's execve (`spawn_stamped`).
+/// As `run_logged`, with `started_ns` read when the spawn returns (`spawn_stamped`).
 pub fn run_logged_stamped(cmd: &mut Command, log: &Path) -> Result<Run> {
     cmd.stdout(Stdio::null()).stderr(File::create(log)?);
     let p = spawn_stamped(cmd)?;
