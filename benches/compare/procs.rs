@@ -56,16 +56,7 @@ impl Exit {
 }
 
 pub fn spawn(cmd: &mut Command) -> Result<Proc> {
-    // No BUILDKIT_HOST from the caller's environment: it would point bkrun and buildctl elsewhere.
-    cmd.env_remove("BUILDKIT_HOST").stdin(Stdio::null());
-    let started_ns = bkrun::timeline::now();
-    let started = Instant::now();
-    let child = cmd
-        .spawn()
-        .with_context(|| format!("cannot run {:?}", cmd.get_program()))?;
-    let pid = child.id() as i32;
-    CHILDREN.lock().unwrap().push(pid);
-    proc_of(cmd, pid, started, started_ns)
+    spawn_with(cmd, false)
 }
 
 /// As `spawn`, with `started_ns` read when the spawn returns: std returns once the child's
@@ -75,18 +66,25 @@ pub fn spawn(cmd: &mut Command) -> Result<Proc> {
 /// of that copy (a clock read before the execve, in the child, counts that teardown); the
 /// parent's wake-up, a few µs to tens, is taken from bkrun's side instead.
 pub fn spawn_stamped(cmd: &mut Command) -> Result<Proc> {
+    spawn_with(cmd, true)
+}
+
+/// `stamp_after`: `started_ns` read after the spawn returns, not before it is called.
+fn spawn_with(cmd: &mut Command, stamp_after: bool) -> Result<Proc> {
+    // No BUILDKIT_HOST from the caller's environment: it would point bkrun and buildctl elsewhere.
     cmd.env_remove("BUILDKIT_HOST").stdin(Stdio::null());
+    let before_ns = bkrun::timeline::now();
     let started = Instant::now();
     let child = cmd
         .spawn()
         .with_context(|| format!("cannot run {:?}", cmd.get_program()))?;
-    let started_ns = bkrun::timeline::now();
+    let started_ns = if stamp_after {
+        bkrun::timeline::now()
+    } else {
+        before_ns
+    };
     let pid = child.id() as i32;
     CHILDREN.lock().unwrap().push(pid);
-    proc_of(cmd, pid, started, started_ns)
-}
-
-fn proc_of(cmd: &Command, pid: i32, started: Instant, started_ns: u64) -> Result<Proc> {
     // Unreaped, the child stays a zombie, so the pidfd can't miss it even if it already exited.
     // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1; nix has no wrapper.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };

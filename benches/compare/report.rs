@@ -193,8 +193,8 @@ pub fn document(table: &str, rounds: usize, big_rounds: usize, took: Duration) -
          prints its CLOCK_MONOTONIC marks at exit; with the bench's own stamps at bkrun's exec \
          (read when the spawn returns, past the execve's point of no return, so the bench's fork \
          of itself is not counted as bkrun's) and at the exit it sees, exec → daemon spawn, the \
-         `__nsinit` init's start → buildkitd's exec (the init prints its marks to the daemon's log, from which bkrun takes them), READY=1 → Solve \
-         sent, build result → SIGTERM and daemon reaped → exit are bkrun's alone, timed inside each \
+         `__nsinit` init's start → buildkitd's exec (the init prints its marks to the daemon's \
+         log, from which bkrun takes them), READY=1 → Solve sent, build result → SIGTERM and daemon reaped → exit are bkrun's alone, timed inside each \
          run (their sum per run, then its median). Not in the sum: daemon spawn → the init's start \
          (the fork and exec of bkrun as the init, where a bare supervisor forks and execs buildkitd; \
          in the rootless modes rootlesskit's own start too), shown in the timeline after the table, \
