@@ -1,4 +1,4 @@
-//! bkrun's own segments of a daemonless build, timed inside each run from its BKRUN_TIMELINE marks: exec → daemon spawn, its `__nsinit` init's start → buildkitd's exec, READY=1 → Solve sent, build result → SIGTERM, and daemon reaped → exit seen.
+//! bkrun's own segments of a daemonless build, timed inside each run from its BKRUN_TIMELINE marks: exec → daemon spawn, the init's start → buildkitd's exec (privileged: the PID 1 bkrun clones; rootless: `__nsinit`), READY=1 → Solve sent, build result → SIGTERM, and daemon reaped → exit seen.
 //!
 //! buildkitd's start varies by tens of ms from run to run, so a difference of medians between
 //! separate runs cannot resolve 5 ms; these segments are bkrun's alone, measured in the same run.
@@ -42,12 +42,13 @@ const ORDER: &[&str] = &[
 ];
 
 /// Spans that are not bkrun's own code, and whose: buildkitd's start, build and stop, and
-/// the init's exec (in the rootless modes rootlesskit's start is in it too).
+/// the init's start (privileged: the clone of buildkitd's PID 1; rootless: rootlesskit's start and
+/// its fork and exec of bkrun as the init).
 const OTHERS: &[(&str, &str, &str)] = &[
     (
         "spawn",
         "nsinit",
-        "fork and exec of bkrun as the init; rootless: rootlesskit's start too",
+        "privileged: the clone of buildkitd's PID 1; rootless: rootlesskit's start, its fork and exec of bkrun as the init",
     ),
     ("nsexec", "ready", "buildkitd"),
     ("solve", "result", "buildkitd"),

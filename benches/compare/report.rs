@@ -193,11 +193,13 @@ pub fn document(table: &str, rounds: usize, big_rounds: usize, took: Duration) -
          prints its CLOCK_MONOTONIC marks at exit; with the bench's own stamps at bkrun's exec \
          (read when the spawn returns, past the execve's point of no return, so the bench's fork \
          of itself is not counted as bkrun's) and at the exit it sees, exec → daemon spawn, the \
-         `__nsinit` init's start → buildkitd's exec (the init prints its marks to the daemon's \
-         log, from which bkrun takes them), READY=1 → Solve sent, build result → SIGTERM and daemon reaped → exit are bkrun's alone, timed inside each \
+         init's start → buildkitd's exec (privileged: the namespaces' PID 1, cloned by bkrun, \
+         from its start to its exec of buildkitd; rootless: the `__nsinit` init, which prints its \
+         marks to the daemon's log, from which bkrun takes them), READY=1 → Solve sent, build \
+         result → SIGTERM and daemon reaped → exit are bkrun's alone, timed inside each \
          run (their sum per run, then its median). Not in the sum: daemon spawn → the init's start \
-         (the fork and exec of bkrun as the init, where a bare supervisor forks and execs buildkitd; \
-         in the rootless modes rootlesskit's own start too), shown in the timeline after the table, \
+         (privileged: the clone, where a bare supervisor forks; rootless: rootlesskit's own start \
+         and its fork and exec of bkrun as the init), shown in the timeline after the table, \
          which gives every span's median.\n\
          - The monorepo: 20 packages of 100 sources each, four directories deep, beside a node_modules \
          of 49 modules × 100 files each (100,000 files in all); its .dockerignore excludes \

@@ -12,6 +12,9 @@
 //! parent-death signal is one it catches, and on which it kills everything below it.
 //!
 //! Both run before any thread exists (main dispatches here first), so fork is safe.
+//!
+//! A privileged bkrun starts buildkitd as PID 1 of those namespaces itself (host/pid1.rs) and
+//! runs this init only where that is refused; the rootless modes always run it, under rootlesskit.
 
 use std::ffi::CString;
 use std::path::Path;

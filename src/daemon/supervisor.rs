@@ -86,7 +86,14 @@ impl Daemon {
         let notify =
             ready::bind_notify_socket(&notify_path).context("cannot bind the notify socket")?;
         let log_path = run_dir.path().join("buildkitd.log");
-        let mut cmd = daemon_command(&argv, plan.env(&dirs), &notify_path, &log_path)?;
+        // Private: it can hold what a build printed.
+        let log = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&log_path)
+            .context("cannot create the daemon log")?;
+        let env = plan.env(&dirs);
         let containerd = containerd_leases(plan);
         crate::timeline::mark("spawn");
         let started = Instant::now();
@@ -94,15 +101,23 @@ impl Daemon {
         // death, so it can be spawned by vfork; what rootlesskit starts is guarded by it.
         let own_init = argv.get(1).is_some_and(|a| a == super::nsinit::ARG)
             && crate::host::reaper::on_main_thread();
-        let spawned = if own_init {
-            cmd.env(super::nsinit::PARENT_ENV, std::process::id().to_string());
-            reaper.spawn_self_guarded(&mut cmd)
-        } else {
-            reaper.spawn(&mut cmd)
+        let direct = match own_init.then(|| as_pid1(&argv)).flatten() {
+            Some(daemon) => spawn_as_pid1(reaper, daemon, &env, &notify_path, &log)?,
+            None => None,
         };
-        let child = spawned.with_context(|| {
-            format!("cannot start {}: check that it exists and is executable (set BUILDKITD or ROOTLESSKIT to override)", argv[0])
-        })?;
+        let child = match direct {
+            Some(child) => child,
+            None => {
+                let mut cmd = daemon_command(&argv, env, &notify_path, log)?;
+                let spawned = if own_init {
+                    cmd.env(super::nsinit::PARENT_ENV, std::process::id().to_string());
+                    reaper.spawn_self_guarded(&mut cmd)
+                } else {
+                    reaper.spawn(&mut cmd)
+                };
+                spawned.with_context(|| cannot_start(&argv[0]))?
+            }
+        };
         Ok(Daemon {
             child,
             addr: format!("unix://{}", socket.display()),
@@ -280,15 +295,8 @@ fn daemon_command(
     argv: &[String],
     env: Vec<(String, String)>,
     notify_path: &Path,
-    log_path: &Path,
+    log: fs::File,
 ) -> Result<Command> {
-    // Private: it can hold what a build printed.
-    let log = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(log_path)
-        .context("cannot create the daemon log")?;
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..])
         .envs(env)
@@ -299,6 +307,79 @@ fn daemon_command(
         // Its own process group: a Ctrl-C in the terminal reaches bkrun, which stops it in order.
         .process_group(0);
     Ok(cmd)
+}
+
+/// The error line when the daemon (or what starts it) cannot be executed.
+fn cannot_start(program: &str) -> String {
+    format!("cannot start {program}: check that it exists and is executable (set BUILDKITD or ROOTLESSKIT to override)")
+}
+
+/// The daemon's own argv when `argv` runs it under bkrun's init in a PID namespace
+/// (`bkrun __nsinit --pidns -- DAEMON…`): what `spawn_as_pid1` can start without the init.
+fn as_pid1(argv: &[String]) -> Option<&[String]> {
+    match argv {
+        [_, init, pidns, dashes, daemon @ ..]
+            if init == super::nsinit::ARG
+                && pidns == "--pidns"
+                && dashes == "--"
+                && !daemon.is_empty() =>
+        {
+            Some(daemon)
+        }
+        _ => None,
+    }
+}
+
+/// Starts the daemon itself as PID 1 of new PID and mount namespaces (host/pid1.rs), with
+/// the environment, standard streams and process group the init would have given it. None
+/// when the namespaces or their /proc are refused here: the caller then starts the init, which
+/// tries again and falls back to watching the daemon's processes, saying why.
+fn spawn_as_pid1(
+    reaper: &Reaper,
+    daemon: &[String],
+    env: &[(String, String)],
+    notify_path: &Path,
+    log: &fs::File,
+) -> Result<Option<Child>> {
+    use crate::host::pid1::{Refused, Spec};
+    use std::os::fd::AsFd;
+    let null = fs::File::open("/dev/null").context("cannot open /dev/null")?;
+    let notify = notify_path.as_os_str().to_os_string();
+    let set: Vec<(std::ffi::OsString, std::ffi::OsString)> = env
+        .iter()
+        .map(|(k, v)| (k.into(), v.into()))
+        .chain([("NOTIFY_SOCKET".into(), notify)])
+        .collect();
+    // What std's Command would pass: bkrun's environment with the daemon's variables set over it.
+    let kept: Vec<_> = std::env::vars_os()
+        .filter(|(k, _)| !set.iter().any(|(s, _)| s == k))
+        .collect();
+    let mut whole: Vec<std::ffi::OsString> = kept
+        .into_iter()
+        .chain(set)
+        .map(|(k, v)| {
+            let mut kv = k;
+            kv.push("=");
+            kv.push(v);
+            kv
+        })
+        .collect();
+    whole.shrink_to_fit();
+    let spec = Spec {
+        argv: daemon,
+        env: whole,
+        stdin: null.as_fd(),
+        log: log.as_fd(),
+    };
+    match reaper.spawn_pid1(&spec) {
+        Ok((child, started)) => {
+            crate::timeline::mark_at(super::nsinit::MARKS[0], started.began_ns);
+            crate::timeline::mark_at(super::nsinit::MARKS[1], started.exec_ns);
+            Ok(Some(child))
+        }
+        Err(Refused::Namespaces(_)) => Ok(None),
+        Err(Refused::Exec(e)) => Err(anyhow::Error::from(e).context(cannot_start(&daemon[0]))),
+    }
 }
 
 /// With the containerd worker: where to remove the temporary leases the daemon leaves, and
@@ -440,6 +521,41 @@ fn remove_stale_socket(socket: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_init_in_a_pid_namespace_is_left_out_for_a_direct_start() {
+        let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let init = v(&[
+            "/bin/bkrun",
+            "__nsinit",
+            "--pidns",
+            "--",
+            "/bin/buildkitd",
+            "--debug",
+        ]);
+        assert_eq!(as_pid1(&init), Some(&init[4..]));
+        // The watchdog (no --pidns), rootlesskit's argv, and an init with nothing to run.
+        assert_eq!(
+            as_pid1(&v(&["/bin/bkrun", "__nsinit", "--", "/bin/buildkitd"])),
+            None
+        );
+        assert_eq!(
+            as_pid1(&v(&[
+                "/bin/rootlesskit",
+                "/bin/bkrun",
+                "__nsinit",
+                "--pidns",
+                "--",
+                "b"
+            ])),
+            None
+        );
+        assert_eq!(
+            as_pid1(&v(&["/bin/bkrun", "__nsinit", "--pidns", "--"])),
+            None
+        );
+        assert_eq!(as_pid1(&v(&["/bin/buildkitd", "--debug"])), None);
+    }
 
     #[test]
     fn tail_takes_the_last_lines() {

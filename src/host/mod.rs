@@ -4,6 +4,7 @@ pub mod binfmt;
 pub mod cgroup;
 pub mod mountinfo;
 mod parse;
+pub mod pid1;
 mod real;
 pub mod reaper;
 

@@ -146,6 +146,26 @@ impl Reaper {
         self.register(cmd, false).map(|(child, _)| child)
     }
 
+    /// Starts `spec` as PID 1 of new PID and mount namespaces (see pid1.rs), registered like
+    /// `spawn`. Only from the main thread (`on_main_thread`), as the child's parent-death
+    /// signal follows the spawning thread.
+    pub fn spawn_pid1(
+        &self,
+        spec: &super::pid1::Spec,
+    ) -> Result<(Child, super::pid1::Started), super::pid1::Refused> {
+        let mut waiters = self.waiters.lock().unwrap();
+        let started = super::pid1::spawn(spec)?;
+        let (tx, rx) = watch::channel(None);
+        waiters.insert(started.pid, tx);
+        Ok((
+            Child {
+                pid: started.pid,
+                exit: rx,
+            },
+            started,
+        ))
+    }
+
     /// Like `spawn`, also handing back the pipes `cmd` asked for.
     pub fn spawn_piped(&self, cmd: &mut Command) -> io::Result<(Child, Pipes)> {
         self.register(cmd, true)
