@@ -79,6 +79,19 @@ fn shared_key(
     d[..12].iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Each local dir's project (request/routekey.rs: its git origin and path inside it, as the
+/// route key names it), named here where the session is made: for a daemon bkrun starts, while
+/// the daemon starts rather than before its spawn (each dir's checkout looked for, its git
+/// config read).
+fn projects(
+    locals: &std::collections::BTreeMap<String, std::path::PathBuf>,
+) -> std::collections::BTreeMap<String, String> {
+    let cwd = std::env::current_dir().unwrap_or_default();
+    let dirs: Vec<std::path::PathBuf> = locals.values().map(|d| cwd.join(d)).collect();
+    let names = crate::request::routekey::for_dirs(dirs.iter().map(std::path::PathBuf::as_path));
+    locals.keys().cloned().zip(names).collect()
+}
+
 /// The session for `spec`, not yet started, and what it serves. Cache and layout directories
 /// are created here; local cache imports are resolved to their manifests (`warn` hears which
 /// are skipped).
@@ -111,7 +124,7 @@ pub fn build(
     let local_caches = LocalCaches::prepare(&mut cache_imports, &spec.cache_exports, warn)?;
     let layouts = Layouts::prepare(&spec.oci_layouts, spec.layout_output().as_deref())?;
     let mut session = Session::new("bkrun")
-        .with_shared_key(shared_key(&spec.locals, &spec.local_projects))
+        .with_shared_key(shared_key(&spec.locals, &projects(&spec.locals)))
         .add_service(FileSyncProvider::new(locals).into_server());
     let stores: HashMap<_, _> = local_caches
         .stores()

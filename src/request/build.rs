@@ -54,9 +54,6 @@ pub struct BuildSpec {
     pub registry_cache: Option<RegistryCache>,
     /// Registry logins, client-side tokens and their TLS trust.
     pub registry: RegistryAuth,
-    /// Which project each local dir is (its git origin and path inside it, as the route key
-    /// names it), filled in by the run layer; enters the session's shared key beside the path.
-    pub local_projects: BTreeMap<String, String>,
     /// `--cache-mounts`: where RUN cache mounts are kept between runs.
     pub cache_mounts: Option<CacheMountsSpec>,
     /// Where the build's summary and result files go (`--summary`, the CI's own places).
@@ -133,7 +130,6 @@ pub fn resolve(args: &BuildFlags, settings: &Settings, host: &dyn Host) -> Resul
         cache_exports,
         registry_cache,
         registry,
-        local_projects: BTreeMap::new(),
         cache_mounts,
         summary,
         build_timeout,

@@ -17,6 +17,7 @@ pub mod push;
 pub mod reference;
 pub mod regcache;
 pub mod registry;
+pub mod routekey;
 pub mod secret;
 pub mod ssh;
 pub mod summary;

@@ -11,7 +11,6 @@ mod meta;
 mod perform;
 mod push;
 mod report;
-mod routekey;
 mod settle;
 mod target;
 

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 
-use super::routekey;
 use super::target::{describe, listener_flags, remote_targets};
 use super::{log, write_stdout};
 use crate::cli::{Cli, Command, DebugCommand, GlobalArgs};
@@ -15,6 +14,7 @@ use crate::config::{AddrSource, Remote, Settings};
 use crate::daemon::{apparmor, doctor, Plan};
 use crate::host::{which, Host};
 use crate::request::build::BuildSpec;
+use crate::request::routekey;
 use crate::{client, daemon, progress, request};
 
 /// What settling found.
@@ -334,7 +334,7 @@ fn build_job(
     settings: &Settings,
     host: &dyn Host,
 ) -> Result<BuildJob> {
-    let mut spec = request::build::resolve(&n.args, settings, host)?;
+    let spec = request::build::resolve(&n.args, settings, host)?;
     if let Some(r) = &spec.registry_cache {
         log(settings.debug, || {
             format!("registry cache: {}", r.describe())
@@ -346,10 +346,6 @@ fn build_job(
         });
     }
     request::dests::check_after(&n.after, host)?;
-    let cwd = cwd();
-    let dirs: Vec<PathBuf> = spec.locals.values().map(|d| cwd.join(d)).collect();
-    let projects = routekey::for_dirs(dirs.iter().map(PathBuf::as_path));
-    spec.local_projects = spec.locals.keys().cloned().zip(projects).collect();
     let mut job = BuildJob {
         spec,
         after: n.after,

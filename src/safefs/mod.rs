@@ -350,15 +350,45 @@ pub fn umask() -> u32 {
 pub fn effective_ids() -> (u32, Vec<u32>) {
     let euid = nix::unistd::geteuid().as_raw();
     let mut groups = vec![nix::unistd::getegid().as_raw()];
-    if let Ok(more) = nix::unistd::getgroups() {
-        groups.extend(more.into_iter().map(|g| g.as_raw()));
-    }
+    groups.extend(supplementary_groups());
     (euid, groups)
+}
+
+/// getgroups(2) asked for the count first: nix's getgroups sizes its buffer with
+/// sysconf(_SC_NGROUPS_MAX), which glibc answers by reading /proc/sys/kernel/ngroups_max, a
+/// file open and read on every permission check (seven of them before a build's daemon starts).
+fn supplementary_groups() -> Vec<u32> {
+    // A group added between the two calls makes the second fail (EINVAL): ask again.
+    for _ in 0..3 {
+        // SAFETY: with a size of 0 getgroups writes nothing and returns the count.
+        let n = unsafe { libc::getgroups(0, std::ptr::null_mut()) };
+        if n <= 0 {
+            return Vec::new();
+        }
+        let mut list: Vec<libc::gid_t> = vec![0; n as usize];
+        // SAFETY: the buffer holds n entries, as the call is told.
+        let got = unsafe { libc::getgroups(n, list.as_mut_ptr()) };
+        if got >= 0 {
+            list.truncate(got as usize);
+            return list;
+        }
+    }
+    Vec::new()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn supplementary_groups_are_the_kernels_list() {
+        let nix: Vec<u32> = nix::unistd::getgroups()
+            .unwrap()
+            .into_iter()
+            .map(|g| g.as_raw())
+            .collect();
+        assert_eq!(supplementary_groups(), nix);
+    }
 
     #[test]
     fn descriptors_never_follow_a_final_symlink() {
