@@ -49,6 +49,9 @@ pub struct Daemon {
     /// With the containerd worker: its socket and namespace, and when the daemon was spawned,
     /// for removing the temporary leases it leaves there.
     containerd: Option<(PathBuf, String, std::time::SystemTime, PathBuf)>,
+    /// Whether bkrun's `__nsinit` runs under the daemon, printing its timeline marks to the
+    /// daemon's log (a daemon started as PID 1 by bkrun itself has had them noted already).
+    under_init: bool,
 }
 
 impl Daemon {
@@ -105,6 +108,7 @@ impl Daemon {
             Some(daemon) => spawn_as_pid1(reaper, daemon, &env, &notify_path, &log)?,
             None => None,
         };
+        let under_init = direct.is_none() && argv.iter().any(|a| a == super::nsinit::ARG);
         let child = match direct {
             Some(child) => child,
             None => {
@@ -134,6 +138,7 @@ impl Daemon {
             served: false,
             swept,
             containerd,
+            under_init,
         })
     }
 
@@ -191,7 +196,7 @@ impl Daemon {
         self.kill_build_processes();
         let exit = self.child.wait_or_kill(self.stop_timeout).await;
         crate::timeline::mark("reaped");
-        if crate::timeline::on() {
+        if crate::timeline::on() && self.under_init {
             // The init's marks, printed to the daemon's log (bkrun's private run dir).
             if let Ok(log) = fs::read_to_string(&self.log_path) {
                 crate::timeline::merge(&log, &super::nsinit::MARKS);
