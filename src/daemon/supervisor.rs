@@ -100,8 +100,9 @@ impl Daemon {
         let containerd = containerd_leases(plan);
         crate::timeline::mark("spawn");
         let started = Instant::now();
-        // bkrun's own init, spawned directly (privileged): it guards itself against bkrun's
-        // death, so it can be spawned by vfork; what rootlesskit starts is guarded by it.
+        // Privileged: buildkitd itself as PID 1 of its own namespaces (host/pid1.rs), else
+        // bkrun's own init, spawned directly: it guards itself against bkrun's death, so it can
+        // be spawned by vfork; what rootlesskit starts is guarded by it.
         let own_init = argv.get(1).is_some_and(|a| a == super::nsinit::ARG)
             && crate::host::reaper::on_main_thread();
         let direct = match own_init.then(|| as_pid1(&argv)).flatten() {
@@ -320,14 +321,16 @@ fn cannot_start(program: &str) -> String {
 }
 
 /// The daemon's own argv when `argv` runs it under bkrun's init in a PID namespace
-/// (`bkrun __nsinit --pidns -- DAEMON…`): what `spawn_as_pid1` can start without the init.
+/// (`bkrun __nsinit --pidns -- DAEMON…`): what `spawn_as_pid1` can start without the init. The
+/// daemon's path must have a slash: execve does not search PATH, std's Command (the init's
+/// way) does.
 fn as_pid1(argv: &[String]) -> Option<&[String]> {
     match argv {
         [_, init, pidns, dashes, daemon @ ..]
             if init == super::nsinit::ARG
                 && pidns == "--pidns"
                 && dashes == "--"
-                && !daemon.is_empty() =>
+                && daemon.first().is_some_and(|d| d.contains('/')) =>
         {
             Some(daemon)
         }
@@ -560,6 +563,17 @@ mod tests {
             None
         );
         assert_eq!(as_pid1(&v(&["/bin/buildkitd", "--debug"])), None);
+        // A bare name is left to the init, whose spawn searches PATH.
+        assert_eq!(
+            as_pid1(&v(&[
+                "/bin/bkrun",
+                "__nsinit",
+                "--pidns",
+                "--",
+                "buildkitd"
+            ])),
+            None
+        );
     }
 
     #[test]
