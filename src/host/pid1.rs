@@ -165,7 +165,9 @@ pub fn spawn(spec: &Spec) -> Result<Started, Refused> {
     let failed = unsafe { std::ptr::read_volatile(&shared.failed) };
     if failed != 0 {
         let e = io::Error::from_raw_os_error(unsafe { std::ptr::read_volatile(&shared.errno) });
-        // The child exited; the reaper collects it like any other.
+        // The child has exited (CLONE_VFORK): reaped here, by its pid, so no zombie is left
+        // and no other waiter sees it (the caller holds the reaper's lock).
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
         return Err(if failed == failed_code(Stage::Exec) {
             Refused::Exec(e)
         } else {
@@ -318,8 +320,11 @@ mod tests {
             log: log.as_fd(),
         };
         let r = spawn(&spec);
-        // Reaped here: the failed child too, which exited before spawn returned.
-        let _ = nix::sys::wait::waitpid(None, None);
+        // Waited for by its pid: tests run on parallel threads of one process, and a wait for
+        // any child could take another test's (a failed child is reaped by spawn itself).
+        if let Ok(started) = &r {
+            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(started.pid), None);
+        }
         let mut out = String::new();
         use std::io::{Read, Seek};
         let mut log = log;
