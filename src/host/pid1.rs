@@ -211,16 +211,6 @@ fn high_fd(fd: BorrowedFd) -> Result<std::os::fd::OwnedFd, Refused> {
         .map_err(Refused::Exec)
 }
 
-fn now_ns() -> u64 {
-    let mut t = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: writes the timespec it is given (vDSO, no allocation).
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
-    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
-}
-
 /// Ends the child, noting what failed for bkrun to read.
 ///
 /// # Safety
@@ -237,9 +227,10 @@ unsafe fn fail(s: *mut Shared, stage: Stage) -> ! {
 extern "C" fn child(arg: *mut libc::c_void) -> libc::c_int {
     let s = arg as *mut Shared;
     // SAFETY: `arg` is the Shared block `spawn` prepared and keeps alive across the vfork; every
-    // call below is a system call (or libc's thin wrapper of one) on data prepared before it.
+    // call below is a system call (or libc's thin wrapper of one) on data prepared before it;
+    // timeline::now is one clock_gettime through nix, which allocates nothing.
     unsafe {
-        (*s).began_ns = now_ns();
+        (*s).began_ns = crate::timeline::now();
         if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
             fail(s, Stage::DeathSignal);
         }
@@ -298,7 +289,7 @@ extern "C" fn child(arg: *mut libc::c_void) -> libc::c_int {
         let mut none: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut none);
         libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
-        (*s).exec_ns = now_ns();
+        (*s).exec_ns = crate::timeline::now();
         libc::execve((*s).path, (*s).argv, (*s).envp);
         fail(s, Stage::Exec)
     }
