@@ -17,8 +17,6 @@ fn main() {
         bkrun::cachemount::pack::main(&args[2..]);
     }
     bkrun::timeline::init();
-    // While the command line is read: the rootless modes' namespace probe, on the other core.
-    bkrun::host::start_namespace_probe();
     let invoked_as = args
         .first()
         .map(|a| a.rsplit('/').next().unwrap_or(a).to_string())
@@ -36,6 +34,12 @@ fn main() {
     } else {
         args
     };
+    // While the command line is read: the namespace probe, on the other core, when its answer
+    // may pick the mode. A rootless mode asked for starts it once its daemon is spawned.
+    let env_mode = std::env::var("BKRUN_MODE").ok();
+    if !bkrun::cli::asks_rootless(&argv, env_mode.as_deref()) {
+        bkrun::host::start_namespace_probe();
+    }
     // The invoked subcommand alone when the command line names it plainly; on any error, the
     // whole tree parses again, for the message, the suggestions and the help it has always had.
     let slim = bkrun::cli::slim::command(&argv).and_then(|cmd| {

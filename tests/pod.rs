@@ -793,6 +793,22 @@ fn run_configuration(name: &'static str) {
         );
     }
 
+    // Asked for, rootless mode is refused by the namespace probe that runs once rootlesskit is
+    // spawned (Plan::confirm): the same refusal, before any start-up line, nothing left running.
+    if cfg.name == "runtime-default" {
+        let ran = pod.exec(&[&BUILD[..1], &["--mode", "rootless"], &BUILD[1..]].concat());
+        let left = pod.leftovers(&ran);
+        report.row("build --mode rootless", &ran, &left);
+        report.build_outcome("build --mode rootless", cfg.expect, &ran);
+        report.check(
+            ran.stderr
+                .starts_with("bkrun: --mode rootless cannot work here: creating a user namespace"),
+            "build --mode rootless",
+            "expected the mode's refusal, from the probe",
+            &ran,
+        );
+    }
+
     let ran = pod.exec(&["bkrun", "doctor"]);
     let left = pod.leftovers(&ran);
     report.row("doctor", &ran, &left);

@@ -166,7 +166,10 @@ pub fn document(table: &str, rounds: usize, big_rounds: usize, took: Duration) -
          that as lingering. It spawns no `sleep`/`awk` processes as the shell script does, so it is a \
          little faster than the real script.\n\
          - All state dirs and export destinations are on a tmpfs; the contexts are on disk (in the page cache). \
-         The cached, ready and export cases share one warm state dir; cold builds get a fresh one per run.\n\
+         The cached, ready and export cases share one warm state dir; cold builds get a fresh one per run. \
+         Every program runs with a CI step's environment, not cargo's: no RUST_BACKTRACE, and no \
+         LD_LIBRARY_PATH (`cargo bench` points it at the target dir and the toolchain, where the \
+         dynamic loader would look for bkrun's libraries first).\n\
          - bkrun's spawn → ready and teardown come from its `--debug` lines; buildkitd's own READY=1 from a \
          buildkitd the bench spawns with the same flags and a NOTIFY_SOCKET it binds. They are separate \
          daemon starts, whose spread (shown) is far wider than 5 ms; bkrun waits for the same READY=1 \

@@ -49,3 +49,56 @@ pub fn go_style_flags(args: &[String]) -> Vec<String> {
     }
     out
 }
+
+/// Whether the command line `argv` (after the rewrites above), or BKRUN_MODE's value `env` when
+/// the line has no --mode, asks for a rootless mode: then bkrun's namespace probe can wait
+/// until the daemon is spawned (host::start_namespace_probe). Read before clap, which is what
+/// the probe would overlap; a wrong answer (a `--mode` that is another flag's value) only moves
+/// when the probe runs, never what it answers or what bkrun does with it.
+pub fn asks_rootless(argv: &[String], env: Option<&str>) -> bool {
+    let mut asked = env;
+    let mut words = argv.iter().skip(1);
+    while let Some(w) = words.next() {
+        match w.as_str() {
+            "--" => break,
+            "--mode" => asked = words.next().map(String::as_str),
+            _ => {
+                if let Some(v) = w.strip_prefix("--mode=") {
+                    asked = Some(v);
+                }
+            }
+        }
+    }
+    matches!(asked, Some("rootless" | "rootless-strict"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rootless_mode_is_seen_on_the_line_or_in_the_environment() {
+        let line = |s: &str| -> Vec<String> { s.split(' ').map(String::from).collect() };
+        assert!(asks_rootless(&line("bkrun --mode rootless build ."), None));
+        assert!(asks_rootless(
+            &line("bkrun build --mode=rootless-strict ."),
+            None
+        ));
+        // The last --mode wins, as clap has it; the line wins over the environment.
+        assert!(!asks_rootless(
+            &line("bkrun --mode rootless --mode auto build ."),
+            None
+        ));
+        assert!(!asks_rootless(
+            &line("bkrun --mode privileged build"),
+            Some("rootless")
+        ));
+        assert!(asks_rootless(&line("bkrun build ."), Some("rootless")));
+        assert!(!asks_rootless(&line("bkrun build ."), None));
+        // After `--` the words are a program's (bkrun exec), not bkrun's flags.
+        assert!(!asks_rootless(
+            &line("bkrun exec -- tool --mode rootless"),
+            None
+        ));
+    }
+}

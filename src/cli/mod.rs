@@ -23,7 +23,7 @@ mod plain;
 mod push;
 pub mod slim;
 
-pub use argv::{daemonless_sh_argv, go_style_flags};
+pub use argv::{asks_rootless, daemonless_sh_argv, go_style_flags};
 pub use build::BuildArgs;
 pub use kaniko::KanikoArgs;
 pub use kube::{KubeArgs, KubeKind};

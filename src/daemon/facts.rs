@@ -185,6 +185,18 @@ impl Facts {
         }
     }
 
+    /// These facts with a namespace probe that has not run yet taken as having worked: what a
+    /// rootless mode asked for is judged on until its probe answers (`Plan::confirm`).
+    pub fn assuming_namespaces(&self) -> std::borrow::Cow<'_, Facts> {
+        if self.probe.is_some() {
+            return std::borrow::Cow::Borrowed(self);
+        }
+        std::borrow::Cow::Owned(Facts {
+            probe: Some(NsProbe::ALL_OK),
+            ..self.clone()
+        })
+    }
+
     /// /etc/subuid and /etc/subgid both give this user a range.
     pub fn has_subids(&self) -> bool {
         !self.subids.uids.is_empty() && !self.subids.gids.is_empty()

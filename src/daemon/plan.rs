@@ -36,6 +36,9 @@ pub struct Plan {
     /// The state dir's storage and the snapshotter buildkitd will pick (None with the
     /// containerd worker, whose snapshots containerd keeps).
     pub storage: Option<Storage>,
+    /// A rootless mode asked for, judged before its namespace probe ran (`deferring_probe`):
+    /// `confirm` must judge it again before the daemon is waited for.
+    pub probe_pending: bool,
 }
 
 /// The run-time locations a plan is filled in with once the run dir exists.
@@ -48,6 +51,20 @@ impl Plan {
     /// `stable_socket`: the `daemon` subcommand's fixed `buildkitd.sock`, which sidecars connect to;
     /// ephemeral runs use a per-process name so parallel jobs never share a socket.
     pub fn new(settings: &Settings, host: &dyn Host, stable_socket: bool) -> Result<Plan> {
+        let mut plan = Plan::deferring_probe(settings, host, stable_socket)?;
+        plan.confirm(host)?;
+        Ok(plan)
+    }
+
+    /// `new`, but a rootless mode that is asked for is judged without the namespace probe,
+    /// taken as having worked: its answer cannot change the plan, only refuse the mode, so it
+    /// runs once the daemon is spawned (`host::start_namespace_probe`), off bkrun's start, and
+    /// `confirm` refuses the mode then, in the words `new` would have used.
+    pub fn deferring_probe(
+        settings: &Settings,
+        host: &dyn Host,
+        stable_socket: bool,
+    ) -> Result<Plan> {
         // Not a question of mode: said first, in the same words whatever the mode.
         let Some(buildkitd) = host.which(&settings.buildkitd) else {
             bail!(
@@ -61,18 +78,30 @@ impl Plan {
         let privileged_root = host.euid() == 0
             && status.has_eff(crate::host::CAP_SYS_ADMIN)
             && matches!(settings.mode, ModeArg::Auto | ModeArg::Privileged);
-        let facts = if privileged_root {
-            let found = (settings.buildkitd.as_str(), buildkitd.clone());
-            Facts::privileged_root(host, status, found, &settings.rootlesskit)
-        } else {
-            let found = (settings.buildkitd.as_str(), Some(buildkitd.clone()));
-            Facts::gather_from(host, status, found, &settings.rootlesskit, true)
-        };
         let containerd = match &settings.worker {
             Worker::Containerd { address, .. } => Some(address.clone()),
             Worker::Oci => None,
         };
-        let decision = mode::decide(requested_mode(settings.mode, containerd.is_some())?, &facts)?;
+        let requested = requested_mode(settings.mode, containerd.is_some())?;
+        let mut probe_pending = matches!(requested, ModeArg::Rootless | ModeArg::RootlessStrict);
+        let mut facts = if privileged_root {
+            let found = (settings.buildkitd.as_str(), buildkitd.clone());
+            Facts::privileged_root(host, status, found, &settings.rootlesskit)
+        } else {
+            let found = (settings.buildkitd.as_str(), Some(buildkitd.clone()));
+            Facts::gather_from(host, status, found, &settings.rootlesskit, !probe_pending)
+        };
+        let decision = match mode::decide(requested, &facts.assuming_namespaces()) {
+            Ok(d) => d,
+            // Refused whatever the probe says: with its answer too, so the refusal names every
+            // blocker, as `new`'s does.
+            Err(_) if probe_pending => {
+                probe_pending = false;
+                facts.probe = Some(host.namespace_probe());
+                mode::decide(requested, &facts)?
+            }
+            Err(e) => return Err(e),
+        };
         let paths = choose_paths(settings, host)?;
         if let Some(address) = &containerd {
             if !host.socket_answers(address) {
@@ -106,7 +135,20 @@ impl Plan {
             rootlesskit,
             init: host.current_exe(),
             storage,
+            probe_pending,
         })
+    }
+
+    /// Judges a rootless mode asked for again with the namespace probe's answer, once
+    /// `deferring_probe` left it pending: the refusal `new` gives, or nothing to say.
+    pub fn confirm(&mut self, host: &dyn Host) -> Result<()> {
+        if !std::mem::take(&mut self.probe_pending) {
+            return Ok(());
+        }
+        self.facts.probe = Some(host.namespace_probe());
+        let containerd = matches!(self.settings.worker, Worker::Containerd { .. });
+        mode::decide(requested_mode(self.settings.mode, containerd)?, &self.facts)?;
+        Ok(())
     }
 
     pub fn mode(&self) -> Mode {
@@ -407,6 +449,7 @@ fn socket_name(stable_socket: bool) -> String {
 mod tests {
     use super::*;
     use crate::host::fake::FakeHost;
+    use crate::host::NsProbe;
 
     /// The plan for `host`, with the mode asked for (None: auto); the daemon half takes settings,
     /// never the command line.
@@ -565,6 +608,46 @@ mod tests {
         assert_eq!(p.env(&d), std::slice::from_ref(&tmp));
         let root = plan(&FakeHost::root(), None);
         assert_eq!(root.env(&d), [tmp]);
+    }
+
+    #[test]
+    fn a_rootless_mode_asked_for_is_refused_by_its_probe_once_it_ran() {
+        let mut h = FakeHost::user();
+        h.probe.clone_userns = Some(Err(nix::errno::Errno::EPERM));
+        let mut s = Settings::load(&Default::default(), &h).unwrap();
+        for mode in [ModeArg::Rootless, ModeArg::RootlessStrict] {
+            s.mode = mode;
+            let refused = Plan::new(&s, &h, false).unwrap_err().to_string();
+            assert!(refused.contains("cannot work here"), "{refused}");
+            // Planned without the probe, the mode is refused only once it has answered, in
+            // the same words; the facts then hold the answer for a later diagnosis.
+            let mut p = Plan::deferring_probe(&s, &h, false).unwrap();
+            assert!(p.probe_pending && p.facts.probe.is_none());
+            assert_eq!(p.confirm(&h).unwrap_err().to_string(), refused);
+            assert_eq!(p.facts.probe, Some(h.probe));
+            // Confirmed once: nothing is probed or refused again.
+            assert!(!p.probe_pending && p.confirm(&h).is_ok());
+            // Refused before the probe ran (no subordinate ids too): the same every-blocker
+            // refusal as `new`'s, the user namespace's among them.
+            let mut no_ids = FakeHost {
+                subids: false,
+                ..FakeHost::user()
+            };
+            no_ids.probe = h.probe;
+            let refused = Plan::new(&s, &no_ids, false).unwrap_err().to_string();
+            let early = Plan::deferring_probe(&s, &no_ids, false).unwrap_err();
+            assert_eq!(early.to_string(), refused);
+            assert!(refused.contains("creating a user namespace"), "{refused}");
+        }
+        // Where the probe picks the mode (auto), it runs before the plan is made.
+        s.mode = ModeArg::Auto;
+        let e = Plan::deferring_probe(&s, &h, false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("no daemon mode can work here"), "{e}");
+        h.probe = NsProbe::ALL_OK;
+        let p = Plan::deferring_probe(&s, &h, false).unwrap();
+        assert!(!p.probe_pending && p.facts.probe == Some(NsProbe::ALL_OK));
     }
 
     #[test]

@@ -52,6 +52,11 @@ pub struct Daemon {
     /// Whether bkrun's `__nsinit` runs under the daemon, printing its timeline marks to the
     /// daemon's log (a daemon started as PID 1 by bkrun itself has had them noted already).
     under_init: bool,
+    /// Whether the daemon surely runs in a mount namespace of its own: as the PID 1 bkrun
+    /// cloned (its / made a slave, so nothing propagates back), or under rootlesskit (a mount
+    /// namespace of a new user namespace, whose mounts never propagate out). Its snapshot mounts
+    /// then die with it, and teardown does not read the mount table for them.
+    contained: bool,
 }
 
 impl Daemon {
@@ -110,6 +115,7 @@ impl Daemon {
             None => None,
         };
         let under_init = direct.is_none() && argv.iter().any(|a| a == super::nsinit::ARG);
+        let contained = direct.is_some() || plan.rootlesskit.is_some();
         let child = match direct {
             Some(child) => child,
             None => {
@@ -140,6 +146,7 @@ impl Daemon {
             swept,
             containerd,
             under_init,
+            contained,
         })
     }
 
@@ -265,7 +272,7 @@ impl Daemon {
     async fn cleanup(&mut self) {
         reaper::kill_all_descendants(Duration::from_secs(10)).await;
         if let Some(d) = self.run_dir.take() {
-            sweep::remove_run_files(self.host.as_ref(), &self.socket, &d.keep());
+            sweep::remove_run_files(self.host.as_ref(), &self.socket, &d.keep(), self.contained);
         }
     }
 }

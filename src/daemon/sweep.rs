@@ -197,8 +197,9 @@ fn answers(socket: &Path) -> bool {
     }
 }
 
-/// Removes this run's own socket and run dir (at teardown).
-pub fn remove_run_files(host: &dyn Host, socket: &Path, run_dir: &Path) {
+/// Removes this run's own socket and run dir (at teardown). `contained`: the daemon ran in a
+/// mount namespace of its own, whose mounts never show in bkrun's, so none is looked for.
+pub fn remove_run_files(host: &dyn Host, socket: &Path, run_dir: &Path, contained: bool) {
     if let (Some(parent), Some(name)) = (socket.parent(), socket.file_name()) {
         if let Ok(d) = Dir::open(parent) {
             if d.stat_at(name)
@@ -212,7 +213,11 @@ pub fn remove_run_files(host: &dyn Host, socket: &Path, run_dir: &Path) {
     }
     if let (Some(parent), Some(name)) = (run_dir.parent(), run_dir.file_name()) {
         if let Ok(d) = Dir::open(parent) {
-            remove_run_dir(host, &d, run_dir, name, None);
+            if contained {
+                let _ = remove_at(&d, name, None);
+            } else {
+                remove_run_dir(host, &d, run_dir, name, None);
+            }
         }
     }
 }

@@ -284,22 +284,25 @@ struct Pending {
 
 static PENDING: std::sync::Mutex<Option<Pending>> = std::sync::Mutex::new(None);
 
-/// Starts the namespace probe at once, so that it runs on the other core while the command
-/// line and the settings are read; the plan reads its answer (`probe_namespaces`). Called first
-/// thing in main, while bkrun has a single thread, and only for a user who is not root: root
-/// with CAP_SYS_ADMIN runs privileged without it, and a run that never asks (a remote daemon)
-/// leaves a child that has already exited, reaped by the reaper or when bkrun exits.
-/// In the rootless modes this took about 0.75 ms off exec → daemon spawn: the probe's 1.2 ms
-/// now overlap clap, and the fork and the copy-on-write faults while the child lives add about
-/// 0.4 ms back (BENCHMARKS.md's timeline: "main → parsed", "specified → settled").
+/// Starts the namespace probe, so that it runs on the other core while bkrun does something
+/// else; the plan reads its answer (`probe_namespaces`). Only for a user who is not root: root
+/// with CAP_SYS_ADMIN runs privileged without it. A probe already started is left to run.
+///
+/// Under auto it starts first thing in main: its answer picks the mode, and its 1.2 ms then
+/// overlap clap. The fork and the copy-on-write faults while the child lives still cost bkrun's
+/// main thread about 0.6 ms of exec → daemon spawn, so a rootless mode that is asked for
+/// starts it once the daemon is spawned instead, where its answer can only refuse the mode
+/// (`Plan::confirm`) and rootlesskit's own start takes 20 ms. A run that never asks (a remote
+/// daemon) leaves a child that has already exited, reaped by the reaper or when bkrun exits.
 pub fn start_namespace_probe() {
     if nix::unistd::geteuid().is_root() {
         return;
     }
-    if let Some(p) = fork_probe() {
-        if let Ok(mut pending) = PENDING.lock() {
-            *pending = Some(p);
-        }
+    let Ok(mut pending) = PENDING.lock() else {
+        return;
+    };
+    if pending.is_none() {
+        *pending = fork_probe();
     }
 }
 
@@ -307,8 +310,9 @@ pub fn start_namespace_probe() {
 /// mount in a new mount namespace, and a procfs mount in a new PID namespace, and writes what
 /// happened to a pipe. Trying is the one reliable test: sysctls differ between kernels, and
 /// seccomp and AppArmor profiles refuse calls whatever the sysctls say. Everything happens in
-/// namespaces that die with the child. Call it before the reaper starts, which would reap the
-/// child. The probe `start_namespace_probe` started, if any, is the one read.
+/// namespaces that die with the child. The answer comes on a pipe, so a child the reaper
+/// collected first (a probe read once the daemon runs) is no loss. The probe
+/// `start_namespace_probe` started, if any, is the one read.
 fn probe_namespaces() -> NsProbe {
     let not_run = NsProbe {
         clone_userns: None,

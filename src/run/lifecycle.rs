@@ -127,7 +127,7 @@ fn announce_choice(ordered: &[Target], chosen: &client::failover::Chosen, key: &
 /// an unclean end left, do the work, stop. The daemon is stopped (or failed, its log kept) on
 /// every path that started it.
 async fn supervised(
-    plan: Plan,
+    mut plan: Plan,
     mut work: Work,
     reaper: &Reaper,
     signals: &mut SignalGuard,
@@ -162,6 +162,15 @@ async fn supervised(
     crate::timeline::mark("locked");
     let started = Instant::now();
     let daemon = Daemon::start(&plan, reaper, Arc::new(RealHost), state)?;
+    if plan.probe_pending {
+        // A rootless mode asked for: its namespace probe runs now, while rootlesskit starts,
+        // and refuses the mode before anything is said of the start or waited for.
+        crate::host::start_namespace_probe();
+        if let Err(e) = plan.confirm(&RealHost) {
+            daemon.stop().await;
+            return Err(e);
+        }
+    }
     say_started(&plan, &daemon, announce, version).await;
     // A build's parts are made while buildkitd starts (it serves only tens of ms later, and its
     // READY=1 waits in the notify socket meanwhile); a signal still stops the run.

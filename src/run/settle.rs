@@ -492,7 +492,8 @@ fn plan(mut settings: Settings, work: &Work, host: &dyn Host) -> Result<Plan> {
             }
         }
     }
-    let plan = Plan::new(&settings, host, matches!(work, Work::Serve(_)))?;
+    // Its probe, if pending, runs beside the daemon's start; lifecycle confirms the mode then.
+    let plan = Plan::deferring_probe(&settings, host, matches!(work, Work::Serve(_)))?;
     log(settings.debug, || {
         format!("mode {} ({})", plan.mode(), plan.decision.reason)
     });

@@ -55,7 +55,9 @@ pub fn empty(dir: &Dir, st: &Stat) -> io::Result<()> {
                     name.to_string_lossy()
                 )))
             }
-            Ok(Some(child)) => remove_at(dir, &name, Some(&child)),
+            Ok(Some(child)) if child.kind == Kind::Dir => remove_at(dir, &name, Some(&child)),
+            // Not a directory: unlinked without a second look (unlinkat never follows a link).
+            Ok(Some(_)) => ignore_gone(dir.unlink_at(&name, false)),
             Ok(None) => Ok(()),
             Err(e) => Err(e),
         };

@@ -261,6 +261,7 @@ fn mounts_below_a_dir_with_a_space_are_detached() {
         &crate::host::RealHost,
         Path::new("/nonexistent/x.sock"),
         &run,
+        false,
     );
     assert!(!run.exists(), "the mount is detached and the dir removed");
 }
@@ -290,7 +291,7 @@ fn teardown_detaches_mounts_deepest_first_then_removes_the_run_dir() {
         ],
         ..me()
     };
-    remove_run_files(&h, &socket, &run);
+    remove_run_files(&h, &socket, &run, false);
     assert_eq!(
         h.effects(),
         [
@@ -298,5 +299,23 @@ fn teardown_detaches_mounts_deepest_first_then_removes_the_run_dir() {
             format!("unmount {}", run.join("tmp/snap").display()),
         ]
     );
+    assert!(!run.exists() && !socket.exists());
+}
+
+#[test]
+fn a_daemon_in_its_own_mount_namespace_leaves_no_mount_to_detach() {
+    let d = tempfile::tempdir().unwrap();
+    let run = d.path().join("bkrun-x");
+    fs::create_dir_all(run.join("tmp/snap")).unwrap();
+    fs::write(run.join("buildkitd.log"), "x").unwrap();
+    let socket = d.path().join("bkrun.sock");
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    // The table is not read: a mount listed there (as none can be) is not acted on.
+    let h = FakeHost {
+        mount_table: vec![mount_at(&run.join("tmp/snap"))],
+        ..me()
+    };
+    remove_run_files(&h, &socket, &run, true);
+    assert!(h.effects().is_empty(), "{:?}", h.effects());
     assert!(!run.exists() && !socket.exists());
 }
