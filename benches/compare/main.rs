@@ -3,7 +3,7 @@
 //! Needs root (it mounts a tmpfs and runs a privileged buildkitd) and what scripts/setup installs.
 //! BENCH_ROUNDS (default 5) sets the rounds per case; BENCH_ROUNDS_BIG (default min(3, rounds))
 //! the rounds of the 1 GiB cases, BENCH_ROUNDS_CACHED (default 16 × rounds) those of the cached
-//! trivial build, BENCH_ROUNDS_FLOOR (default 60 × rounds) those of each mode's floor and
+//! trivial build, BENCH_ROUNDS_FLOOR (default 100 × rounds) those of each mode's floor and
 //! BENCH_ROUNDS_SECOND (default 3) those of the CI's second run, whose C project has
 //! BENCH_SECOND_UNITS translation units (default 120); BENCH_CASES (e.g. `cold,client`) runs
 //! only some cases and then leaves BENCHMARKS.md alone.
@@ -84,8 +84,10 @@ fn run() -> Result<()> {
     let big_rounds = env_usize("BENCH_ROUNDS_BIG", rounds.min(3))?.max(1);
     // The headline ratio's rounds are short: enough of them that two runs agree to ±0.05.
     let cached_rounds = env_usize("BENCH_ROUNDS_CACHED", (rounds * 16).max(10))?.max(2);
-    // Many: a daemon's start spreads by tens of ms, and the overhead rows resolve a few.
-    let floor_rounds = env_usize("BENCH_ROUNDS_FLOOR", (rounds * 60).max(4))?.max(1);
+    // Many: a daemon's start spreads by tens of ms (IQR about 50 ms), and the overhead rows
+    // resolve a few. At 300 a round their 95% intervals were ±13 ms wide; 500 narrow them by a
+    // fifth, for about four minutes more.
+    let floor_rounds = env_usize("BENCH_ROUNDS_FLOOR", (rounds * 100).max(4))?.max(1);
     // Each round is eight builds of a compile lasting tens of seconds: few rounds are affordable.
     let second_rounds = env_usize("BENCH_ROUNDS_SECOND", 3)?.max(1);
     let second_units = env_usize("BENCH_SECOND_UNITS", 120)?.max(2);
