@@ -84,8 +84,12 @@ impl ModeWorld {
     }
 
     /// A program as this mode's user, with the environment a pod gives it (no XDG_RUNTIME_DIR).
+    /// Every mode's TMPDIR is its own temp dir, on the tmpfs where the bare daemon's run dir is
+    /// too: privileged bkrun once inherited the bench's, on disk, and made its run dir there
+    /// while the floor's daemon had its own on the tmpfs.
     fn command(&self, w: &World, program: &str) -> Command {
         let mut c = w.command(program);
+        c.env("TMPDIR", &self.tmp);
         if let Some((uid, gid)) = self.user {
             c.env_clear()
                 .env("PATH", std::env::var_os("PATH").unwrap_or_default())

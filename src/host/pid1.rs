@@ -23,6 +23,9 @@ use std::os::unix::ffi::OsStringExt;
 pub enum Stage {
     /// Setting its parent-death signal.
     DeathSignal,
+    /// Making / a slave mount, so that nothing mounted inside shows outside (/ is not a mount
+    /// point, as in a plain chroot).
+    Propagation,
     /// Mounting the namespace's /proc (a masked /proc, or a refusal).
     Proc,
     /// Making itself a process group of its own or placing its standard streams.
@@ -245,14 +248,18 @@ extern "C" fn child(arg: *mut libc::c_void) -> libc::c_int {
             gone if gone > 0 => libc::_exit(125),
             _ => fail(s, Stage::Setup),
         }
-        // Mounts made in here do not propagate back out (those made outside still come in).
-        libc::mount(
+        // Mounts made in here do not propagate back out (those made outside still come in):
+        // the supervisor counts on it, and reads no mount table at teardown (see `contained`).
+        if libc::mount(
             std::ptr::null(),
             c"/".as_ptr(),
             std::ptr::null(),
             libc::MS_REC | libc::MS_SLAVE,
             std::ptr::null(),
-        );
+        ) != 0
+        {
+            fail(s, Stage::Propagation);
+        }
         // runc looks its children up in /proc by the PIDs it sees.
         if libc::mount(
             c"proc".as_ptr(),
