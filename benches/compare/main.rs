@@ -84,9 +84,8 @@ fn run() -> Result<()> {
     let big_rounds = env_usize("BENCH_ROUNDS_BIG", rounds.min(3))?.max(1);
     // The headline ratio's rounds are short: enough of them that two runs agree to ±0.05.
     let cached_rounds = env_usize("BENCH_ROUNDS_CACHED", (rounds * 16).max(10))?.max(2);
-    // Many: a daemon's start spreads by tens of ms (IQR about 50 ms), and the overhead rows
-    // resolve a few. At 300 a round their 95% intervals were ±13 ms wide; 500 narrow them by a
-    // fifth, for about four minutes more.
+    // Many: a daemon's start spreads by tens of ms (IQR 30–40 ms), and the overhead rows
+    // resolve a few: at 500 their 95% intervals are about ±4 ms, a fifth narrower than at 300.
     let floor_rounds = env_usize("BENCH_ROUNDS_FLOOR", (rounds * 100).max(4))?.max(1);
     // Each round is eight builds of a compile lasting tens of seconds: few rounds are affordable.
     let second_rounds = env_usize("BENCH_ROUNDS_SECOND", 3)?.max(1);
