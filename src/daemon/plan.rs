@@ -58,7 +58,7 @@ impl Plan {
 
     /// `new`, but a rootless mode that is asked for is judged without the namespace probe,
     /// taken as having worked: its answer cannot change the plan, only refuse the mode, so it
-    /// runs once the daemon is spawned (`host::start_namespace_probe`), off bkrun's start, and
+    /// runs once the daemon is spawned (`confirm` asks the host for it), off bkrun's start, and
     /// `confirm` refuses the mode then, in the words `new` would have used.
     pub fn deferring_probe(
         settings: &Settings,

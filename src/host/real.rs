@@ -284,25 +284,24 @@ struct Pending {
 
 static PENDING: std::sync::Mutex<Option<Pending>> = std::sync::Mutex::new(None);
 
-/// Starts the namespace probe, so that it runs on the other core while bkrun does something
-/// else; the plan reads its answer (`probe_namespaces`). Only for a user who is not root: root
-/// with CAP_SYS_ADMIN runs privileged without it. A probe already started is left to run.
+/// Starts the namespace probe at once, so that it runs on the other core while the command
+/// line and the settings are read; the plan reads its answer (`probe_namespaces`). Called first
+/// thing in main, while bkrun has a single thread, and only for a user who is not root: root
+/// with CAP_SYS_ADMIN runs privileged without it, and a run that never asks (a remote daemon)
+/// leaves a child that has already exited, reaped by the reaper or when bkrun exits.
 ///
-/// Under auto it starts first thing in main: its answer picks the mode, and its 1.2 ms then
-/// overlap clap. The fork and the copy-on-write faults while the child lives still cost bkrun's
-/// main thread about 0.6 ms of exec → daemon spawn, so a rootless mode that is asked for
-/// starts it once the daemon is spawned instead, where its answer can only refuse the mode
-/// (`Plan::confirm`) and rootlesskit's own start takes 20 ms. A run that never asks (a remote
-/// daemon) leaves a child that has already exited, reaped by the reaper or when bkrun exits.
+/// Only under auto, where its answer picks the mode: the fork and the copy-on-write faults
+/// while the child lives cost bkrun's main thread about 0.6 ms of exec → daemon spawn. A
+/// rootless mode asked for leaves it to `Plan::confirm`, which forks it once rootlesskit is
+/// spawned, where its answer can only refuse the mode and rootlesskit's own start takes 20 ms.
 pub fn start_namespace_probe() {
     if nix::unistd::geteuid().is_root() {
         return;
     }
-    let Ok(mut pending) = PENDING.lock() else {
-        return;
-    };
-    if pending.is_none() {
-        *pending = fork_probe();
+    if let Some(p) = fork_probe() {
+        if let Ok(mut pending) = PENDING.lock() {
+            *pending = Some(p);
+        }
     }
 }
 

@@ -162,14 +162,12 @@ async fn supervised(
     crate::timeline::mark("locked");
     let started = Instant::now();
     let daemon = Daemon::start(&plan, reaper, Arc::new(RealHost), state)?;
-    if plan.probe_pending {
-        // A rootless mode asked for: its namespace probe runs now, while rootlesskit starts,
-        // and refuses the mode before anything is said of the start or waited for.
-        crate::host::start_namespace_probe();
-        if let Err(e) = plan.confirm(&RealHost) {
-            daemon.stop().await;
-            return Err(e);
-        }
+    // A rootless mode asked for: its namespace probe runs now (forked by `confirm`, unless a
+    // mode from bkrun.toml had it started in main), while rootlesskit starts, and refuses the
+    // mode before anything is said of the start or waited for.
+    if let Err(e) = plan.confirm(&RealHost) {
+        daemon.stop().await;
+        return Err(e);
     }
     say_started(&plan, &daemon, announce, version).await;
     // A build's parts are made while buildkitd starts (it serves only tens of ms later, and its
