@@ -1,8 +1,9 @@
 //! buildkitd's own floor in each mode (spawn → READY=1, a build on the warm daemon, SIGTERM → exit) and bkrun's daemonless build over it: the overhead bkrun adds.
 //!
 //! The bare daemon is started with the argv `bkrun config` prints for the mode, less bkrun's own
-//! init (`bkrun __nsinit … --`), which is part of what bkrun adds; rootless modes run as the
-//! unprivileged user scripts/setup creates, under rootlesskit, as bkrun runs them.
+//! init (`bkrun __nsinit … --`, or rootlesskit's `--pidns` in its place), which is part of what
+//! bkrun adds; rootless modes run as the unprivileged user scripts/setup creates, under
+//! rootlesskit, as bkrun runs them.
 
 use std::fs::{self, File};
 use std::os::unix::fs::{chown, PermissionsExt};
@@ -114,8 +115,8 @@ impl ModeWorld {
         c
     }
 
-    /// The daemon argv bkrun would run, from `bkrun config`, with bkrun's init taken out and the
-    /// run dir filled in with `run_dir`.
+    /// The daemon argv bkrun would run, from `bkrun config`, with bkrun's init (or rootlesskit's
+    /// PID namespace that stands for it) taken out and the run dir filled in with `run_dir`.
     fn bare_argv(&self, w: &World, run_dir: &Path) -> Result<Vec<String>> {
         let mut c = self.bkrun(w);
         c.arg("config");
@@ -139,6 +140,11 @@ impl ModeWorld {
                 .position(|a| a == "--")
                 .context("no -- after __nsinit")?;
             argv.drain(i - 1..=i + end);
+        }
+        // Rootless: the PID namespace rootlesskit makes in place of that init is bkrun's too,
+        // and comes out with it (the bench's config gives rootlesskit no flags of its own).
+        if argv.first().is_some_and(|a| a.ends_with("/rootlesskit")) {
+            argv.retain(|a| a != "--pidns");
         }
         Ok(argv)
     }

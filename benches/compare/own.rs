@@ -1,4 +1,4 @@
-//! bkrun's own segments of a daemonless build, timed inside each run from its BKRUN_TIMELINE marks: exec → daemon spawn, the init's start → buildkitd's exec (privileged: the PID 1 bkrun clones; rootless: `__nsinit`), READY=1 → Solve sent, build result → SIGTERM, and daemon reaped → exit seen.
+//! bkrun's own segments of a daemonless build, timed inside each run from its BKRUN_TIMELINE marks: exec → daemon spawn, the init's start → buildkitd's exec (privileged: the PID 1 bkrun clones; rootless-strict: `__nsinit`; rootless has none, rootlesskit making the PID namespace), READY=1 → Solve sent, build result → SIGTERM, and daemon reaped → exit seen.
 //!
 //! buildkitd's start varies by tens of ms from run to run, so a difference of medians between
 //! separate runs cannot resolve 5 ms; these segments are bkrun's alone, measured in the same run.
@@ -42,13 +42,13 @@ const ORDER: &[&str] = &[
 ];
 
 /// Spans that are not bkrun's own code, and whose: buildkitd's start, build and stop, and
-/// the init's start (privileged: the clone of buildkitd's PID 1; rootless: rootlesskit's start and
-/// its fork and exec of bkrun as the init).
+/// the init's start (privileged: the clone of buildkitd's PID 1; rootless-strict: rootlesskit's start
+/// and its fork and exec of bkrun as the init).
 const OTHERS: &[(&str, &str, &str)] = &[
     (
         "spawn",
         "nsinit",
-        "privileged: the clone of buildkitd's PID 1; rootless: rootlesskit's start, its fork and exec of bkrun as the init",
+        "privileged: the clone of buildkitd's PID 1; rootless-strict: rootlesskit's start, its fork and exec of bkrun as the init",
     ),
     ("nsexec", "ready", "buildkitd"),
     ("solve", "result", "buildkitd"),
@@ -57,11 +57,18 @@ const OTHERS: &[(&str, &str, &str)] = &[
 
 /// Marks made beside the chain above, on bkrun's main thread while the daemon starts: shown
 /// from the mark they follow, with what they are.
-const BESIDE: &[(&str, &str, &str)] = &[(
-    "spawn",
-    "services",
-    "the build's masks, session services and progress view, prepared beside the init's start",
-)];
+const BESIDE: &[(&str, &str, &str)] = &[
+    (
+        "spawn",
+        "services",
+        "the build's masks, session services and progress view, prepared beside the daemon's start",
+    ),
+    (
+        "spawn",
+        "ready",
+        "the daemon's whole start; rootless: rootlesskit's, with its PID namespace, and buildkitd's",
+    ),
+];
 
 /// The own segments' names, in `Marks::own`'s order.
 const SEGMENTS: [&str; 5] = [
@@ -100,11 +107,16 @@ impl Marks {
     }
 
     /// exec → spawn, nsinit → nsexec, ready → solve, result → sigterm, reaped → seen: bkrun's
-    /// own.
+    /// own. A run without bkrun's init (rootless: rootlesskit makes the PID namespace) has
+    /// neither of its marks, and no init segment.
     pub fn own(&self) -> Option<[f64; 5]> {
+        let init = match (self.get("nsinit"), self.get("nsexec")) {
+            (None, None) => 0.0,
+            _ => self.span("nsinit", "nsexec")?,
+        };
         Some([
             self.span("exec", "spawn")?,
-            self.span("nsinit", "nsexec")?,
+            init,
             self.span("ready", "solve")?,
             self.span("result", "sigterm")?,
             self.span("reaped", "seen")?,

@@ -185,7 +185,8 @@ pub fn document(table: &str, rounds: usize, big_rounds: usize, took: Duration) -
          resamples of both series), and the ratio of each half of the rounds taken alone, i.e. two \
          shorter runs side by side.\n\
          - buildkitd's floor, per mode: a bare buildkitd started with the argv `bkrun config` prints for \
-         that mode (rootlesskit and its flags included; bkrun's own `__nsinit` init taken out), timed from \
+         that mode (rootlesskit and its flags included; bkrun's own `__nsinit` init, or in rootless mode \
+         the PID namespace rootlesskit makes in its place, taken out), timed from \
          spawn to its READY=1, then the same cached build on it with `bkrun --addr`, then SIGTERM → exit. \
          Every fourth bare daemon gets its build 300 ms after READY=1 (a warm daemon: the floor's build), \
          the rest at once (a just-started one, as a supervisor builds); the two show what a just-started \
@@ -197,12 +198,13 @@ pub fn document(table: &str, rounds: usize, big_rounds: usize, took: Duration) -
          (read when the spawn returns, past the execve's point of no return, so the bench's fork \
          of itself is not counted as bkrun's) and at the exit it sees, exec → daemon spawn, the \
          init's start → buildkitd's exec (privileged: the namespaces' PID 1, cloned by bkrun, \
-         from its start to its exec of buildkitd; rootless: the `__nsinit` init, which prints its \
-         marks to the daemon's log, from which bkrun takes them), READY=1 → Solve sent, build \
+         from its start to its exec of buildkitd; rootless-strict: the `__nsinit` init, which prints \
+         its marks to the daemon's log, from which bkrun takes them; rootless: none, rootlesskit \
+         making the PID namespace), READY=1 → Solve sent, build \
          result → SIGTERM and daemon reaped → exit are bkrun's alone, timed inside each \
          run (their sum per run, then its median). Not in the sum: daemon spawn → the init's start \
-         (privileged: the clone, where a bare supervisor forks; rootless: rootlesskit's own start \
-         and its fork and exec of bkrun as the init), shown in the timeline after the table, \
+         (privileged: the clone, where a bare supervisor forks; rootless-strict: rootlesskit's own \
+         start and its fork and exec of bkrun as the init), shown in the timeline after the table, \
          which gives every span's median.\n\
          - The monorepo: 20 packages of 100 sources each, four directories deep, beside a node_modules \
          of 49 modules × 100 files each (100,000 files in all); its .dockerignore excludes \

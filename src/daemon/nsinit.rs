@@ -14,7 +14,9 @@
 //! Both run before any thread exists (main dispatches here first), so fork is safe.
 //!
 //! A privileged bkrun starts buildkitd as PID 1 of those namespaces itself (host/pid1.rs) and
-//! runs this init only where that is refused; the rootless modes always run it, under rootlesskit.
+//! runs this init only where that is refused. In rootless mode rootlesskit's own `--pidns` makes
+//! the namespace (daemon/plan.rs), so this init runs under rootlesskit only as rootless-strict's
+//! watchdog, or where the user's rootlesskit flags turn that namespace off.
 
 use std::ffi::CString;
 use std::path::Path;
