@@ -209,16 +209,14 @@ impl Plan {
         // namespace (and so no PID namespace, which needs one for its /proc).
         let containerd = matches!(self.settings.worker, Worker::Containerd { .. });
         let pidns = self.mode() != Mode::RootlessStrict && !containerd;
-        let rootlesskit_pidns = pidns
-            && self.rootlesskit.is_some()
-            && rootlesskit_bool(&self.settings.rootlesskit_flags, ROOTLESSKIT_PIDNS) != Some(false);
-        if rootlesskit_pidns {
+        let users_pidns = rootlesskit_bool(&self.settings.rootlesskit_flags, ROOTLESSKIT_PIDNS);
+        if pidns && self.rootlesskit.is_some() && users_pidns != Some(false) {
             // Rootless with the process sandbox: rootlesskit's own PID namespace, its child as
             // PID 1 with a fresh /proc, SIGKILLed with everything in it when rootlesskit dies.
             // The same guarantee as bkrun's init, with a process, an exec and a mount namespace
             // fewer: a no-op started and ended under rootlesskit took 33.2 ms with the init's
             // namespace and 30.5 ms with rootlesskit's (medians of 60, 2 cores).
-            if rootlesskit_bool(&self.settings.rootlesskit_flags, ROOTLESSKIT_PIDNS).is_none() {
+            if users_pidns.is_none() {
                 argv.push(ROOTLESSKIT_PIDNS.into());
             }
         } else if let Some(exe) = &self.init {
