@@ -1,7 +1,7 @@
 //! The daemon's init: bkrun re-executed between the daemon and whoever started it, so that when bkrun dies, even by SIGKILL, every build process (and, privileged, every mount) of the run dies with it.
 //!
-//! Where a fresh /proc can be mounted (privileged, and rootless with an unmasked /proc) it makes a
-//! PID and mount namespace: bkrun → `bkrun __nsinit --pidns` (outside, with a parent-death
+//! Where a fresh /proc can be mounted (and neither bkrun's clone nor rootlesskit's `--pidns`
+//! made the namespace already, see below) it makes a PID and mount namespace: bkrun → `bkrun __nsinit --pidns` (outside, with a parent-death
 //! signal) → init (PID 1 inside, cloned into the new namespaces) → buildkitd. A PID namespace
 //! ends when its PID 1 does, the kernel SIGKILLing everything left in it (runc's containers, a
 //! RUN step's background processes), and a mount namespace whose last process is gone drops its
@@ -9,14 +9,17 @@
 //!
 //! With a masked /proc (rootless-strict) no procfs can be mounted, so no PID namespace can work;
 //! there it is a watchdog instead: a child subreaper (orphans of the build come back to it) whose
-//! parent-death signal is one it catches, and on which it kills everything below it.
+//! parent-death signal is one it catches, and on which it kills everything below it. It runs
+//! around rootlesskit (`bkrun __nsinit -- rootlesskit …`), as the owner of rootlesskit's user
+//! namespace, which may kill every process in it; bkrun starts it with `--adopt PID` after
+//! rootlesskit itself (host/guard.rs), so rootlesskit's start does not wait for this one's.
 //!
 //! Both run before any thread exists (main dispatches here first), so fork is safe.
 //!
 //! A privileged bkrun starts buildkitd as PID 1 of those namespaces itself (host/pid1.rs) and
 //! runs this init only where that is refused. In rootless mode rootlesskit's own `--pidns` makes
-//! the namespace (daemon/plan.rs), so this init runs under rootlesskit only as rootless-strict's
-//! watchdog, or where the user's rootlesskit flags turn that namespace off.
+//! the namespace (daemon/plan.rs); this init runs under rootlesskit only where the user's
+//! rootlesskit flags turn that namespace off.
 
 use std::ffi::CString;
 use std::path::Path;
@@ -37,6 +40,9 @@ pub const PARENT_ENV: &str = "BKRUN_INIT_PARENT";
 /// The init's timeline marks: started, and buildkitd about to be exec'd.
 pub const MARKS: [&str; 2] = ["nsinit", "nsexec"];
 const PIDNS: &str = "--pidns";
+/// `--adopt PID`: the watchdog of a child it already has (host/guard.rs cloned it, then
+/// exec'd this init), instead of one it starts.
+pub const ADOPT: &str = "--adopt";
 
 /// Signals passed on to the daemon: how bkrun (or rootlesskit) asks it to stop.
 const FORWARDED: [Signal; 5] = [
@@ -47,7 +53,7 @@ const FORWARDED: [Signal; 5] = [
     Signal::SIGUSR1,
 ];
 /// The watchdog's parent-death signal: one nobody sends, so it can only mean the parent died.
-const PARENT_GONE: Signal = Signal::SIGPWR;
+pub const PARENT_GONE: Signal = Signal::SIGPWR;
 
 /// `argv` run under the init from `exe` (bkrun itself); `pidns` where a /proc can be mounted.
 pub fn wrap(exe: &Path, pidns: bool, argv: &[String]) -> Vec<String> {
@@ -65,8 +71,8 @@ pub fn main(args: &[String]) -> ! {
     // With BKRUN_TIMELINE, the marks go to the daemon's log just before buildkitd's exec, where
     // bkrun takes them in (the timeline's "spawn → nsinit → nsexec").
     crate::timeline::init_as(MARKS[0]);
-    let Some((pidns, argv)) = parse(args) else {
-        crate::say!("bkrun {ARG}: usage: bkrun {ARG} [{PIDNS}] -- COMMAND [ARG...] (internal: bkrun starts buildkitd this way)");
+    let Some(how) = parse(args) else {
+        crate::say!("bkrun {ARG}: usage: bkrun {ARG} [{PIDNS}] -- COMMAND [ARG...] | {ADOPT} PID (internal: bkrun starts buildkitd this way)");
         std::process::exit(125);
     };
     let mut waited = SigSet::empty();
@@ -76,13 +82,21 @@ pub fn main(args: &[String]) -> ! {
     waited.add(Signal::SIGCHLD);
     waited.add(PARENT_GONE);
     // Blocked and taken with sigwait: PID 1 of a namespace drops signals it has no handler for,
-    // but a blocked signal is always queued.
-    let _ = waited.thread_block();
+    // but a blocked signal is always queued. Exactly these: an adopting init comes with every
+    // signal blocked, kept so through its exec so none sent meanwhile was lost.
+    let _ = waited.thread_set_mask();
     let parent = std::env::var(PARENT_ENV)
         .ok()
         .and_then(|p| p.parse::<i32>().ok());
     // Not passed on to buildkitd and what it starts.
     std::env::remove_var(PARENT_ENV);
+    let (pidns, argv) = match how {
+        How::Adopt(child) => {
+            guard(parent);
+            watch(child, &waited)
+        }
+        How::Start { pidns, argv } => (pidns, argv),
+    };
     if !pidns {
         watchdog(&argv, &waited, parent);
     }
@@ -184,7 +198,20 @@ fn mount_private_proc() -> nix::Result<()> {
     )
 }
 
-fn parse(args: &[String]) -> Option<(bool, Vec<String>)> {
+/// What the init is asked to do.
+#[derive(Debug, PartialEq)]
+enum How {
+    /// Start `argv`, in new namespaces with `pidns`.
+    Start { pidns: bool, argv: Vec<String> },
+    /// Watch a child it already has.
+    Adopt(Pid),
+}
+
+fn parse(args: &[String]) -> Option<How> {
+    if let [adopt, pid] = args {
+        let pid = pid.parse::<i32>().ok().filter(|p| *p > 0)?;
+        return (adopt == ADOPT).then_some(How::Adopt(Pid::from_raw(pid)));
+    }
     let mut pidns = false;
     let mut it = args.iter();
     for a in it.by_ref() {
@@ -195,7 +222,7 @@ fn parse(args: &[String]) -> Option<(bool, Vec<String>)> {
         }
     }
     let argv: Vec<String> = it.cloned().collect();
-    (!argv.is_empty()).then_some((pidns, argv))
+    (!argv.is_empty()).then_some(How::Start { pidns, argv })
 }
 
 /// Outside the namespace: passes signals to init and ends as it ended.
@@ -252,10 +279,22 @@ fn init(argv: &[String], waited: &SigSet, mounted: std::os::fd::OwnedFd) -> ! {
 /// Without a PID namespace: a subreaper that kills everything below it when its parent dies
 /// or when the command ends.
 fn watchdog(argv: &[String], waited: &SigSet, parent: Option<i32>) -> ! {
+    guard(parent);
+    let daemon = start(argv, waited);
+    watch(daemon, waited)
+}
+
+/// The watchdog's parent-death signal and subreaper flag (an adopting init has both already,
+/// set before its exec, which keeps them).
+fn guard(parent: Option<i32>) {
     let _ = nix::sys::prctl::set_pdeathsig(PARENT_GONE);
     end_if_orphaned(parent);
     let _ = nix::sys::prctl::set_child_subreaper(true);
-    let daemon = start(argv, waited);
+}
+
+/// Passes signals on to `daemon`; when it ends or the parent dies, kills everything below and
+/// ends as the daemon ended.
+fn watch(daemon: Pid, waited: &SigSet) -> ! {
     loop {
         match waited.wait() {
             Ok(Signal::SIGCHLD) => {
@@ -370,9 +409,22 @@ mod tests {
                 "--debug"
             ]
         );
-        assert_eq!(parse(&w[2..]), Some((true, argv.clone())));
-        assert_eq!(parse(&w[3..]), Some((false, argv)));
+        assert_eq!(
+            parse(&w[2..]),
+            Some(How::Start {
+                pidns: true,
+                argv: argv.clone()
+            })
+        );
+        assert_eq!(parse(&w[3..]), Some(How::Start { pidns: false, argv }));
         assert_eq!(parse(&["--".to_string()]), None);
         assert_eq!(parse(&["--bogus".to_string()]), None);
+        let adopt = |a: &[&str]| parse(&a.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(
+            adopt(&[ADOPT, "4321"]),
+            Some(How::Adopt(Pid::from_raw(4321)))
+        );
+        assert_eq!(adopt(&[ADOPT, "0"]), None);
+        assert_eq!(adopt(&[ADOPT, "x"]), None);
     }
 }

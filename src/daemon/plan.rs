@@ -191,9 +191,32 @@ impl Plan {
         Ok(p)
     }
 
-    /// The full argv: rootlesskit and its flags first in rootless modes, then buildkitd and its flags.
+    /// The full argv: bkrun's init and rootlesskit with their flags first (whichever is
+    /// outermost, see below), then buildkitd and its flags.
     pub fn argv(&self, dirs: &RunDirs) -> Result<Vec<String>> {
+        // A PID namespace needs a /proc of its own, which a masked /proc (strict mode's reason
+        // to be) refuses; there bkrun's init watches the daemon's processes instead. With the
+        // containerd worker the daemon's mounts must reach containerd, so it gets no mount
+        // namespace (and so no PID namespace, which needs one for its /proc).
+        let containerd = matches!(self.settings.worker, Worker::Containerd { .. });
+        let pidns = self.mode() != Mode::RootlessStrict && !containerd;
+        let users_pidns = rootlesskit_bool(&self.settings.rootlesskit_flags, ROOTLESSKIT_PIDNS);
+        // Rootless with the process sandbox: rootlesskit's own PID namespace, its child as PID 1
+        // with a fresh /proc, SIGKILLed with everything in it when rootlesskit dies. The same
+        // guarantee as bkrun's init, with a process, an exec and a mount namespace fewer: a no-op
+        // started and ended under rootlesskit took 33.2 ms with the init's namespace and 30.5 ms
+        // with rootlesskit's (medians of 60, 2 cores).
+        let rootlesskit_pidns = pidns && self.rootlesskit.is_some() && users_pidns != Some(false);
         let mut argv = Vec::new();
+        // The watchdog (no PID namespace) goes outermost, around rootlesskit: bkrun can then
+        // start it without waiting for its exec (host/guard.rs), and as the owner of
+        // rootlesskit's user namespace it may kill every process in it. The namespaced init
+        // must be inside, where it may make the namespaces.
+        if !pidns {
+            if let Some(exe) = &self.init {
+                argv.extend(super::nsinit::wrap(exe, false, &[]));
+            }
+        }
         if let Some(rk) = &self.rootlesskit {
             argv.push(rk.display().to_string());
             // Its state dir in our run dir, so nothing of it outlives the run.
@@ -202,25 +225,14 @@ impl Plan {
                 dirs.run_dir.join("rootlesskit").display()
             ));
             argv.extend(self.settings.rootlesskit_flags.iter().cloned());
-        }
-        // A PID namespace needs a /proc of its own, which a masked /proc (strict mode's reason
-        // to be) refuses; there bkrun's init watches the daemon's processes instead. With the
-        // containerd worker the daemon's mounts must reach containerd, so it gets no mount
-        // namespace (and so no PID namespace, which needs one for its /proc).
-        let containerd = matches!(self.settings.worker, Worker::Containerd { .. });
-        let pidns = self.mode() != Mode::RootlessStrict && !containerd;
-        let users_pidns = rootlesskit_bool(&self.settings.rootlesskit_flags, ROOTLESSKIT_PIDNS);
-        if pidns && self.rootlesskit.is_some() && users_pidns != Some(false) {
-            // Rootless with the process sandbox: rootlesskit's own PID namespace, its child as
-            // PID 1 with a fresh /proc, SIGKILLed with everything in it when rootlesskit dies.
-            // The same guarantee as bkrun's init, with a process, an exec and a mount namespace
-            // fewer: a no-op started and ended under rootlesskit took 33.2 ms with the init's
-            // namespace and 30.5 ms with rootlesskit's (medians of 60, 2 cores).
-            if users_pidns.is_none() {
+            if rootlesskit_pidns && users_pidns.is_none() {
                 argv.push(ROOTLESSKIT_PIDNS.into());
             }
-        } else if let Some(exe) = &self.init {
-            argv.extend(super::nsinit::wrap(exe, pidns, &[]));
+        }
+        if pidns && !rootlesskit_pidns {
+            if let Some(exe) = &self.init {
+                argv.extend(super::nsinit::wrap(exe, true, &[]));
+            }
         }
         argv.push(self.buildkitd.display().to_string());
         argv.push(format!(
@@ -574,11 +586,11 @@ mod tests {
         assert_eq!(
             argv,
             [
-                "/usr/bin/rootlesskit",
-                "--state-dir=/tmp/bkrun-x/rootlesskit",
                 "/usr/local/bin/bkrun",
                 "__nsinit",
                 "--",
+                "/usr/bin/rootlesskit",
+                "--state-dir=/tmp/bkrun-x/rootlesskit",
                 "/usr/bin/buildkitd",
                 "--addr=unix:///run/buildkit/buildkitd.sock",
                 "--root=/home/u/.local/share/buildkit",

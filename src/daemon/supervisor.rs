@@ -1,6 +1,7 @@
 //! Starting one buildkitd (directly or under rootlesskit), waiting until it serves, and tearing it down without leaving anything behind.
 
 use std::fs;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -52,6 +53,9 @@ pub struct Daemon {
     /// Whether bkrun's `__nsinit` runs under the daemon, printing its timeline marks to the
     /// daemon's log (a daemon started as PID 1 by bkrun itself has had them noted already).
     under_init: bool,
+    /// What the stop's SIGTERM goes to, when not `child`: rootlesskit under bkrun's watchdog
+    /// init (a pidfd of it), so that the signal is not passed on by the init first.
+    stop_target: Option<OwnedFd>,
     /// Whether the daemon surely runs in a mount namespace of its own: as the PID 1 bkrun
     /// cloned (its / made a slave, so nothing propagates back), or under rootlesskit (a mount
     /// namespace of a new user namespace, whose mounts never propagate out). Its snapshot mounts
@@ -110,9 +114,20 @@ impl Daemon {
         // be spawned by vfork; what rootlesskit starts is guarded by it.
         let own_init = argv.get(1).is_some_and(|a| a == super::nsinit::ARG)
             && crate::host::reaper::on_main_thread();
-        let direct = match own_init.then(|| as_pid1(&argv)).flatten() {
-            Some(daemon) => spawn_as_pid1(reaper, daemon, &env, &notify_path, &log)?,
-            None => None,
+        let mut stop_target = None;
+        let direct = if !own_init {
+            None
+        } else if let Some(daemon) = as_pid1(&argv) {
+            spawn_as_pid1(reaper, daemon, &env, &notify_path, &log)?
+        } else if let Some(program) = watched(&argv) {
+            spawn_guarded(reaper, &argv[0], program, &env, &notify_path, &log)?.map(
+                |(child, program)| {
+                    stop_target = program;
+                    child
+                },
+            )
+        } else {
+            None
         };
         let under_init = direct.is_none() && argv.iter().any(|a| a == super::nsinit::ARG);
         let contained = direct.is_some() || plan.rootlesskit.is_some();
@@ -146,6 +161,7 @@ impl Daemon {
             swept,
             containerd,
             under_init,
+            stop_target,
             contained,
         })
     }
@@ -197,7 +213,13 @@ impl Daemon {
     /// dir. The state dir stays.
     pub async fn stop(mut self) -> Exit {
         crate::timeline::mark("stop");
-        self.child.signal(Signal::SIGTERM);
+        let sent = self
+            .stop_target
+            .as_ref()
+            .is_some_and(|t| crate::host::guard::signal(t, Signal::SIGTERM));
+        if !sent {
+            self.child.signal(Signal::SIGTERM);
+        }
         crate::timeline::mark("sigterm");
         // After the SIGTERM, not before: the scan (about 0.3 ms of /proc reads) then runs while
         // buildkitd shuts down, which takes milliseconds and waits for these very processes.
@@ -345,27 +367,31 @@ fn as_pid1(argv: &[String]) -> Option<&[String]> {
     }
 }
 
-/// Starts the daemon itself as PID 1 of new PID and mount namespaces (host/pid1.rs), with
-/// the environment, standard streams and process group the init would have given it. None
-/// when the namespaces or their /proc are refused here: the caller then starts the init, which
-/// tries again and falls back to watching the daemon's processes, saying why.
-fn spawn_as_pid1(
-    reaper: &Reaper,
-    daemon: &[String],
-    env: &[(String, String)],
-    notify_path: &Path,
-    log: &fs::File,
-) -> Result<Option<Child>> {
-    use crate::host::pid1::{Refused, Spec};
-    use std::os::fd::AsFd;
-    let null = fs::File::open("/dev/null").context("cannot open /dev/null")?;
+/// The program `argv` runs under bkrun's init as its watchdog (`bkrun __nsinit -- PROGRAM…`,
+/// rootless-strict's rootlesskit): what `spawn_guarded` can start without waiting for the init.
+/// The program's path must have a slash, as in `as_pid1`.
+fn watched(argv: &[String]) -> Option<&[String]> {
+    match argv {
+        [_, init, dashes, program @ ..]
+            if init == super::nsinit::ARG
+                && dashes == "--"
+                && program.first().is_some_and(|p| p.contains('/')) =>
+        {
+            Some(program)
+        }
+        _ => None,
+    }
+}
+
+/// The environment std's Command would give the daemon: bkrun's, with the daemon's variables
+/// and its NOTIFY_SOCKET set over it, as `NAME=value`.
+fn daemon_env(env: &[(String, String)], notify_path: &Path) -> Vec<std::ffi::OsString> {
     let notify = notify_path.as_os_str().to_os_string();
     let set: Vec<(std::ffi::OsString, std::ffi::OsString)> = env
         .iter()
         .map(|(k, v)| (k.into(), v.into()))
         .chain([("NOTIFY_SOCKET".into(), notify)])
         .collect();
-    // What std's Command would pass: bkrun's environment with the daemon's variables set over it.
     let kept: Vec<_> = std::env::vars_os()
         .filter(|(k, _)| !set.iter().any(|(s, _)| s == k))
         .collect();
@@ -380,9 +406,77 @@ fn spawn_as_pid1(
         })
         .collect();
     whole.shrink_to_fit();
+    whole
+}
+
+/// Starts `program` (rootlesskit) with bkrun's watchdog init as its parent, by clones from
+/// bkrun (host/guard.rs): the init's exec runs beside the program's start instead of before
+/// it. Returns the init and a pidfd of the program (None if the kernel has no pidfd_open);
+/// None when a clone is refused: the caller then spawns the init the plain way.
+fn spawn_guarded(
+    reaper: &Reaper,
+    exe: &str,
+    program: &[String],
+    env: &[(String, String)],
+    notify_path: &Path,
+    log: &fs::File,
+) -> Result<Option<(Child, Option<OwnedFd>)>> {
+    use crate::host::guard::{Refused, Spec};
+    use std::os::fd::AsFd;
+    let null = fs::File::open("/dev/null").context("cannot open /dev/null")?;
+    let init_argv = [
+        exe.to_string(),
+        super::nsinit::ARG.to_string(),
+        super::nsinit::ADOPT.to_string(),
+    ];
+    let mut init_env: Vec<std::ffi::OsString> = std::env::vars_os()
+        .filter(|(k, _)| k != super::nsinit::PARENT_ENV)
+        .map(|(k, v)| {
+            let mut kv = k;
+            kv.push("=");
+            kv.push(v);
+            kv
+        })
+        .collect();
+    init_env.push(format!("{}={}", super::nsinit::PARENT_ENV, std::process::id()).into());
+    let spec = Spec {
+        init_argv: &init_argv,
+        init_env,
+        init_death_signal: super::nsinit::PARENT_GONE as i32,
+        argv: program,
+        env: daemon_env(env, notify_path),
+        stdin: null.as_fd(),
+        log: log.as_fd(),
+    };
+    match reaper.spawn_guarded(&spec) {
+        Ok((child, started)) => {
+            crate::timeline::mark_at(super::nsinit::MARKS[0], started.began_ns);
+            crate::timeline::mark_at(super::nsinit::MARKS[1], started.exec_ns);
+            Ok(Some((child, started.program)))
+        }
+        Err(Refused::Clone(_)) => Ok(None),
+        Err(Refused::Exec(e)) => Err(anyhow::Error::from(e).context(cannot_start(&program[0]))),
+        Err(Refused::Init(e)) => Err(anyhow::Error::from(e).context(cannot_start(exe))),
+    }
+}
+
+/// Starts the daemon itself as PID 1 of new PID and mount namespaces (host/pid1.rs), with
+/// the environment, standard streams and process group the init would have given it. None
+/// when the namespaces or their /proc are refused here: the caller then starts the init, which
+/// tries again and falls back to watching the daemon's processes, saying why.
+fn spawn_as_pid1(
+    reaper: &Reaper,
+    daemon: &[String],
+    env: &[(String, String)],
+    notify_path: &Path,
+    log: &fs::File,
+) -> Result<Option<Child>> {
+    use crate::host::pid1::{Refused, Spec};
+    use std::os::fd::AsFd;
+    let null = fs::File::open("/dev/null").context("cannot open /dev/null")?;
     let spec = Spec {
         argv: daemon,
-        env: whole,
+        env: daemon_env(env, notify_path),
         stdin: null.as_fd(),
         log: log.as_fd(),
     };
@@ -581,6 +675,35 @@ mod tests {
             ])),
             None
         );
+    }
+
+    #[test]
+    fn only_the_watchdog_around_a_program_is_started_by_clones() {
+        let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let strict = v(&[
+            "/bin/bkrun",
+            "__nsinit",
+            "--",
+            "/usr/bin/rootlesskit",
+            "/usr/bin/buildkitd",
+        ]);
+        assert_eq!(watched(&strict), Some(&strict[3..]));
+        // The namespaced init, a program found through PATH, no init: the plain way.
+        assert_eq!(
+            watched(&v(&[
+                "/bin/bkrun",
+                "__nsinit",
+                "--pidns",
+                "--",
+                "/bin/buildkitd"
+            ])),
+            None
+        );
+        assert_eq!(
+            watched(&v(&["/bin/bkrun", "__nsinit", "--", "rootlesskit"])),
+            None
+        );
+        assert_eq!(watched(&v(&["/usr/bin/rootlesskit", "--", "/x"])), None);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 pub mod binfmt;
 pub mod cgroup;
+pub mod guard;
 pub mod mountinfo;
 mod parse;
 pub mod pid1;

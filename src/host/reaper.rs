@@ -166,6 +166,26 @@ impl Reaper {
         ))
     }
 
+    /// Starts `spec`'s program under bkrun's watchdog init without waiting for the init's exec
+    /// (see guard.rs), registering the init like `spawn`. Only from the main thread
+    /// (`on_main_thread`), as the init's parent-death signal follows the spawning thread.
+    pub fn spawn_guarded(
+        &self,
+        spec: &super::guard::Spec,
+    ) -> Result<(Child, super::guard::Started), super::guard::Refused> {
+        let mut waiters = self.waiters.lock().unwrap();
+        let started = super::guard::spawn(spec)?;
+        let (tx, rx) = watch::channel(None);
+        waiters.insert(started.pid, tx);
+        Ok((
+            Child {
+                pid: started.pid,
+                exit: rx,
+            },
+            started,
+        ))
+    }
+
     /// Like `spawn`, also handing back the pipes `cmd` asked for.
     pub fn spawn_piped(&self, cmd: &mut Command) -> io::Result<(Child, Pipes)> {
         self.register(cmd, true)
