@@ -1,4 +1,4 @@
-//! bkrun's own segments of a daemonless build, timed inside each run from its BKRUN_TIMELINE marks: exec → daemon spawn, the init's start → buildkitd's exec (privileged: the PID 1 bkrun clones; rootless-strict: `__nsinit`; rootless has none, rootlesskit making the PID namespace), READY=1 → Solve sent, build result → SIGTERM, and daemon reaped → exit seen.
+//! bkrun's own segments of a daemonless build, timed inside each run from its BKRUN_TIMELINE marks: exec → daemon spawn, the init's start → the daemon's exec (privileged: the PID 1 bkrun clones, until buildkitd's exec; rootless-strict: the watchdog init bkrun clones, until rootlesskit's exec; rootless has none, rootlesskit making the PID namespace), READY=1 → Solve sent, build result → SIGTERM, and daemon reaped → exit seen.
 //!
 //! buildkitd's start varies by tens of ms from run to run, so a difference of medians between
 //! separate runs cannot resolve 5 ms; these segments are bkrun's alone, measured in the same run.
@@ -42,15 +42,18 @@ const ORDER: &[&str] = &[
 ];
 
 /// Spans that are not bkrun's own code, and whose: buildkitd's start, build and stop, and
-/// the init's start (privileged: the clone of buildkitd's PID 1; rootless-strict: rootlesskit's start
-/// and its fork and exec of bkrun as the init).
+/// the clone of the init (privileged: buildkitd's PID 1; rootless-strict: the watchdog).
 const OTHERS: &[(&str, &str, &str)] = &[
     (
         "spawn",
         "nsinit",
-        "privileged: the clone of buildkitd's PID 1; rootless-strict: rootlesskit's start, its fork and exec of bkrun as the init",
+        "the clone of the init: privileged, buildkitd's PID 1; rootless-strict, the watchdog",
     ),
-    ("nsexec", "ready", "buildkitd"),
+    (
+        "nsexec",
+        "ready",
+        "buildkitd; rootless-strict: rootlesskit's start, then buildkitd's",
+    ),
     ("solve", "result", "buildkitd"),
     ("sigterm", "reaped", "buildkitd"),
 ];

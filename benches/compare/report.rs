@@ -197,14 +197,13 @@ pub fn document(table: &str, rounds: usize, big_rounds: usize, took: Duration) -
          prints its CLOCK_MONOTONIC marks at exit; with the bench's own stamps at bkrun's exec \
          (read when the spawn returns, past the execve's point of no return, so the bench's fork \
          of itself is not counted as bkrun's) and at the exit it sees, exec → daemon spawn, the \
-         init's start → buildkitd's exec (privileged: the namespaces' PID 1, cloned by bkrun, \
-         from its start to its exec of buildkitd; rootless-strict: the `__nsinit` init, which prints \
-         its marks to the daemon's log, from which bkrun takes them; rootless: none, rootlesskit \
-         making the PID namespace), READY=1 → Solve sent, build \
+         init's start → the daemon's exec (privileged: the namespaces' PID 1, cloned by bkrun, \
+         from its start to its exec of buildkitd; rootless-strict: the watchdog init, cloned by \
+         bkrun, from its start to rootlesskit's exec, its own exec of bkrun coming after; \
+         rootless: none, rootlesskit making the PID namespace), READY=1 → Solve sent, build \
          result → SIGTERM and daemon reaped → exit are bkrun's alone, timed inside each \
          run (their sum per run, then its median). Not in the sum: daemon spawn → the init's start \
-         (privileged: the clone, where a bare supervisor forks; rootless-strict: rootlesskit's own \
-         start and its fork and exec of bkrun as the init), shown in the timeline after the table, \
+         (the clone, where a bare supervisor forks), shown in the timeline after the table, \
          which gives every span's median.\n\
          - The monorepo: 20 packages of 100 sources each, four directories deep, beside a node_modules \
          of 49 modules × 100 files each (100,000 files in all); its .dockerignore excludes \
