@@ -109,9 +109,10 @@ impl Daemon {
         let containerd = containerd_leases(plan);
         crate::timeline::mark("spawn");
         let started = Instant::now();
-        // Privileged: buildkitd itself as PID 1 of its own namespaces (host/pid1.rs), else
-        // bkrun's own init, spawned directly: it guards itself against bkrun's death, so it can
-        // be spawned by vfork; what rootlesskit starts is guarded by it.
+        // Privileged: buildkitd itself as PID 1 of its own namespaces (host/pid1.rs).
+        // Rootless-strict: rootlesskit under bkrun's watchdog init, both cloned by bkrun
+        // (host/guard.rs). Else, or where those are refused, bkrun's own init, spawned directly:
+        // it guards itself against bkrun's death, so it can be spawned by vfork.
         let own_init = argv.get(1).is_some_and(|a| a == super::nsinit::ARG)
             && crate::host::reaper::on_main_thread();
         let mut stop_target = None;
