@@ -53,9 +53,9 @@ pub struct Started {
     pub pid: i32,
     /// The program's pid, the init's child.
     pub program_pid: i32,
-    /// A pidfd of the program (None without pidfd_open), for signalling it directly. Taken
-    /// before the init has run at all, so the program cannot have been reaped yet and the pid
-    /// cannot name another process.
+    /// A pidfd of the program, for signalling it directly; None without pidfd_open, or if the
+    /// process it names is not the init's child (the program, exec'd microseconds before,
+    /// would have had to exit and be reaped, and its pid be taken again).
     pub program: Option<OwnedFd>,
     pub began_ns: u64,
     pub exec_ns: u64,
@@ -211,7 +211,15 @@ pub fn spawn(spec: &Spec) -> Result<Started, Refused> {
     // SAFETY: pidfd_open has no memory arguments; the fd is owned below.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, program_pid, 0) };
     // SAFETY: a fresh descriptor nothing else owns.
-    let program = (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) });
+    let program = (fd >= 0)
+        .then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
+        // Opened first, checked second: the pidfd pins the process the check reads.
+        .filter(|_| {
+            std::fs::read_to_string(format!("/proc/{program_pid}/stat"))
+                .ok()
+                .and_then(|stat| super::parse::stat_ppid(&stat))
+                == Some(pid)
+        });
     Ok(Started {
         pid,
         program_pid,
@@ -445,6 +453,7 @@ mod tests {
         assert!(program.ends_with(&format!("ppid={}", started.pid)), "{out}");
         let pid = program.split(['=', ' ']).nth(1).unwrap();
         assert_eq!(pid, started.program_pid.to_string(), "{out}");
+        assert!(started.program.is_some(), "no pidfd of the program");
         assert!(
             init.starts_with(&format!("init={} adopt={pid} ", started.pid)),
             "{out}"

@@ -2,6 +2,13 @@
 
 use super::{IdRange, ProcStatus};
 
+/// The parent pid in a /proc/PID/stat line.
+pub fn stat_ppid(stat: &str) -> Option<i32> {
+    // The command name is in parentheses and may hold spaces; fields resume after the last ')'.
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    rest.split(' ').nth(1)?.parse().ok()
+}
+
 /// The fields of /proc/self/status that matter; absent ones read as zero.
 pub fn proc_status(text: &str) -> ProcStatus {
     let mut s = ProcStatus::default();

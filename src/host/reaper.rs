@@ -374,11 +374,9 @@ pub fn comm(pid: i32) -> Option<String> {
         .map(|s| s.trim_end().to_string())
 }
 
+/// `pid`'s parent, as /proc/PID/stat gives it.
 fn read_ppid(pid: i32) -> Option<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name is in parentheses and may hold spaces; fields resume after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split(' ').nth(1)?.parse().ok()
+    super::parse::stat_ppid(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
 }
 
 /// Kills every descendant of bkrun and waits until they are reaped: the last step of teardown,
