@@ -19,6 +19,8 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt;
 
+use super::vfork;
+
 /// Why the program was not started.
 #[derive(Debug)]
 pub enum Refused {
@@ -65,7 +67,6 @@ pub struct Started {
 const CLONE_FAILED: libc::c_int = 1;
 const EXEC_FAILED: libc::c_int = 2;
 const INIT_FAILED: libc::c_int = 3;
-const STACK: usize = 64 * 1024;
 /// Room for a pid's decimal digits and the NUL.
 const PID_ARG: usize = 16;
 
@@ -124,10 +125,10 @@ pub fn spawn(spec: &Spec) -> Result<Started, Refused> {
     }
     // SAFETY: a fresh descriptor nothing else owns.
     let parent = unsafe { OwnedFd::from_raw_fd(parent as i32) };
-    let stdin = high_fd(spec.stdin)?;
-    let log = high_fd(spec.log)?;
-    let mut stack = vec![0u8; STACK];
-    let mut program_stack = vec![0u8; STACK];
+    let stdin = vfork::high_fd(spec.stdin).map_err(Refused::Exec)?;
+    let log = vfork::high_fd(spec.log).map_err(Refused::Exec)?;
+    let (stack, init_top) = vfork::stack();
+    let (program_stack, program_top) = vfork::stack();
     let mut shared = Shared {
         init_path: init_path.as_ptr(),
         init_argv: std::ptr::null(),
@@ -139,7 +140,7 @@ pub fn spawn(spec: &Spec) -> Result<Started, Refused> {
         log: log.as_raw_fd(),
         parent: parent.as_raw_fd(),
         init_death_signal: spec.init_death_signal,
-        stack: top(&mut program_stack),
+        stack: program_top,
         pid_arg: [0; PID_ARG],
         program_pid: 0,
         began_ns: 0,
@@ -157,33 +158,21 @@ pub fn spawn(spec: &Spec) -> Result<Started, Refused> {
         init_argp.push(std::ptr::null());
         (*sp).init_argv = init_argp.as_ptr();
     }
-    // Every signal blocked across the clones: no handler of bkrun's may run in the children,
-    // which share bkrun's memory until they exec; the init keeps them blocked through its exec.
-    // SAFETY: sigset_t values are plain data initialised by sigfillset; pthread_sigmask only
-    // changes this thread's mask, restored below.
-    let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
-    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
-    unsafe {
-        libc::sigfillset(&mut all);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
-    }
+    // Every signal blocked across the clones; the init keeps them blocked through its exec.
+    let held = vfork::SignalsHeld::new();
     // SAFETY: `init` runs on `stack`, which outlives it (CLONE_VFORK: this thread resumes only
     // once the child has exec'd or exited), and only reads `shared` and what it points to, all
     // owned by this frame, and writes its result slots.
     let pid = unsafe {
         libc::clone(
             init,
-            top(&mut stack),
+            init_top,
             libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
             sp as *mut libc::c_void,
         )
     };
     let clone_error = io::Error::last_os_error();
-    // SAFETY: restores the mask saved above.
-    unsafe {
-        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
-    }
-    drop((stack, program_stack));
+    drop((held, stack, program_stack));
     if pid < 0 {
         return Err(Refused::Clone(clone_error));
     }
@@ -243,22 +232,6 @@ pub fn signal(pidfd: &OwnedFd, sig: nix::sys::signal::Signal) -> bool {
     }
 }
 
-/// The top of `stack`, 16-byte aligned as the ABI wants (stacks grow down).
-fn top(stack: &mut [u8]) -> *mut libc::c_void {
-    ((stack.as_mut_ptr() as usize + stack.len()) & !15) as *mut libc::c_void
-}
-
-/// `fd` duplicated to 3 or above (close-on-exec), so no standard stream is one of them.
-fn high_fd(fd: BorrowedFd) -> Result<OwnedFd, Refused> {
-    // SAFETY: F_DUPFD_CLOEXEC only makes a new descriptor, owned below.
-    let up = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) };
-    if up < 0 {
-        return Err(Refused::Exec(io::Error::last_os_error()));
-    }
-    // SAFETY: fresh and owned by nothing else.
-    Ok(unsafe { OwnedFd::from_raw_fd(up) })
-}
-
 /// Notes what failed for bkrun to read and ends the calling child.
 ///
 /// # Safety
@@ -286,25 +259,6 @@ fn decimal(mut n: u32, buf: &mut [u8; PID_ARG]) {
         buf[i] = digits[len - 1 - i];
     }
     buf[len] = 0;
-}
-
-/// Back to the default action for every signal with a handler (bkrun's would run bkrun's
-/// code), as exec would set them, and SIGPIPE too (Rust ignores it).
-///
-/// # Safety
-/// Only in a child, before its exec.
-unsafe fn default_handlers() {
-    let mut act: libc::sigaction = std::mem::zeroed();
-    act.sa_sigaction = libc::SIG_DFL;
-    for sig in 1..=64 {
-        let mut old: libc::sigaction = std::mem::zeroed();
-        if libc::sigaction(sig, std::ptr::null(), &mut old) == 0
-            && (old.sa_sigaction != libc::SIG_IGN || sig == libc::SIGPIPE)
-            && old.sa_sigaction != libc::SIG_DFL
-        {
-            libc::sigaction(sig, &act, std::ptr::null_mut());
-        }
-    }
 }
 
 /// The init-to-be, on its own stack in bkrun's memory: system calls only, no allocation, no
@@ -364,7 +318,7 @@ extern "C" fn init(arg: *mut libc::c_void) -> libc::c_int {
             libc::waitpid(pid, std::ptr::null_mut(), 0);
             fail(s, INIT_FAILED);
         }
-        default_handlers();
+        vfork::default_handlers();
         // Every signal still blocked: the init takes them with sigwait once it runs.
         libc::execve((*s).init_path, (*s).init_argv, (*s).init_envp);
         let errno = *libc::__errno_location();
@@ -388,7 +342,7 @@ extern "C" fn program(arg: *mut libc::c_void) -> libc::c_int {
         {
             fail(s, EXEC_FAILED);
         }
-        default_handlers();
+        vfork::default_handlers();
         let mut none: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut none);
         libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());

@@ -8,6 +8,7 @@ mod parse;
 pub mod pid1;
 mod real;
 pub mod reaper;
+mod vfork;
 
 #[cfg(test)]
 pub mod fake;

@@ -18,6 +18,8 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::ffi::OsStringExt;
 
+use super::vfork;
+
 /// What the child was doing when it failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stage {
@@ -80,8 +82,6 @@ struct Shared {
     errno: libc::c_int,
 }
 
-const STACK: usize = 64 * 1024;
-
 /// Starts `spec` as PID 1 of new PID and mount namespaces. Call it from bkrun's main thread
 /// (the parent-death signal follows the thread that forked), with the reaper's lock held so the
 /// child is registered before it can be reaped.
@@ -115,8 +115,8 @@ pub fn spawn(spec: &Spec) -> Result<Started, Refused> {
         unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(parent as i32) };
     // Standard streams that are themselves 0, 1 or 2 (bkrun started with one closed) moved up,
     // so the child's dup2 onto 0, 1 and 2 always makes a fresh, inheritable descriptor.
-    let stdin = high_fd(spec.stdin)?;
-    let log = high_fd(spec.log)?;
+    let stdin = vfork::high_fd(spec.stdin).map_err(Refused::Exec)?;
+    let log = vfork::high_fd(spec.log).map_err(Refused::Exec)?;
     let mut shared = Shared {
         path: path.as_ptr(),
         argv: argp.as_ptr(),
@@ -129,21 +129,11 @@ pub fn spawn(spec: &Spec) -> Result<Started, Refused> {
         failed: 0,
         errno: 0,
     };
-    let mut stack = vec![0u8; STACK];
-    // The stack grows down; 16-byte aligned as the ABI wants.
-    let top = ((stack.as_mut_ptr() as usize + STACK) & !15) as *mut libc::c_void;
+    let (stack, top) = vfork::stack();
     let flags =
         libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::SIGCHLD;
-    // Every signal blocked across the clone: a handler of bkrun's must not run in the child,
-    // which shares bkrun's memory until it execs. The child resets handlers, then unblocks.
-    // SAFETY: sigset_t values are plain data initialised by sigfillset; pthread_sigmask only
-    // changes this thread's mask, restored below.
-    let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
-    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
-    unsafe {
-        libc::sigfillset(&mut all);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
-    }
+    // Every signal blocked across the clone; the child resets handlers, then unblocks.
+    let held = vfork::SignalsHeld::new();
     // SAFETY: `child` runs on `stack`, which outlives it (CLONE_VFORK: this thread resumes
     // only once the child has exec'd or exited), and only reads `shared` and writes its
     // result slots, which this frame owns for as long.
@@ -156,11 +146,7 @@ pub fn spawn(spec: &Spec) -> Result<Started, Refused> {
         )
     };
     let clone_error = io::Error::last_os_error();
-    // SAFETY: restores the mask saved above.
-    unsafe {
-        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
-    }
-    drop(stack);
+    drop((held, stack));
     if pid < 0 {
         return Err(Refused::Namespaces(clone_error));
     }
@@ -194,24 +180,6 @@ pub fn spawn(spec: &Spec) -> Result<Started, Refused> {
 /// What the child writes in `failed` when `stage` failed.
 fn failed_code(stage: Stage) -> libc::c_int {
     1 + stage as libc::c_int
-}
-
-/// `fd` duplicated to 3 or above (close-on-exec), so no standard stream is one of them.
-fn high_fd(fd: BorrowedFd) -> Result<std::os::fd::OwnedFd, Refused> {
-    fd.try_clone_to_owned()
-        .and_then(|f| {
-            if f.as_raw_fd() > 2 {
-                return Ok(f);
-            }
-            // SAFETY: F_DUPFD_CLOEXEC only makes a new descriptor, owned below.
-            let up = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) };
-            if up < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // SAFETY: fresh and owned by nothing else.
-            Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(up) })
-        })
-        .map_err(Refused::Exec)
 }
 
 /// Ends the child, noting what failed for bkrun to read.
@@ -279,20 +247,7 @@ extern "C" fn child(arg: *mut libc::c_void) -> libc::c_int {
         {
             fail(s, Stage::Setup);
         }
-        // bkrun's handlers would run bkrun's code: back to the defaults, as exec would set
-        // them, and SIGPIPE too (Rust ignores it, and an ignored signal stays ignored).
-        let mut act: libc::sigaction = std::mem::zeroed();
-        act.sa_sigaction = libc::SIG_DFL;
-        // 1 to 64, every signal the kernel has (libc's own two among them refuse, harmlessly).
-        for sig in 1..=64 {
-            let mut old: libc::sigaction = std::mem::zeroed();
-            if libc::sigaction(sig, std::ptr::null(), &mut old) == 0
-                && (old.sa_sigaction != libc::SIG_IGN || sig == libc::SIGPIPE)
-                && old.sa_sigaction != libc::SIG_DFL
-            {
-                libc::sigaction(sig, &act, std::ptr::null_mut());
-            }
-        }
+        vfork::default_handlers();
         let mut none: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut none);
         libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
