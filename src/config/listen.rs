@@ -96,6 +96,15 @@ pub fn check_debug(origin: &str, addr: &str, insecure_plaintext: bool) -> Result
     bail!("{origin} {addr} serves buildkitd's debug handlers without TLS to other hosts: give a loopback address such as tcp://127.0.0.1:6060, or pass --insecure-plaintext");
 }
 
+/// What follows the name `bare` (given without dashes) in `flag`, spelt with one dash or two
+/// as Go's flag parsers take it: "" for the bare flag, "=v" with a value; None if `flag` is not
+/// that flag.
+pub fn after_name<'a>(flag: &'a str, bare: &str) -> Option<&'a str> {
+    flag.strip_prefix("--")
+        .or_else(|| flag.strip_prefix('-'))
+        .and_then(|r| r.strip_prefix(bare))
+}
+
 /// Every value `flags` gives `name`, in order, in each spelling buildkitd's flag parser takes
 /// (`--name v`, `--name=v`, and the single-dash forms).
 pub fn values(flags: &[String], name: &str) -> Vec<String> {
@@ -103,11 +112,7 @@ pub fn values(flags: &[String], name: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut it = flags.iter();
     while let Some(f) = it.next() {
-        let Some(rest) = f
-            .strip_prefix("--")
-            .or_else(|| f.strip_prefix('-'))
-            .and_then(|r| r.strip_prefix(bare))
-        else {
+        let Some(rest) = after_name(f, bare) else {
             continue;
         };
         if let Some(v) = rest.strip_prefix('=') {

@@ -50,11 +50,7 @@ fn rootlesskit_bool(flags: &[String], name: &str) -> Option<bool> {
     let bare = name.trim_start_matches('-');
     let mut found = None;
     for f in flags {
-        let Some(rest) = f
-            .strip_prefix("--")
-            .or_else(|| f.strip_prefix('-'))
-            .and_then(|r| r.strip_prefix(bare))
-        else {
+        let Some(rest) = crate::config::listen::after_name(f, bare) else {
             continue;
         };
         match rest {

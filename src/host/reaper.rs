@@ -153,17 +153,7 @@ impl Reaper {
         &self,
         spec: &super::pid1::Spec,
     ) -> Result<(Child, super::pid1::Started), super::pid1::Refused> {
-        let mut waiters = self.waiters.lock().unwrap();
-        let started = super::pid1::spawn(spec)?;
-        let (tx, rx) = watch::channel(None);
-        waiters.insert(started.pid, tx);
-        Ok((
-            Child {
-                pid: started.pid,
-                exit: rx,
-            },
-            started,
-        ))
+        self.register_cloned(|| super::pid1::spawn(spec), |s| s.pid)
     }
 
     /// Starts `spec`'s program under bkrun's watchdog init without waiting for the init's exec
@@ -173,17 +163,22 @@ impl Reaper {
         &self,
         spec: &super::guard::Spec,
     ) -> Result<(Child, super::guard::Started), super::guard::Refused> {
+        self.register_cloned(|| super::guard::spawn(spec), |s| s.pid)
+    }
+
+    /// Runs `clone` (a child started by clone(2), not by std) with the reaper's lock held, so
+    /// the reaping thread cannot collect the child before its waiter is registered.
+    fn register_cloned<S, E>(
+        &self,
+        clone: impl FnOnce() -> Result<S, E>,
+        pid_of: impl Fn(&S) -> i32,
+    ) -> Result<(Child, S), E> {
         let mut waiters = self.waiters.lock().unwrap();
-        let started = super::guard::spawn(spec)?;
+        let started = clone()?;
+        let pid = pid_of(&started);
         let (tx, rx) = watch::channel(None);
-        waiters.insert(started.pid, tx);
-        Ok((
-            Child {
-                pid: started.pid,
-                exit: rx,
-            },
-            started,
-        ))
+        waiters.insert(pid, tx);
+        Ok((Child { pid, exit: rx }, started))
     }
 
     /// Like `spawn`, also handing back the pipes `cmd` asked for.
