@@ -95,6 +95,39 @@ fn sigterm_during_a_long_run_step_exits_143_and_leaves_nothing() {
     }
 }
 
+/// A build that ran to its end stops its daemon without reading the daemon's process tree first
+/// (Daemon::stop_idle): a process its RUN step detached and left running must still not
+/// outlive bkrun, in every mode (rootless-strict runs steps without a PID namespace).
+#[test]
+fn a_finished_build_leaves_no_process_its_run_step_detached() {
+    for mode in ALL_MODES {
+        let sb = Sandbox::new(mode);
+        let marker = format!("bkrun-detached-marker-{}", std::process::id());
+        let ctx = sb.context(
+            "detached",
+            &format!(
+                "FROM scratch\nCOPY --from=busybox busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nRUN setsid sh -c 'sleep 600; echo {marker}' </dev/null >/dev/null 2>&1 & sleep 0.2\n"
+            ),
+        );
+        let out = run_ok(sb.bkrun().arg("build").args(sb.build_args(&ctx)));
+        let left: Vec<_> = fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                fs::read(e.path().join("cmdline"))
+                    .map(|c| String::from_utf8_lossy(&c).contains(&marker))
+                    .unwrap_or(false)
+            })
+            .collect();
+        assert!(
+            left.is_empty(),
+            "{mode:?}: the RUN step's detached process survived\n{}",
+            show(&out)
+        );
+        sb.assert_clean();
+    }
+}
+
 #[test]
 fn exit_status_of_the_work_is_passed_through() {
     for mode in [Mode::Privileged, Mode::RootlessStrict] {

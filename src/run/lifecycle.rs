@@ -96,7 +96,7 @@ async fn remote(
         local: None,
     };
     match perform(work, on, std::future::pending()).await {
-        Ended::Code(c) => Ok(c),
+        Ended::Done(c) | Ended::Code(c) => Ok(c),
         Ended::Failed(e) => Err(e),
         Ended::DaemonDied(_) => unreachable!("a remote daemon is not watched"),
     }
@@ -379,9 +379,15 @@ async fn repair_if_unclean(plan: &Plan, daemon: &Daemon, target: &Target, announ
 /// under it, how (with its log kept).
 async fn finish(plan: &Plan, daemon: Daemon, ended: Ended, building: bool) -> Result<i32> {
     match ended {
-        Ended::Code(code) => {
+        Ended::Done(code) | Ended::Code(code) => {
+            // Work that ran to its end left nothing running in the daemon.
+            let idle = matches!(ended, Ended::Done(_));
             let t = Instant::now();
-            let exit = daemon.stop().await;
+            let exit = if idle {
+                daemon.stop_idle().await
+            } else {
+                daemon.stop().await
+            };
             log(plan.settings.debug, || {
                 format!(
                     "daemon stopped ({exit}) in {:.1} ms",

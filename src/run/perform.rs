@@ -28,6 +28,11 @@ const DEATH_NOTICE: Duration = Duration::from_secs(1);
 
 /// How the work ended.
 pub(super) enum Ended {
+    /// The work ran to its end: every call it made to the daemon returned, so nothing of it
+    /// still runs there.
+    Done(i32),
+    /// It stopped short (a signal, a timeout) or was a program of the user's: the daemon may
+    /// still run something of it.
     Code(i32),
     Failed(anyhow::Error),
     /// The supervised daemon exited while the work ran.
@@ -143,7 +148,7 @@ async fn build(
         remote: on.local.is_none().then_some(on.target.addr.as_str()),
         took: started.elapsed(),
         exit_code: match &ended {
-            Ended::Code(c) => *c,
+            Ended::Done(c) | Ended::Code(c) => *c,
             _ => 1,
         },
         diagnosis,
@@ -166,11 +171,12 @@ async fn settle(job: &BuildJob, built: &Built, written: anyhow::Result<()>) -> E
                 }
             }
             match client::metadata::write_after(&job.after, response).await {
-                Ok(()) => Ended::Code(0),
+                Ok(()) => Ended::Done(0),
                 Err(e) => Ended::Failed(e),
             }
         }
-        Outcome::Failed(_) => Ended::Code(1),
+        Outcome::Failed(_) => Ended::Done(1),
+        // The Solve was cancelled: the daemon may still be ending the job's steps.
         Outcome::TimedOut(_) => Ended::Code(TIMED_OUT),
     }
 }
@@ -195,7 +201,7 @@ async fn admin(req: &Request, on: Against<'_>, daemon_exit: DaemonExit<'_>) -> E
     };
     tokio::select! {
         res = answer => match res {
-            Ok(()) => Ended::Code(0),
+            Ok(()) => Ended::Done(0),
             Err(e) => match connect::explain_error(&e, target) {
                 Some(why) => Ended::Failed(anyhow::anyhow!("{why}")),
                 None => Ended::Failed(e),
