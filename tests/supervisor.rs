@@ -30,6 +30,20 @@ fn hello_build(sb: &Sandbox, via_exec: bool) {
     sb.assert_clean();
 }
 
+/// The processes whose command line holds `marker`.
+fn with_marker(marker: &str) -> Vec<std::path::PathBuf> {
+    fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            fs::read(p.join("cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(marker))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
 #[test]
 fn example_builds_in_every_mode_through_exec_and_build() {
     for mode in ALL_MODES {
@@ -58,13 +72,7 @@ fn sigterm_during_a_long_run_step_exits_143_and_leaves_nothing() {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn_ok();
-        let running = wait_until(Duration::from_secs(60), || {
-            fs::read_dir("/proc").unwrap().flatten().any(|e| {
-                fs::read(e.path().join("cmdline"))
-                    .map(|c| String::from_utf8_lossy(&c).contains(&marker))
-                    .unwrap_or(false)
-            })
-        });
+        let running = wait_until(Duration::from_secs(60), || !with_marker(&marker).is_empty());
         assert!(running, "the RUN step never started ({mode:?})");
         let t = Instant::now();
         nix::sys::signal::kill(
@@ -81,15 +89,7 @@ fn sigterm_during_a_long_run_step_exits_143_and_leaves_nothing() {
             took < Duration::from_secs(10),
             "{mode:?}: took {took:?} to stop"
         );
-        let left: Vec<_> = fs::read_dir("/proc")
-            .unwrap()
-            .flatten()
-            .filter(|e| {
-                fs::read(e.path().join("cmdline"))
-                    .map(|c| String::from_utf8_lossy(&c).contains(&marker))
-                    .unwrap_or(false)
-            })
-            .collect();
+        let left = with_marker(&marker);
         assert!(left.is_empty(), "{mode:?}: the RUN step's process survived");
         sb.assert_clean();
     }
@@ -110,15 +110,7 @@ fn a_finished_build_leaves_no_process_its_run_step_detached() {
             ),
         );
         let out = run_ok(sb.bkrun().arg("build").args(sb.build_args(&ctx)));
-        let left: Vec<_> = fs::read_dir("/proc")
-            .unwrap()
-            .flatten()
-            .filter(|e| {
-                fs::read(e.path().join("cmdline"))
-                    .map(|c| String::from_utf8_lossy(&c).contains(&marker))
-                    .unwrap_or(false)
-            })
-            .collect();
+        let left = with_marker(&marker);
         assert!(
             left.is_empty(),
             "{mode:?}: the RUN step's detached process survived\n{}",
