@@ -35,7 +35,8 @@ fn main() {
         args
     };
     // While the command line is read: the namespace probe, on the other core, when its answer
-    // may pick the mode. A rootless mode asked for runs it once its daemon is spawned.
+    // may pick the mode. A rootless mode asked for runs it only if its daemon's start fails
+    // (Plan::start_proves_namespaces), or once the daemon is spawned.
     let env_mode = std::env::var("BKRUN_MODE").ok();
     if !bkrun::cli::asks_rootless(&argv, env_mode.as_deref()) {
         bkrun::host::start_namespace_probe();

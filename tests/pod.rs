@@ -793,8 +793,9 @@ fn run_configuration(name: &'static str) {
         );
     }
 
-    // Asked for, rootless mode is refused by the namespace probe that runs once rootlesskit is
-    // spawned (Plan::confirm): the same refusal, before any start-up line, nothing left running.
+    // Asked for, rootless mode is refused by the namespace probe that runs once rootlesskit's
+    // start has failed (Plan::start_proves_namespaces, Plan::confirm): the same refusal, before
+    // any start-up line (which waits for the start), nothing left running.
     if cfg.name == "runtime-default" {
         let ran = pod.exec(&[&BUILD[..1], &["--mode", "rootless"], &BUILD[1..]].concat());
         let left = pod.leftovers(&ran);

@@ -93,6 +93,8 @@ pub struct Built {
 /// started is not ready yet (about 0.2 ms less between its READY=1 and the Solve), or just
 /// before the build on a daemon that already serves.
 pub struct Prepared {
+    /// What to warn of (short secrets, services), said by the caller after its start-up line.
+    warnings: Vec<String>,
     masks: Vec<Vec<u8>>,
     mounts: Option<CacheMounts>,
     session: crate::session::Session,
@@ -100,27 +102,36 @@ pub struct Prepared {
     renderer: Renderer,
 }
 
-/// Prepares `spec`'s build; its warnings (short secrets, services) are said now.
+/// Prepares `spec`'s build; its warnings (short secrets, services) wait in it
+/// (`Prepared::say_warnings`).
 pub async fn prepare(spec: &BuildSpec) -> Result<Prepared> {
     // Secret values never reach the terminal or the CI log, whatever a step prints.
     let masks = mask_values(&spec.secrets);
     // And not in bkrun's own error lines either (a daemon log's tail, a step's error).
     crate::progress::mask::mask_in_errors(&masks);
-    for w in short_secret_warnings(&spec.secrets) {
-        crate::say!("bkrun: {w}");
-    }
+    let mut warnings: Vec<String> = short_secret_warnings(&spec.secrets).into_iter().collect();
     let mounts = cache_mounts(spec).await?;
     let extra = mounts.as_ref().map(CacheMounts::locals).unwrap_or_default();
-    let (session, services) = services::build(spec, &extra, &mut |w| crate::say!("bkrun: {w}"))?;
+    let (session, services) = services::build(spec, &extra, &mut |w| warnings.push(w))?;
     let renderer = renderer(spec, &masks).await?;
     crate::timeline::mark("services");
     Ok(Prepared {
+        warnings,
         masks,
         mounts,
         session,
         services,
         renderer,
     })
+}
+
+impl Prepared {
+    /// Says the warnings the preparation found, once (later calls say nothing).
+    pub fn say_warnings(&mut self) {
+        for w in std::mem::take(&mut self.warnings) {
+            crate::say!("bkrun: {w}");
+        }
+    }
 }
 
 /// Runs `spec` on the daemon behind `channel`, from its `prepared` parts. Progress goes to
@@ -133,6 +144,7 @@ pub async fn build(
     prepared: Prepared,
 ) -> Result<Built> {
     let Prepared {
+        warnings: _,
         masks,
         mut mounts,
         session,

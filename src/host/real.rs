@@ -292,8 +292,8 @@ static PENDING: std::sync::Mutex<Option<Pending>> = std::sync::Mutex::new(None);
 ///
 /// Only under auto, where its answer picks the mode: the fork and the copy-on-write faults
 /// while the child lives cost bkrun's main thread about 0.6 ms of exec → daemon spawn. A
-/// rootless mode asked for leaves it to `Plan::confirm`, which forks it once rootlesskit is
-/// spawned, where its answer can only refuse the mode and rootlesskit's own start takes 20 ms.
+/// rootless mode asked for leaves it to `Plan::confirm`, where its answer can only refuse the
+/// mode: after a failed start, or once rootlesskit is spawned (`Plan::start_proves_namespaces`).
 pub fn start_namespace_probe() {
     if nix::unistd::geteuid().is_root() {
         return;

@@ -162,31 +162,44 @@ async fn supervised(
     crate::timeline::mark("locked");
     let started = Instant::now();
     let daemon = Daemon::start(&plan, reaper, Arc::new(RealHost), state)?;
-    // A rootless mode asked for: its namespace probe runs now (forked by `confirm`, unless a
-    // mode from bkrun.toml had it started in main), while rootlesskit starts, and refuses the
-    // mode before anything is said of the start or waited for.
-    if let Err(e) = plan.confirm(&RealHost) {
-        daemon.stop().await;
-        return Err(e);
+    // A rootless mode asked for: its namespace probe is left until a start fails where the
+    // start itself tries all it would (Plan::start_proves_namespaces), and so is the start-up
+    // line, so that a refusal is still the first line. Else the probe runs now (forked by
+    // `confirm`, unless a mode from bkrun.toml had it started in main), while rootlesskit
+    // starts, and refuses the mode before anything is said of the start or waited for.
+    let mut line = StartLine::Said;
+    if plan.probe_pending && plan.start_proves_namespaces() {
+        line = StartLine::Unsaid(version);
+    } else {
+        if let Err(e) = plan.confirm(&RealHost) {
+            daemon.stop().await;
+            return Err(e);
+        }
+        say_started(&plan, &daemon, announce, version).await;
     }
-    say_started(&plan, &daemon, announce, version).await;
     // A build's parts are made while buildkitd starts (it serves only tens of ms later, and its
     // READY=1 waits in the notify socket meanwhile); a signal still stops the run.
     if let Work::Build(job) = &mut work {
-        let prepared = tokio::select! {
+        let mut prepared = tokio::select! {
             p = client::solve::prepare(&job.spec) => p,
             Some(sig) = signals.next() => {
                 daemon.stop().await;
                 return Ok(128 + sig);
             }
         };
+        if let StartLine::Said = line {
+            if let Ok(p) = &mut prepared {
+                p.say_warnings();
+            }
+        }
         job.prepared = Some(prepared);
     }
     // A build's OOM diagnosis baseline, read while the daemon starts rather than after it serves.
     let memory = matches!(work, Work::Build(_))
         .then(|| crate::host::cgroup::memory(&RealHost))
         .flatten();
-    let (daemon, dialled) = match wait_ready(&plan, daemon, started, announce, signals).await? {
+    let waited = wait_ready(&mut plan, daemon, started, announce, line, signals).await?;
+    let (daemon, dialled) = match waited {
         Readiness::Serving(d, dialled) => {
             crate::timeline::mark("ready");
             (d, dialled)
@@ -231,6 +244,14 @@ async fn lock_state(plan: &Plan) -> Result<StateLock> {
         );
     })
     .await
+}
+
+/// The start-up line: said, or waiting for the start with what it will say (a rootless mode
+/// asked for, whose namespace probe waits for the start too, so that a refusal is the first
+/// line).
+enum StartLine {
+    Said,
+    Unsaid(Option<Version>),
 }
 
 /// buildkitd's version for the start-up line: from the state dir's cache, or being asked.
@@ -298,11 +319,14 @@ enum Readiness {
 
 /// Waits until the daemon serves. An error: it never served, and has been stopped with its log
 /// kept.
+/// A start-up line still unsaid is said once the daemon serves, or has failed for another reason
+/// than the mode.
 async fn wait_ready(
-    plan: &Plan,
+    plan: &mut Plan,
     mut daemon: Daemon,
     started: Instant,
     announce: bool,
+    line: StartLine,
     signals: &mut SignalGuard,
 ) -> Result<Readiness> {
     let limit = plan.settings.ready_timeout;
@@ -323,9 +347,21 @@ async fn wait_ready(
                     daemon.addr
                 )
             });
+            if let StartLine::Unsaid(version) = line {
+                say_started(plan, &daemon, announce, version).await;
+            }
             Ok(Readiness::Serving(daemon, dialled.take()))
         }
         Err(not_ready) => {
+            // A rootless mode asked for, whose probe waited for this: refused, it is the mode
+            // that cannot work here, in the words and with the pod-spec fields a refusal names.
+            if let Err(refused) = plan.confirm(&RealHost) {
+                daemon.stop().await;
+                return Err(refused);
+            }
+            if let StartLine::Unsaid(version) = line {
+                say_started(plan, &daemon, announce, version).await;
+            }
             // A daemon that could not start in this container usually says why in its log:
             // name the pod-spec change first.
             let log_text = std::fs::read_to_string(&log_path).unwrap_or_default();

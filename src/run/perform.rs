@@ -102,10 +102,12 @@ async fn build(
     let started = Instant::now();
     let before = report::memory_before(on.local);
     let build = async {
-        let prepared = match prepared {
+        let mut prepared = match prepared {
             Some(p) => p?,
             None => client::solve::prepare(spec).await?,
         };
+        // Said already where bkrun started the daemon (after its start-up line).
+        prepared.say_warnings();
         let channel = channel(on.target, on.opened).await?;
         crate::timeline::mark("connected");
         let built = client::solve::build(channel, spec, on.target, prepared).await?;
