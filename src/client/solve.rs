@@ -109,7 +109,7 @@ pub async fn prepare(spec: &BuildSpec) -> Result<Prepared> {
     let masks = mask_values(&spec.secrets);
     // And not in bkrun's own error lines either (a daemon log's tail, a step's error).
     crate::progress::mask::mask_in_errors(&masks);
-    let mut warnings: Vec<String> = short_secret_warnings(&spec.secrets).into_iter().collect();
+    let mut warnings = short_secret_warnings(&spec.secrets);
     let mounts = cache_mounts(spec).await?;
     let extra = mounts.as_ref().map(CacheMounts::locals).unwrap_or_default();
     let (session, services) = services::build(spec, &extra, &mut |w| warnings.push(w))?;

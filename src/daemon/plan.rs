@@ -225,10 +225,6 @@ impl Plan {
     /// The full argv: bkrun's init and rootlesskit with their flags first (whichever is
     /// outermost, see below), then buildkitd and its flags.
     pub fn argv(&self, dirs: &RunDirs) -> Result<Vec<String>> {
-        // A PID namespace needs a /proc of its own, which a masked /proc (strict mode's reason
-        // to be) refuses; there bkrun's init watches the daemon's processes instead. With the
-        // containerd worker the daemon's mounts must reach containerd, so it gets no mount
-        // namespace (and so no PID namespace, which needs one for its /proc).
         let pidns = self.pidns();
         let users_pidns = rootlesskit_bool(&self.settings.rootlesskit_flags, ROOTLESSKIT_PIDNS);
         let rootlesskit_pidns = self.rootlesskit_pidns();

@@ -167,16 +167,16 @@ async fn supervised(
     // line, so that a refusal is still the first line. Else the probe runs now (forked by
     // `confirm`, unless a mode from bkrun.toml had it started in main), while rootlesskit
     // starts, and refuses the mode before anything is said of the start or waited for.
-    let mut line = StartLine::Said;
-    if plan.probe_pending && plan.start_proves_namespaces() {
-        line = StartLine::Unsaid(version);
+    let line = if plan.probe_pending && plan.start_proves_namespaces() {
+        StartLine::Unsaid(version)
     } else {
         if let Err(e) = plan.confirm(&RealHost) {
             daemon.stop().await;
             return Err(e);
         }
         say_started(&plan, &daemon, announce, version).await;
-    }
+        StartLine::Said
+    };
     // A build's parts are made while buildkitd starts (it serves only tens of ms later, and its
     // READY=1 waits in the notify socket meanwhile); a signal still stops the run.
     if let Work::Build(job) = &mut work {
@@ -318,9 +318,8 @@ enum Readiness {
 }
 
 /// Waits until the daemon serves. An error: it never served, and has been stopped with its log
-/// kept.
-/// A start-up line still unsaid is said once the daemon serves, or has failed for another reason
-/// than the mode.
+/// kept. A start-up line still unsaid is said once the daemon serves, or has failed for
+/// another reason than the mode.
 async fn wait_ready(
     plan: &mut Plan,
     mut daemon: Daemon,

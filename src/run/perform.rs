@@ -106,7 +106,8 @@ async fn build(
             Some(p) => p?,
             None => client::solve::prepare(spec).await?,
         };
-        // Said already where bkrun started the daemon (after its start-up line).
+        // Unless said already, after a start-up line said before the daemon served: here for a
+        // daemon bkrun did not start, or whose start-up line waited for it to serve.
         prepared.say_warnings();
         let channel = channel(on.target, on.opened).await?;
         crate::timeline::mark("connected");
