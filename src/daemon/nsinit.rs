@@ -3,10 +3,10 @@
 //! Where a fresh /proc can be mounted (and neither bkrun's clone nor rootlesskit's `--pidns`
 //! made the namespace already, see below) it makes a PID and mount namespace: bkrun →
 //! `bkrun __nsinit --pidns` (outside, with a parent-death signal) → init (PID 1 inside, cloned
-//! into the new namespaces) → buildkitd. A PID namespace
-//! ends when its PID 1 does, the kernel SIGKILLing everything left in it (runc's containers, a
-//! RUN step's background processes), and a mount namespace whose last process is gone drops its
-//! mounts. The new /proc matters: runc looks its children up there by the PIDs it sees.
+//! into the new namespaces) → buildkitd. A PID namespace ends when its PID 1 does, the kernel
+//! SIGKILLing everything left in it (runc's containers, a RUN step's background processes), and
+//! a mount namespace whose last process is gone drops its mounts. The new /proc matters: runc
+//! looks its children up there by the PIDs it sees.
 //!
 //! With a masked /proc (rootless-strict) no procfs can be mounted, so no PID namespace can work;
 //! there it is a watchdog instead: a child subreaper (orphans of the build come back to it) whose

@@ -166,8 +166,12 @@ impl Plan {
     /// mounts must reach containerd, so it gets no mount namespace (and so no PID namespace,
     /// which needs one for its /proc).
     fn pidns(&self) -> bool {
-        let containerd = matches!(self.settings.worker, Worker::Containerd { .. });
-        self.mode() != Mode::RootlessStrict && !containerd
+        self.mode() != Mode::RootlessStrict && !self.containerd_worker()
+    }
+
+    /// Whether builds run on the node's containerd rather than buildkitd's own OCI worker.
+    fn containerd_worker(&self) -> bool {
+        matches!(self.settings.worker, Worker::Containerd { .. })
     }
 
     /// Rootless with the process sandbox: rootlesskit's own PID namespace, its child as PID 1
@@ -189,7 +193,7 @@ impl Plan {
     pub fn start_proves_namespaces(&self) -> bool {
         self.rootlesskit.is_some()
             && match self.mode() {
-                Mode::RootlessStrict => !matches!(self.settings.worker, Worker::Containerd { .. }),
+                Mode::RootlessStrict => !self.containerd_worker(),
                 Mode::Rootless => self.rootlesskit_pidns(),
                 Mode::Privileged => false,
             }
@@ -202,8 +206,8 @@ impl Plan {
             return Ok(());
         }
         self.facts.probe = Some(host.namespace_probe());
-        let containerd = matches!(self.settings.worker, Worker::Containerd { .. });
-        mode::decide(requested_mode(self.settings.mode, containerd)?, &self.facts)?;
+        let requested = requested_mode(self.settings.mode, self.containerd_worker())?;
+        mode::decide(requested, &self.facts)?;
         Ok(())
     }
 
