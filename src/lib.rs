@@ -1,21 +1,26 @@
 //! bkrun: a daemonless BuildKit runner; the library behind the `bkrun` binary, also used by the tests.
 
 /// `eprintln!` that never panics: when stderr is gone (a `| head` that exited, a closed CI log
-/// pipe), bkrun must still stop the daemon and remove what it made.
+/// pipe), bkrun must still stop the daemon and remove what it made. The line is made first and
+/// written at once: stderr is unbuffered, so a line formatted straight into it goes out in as
+/// many writes as it has pieces (eight for the start-up line), and another process writing to
+/// the same CI log can land between them.
 #[macro_export]
 macro_rules! say {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        let _ = writeln!(std::io::stderr(), $($arg)*);
+        let mut line = format!($($arg)*);
+        line.push('\n');
+        let _ = std::io::stderr().write_all(line.as_bytes());
     }};
 }
 
-/// `eprint!` that never panics.
+/// `eprint!` that never panics, written at once as `say!` is.
 #[macro_export]
 macro_rules! say_raw {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        let _ = write!(std::io::stderr(), $($arg)*);
+        let _ = std::io::stderr().write_all(format!($($arg)*).as_bytes());
     }};
 }
 

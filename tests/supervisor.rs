@@ -121,6 +121,45 @@ fn a_finished_build_leaves_no_process_its_run_step_detached() {
 }
 
 #[test]
+fn a_daemon_whose_ready_never_comes_is_found_serving_by_the_probe() {
+    // A wrapper that drops NOTIFY_SOCKET: no READY=1 ever reaches bkrun, so only the gRPC
+    // probe (which asks 200 ms after its connection is made) can see the daemon serve, and
+    // the build then runs on the connection the probe made.
+    let sb = Sandbox::new(Mode::Privileged);
+    let real = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|d| d.join("buildkitd"))
+        .find(|p| p.is_file())
+        .expect("buildkitd on PATH (scripts/setup)");
+    let wrapper = sb.write(
+        "silent-buildkitd",
+        &format!(
+            "#!/bin/sh\nunset NOTIFY_SOCKET\nexec {} \"$@\"\n",
+            real.display()
+        ),
+    );
+    fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let ctx = sb.hello_context();
+    let out = run_ok(
+        sb.build_from(
+            {
+                let mut c = sb.bkrun();
+                c.env("BUILDKITD", &wrapper).arg("--debug");
+                c
+            },
+            &ctx,
+        )
+        .stdout(Stdio::null()),
+    );
+    let err = stderr(&out);
+    assert!(err.contains("(gRPC probe)"), "ready by READY=1?\n{err}");
+    sb.assert_clean();
+}
+
+#[test]
 fn exit_status_of_the_work_is_passed_through() {
     for mode in [Mode::Privileged, Mode::RootlessStrict] {
         let sb = Sandbox::new(mode);
