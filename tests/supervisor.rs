@@ -126,34 +126,14 @@ fn a_daemon_whose_ready_never_comes_is_found_serving_by_the_probe() {
     // probe (which asks 200 ms after its connection is made) can see the daemon serve, and
     // the build then runs on the connection the probe made.
     let sb = Sandbox::new(Mode::Privileged);
-    let real = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-        .map(|d| d.join("buildkitd"))
-        .find(|p| p.is_file())
-        .expect("buildkitd on PATH (scripts/setup)");
-    let wrapper = sb.write(
+    let wrapper = sb.write_executable(
         "silent-buildkitd",
-        &format!(
-            "#!/bin/sh\nunset NOTIFY_SOCKET\nexec {} \"$@\"\n",
-            real.display()
-        ),
+        "#!/bin/sh\nunset NOTIFY_SOCKET\nexec buildkitd \"$@\"\n",
     );
-    fs::set_permissions(
-        &wrapper,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
     let ctx = sb.hello_context();
-    let out = run_ok(
-        sb.build_from(
-            {
-                let mut c = sb.bkrun();
-                c.env("BUILDKITD", &wrapper).arg("--debug");
-                c
-            },
-            &ctx,
-        )
-        .stdout(Stdio::null()),
-    );
+    let mut c = sb.bkrun();
+    c.env("BUILDKITD", &wrapper).arg("--debug");
+    let out = run_ok(sb.build_from(c, &ctx).stdout(Stdio::null()));
     let err = stderr(&out);
     assert!(err.contains("(gRPC probe)"), "ready by READY=1?\n{err}");
     sb.assert_clean();
@@ -456,11 +436,10 @@ fn an_unwritable_socket_dir_is_explained() {
 fn a_slow_daemon_start_is_reported_and_quiet_stays_quiet() {
     let sb = Sandbox::new(Mode::Privileged);
     // A buildkitd that takes 4 s to start, as on a loaded node.
-    let slow = sb.write(
+    let slow = sb.write_executable(
         "slow-buildkitd",
         "#!/bin/sh\nsleep 4\nexec buildkitd \"$@\"\n",
     );
-    fs::set_permissions(&slow, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let out = run_ok(
         sb.bkrun()
             .env("BUILDKITD", &slow)

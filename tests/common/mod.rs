@@ -112,6 +112,13 @@ impl Sandbox {
         p
     }
 
+    /// `write`, then made executable: a script standing in for a program (a wrapped buildkitd).
+    pub fn write_executable(&self, rel: &str, text: &str) -> PathBuf {
+        let p = self.write(rel, text);
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    }
+
     pub fn own(&self, p: &Path) {
         for entry in walk(p) {
             let _ = std::os::unix::fs::lchown(&entry, Some(self.uid), Some(self.gid));
